@@ -1,0 +1,233 @@
+//! Admin API bodies. Every request body is a fixed schema with `deny_unknown_fields`; the
+//! server bounds its size and nesting before parsing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::names::{GroupName, PublisherName, RoleName, Sha256Hex, TargetPath};
+use crate::tuf::{ApprovalAction, Signature};
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// Upload content and publish updates.
+    Publish,
+    /// Propose approvals and upload approver signatures.
+    Approve,
+    /// Read the catalog, pending roles and status.
+    Read,
+    /// Manage tokens and upload offline-signed top-level metadata.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Publish, Scope::Approve, Scope::Read, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Approve => "approve",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Scope> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreated {
+    pub id: String,
+    /// The secret; shown once, stored only as a hash.
+    pub token: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// Answer to a content upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobUploaded {
+    pub sha256: Sha256Hex,
+    pub length: u64,
+}
+
+/// A file of an update, referring to uploaded content by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateFile {
+    /// File name; the target path becomes `<publisher>/<name>`.
+    pub name: String,
+    pub sha256: Sha256Hex,
+    pub length: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    Security,
+    Critical,
+    Feature,
+    Bugfix,
+    Driver,
+    Tool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    Important,
+    Moderate,
+    Low,
+    Unspecified,
+}
+
+/// Where an update applies; evaluated by the agent. Empty lists mean "any".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Applicability {
+    #[serde(default)]
+    pub os: Vec<String>,
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Lowest OS version (inclusive), if any.
+    #[serde(default)]
+    pub min_os_version: Option<String>,
+    /// Highest OS version (inclusive), if any.
+    #[serde(default)]
+    pub max_os_version: Option<String>,
+    /// Update ids that must not be installed for this one to apply.
+    #[serde(default)]
+    pub not_installed: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Installer {
+    /// Update module name, e.g. `file`, `script`, `deb`.
+    pub module: String,
+    #[serde(default)]
+    pub arguments: Vec<String>,
+}
+
+/// The catalog entry of an update, as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateManifest {
+    pub id: String,
+    pub publisher: PublisherName,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub product: String,
+    pub classification: Classification,
+    pub severity: Severity,
+    #[serde(default)]
+    pub kb: Vec<String>,
+    #[serde(default)]
+    pub cves: Vec<String>,
+    /// `YYYY-MM-DD`.
+    pub release_date: String,
+    #[serde(default)]
+    pub supersedes: Vec<String>,
+    #[serde(default)]
+    pub prerequisites: Vec<String>,
+    #[serde(default)]
+    pub applicability: Applicability,
+    pub installer: Installer,
+    pub files: Vec<UpdateFile>,
+}
+
+/// Answer to a publish: the target paths and the role versions waiting for signatures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishOutcome {
+    pub update_id: String,
+    pub targets: Vec<TargetPath>,
+    /// Roles published at once (signed by online keys).
+    pub published: Vec<RoleVersion>,
+    /// Roles waiting for offline signatures.
+    pub pending: Vec<RoleVersion>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleVersion {
+    pub role: RoleName,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalRequest {
+    pub group: GroupName,
+    /// The published path, `<publisher>/<file>`.
+    pub target: TargetPath,
+    pub action: ApprovalAction,
+    #[serde(default)]
+    pub deadline: Option<String>,
+}
+
+/// Signatures over the pending version of a role, made offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureUpload {
+    pub version: u64,
+    pub signatures: Vec<Signature>,
+}
+
+/// Where a role stands after a proposal or a signature upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleState {
+    pub role: RoleName,
+    pub version: u64,
+    pub published: bool,
+    /// Distinct valid signatures from the role's keys so far.
+    pub valid_signatures: u64,
+    pub threshold: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingSummary {
+    pub role: RoleName,
+    pub version: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleExpiry {
+    pub role: RoleName,
+    pub version: u64,
+    pub expires: String,
+    /// True when the server cannot renew this role itself.
+    pub offline: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// `ok` or `warn`.
+    pub status: String,
+    pub warnings: Vec<String>,
+    pub roles: Vec<RoleExpiry>,
+}
+
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,168 @@
+//! TUF 1.0 metadata (<https://theupdateframework.github.io/specification/latest/>).
+//!
+//! Field names follow the specification. Each object keeps the fields this version does not
+//! know in `unrecognized`, so a document re-encoded to canonical JSON is the one that was
+//! signed. Signatures are always checked over the `signed` object as it was received (see
+//! `ringfence_trust::envelope`), never over a re-serialisation of these structs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The specification version Ringfence writes.
+pub const SPEC_VERSION: &str = "1.0.31";
+
+pub type Unrecognized = BTreeMap<String, Value>;
+
+/// A signature as it appears in a metadata file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signature {
+    pub keyid: String,
+    /// Hex-encoded signature bytes.
+    pub sig: String,
+}
+
+/// A public key as it appears in root or in delegations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub keytype: String,
+    pub scheme: String,
+    pub keyval: KeyVal,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyVal {
+    /// Hex for ed25519, PEM SubjectPublicKeyInfo for ecdsa.
+    pub public: String,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+/// The key ids and threshold of a top-level role in root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleKeys {
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Root {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub spec_version: String,
+    pub consistent_snapshot: bool,
+    pub version: u64,
+    pub expires: String,
+    pub keys: BTreeMap<String, Key>,
+    pub roles: BTreeMap<String, RoleKeys>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+/// A target file: its length and hashes, plus Ringfence's `custom` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetFile {
+    pub length: u64,
+    pub hashes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom: Option<Value>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegatedRole {
+    pub name: String,
+    pub keyids: Vec<String>,
+    pub threshold: u64,
+    pub terminating: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paths: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_hash_prefixes: Option<Vec<String>>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegations {
+    pub keys: BTreeMap<String, Key>,
+    pub roles: Vec<DelegatedRole>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Targets {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub spec_version: String,
+    pub version: u64,
+    pub expires: String,
+    pub targets: BTreeMap<String, TargetFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegations: Option<Delegations>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+/// An entry of snapshot or timestamp `meta`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaFile {
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashes: Option<BTreeMap<String, String>>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub spec_version: String,
+    pub version: u64,
+    pub expires: String,
+    pub meta: BTreeMap<String, MetaFile>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub spec_version: String,
+    pub version: u64,
+    pub expires: String,
+    pub meta: BTreeMap<String, MetaFile>,
+    #[serde(flatten)]
+    pub unrecognized: Unrecognized,
+}
+
+/// The `custom` object Ringfence puts on an approval target entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalCustom {
+    pub action: ApprovalAction,
+    /// RFC 3339 UTC deadline after which the install is enforced, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// The update this file belongs to.
+    pub update_id: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalAction {
+    Install,
+    Uninstall,
+}

@@ -1,0 +1,240 @@
+//! The trusted metadata set of a TUF client (specification section 5), without I/O.
+//!
+//! The caller fetches bytes and feeds them in the order the specification's client workflow
+//! requires: root versions one at a time, then timestamp, snapshot, targets and the
+//! delegated roles it needs. Each update is checked in full before it replaces anything, so a
+//! refused document changes nothing. `now` is the caller's trusted time.
+
+use std::collections::BTreeMap;
+
+use ringfence_proto::limits::{MAX_METADATA_BYTES, MAX_ROOT_BYTES, MAX_TIMESTAMP_BYTES};
+use ringfence_proto::tuf::{DelegatedRole, MetaFile, Root, Snapshot, Targets, Timestamp};
+
+use crate::envelope::{Envelope, EnvelopeError};
+use crate::paths::role_covers;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    #[error("{role}: {source}")]
+    Envelope { role: String, source: EnvelopeError },
+    #[error("{role} expired at {expires}")]
+    Expired { role: String, expires: String },
+    #[error("{role} version {got} is older than the trusted version {trusted} (rollback)")]
+    Rollback { role: String, trusted: u64, got: u64 },
+    #[error("{role} version {got}, expected {expected}")]
+    BadVersion { role: String, expected: u64, got: u64 },
+    #[error("{role} does not match the length or hash recorded for it")]
+    LengthOrHashMismatch { role: String },
+    #[error("{role} is not listed in {listing}")]
+    NotListed { role: String, listing: &'static str },
+    #[error("{role} cannot be loaded before {needed}")]
+    OutOfOrder { role: String, needed: &'static str },
+    #[error("{role} is not delegated by {delegator}")]
+    NotDelegated { role: String, delegator: String },
+}
+
+/// The client's view of the repository: every document in it has been verified.
+#[derive(Debug, Clone)]
+pub struct TrustedSet {
+    now: i64,
+    root: Envelope<Root>,
+    timestamp: Option<Envelope<Timestamp>>,
+    snapshot: Option<Envelope<Snapshot>>,
+    targets: BTreeMap<String, Envelope<Targets>>,
+}
+
+fn env_err(role: &str) -> impl FnOnce(EnvelopeError) -> ClientError + '_ {
+    move |source| ClientError::Envelope { role: role.into(), source }
+}
+
+fn check_expiry(role: &str, expires: &str, now: i64) -> Result<(), ClientError> {
+    let at = crate::expiry::parse(expires).map_err(|e| ClientError::Envelope {
+        role: role.into(),
+        source: EnvelopeError::Malformed(e.to_string()),
+    })?;
+    if at <= now {
+        return Err(ClientError::Expired { role: role.into(), expires: expires.into() });
+    }
+    Ok(())
+}
+
+fn check_length_and_hashes(role: &str, meta: &MetaFile, bytes: &[u8]) -> Result<(), ClientError> {
+    let mismatch = || ClientError::LengthOrHashMismatch { role: role.into() };
+    if let Some(length) = meta.length {
+        if bytes.len() as u64 != length {
+            return Err(mismatch());
+        }
+    }
+    if let Some(hashes) = &meta.hashes {
+        let sha256 = hashes.get("sha256").ok_or_else(mismatch)?;
+        if *sha256 != crate::sha256_hex(bytes) {
+            return Err(mismatch());
+        }
+    }
+    Ok(())
+}
+
+impl TrustedSet {
+    /// Start from a trusted root (pinned at enrollment or shipped): it must be signed by its
+    /// own root threshold. Expiry is checked once the chain of newer roots has been walked.
+    pub fn new(root_bytes: &[u8], now: i64) -> Result<Self, ClientError> {
+        let root = Envelope::<Root>::parse(root_bytes, MAX_ROOT_BYTES as usize).map_err(env_err("root"))?;
+        verify_root_by(&root, &root.signed)?;
+        Ok(Self { now, root, timestamp: None, snapshot: None, targets: BTreeMap::new() })
+    }
+
+    pub fn root(&self) -> &Envelope<Root> {
+        &self.root
+    }
+    pub fn timestamp(&self) -> Option<&Envelope<Timestamp>> {
+        self.timestamp.as_ref()
+    }
+    pub fn snapshot(&self) -> Option<&Envelope<Snapshot>> {
+        self.snapshot.as_ref()
+    }
+    pub fn targets(&self, role: &str) -> Option<&Envelope<Targets>> {
+        self.targets.get(role)
+    }
+
+    /// Accept root version N+1, signed by the threshold of version N and of itself.
+    pub fn update_root(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        if self.timestamp.is_some() {
+            return Err(ClientError::OutOfOrder { role: "root".into(), needed: "the root chain is walked first" });
+        }
+        let new = Envelope::<Root>::parse(bytes, MAX_ROOT_BYTES as usize).map_err(env_err("root"))?;
+        verify_root_by(&new, &self.root.signed)?;
+        let expected = self.root.signed.version + 1;
+        if new.signed.version != expected {
+            return Err(ClientError::BadVersion { role: "root".into(), expected, got: new.signed.version });
+        }
+        verify_root_by(&new, &new.signed)?;
+        self.root = new;
+        Ok(())
+    }
+
+    /// Accept a timestamp signed by root's timestamp keys, not older than the trusted one.
+    /// Returns false (and keeps the trusted one) when the version is the same.
+    pub fn update_timestamp(&mut self, bytes: &[u8]) -> Result<bool, ClientError> {
+        let root = &self.root.signed;
+        check_expiry("root", &root.expires, self.now)?;
+        let new = Envelope::<Timestamp>::parse(bytes, MAX_TIMESTAMP_BYTES as usize).map_err(env_err("timestamp"))?;
+        verify_top_level(&new, root, "timestamp")?;
+        let new_meta = new.signed.meta.get("snapshot.json").ok_or(ClientError::NotListed {
+            role: "snapshot".into(),
+            listing: "timestamp",
+        })?;
+        if let Some(old) = &self.timestamp {
+            if new.signed.version < old.signed.version {
+                return Err(ClientError::Rollback { role: "timestamp".into(), trusted: old.signed.version, got: new.signed.version });
+            }
+            if new.signed.version == old.signed.version {
+                return Ok(false);
+            }
+            if let Some(old_meta) = old.signed.meta.get("snapshot.json") {
+                if new_meta.version < old_meta.version {
+                    return Err(ClientError::Rollback { role: "snapshot".into(), trusted: old_meta.version, got: new_meta.version });
+                }
+            }
+        }
+        check_expiry("timestamp", &new.signed.expires, self.now)?;
+        self.timestamp = Some(new);
+        Ok(true)
+    }
+
+    /// Accept the snapshot the trusted timestamp names. `from_cache` skips the hash check for
+    /// a copy the client stored itself earlier (the version check still applies).
+    pub fn update_snapshot(&mut self, bytes: &[u8], from_cache: bool) -> Result<(), ClientError> {
+        let timestamp = self.timestamp.as_ref().ok_or(ClientError::OutOfOrder { role: "snapshot".into(), needed: "timestamp" })?;
+        let meta = timestamp.signed.meta.get("snapshot.json").ok_or(ClientError::NotListed {
+            role: "snapshot".into(),
+            listing: "timestamp",
+        })?;
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
+        if !from_cache {
+            check_length_and_hashes("snapshot", meta, bytes)?;
+        }
+        let new = Envelope::<Snapshot>::parse(bytes, max).map_err(env_err("snapshot"))?;
+        verify_top_level(&new, &self.root.signed, "snapshot")?;
+        if new.signed.version != meta.version {
+            return Err(ClientError::BadVersion { role: "snapshot".into(), expected: meta.version, got: new.signed.version });
+        }
+        if let Some(old) = &self.snapshot {
+            for (name, old_meta) in &old.signed.meta {
+                match new.signed.meta.get(name) {
+                    None => return Err(ClientError::NotListed { role: name.clone(), listing: "snapshot" }),
+                    Some(m) if m.version < old_meta.version => {
+                        return Err(ClientError::Rollback { role: name.clone(), trusted: old_meta.version, got: m.version });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        check_expiry("snapshot", &new.signed.expires, self.now)?;
+        self.snapshot = Some(new);
+        Ok(())
+    }
+
+    /// Accept top-level targets.
+    pub fn update_targets(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.update_delegated_targets(bytes, "targets", "root")
+    }
+
+    /// Accept the targets metadata of `role`, delegated by the trusted `delegator`
+    /// (`root` for top-level targets).
+    pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), ClientError> {
+        let snapshot = self.snapshot.as_ref().ok_or(ClientError::OutOfOrder { role: role.into(), needed: "snapshot" })?;
+        let meta = snapshot
+            .signed
+            .meta
+            .get(&format!("{role}.json"))
+            .ok_or(ClientError::NotListed { role: role.into(), listing: "snapshot" })?;
+        check_length_and_hashes(role, meta, bytes)?;
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
+        let new = Envelope::<Targets>::parse(bytes, max).map_err(env_err(role))?;
+        if delegator == "root" {
+            if role != "targets" {
+                return Err(ClientError::NotDelegated { role: role.into(), delegator: delegator.into() });
+            }
+            verify_top_level(&new, &self.root.signed, "targets")?;
+        } else {
+            let parent = self.targets.get(delegator).ok_or(ClientError::OutOfOrder { role: role.into(), needed: "its delegator" })?;
+            let delegations = parent.signed.delegations.as_ref().ok_or(ClientError::NotDelegated {
+                role: role.into(),
+                delegator: delegator.into(),
+            })?;
+            let entry = delegations.roles.iter().find(|r| r.name == role).ok_or(ClientError::NotDelegated {
+                role: role.into(),
+                delegator: delegator.into(),
+            })?;
+            new.verify(role, &delegations.keys, &entry.keyids, entry.threshold).map_err(env_err(role))?;
+        }
+        if new.signed.version != meta.version {
+            return Err(ClientError::BadVersion { role: role.into(), expected: meta.version, got: new.signed.version });
+        }
+        check_expiry(role, &new.signed.expires, self.now)?;
+        self.targets.insert(role.into(), new);
+        Ok(())
+    }
+
+    /// The roles `delegator` delegates `path` to, in order, each with its terminating flag.
+    pub fn delegations_for(&self, delegator: &str, path: &str) -> Vec<DelegatedRole> {
+        let Some(parent) = self.targets.get(delegator) else { return Vec::new() };
+        let Some(delegations) = &parent.signed.delegations else { return Vec::new() };
+        delegations.roles.iter().filter(|r| role_covers(r, path)).cloned().collect()
+    }
+}
+
+fn verify_root_by(new: &Envelope<Root>, trusted: &Root) -> Result<(), ClientError> {
+    let role = trusted.roles.get("root").ok_or(ClientError::NotListed { role: "root".into(), listing: "root" })?;
+    new.verify("root", &trusted.keys, &role.keyids, role.threshold).map_err(env_err("root"))?;
+    Ok(())
+}
+
+fn verify_top_level<T>(new: &Envelope<T>, root: &Root, role: &str) -> Result<(), ClientError>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + crate::envelope::MetadataType,
+{
+    let keys = root.roles.get(role).ok_or(ClientError::NotListed { role: role.into(), listing: "root" })?;
+    new.verify(role, &root.keys, &keys.keyids, keys.threshold).map_err(env_err(role))?;
+    Ok(())
+}

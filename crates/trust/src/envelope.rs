@@ -1,0 +1,281 @@
+//! A signed metadata document: `{"signed": ..., "signatures": [...]}`.
+//!
+//! The `signed` object is kept exactly as received (as a JSON tree) and its canonical
+//! encoding is what signatures are checked against, so fields this version does not know are
+//! covered by the signature too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ringfence_proto::limits::{MAX_JSON_DEPTH, check_json_depth};
+use ringfence_proto::tuf::{Key, Signature};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::canonical::{self, CanonicalError};
+use crate::keys::{KeyError, PublicKey, SigningKey};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("metadata is {len} bytes, more than the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed metadata: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Canonical(#[from] CanonicalError),
+    #[error("expected a {expected} document, got {found:?}")]
+    WrongType { expected: &'static str, found: String },
+    #[error("role {role} has {valid} valid signatures of the {threshold} required")]
+    ThresholdNotMet { role: String, valid: u64, threshold: u64 },
+    #[error("role {role} has a threshold of 0, which would trust anything")]
+    ZeroThreshold { role: String },
+    #[error("role {role} lists key {keyid} that is not defined")]
+    UnknownKey { role: String, keyid: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvelope {
+    signatures: Vec<Signature>,
+    signed: Value,
+}
+
+/// A parsed metadata document of type `T` with the exact bytes that were signed.
+#[derive(Debug, Clone)]
+pub struct Envelope<T> {
+    pub signed: T,
+    pub signatures: Vec<Signature>,
+    signed_value: Value,
+    canonical_signed: Vec<u8>,
+}
+
+/// The `_type` every metadata struct carries.
+pub trait MetadataType {
+    const TYPE: &'static str;
+    fn type_field(&self) -> &str;
+    fn version(&self) -> u64;
+    fn expires(&self) -> &str;
+}
+
+macro_rules! metadata_type {
+    ($t:ty, $name:literal) => {
+        impl MetadataType for $t {
+            const TYPE: &'static str = $name;
+            fn type_field(&self) -> &str {
+                &self.type_
+            }
+            fn version(&self) -> u64 {
+                self.version
+            }
+            fn expires(&self) -> &str {
+                &self.expires
+            }
+        }
+    };
+}
+
+metadata_type!(ringfence_proto::tuf::Root, "root");
+metadata_type!(ringfence_proto::tuf::Targets, "targets");
+metadata_type!(ringfence_proto::tuf::Snapshot, "snapshot");
+metadata_type!(ringfence_proto::tuf::Timestamp, "timestamp");
+
+impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
+    /// Parse a document of at most `max_len` bytes.
+    pub fn parse(bytes: &[u8], max_len: usize) -> Result<Self, EnvelopeError> {
+        if bytes.len() > max_len {
+            return Err(EnvelopeError::TooLarge { len: bytes.len(), max: max_len });
+        }
+        check_json_depth(bytes, MAX_JSON_DEPTH).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if let Some(found) = raw.signed.get("_type").and_then(Value::as_str) {
+            if found != T::TYPE {
+                return Err(EnvelopeError::WrongType { expected: T::TYPE, found: found.into() });
+            }
+        }
+        if raw.signed.pointer("/delegations/succinct_roles").is_some() {
+            return Err(EnvelopeError::Malformed("succinct_roles delegations are not supported".into()));
+        }
+        let signed: T = serde_json::from_value(raw.signed.clone()).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        if signed.type_field() != T::TYPE {
+            return Err(EnvelopeError::WrongType { expected: T::TYPE, found: signed.type_field().into() });
+        }
+        crate::expiry::parse(signed.expires()).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let canonical_signed = canonical::encode(&raw.signed)?;
+        Ok(Self { signed, signatures: raw.signatures, signed_value: raw.signed, canonical_signed })
+    }
+
+    /// Build an unsigned envelope from our own struct.
+    pub fn new(signed: T) -> Result<Self, EnvelopeError> {
+        let signed_value = serde_json::to_value(&signed).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let canonical_signed = canonical::encode(&signed_value)?;
+        Ok(Self { signed, signatures: Vec::new(), signed_value, canonical_signed })
+    }
+
+    /// The canonical bytes signatures are made over.
+    pub fn canonical_signed(&self) -> &[u8] {
+        &self.canonical_signed
+    }
+
+    /// Add (or replace) this key's signature.
+    pub fn sign(&mut self, key: &SigningKey) {
+        let keyid = key.key_id().to_string();
+        let sig = hex::encode(key.sign(&self.canonical_signed));
+        self.signatures.retain(|s| s.keyid != keyid);
+        self.signatures.push(Signature { keyid, sig });
+        self.signatures.sort_by(|a, b| a.keyid.cmp(&b.keyid));
+    }
+
+    /// Add signatures made elsewhere, replacing older ones by the same key ids. Unchecked here:
+    /// thresholds are checked by [`Envelope::verify`].
+    pub fn add_signatures(&mut self, signatures: &[Signature]) {
+        for s in signatures {
+            self.signatures.retain(|old| old.keyid != s.keyid);
+            self.signatures.push(s.clone());
+        }
+        self.signatures.sort_by(|a, b| a.keyid.cmp(&b.keyid));
+    }
+
+    /// The document as served: canonical JSON of the whole envelope.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
+        let raw = RawEnvelope { signatures: self.signatures.clone(), signed: self.signed_value.clone() };
+        let value = serde_json::to_value(&raw).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        Ok(canonical::encode(&value)?)
+    }
+
+    /// Count distinct key ids among `keyids` that made a valid signature; fail below
+    /// `threshold`.
+    pub fn verify(&self, role: &str, keys: &BTreeMap<String, Key>, keyids: &[String], threshold: u64) -> Result<u64, EnvelopeError> {
+        verify_threshold(role, &self.canonical_signed, &self.signatures, keys, keyids, threshold)
+    }
+
+    /// Like [`Envelope::verify`] but only counts, never fails on the threshold.
+    pub fn count_valid(&self, keys: &BTreeMap<String, Key>, keyids: &[String]) -> u64 {
+        count_valid(&self.canonical_signed, &self.signatures, keys, keyids)
+    }
+}
+
+/// Count each authorised key id once, and only if its signature verifies over `message`.
+pub fn count_valid(message: &[u8], signatures: &[Signature], keys: &BTreeMap<String, Key>, keyids: &[String]) -> u64 {
+    let authorised: BTreeSet<&str> = keyids.iter().map(String::as_str).collect();
+    let mut counted: BTreeSet<&str> = BTreeSet::new();
+    for s in signatures {
+        if !authorised.contains(s.keyid.as_str()) || counted.contains(s.keyid.as_str()) {
+            continue;
+        }
+        let Some(key) = keys.get(&s.keyid) else { continue };
+        let Ok((_, public)) = PublicKey::from_tuf_with_id(&s.keyid, key) else { continue };
+        let Ok(sig) = hex::decode(&s.sig) else { continue };
+        if public.verify(message, &sig).is_ok() {
+            counted.insert(s.keyid.as_str());
+        }
+    }
+    counted.len() as u64
+}
+
+pub fn verify_threshold(
+    role: &str,
+    message: &[u8],
+    signatures: &[Signature],
+    keys: &BTreeMap<String, Key>,
+    keyids: &[String],
+    threshold: u64,
+) -> Result<u64, EnvelopeError> {
+    if threshold == 0 {
+        return Err(EnvelopeError::ZeroThreshold { role: role.into() });
+    }
+    let valid = count_valid(message, signatures, keys, keyids);
+    if valid < threshold {
+        return Err(EnvelopeError::ThresholdNotMet { role: role.into(), valid, threshold });
+    }
+    Ok(valid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use ringfence_proto::tuf::Timestamp;
+
+    fn timestamp() -> Timestamp {
+        Timestamp {
+            type_: "timestamp".into(),
+            spec_version: "1.0.31".into(),
+            version: 1,
+            expires: "2030-01-01T00:00:00Z".into(),
+            meta: BTreeMap::new(),
+            unrecognized: BTreeMap::new(),
+        }
+    }
+
+    fn keyring(n: u8) -> (Vec<SigningKey>, BTreeMap<String, Key>, Vec<String>) {
+        let keys: Vec<SigningKey> = (0..n).map(|i| SigningKey::from_seed([i + 1; 32])).collect();
+        let map = keys.iter().map(|k| (k.key_id().to_string(), k.public().to_tuf())).collect();
+        let ids = keys.iter().map(|k| k.key_id().to_string()).collect();
+        (keys, map, ids)
+    }
+
+    #[test]
+    fn unknown_fields_stay_signed() {
+        let (keys, map, ids) = keyring(1);
+        let mut env = Envelope::new(timestamp()).unwrap();
+        env.sign(&keys[0]);
+        let mut value: Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
+        // A field added after signing breaks the signature...
+        value["signed"]["x-extra"] = Value::from("added");
+        let tampered = Envelope::<Timestamp>::parse(&serde_json::to_vec(&value).unwrap(), 1 << 20).unwrap();
+        assert!(matches!(tampered.verify("timestamp", &map, &ids, 1), Err(EnvelopeError::ThresholdNotMet { valid: 0, .. })));
+        // ...and one that was signed survives a parse and re-encode.
+        let mut env = Envelope::new(timestamp()).unwrap();
+        env.signed_value["x-extra"] = Value::from("kept");
+        env.canonical_signed = canonical::encode(&env.signed_value).unwrap();
+        env.sign(&keys[0]);
+        let parsed = Envelope::<Timestamp>::parse(&env.to_bytes().unwrap(), 1 << 20).unwrap();
+        assert_eq!(parsed.signed.unrecognized.get("x-extra"), Some(&Value::from("kept")));
+        assert_eq!(parsed.verify("timestamp", &map, &ids, 1), Ok(1));
+        assert_eq!(parsed.to_bytes().unwrap(), env.to_bytes().unwrap());
+    }
+
+    #[test]
+    fn wrong_type_and_unknown_envelope_fields_are_refused() {
+        let env = Envelope::new(timestamp()).unwrap();
+        let bytes = env.to_bytes().unwrap();
+        assert!(matches!(
+            Envelope::<ringfence_proto::tuf::Snapshot>::parse(&bytes, 1 << 20),
+            Err(EnvelopeError::WrongType { expected: "snapshot", .. })
+        ));
+        let extra = br#"{"signatures":[],"signed":{},"$type":"System.Object"}"#;
+        assert!(matches!(Envelope::<Timestamp>::parse(extra, 1 << 20), Err(EnvelopeError::Malformed(_))));
+        assert!(matches!(Envelope::<Timestamp>::parse(&bytes, 10), Err(EnvelopeError::TooLarge { .. })));
+    }
+
+    proptest! {
+        /// The count is the number of distinct authorised keys with a valid signature, however
+        /// signatures are duplicated, reordered or mixed with signatures by strangers.
+        #[test]
+        fn threshold_counts_each_key_once(
+            signers in prop::collection::vec(0usize..5, 0..12),
+            authorised in prop::collection::btree_set(0usize..5, 0..5),
+            strangers in 0usize..3,
+            threshold in 1u64..5,
+        ) {
+            let (keys, map, ids) = keyring(5);
+            let mut env = Envelope::new(timestamp()).unwrap();
+            let sigs: Vec<Signature> = signers.iter().map(|&i| Signature {
+                keyid: ids[i].clone(),
+                sig: hex::encode(keys[i].sign(env.canonical_signed())),
+            }).collect();
+            env.signatures = sigs;
+            for s in 0..strangers {
+                let k = SigningKey::from_seed([100 + s as u8; 32]);
+                env.signatures.push(Signature { keyid: ids[s].clone(), sig: hex::encode(k.sign(env.canonical_signed())) });
+            }
+            let authorised_ids: Vec<String> = authorised.iter().map(|&i| ids[i].clone()).collect();
+            let expected = signers.iter().collect::<BTreeSet<_>>().into_iter().filter(|i| authorised.contains(i)).count() as u64;
+            prop_assert_eq!(env.count_valid(&map, &authorised_ids), expected);
+            let result = env.verify("timestamp", &map, &authorised_ids, threshold);
+            prop_assert_eq!(result.is_ok(), expected >= threshold);
+        }
+    }
+}
