@@ -1,0 +1,113 @@
+//! A small HTTPS client for the admin API, trusting only the CA file it is given.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// An answer: status and body, whatever the status.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body if the status is 2xx, else an error carrying the server's message.
+    pub fn ok(self) -> anyhow::Result<Vec<u8>> {
+        if (200..300).contains(&self.status) {
+            Ok(self.body)
+        } else {
+            anyhow::bail!("server answered {}: {}", self.status, self.text())
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An agent trusting the certificates in `ca_pem` only, with the ring provider.
+pub fn agent(ca_pem: &[u8]) -> anyhow::Result<ureq::Agent> {
+    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    anyhow::ensure!(!certs.is_empty(), "no certificate in the CA file");
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::new_with_certs(&certs))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    let config = ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(600)))
+        .build();
+    Ok(config.into())
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>, ca_file: &std::path::Path) -> anyhow::Result<Self> {
+        let ca = std::fs::read(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        Ok(Self { base: base.trim_end_matches('/').to_owned(), token, agent: agent(&ca)? })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        let mut req = self.agent.get(self.url(path));
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        finish(req.call())
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: &[u8], content_type: &str) -> anyhow::Result<Answer> {
+        let url = self.url(path);
+        let mut req = match method {
+            "PUT" => self.agent.put(url),
+            _ => self.agent.post(url),
+        };
+        req = req.header("content-type", content_type);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        finish(req.send(body))
+    }
+
+    pub fn send_json<T: serde::Serialize>(&self, method: &str, path: &str, body: &T) -> anyhow::Result<Answer> {
+        self.send(method, path, &serde_json::to_vec(body)?, "application/json")
+    }
+
+    /// Stream a file as the request body.
+    pub fn put_file(&self, path: &str, file: &std::path::Path) -> anyhow::Result<Answer> {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let mut req = self.agent.put(self.url(path)).header("content-type", "application/octet-stream");
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        finish(req.send(ureq::SendBody::from_owned_reader(f)))
+    }
+}
+
+fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
+    let mut response = result?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
+    Ok(Answer { status, body })
+}

@@ -1,0 +1,400 @@
+//! Ringfence's administrator commands: the offline ceremony (keys, root, top-level targets,
+//! signing pending roles) and the admin API client (publish, approve, propose).
+//!
+//! **Invariant:** before it signs anything, `pending sign` verifies what it is shown: it
+//! walks the published repository from a root the operator trusts, shows the complete
+//! difference from the published version, and refuses an approval whose length or hashes
+//! are not the ones the publisher role signed.
+
+pub mod ceremony;
+pub mod http;
+pub mod review;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use ringfence_proto::api::{ApprovalRequest, BlobUploaded, PendingSummary, RoleState, UpdateFile, UpdateManifest};
+use ringfence_proto::tuf::{ApprovalAction, Root, Targets};
+use ringfence_proto::{GroupName, PublisherName, RoleName, TargetPath};
+use ringfence_trust::writer::RoleKeySet;
+use ringfence_trust::{Envelope, SigningKey};
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate and inspect signing keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Work on local metadata files (offline).
+    #[command(subcommand)]
+    Metadata(MetadataCommand),
+    /// Upload a file to the content store.
+    Upload {
+        #[command(flatten)]
+        server: ServerArgs,
+        file: PathBuf,
+    },
+    /// Publish an update: upload its files and post its manifest.
+    Publish {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Update manifest (JSON) without `files`; the files are added from the arguments.
+        #[arg(long)]
+        manifest: PathBuf,
+        files: Vec<PathBuf>,
+    },
+    /// Propose an approval of a published file for a group.
+    Approve {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        group: String,
+        /// Published path, `<publisher>/<file>`.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value = "install")]
+        action: String,
+        /// Deadline, `YYYY-MM-DDTHH:MM:SSZ`.
+        #[arg(long)]
+        deadline: Option<String>,
+    },
+    /// Role versions waiting for signatures.
+    #[command(subcommand)]
+    Pending(PendingCommand),
+    /// Propose a new version of an offline role (root, targets, ...) from a signed file.
+    Propose {
+        #[command(flatten)]
+        server: ServerArgs,
+        role: String,
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServerArgs {
+    /// Admin API URL.
+    #[arg(long, env = "RINGFENCE_ADMIN_URL", default_value = "https://127.0.0.1:8532")]
+    pub server: String,
+    /// API token.
+    #[arg(long, env = "RINGFENCE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// CA certificate (PEM) to trust for the admin listener.
+    #[arg(long, env = "RINGFENCE_CA")]
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct PassphraseArgs {
+    /// File holding the key passphrase (else $RINGFENCE_KEY_PASSPHRASE, else a prompt when the key is encrypted).
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl PassphraseArgs {
+    fn get(&self, prompt_if_missing: bool) -> anyhow::Result<Option<String>> {
+        if let Some(p) = &self.passphrase_file {
+            let s = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            return Ok(Some(s.trim_end_matches(['\r', '\n']).to_owned()));
+        }
+        if let Ok(s) = std::env::var("RINGFENCE_KEY_PASSPHRASE") {
+            return Ok(Some(s));
+        }
+        if prompt_if_missing {
+            return Ok(Some(rpassword::prompt_password("key passphrase: ")?));
+        }
+        Ok(None)
+    }
+
+    fn load_key(&self, path: &Path) -> anyhow::Result<SigningKey> {
+        let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let passphrase = self.get(SigningKey::pem_is_encrypted(&pem))?;
+        ceremony::read_key(path, passphrase.as_deref())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate an ed25519 key: `<dir>/<name>.key` and `<dir>/<name>.pub.json`.
+    Generate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Write the private key unencrypted (development only).
+        #[arg(long)]
+        unencrypted: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+    /// Print the key id and TUF public key of a key file.
+    Show {
+        file: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetadataCommand {
+    /// Start the next version of a root: same roles, version + 1, no signatures.
+    NextRoot {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace the root keys with these public keys.
+        #[arg(long = "root-key")]
+        root_keys: Vec<PathBuf>,
+        #[arg(long)]
+        root_threshold: Option<u64>,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+    /// Start the next version of top-level targets and add or change a group's approval role.
+    SetGroup {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        group: String,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        threshold: u64,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+    /// Start the next version of top-level targets and add or change a publisher.
+    SetPublisher {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        publisher: String,
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        threshold: u64,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+    /// Add this key's signature to a metadata file, in place.
+    Sign {
+        file: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PendingCommand {
+    /// List role versions waiting for signatures.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Show what a pending role version changes, verify it, sign it and upload the signature.
+    Sign {
+        #[command(flatten)]
+        server: ServerArgs,
+        role: String,
+        #[arg(long)]
+        key: PathBuf,
+        /// The root this administrator trusts (for example the `1.root.json` from the ceremony).
+        #[arg(long)]
+        trusted_root: PathBuf,
+        /// Sign without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
+    },
+}
+
+fn client(server: &ServerArgs) -> anyhow::Result<http::Client> {
+    http::Client::new(&server.server, Some(server.token.clone()), &server.ca)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn read_envelope<T>(path: &Path) -> anyhow::Result<Envelope<T>>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + ringfence_trust::envelope::MetadataType,
+{
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Envelope::parse(&bytes, ringfence_proto::limits::MAX_UPLOADED_METADATA).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn write_envelope<T>(path: &Path, env: &Envelope<T>) -> anyhow::Result<()>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + ringfence_trust::envelope::MetadataType,
+{
+    std::fs::write(path, env.to_bytes()?).with_context(|| format!("writing {}", path.display()))
+}
+
+fn key_set(paths: &[PathBuf], threshold: u64) -> anyhow::Result<RoleKeySet> {
+    let keys = paths.iter().map(|p| ceremony::read_public(p, None)).collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(threshold >= 1 && threshold as usize <= keys.len(), "threshold must be between 1 and the number of keys");
+    Ok(RoleKeySet::new(keys, threshold))
+}
+
+fn next_targets(file: &Path, expires_days: i64) -> anyhow::Result<Targets> {
+    let current = read_envelope::<Targets>(file)?;
+    let mut next = current.signed;
+    next.version += 1;
+    next.expires = ringfence_trust::expiry::format(now() + expires_days * 86_400);
+    Ok(next)
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Key(KeyCommand::Generate { dir, name, unencrypted, passphrase }) => {
+            let key = SigningKey::generate();
+            let passphrase = if unencrypted {
+                eprintln!("WARNING: writing an UNENCRYPTED private key; use it for development only");
+                None
+            } else {
+                Some(passphrase.get(true)?.filter(|p| !p.is_empty()).context("an empty passphrase is not allowed")?)
+            };
+            let path = ceremony::write_key(&dir, &name, &key, passphrase.as_deref())?;
+            println!("{}  {}", key.key_id(), path.display());
+        }
+        Command::Key(KeyCommand::Show { file, passphrase }) => {
+            let text = std::fs::read_to_string(&file)?;
+            let public = if text.contains("PRIVATE KEY") {
+                passphrase.load_key(&file)?.public()
+            } else {
+                ceremony::read_public(&file, None)?
+            };
+            println!("key id: {}", public.key_id());
+            println!("{}", serde_json::to_string_pretty(&public.to_tuf())?);
+        }
+        Command::Metadata(MetadataCommand::NextRoot { file, out, root_keys, root_threshold, expires_days }) => {
+            let current = read_envelope::<Root>(&file)?;
+            let mut next = current.signed;
+            next.version += 1;
+            next.expires = ringfence_trust::expiry::format(now() + expires_days * 86_400);
+            if !root_keys.is_empty() {
+                let set = key_set(&root_keys, root_threshold.unwrap_or(1))?;
+                for k in &set.keys {
+                    next.keys.insert(k.key_id().to_string(), k.to_tuf());
+                }
+                if let Some(role) = next.roles.get_mut("root") {
+                    role.keyids = set.keyids();
+                    role.threshold = set.threshold;
+                }
+                let used: std::collections::BTreeSet<String> = next.roles.values().flat_map(|r| r.keyids.clone()).collect();
+                next.keys.retain(|id, _| used.contains(id));
+            }
+            write_envelope(&out, &Envelope::new(next)?)?;
+            println!("wrote {}; now sign it with the old and the new root keys", out.display());
+        }
+        Command::Metadata(MetadataCommand::SetGroup { file, out, group, keys, threshold, expires_days }) => {
+            let group = GroupName::parse(&group)?;
+            let mut next = next_targets(&file, expires_days)?;
+            ceremony::add_group(&mut next, &group, &key_set(&keys, threshold)?);
+            write_envelope(&out, &Envelope::new(next)?)?;
+            println!("wrote {}; sign it with the targets keys, then propose it", out.display());
+        }
+        Command::Metadata(MetadataCommand::SetPublisher { file, out, publisher, keys, threshold, expires_days }) => {
+            let publisher = PublisherName::parse(&publisher)?;
+            let mut next = next_targets(&file, expires_days)?;
+            ceremony::add_publisher(&mut next, &publisher, &key_set(&keys, threshold)?);
+            write_envelope(&out, &Envelope::new(next)?)?;
+            println!("wrote {}; sign it with the targets keys, then propose it", out.display());
+        }
+        Command::Metadata(MetadataCommand::Sign { file, key, passphrase }) => {
+            let key = passphrase.load_key(&key)?;
+            let bytes = std::fs::read(&file)?;
+            let value: serde_json::Value = serde_json::from_slice(&bytes)?;
+            match value.pointer("/signed/_type").and_then(|v| v.as_str()) {
+                Some("root") => {
+                    let mut env = read_envelope::<Root>(&file)?;
+                    env.sign(&key);
+                    write_envelope(&file, &env)?;
+                }
+                Some("targets") => {
+                    let mut env = read_envelope::<Targets>(&file)?;
+                    env.sign(&key);
+                    write_envelope(&file, &env)?;
+                }
+                other => anyhow::bail!("cannot sign a document of type {other:?} offline"),
+            }
+            println!("signed {} with {}", file.display(), key.key_id());
+        }
+        Command::Upload { server, file } => {
+            let uploaded = upload(&client(&server)?, &file)?;
+            println!("{}  {}  {}", uploaded.sha256, uploaded.length, file.display());
+        }
+        Command::Publish { server, manifest, files } => {
+            let client = client(&server)?;
+            let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+            let mut list = Vec::new();
+            for file in &files {
+                let uploaded = upload(&client, file)?;
+                let name = file.file_name().and_then(|n| n.to_str()).context("file name must be UTF-8")?.to_owned();
+                list.push(UpdateFile { name, sha256: uploaded.sha256, length: uploaded.length });
+            }
+            value["files"] = serde_json::to_value(list)?;
+            let manifest: UpdateManifest = serde_json::from_value(value).context("the manifest does not fit the schema")?;
+            let answer = client.send_json("POST", "/api/v1/updates", &manifest)?.ok()?;
+            println!("{}", String::from_utf8_lossy(&answer));
+        }
+        Command::Approve { server, group, target, action, deadline } => {
+            let action = match action.as_str() {
+                "install" => ApprovalAction::Install,
+                "uninstall" => ApprovalAction::Uninstall,
+                other => anyhow::bail!("action must be install or uninstall, not {other}"),
+            };
+            let request = ApprovalRequest { group: GroupName::parse(&group)?, target: TargetPath::parse(&target)?, action, deadline };
+            let answer = client(&server)?.send_json("POST", "/api/v1/approvals", &request)?.ok()?;
+            let state: RoleState = serde_json::from_slice(&answer)?;
+            print_state(&state);
+        }
+        Command::Pending(PendingCommand::List { server }) => {
+            let answer = client(&server)?.get("/api/v1/pending")?.ok()?;
+            let list: Vec<PendingSummary> = serde_json::from_slice(&answer)?;
+            if list.is_empty() {
+                println!("nothing is waiting for signatures");
+            }
+            for p in list {
+                println!("{} version {}", p.role, p.version);
+            }
+        }
+        Command::Pending(PendingCommand::Sign { server, role, key, trusted_root, yes, passphrase }) => {
+            let role = RoleName::parse(&role)?;
+            let key = passphrase.load_key(&key)?;
+            let client = client(&server)?;
+            let trusted = std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
+            let state = review::review_and_sign(&client, &role, &key, &trusted, yes, now())?;
+            print_state(&state);
+        }
+        Command::Propose { server, role, file } => {
+            let role = RoleName::parse(&role)?;
+            let bytes = std::fs::read(&file)?;
+            let answer = client(&server)?.send("PUT", &format!("/api/v1/pending/{role}"), &bytes, "application/json")?.ok()?;
+            let state: RoleState = serde_json::from_slice(&answer)?;
+            print_state(&state);
+        }
+    }
+    Ok(())
+}
+
+fn upload(client: &http::Client, file: &Path) -> anyhow::Result<BlobUploaded> {
+    let answer = client.put_file("/api/v1/content", file)?.ok()?;
+    Ok(serde_json::from_slice(&answer)?)
+}
+
+fn print_state(state: &RoleState) {
+    if state.published {
+        println!("{} version {} is published ({} of {} signatures)", state.role, state.version, state.valid_signatures, state.threshold);
+    } else {
+        println!(
+            "{} version {} waits for signatures: {} of {}; approvers run `ringfence pending sign {}`",
+            state.role, state.version, state.valid_signatures, state.threshold, state.role
+        );
+    }
+}

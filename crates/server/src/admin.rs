@@ -1,0 +1,234 @@
+//! The admin listener (loopback by default): publishing, approvals, pending roles and
+//! signatures, tokens. Every route but `/api/v1/health` needs a bearer token with the right
+//! scope, and the token is checked before any byte of the body is read.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Json;
+use futures::StreamExt;
+use rand_core::{OsRng, RngCore};
+use ringfence_proto::RoleName;
+use ringfence_proto::api::{BlobUploaded, Scope, TokenCreated, TokenRequest};
+use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_JSON_DEPTH, MAX_UPLOADED_METADATA, check_json_depth};
+use ringfence_store::{Store, TokenRecord};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+type Shared = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/content", put(upload_content))
+        .route("/api/v1/updates", post(publish_update).get(list_updates))
+        .route("/api/v1/approvals", post(approve))
+        .route("/api/v1/pending", get(list_pending))
+        .route("/api/v1/pending/{role}", get(get_pending).put(propose))
+        .route("/api/v1/pending/{role}/signatures", post(add_signatures))
+        .route("/api/v1/metadata/{role}", get(latest_metadata))
+        .route("/api/v1/metadata/{role}/{version}", get(metadata_version))
+        .route("/api/v1/audit", get(audit))
+        // Bodies are read by the handlers with their own limits, after authentication.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Prefix of every token secret, so a leaked token is recognisable in logs and scanners.
+pub const TOKEN_PREFIX: &str = "rfat_";
+
+pub fn token_hash(secret: &str) -> String {
+    ringfence_trust::sha256_hex(secret.as_bytes())
+}
+
+/// Make a new token; returns the record to store and the secret to show once.
+pub fn new_token(name: &str, scopes: &[Scope], now: i64) -> (TokenRecord, String) {
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    let mut id = [0u8; 8];
+    OsRng.fill_bytes(&mut id);
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+    let record = TokenRecord {
+        id: hex::encode(id),
+        name: name.to_owned(),
+        secret_sha256: token_hash(&token),
+        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        created_at: now,
+        revoked: false,
+    };
+    (record, token)
+}
+
+/// The caller's token, if it is valid and carries one of `scopes` (or `admin`).
+async fn authorize(state: &AppState, headers: &HeaderMap, scopes: &[Scope]) -> ApiResult<TokenRecord> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
+    if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
+        return Err(ApiError::Unauthorized);
+    }
+    let token = state.repo.store.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(ApiError::Unauthorized)?;
+    if token.revoked {
+        return Err(ApiError::Unauthorized);
+    }
+    let allowed = token.scopes.iter().any(|s| s == Scope::Admin.as_str() || scopes.iter().any(|w| w.as_str() == s));
+    if !allowed {
+        return Err(ApiError::Forbidden(scopes.first().map_or("admin", |s| s.as_str())));
+    }
+    Ok(token)
+}
+
+async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit as u64))
+}
+
+/// Parse a JSON body into a fixed schema: bounded size and depth, unknown fields refused.
+async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+    let bytes = read_body(body, MAX_ADMIN_BODY).await?;
+    check_json_depth(&bytes, MAX_JSON_DEPTH).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+fn role_name(raw: &str) -> ApiResult<RoleName> {
+    RoleName::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn json_bytes(bytes: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(bytes));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn health(State(state): Shared) -> ApiResult<Response> {
+    let health = state.repo.health(crate::unix_now()).await?;
+    Ok(Json(health).into_response())
+}
+
+async fn create_token(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+    let request: TokenRequest = json_body(body).await?;
+    if request.name.is_empty() || request.name.len() > 64 || request.scopes.is_empty() {
+        return Err(ApiError::BadRequest("name: 1 to 64 characters; scopes: at least one".into()));
+    }
+    let now = crate::unix_now();
+    let (record, token) = new_token(&request.name, &request.scopes, now);
+    state.repo.store.insert_token(&record).await?;
+    state
+        .repo
+        .store
+        .append_audit(&ringfence_store::AuditRecord {
+            at: now,
+            actor: caller.name,
+            action: "token".into(),
+            detail: format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(TokenCreated { id: record.id, token, scopes: request.scopes })).into_response())
+}
+
+/// Stream content into the store, hashing as it goes; cut off with 413 past the limit.
+async fn upload_content(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Publish]).await?;
+    let limit = state.config.repository.max_upload_bytes;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge(limit));
+    }
+    let mut writer = state.repo.blobs.writer(limit)?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
+        writer.write(&chunk).await?;
+    }
+    let expected = headers.get("x-content-sha256").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (sha256, length) = writer.finish(expected.as_deref()).await?;
+    state.repo.store.insert_blob(&sha256, length, crate::unix_now()).await?;
+    let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(ApiError::internal)?;
+    Ok((StatusCode::CREATED, Json(BlobUploaded { sha256, length })).into_response())
+}
+
+async fn publish_update(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Publish]).await?;
+    let manifest = json_body(body).await?;
+    let outcome = state.repo.publish_update(manifest, crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+async fn list_updates(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    let mut manifests = Vec::new();
+    for u in state.repo.store.list_updates().await? {
+        let m: serde_json::Value = serde_json::from_str(&u.manifest).map_err(ApiError::internal)?;
+        manifests.push(m);
+    }
+    Ok(Json(manifests).into_response())
+}
+
+async fn approve(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Approve]).await?;
+    let request = json_body(body).await?;
+    let outcome = state.repo.approve(request, crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn list_pending(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    Ok(Json(state.repo.list_pending().await?).into_response())
+}
+
+async fn get_pending(State(state): Shared, headers: HeaderMap, Path(role): Path<String>) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    let role = role_name(&role)?;
+    Ok(json_bytes(state.repo.pending_bytes(&role).await?))
+}
+
+async fn propose(State(state): Shared, headers: HeaderMap, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Admin]).await?;
+    let role = role_name(&role)?;
+    let bytes = read_body(body, MAX_UPLOADED_METADATA).await?;
+    let outcome = state.repo.propose(&role, &bytes, crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn add_signatures(State(state): Shared, headers: HeaderMap, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Approve, Scope::Publish]).await?;
+    let role = role_name(&role)?;
+    let upload = json_body(body).await?;
+    let outcome = state.repo.add_signatures(&role, upload, crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn latest_metadata(State(state): Shared, headers: HeaderMap, Path(role): Path<String>) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    let role = role_name(&role)?;
+    let record = state.repo.store.latest_metadata(role.as_str()).await?.ok_or(ApiError::NotFound)?;
+    Ok(json_bytes(record.bytes))
+}
+
+async fn metadata_version(State(state): Shared, headers: HeaderMap, Path((role, version)): Path<(String, u64)>) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    let role = role_name(&role)?;
+    let record = state.repo.store.metadata_version(role.as_str(), version).await?.ok_or(ApiError::NotFound)?;
+    Ok(json_bytes(record.bytes))
+}
+
+async fn audit(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Read]).await?;
+    let lines: Vec<serde_json::Value> = state
+        .repo
+        .store
+        .audit_tail(200)
+        .await?
+        .into_iter()
+        .map(|a| serde_json::json!({"at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail}))
+        .collect();
+    Ok(Json(lines).into_response())
+}

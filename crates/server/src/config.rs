@@ -1,0 +1,214 @@
+//! Server configuration: a TOML file (see `docs/ringfence.example.toml`) with environment
+//! overrides. Unknown keys are an error, so a misspelt security setting is never ignored.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Database, content store, online keys and TLS material live here.
+    pub data_dir: PathBuf,
+    /// Allow running as root (refused by default).
+    #[serde(default)]
+    pub allow_root: bool,
+    #[serde(default = "ListenerConfig::device_default")]
+    pub device_listener: ListenerConfig,
+    #[serde(default = "ListenerConfig::admin_default")]
+    pub admin_listener: ListenerConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub repository: RepositoryConfig,
+    #[serde(default)]
+    pub expiry: ExpiryPolicy,
+    #[serde(default)]
+    pub keys: KeysConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub addr: String,
+}
+
+impl ListenerConfig {
+    fn device_default() -> Self {
+        Self { addr: "0.0.0.0:8531".into() }
+    }
+    fn admin_default() -> Self {
+        Self { addr: "127.0.0.1:8532".into() }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain; default `<data_dir>/tls/cert.pem`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key; default `<data_dir>/tls/key.pem`.
+    pub key_file: Option<PathBuf>,
+}
+
+/// Who may read the TUF repository on the device listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepositoryAccess {
+    /// Enrolled devices only, once any device is enrolled.
+    #[default]
+    Devices,
+    /// Anyone: for mirrors and CDNs (the metadata is signed, the content hash-checked).
+    Public,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryConfig {
+    #[serde(default)]
+    pub access: RepositoryAccess,
+    /// Largest content upload accepted on the admin listener.
+    #[serde(default = "RepositoryConfig::default_max_upload")]
+    pub max_upload_bytes: u64,
+}
+
+impl RepositoryConfig {
+    fn default_max_upload() -> u64 {
+        4 * 1024 * 1024 * 1024
+    }
+}
+
+impl Default for RepositoryConfig {
+    fn default() -> Self {
+        Self { access: RepositoryAccess::default(), max_upload_bytes: Self::default_max_upload() }
+    }
+}
+
+/// Lifetimes of the metadata the server signs, and when it warns about offline roles.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiryPolicy {
+    #[serde(default = "ExpiryPolicy::day")]
+    pub timestamp_secs: i64,
+    #[serde(default = "ExpiryPolicy::week")]
+    pub snapshot_secs: i64,
+    /// Lifetime of delegated roles the server signs with an online key (auto-approved
+    /// groups, publishers with online keys).
+    #[serde(default = "ExpiryPolicy::month")]
+    pub online_targets_secs: i64,
+    /// Lifetime given to delegated roles the server prepares for offline signing.
+    #[serde(default = "ExpiryPolicy::quarter")]
+    pub offline_targets_secs: i64,
+    /// Warn when an offline role expires within this many seconds.
+    #[serde(default = "ExpiryPolicy::month")]
+    pub offline_warning_secs: i64,
+    /// How often the renewal job looks.
+    #[serde(default = "ExpiryPolicy::minute")]
+    pub check_interval_secs: u64,
+}
+
+impl ExpiryPolicy {
+    fn minute() -> u64 {
+        60
+    }
+    fn day() -> i64 {
+        86_400
+    }
+    fn week() -> i64 {
+        7 * 86_400
+    }
+    fn month() -> i64 {
+        30 * 86_400
+    }
+    fn quarter() -> i64 {
+        90 * 86_400
+    }
+}
+
+impl Default for ExpiryPolicy {
+    fn default() -> Self {
+        Self {
+            timestamp_secs: Self::day(),
+            snapshot_secs: Self::week(),
+            online_targets_secs: Self::month(),
+            offline_targets_secs: Self::quarter(),
+            offline_warning_secs: Self::month(),
+            check_interval_secs: Self::minute(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Directory of online keys; default `<data_dir>/online-keys`.
+    pub dir: Option<PathBuf>,
+    /// File holding the passphrase of encrypted online keys, if they are encrypted.
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// A configuration with every default, for `data_dir`.
+    pub fn with_data_dir(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            allow_root: false,
+            device_listener: ListenerConfig::device_default(),
+            admin_listener: ListenerConfig::admin_default(),
+            tls: TlsConfig::default(),
+            repository: RepositoryConfig::default(),
+            expiry: ExpiryPolicy::default(),
+            keys: KeysConfig::default(),
+        }
+    }
+
+    /// Read a TOML file, then apply `RINGFENCE_*` environment overrides.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        config.apply_env(|k| std::env::var(k).ok())?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = var("RINGFENCE_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("RINGFENCE_DEVICE_ADDR") {
+            self.device_listener.addr = v;
+        }
+        if let Some(v) = var("RINGFENCE_ADMIN_ADDR") {
+            self.admin_listener.addr = v;
+        }
+        if let Some(v) = var("RINGFENCE_ALLOW_ROOT") {
+            self.allow_root = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        if let Some(v) = var("RINGFENCE_REPOSITORY_ACCESS") {
+            self.repository.access = match v.as_str() {
+                "public" => RepositoryAccess::Public,
+                "devices" => RepositoryAccess::Devices,
+                other => anyhow::bail!("RINGFENCE_REPOSITORY_ACCESS must be public or devices, not {other:?}"),
+            };
+        }
+        if let Some(v) = var("RINGFENCE_KEY_PASSPHRASE_FILE") {
+            self.keys.passphrase_file = Some(v.into());
+        }
+        Ok(())
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("ringfence.db")
+    }
+    pub fn blob_dir(&self) -> PathBuf {
+        self.data_dir.join("content")
+    }
+    pub fn online_key_dir(&self) -> PathBuf {
+        self.keys.dir.clone().unwrap_or_else(|| self.data_dir.join("online-keys"))
+    }
+    pub fn cert_file(&self) -> PathBuf {
+        self.tls.cert_file.clone().unwrap_or_else(|| self.data_dir.join("tls/cert.pem"))
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.tls.key_file.clone().unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
+    }
+}

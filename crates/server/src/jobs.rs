@@ -1,0 +1,34 @@
+//! Background work: renew online metadata before it expires, warn about offline roles.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::AppState;
+
+pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let interval = Duration::from_secs(state.config.expiry.check_interval_secs.max(1));
+    let mut warned: Vec<String> = Vec::new();
+    loop {
+        let now = crate::unix_now();
+        match state.repo.renew(now).await {
+            Ok(renewed) if !renewed.is_empty() => {
+                let names: Vec<String> = renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
+                tracing::info!(renewed = ?names, "renewed online metadata");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "renewing online metadata failed"),
+        }
+        if let Ok(health) = state.repo.health(now).await {
+            for w in &health.warnings {
+                if !warned.contains(w) {
+                    tracing::warn!(warning = %w, "metadata expiry");
+                }
+            }
+            warned = health.warnings;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The Ringfence server: the device/repository listener, the admin listener, and the jobs that
+//! keep online metadata fresh.
+//!
+//! **Invariant:** the server never holds an offline private key. It signs only with the
+//! online keys in its data directory: timestamp, snapshot, and (when the operator chose so)
+//! the auto-approver and publisher keys. Everything else it can only prepare and hold as
+//! pending until offline signatures arrive.
+//!
+//! **Invariant:** nothing routed on the device listener reaches an admin handler; the two
+//! listeners are built from disjoint routers ([`device::router`], [`admin::router`]).
+
+pub mod admin;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod jobs;
+pub mod online_keys;
+pub mod repo;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+pub use config::Config;
+use ringfence_store::{BlobStore, SqliteStore};
+
+/// Shared state of both listeners.
+pub struct AppState {
+    pub config: Config,
+    pub repo: repo::Repository,
+}
+
+/// The addresses a running server listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub device: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Wall-clock Unix seconds. Only the outermost layers call this; everything that decides
+/// expiry takes `now` as a parameter.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Open the data directory named by `config`.
+pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
+    let store = SqliteStore::open(&config.database_path()).await.context("opening the database")?;
+    let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
+    let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
+    let repo = repo::Repository::new(store, blobs, keys, config.expiry.clone());
+    Ok(Arc::new(AppState { config, repo }))
+}
+
+/// Refuse to run as root unless the configuration explicitly allows it.
+pub fn check_not_root(config: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).context("reading the effective user")?;
+    if euid == 0 && !config.allow_root {
+        anyhow::bail!(
+            "refusing to run as root: run Ringfence as an unprivileged user, or set allow_root = true \
+             (RINGFENCE_ALLOW_ROOT=1) if you really mean it"
+        );
+    }
+    Ok(())
+}
+
+/// Bind both listeners and serve until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: Option<tokio::sync::oneshot::Sender<BoundAddrs>>,
+) -> anyhow::Result<()> {
+    let tls_config = tls::server_config(&state.config).context("loading the TLS certificate")?;
+    let device_listener = tokio::net::TcpListener::bind(&state.config.device_listener.addr)
+        .await
+        .with_context(|| format!("binding the device listener on {}", state.config.device_listener.addr))?;
+    let admin_listener = tokio::net::TcpListener::bind(&state.config.admin_listener.addr)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", state.config.admin_listener.addr))?;
+    let addrs = BoundAddrs { device: device_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    tracing::info!(device = %addrs.device, admin = %addrs.admin, "listening");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let device = tokio::spawn(tls::serve_tls(device_listener, tls_config.clone(), device::router(state.clone()), stop_rx.clone()));
+    let admin = tokio::spawn(tls::serve_tls(admin_listener, tls_config, admin::router(state.clone()), stop_rx.clone()));
+    let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx));
+    if let Some(ready) = ready {
+        let _ = ready.send(addrs);
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(device, admin, jobs);
+    Ok(())
+}

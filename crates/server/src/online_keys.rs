@@ -1,0 +1,70 @@
+//! The keys the server signs with unattended: timestamp, snapshot, and optionally the
+//! auto-approver and publisher keys the operator chose to put online.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+use ringfence_trust::SigningKey;
+
+use crate::Config;
+
+pub const TIMESTAMP_FILE: &str = "timestamp.key";
+pub const SNAPSHOT_FILE: &str = "snapshot.key";
+pub const AUTO_APPROVER_FILE: &str = "auto-approver.key";
+
+pub struct OnlineKeys {
+    pub timestamp: SigningKey,
+    pub snapshot: SigningKey,
+    pub auto_approver: Option<SigningKey>,
+    /// Online publisher keys by key id.
+    pub publishers: Vec<SigningKey>,
+}
+
+impl OnlineKeys {
+    pub fn load(config: &Config) -> anyhow::Result<Self> {
+        let dir = config.online_key_dir();
+        let passphrase = match &config.keys.passphrase_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {}", p.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            None => None,
+        };
+        let load = |name: &str| load_key(&dir.join(name), passphrase.as_deref());
+        let optional = |name: &str| -> anyhow::Result<Option<SigningKey>> {
+            let path = dir.join(name);
+            if path.exists() { load_key(&path, passphrase.as_deref()).map(Some) } else { Ok(None) }
+        };
+        let mut publishers = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("publisher-") && name.ends_with(".key") {
+                publishers.push(load_key(&entry.path(), passphrase.as_deref())?);
+            }
+        }
+        Ok(Self {
+            timestamp: load(TIMESTAMP_FILE)?,
+            snapshot: load(SNAPSHOT_FILE)?,
+            auto_approver: optional(AUTO_APPROVER_FILE)?,
+            publishers,
+        })
+    }
+
+    /// Every online key by key id, for signing delegated roles whose keys include them.
+    pub fn delegated_signers(&self) -> BTreeMap<String, &SigningKey> {
+        self.auto_approver
+            .iter()
+            .chain(self.publishers.iter())
+            .map(|k| (k.key_id().to_string(), k))
+            .collect()
+    }
+}
+
+fn load_key(path: &Path, passphrase: Option<&str>) -> anyhow::Result<SigningKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    SigningKey::from_pem(&pem, passphrase).with_context(|| format!("loading {}", path.display()))
+}

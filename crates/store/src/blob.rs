@@ -1,0 +1,497 @@
+//! Content-addressed blobs on local disk through `object_store`.
+//!
+//! Objects live at `blobs/<first two hex digits>/<sha256 hex>` under the store directory.
+//! An upload is streamed into a file under `tmp/`, hashed on the way, and renamed into place
+//! only once it is complete and verified, so a reader never sees a partial object.
+//!
+//! **Invariant:** no filesystem path is built from a hash that has not been checked to be
+//! exactly 64 lower-case hex digits.
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::{Result, StoreError};
+
+const OBJECTS_DIR: &str = "blobs";
+const TEMP_DIR: &str = "tmp";
+/// Attempts at a fresh temporary name before giving up (names only clash with leftovers of a
+/// crashed process that had the same pid).
+const TEMP_NAME_ATTEMPTS: u32 = 64;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn invalid_input(message: String) -> StoreError {
+    StoreError::Io(std::io::Error::new(ErrorKind::InvalidInput, message))
+}
+
+/// A blob address checked to be exactly 64 lower-case hex digits, so it is safe in a path.
+struct BlobKey<'a>(&'a str);
+
+impl<'a> BlobKey<'a> {
+    fn parse(sha256: &'a str) -> Result<BlobKey<'a>> {
+        if sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            Ok(BlobKey(sha256))
+        } else {
+            Err(invalid_input(
+                "a blob address must be 64 lower-case hex digits".to_owned(),
+            ))
+        }
+    }
+
+    fn location(&self) -> ObjectPath {
+        let fan_out = self.0.get(..2).unwrap_or_default();
+        ObjectPath::from_iter([OBJECTS_DIR, fan_out, self.0])
+    }
+}
+
+/// Map read errors: a missing object is `NotFound`, not a storage failure.
+fn read_error(err: object_store::Error) -> StoreError {
+    match err {
+        object_store::Error::NotFound { .. } => StoreError::NotFound,
+        other => StoreError::Blob(other),
+    }
+}
+
+/// Content-addressed blob storage in a local directory. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    objects: Arc<LocalFileSystem>,
+    temp_dir: PathBuf,
+}
+
+impl BlobStore {
+    /// Open the store in `dir`, creating the directory and its layout if missing.
+    pub fn open(dir: &Path) -> Result<BlobStore> {
+        std::fs::create_dir_all(dir.join(OBJECTS_DIR))?;
+        std::fs::create_dir_all(dir.join(TEMP_DIR))?;
+        // Absolute from here on, like the paths `LocalFileSystem` derives, so that a later
+        // change of working directory cannot split uploads from objects.
+        let dir = std::fs::canonicalize(dir)?;
+        let objects = LocalFileSystem::new_with_prefix(&dir)?;
+        let temp_dir = dir.join(TEMP_DIR);
+        Ok(BlobStore {
+            objects: Arc::new(objects),
+            temp_dir,
+        })
+    }
+
+    /// Start an upload of at most `max_len` bytes.
+    ///
+    /// Creates the temporary file with a blocking call: one `open`, not worth a thread hop.
+    pub fn writer(&self, max_len: u64) -> Result<BlobWriter> {
+        let mut attempt = 0;
+        let (temp_path, file) = loop {
+            let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = self
+                .temp_dir
+                .join(format!("upload-{}-{n}", std::process::id()));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(err)
+                    if err.kind() == ErrorKind::AlreadyExists && attempt < TEMP_NAME_ATTEMPTS =>
+                {
+                    attempt += 1
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        Ok(BlobWriter {
+            objects: Arc::clone(&self.objects),
+            temp_path,
+            file: Some(tokio::fs::File::from_std(file)),
+            hasher: Sha256::new(),
+            len: 0,
+            max_len,
+            temp_exists: true,
+        })
+    }
+
+    /// Length of the blob, or `None` if it is not stored.
+    pub async fn len(&self, sha256: &str) -> Result<Option<u64>> {
+        let key = BlobKey::parse(sha256)?;
+        match self.objects.head(&key.location()).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The whole blob in memory; `NotFound` if it is not stored.
+    pub async fn read_all(&self, sha256: &str) -> Result<Bytes> {
+        let key = BlobKey::parse(sha256)?;
+        let result = self
+            .objects
+            .get(&key.location())
+            .await
+            .map_err(read_error)?;
+        result.bytes().await.map_err(read_error)
+    }
+
+    /// Bytes `range` of the blob. The range must lie within the blob: `NotFound` if it is not
+    /// stored, an `InvalidInput` I/O error if the range is reversed or reaches past the end.
+    pub async fn get_range(&self, sha256: &str, range: Range<u64>) -> Result<Bytes> {
+        let key = BlobKey::parse(sha256)?;
+        self.check_range(&key, &range).await?;
+        if range.is_empty() {
+            return Ok(Bytes::new());
+        }
+        let wanted = range.end - range.start;
+        let bytes = self
+            .objects
+            .get_range(&key.location(), range)
+            .await
+            .map_err(read_error)?;
+        if bytes.len() as u64 != wanted {
+            return Err(StoreError::Io(std::io::Error::new(
+                ErrorKind::UnexpectedEof,
+                "blob shorter than recorded",
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Stream the blob, or bytes `range` of it (checked as in [`BlobStore::get_range`]), in
+    /// chunks, for files too large to hold in memory.
+    pub async fn get_stream(
+        &self,
+        sha256: &str,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let key = BlobKey::parse(sha256)?;
+        let range = match range {
+            Some(range) => {
+                self.check_range(&key, &range).await?;
+                if range.is_empty() {
+                    return Ok(stream::empty().boxed());
+                }
+                Some(GetRange::Bounded(range))
+            }
+            None => None,
+        };
+        let options = GetOptions {
+            range,
+            ..GetOptions::default()
+        };
+        let result = self
+            .objects
+            .get_opts(&key.location(), options)
+            .await
+            .map_err(read_error)?;
+        Ok(result.into_stream().map_err(read_error).boxed())
+    }
+
+    /// Where the blob is (or would be) on disk, or `None` for a malformed address. For tests
+    /// that tamper with stored blobs.
+    pub fn path_of(&self, sha256: &str) -> Option<PathBuf> {
+        let key = BlobKey::parse(sha256).ok()?;
+        self.objects.path_to_filesystem(&key.location()).ok()
+    }
+
+    async fn check_range(&self, key: &BlobKey<'_>, range: &Range<u64>) -> Result<()> {
+        let len = self.len(key.0).await?.ok_or(StoreError::NotFound)?;
+        if range.start > range.end || range.end > len {
+            return Err(invalid_input(format!(
+                "range {}..{} is not within the blob of {len} bytes",
+                range.start, range.end
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// An upload in progress: bytes are hashed and spooled to a temporary file, and become a blob
+/// only through [`BlobWriter::finish`]. Dropping an unfinished writer removes the temporary
+/// file.
+pub struct BlobWriter {
+    objects: Arc<LocalFileSystem>,
+    temp_path: PathBuf,
+    /// `None` once the upload has failed; every later call fails too.
+    file: Option<tokio::fs::File>,
+    hasher: Sha256,
+    len: u64,
+    max_len: u64,
+    temp_exists: bool,
+}
+
+impl fmt::Debug for BlobWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlobWriter")
+            .field("temp_path", &self.temp_path)
+            .field("len", &self.len)
+            .field("max_len", &self.max_len)
+            .field("failed", &self.file.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+fn failed_upload() -> StoreError {
+    StoreError::Io(std::io::Error::other("this upload already failed"))
+}
+
+impl BlobWriter {
+    /// Append `chunk`. Fails with `TooLarge` as soon as the upload exceeds its limit; after any
+    /// error the temporary file is gone and the writer is spent.
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(failed_upload());
+        };
+        let new_len = match self.len.checked_add(chunk.len() as u64) {
+            Some(new_len) if new_len <= self.max_len => new_len,
+            _ => {
+                self.discard().await;
+                return Err(StoreError::TooLarge {
+                    limit: self.max_len,
+                });
+            }
+        };
+        if let Err(err) = file.write_all(chunk).await {
+            self.discard().await;
+            return Err(err.into());
+        }
+        self.hasher.update(chunk);
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// Complete the upload: check the hash against `expected_sha256` (lower-case hex) if given,
+    /// then store the blob under its hash. Returns the hash and length. Storing content that
+    /// is already present is fine. On `HashMismatch` nothing is stored; on any error the
+    /// temporary file is removed.
+    pub async fn finish(mut self, expected_sha256: Option<&str>) -> Result<(String, u64)> {
+        match self.commit(expected_sha256).await {
+            Ok(sha256) => Ok((sha256, self.len)),
+            Err(err) => {
+                self.discard().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn commit(&mut self, expected_sha256: Option<&str>) -> Result<String> {
+        let mut file = self.file.take().ok_or_else(failed_upload)?;
+        // Writes complete in the background; flush surfaces their errors before the fsync.
+        file.flush().await?;
+        file.sync_all().await?;
+        drop(file);
+
+        let actual = hex::encode(self.hasher.finalize_reset());
+        if let Some(expected) = expected_sha256.filter(|&expected| expected != actual) {
+            return Err(StoreError::HashMismatch {
+                expected: expected.to_owned(),
+                actual,
+            });
+        }
+        let key = BlobKey::parse(&actual)?;
+        let destination = self.objects.path_to_filesystem(&key.location())?;
+        let parent = destination
+            .parent()
+            .ok_or_else(|| invalid_input("blob path has no parent".to_owned()))?;
+        tokio::fs::create_dir_all(parent).await?;
+        // Same name means same content, so replacing an existing object is harmless.
+        tokio::fs::rename(&self.temp_path, &destination).await?;
+        self.temp_exists = false;
+        // Make the new directory entry durable before anyone records the blob as stored.
+        #[cfg(unix)]
+        tokio::fs::File::open(parent).await?.sync_all().await?;
+        Ok(actual)
+    }
+
+    async fn discard(&mut self) {
+        self.file = None;
+        if self.temp_exists {
+            self.temp_exists = false;
+            match tokio::fs::remove_file(&self.temp_path).await {
+                Err(err) if err.kind() != ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.temp_path.display(), error = %err, "could not remove upload temp file");
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.temp_exists {
+            // Drop cannot await; one unlink is cheap enough to do inline.
+            let _ = std::fs::remove_file(&self.temp_path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(Sha256::digest(data))
+    }
+
+    fn temp_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join(TEMP_DIR)).unwrap().count()
+    }
+
+    async fn put(store: &BlobStore, data: &[u8]) -> String {
+        let mut writer = store.writer(data.len() as u64).unwrap();
+        for chunk in data.chunks(3) {
+            writer.write(chunk).await.unwrap();
+        }
+        let (sha256, len) = writer.finish(Some(&sha256_hex(data))).await.unwrap();
+        assert_eq!(len, data.len() as u64);
+        sha256
+    }
+
+    #[tokio::test]
+    async fn write_then_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let data = b"the quick brown fox jumps over the lazy dog";
+        let sha256 = put(&store, data).await;
+        assert_eq!(sha256, sha256_hex(data));
+        // Storing the same content again is fine.
+        assert_eq!(put(&store, data).await, sha256);
+
+        let path = store.path_of(&sha256).unwrap();
+        assert_eq!(
+            path,
+            dir.path()
+                .canonicalize()
+                .unwrap()
+                .join("blobs")
+                .join(&sha256[..2])
+                .join(&sha256)
+        );
+        assert!(path.is_file());
+        assert_eq!(temp_files(dir.path()), 0);
+
+        assert_eq!(store.len(&sha256).await.unwrap(), Some(data.len() as u64));
+        assert_eq!(store.read_all(&sha256).await.unwrap(), &data[..]);
+        assert_eq!(store.get_range(&sha256, 4..9).await.unwrap(), &data[4..9]);
+        assert_eq!(store.get_range(&sha256, 43..43).await.unwrap(), &b""[..]);
+        let streamed: Vec<Bytes> = store
+            .get_stream(&sha256, Some(10..19))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(streamed.concat(), &data[10..19]);
+        let streamed: Vec<Bytes> = store
+            .get_stream(&sha256, None)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(streamed.concat(), &data[..]);
+
+        let empty = put(&store, b"").await;
+        assert_eq!(store.read_all(&empty).await.unwrap(), &b""[..]);
+    }
+
+    #[tokio::test]
+    async fn size_cap_stops_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(10).unwrap();
+        writer.write(b"123456").await.unwrap();
+        writer.write(b"7890").await.unwrap();
+        let err = writer.write(b"x").await.unwrap_err();
+        assert!(matches!(err, StoreError::TooLarge { limit: 10 }), "{err:?}");
+        assert_eq!(temp_files(dir.path()), 0);
+        assert!(writer.write(b"").await.is_err());
+        assert!(writer.finish(None).await.is_err());
+        assert_eq!(store.len(&sha256_hex(b"1234567890")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn hash_mismatch_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(100).unwrap();
+        writer.write(b"payload").await.unwrap();
+        let expected = sha256_hex(b"something else");
+        match writer.finish(Some(&expected)).await {
+            Err(StoreError::HashMismatch {
+                expected: e,
+                actual,
+            }) => {
+                assert_eq!(e, expected);
+                assert_eq!(actual, sha256_hex(b"payload"));
+            }
+            other => panic!("expected HashMismatch, got {other:?}"),
+        }
+        assert_eq!(store.len(&sha256_hex(b"payload")).await.unwrap(), None);
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn dropped_writer_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let mut writer = store.writer(100).unwrap();
+        writer.write(b"partial").await.unwrap();
+        assert_eq!(temp_files(dir.path()), 1);
+        drop(writer);
+        assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_and_ranges_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let sha256 = put(&store, b"0123456789").await;
+        let is_invalid_input = |r: Result<Bytes>| matches!(r, Err(StoreError::Io(e)) if e.kind() == ErrorKind::InvalidInput);
+
+        for bad in [
+            sha256.to_uppercase(),
+            sha256[..63].to_owned(),
+            format!("../{}", &sha256[3..]),
+            String::new(),
+        ] {
+            assert!(store.path_of(&bad).is_none(), "{bad}");
+            assert!(is_invalid_input(store.read_all(&bad).await), "{bad}");
+            assert!(store.len(&bad).await.is_err(), "{bad}");
+        }
+        assert!(is_invalid_input(store.get_range(&sha256, 5..11).await));
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 6..5;
+        assert!(is_invalid_input(store.get_range(&sha256, reversed).await));
+        assert!(store.get_stream(&sha256, Some(0..11)).await.is_err());
+
+        let missing = "0".repeat(64);
+        assert!(matches!(
+            store.read_all(&missing).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_range(&missing, 0..1).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(matches!(
+            store.get_stream(&missing, None).await,
+            Err(StoreError::NotFound)
+        ));
+        assert_eq!(store.len(&missing).await.unwrap(), None);
+    }
+}

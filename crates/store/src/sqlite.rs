@@ -1,0 +1,815 @@
+//! [`Store`] over SQLite through sqlx.
+//!
+//! Every statement uses `$n` placeholders and SQL that PostgreSQL accepts as written, so a
+//! PostgreSQL store can reuse the queries unchanged. Each transaction starts with a write, so
+//! SQLite takes the write lock up front (waiting up to the busy timeout) rather than failing
+//! to upgrade a read transaction that another writer overtook.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::Row;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+
+use crate::{
+    AuditRecord, MetadataRecord, PendingRecord, Result, Store, StoreError, TokenRecord,
+    UpdateFileRecord, UpdateRecord,
+};
+
+const MAX_CONNECTIONS: u32 = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema migrations as (version, description, SQL), in version order.
+///
+/// Listed here rather than through `sqlx::migrate!`, which needs sqlx's `macros` feature and so
+/// a host build of sqlx and SQLite for the proc macro. Versions, descriptions and checksums are
+/// what sqlx derives from the file names, so switching to the macro later is a no-op for
+/// existing databases; a test checks this list against the directory.
+const MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+
+#[derive(Debug)]
+struct EmbeddedMigrations;
+
+impl MigrationSource<'static> for EmbeddedMigrations {
+    fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
+        let migrations = MIGRATIONS
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
+
+/// The server's database in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Open the database at `path`, creating the file if it is missing, and bring its schema up
+    /// to date.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await?;
+        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// Wait for in-flight queries and close every connection (for a clean shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Our unsigned numbers are BIGINT columns; a value that does not fit is refused, never wrapped.
+fn to_bigint(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| {
+        StoreError::Database(sqlx::Error::Encode(
+            format!(
+                "{what} {value} is larger than the largest storable value {}",
+                i64::MAX
+            )
+            .into(),
+        ))
+    })
+}
+
+fn from_bigint(value: i64, column: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| {
+        StoreError::Database(sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: format!("negative value {value} in an unsigned column").into(),
+        })
+    })
+}
+
+fn refused(message: String) -> StoreError {
+    StoreError::Database(sqlx::Error::Encode(message.into()))
+}
+
+/// `Conflict` for a unique-key violation, the database error otherwise.
+fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
+        _ => StoreError::Database(err),
+    }
+}
+
+fn encode_scopes(scopes: &[String]) -> Result<String> {
+    if let Some(bad) = scopes.iter().find(|s| s.is_empty() || s.contains(',')) {
+        return Err(refused(format!(
+            "scope name {bad:?} is empty or contains a comma"
+        )));
+    }
+    Ok(scopes.join(","))
+}
+
+fn decode_scopes(text: &str) -> Vec<String> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        text.split(',').map(str::to_owned).collect()
+    }
+}
+
+fn metadata_from_row(row: &SqliteRow) -> Result<MetadataRecord> {
+    Ok(MetadataRecord {
+        role: row.try_get("role")?,
+        version: from_bigint(row.try_get("version")?, "version")?,
+        expires: row.try_get("expires")?,
+        bytes: row.try_get("bytes")?,
+    })
+}
+
+fn pending_from_row(row: &SqliteRow) -> Result<PendingRecord> {
+    Ok(PendingRecord {
+        role: row.try_get("role")?,
+        version: from_bigint(row.try_get("version")?, "version")?,
+        bytes: row.try_get("bytes")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<TokenRecord> {
+    let scopes: String = row.try_get("scopes")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        secret_sha256: row.try_get("secret_sha256")?,
+        scopes: decode_scopes(&scopes),
+        created_at: row.try_get("created_at")?,
+        revoked: row.try_get("revoked")?,
+    })
+}
+
+fn update_from_row(row: &SqliteRow) -> Result<UpdateRecord> {
+    Ok(UpdateRecord {
+        id: row.try_get("id")?,
+        publisher: row.try_get("publisher")?,
+        manifest: row.try_get("manifest")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn update_file_from_row(row: &SqliteRow) -> Result<UpdateFileRecord> {
+    Ok(UpdateFileRecord {
+        update_id: row.try_get("update_id")?,
+        target_path: row.try_get("target_path")?,
+        sha256: row.try_get("sha256")?,
+        length: from_bigint(row.try_get("length")?, "length")?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
+    Ok(AuditRecord {
+        at: row.try_get("at")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+fn count_from_row(row: &SqliteRow) -> Result<u64> {
+    from_bigint(row.try_get("n")?, "n")
+}
+
+impl Store for SqliteStore {
+    async fn latest_metadata(&self, role: &str) -> Result<Option<MetadataRecord>> {
+        sqlx::query(
+            "SELECT role, version, expires, bytes FROM metadata WHERE role = $1 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(role)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| metadata_from_row(&row))
+        .transpose()
+    }
+
+    async fn metadata_version(&self, role: &str, version: u64) -> Result<Option<MetadataRecord>> {
+        // A version that does not fit in a BIGINT can never have been stored.
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "SELECT role, version, expires, bytes FROM metadata WHERE role = $1 AND version = $2",
+        )
+        .bind(role)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| metadata_from_row(&row))
+        .transpose()
+    }
+
+    async fn latest_all(&self) -> Result<Vec<MetadataRecord>> {
+        sqlx::query(
+            "SELECT m.role AS role, m.version AS version, m.expires AS expires, m.bytes AS bytes \
+             FROM metadata m \
+             JOIN (SELECT role, MAX(version) AS version FROM metadata GROUP BY role) latest \
+               ON latest.role = m.role AND latest.version = m.version \
+             ORDER BY m.role",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(metadata_from_row)
+        .collect()
+    }
+
+    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for record in records {
+            sqlx::query(
+                "INSERT INTO metadata (role, version, expires, bytes) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(record.role.as_str())
+            .bind(to_bigint(record.version, "version")?)
+            .bind(record.expires)
+            .bind(record.bytes.as_slice())
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| {
+                conflict_or(err, || {
+                    format!(
+                        "{} version {} is already published",
+                        record.role, record.version
+                    )
+                })
+            })?;
+        }
+        for role in clear_pending {
+            sqlx::query("DELETE FROM pending_metadata WHERE role = $1")
+                .bind(role.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn pending(&self, role: &str) -> Result<Option<PendingRecord>> {
+        sqlx::query("SELECT role, version, bytes, created_at FROM pending_metadata WHERE role = $1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| pending_from_row(&row))
+            .transpose()
+    }
+
+    async fn list_pending(&self) -> Result<Vec<PendingRecord>> {
+        sqlx::query("SELECT role, version, bytes, created_at FROM pending_metadata ORDER BY role")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(pending_from_row)
+            .collect()
+    }
+
+    async fn put_pending(&self, record: &PendingRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pending_metadata (role, version, bytes, created_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (role) DO UPDATE \
+             SET version = excluded.version, bytes = excluded.bytes, created_at = excluded.created_at",
+        )
+        .bind(record.role.as_str())
+        .bind(to_bigint(record.version, "version")?)
+        .bind(record.bytes.as_slice())
+        .bind(record.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_pending(&self, role: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pending_metadata WHERE role = $1")
+            .bind(role)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_token(&self, token: &TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, secret_sha256, scopes, created_at, revoked) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(token.id.as_str())
+        .bind(token.name.as_str())
+        .bind(token.secret_sha256.as_str())
+        .bind(encode_scopes(&token.scopes)?)
+        .bind(token.created_at)
+        .bind(token.revoked)
+        .execute(&self.pool)
+        .await
+        // Which key clashed is not said: the message must not hint at another token's secret.
+        .map_err(|err| {
+            conflict_or(err, || {
+                "a token with that id or secret already exists".to_owned()
+            })
+        })?;
+        Ok(())
+    }
+
+    async fn token_by_secret_sha256(&self, secret_sha256: &str) -> Result<Option<TokenRecord>> {
+        sqlx::query(
+            "SELECT id, name, secret_sha256, scopes, created_at, revoked FROM api_tokens WHERE secret_sha256 = $1",
+        )
+        .bind(secret_sha256)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| token_from_row(&row))
+        .transpose()
+    }
+
+    async fn count_tokens(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
+            .fetch_one(&self.pool)
+            .await?;
+        count_from_row(&row)
+    }
+
+    async fn insert_blob(&self, sha256: &str, length: u64, at: i64) -> Result<()> {
+        let inserted = sqlx::query(
+            "INSERT INTO blobs (sha256, length, created_at) VALUES ($1, $2, $3) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(sha256)
+        .bind(to_bigint(length, "length")?)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // Same hash, same content: a different length means something is badly wrong.
+            if let Some(known) = self
+                .blob_length(sha256)
+                .await?
+                .filter(|&known| known != length)
+            {
+                return Err(StoreError::Conflict(format!(
+                    "blob {sha256} is recorded with length {known}, not {length}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn blob_length(&self, sha256: &str) -> Result<Option<u64>> {
+        sqlx::query("SELECT length FROM blobs WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| from_bigint(row.try_get("length")?, "length"))
+            .transpose()
+    }
+
+    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord]) -> Result<()> {
+        if let Some(stray) = files.iter().find(|f| f.update_id != update.id) {
+            return Err(refused(format!(
+                "file {} names update {}, not {}",
+                stray.target_path, stray.update_id, update.id
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO updates (id, publisher, manifest, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(update.id.as_str())
+        .bind(update.publisher.as_str())
+        .bind(update.manifest.as_str())
+        .bind(update.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| conflict_or(err, || format!("update {} already exists", update.id)))?;
+        for file in files {
+            sqlx::query("INSERT INTO update_files (target_path, update_id, sha256, length) VALUES ($1, $2, $3, $4)")
+                .bind(file.target_path.as_str())
+                .bind(update.id.as_str())
+                .bind(file.sha256.as_str())
+                .bind(to_bigint(file.length, "length")?)
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| conflict_or(err, || format!("target path {} already exists", file.target_path)))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_updates(&self) -> Result<Vec<UpdateRecord>> {
+        sqlx::query(
+            "SELECT id, publisher, manifest, created_at FROM updates ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(update_from_row)
+        .collect()
+    }
+
+    async fn update_files(&self, update_id: &str) -> Result<Vec<UpdateFileRecord>> {
+        sqlx::query(
+            "SELECT update_id, target_path, sha256, length FROM update_files WHERE update_id = $1 ORDER BY target_path",
+        )
+        .bind(update_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(update_file_from_row)
+        .collect()
+    }
+
+    async fn file_by_target_path(&self, target_path: &str) -> Result<Option<UpdateFileRecord>> {
+        sqlx::query("SELECT update_id, target_path, sha256, length FROM update_files WHERE target_path = $1")
+            .bind(target_path)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| update_file_from_row(&row))
+            .transpose()
+    }
+
+    async fn count_updates(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM updates")
+            .fetch_one(&self.pool)
+            .await?;
+        count_from_row(&row)
+    }
+
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()> {
+        sqlx::query("INSERT INTO audit_log (at, actor, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(record.at)
+            .bind(record.actor.as_str())
+            .bind(record.action.as_str())
+            .bind(record.detail.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        // Insertion order, not `at`: the caller's clock may step backwards.
+        sqlx::query("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT $1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(audit_from_row)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn open() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ringfence.db"))
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    fn meta(role: &str, version: u64) -> MetadataRecord {
+        MetadataRecord {
+            role: role.into(),
+            version,
+            expires: 1_000,
+            bytes: format!("{role}.{version}").into(),
+        }
+    }
+
+    fn pending(role: &str, version: u64) -> PendingRecord {
+        PendingRecord {
+            role: role.into(),
+            version,
+            bytes: format!("pending {role}.{version}").into(),
+            created_at: 7,
+        }
+    }
+
+    fn update(id: &str, created_at: i64) -> UpdateRecord {
+        UpdateRecord {
+            id: id.into(),
+            publisher: "acme".into(),
+            manifest: format!("{{\"id\":\"{id}\"}}"),
+            created_at,
+        }
+    }
+
+    fn file(update_id: &str, target_path: &str) -> UpdateFileRecord {
+        UpdateFileRecord {
+            update_id: update_id.into(),
+            target_path: target_path.into(),
+            sha256: "ab".repeat(32),
+            length: 42,
+        }
+    }
+
+    #[test]
+    fn embedded_migrations_match_the_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut on_disk: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                let (version, rest) = name.split_once('_').unwrap();
+                let description = rest.strip_suffix(".sql").unwrap().replace('_', " ");
+                let sql = std::fs::read_to_string(dir.join(&name)).unwrap();
+                (version.parse().unwrap(), description, sql)
+            })
+            .collect();
+        on_disk.sort();
+        let embedded: Vec<(i64, String, String)> = MIGRATIONS
+            .iter()
+            .map(|&(v, d, s)| (v, d.to_owned(), s.to_owned()))
+            .collect();
+        assert_eq!(embedded, on_disk);
+    }
+
+    #[tokio::test]
+    async fn metadata_round_trip_and_latest() {
+        let (_dir, store) = open().await;
+        assert_eq!(store.latest_metadata("root").await.unwrap(), None);
+        assert!(store.latest_all().await.unwrap().is_empty());
+
+        store.put_pending(&pending("targets", 2)).await.unwrap();
+        store
+            .publish(&[meta("root", 1), meta("targets", 1)], &[])
+            .await
+            .unwrap();
+        store
+            .publish(
+                &[meta("root", 2), meta("targets", 2)],
+                &["targets".to_owned()],
+            )
+            .await
+            .unwrap();
+        store.publish(&[meta("root", 10)], &[]).await.unwrap();
+
+        assert_eq!(
+            store.latest_metadata("root").await.unwrap(),
+            Some(meta("root", 10))
+        );
+        assert_eq!(
+            store.metadata_version("root", 2).await.unwrap(),
+            Some(meta("root", 2))
+        );
+        assert_eq!(store.metadata_version("root", 3).await.unwrap(), None);
+        assert_eq!(
+            store.latest_all().await.unwrap(),
+            vec![meta("root", 10), meta("targets", 2)]
+        );
+        assert_eq!(store.pending("targets").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn publish_conflict_changes_nothing() {
+        let (_dir, store) = open().await;
+        store.publish(&[meta("root", 1)], &[]).await.unwrap();
+        store.put_pending(&pending("targets", 1)).await.unwrap();
+
+        let err = store
+            .publish(
+                &[meta("targets", 1), meta("root", 1)],
+                &["targets".to_owned()],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+        assert_eq!(store.latest_metadata("targets").await.unwrap(), None);
+        assert_eq!(
+            store.pending("targets").await.unwrap(),
+            Some(pending("targets", 1))
+        );
+        assert_eq!(store.latest_all().await.unwrap(), vec![meta("root", 1)]);
+
+        // A duplicate inside one batch is a conflict too.
+        let err = store
+            .publish(&[meta("snapshot", 1), meta("snapshot", 1)], &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        assert_eq!(store.latest_metadata("snapshot").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn versions_beyond_bigint_are_refused() {
+        let (_dir, store) = open().await;
+        let too_big = i64::MAX as u64 + 1;
+        let err = store
+            .publish(&[meta("root", 1), meta("targets", too_big)], &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Database(sqlx::Error::Encode(_))),
+            "{err:?}"
+        );
+        assert!(store.latest_all().await.unwrap().is_empty());
+        assert!(store.put_pending(&pending("root", u64::MAX)).await.is_err());
+        assert_eq!(
+            store.metadata_version("root", u64::MAX).await.unwrap(),
+            None
+        );
+
+        store
+            .publish(&[meta("root", i64::MAX as u64)], &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.latest_metadata("root").await.unwrap(),
+            Some(meta("root", i64::MAX as u64))
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_upserts_by_role() {
+        let (_dir, store) = open().await;
+        store.put_pending(&pending("targets", 1)).await.unwrap();
+        store.put_pending(&pending("targets", 2)).await.unwrap();
+        store.put_pending(&pending("root", 2)).await.unwrap();
+        assert_eq!(
+            store.pending("targets").await.unwrap(),
+            Some(pending("targets", 2))
+        );
+        assert_eq!(
+            store.list_pending().await.unwrap(),
+            vec![pending("root", 2), pending("targets", 2)]
+        );
+        store.delete_pending("targets").await.unwrap();
+        assert_eq!(
+            store.list_pending().await.unwrap(),
+            vec![pending("root", 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_round_trip() {
+        let (_dir, store) = open().await;
+        let token = TokenRecord {
+            id: "t1".into(),
+            name: "ci".into(),
+            secret_sha256: "01".repeat(32),
+            scopes: vec!["publish".into(), "read".into()],
+            created_at: 5,
+            revoked: false,
+        };
+        let bare = TokenRecord {
+            id: "t2".into(),
+            secret_sha256: "02".repeat(32),
+            scopes: vec![],
+            revoked: true,
+            ..token.clone()
+        };
+        store.insert_token(&token).await.unwrap();
+        store.insert_token(&bare).await.unwrap();
+        assert_eq!(
+            store
+                .token_by_secret_sha256(&token.secret_sha256)
+                .await
+                .unwrap(),
+            Some(token.clone())
+        );
+        assert_eq!(
+            store
+                .token_by_secret_sha256(&bare.secret_sha256)
+                .await
+                .unwrap(),
+            Some(bare)
+        );
+        assert_eq!(
+            store
+                .token_by_secret_sha256(&"03".repeat(32))
+                .await
+                .unwrap(),
+            None
+        );
+
+        let same_secret = TokenRecord {
+            id: "t3".into(),
+            ..token.clone()
+        };
+        assert!(matches!(
+            store.insert_token(&same_secret).await,
+            Err(StoreError::Conflict(_))
+        ));
+        let comma = TokenRecord {
+            id: "t4".into(),
+            secret_sha256: "04".repeat(32),
+            scopes: vec!["a,b".into()],
+            ..token
+        };
+        assert!(store.insert_token(&comma).await.is_err());
+        assert_eq!(store.count_tokens().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn blobs_are_idempotent() {
+        let (_dir, store) = open().await;
+        let sha = "cd".repeat(32);
+        store.insert_blob(&sha, 10, 1).await.unwrap();
+        store.insert_blob(&sha, 10, 2).await.unwrap();
+        assert!(matches!(
+            store.insert_blob(&sha, 11, 3).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.blob_length(&sha).await.unwrap(), Some(10));
+        assert_eq!(store.blob_length(&"ef".repeat(32)).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn updates_round_trip_and_conflicts_change_nothing() {
+        let (_dir, store) = open().await;
+        let first = update("u1", 10);
+        let files = [file("u1", "acme/b.bin"), file("u1", "acme/a.bin")];
+        store.insert_update(&first, &files).await.unwrap();
+
+        // Same id, fresh paths.
+        let err = store
+            .insert_update(&update("u1", 11), &[file("u1", "acme/c.bin")])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+        // Fresh id, one path taken.
+        let err = store
+            .insert_update(
+                &update("u2", 12),
+                &[file("u2", "acme/d.bin"), file("u2", "acme/a.bin")],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+
+        assert_eq!(store.list_updates().await.unwrap(), vec![first]);
+        assert_eq!(store.count_updates().await.unwrap(), 1);
+        assert_eq!(
+            store.update_files("u1").await.unwrap(),
+            vec![files[1].clone(), files[0].clone()]
+        );
+        assert!(store.update_files("u2").await.unwrap().is_empty());
+        assert_eq!(
+            store.file_by_target_path("acme/a.bin").await.unwrap(),
+            Some(files[1].clone())
+        );
+        for path in ["acme/c.bin", "acme/d.bin"] {
+            assert_eq!(store.file_by_target_path(path).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_tail_is_newest_first() {
+        let (_dir, store) = open().await;
+        let entries: Vec<AuditRecord> = (0..5)
+            .map(|i| AuditRecord {
+                at: 100 - i,
+                actor: "admin".into(),
+                action: format!("a{i}"),
+                detail: String::new(),
+            })
+            .collect();
+        for entry in &entries {
+            store.append_audit(entry).await.unwrap();
+        }
+        let tail = store.audit_tail(3).await.unwrap();
+        assert_eq!(
+            tail,
+            vec![entries[4].clone(), entries[3].clone(), entries[2].clone()]
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ringfence.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.publish(&[meta("root", 1)], &[]).await.unwrap();
+        store.close().await;
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.latest_metadata("root").await.unwrap(),
+            Some(meta("root", 1))
+        );
+    }
+}
