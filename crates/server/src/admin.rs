@@ -94,7 +94,18 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
 async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = read_body(body, MAX_ADMIN_BODY).await?;
     check_json_depth(&bytes, MAX_JSON_DEPTH).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        if field.is_empty() || field == "." {
+            ApiError::BadRequest(format!("invalid body: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("invalid body: field `{field}`: {inner}"))
+        }
+    })?;
+    deserializer.end().map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+    Ok(value)
 }
 
 fn role_name(raw: &str) -> ApiResult<RoleName> {

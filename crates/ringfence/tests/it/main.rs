@@ -1,1 +1,7 @@
+//! The one integration-test binary: real servers on loopback ports, the real `ringfence`
+//! binary, python-tuf as the independent client.
 
+mod admin_api;
+mod common;
+mod interop;
+mod stolen_server;

@@ -1,0 +1,119 @@
+//! Hostile and malformed input to the admin API: refused with the exact error, nothing changed.
+
+use ringfence_proto::api::PendingSummary;
+use ringfence_store::Store;
+use serde_json::{Value, json};
+
+use crate::common::Server;
+
+fn counts(server: &Server) -> (u64, usize) {
+    let store = &server.state.repo.store;
+    server.runtime.block_on(async { (store.count_updates().await.unwrap(), store.list_pending().await.unwrap().len()) })
+}
+
+fn manifest(name: &str, sha: &str, len: u64) -> Value {
+    let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["files"] = json!([{"name": name, "sha256": sha, "length": len}]);
+    m
+}
+
+#[test]
+fn admin_api_refuses_bad_callers_and_bad_bodies() {
+    let server = Server::start(|c| c.repository.max_upload_bytes = 1024);
+    let admin = server.admin();
+
+    // Authentication and scopes.
+    assert_eq!(server.client(None).get("/api/v1/pending").unwrap().status, 401);
+    assert_eq!(server.client(Some("rfat_0000")).get("/api/v1/pending").unwrap().status, 401);
+    let created = admin.send_json("POST", "/api/v1/tokens", &json!({"name": "reader", "scopes": ["read"]})).unwrap().ok().unwrap();
+    let reader: Value = serde_json::from_slice(&created).unwrap();
+    let reader = server.client(reader["token"].as_str());
+    let pending: Vec<PendingSummary> = serde_json::from_slice(&reader.get("/api/v1/pending").unwrap().ok().unwrap()).unwrap();
+    assert!(pending.is_empty());
+    let answer = reader.send_json("POST", "/api/v1/approvals", &json!({})).unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+
+    // Uploads: over the cap is cut off with 413 and nothing is stored.
+    let before = std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0);
+    let answer = admin.send("PUT", "/api/v1/content", &vec![7u8; 4096], "application/octet-stream").unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    let blobs = server.runtime.block_on(server.state.repo.store.blob_length(&ringfence_trust::sha256_hex(&vec![7u8; 4096]))).unwrap();
+    assert_eq!(blobs, None);
+    assert_eq!(std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0), before);
+    let ok = admin.send("PUT", "/api/v1/content", b"small", "application/octet-stream").unwrap();
+    assert_eq!(ok.status, 201, "{}", ok.text());
+    let sha = ringfence_trust::sha256_hex(b"small");
+
+    let initial = counts(&server);
+    let refuse = |body: Vec<u8>, needle: &str| {
+        let answer = admin.send("POST", "/api/v1/updates", &body, "application/json").unwrap();
+        assert_eq!(answer.status, 400, "{}", answer.text());
+        assert!(answer.text().contains(needle), "expected {needle:?} in {}", answer.text());
+        assert_eq!(counts(&server), initial, "a refused request changed state");
+    };
+    // Unknown field and wrong type: 400 naming the field.
+    let mut m = manifest("ok.bin", &sha, 5);
+    m["$type"] = json!("System.Windows.Data.ObjectDataProvider");
+    refuse(serde_json::to_vec(&m).unwrap(), "unknown field `$type`");
+    let mut m = manifest("ok.bin", &sha, 5);
+    m["severity"] = json!(3);
+    refuse(serde_json::to_vec(&m).unwrap(), "field `severity`");
+    let mut m = manifest("ok.bin", &sha, 5);
+    m["title"] = json!(["not", "a", "string"]);
+    refuse(serde_json::to_vec(&m).unwrap(), "field `title`: invalid type: sequence, expected a string");
+    // Serialized-object payloads: a .NET BinaryFormatter header and a SOAP envelope.
+    let mut binary_formatter = vec![0x00, 0x01, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0x01, 0x00, 0x00, 0x00];
+    binary_formatter.extend_from_slice(b"\x0c\x02\x00\x00\x00System.Data, Version=4.0.0.0");
+    refuse(binary_formatter, "invalid body");
+    refuse(
+        br#"<SOAP-ENV:Envelope xmlns:SOAP-ENV="http://schemas.xmlsoap.org/soap/envelope/"><SOAP-ENV:Body><ReportEventBatch/></SOAP-ENV:Body></SOAP-ENV:Envelope>"#.to_vec(),
+        "invalid body",
+    );
+    // Deep nesting is refused before parsing.
+    refuse(format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(), "nested deeper");
+    // Target paths: traversal and non-ASCII are refused at publish with a clear error.
+    refuse(serde_json::to_vec(&manifest("../etc/passwd", &sha, 5)).unwrap(), "file name");
+    refuse(serde_json::to_vec(&manifest("..", &sha, 5)).unwrap(), "must not start with '.'");
+    refuse(serde_json::to_vec(&manifest("caf\u{e9}.bin", &sha, 5)).unwrap(), "target path contains");
+    // A file whose content was never uploaded.
+    refuse(serde_json::to_vec(&manifest("ok.bin", &"ab".repeat(32), 5)).unwrap(), "no uploaded content");
+
+    // The same manifest, well-formed, is accepted.
+    let answer = admin.send_json("POST", "/api/v1/updates", &manifest("ok.bin", &sha, 5)).unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    // Publishing the same path again is a conflict.
+    let mut again = manifest("ok.bin", &sha, 5);
+    again["id"] = json!("other-id");
+    assert_eq!(admin.send_json("POST", "/api/v1/updates", &again).unwrap().status, 409);
+}
+
+#[test]
+fn device_listener_has_no_admin_routes_and_refuses_bad_paths() {
+    let server = Server::start(|_| {});
+    let agent = ringfence_cli::http::Client::new(&server.repo_url.replace("/repo", ""), Some(server.token.clone()), &server.ca).unwrap();
+    for path in ["/api/v1/pending", "/api/v1/health", "/repo/metadata/..%2F..%2Fetc%2Fpasswd", "/repo/targets/../ringfence.db", "/repo/metadata/1.nonsense.json"] {
+        assert_eq!(agent.get(path).unwrap().status, 404, "{path}");
+    }
+    let ts = agent.get("/repo/metadata/timestamp.json").unwrap();
+    assert_eq!(ts.status, 200);
+    let root = agent.get("/repo/metadata/1.root.json").unwrap();
+    assert_eq!(root.body, std::fs::read(server.data.join("1.root.json")).unwrap());
+}
+
+#[test]
+fn serve_refuses_root_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::common::run_ok(std::process::Command::new(crate::common::BIN).args(["quickstart", "--no-serve", "--dir"]).arg(dir.path()));
+    let config = dir.path().join("ringfence-data/ringfence.toml");
+    let out = std::process::Command::new(crate::common::BIN).args(["serve", "--config"]).arg(&config).env_remove("RINGFENCE_ALLOW_ROOT").output().unwrap();
+    // As a normal user the server would simply start; CI on this machine runs as root.
+    if running_as_root() {
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}

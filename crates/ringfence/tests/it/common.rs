@@ -1,0 +1,175 @@
+//! A Ringfence installation made by the real `ringfence quickstart`, served on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use ringfence_cli::http::Client;
+use ringfence_server::{AppState, Config};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringfence");
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub keys: PathBuf,
+    pub data: PathBuf,
+    pub admin_url: String,
+    pub repo_url: String,
+    pub ca: PathBuf,
+    pub token: String,
+    pub state: Arc<AppState>,
+    pub runtime: tokio::runtime::Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run command");
+    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Server {
+    /// Quickstart into a temporary directory, adjust the configuration, serve.
+    pub fn start(adjust: impl FnOnce(&mut Config)) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        run_ok(Command::new(BIN).args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"]).arg(dir.path()));
+        let keys = dir.path().join("ringfence-keys");
+        let data = dir.path().join("ringfence-data");
+        let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
+        adjust(&mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serve_state = state.clone();
+        let handle = runtime.handle().clone();
+        let thread = std::thread::spawn(move || {
+            handle.block_on(ringfence_server::serve(serve_state, async { let _ = stop_rx.await; }, Some(ready_tx))).expect("serve");
+        });
+        let addrs = runtime.block_on(ready_rx).expect("server ready");
+        let token = std::fs::read_to_string(data.join("admin.token")).expect("token");
+        Server {
+            admin_url: format!("https://{}", addrs.admin),
+            repo_url: format!("https://{}/repo", addrs.device),
+            ca: data.join("tls/cert.pem"),
+            keys,
+            data,
+            token,
+            state,
+            runtime,
+            dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn client(&self, token: Option<&str>) -> Client {
+        Client::new(&self.admin_url, token.map(str::to_owned), &self.ca).expect("client")
+    }
+
+    pub fn admin(&self) -> Client {
+        self.client(Some(&self.token))
+    }
+
+    /// The `ringfence` binary with the admin URL, CA and token in its environment.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("RINGFENCE_ADMIN_URL", &self.admin_url).env("RINGFENCE_CA", &self.ca).env("RINGFENCE_TOKEN", &self.token);
+        c
+    }
+
+    pub fn key(&self, name: &str) -> PathBuf {
+        self.keys.join(format!("{name}.key"))
+    }
+
+    /// Publish `content` as `acme/<name>` and sign its bin with the publisher key.
+    pub fn publish_signed(&self, name: &str, content: &[u8]) {
+        let work = self.dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let file = work.join(name);
+        std::fs::write(&file, content).unwrap();
+        let manifest = work.join(format!("{name}.manifest.json"));
+        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+        m["id"] = Value::from(format!("acme-{name}"));
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let out = run_ok(self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&file));
+        let outcome: Value = serde_json::from_str(out.trim()).expect("publish outcome");
+        for pending in outcome["pending"].as_array().unwrap() {
+            let role = pending["role"].as_str().unwrap();
+            self.sign(role, "publisher-acme");
+        }
+    }
+
+    pub fn sign(&self, role: &str, key: &str) -> String {
+        run_ok(self.cli().args(["pending", "sign", role, "--yes", "--key"]).arg(self.key(key)).arg("--trusted-root").arg(self.keys.join("1.root.json")))
+    }
+
+    pub fn approve(&self, group: &str, target: &str) -> String {
+        run_ok(self.cli().args(["approve", "--group", group, "--target", target]))
+    }
+
+    /// Every published metadata file, named as served (`N.role.json`, `timestamp.json`).
+    pub fn dump_metadata(&self, out: &Path) {
+        use ringfence_store::Store;
+        std::fs::create_dir_all(out).unwrap();
+        let store = &self.state.repo.store;
+        self.runtime.block_on(async {
+            for latest in store.latest_all().await.unwrap() {
+                if latest.role == "timestamp" {
+                    std::fs::write(out.join("timestamp.json"), &latest.bytes).unwrap();
+                    continue;
+                }
+                for v in 1..=latest.version {
+                    if let Some(r) = store.metadata_version(&latest.role, v).await.unwrap() {
+                        std::fs::write(out.join(format!("{v}.{}.json", r.role)), &r.bytes).unwrap();
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The Python interpreter of the interop virtual environment.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("RINGFENCE_PYTHON") {
+        return p.into();
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python")
+}
+
+pub fn interop_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop").join(name)
+}
+
+/// Run python-tuf's ngclient; returns its JSON answer and whether it succeeded.
+pub fn tuf_client(server: &Server, metadata_dir: &Path, args: &[&str]) -> (bool, Value) {
+    let out = Command::new(python())
+        .arg(interop_script("tuf_client.py"))
+        .args(["--metadata-url", &format!("{}/metadata/", server.repo_url), "--targets-url", &format!("{}/targets/", server.repo_url)])
+        .arg("--root")
+        .arg(server.data.join("1.root.json"))
+        .arg("--metadata-dir")
+        .arg(metadata_dir)
+        .arg("--ca-cert")
+        .arg(&server.ca)
+        .args(args)
+        .output()
+        .expect("run python-tuf client (did scripts/test create .venv?)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let value: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("client said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.success(), value)
+}

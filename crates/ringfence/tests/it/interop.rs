@@ -1,0 +1,87 @@
+//! python-tuf (the reference implementation) against a running Ringfence server.
+
+use std::process::Command;
+
+use crate::common::{Server, interop_script, python, run_ok, tuf_client};
+
+#[test]
+fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
+    let server = Server::start(|_| {});
+    let content = b"hello fleet\n";
+    server.publish_signed("hello.txt", content);
+
+    // pilot: approved by the server's online auto-approver key, published at once.
+    assert!(server.approve("pilot", "acme/hello.txt").contains("is published"));
+    // production: 2 of 3 offline approvers.
+    assert!(server.approve("production", "acme/hello.txt").contains("waits for signatures: 0 of 2"));
+    let md = server.dir.path().join("client-md");
+    let out = server.dir.path().join("client-out");
+    let out_s = out.to_str().unwrap();
+
+    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/pilot/acme/hello.txt", "--out-dir", out_s]);
+    assert!(ok, "{answer}");
+    assert_eq!(std::fs::read(out.join("hello.txt")).unwrap(), content);
+
+    assert!(server.sign("approvals.production", "production-approver-1").contains("1 of 2"));
+    // Below threshold: not published, so the reference client does not find it.
+    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
+    assert!(!ok);
+    assert_eq!(answer["error"], "TargetNotFoundError", "{answer}");
+
+    assert!(server.sign("approvals.production", "production-approver-2").contains("is published"));
+    std::fs::remove_file(out.join("hello.txt")).unwrap();
+    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
+    assert!(ok, "{answer}");
+    assert_eq!(std::fs::read(out.join("hello.txt")).unwrap(), content);
+
+    // Root rotation: version 2 with a new root key, signed by the old and the new key.
+    let keys = &server.keys;
+    run_ok(server.cli().args(["key", "generate", "--unencrypted", "--name", "root-2", "--dir"]).arg(keys));
+    let next = keys.join("2.root.json");
+    run_ok(server.cli().args(["metadata", "next-root"]).arg(keys.join("1.root.json")).arg("--out").arg(&next).arg("--root-key").arg(keys.join("root-2.pub.json")));
+    // Signed by the new key only: held, not published.
+    run_ok(server.cli().args(["metadata", "sign"]).arg(&next).arg("--key").arg(keys.join("root-2.key")));
+    assert!(run_ok(server.cli().arg("propose").arg("root").arg(&next)).contains("waits for signatures"));
+    run_ok(server.cli().args(["metadata", "sign"]).arg(&next).arg("--key").arg(server.key("root")));
+    assert!(run_ok(server.cli().arg("propose").arg("root").arg(&next)).contains("root version 2 is published"));
+    let (ok, answer) = tuf_client(&server, &md, &["refresh"]);
+    assert!(ok, "{answer}");
+    assert_eq!(answer["versions"]["root"], 2, "{answer}");
+
+    // python-tuf's Metadata API verifies every file the server wrote.
+    let dump = server.dir.path().join("dump");
+    server.dump_metadata(&dump);
+    let out = Command::new(python()).arg(interop_script("verify_metadata.py")).arg("--dir").arg(&dump).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn tampered_blob_and_expired_timestamp_are_refused() {
+    // Timestamps that live 3 seconds, and a renewal job that does not look again soon.
+    let server = Server::start(|c| {
+        c.expiry.timestamp_secs = 3;
+        c.expiry.check_interval_secs = 3600;
+    });
+    let content = b"payload-v1";
+    server.publish_signed("app.bin", content);
+    server.approve("pilot", "acme/app.bin");
+    let md = server.dir.path().join("md");
+    let out = server.dir.path().join("out");
+    // Swap the stored bytes for others of the same length.
+    let sha = ringfence_trust::sha256_hex(content);
+    let path = server.state.repo.blobs.path_of(&sha).expect("blob path");
+    std::fs::write(&path, b"PAYLOAD-V2").unwrap();
+    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/pilot/acme/app.bin", "--out-dir", out.to_str().unwrap()]);
+    assert!(!ok);
+    assert_eq!(answer["error"], "LengthOrHashMismatchError", "{answer}");
+    assert!(!out.join("app.bin").exists(), "a refused file must not be written");
+
+    // Freeze: the newest timestamp has expired and the server has not renewed it.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (ok, answer) = tuf_client(&server, &server.dir.path().join("md2"), &["refresh"]);
+    assert!(!ok);
+    assert_eq!(answer["error"], "ExpiredMetadataError", "{answer}");
+    // Our own trusted set refuses it too.
+    let err = server.runtime.block_on(server.state.repo.self_check(ringfence_server::unix_now())).unwrap_err();
+    assert!(format!("{err:?}").contains("timestamp expired"), "{err:?}");
+}

@@ -1,0 +1,108 @@
+//! An attacker holding the server's database, disk, admin token and every online key.
+
+use ringfence_proto::tuf::{Snapshot, Targets, Timestamp};
+use ringfence_store::{MetadataRecord, Store};
+use ringfence_trust::{Envelope, SigningKey, writer};
+
+use crate::common::{Server, tuf_client};
+
+fn load_key(server: &Server, file: &str) -> SigningKey {
+    let pem = std::fs::read_to_string(server.data.join("online-keys").join(file)).unwrap();
+    SigningKey::from_pem(&pem, None).unwrap()
+}
+
+#[test]
+fn online_keys_cannot_approve_for_production() {
+    let server = Server::start(|_| {});
+    server.publish_signed("tool.bin", b"legit tool");
+    let md = server.dir.path().join("md");
+    let out = server.dir.path().join("out");
+    let out_s = out.to_str().unwrap();
+
+    // Through the API: the approval waits for approvers; a signature by an online key under
+    // an approver's key id is refused and changes nothing.
+    assert!(server.approve("production", "acme/tool.bin").contains("0 of 2"));
+    let pending = server.admin().get("/api/v1/pending/approvals.production").unwrap().ok().unwrap();
+    let env = Envelope::<Targets>::parse(&pending, 1 << 24).unwrap();
+    let auto = load_key(&server, "auto-approver.key");
+    let approver_id = SigningKey::from_pem(&std::fs::read_to_string(server.key("production-approver-1")).unwrap(), None).unwrap().key_id();
+    let forged = serde_json::json!({"version": env.signed.version, "signatures": [
+        {"keyid": approver_id.to_string(), "sig": hex_sig(&auto, env.canonical_signed())}]});
+    let answer = server.admin().send_json("POST", "/api/v1/pending/approvals.production/signatures", &forged).unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("does not verify"), "{}", answer.text());
+    let own = serde_json::json!({"version": env.signed.version, "signatures": [
+        {"keyid": auto.key_id().to_string(), "sig": hex_sig(&auto, env.canonical_signed())}]});
+    let answer = server.admin().send_json("POST", "/api/v1/pending/approvals.production/signatures", &own).unwrap();
+    assert_eq!(answer.status, 400);
+    assert!(answer.text().contains("may not sign"), "{}", answer.text());
+    assert_eq!(server.admin().get("/api/v1/pending/approvals.production").unwrap().ok().unwrap(), pending, "refusals change nothing");
+
+    // Straight into the database: an approval role signed with every online key, with a fresh
+    // snapshot and timestamp. The reference client refuses it.
+    let store = &server.state.repo.store;
+    let (role, snapshot, timestamp) = server.runtime.block_on(async {
+        (
+            store.latest_metadata("approvals.production").await.unwrap().unwrap(),
+            store.latest_metadata("snapshot").await.unwrap().unwrap(),
+            store.latest_metadata("timestamp").await.unwrap().unwrap(),
+        )
+    });
+    let mut forged = Envelope::<Targets>::parse(&role.bytes, 1 << 24).unwrap().signed;
+    forged.version += 1;
+    forged.targets = env.signed.targets.clone();
+    let mut forged = Envelope::new(forged).unwrap();
+    forged.sign(&auto);
+    let forged_bytes = forged.to_bytes().unwrap();
+    let now = ringfence_server::unix_now();
+    let snap = Envelope::<Snapshot>::parse(&snapshot.bytes, 1 << 24).unwrap();
+    let mut snap = Envelope::new(writer::next_snapshot(
+        Some(&snap.signed),
+        snap.signed.version + 1,
+        now + 86_400,
+        &[("approvals.production".into(), forged.signed.version, forged_bytes.len() as u64)],
+    ))
+    .unwrap();
+    snap.sign(&load_key(&server, "snapshot.key"));
+    let snap_bytes = snap.to_bytes().unwrap();
+    let ts_version = Envelope::<Timestamp>::parse(&timestamp.bytes, 1 << 16).unwrap().signed.version + 1;
+    let mut ts = Envelope::new(writer::timestamp(ts_version, now + 86_400, snap.signed.version, &snap_bytes)).unwrap();
+    ts.sign(&load_key(&server, "timestamp.key"));
+    let records = vec![
+        MetadataRecord { role: "approvals.production".into(), version: forged.signed.version, expires: now + 86_400, bytes: forged_bytes },
+        MetadataRecord { role: "snapshot".into(), version: snap.signed.version, expires: now + 86_400, bytes: snap_bytes },
+        MetadataRecord { role: "timestamp".into(), version: ts_version, expires: now + 86_400, bytes: ts.to_bytes().unwrap() },
+    ];
+    server.runtime.block_on(store.publish(&records, &[])).unwrap();
+    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/tool.bin", "--out-dir", out_s]);
+    assert!(!ok);
+    assert_eq!(answer["error"], "UnsignedMetadataError", "{answer}");
+    assert!(!out.join("tool.bin").exists());
+}
+
+#[test]
+fn rolled_back_metadata_is_refused() {
+    let server = Server::start(|_| {});
+    let md = server.dir.path().join("md");
+    server.publish_signed("a.bin", b"first");
+    let (ok, answer) = tuf_client(&server, &md, &["refresh"]);
+    assert!(ok, "{answer}");
+    let trusted = answer["versions"]["timestamp"].as_u64().unwrap();
+    assert!(trusted >= 2);
+    // The attacker deletes the newer versions so that an older timestamp is served.
+    let pool_path = server.data.join("ringfence.db");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"DELETE FROM metadata WHERE role='timestamp' AND version > 1\"); c.commit()")
+        .arg(&pool_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, answer) = tuf_client(&server, &md, &["refresh"]);
+    assert!(!ok);
+    assert_eq!(answer["error"], "BadVersionNumberError", "{answer}");
+}
+
+fn hex_sig(key: &SigningKey, message: &[u8]) -> String {
+    key.sign(message).iter().map(|b| format!("{b:02x}")).collect()
+}
