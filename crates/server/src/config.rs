@@ -212,3 +212,17 @@ impl Config {
         self.tls.key_file.clone().unwrap_or_else(|| self.data_dir.join("tls/key.pem"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_and_misspellings_do_not() {
+        let example: Config = toml::from_str(include_str!("../../../docs/ringfence.example.toml")).unwrap();
+        assert_eq!(example.repository.access, RepositoryAccess::Devices);
+        assert!(!example.allow_root);
+        let err = toml::from_str::<Config>("data_dir = \"x\"\nallow_rot = true\n").unwrap_err();
+        assert!(err.to_string().contains("allow_rot"), "{err}");
+    }
+}

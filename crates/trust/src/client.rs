@@ -238,3 +238,67 @@ where
     new.verify(role, &root.keys, &keys.keyids, keys.threshold).map_err(env_err(role))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SigningKey;
+    use crate::writer::{self, RoleKeySet};
+
+    const NOW: i64 = 1_800_000_000;
+
+    struct Repo {
+        root_key: SigningKey,
+        online: SigningKey,
+    }
+
+    impl Repo {
+        fn new() -> Self {
+            Self { root_key: SigningKey::from_seed([1; 32]), online: SigningKey::from_seed([2; 32]) }
+        }
+        fn root(&self, version: u64, root_keys: &[&SigningKey], threshold: u64, signers: &[&SigningKey]) -> Vec<u8> {
+            let roots = RoleKeySet::new(root_keys.iter().map(|k| k.public()).collect(), threshold);
+            let online = RoleKeySet::new(vec![self.online.public()], 1);
+            let root = writer::root(version, NOW + 1000, &[("root", &roots), ("targets", &online), ("snapshot", &online), ("timestamp", &online)]);
+            let mut env = Envelope::new(root).unwrap();
+            signers.iter().for_each(|k| env.sign(k));
+            env.to_bytes().unwrap()
+        }
+        fn timestamp(&self, version: u64, expires: i64) -> Vec<u8> {
+            let mut env = Envelope::new(writer::timestamp(version, expires, version, b"snapshot")).unwrap();
+            env.sign(&self.online);
+            env.to_bytes().unwrap()
+        }
+    }
+
+    #[test]
+    fn rollback_and_freeze_are_refused_and_change_nothing() {
+        let repo = Repo::new();
+        let mut set = TrustedSet::new(&repo.root(1, &[&repo.root_key], 1, &[&repo.root_key]), NOW).unwrap();
+        assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(true));
+        assert!(matches!(set.update_timestamp(&repo.timestamp(4, NOW + 100)), Err(ClientError::Rollback { trusted: 5, got: 4, .. })));
+        assert!(matches!(set.update_timestamp(&repo.timestamp(6, NOW - 1)), Err(ClientError::Expired { .. })));
+        assert_eq!(set.timestamp().map(|t| t.signed.version), Some(5));
+        assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(false));
+    }
+
+    #[test]
+    fn root_rotation_needs_both_thresholds_and_the_next_version() {
+        let repo = Repo::new();
+        let new_keys = [SigningKey::from_seed([3; 32]), SigningKey::from_seed([4; 32])];
+        let mut set = TrustedSet::new(&repo.root(1, &[&repo.root_key], 1, &[&repo.root_key]), NOW).unwrap();
+        // New root 2-of-2 signed by the old key and only one new key: refused.
+        let weak = repo.root(2, &[&new_keys[0], &new_keys[1]], 2, &[&repo.root_key, &new_keys[0]]);
+        assert!(matches!(set.update_root(&weak), Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. }, .. })));
+        // Signed by the new keys only: the old root's threshold is not met.
+        let orphan = repo.root(2, &[&new_keys[0], &new_keys[1]], 2, &[&new_keys[0], &new_keys[1]]);
+        assert!(matches!(set.update_root(&orphan), Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 0, .. }, .. })));
+        // Skipping a version is refused.
+        let skip = repo.root(3, &[&new_keys[0], &new_keys[1]], 2, &[&repo.root_key, &new_keys[0], &new_keys[1]]);
+        assert!(matches!(set.update_root(&skip), Err(ClientError::BadVersion { expected: 2, got: 3, .. })));
+        assert_eq!(set.root().signed.version, 1);
+        let good = repo.root(2, &[&new_keys[0], &new_keys[1]], 2, &[&repo.root_key, &new_keys[0], &new_keys[1]]);
+        assert_eq!(set.update_root(&good), Ok(()));
+        assert_eq!(set.root().signed.version, 2);
+    }
+}
