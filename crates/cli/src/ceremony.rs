@@ -65,19 +65,36 @@ pub fn root(version: u64, expires: i64, keys: &TopLevelKeys) -> anyhow::Result<E
     let root = writer::root(
         version,
         expires,
-        &[("root", &keys.root), ("targets", &keys.targets), ("snapshot", &keys.snapshot), ("timestamp", &keys.timestamp)],
+        &[
+            ("root", &keys.root),
+            ("targets", &keys.targets),
+            ("snapshot", &keys.snapshot),
+            ("timestamp", &keys.timestamp),
+        ],
     );
     Ok(Envelope::new(root)?)
 }
 
 /// Delegate `<publisher>/*` to the publisher's role.
 pub fn add_publisher(targets: &mut Targets, publisher: &PublisherName, keys: &RoleKeySet) {
-    writer::set_delegation(targets, publisher.role().as_str(), keys, Coverage::Patterns(vec![publisher.pattern()]), true);
+    writer::set_delegation(
+        targets,
+        publisher.role().as_str(),
+        keys,
+        Coverage::Patterns(vec![publisher.pattern()]),
+        true,
+    );
 }
 
 /// Delegate `approvals/<group>/*/*` to the group's approval role.
 pub fn add_group(targets: &mut Targets, group: &GroupName, keys: &RoleKeySet) {
-    writer::set_delegation(targets, group.approval_role().as_str(), keys, Coverage::Patterns(vec![group.approval_pattern()]), true);
+    writer::set_delegation(
+        targets,
+        group.approval_role().as_str(),
+        keys,
+        Coverage::Patterns(vec![group.approval_pattern()]),
+        true,
+    );
 }
 
 /// Bins per publisher as a hex prefix length: 2 means 256 bins.
@@ -92,11 +109,7 @@ pub fn publisher_roles(
 ) -> anyhow::Result<Vec<(ringfence_proto::RoleName, Envelope<Targets>)>> {
     let role = writer::publisher_role(publisher, set, DEFAULT_BIN_PREFIX_LEN, 1, expires);
     let mut out = Vec::new();
-    let bins: Vec<String> = role
-        .delegations
-        .iter()
-        .flat_map(|d| d.roles.iter().map(|r| r.name.clone()))
-        .collect();
+    let bins: Vec<String> = role.delegations.iter().flat_map(|d| d.roles.iter().map(|r| r.name.clone())).collect();
     let mut env = Envelope::new(role)?;
     signers.iter().for_each(|k| env.sign(k));
     out.push((publisher.role(), env));

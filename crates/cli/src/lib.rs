@@ -216,6 +216,7 @@ fn client(server: &ServerArgs) -> anyhow::Result<http::Client> {
     http::Client::new(&server.server, Some(server.token.clone()), &server.ca)
 }
 
+#[allow(clippy::disallowed_methods)]
 fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -225,7 +226,8 @@ where
     T: serde::de::DeserializeOwned + serde::Serialize + ringfence_trust::envelope::MetadataType,
 {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Envelope::parse(&bytes, ringfence_proto::limits::MAX_UPLOADED_METADATA).with_context(|| format!("parsing {}", path.display()))
+    Envelope::parse(&bytes, ringfence_proto::limits::MAX_UPLOADED_METADATA)
+        .with_context(|| format!("parsing {}", path.display()))
 }
 
 fn write_envelope<T>(path: &Path, env: &Envelope<T>) -> anyhow::Result<()>
@@ -237,7 +239,10 @@ where
 
 fn key_set(paths: &[PathBuf], threshold: u64) -> anyhow::Result<RoleKeySet> {
     let keys = paths.iter().map(|p| ceremony::read_public(p, None)).collect::<anyhow::Result<Vec<_>>>()?;
-    anyhow::ensure!(threshold >= 1 && threshold as usize <= keys.len(), "threshold must be between 1 and the number of keys");
+    anyhow::ensure!(
+        threshold >= 1 && threshold as usize <= keys.len(),
+        "threshold must be between 1 and the number of keys"
+    );
     Ok(RoleKeySet::new(keys, threshold))
 }
 
@@ -286,7 +291,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                     role.keyids = set.keyids();
                     role.threshold = set.threshold;
                 }
-                let used: std::collections::BTreeSet<String> = next.roles.values().flat_map(|r| r.keyids.clone()).collect();
+                let used: std::collections::BTreeSet<String> =
+                    next.roles.values().flat_map(|r| r.keyids.clone()).collect();
                 next.keys.retain(|id, _| used.contains(id));
             }
             write_envelope(&out, &Envelope::new(next)?)?;
@@ -339,7 +345,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 list.push(UpdateFile { name, sha256: uploaded.sha256, length: uploaded.length });
             }
             value["files"] = serde_json::to_value(list)?;
-            let manifest: UpdateManifest = serde_json::from_value(value).context("the manifest does not fit the schema")?;
+            let manifest: UpdateManifest =
+                serde_json::from_value(value).context("the manifest does not fit the schema")?;
             let answer = client.send_json("POST", "/api/v1/updates", &manifest)?.ok()?;
             println!("{}", String::from_utf8_lossy(&answer));
         }
@@ -349,7 +356,12 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 "uninstall" => ApprovalAction::Uninstall,
                 other => anyhow::bail!("action must be install or uninstall, not {other}"),
             };
-            let request = ApprovalRequest { group: GroupName::parse(&group)?, target: TargetPath::parse(&target)?, action, deadline };
+            let request = ApprovalRequest {
+                group: GroupName::parse(&group)?,
+                target: TargetPath::parse(&target)?,
+                action,
+                deadline,
+            };
             let answer = client(&server)?.send_json("POST", "/api/v1/approvals", &request)?.ok()?;
             let state: RoleState = serde_json::from_slice(&answer)?;
             print_state(&state);
@@ -368,14 +380,16 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let role = RoleName::parse(&role)?;
             let key = passphrase.load_key(&key)?;
             let client = client(&server)?;
-            let trusted = std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
+            let trusted =
+                std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
             let state = review::review_and_sign(&client, &role, &key, &trusted, yes, now())?;
             print_state(&state);
         }
         Command::Propose { server, role, file } => {
             let role = RoleName::parse(&role)?;
             let bytes = std::fs::read(&file)?;
-            let answer = client(&server)?.send("PUT", &format!("/api/v1/pending/{role}"), &bytes, "application/json")?.ok()?;
+            let answer =
+                client(&server)?.send("PUT", &format!("/api/v1/pending/{role}"), &bytes, "application/json")?.ok()?;
             let state: RoleState = serde_json::from_slice(&answer)?;
             print_state(&state);
         }
@@ -390,7 +404,10 @@ fn upload(client: &http::Client, file: &Path) -> anyhow::Result<BlobUploaded> {
 
 fn print_state(state: &RoleState) {
     if state.published {
-        println!("{} version {} is published ({} of {} signatures)", state.role, state.version, state.valid_signatures, state.threshold);
+        println!(
+            "{} version {} is published ({} of {} signatures)",
+            state.role, state.version, state.valid_signatures, state.threshold
+        );
     } else {
         println!(
             "{} version {} waits for signatures: {} of {}; approvers run `ringfence pending sign {}`",

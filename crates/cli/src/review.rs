@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
+use ringfence_proto::api::{RoleState, SignatureUpload};
 use ringfence_proto::limits::MAX_UPLOADED_METADATA;
 use ringfence_proto::names::RoleKind;
 use ringfence_proto::tuf::{Root, TargetFile, Targets, Timestamp};
 use ringfence_proto::{RoleName, TargetPath};
-use ringfence_proto::api::{RoleState, SignatureUpload};
 use ringfence_trust::client::TrustedSet;
 use ringfence_trust::{Envelope, SigningKey};
 
@@ -37,7 +37,8 @@ pub fn verified_repository(client: &Client, trusted_root: &[u8], now: i64) -> an
     }
     let ts = fetch(client, "timestamp", None)?.context("no timestamp")?;
     set.update_timestamp(&ts).context("timestamp does not verify")?;
-    let snapshot_version = Envelope::<Timestamp>::parse(&ts, 1 << 16)?.signed.meta.get("snapshot.json").map_or(0, |m| m.version);
+    let snapshot_version =
+        Envelope::<Timestamp>::parse(&ts, 1 << 16)?.signed.meta.get("snapshot.json").map_or(0, |m| m.version);
     let snapshot = fetch(client, "snapshot", Some(snapshot_version))?.context("no snapshot")?;
     set.update_snapshot(&snapshot, false).context("snapshot does not verify")?;
     load_role(client, &mut set, "targets", "root")?;
@@ -88,12 +89,8 @@ fn describe(t: &TargetFile) -> String {
 pub fn targets_diff(current: Option<&Targets>, next: &Targets) -> Vec<String> {
     let empty = BTreeMap::new();
     let old = current.map_or(&empty, |c| &c.targets);
-    let mut lines = vec![format!(
-        "version {} -> {}, expires {}",
-        current.map_or(0, |c| c.version),
-        next.version,
-        next.expires
-    )];
+    let mut lines =
+        vec![format!("version {} -> {}, expires {}", current.map_or(0, |c| c.version), next.version, next.expires)];
     for (path, entry) in &next.targets {
         match old.get(path) {
             None => lines.push(format!("+ {path}: {}", describe(entry))),
@@ -106,7 +103,12 @@ pub fn targets_diff(current: Option<&Targets>, next: &Targets) -> Vec<String> {
     }
     let roles = |t: Option<&Targets>| -> Vec<String> {
         t.and_then(|t| t.delegations.as_ref())
-            .map(|d| d.roles.iter().map(|r| format!("{} keys={:?} threshold={} paths={:?}", r.name, r.keyids, r.threshold, r.paths)).collect())
+            .map(|d| {
+                d.roles
+                    .iter()
+                    .map(|r| format!("{} keys={:?} threshold={} paths={:?}", r.name, r.keyids, r.threshold, r.paths))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (before, after) = (roles(current), roles(Some(next)));
@@ -121,15 +123,28 @@ pub fn targets_diff(current: Option<&Targets>, next: &Targets) -> Vec<String> {
 
 /// Fetch the pending version of `role`, show and verify it, sign it with `key` and upload
 /// the signature.
-pub fn review_and_sign(client: &Client, role: &RoleName, key: &SigningKey, trusted_root: &[u8], yes: bool, now: i64) -> anyhow::Result<RoleState> {
-    let pending = client.get(&format!("/api/v1/pending/{role}"))?.ok().with_context(|| format!("fetching the pending version of {role}"))?;
+pub fn review_and_sign(
+    client: &Client,
+    role: &RoleName,
+    key: &SigningKey,
+    trusted_root: &[u8],
+    yes: bool,
+    now: i64,
+) -> anyhow::Result<RoleState> {
+    let pending = client
+        .get(&format!("/api/v1/pending/{role}"))?
+        .ok()
+        .with_context(|| format!("fetching the pending version of {role}"))?;
     let mut set = verified_repository(client, trusted_root, now)?;
     let keyid = key.key_id().to_string();
     let (version, message, lines) = match role.kind() {
         RoleKind::Root => {
             let env = Envelope::<Root>::parse(&pending, MAX_UPLOADED_METADATA)?;
             let current = &set.root().signed;
-            let mut lines = vec![format!("root version {} -> {}, expires {}", current.version, env.signed.version, env.signed.expires)];
+            let mut lines = vec![format!(
+                "root version {} -> {}, expires {}",
+                current.version, env.signed.version, env.signed.expires
+            )];
             for (name, keys) in &env.signed.roles {
                 if current.roles.get(name) != Some(keys) {
                     lines.push(format!("~ {name}: keys {:?} threshold {}", keys.keyids, keys.threshold));
@@ -170,14 +185,17 @@ pub fn review_and_sign(client: &Client, role: &RoleName, key: &SigningKey, trust
                         continue;
                     }
                     let path = TargetPath::parse(path)?;
-                    let (g, published) = path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
+                    let (g, published) =
+                        path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
                     if &g != group {
                         bail!("{path} is outside group {group}");
                     }
                     let signed = publisher_entry(client, &mut set, &published)?
                         .with_context(|| format!("REFUSED: {published} is not signed by its publisher"))?;
                     if signed.length != entry.length || signed.hashes != entry.hashes {
-                        bail!("REFUSED: the approval of {published} does not carry the length and hashes its publisher signed");
+                        bail!(
+                            "REFUSED: the approval of {published} does not carry the length and hashes its publisher signed"
+                        );
                     }
                 }
             }

@@ -193,7 +193,10 @@ impl RoleName {
             (Some("timestamp"), None, ..) => RoleKind::Timestamp,
             (Some("publisher"), Some(p), None, _) => RoleKind::Publisher(PublisherName::parse(p)?),
             (Some("publisher"), Some(p), Some(bin), None) => {
-                if bin.is_empty() || bin.len() > 8 || !bin.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                if bin.is_empty()
+                    || bin.len() > 8
+                    || !bin.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
                     return Err(invalid("a bin suffix is 1 to 8 lower-case hex digits"));
                 }
                 RoleKind::PublisherBin(PublisherName::parse(p)?, bin.to_owned())
@@ -302,7 +305,11 @@ impl Sha256Hex {
     pub fn parse(s: &str) -> Result<Self, NameError> {
         const WHAT: &str = "sha256";
         if s.len() != 64 {
-            return Err(NameError::Invalid { what: WHAT, value: s.chars().take(80).collect(), reason: "must be 64 hex characters" });
+            return Err(NameError::Invalid {
+                what: WHAT,
+                value: s.chars().take(80).collect(),
+                reason: "must be 64 hex characters",
+            });
         }
         check_chars(WHAT, s, |b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b), "0-9 and a-f")?;
         Ok(Self(s.to_owned()))
@@ -337,7 +344,10 @@ mod tests {
 
     #[test]
     fn role_names_map_to_kinds() {
-        assert_eq!(RoleName::parse("approvals.production").map(|r| r.kind()), Ok(RoleKind::Approval(GroupName::parse("production").unwrap())));
+        assert_eq!(
+            RoleName::parse("approvals.production").map(|r| r.kind()),
+            Ok(RoleKind::Approval(GroupName::parse("production").unwrap()))
+        );
         assert!(matches!(RoleName::parse("publisher.acme.3f").map(|r| r.kind()), Ok(RoleKind::PublisherBin(_, _))));
         for bad in ["", "Root", "publisher", "publisher.acme.xyz", "approvals.a.b", "other", "../root"] {
             assert!(RoleName::parse(bad).is_err(), "{bad:?} accepted");

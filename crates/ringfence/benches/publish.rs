@@ -19,7 +19,9 @@ const SAMPLES: usize = 21;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    println!("| catalog | median publish (ms) | min (ms) | max (ms) | metadata rewritten per publish (bytes) | of which snapshot | files rewritten |");
+    println!(
+        "| catalog | median publish (ms) | min (ms) | max (ms) | metadata rewritten per publish (bytes) | of which snapshot | files rewritten |"
+    );
     println!("|---|---|---|---|---|---|---|");
     for n in [1_000usize, 10_000, 100_000] {
         runtime.block_on(bench(n));
@@ -32,14 +34,20 @@ async fn bench(n: usize) {
     let online = config.online_key_dir();
     std::fs::create_dir_all(&online).expect("mkdir");
     let (timestamp, snapshot, publisher) = (SigningKey::generate(), SigningKey::generate(), SigningKey::generate());
-    for (file, key) in [("timestamp.key", &timestamp), ("snapshot.key", &snapshot), ("publisher-acme.key", &publisher)] {
+    for (file, key) in [("timestamp.key", &timestamp), ("snapshot.key", &snapshot), ("publisher-acme.key", &publisher)]
+    {
         std::fs::write(online.join(file), key.to_unencrypted_pem().expect("pem")).expect("write key");
     }
     let (root_key, targets_key) = (SigningKey::generate(), SigningKey::generate());
     let one = |k: &SigningKey| RoleKeySet::new(vec![k.public()], 1);
     let now = ringfence_server::unix_now();
     let expires = now + 365 * 86_400;
-    let top = TopLevelKeys { root: one(&root_key), targets: one(&targets_key), snapshot: one(&snapshot), timestamp: one(&timestamp) };
+    let top = TopLevelKeys {
+        root: one(&root_key),
+        targets: one(&targets_key),
+        snapshot: one(&snapshot),
+        timestamp: one(&timestamp),
+    };
     let mut root = ceremony::root(1, expires, &top).expect("root");
     root.sign(&root_key);
     let acme = PublisherName::parse("acme").expect("name");
@@ -97,7 +105,9 @@ async fn bench(n: usize) {
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         let mut bytes = 0;
         files = 0;
-        for role in outcome.published.iter().map(|r| r.role.to_string()).chain(["snapshot".to_owned(), "timestamp".to_owned()]) {
+        for role in
+            outcome.published.iter().map(|r| r.role.to_string()).chain(["snapshot".to_owned(), "timestamp".to_owned()])
+        {
             let record = state.repo.store.latest_metadata(&role).await.expect("read").expect("record");
             if role == "snapshot" {
                 snapshot_bytes.push(record.bytes.len());

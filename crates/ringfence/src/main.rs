@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ringfence", version, about = "A self-hosted update server a compromised server cannot turn against its fleet")]
+#[command(
+    name = "ringfence",
+    version,
+    about = "A self-hosted update server a compromised server cannot turn against its fleet"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

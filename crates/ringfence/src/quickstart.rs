@@ -73,7 +73,8 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     let timestamp = SigningKey::generate();
     let snapshot = SigningKey::generate();
     let auto_approver = SigningKey::generate();
-    for (file, key) in [(TIMESTAMP_FILE, &timestamp), (SNAPSHOT_FILE, &snapshot), (AUTO_APPROVER_FILE, &auto_approver)] {
+    for (file, key) in [(TIMESTAMP_FILE, &timestamp), (SNAPSHOT_FILE, &snapshot), (AUTO_APPROVER_FILE, &auto_approver)]
+    {
         tls::write_private(&online_dir.join(file), key.to_unencrypted_pem()?.as_bytes())?;
     }
 
@@ -86,7 +87,8 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     let root_key = offline("root")?;
     let targets_key = offline("targets")?;
     let publisher_key = offline("publisher-acme")?;
-    let approvers = [offline("production-approver-1")?, offline("production-approver-2")?, offline("production-approver-3")?];
+    let approvers =
+        [offline("production-approver-1")?, offline("production-approver-2")?, offline("production-approver-3")?];
     std::fs::write(
         keys_dir.join("README.txt"),
         "THESE KEYS BELONG OFFLINE.\n\nThey were made by `ringfence quickstart` for a local try-out. Whoever holds them can\n\
@@ -95,7 +97,12 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     )?;
 
     let one = |k: &SigningKey| RoleKeySet::new(vec![k.public()], 1);
-    let top = TopLevelKeys { root: one(&root_key), targets: one(&targets_key), snapshot: one(&snapshot), timestamp: one(&timestamp) };
+    let top = TopLevelKeys {
+        root: one(&root_key),
+        targets: one(&targets_key),
+        snapshot: one(&snapshot),
+        timestamp: one(&timestamp),
+    };
     let mut root = ceremony::root(1, now + YEAR, &top)?;
     root.sign(&root_key);
 
@@ -141,14 +148,20 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     std::fs::write(config_path, toml_config(&config)?)?;
 
     let state = ringfence_server::open_state(config).await?;
-    state.repo.bootstrap(&root_bytes, &roles, now).await.map_err(|e| anyhow::anyhow!("initialising the repository: {e}"))?;
+    state
+        .repo
+        .bootstrap(&root_bytes, &roles, now)
+        .await
+        .map_err(|e| anyhow::anyhow!("initialising the repository: {e}"))?;
     let (record, token) = ringfence_server::admin::new_token("quickstart-admin", &Scope::ALL, now);
     state.repo.store.insert_token(&record).await.context("storing the admin token")?;
     tls::write_private(&data_dir.join("admin.token"), token.as_bytes())?;
     println!("Created a Ringfence installation:");
     println!("  offline keys (MOVE THEM OFFLINE): {}", keys_dir.display());
     if passphrase.is_none() {
-        println!("  !! the offline keys are UNENCRYPTED development keys; set RINGFENCE_KEY_PASSPHRASE before quickstart to encrypt them");
+        println!(
+            "  !! the offline keys are UNENCRYPTED development keys; set RINGFENCE_KEY_PASSPHRASE before quickstart to encrypt them"
+        );
     }
     println!("  server data (database, content, online keys, TLS): {}", data_dir.display());
     Ok(())
@@ -181,14 +194,31 @@ fn print_next_steps(config: &Config, keys_dir: &Path, data_dir: &Path) {
     println!("  trust root for devices:    {}", data_dir.join("1.root.json").display());
     println!();
     println!("Next, in another shell:");
-    println!("  export RINGFENCE_ADMIN_URL=https://{} RINGFENCE_CA={} RINGFENCE_TOKEN=$(cat {})", config.admin_listener.addr, ca.display(), data_dir.join("admin.token").display());
+    println!(
+        "  export RINGFENCE_ADMIN_URL=https://{} RINGFENCE_CA={} RINGFENCE_TOKEN=$(cat {})",
+        config.admin_listener.addr,
+        ca.display(),
+        data_dir.join("admin.token").display()
+    );
     println!("  echo 'hello fleet' > hello.txt");
     println!("  cargo run --release -- publish --manifest docs/examples/hello.manifest.json hello.txt");
-    println!("  cargo run --release -- pending sign publisher.acme.<bin> --key {}/publisher-acme.key --trusted-root {}/1.root.json", keys_dir.display(), keys_dir.display());
+    println!(
+        "  cargo run --release -- pending sign publisher.acme.<bin> --key {}/publisher-acme.key --trusted-root {}/1.root.json",
+        keys_dir.display(),
+        keys_dir.display()
+    );
     println!("  cargo run --release -- approve --group pilot --target acme/hello.txt        # auto-approved online");
     println!("  cargo run --release -- approve --group production --target acme/hello.txt   # needs 2 of 3 approvers:");
-    println!("  cargo run --release -- pending sign approvals.production --key {}/production-approver-1.key --trusted-root {}/1.root.json", keys_dir.display(), keys_dir.display());
-    println!("  cargo run --release -- pending sign approvals.production --key {}/production-approver-2.key --trusted-root {}/1.root.json", keys_dir.display(), keys_dir.display());
+    println!(
+        "  cargo run --release -- pending sign approvals.production --key {}/production-approver-1.key --trusted-root {}/1.root.json",
+        keys_dir.display(),
+        keys_dir.display()
+    );
+    println!(
+        "  cargo run --release -- pending sign approvals.production --key {}/production-approver-2.key --trusted-root {}/1.root.json",
+        keys_dir.display(),
+        keys_dir.display()
+    );
     println!("See README.md for the walk-through.");
     println!();
 }

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Json;
 use futures::StreamExt;
 use rand_core::{OsRng, RngCore};
 use ringfence_proto::RoleName;
@@ -149,7 +149,8 @@ async fn create_token(State(state): Shared, headers: HeaderMap, body: Body) -> A
 async fn upload_content(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Publish]).await?;
     let limit = state.config.repository.max_upload_bytes;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge(limit));
     }
@@ -201,7 +202,12 @@ async fn get_pending(State(state): Shared, headers: HeaderMap, Path(role): Path<
     Ok(json_bytes(state.repo.pending_bytes(&role).await?))
 }
 
-async fn propose(State(state): Shared, headers: HeaderMap, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
+async fn propose(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Admin]).await?;
     let role = role_name(&role)?;
     let bytes = read_body(body, MAX_UPLOADED_METADATA).await?;
@@ -209,7 +215,12 @@ async fn propose(State(state): Shared, headers: HeaderMap, Path(role): Path<Stri
     Ok(Json(outcome).into_response())
 }
 
-async fn add_signatures(State(state): Shared, headers: HeaderMap, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
+async fn add_signatures(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Approve, Scope::Publish]).await?;
     let role = role_name(&role)?;
     let upload = json_body(body).await?;
@@ -224,7 +235,11 @@ async fn latest_metadata(State(state): Shared, headers: HeaderMap, Path(role): P
     Ok(json_bytes(record.bytes))
 }
 
-async fn metadata_version(State(state): Shared, headers: HeaderMap, Path((role, version)): Path<(String, u64)>) -> ApiResult<Response> {
+async fn metadata_version(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path((role, version)): Path<(String, u64)>,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
     let role = role_name(&role)?;
     let record = state.repo.store.metadata_version(role.as_str(), version).await?.ok_or(ApiError::NotFound)?;

@@ -48,7 +48,11 @@ fn parse_metadata_name(file: &str) -> Option<(RoleName, Option<u64>)> {
         return Some((RoleName::timestamp(), None));
     }
     let (version, role) = stem.split_once('.')?;
-    if version.is_empty() || version.len() > 19 || !version.bytes().all(|b| b.is_ascii_digit()) || version.starts_with('0') {
+    if version.is_empty()
+        || version.len() > 19
+        || !version.bytes().all(|b| b.is_ascii_digit())
+        || version.starts_with('0')
+    {
         return None;
     }
     let role = RoleName::parse(role).ok()?;
@@ -58,7 +62,11 @@ fn parse_metadata_name(file: &str) -> Option<(RoleName, Option<u64>)> {
     Some((role, Some(version.parse().ok()?)))
 }
 
-async fn metadata(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn metadata(
+    State(state): State<Arc<AppState>>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let (role, version) = parse_metadata_name(&file).ok_or(ApiError::NotFound)?;
     let store = &state.repo.store;
     let record = match version {
@@ -90,7 +98,11 @@ fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
 }
 
 /// `<dir>/<sha256>.<file name>`: served from the content store by hash.
-async fn target(State(state): State<Arc<AppState>>, Path(path): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+async fn target(
+    State(state): State<Arc<AppState>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     if path.len() > MAX_TARGET_PATH + 65 {
         return Err(ApiError::NotFound);
     }
@@ -163,7 +175,10 @@ mod tests {
     #[test]
     fn metadata_names() {
         assert_eq!(parse_metadata_name("timestamp.json"), Some((RoleName::timestamp(), None)));
-        assert_eq!(parse_metadata_name("3.publisher.acme.0f.json").map(|(r, v)| (r.to_string(), v)), Some(("publisher.acme.0f".into(), Some(3))));
+        assert_eq!(
+            parse_metadata_name("3.publisher.acme.0f.json").map(|(r, v)| (r.to_string(), v)),
+            Some(("publisher.acme.0f".into(), Some(3)))
+        );
         for bad in ["1.timestamp.json", "01.root.json", "root.json", "1.root", "x.root.json", "1.../etc.json"] {
             assert_eq!(parse_metadata_name(bad), None, "{bad}");
         }

@@ -66,12 +66,14 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut response = (status, axum::Json(ErrorBody { error: self.to_string() })).into_response();
         if let ApiError::Unauthorized = self {
-            response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::RangeNotSatisfiable(len) = self {
-            if let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
-            }
+        if let ApiError::RangeNotSatisfiable(len) = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}"))
+        {
+            response.headers_mut().insert(axum::http::header::CONTENT_RANGE, v);
         }
         response
     }

@@ -9,6 +9,8 @@
 //! **Invariant:** nothing routed on the device listener reaches an admin handler; the two
 //! listeners are built from disjoint routers ([`device::router`], [`admin::router`]).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
+
 pub mod admin;
 pub mod config;
 pub mod device;
@@ -40,11 +42,9 @@ pub struct BoundAddrs {
 
 /// Wall-clock Unix seconds. Only the outermost layers call this; everything that decides
 /// expiry takes `now` as a parameter.
+#[allow(clippy::disallowed_methods)]
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// Open the data directory named by `config`.
@@ -87,7 +87,12 @@ pub async fn serve(
     tracing::info!(device = %addrs.device, admin = %addrs.admin, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let device = tokio::spawn(tls::serve_tls(device_listener, tls_config.clone(), device::router(state.clone()), stop_rx.clone()));
+    let device = tokio::spawn(tls::serve_tls(
+        device_listener,
+        tls_config.clone(),
+        device::router(state.clone()),
+        stop_rx.clone(),
+    ));
     let admin = tokio::spawn(tls::serve_tls(admin_listener, tls_config, admin::router(state.clone()), stop_rx.clone()));
     let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx));
     if let Some(ready) = ready {

@@ -56,11 +56,7 @@ impl OnlineKeys {
 
     /// Every online key by key id, for signing delegated roles whose keys include them.
     pub fn delegated_signers(&self) -> BTreeMap<String, &SigningKey> {
-        self.auto_approver
-            .iter()
-            .chain(self.publishers.iter())
-            .map(|k| (k.key_id().to_string(), k))
-            .collect()
+        self.auto_approver.iter().chain(self.publishers.iter()).map(|k| (k.key_id().to_string(), k)).collect()
     }
 }
 

@@ -144,8 +144,12 @@ impl Repository {
         snapshot.sign(&self.keys.snapshot);
         let snapshot_record = record("snapshot", &snapshot)?;
         let timestamp_version = previous_ts.map_or(0, |t| t.version) + 1;
-        let timestamp =
-            writer::timestamp(timestamp_version, now + self.policy.timestamp_secs, snapshot_version, &snapshot_record.bytes);
+        let timestamp = writer::timestamp(
+            timestamp_version,
+            now + self.policy.timestamp_secs,
+            snapshot_version,
+            &snapshot_record.bytes,
+        );
         let mut timestamp = Envelope::new(timestamp).map_err(ApiError::internal)?;
         timestamp.sign(&self.keys.timestamp);
         records.push(snapshot_record);
@@ -191,7 +195,8 @@ impl Repository {
 
     fn check_online_keys_listed(&self, root: &Root) -> ApiResult<()> {
         for (role, key) in [("timestamp", &self.keys.timestamp), ("snapshot", &self.keys.snapshot)] {
-            let listed = root.roles.get(role).is_some_and(|r| r.keyids.contains(&key.key_id().to_string()) && r.threshold == 1);
+            let listed =
+                root.roles.get(role).is_some_and(|r| r.keyids.contains(&key.key_id().to_string()) && r.threshold == 1);
             if !listed {
                 return Err(bad(format!(
                     "root must give the {role} role this server's online {role} key {} with threshold 1",
@@ -229,8 +234,11 @@ impl Repository {
         change(&mut next)?;
         let signers = self.keys.delegated_signers();
         let online: Vec<_> = authority.keyids.iter().filter_map(|id| signers.get(id)).collect();
-        let lifetime =
-            if online.len() as u64 >= authority.threshold { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
+        let lifetime = if online.len() as u64 >= authority.threshold {
+            self.policy.online_targets_secs
+        } else {
+            self.policy.offline_targets_secs
+        };
         next.expires = expiry::format(now + lifetime);
         let mut env = Envelope::new(next).map_err(ApiError::internal)?;
         for key in online {
@@ -240,7 +248,13 @@ impl Repository {
     }
 
     /// Publish `env` if its signatures meet the threshold, else hold it as pending.
-    async fn settle(&self, role: &RoleName, env: Envelope<Targets>, authority: &Authority, now: i64) -> ApiResult<RoleState> {
+    async fn settle(
+        &self,
+        role: &RoleName,
+        env: Envelope<Targets>,
+        authority: &Authority,
+        now: i64,
+    ) -> ApiResult<RoleState> {
         let valid = env.count_valid(&authority.keys, &authority.keyids);
         let version = env.signed.version;
         let published = valid >= authority.threshold && authority.threshold > 0;
@@ -248,11 +262,15 @@ impl Repository {
             self.commit(vec![(role.clone(), env)], None, now).await?;
         } else {
             let bytes = env.to_bytes().map_err(ApiError::internal)?;
-            self.store
-                .put_pending(&PendingRecord { role: role.to_string(), version, bytes, created_at: now })
-                .await?;
+            self.store.put_pending(&PendingRecord { role: role.to_string(), version, bytes, created_at: now }).await?;
         }
-        Ok(RoleState { role: role.clone(), version, published, valid_signatures: valid, threshold: authority.threshold })
+        Ok(RoleState {
+            role: role.clone(),
+            version,
+            published,
+            valid_signatures: valid,
+            threshold: authority.threshold,
+        })
     }
 
     /// Add an update's files to its publisher's hashed bins.
@@ -280,7 +298,12 @@ impl Repository {
             let path = TargetPath::published(&manifest.publisher, &f.name).map_err(bad)?;
             match self.store.blob_length(f.sha256.as_str()).await? {
                 Some(len) if len == f.length => {}
-                Some(len) => return Err(bad(format!("{}: uploaded content {} has length {len}, not {}", f.name, f.sha256, f.length))),
+                Some(len) => {
+                    return Err(bad(format!(
+                        "{}: uploaded content {} has length {len}, not {}",
+                        f.name, f.sha256, f.length
+                    )));
+                }
                 None => return Err(bad(format!("{}: no uploaded content with sha256 {}", f.name, f.sha256))),
             }
             if self.store.file_by_target_path(path.as_str()).await?.is_some() {
@@ -299,12 +322,22 @@ impl Repository {
         let manifest_json = serde_json::to_string(&manifest).map_err(ApiError::internal)?;
         self.store
             .insert_update(
-                &UpdateRecord { id: manifest.id.clone(), publisher: manifest.publisher.to_string(), manifest: manifest_json, created_at: now },
+                &UpdateRecord {
+                    id: manifest.id.clone(),
+                    publisher: manifest.publisher.to_string(),
+                    manifest: manifest_json,
+                    created_at: now,
+                },
                 &files,
             )
             .await?;
 
-        let mut outcome = PublishOutcome { update_id: manifest.id.clone(), targets: Vec::new(), published: Vec::new(), pending: Vec::new() };
+        let mut outcome = PublishOutcome {
+            update_id: manifest.id.clone(),
+            targets: Vec::new(),
+            published: Vec::new(),
+            pending: Vec::new(),
+        };
         for (prefix, entries) in by_bin {
             let bin = manifest.publisher.bin_role(&prefix);
             let state = self
@@ -332,22 +365,34 @@ impl Repository {
         }
         let _guard = self.write_lock.lock().await;
         let publisher = request.target.publisher().ok_or_else(|| bad("target must be <publisher>/<file>"))?;
-        let file = self.store.file_by_target_path(request.target.as_str()).await?.ok_or_else(|| bad(format!("unknown target {}", request.target)))?;
+        let file = self
+            .store
+            .file_by_target_path(request.target.as_str())
+            .await?
+            .ok_or_else(|| bad(format!("unknown target {}", request.target)))?;
         let prefix_len = self
             .latest::<Targets>(publisher.role().as_str())
             .await?
             .and_then(|p| p.signed.delegations)
-            .and_then(|d| d.roles.first().and_then(|r| r.path_hash_prefixes.as_ref().and_then(|p| p.first().map(String::len))))
+            .and_then(|d| {
+                d.roles.first().and_then(|r| r.path_hash_prefixes.as_ref().and_then(|p| p.first().map(String::len)))
+            })
             .ok_or_else(|| bad(format!("unknown publisher {publisher}")))?;
         let bin = publisher.bin_role(&ringfence_trust::paths::bin_prefix_of(request.target.as_str(), prefix_len));
         let signed_entry = self
             .latest::<Targets>(bin.as_str())
             .await?
             .and_then(|b| b.signed.targets.get(request.target.as_str()).cloned())
-            .ok_or_else(|| ApiError::Conflict(format!("{} is not published yet: its publisher has not signed it", request.target)))?;
+            .ok_or_else(|| {
+                ApiError::Conflict(format!("{} is not published yet: its publisher has not signed it", request.target))
+            })?;
         let role = request.group.approval_role();
         let path = request.target.approval(&request.group).map_err(bad)?;
-        let custom = ApprovalCustom { action: request.action, deadline: request.deadline.clone(), update_id: file.update_id.clone() };
+        let custom = ApprovalCustom {
+            action: request.action,
+            deadline: request.deadline.clone(),
+            update_id: file.update_id.clone(),
+        };
         let custom = serde_json::to_value(&custom).map_err(ApiError::internal)?;
         let mut entry = signed_entry;
         entry.custom = Some(custom);
@@ -437,7 +482,8 @@ impl Repository {
             let current = self.latest_root().await?;
             let mut keys = current.signed.keys.clone();
             keys.extend(env.signed.keys.clone());
-            let mut keyids: Vec<String> = current.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default();
+            let mut keyids: Vec<String> =
+                current.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default();
             keyids.extend(env.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default());
             check_each_signature(env.canonical_signed(), &upload.signatures, &keys, &keyids)?;
             env.add_signatures(&upload.signatures);
@@ -448,7 +494,12 @@ impl Repository {
         check_each_signature(env.canonical_signed(), &upload.signatures, &authority.keys, &authority.keyids)?;
         env.add_signatures(&upload.signatures);
         let state = self.settle(role, env, &authority, now).await?;
-        self.audit("sign", &format!("{} signature(s) for {role} version {}", upload.signatures.len(), upload.version), now).await?;
+        self.audit(
+            "sign",
+            &format!("{} signature(s) for {role} version {}", upload.signatures.len(), upload.version),
+            now,
+        )
+        .await?;
         Ok(state)
     }
 
@@ -563,7 +614,10 @@ fn delegated_by(delegator: Option<&Envelope<Targets>>, role: &RoleName) -> ApiRe
 
 fn expect_next(role: &RoleName, current: u64, proposed: u64) -> ApiResult<()> {
     if proposed != current + 1 {
-        return Err(ApiError::Conflict(format!("{role} is at version {current}; a proposal must be version {}", current + 1)));
+        return Err(ApiError::Conflict(format!(
+            "{role} is at version {current}; a proposal must be version {}",
+            current + 1
+        )));
     }
     Ok(())
 }
@@ -602,7 +656,12 @@ fn validate_manifest(m: &UpdateManifest) -> ApiResult<()> {
     if !id_ok {
         return Err(bad("id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'"));
     }
-    for (field, text) in [("title", &m.title), ("description", &m.description), ("product", &m.product), ("release_date", &m.release_date)] {
+    for (field, text) in [
+        ("title", &m.title),
+        ("description", &m.description),
+        ("product", &m.product),
+        ("release_date", &m.release_date),
+    ] {
         if text.len() > MAX_TEXT {
             return Err(bad(format!("{field}: longer than {MAX_TEXT} bytes")));
         }

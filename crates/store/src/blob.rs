@@ -41,16 +41,10 @@ struct BlobKey<'a>(&'a str);
 
 impl<'a> BlobKey<'a> {
     fn parse(sha256: &'a str) -> Result<BlobKey<'a>> {
-        if sha256.len() == 64
-            && sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if sha256.len() == 64 && sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(BlobKey(sha256))
         } else {
-            Err(invalid_input(
-                "a blob address must be 64 lower-case hex digits".to_owned(),
-            ))
+            Err(invalid_input("a blob address must be 64 lower-case hex digits".to_owned()))
         }
     }
 
@@ -85,10 +79,7 @@ impl BlobStore {
         let dir = std::fs::canonicalize(dir)?;
         let objects = LocalFileSystem::new_with_prefix(&dir)?;
         let temp_dir = dir.join(TEMP_DIR);
-        Ok(BlobStore {
-            objects: Arc::new(objects),
-            temp_dir,
-        })
+        Ok(BlobStore { objects: Arc::new(objects), temp_dir })
     }
 
     /// Start an upload of at most `max_len` bytes.
@@ -98,20 +89,10 @@ impl BlobStore {
         let mut attempt = 0;
         let (temp_path, file) = loop {
             let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = self
-                .temp_dir
-                .join(format!("upload-{}-{n}", std::process::id()));
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
+            let path = self.temp_dir.join(format!("upload-{}-{n}", std::process::id()));
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => break (path, file),
-                Err(err)
-                    if err.kind() == ErrorKind::AlreadyExists && attempt < TEMP_NAME_ATTEMPTS =>
-                {
-                    attempt += 1
-                }
+                Err(err) if err.kind() == ErrorKind::AlreadyExists && attempt < TEMP_NAME_ATTEMPTS => attempt += 1,
                 Err(err) => return Err(err.into()),
             }
         };
@@ -139,11 +120,7 @@ impl BlobStore {
     /// The whole blob in memory; `NotFound` if it is not stored.
     pub async fn read_all(&self, sha256: &str) -> Result<Bytes> {
         let key = BlobKey::parse(sha256)?;
-        let result = self
-            .objects
-            .get(&key.location())
-            .await
-            .map_err(read_error)?;
+        let result = self.objects.get(&key.location()).await.map_err(read_error)?;
         result.bytes().await.map_err(read_error)
     }
 
@@ -156,16 +133,9 @@ impl BlobStore {
             return Ok(Bytes::new());
         }
         let wanted = range.end - range.start;
-        let bytes = self
-            .objects
-            .get_range(&key.location(), range)
-            .await
-            .map_err(read_error)?;
+        let bytes = self.objects.get_range(&key.location(), range).await.map_err(read_error)?;
         if bytes.len() as u64 != wanted {
-            return Err(StoreError::Io(std::io::Error::new(
-                ErrorKind::UnexpectedEof,
-                "blob shorter than recorded",
-            )));
+            return Err(StoreError::Io(std::io::Error::new(ErrorKind::UnexpectedEof, "blob shorter than recorded")));
         }
         Ok(bytes)
     }
@@ -188,15 +158,8 @@ impl BlobStore {
             }
             None => None,
         };
-        let options = GetOptions {
-            range,
-            ..GetOptions::default()
-        };
-        let result = self
-            .objects
-            .get_opts(&key.location(), options)
-            .await
-            .map_err(read_error)?;
+        let options = GetOptions { range, ..GetOptions::default() };
+        let result = self.objects.get_opts(&key.location(), options).await.map_err(read_error)?;
         Ok(result.into_stream().map_err(read_error).boxed())
     }
 
@@ -259,9 +222,7 @@ impl BlobWriter {
             Some(new_len) if new_len <= self.max_len => new_len,
             _ => {
                 self.discard().await;
-                return Err(StoreError::TooLarge {
-                    limit: self.max_len,
-                });
+                return Err(StoreError::TooLarge { limit: self.max_len });
             }
         };
         if let Err(err) = file.write_all(chunk).await {
@@ -296,16 +257,11 @@ impl BlobWriter {
 
         let actual = hex::encode(self.hasher.finalize_reset());
         if let Some(expected) = expected_sha256.filter(|&expected| expected != actual) {
-            return Err(StoreError::HashMismatch {
-                expected: expected.to_owned(),
-                actual,
-            });
+            return Err(StoreError::HashMismatch { expected: expected.to_owned(), actual });
         }
         let key = BlobKey::parse(&actual)?;
         let destination = self.objects.path_to_filesystem(&key.location())?;
-        let parent = destination
-            .parent()
-            .ok_or_else(|| invalid_input("blob path has no parent".to_owned()))?;
+        let parent = destination.parent().ok_or_else(|| invalid_input("blob path has no parent".to_owned()))?;
         tokio::fs::create_dir_all(parent).await?;
         // Same name means same content, so replacing an existing object is harmless.
         tokio::fs::rename(&self.temp_path, &destination).await?;
@@ -372,15 +328,7 @@ mod tests {
         assert_eq!(put(&store, data).await, sha256);
 
         let path = store.path_of(&sha256).unwrap();
-        assert_eq!(
-            path,
-            dir.path()
-                .canonicalize()
-                .unwrap()
-                .join("blobs")
-                .join(&sha256[..2])
-                .join(&sha256)
-        );
+        assert_eq!(path, dir.path().canonicalize().unwrap().join("blobs").join(&sha256[..2]).join(&sha256));
         assert!(path.is_file());
         assert_eq!(temp_files(dir.path()), 0);
 
@@ -388,21 +336,9 @@ mod tests {
         assert_eq!(store.read_all(&sha256).await.unwrap(), &data[..]);
         assert_eq!(store.get_range(&sha256, 4..9).await.unwrap(), &data[4..9]);
         assert_eq!(store.get_range(&sha256, 43..43).await.unwrap(), &b""[..]);
-        let streamed: Vec<Bytes> = store
-            .get_stream(&sha256, Some(10..19))
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let streamed: Vec<Bytes> = store.get_stream(&sha256, Some(10..19)).await.unwrap().try_collect().await.unwrap();
         assert_eq!(streamed.concat(), &data[10..19]);
-        let streamed: Vec<Bytes> = store
-            .get_stream(&sha256, None)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let streamed: Vec<Bytes> = store.get_stream(&sha256, None).await.unwrap().try_collect().await.unwrap();
         assert_eq!(streamed.concat(), &data[..]);
 
         let empty = put(&store, b"").await;
@@ -432,10 +368,7 @@ mod tests {
         writer.write(b"payload").await.unwrap();
         let expected = sha256_hex(b"something else");
         match writer.finish(Some(&expected)).await {
-            Err(StoreError::HashMismatch {
-                expected: e,
-                actual,
-            }) => {
+            Err(StoreError::HashMismatch { expected: e, actual }) => {
                 assert_eq!(e, expected);
                 assert_eq!(actual, sha256_hex(b"payload"));
             }
@@ -461,14 +394,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let sha256 = put(&store, b"0123456789").await;
-        let is_invalid_input = |r: Result<Bytes>| matches!(r, Err(StoreError::Io(e)) if e.kind() == ErrorKind::InvalidInput);
+        let is_invalid_input =
+            |r: Result<Bytes>| matches!(r, Err(StoreError::Io(e)) if e.kind() == ErrorKind::InvalidInput);
 
-        for bad in [
-            sha256.to_uppercase(),
-            sha256[..63].to_owned(),
-            format!("../{}", &sha256[3..]),
-            String::new(),
-        ] {
+        for bad in [sha256.to_uppercase(), sha256[..63].to_owned(), format!("../{}", &sha256[3..]), String::new()] {
             assert!(store.path_of(&bad).is_none(), "{bad}");
             assert!(is_invalid_input(store.read_all(&bad).await), "{bad}");
             assert!(store.len(&bad).await.is_err(), "{bad}");
@@ -480,18 +409,9 @@ mod tests {
         assert!(store.get_stream(&sha256, Some(0..11)).await.is_err());
 
         let missing = "0".repeat(64);
-        assert!(matches!(
-            store.read_all(&missing).await,
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            store.get_range(&missing, 0..1).await,
-            Err(StoreError::NotFound)
-        ));
-        assert!(matches!(
-            store.get_stream(&missing, None).await,
-            Err(StoreError::NotFound)
-        ));
+        assert!(matches!(store.read_all(&missing).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.get_range(&missing, 0..1).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.get_stream(&missing, None).await, Err(StoreError::NotFound)));
         assert_eq!(store.len(&missing).await.unwrap(), None);
     }
 }

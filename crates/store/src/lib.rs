@@ -105,7 +105,8 @@ pub trait Store: Send + Sync + 'static {
     /// Latest published version of `role`, if any.
     fn latest_metadata(&self, role: &str) -> impl Future<Output = Result<Option<MetadataRecord>>> + Send;
     /// A given published version of `role`.
-    fn metadata_version(&self, role: &str, version: u64) -> impl Future<Output = Result<Option<MetadataRecord>>> + Send;
+    fn metadata_version(&self, role: &str, version: u64)
+    -> impl Future<Output = Result<Option<MetadataRecord>>> + Send;
     /// The latest version of every role (one record per role name).
     fn latest_all(&self) -> impl Future<Output = Result<Vec<MetadataRecord>>> + Send;
     /// Insert every record and delete the pending entries named in `clear_pending`, atomically.
@@ -131,7 +132,11 @@ pub trait Store: Send + Sync + 'static {
     fn blob_length(&self, sha256: &str) -> impl Future<Output = Result<Option<u64>>> + Send;
 
     /// Insert an update and its files atomically; `Conflict` if the id or a target path exists.
-    fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord]) -> impl Future<Output = Result<()>> + Send;
+    fn insert_update(
+        &self,
+        update: &UpdateRecord,
+        files: &[UpdateFileRecord],
+    ) -> impl Future<Output = Result<()>> + Send;
     fn list_updates(&self) -> impl Future<Output = Result<Vec<UpdateRecord>>> + Send;
     fn update_files(&self, update_id: &str) -> impl Future<Output = Result<Vec<UpdateFileRecord>>> + Send;
     fn file_by_target_path(&self, target_path: &str) -> impl Future<Output = Result<Option<UpdateFileRecord>>> + Send;

@@ -13,13 +13,10 @@ use futures::future::BoxFuture;
 use sqlx::Row;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 
 use crate::{
-    AuditRecord, MetadataRecord, PendingRecord, Result, Store, StoreError, TokenRecord,
-    UpdateFileRecord, UpdateRecord,
+    AuditRecord, MetadataRecord, PendingRecord, Result, Store, StoreError, TokenRecord, UpdateFileRecord, UpdateRecord,
 };
 
 const MAX_CONNECTIONS: u32 = 4;
@@ -31,8 +28,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// a host build of sqlx and SQLite for the proc macro. Versions, descriptions and checksums are
 /// what sqlx derives from the file names, so switching to the macro later is a no-op for
 /// existing databases; a test checks this list against the directory.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
 
 #[derive(Debug)]
 struct EmbeddedMigrations;
@@ -42,13 +38,7 @@ impl MigrationSource<'static> for EmbeddedMigrations {
         let migrations = MIGRATIONS
             .iter()
             .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    Cow::Borrowed(sql),
-                    false,
-                )
+                Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
             })
             .collect();
         Box::pin(async move { Ok(migrations) })
@@ -71,10 +61,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
         Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -89,11 +76,7 @@ impl SqliteStore {
 fn to_bigint(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value).map_err(|_| {
         StoreError::Database(sqlx::Error::Encode(
-            format!(
-                "{what} {value} is larger than the largest storable value {}",
-                i64::MAX
-            )
-            .into(),
+            format!("{what} {value} is larger than the largest storable value {}", i64::MAX).into(),
         ))
     })
 }
@@ -121,19 +104,13 @@ fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError
 
 fn encode_scopes(scopes: &[String]) -> Result<String> {
     if let Some(bad) = scopes.iter().find(|s| s.is_empty() || s.contains(',')) {
-        return Err(refused(format!(
-            "scope name {bad:?} is empty or contains a comma"
-        )));
+        return Err(refused(format!("scope name {bad:?} is empty or contains a comma")));
     }
     Ok(scopes.join(","))
 }
 
 fn decode_scopes(text: &str) -> Vec<String> {
-    if text.is_empty() {
-        Vec::new()
-    } else {
-        text.split(',').map(str::to_owned).collect()
-    }
+    if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
 }
 
 fn metadata_from_row(row: &SqliteRow) -> Result<MetadataRecord> {
@@ -199,14 +176,12 @@ fn count_from_row(row: &SqliteRow) -> Result<u64> {
 
 impl Store for SqliteStore {
     async fn latest_metadata(&self, role: &str) -> Result<Option<MetadataRecord>> {
-        sqlx::query(
-            "SELECT role, version, expires, bytes FROM metadata WHERE role = $1 ORDER BY version DESC LIMIT 1",
-        )
-        .bind(role)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| metadata_from_row(&row))
-        .transpose()
+        sqlx::query("SELECT role, version, expires, bytes FROM metadata WHERE role = $1 ORDER BY version DESC LIMIT 1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| metadata_from_row(&row))
+            .transpose()
     }
 
     async fn metadata_version(&self, role: &str, version: u64) -> Result<Option<MetadataRecord>> {
@@ -214,15 +189,13 @@ impl Store for SqliteStore {
         let Ok(version) = i64::try_from(version) else {
             return Ok(None);
         };
-        sqlx::query(
-            "SELECT role, version, expires, bytes FROM metadata WHERE role = $1 AND version = $2",
-        )
-        .bind(role)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|row| metadata_from_row(&row))
-        .transpose()
+        sqlx::query("SELECT role, version, expires, bytes FROM metadata WHERE role = $1 AND version = $2")
+            .bind(role)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| metadata_from_row(&row))
+            .transpose()
     }
 
     async fn latest_all(&self) -> Result<Vec<MetadataRecord>> {
@@ -243,29 +216,19 @@ impl Store for SqliteStore {
     async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for record in records {
-            sqlx::query(
-                "INSERT INTO metadata (role, version, expires, bytes) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(record.role.as_str())
-            .bind(to_bigint(record.version, "version")?)
-            .bind(record.expires)
-            .bind(record.bytes.as_slice())
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| {
-                conflict_or(err, || {
-                    format!(
-                        "{} version {} is already published",
-                        record.role, record.version
-                    )
-                })
-            })?;
+            sqlx::query("INSERT INTO metadata (role, version, expires, bytes) VALUES ($1, $2, $3, $4)")
+                .bind(record.role.as_str())
+                .bind(to_bigint(record.version, "version")?)
+                .bind(record.expires)
+                .bind(record.bytes.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(|err| {
+                    conflict_or(err, || format!("{} version {} is already published", record.role, record.version))
+                })?;
         }
         for role in clear_pending {
-            sqlx::query("DELETE FROM pending_metadata WHERE role = $1")
-                .bind(role.as_str())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("DELETE FROM pending_metadata WHERE role = $1").bind(role.as_str()).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -305,10 +268,7 @@ impl Store for SqliteStore {
     }
 
     async fn delete_pending(&self, role: &str) -> Result<()> {
-        sqlx::query("DELETE FROM pending_metadata WHERE role = $1")
-            .bind(role)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM pending_metadata WHERE role = $1").bind(role).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -326,11 +286,7 @@ impl Store for SqliteStore {
         .execute(&self.pool)
         .await
         // Which key clashed is not said: the message must not hint at another token's secret.
-        .map_err(|err| {
-            conflict_or(err, || {
-                "a token with that id or secret already exists".to_owned()
-            })
-        })?;
+        .map_err(|err| conflict_or(err, || "a token with that id or secret already exists".to_owned()))?;
         Ok(())
     }
 
@@ -346,9 +302,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_tokens(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens").fetch_one(&self.pool).await?;
         count_from_row(&row)
     }
 
@@ -363,11 +317,7 @@ impl Store for SqliteStore {
         .await?;
         if inserted.rows_affected() == 0 {
             // Same hash, same content: a different length means something is badly wrong.
-            if let Some(known) = self
-                .blob_length(sha256)
-                .await?
-                .filter(|&known| known != length)
-            {
+            if let Some(known) = self.blob_length(sha256).await?.filter(|&known| known != length) {
                 return Err(StoreError::Conflict(format!(
                     "blob {sha256} is recorded with length {known}, not {length}"
                 )));
@@ -393,16 +343,14 @@ impl Store for SqliteStore {
             )));
         }
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO updates (id, publisher, manifest, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(update.id.as_str())
-        .bind(update.publisher.as_str())
-        .bind(update.manifest.as_str())
-        .bind(update.created_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|err| conflict_or(err, || format!("update {} already exists", update.id)))?;
+        sqlx::query("INSERT INTO updates (id, publisher, manifest, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(update.id.as_str())
+            .bind(update.publisher.as_str())
+            .bind(update.manifest.as_str())
+            .bind(update.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| conflict_or(err, || format!("update {} already exists", update.id)))?;
         for file in files {
             sqlx::query("INSERT INTO update_files (target_path, update_id, sha256, length) VALUES ($1, $2, $3, $4)")
                 .bind(file.target_path.as_str())
@@ -418,14 +366,12 @@ impl Store for SqliteStore {
     }
 
     async fn list_updates(&self) -> Result<Vec<UpdateRecord>> {
-        sqlx::query(
-            "SELECT id, publisher, manifest, created_at FROM updates ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(update_from_row)
-        .collect()
+        sqlx::query("SELECT id, publisher, manifest, created_at FROM updates ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(update_from_row)
+            .collect()
     }
 
     async fn update_files(&self, update_id: &str) -> Result<Vec<UpdateFileRecord>> {
@@ -450,9 +396,7 @@ impl Store for SqliteStore {
     }
 
     async fn count_updates(&self) -> Result<u64> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM updates")
-            .fetch_one(&self.pool)
-            .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM updates").fetch_one(&self.pool).await?;
         count_from_row(&row)
     }
 
@@ -485,37 +429,20 @@ mod tests {
 
     async fn open() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ringfence.db"))
-            .await
-            .unwrap();
+        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         (dir, store)
     }
 
     fn meta(role: &str, version: u64) -> MetadataRecord {
-        MetadataRecord {
-            role: role.into(),
-            version,
-            expires: 1_000,
-            bytes: format!("{role}.{version}").into(),
-        }
+        MetadataRecord { role: role.into(), version, expires: 1_000, bytes: format!("{role}.{version}").into() }
     }
 
     fn pending(role: &str, version: u64) -> PendingRecord {
-        PendingRecord {
-            role: role.into(),
-            version,
-            bytes: format!("pending {role}.{version}").into(),
-            created_at: 7,
-        }
+        PendingRecord { role: role.into(), version, bytes: format!("pending {role}.{version}").into(), created_at: 7 }
     }
 
     fn update(id: &str, created_at: i64) -> UpdateRecord {
-        UpdateRecord {
-            id: id.into(),
-            publisher: "acme".into(),
-            manifest: format!("{{\"id\":\"{id}\"}}"),
-            created_at,
-        }
+        UpdateRecord { id: id.into(), publisher: "acme".into(), manifest: format!("{{\"id\":\"{id}\"}}"), created_at }
     }
 
     fn file(update_id: &str, target_path: &str) -> UpdateFileRecord {
@@ -541,10 +468,8 @@ mod tests {
             })
             .collect();
         on_disk.sort();
-        let embedded: Vec<(i64, String, String)> = MIGRATIONS
-            .iter()
-            .map(|&(v, d, s)| (v, d.to_owned(), s.to_owned()))
-            .collect();
+        let embedded: Vec<(i64, String, String)> =
+            MIGRATIONS.iter().map(|&(v, d, s)| (v, d.to_owned(), s.to_owned())).collect();
         assert_eq!(embedded, on_disk);
     }
 
@@ -555,32 +480,14 @@ mod tests {
         assert!(store.latest_all().await.unwrap().is_empty());
 
         store.put_pending(&pending("targets", 2)).await.unwrap();
-        store
-            .publish(&[meta("root", 1), meta("targets", 1)], &[])
-            .await
-            .unwrap();
-        store
-            .publish(
-                &[meta("root", 2), meta("targets", 2)],
-                &["targets".to_owned()],
-            )
-            .await
-            .unwrap();
+        store.publish(&[meta("root", 1), meta("targets", 1)], &[]).await.unwrap();
+        store.publish(&[meta("root", 2), meta("targets", 2)], &["targets".to_owned()]).await.unwrap();
         store.publish(&[meta("root", 10)], &[]).await.unwrap();
 
-        assert_eq!(
-            store.latest_metadata("root").await.unwrap(),
-            Some(meta("root", 10))
-        );
-        assert_eq!(
-            store.metadata_version("root", 2).await.unwrap(),
-            Some(meta("root", 2))
-        );
+        assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", 10)));
+        assert_eq!(store.metadata_version("root", 2).await.unwrap(), Some(meta("root", 2)));
         assert_eq!(store.metadata_version("root", 3).await.unwrap(), None);
-        assert_eq!(
-            store.latest_all().await.unwrap(),
-            vec![meta("root", 10), meta("targets", 2)]
-        );
+        assert_eq!(store.latest_all().await.unwrap(), vec![meta("root", 10), meta("targets", 2)]);
         assert_eq!(store.pending("targets").await.unwrap(), None);
     }
 
@@ -590,27 +497,15 @@ mod tests {
         store.publish(&[meta("root", 1)], &[]).await.unwrap();
         store.put_pending(&pending("targets", 1)).await.unwrap();
 
-        let err = store
-            .publish(
-                &[meta("targets", 1), meta("root", 1)],
-                &["targets".to_owned()],
-            )
-            .await
-            .unwrap_err();
+        let err = store.publish(&[meta("targets", 1), meta("root", 1)], &["targets".to_owned()]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
         assert_eq!(store.latest_metadata("targets").await.unwrap(), None);
-        assert_eq!(
-            store.pending("targets").await.unwrap(),
-            Some(pending("targets", 1))
-        );
+        assert_eq!(store.pending("targets").await.unwrap(), Some(pending("targets", 1)));
         assert_eq!(store.latest_all().await.unwrap(), vec![meta("root", 1)]);
 
         // A duplicate inside one batch is a conflict too.
-        let err = store
-            .publish(&[meta("snapshot", 1), meta("snapshot", 1)], &[])
-            .await
-            .unwrap_err();
+        let err = store.publish(&[meta("snapshot", 1), meta("snapshot", 1)], &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
         assert_eq!(store.latest_metadata("snapshot").await.unwrap(), None);
     }
@@ -619,29 +514,14 @@ mod tests {
     async fn versions_beyond_bigint_are_refused() {
         let (_dir, store) = open().await;
         let too_big = i64::MAX as u64 + 1;
-        let err = store
-            .publish(&[meta("root", 1), meta("targets", too_big)], &[])
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, StoreError::Database(sqlx::Error::Encode(_))),
-            "{err:?}"
-        );
+        let err = store.publish(&[meta("root", 1), meta("targets", too_big)], &[]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Database(sqlx::Error::Encode(_))), "{err:?}");
         assert!(store.latest_all().await.unwrap().is_empty());
         assert!(store.put_pending(&pending("root", u64::MAX)).await.is_err());
-        assert_eq!(
-            store.metadata_version("root", u64::MAX).await.unwrap(),
-            None
-        );
+        assert_eq!(store.metadata_version("root", u64::MAX).await.unwrap(), None);
 
-        store
-            .publish(&[meta("root", i64::MAX as u64)], &[])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.latest_metadata("root").await.unwrap(),
-            Some(meta("root", i64::MAX as u64))
-        );
+        store.publish(&[meta("root", i64::MAX as u64)], &[]).await.unwrap();
+        assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", i64::MAX as u64)));
     }
 
     #[tokio::test]
@@ -650,19 +530,10 @@ mod tests {
         store.put_pending(&pending("targets", 1)).await.unwrap();
         store.put_pending(&pending("targets", 2)).await.unwrap();
         store.put_pending(&pending("root", 2)).await.unwrap();
-        assert_eq!(
-            store.pending("targets").await.unwrap(),
-            Some(pending("targets", 2))
-        );
-        assert_eq!(
-            store.list_pending().await.unwrap(),
-            vec![pending("root", 2), pending("targets", 2)]
-        );
+        assert_eq!(store.pending("targets").await.unwrap(), Some(pending("targets", 2)));
+        assert_eq!(store.list_pending().await.unwrap(), vec![pending("root", 2), pending("targets", 2)]);
         store.delete_pending("targets").await.unwrap();
-        assert_eq!(
-            store.list_pending().await.unwrap(),
-            vec![pending("root", 2)]
-        );
+        assert_eq!(store.list_pending().await.unwrap(), vec![pending("root", 2)]);
     }
 
     #[tokio::test]
@@ -685,42 +556,14 @@ mod tests {
         };
         store.insert_token(&token).await.unwrap();
         store.insert_token(&bare).await.unwrap();
-        assert_eq!(
-            store
-                .token_by_secret_sha256(&token.secret_sha256)
-                .await
-                .unwrap(),
-            Some(token.clone())
-        );
-        assert_eq!(
-            store
-                .token_by_secret_sha256(&bare.secret_sha256)
-                .await
-                .unwrap(),
-            Some(bare)
-        );
-        assert_eq!(
-            store
-                .token_by_secret_sha256(&"03".repeat(32))
-                .await
-                .unwrap(),
-            None
-        );
+        assert_eq!(store.token_by_secret_sha256(&token.secret_sha256).await.unwrap(), Some(token.clone()));
+        assert_eq!(store.token_by_secret_sha256(&bare.secret_sha256).await.unwrap(), Some(bare));
+        assert_eq!(store.token_by_secret_sha256(&"03".repeat(32)).await.unwrap(), None);
 
-        let same_secret = TokenRecord {
-            id: "t3".into(),
-            ..token.clone()
-        };
-        assert!(matches!(
-            store.insert_token(&same_secret).await,
-            Err(StoreError::Conflict(_))
-        ));
-        let comma = TokenRecord {
-            id: "t4".into(),
-            secret_sha256: "04".repeat(32),
-            scopes: vec!["a,b".into()],
-            ..token
-        };
+        let same_secret = TokenRecord { id: "t3".into(), ..token.clone() };
+        assert!(matches!(store.insert_token(&same_secret).await, Err(StoreError::Conflict(_))));
+        let comma =
+            TokenRecord { id: "t4".into(), secret_sha256: "04".repeat(32), scopes: vec!["a,b".into()], ..token };
         assert!(store.insert_token(&comma).await.is_err());
         assert_eq!(store.count_tokens().await.unwrap(), 2);
     }
@@ -731,10 +574,7 @@ mod tests {
         let sha = "cd".repeat(32);
         store.insert_blob(&sha, 10, 1).await.unwrap();
         store.insert_blob(&sha, 10, 2).await.unwrap();
-        assert!(matches!(
-            store.insert_blob(&sha, 11, 3).await,
-            Err(StoreError::Conflict(_))
-        ));
+        assert!(matches!(store.insert_blob(&sha, 11, 3).await, Err(StoreError::Conflict(_))));
         assert_eq!(store.blob_length(&sha).await.unwrap(), Some(10));
         assert_eq!(store.blob_length(&"ef".repeat(32)).await.unwrap(), None);
     }
@@ -747,32 +587,20 @@ mod tests {
         store.insert_update(&first, &files).await.unwrap();
 
         // Same id, fresh paths.
-        let err = store
-            .insert_update(&update("u1", 11), &[file("u1", "acme/c.bin")])
-            .await
-            .unwrap_err();
+        let err = store.insert_update(&update("u1", 11), &[file("u1", "acme/c.bin")]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
         // Fresh id, one path taken.
         let err = store
-            .insert_update(
-                &update("u2", 12),
-                &[file("u2", "acme/d.bin"), file("u2", "acme/a.bin")],
-            )
+            .insert_update(&update("u2", 12), &[file("u2", "acme/d.bin"), file("u2", "acme/a.bin")])
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
         assert_eq!(store.list_updates().await.unwrap(), vec![first]);
         assert_eq!(store.count_updates().await.unwrap(), 1);
-        assert_eq!(
-            store.update_files("u1").await.unwrap(),
-            vec![files[1].clone(), files[0].clone()]
-        );
+        assert_eq!(store.update_files("u1").await.unwrap(), vec![files[1].clone(), files[0].clone()]);
         assert!(store.update_files("u2").await.unwrap().is_empty());
-        assert_eq!(
-            store.file_by_target_path("acme/a.bin").await.unwrap(),
-            Some(files[1].clone())
-        );
+        assert_eq!(store.file_by_target_path("acme/a.bin").await.unwrap(), Some(files[1].clone()));
         for path in ["acme/c.bin", "acme/d.bin"] {
             assert_eq!(store.file_by_target_path(path).await.unwrap(), None);
         }
@@ -782,21 +610,13 @@ mod tests {
     async fn audit_tail_is_newest_first() {
         let (_dir, store) = open().await;
         let entries: Vec<AuditRecord> = (0..5)
-            .map(|i| AuditRecord {
-                at: 100 - i,
-                actor: "admin".into(),
-                action: format!("a{i}"),
-                detail: String::new(),
-            })
+            .map(|i| AuditRecord { at: 100 - i, actor: "admin".into(), action: format!("a{i}"), detail: String::new() })
             .collect();
         for entry in &entries {
             store.append_audit(entry).await.unwrap();
         }
         let tail = store.audit_tail(3).await.unwrap();
-        assert_eq!(
-            tail,
-            vec![entries[4].clone(), entries[3].clone(), entries[2].clone()]
-        );
+        assert_eq!(tail, vec![entries[4].clone(), entries[3].clone(), entries[2].clone()]);
     }
 
     #[tokio::test]
@@ -807,9 +627,6 @@ mod tests {
         store.publish(&[meta("root", 1)], &[]).await.unwrap();
         store.close().await;
         let store = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(
-            store.latest_metadata("root").await.unwrap(),
-            Some(meta("root", 1))
-        );
+        assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", 1)));
     }
 }

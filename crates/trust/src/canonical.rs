@@ -96,8 +96,12 @@ mod tests {
     #[test]
     fn matches_securesystemslib_examples() {
         let v = json!({"b": [1, -2, true, null], "a": "q\"u\\o\nte", "c": {}});
-        assert_eq!(encode(&v).unwrap(), br#"{"a":"q\"u\\o
-te","b":[1,-2,true,null],"c":{}}"#.to_vec());
+        assert_eq!(
+            encode(&v).unwrap(),
+            br#"{"a":"q\"u\\o
+te","b":[1,-2,true,null],"c":{}}"#
+                .to_vec()
+        );
         assert!(matches!(encode(&json!({"x": 1.5})), Err(CanonicalError::Float(_))));
     }
 

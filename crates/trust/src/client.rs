@@ -48,10 +48,8 @@ fn env_err(role: &str) -> impl FnOnce(EnvelopeError) -> ClientError + '_ {
 }
 
 fn check_expiry(role: &str, expires: &str, now: i64) -> Result<(), ClientError> {
-    let at = crate::expiry::parse(expires).map_err(|e| ClientError::Envelope {
-        role: role.into(),
-        source: EnvelopeError::Malformed(e.to_string()),
-    })?;
+    let at = crate::expiry::parse(expires)
+        .map_err(|e| ClientError::Envelope { role: role.into(), source: EnvelopeError::Malformed(e.to_string()) })?;
     if at <= now {
         return Err(ClientError::Expired { role: role.into(), expires: expires.into() });
     }
@@ -60,10 +58,10 @@ fn check_expiry(role: &str, expires: &str, now: i64) -> Result<(), ClientError> 
 
 fn check_length_and_hashes(role: &str, meta: &MetaFile, bytes: &[u8]) -> Result<(), ClientError> {
     let mismatch = || ClientError::LengthOrHashMismatch { role: role.into() };
-    if let Some(length) = meta.length {
-        if bytes.len() as u64 != length {
-            return Err(mismatch());
-        }
+    if let Some(length) = meta.length
+        && bytes.len() as u64 != length
+    {
+        return Err(mismatch());
     }
     if let Some(hashes) = &meta.hashes {
         let sha256 = hashes.get("sha256").ok_or_else(mismatch)?;
@@ -119,21 +117,30 @@ impl TrustedSet {
         check_expiry("root", &root.expires, self.now)?;
         let new = Envelope::<Timestamp>::parse(bytes, MAX_TIMESTAMP_BYTES as usize).map_err(env_err("timestamp"))?;
         verify_top_level(&new, root, "timestamp")?;
-        let new_meta = new.signed.meta.get("snapshot.json").ok_or(ClientError::NotListed {
-            role: "snapshot".into(),
-            listing: "timestamp",
-        })?;
+        let new_meta = new
+            .signed
+            .meta
+            .get("snapshot.json")
+            .ok_or(ClientError::NotListed { role: "snapshot".into(), listing: "timestamp" })?;
         if let Some(old) = &self.timestamp {
             if new.signed.version < old.signed.version {
-                return Err(ClientError::Rollback { role: "timestamp".into(), trusted: old.signed.version, got: new.signed.version });
+                return Err(ClientError::Rollback {
+                    role: "timestamp".into(),
+                    trusted: old.signed.version,
+                    got: new.signed.version,
+                });
             }
             if new.signed.version == old.signed.version {
                 return Ok(false);
             }
-            if let Some(old_meta) = old.signed.meta.get("snapshot.json") {
-                if new_meta.version < old_meta.version {
-                    return Err(ClientError::Rollback { role: "snapshot".into(), trusted: old_meta.version, got: new_meta.version });
-                }
+            if let Some(old_meta) = old.signed.meta.get("snapshot.json")
+                && new_meta.version < old_meta.version
+            {
+                return Err(ClientError::Rollback {
+                    role: "snapshot".into(),
+                    trusted: old_meta.version,
+                    got: new_meta.version,
+                });
             }
         }
         check_expiry("timestamp", &new.signed.expires, self.now)?;
@@ -144,11 +151,13 @@ impl TrustedSet {
     /// Accept the snapshot the trusted timestamp names. `from_cache` skips the hash check for
     /// a copy the client stored itself earlier (the version check still applies).
     pub fn update_snapshot(&mut self, bytes: &[u8], from_cache: bool) -> Result<(), ClientError> {
-        let timestamp = self.timestamp.as_ref().ok_or(ClientError::OutOfOrder { role: "snapshot".into(), needed: "timestamp" })?;
-        let meta = timestamp.signed.meta.get("snapshot.json").ok_or(ClientError::NotListed {
-            role: "snapshot".into(),
-            listing: "timestamp",
-        })?;
+        let timestamp =
+            self.timestamp.as_ref().ok_or(ClientError::OutOfOrder { role: "snapshot".into(), needed: "timestamp" })?;
+        let meta = timestamp
+            .signed
+            .meta
+            .get("snapshot.json")
+            .ok_or(ClientError::NotListed { role: "snapshot".into(), listing: "timestamp" })?;
         let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
         if !from_cache {
             check_length_and_hashes("snapshot", meta, bytes)?;
@@ -156,14 +165,22 @@ impl TrustedSet {
         let new = Envelope::<Snapshot>::parse(bytes, max).map_err(env_err("snapshot"))?;
         verify_top_level(&new, &self.root.signed, "snapshot")?;
         if new.signed.version != meta.version {
-            return Err(ClientError::BadVersion { role: "snapshot".into(), expected: meta.version, got: new.signed.version });
+            return Err(ClientError::BadVersion {
+                role: "snapshot".into(),
+                expected: meta.version,
+                got: new.signed.version,
+            });
         }
         if let Some(old) = &self.snapshot {
             for (name, old_meta) in &old.signed.meta {
                 match new.signed.meta.get(name) {
                     None => return Err(ClientError::NotListed { role: name.clone(), listing: "snapshot" }),
                     Some(m) if m.version < old_meta.version => {
-                        return Err(ClientError::Rollback { role: name.clone(), trusted: old_meta.version, got: m.version });
+                        return Err(ClientError::Rollback {
+                            role: name.clone(),
+                            trusted: old_meta.version,
+                            got: m.version,
+                        });
                     }
                     Some(_) => {}
                 }
@@ -182,7 +199,8 @@ impl TrustedSet {
     /// Accept the targets metadata of `role`, delegated by the trusted `delegator`
     /// (`root` for top-level targets).
     pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), ClientError> {
-        let snapshot = self.snapshot.as_ref().ok_or(ClientError::OutOfOrder { role: role.into(), needed: "snapshot" })?;
+        let snapshot =
+            self.snapshot.as_ref().ok_or(ClientError::OutOfOrder { role: role.into(), needed: "snapshot" })?;
         let meta = snapshot
             .signed
             .meta
@@ -197,15 +215,20 @@ impl TrustedSet {
             }
             verify_top_level(&new, &self.root.signed, "targets")?;
         } else {
-            let parent = self.targets.get(delegator).ok_or(ClientError::OutOfOrder { role: role.into(), needed: "its delegator" })?;
-            let delegations = parent.signed.delegations.as_ref().ok_or(ClientError::NotDelegated {
-                role: role.into(),
-                delegator: delegator.into(),
-            })?;
-            let entry = delegations.roles.iter().find(|r| r.name == role).ok_or(ClientError::NotDelegated {
-                role: role.into(),
-                delegator: delegator.into(),
-            })?;
+            let parent = self
+                .targets
+                .get(delegator)
+                .ok_or(ClientError::OutOfOrder { role: role.into(), needed: "its delegator" })?;
+            let delegations = parent
+                .signed
+                .delegations
+                .as_ref()
+                .ok_or(ClientError::NotDelegated { role: role.into(), delegator: delegator.into() })?;
+            let entry = delegations
+                .roles
+                .iter()
+                .find(|r| r.name == role)
+                .ok_or(ClientError::NotDelegated { role: role.into(), delegator: delegator.into() })?;
             new.verify(role, &delegations.keys, &entry.keyids, entry.threshold).map_err(env_err(role))?;
         }
         if new.signed.version != meta.version {
@@ -259,7 +282,11 @@ mod tests {
         fn root(&self, version: u64, root_keys: &[&SigningKey], threshold: u64, signers: &[&SigningKey]) -> Vec<u8> {
             let roots = RoleKeySet::new(root_keys.iter().map(|k| k.public()).collect(), threshold);
             let online = RoleKeySet::new(vec![self.online.public()], 1);
-            let root = writer::root(version, NOW + 1000, &[("root", &roots), ("targets", &online), ("snapshot", &online), ("timestamp", &online)]);
+            let root = writer::root(
+                version,
+                NOW + 1000,
+                &[("root", &roots), ("targets", &online), ("snapshot", &online), ("timestamp", &online)],
+            );
             let mut env = Envelope::new(root).unwrap();
             signers.iter().for_each(|k| env.sign(k));
             env.to_bytes().unwrap()
@@ -276,7 +303,10 @@ mod tests {
         let repo = Repo::new();
         let mut set = TrustedSet::new(&repo.root(1, &[&repo.root_key], 1, &[&repo.root_key]), NOW).unwrap();
         assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(true));
-        assert!(matches!(set.update_timestamp(&repo.timestamp(4, NOW + 100)), Err(ClientError::Rollback { trusted: 5, got: 4, .. })));
+        assert!(matches!(
+            set.update_timestamp(&repo.timestamp(4, NOW + 100)),
+            Err(ClientError::Rollback { trusted: 5, got: 4, .. })
+        ));
         assert!(matches!(set.update_timestamp(&repo.timestamp(6, NOW - 1)), Err(ClientError::Expired { .. })));
         assert_eq!(set.timestamp().map(|t| t.signed.version), Some(5));
         assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(false));
@@ -289,10 +319,16 @@ mod tests {
         let mut set = TrustedSet::new(&repo.root(1, &[&repo.root_key], 1, &[&repo.root_key]), NOW).unwrap();
         // New root 2-of-2 signed by the old key and only one new key: refused.
         let weak = repo.root(2, &[&new_keys[0], &new_keys[1]], 2, &[&repo.root_key, &new_keys[0]]);
-        assert!(matches!(set.update_root(&weak), Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. }, .. })));
+        assert!(matches!(
+            set.update_root(&weak),
+            Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. }, .. })
+        ));
         // Signed by the new keys only: the old root's threshold is not met.
         let orphan = repo.root(2, &[&new_keys[0], &new_keys[1]], 2, &[&new_keys[0], &new_keys[1]]);
-        assert!(matches!(set.update_root(&orphan), Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 0, .. }, .. })));
+        assert!(matches!(
+            set.update_root(&orphan),
+            Err(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 0, .. }, .. })
+        ));
         // Skipping a version is refused.
         let skip = repo.root(3, &[&new_keys[0], &new_keys[1]], 2, &[&repo.root_key, &new_keys[0], &new_keys[1]]);
         assert!(matches!(set.update_root(&skip), Err(ClientError::BadVersion { expected: 2, got: 3, .. })));

@@ -89,15 +89,16 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         }
         check_json_depth(bytes, MAX_JSON_DEPTH).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
-        if let Some(found) = raw.signed.get("_type").and_then(Value::as_str) {
-            if found != T::TYPE {
-                return Err(EnvelopeError::WrongType { expected: T::TYPE, found: found.into() });
-            }
+        if let Some(found) = raw.signed.get("_type").and_then(Value::as_str)
+            && found != T::TYPE
+        {
+            return Err(EnvelopeError::WrongType { expected: T::TYPE, found: found.into() });
         }
         if raw.signed.pointer("/delegations/succinct_roles").is_some() {
             return Err(EnvelopeError::Malformed("succinct_roles delegations are not supported".into()));
         }
-        let signed: T = serde_json::from_value(raw.signed.clone()).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        let signed: T =
+            serde_json::from_value(raw.signed.clone()).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         if signed.type_field() != T::TYPE {
             return Err(EnvelopeError::WrongType { expected: T::TYPE, found: signed.type_field().into() });
         }
@@ -146,7 +147,13 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
 
     /// Count distinct key ids among `keyids` that made a valid signature; fail below
     /// `threshold`.
-    pub fn verify(&self, role: &str, keys: &BTreeMap<String, Key>, keyids: &[String], threshold: u64) -> Result<u64, EnvelopeError> {
+    pub fn verify(
+        &self,
+        role: &str,
+        keys: &BTreeMap<String, Key>,
+        keyids: &[String],
+        threshold: u64,
+    ) -> Result<u64, EnvelopeError> {
         verify_threshold(role, &self.canonical_signed, &self.signatures, keys, keyids, threshold)
     }
 
@@ -225,7 +232,10 @@ mod tests {
         // A field added after signing breaks the signature...
         value["signed"]["x-extra"] = Value::from("added");
         let tampered = Envelope::<Timestamp>::parse(&serde_json::to_vec(&value).unwrap(), 1 << 20).unwrap();
-        assert!(matches!(tampered.verify("timestamp", &map, &ids, 1), Err(EnvelopeError::ThresholdNotMet { valid: 0, .. })));
+        assert!(matches!(
+            tampered.verify("timestamp", &map, &ids, 1),
+            Err(EnvelopeError::ThresholdNotMet { valid: 0, .. })
+        ));
         // ...and one that was signed survives a parse and re-encode.
         let mut env = Envelope::new(timestamp()).unwrap();
         env.signed_value["x-extra"] = Value::from("kept");

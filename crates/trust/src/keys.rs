@@ -76,10 +76,10 @@ impl PublicKey {
         match (key.keytype.as_str(), key.scheme.as_str()) {
             (ED25519, ED25519) => {
                 let bytes = hex::decode(&key.keyval.public).map_err(|e| KeyError::MalformedPublic(e.to_string()))?;
-                let bytes: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| KeyError::MalformedPublic("an ed25519 key is 32 bytes".into()))?;
-                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| KeyError::MalformedPublic(e.to_string()))?;
+                let bytes: [u8; 32] =
+                    bytes.try_into().map_err(|_| KeyError::MalformedPublic("an ed25519 key is 32 bytes".into()))?;
+                let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                    .map_err(|e| KeyError::MalformedPublic(e.to_string()))?;
                 Ok(PublicKey::Ed25519(key))
             }
             (ECDSA | ECDSA_P256, ECDSA_P256) => {
@@ -211,9 +211,11 @@ impl SigningKey {
             if label != PEM_ENCRYPTED {
                 return Err(KeyError::KeyFile(format!("unexpected PEM label {label}")));
             }
-            let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes()).map_err(|e| KeyError::KeyFile(e.to_string()))?;
+            let info = pkcs8::EncryptedPrivateKeyInfo::try_from(doc.as_bytes())
+                .map_err(|e| KeyError::KeyFile(e.to_string()))?;
             let secret = info.decrypt(passphrase.as_bytes()).map_err(|_| KeyError::Decrypt)?;
-            let key = ed25519_dalek::SigningKey::from_pkcs8_der(secret.as_bytes()).map_err(|e| KeyError::KeyFile(e.to_string()))?;
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(secret.as_bytes())
+                .map_err(|e| KeyError::KeyFile(e.to_string()))?;
             Ok(Self(key))
         } else {
             let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::KeyFile(e.to_string()))?;
@@ -235,10 +237,7 @@ mod tests {
         assert_eq!(key_id_of(&tuf), id);
         assert!(PublicKey::from_tuf_with_id(id.as_str(), &tuf).is_ok());
         let other = SigningKey::from_seed([8; 32]).key_id();
-        assert!(matches!(
-            PublicKey::from_tuf_with_id(other.as_str(), &tuf),
-            Err(KeyError::KeyIdMismatch { .. })
-        ));
+        assert!(matches!(PublicKey::from_tuf_with_id(other.as_str(), &tuf), Err(KeyError::KeyIdMismatch { .. })));
     }
 
     #[test]

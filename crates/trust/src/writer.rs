@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use ringfence_proto::tuf::{
-    DelegatedRole, Delegations, MetaFile, Root, RoleKeys, SPEC_VERSION, Snapshot, TargetFile, Targets, Timestamp,
+    DelegatedRole, Delegations, MetaFile, RoleKeys, Root, SPEC_VERSION, Snapshot, TargetFile, Targets, Timestamp,
 };
 use ringfence_proto::{PublisherName, Sha256Hex};
 use serde_json::Value;
@@ -112,7 +112,13 @@ pub fn set_delegation(parent: &mut Targets, name: &str, set: &RoleKeySet, covera
 
 /// The publisher role: no targets of its own, `16^prefix_len` hashed bins, each signed by the
 /// publisher's keys.
-pub fn publisher_role(publisher: &PublisherName, set: &RoleKeySet, prefix_len: usize, version: u64, expires: i64) -> Targets {
+pub fn publisher_role(
+    publisher: &PublisherName,
+    set: &RoleKeySet,
+    prefix_len: usize,
+    version: u64,
+    expires: i64,
+) -> Targets {
     let mut role = targets(version, expires);
     for prefix in bin_prefixes(prefix_len) {
         set_delegation(
@@ -145,7 +151,12 @@ pub fn meta_file(version: u64, length: Option<u64>, sha256: Option<&str>) -> Met
 }
 
 /// The next snapshot: the previous one with the changed roles' entries replaced.
-pub fn next_snapshot(previous: Option<&Snapshot>, version: u64, expires: i64, changed: &[(String, u64, u64)]) -> Snapshot {
+pub fn next_snapshot(
+    previous: Option<&Snapshot>,
+    version: u64,
+    expires: i64,
+    changed: &[(String, u64, u64)],
+) -> Snapshot {
     let mut meta = previous.map(|s| s.meta.clone()).unwrap_or_default();
     for (role, role_version, length) in changed {
         meta.insert(format!("{role}.json"), meta_file(*role_version, Some(*length), None));

@@ -25,10 +25,15 @@ fn admin_api_refuses_bad_callers_and_bad_bodies() {
     // Authentication and scopes.
     assert_eq!(server.client(None).get("/api/v1/pending").unwrap().status, 401);
     assert_eq!(server.client(Some("rfat_0000")).get("/api/v1/pending").unwrap().status, 401);
-    let created = admin.send_json("POST", "/api/v1/tokens", &json!({"name": "reader", "scopes": ["read"]})).unwrap().ok().unwrap();
+    let created = admin
+        .send_json("POST", "/api/v1/tokens", &json!({"name": "reader", "scopes": ["read"]}))
+        .unwrap()
+        .ok()
+        .unwrap();
     let reader: Value = serde_json::from_slice(&created).unwrap();
     let reader = server.client(reader["token"].as_str());
-    let pending: Vec<PendingSummary> = serde_json::from_slice(&reader.get("/api/v1/pending").unwrap().ok().unwrap()).unwrap();
+    let pending: Vec<PendingSummary> =
+        serde_json::from_slice(&reader.get("/api/v1/pending").unwrap().ok().unwrap()).unwrap();
     assert!(pending.is_empty());
     let answer = reader.send_json("POST", "/api/v1/approvals", &json!({})).unwrap();
     assert_eq!(answer.status, 403, "{}", answer.text());
@@ -37,7 +42,10 @@ fn admin_api_refuses_bad_callers_and_bad_bodies() {
     let before = std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0);
     let answer = admin.send("PUT", "/api/v1/content", &vec![7u8; 4096], "application/octet-stream").unwrap();
     assert_eq!(answer.status, 413, "{}", answer.text());
-    let blobs = server.runtime.block_on(server.state.repo.store.blob_length(&ringfence_trust::sha256_hex(&vec![7u8; 4096]))).unwrap();
+    let blobs = server
+        .runtime
+        .block_on(server.state.repo.store.blob_length(&ringfence_trust::sha256_hex(&vec![7u8; 4096])))
+        .unwrap();
     assert_eq!(blobs, None);
     assert_eq!(std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0), before);
     let ok = admin.send("PUT", "/api/v1/content", b"small", "application/octet-stream").unwrap();
@@ -90,8 +98,16 @@ fn admin_api_refuses_bad_callers_and_bad_bodies() {
 #[test]
 fn device_listener_has_no_admin_routes_and_refuses_bad_paths() {
     let server = Server::start(|_| {});
-    let agent = ringfence_cli::http::Client::new(&server.repo_url.replace("/repo", ""), Some(server.token.clone()), &server.ca).unwrap();
-    for path in ["/api/v1/pending", "/api/v1/health", "/repo/metadata/..%2F..%2Fetc%2Fpasswd", "/repo/targets/../ringfence.db", "/repo/metadata/1.nonsense.json"] {
+    let agent =
+        ringfence_cli::http::Client::new(&server.repo_url.replace("/repo", ""), Some(server.token.clone()), &server.ca)
+            .unwrap();
+    for path in [
+        "/api/v1/pending",
+        "/api/v1/health",
+        "/repo/metadata/..%2F..%2Fetc%2Fpasswd",
+        "/repo/targets/../ringfence.db",
+        "/repo/metadata/1.nonsense.json",
+    ] {
         assert_eq!(agent.get(path).unwrap().status, 404, "{path}");
     }
     let ts = agent.get("/repo/metadata/timestamp.json").unwrap();
@@ -103,9 +119,16 @@ fn device_listener_has_no_admin_routes_and_refuses_bad_paths() {
 #[test]
 fn serve_refuses_root_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    crate::common::run_ok(std::process::Command::new(crate::common::BIN).args(["quickstart", "--no-serve", "--dir"]).arg(dir.path()));
+    crate::common::run_ok(
+        std::process::Command::new(crate::common::BIN).args(["quickstart", "--no-serve", "--dir"]).arg(dir.path()),
+    );
     let config = dir.path().join("ringfence-data/ringfence.toml");
-    let out = std::process::Command::new(crate::common::BIN).args(["serve", "--config"]).arg(&config).env_remove("RINGFENCE_ALLOW_ROOT").output().unwrap();
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RINGFENCE_ALLOW_ROOT")
+        .output()
+        .unwrap();
     // As a normal user the server would simply start; CI on this machine runs as root.
     if running_as_root() {
         assert!(!out.status.success());

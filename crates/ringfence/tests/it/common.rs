@@ -37,7 +37,12 @@ impl Drop for Server {
 
 pub fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run command");
-    assert!(out.status.success(), "{cmd:?} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -45,19 +50,40 @@ impl Server {
     /// Quickstart into a temporary directory, adjust the configuration, serve.
     pub fn start(adjust: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        run_ok(Command::new(BIN).args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"]).arg(dir.path()));
+        run_ok(
+            Command::new(BIN)
+                .args([
+                    "quickstart",
+                    "--no-serve",
+                    "--device-addr",
+                    "127.0.0.1:0",
+                    "--admin-addr",
+                    "127.0.0.1:0",
+                    "--dir",
+                ])
+                .arg(dir.path()),
+        );
         let keys = dir.path().join("ringfence-keys");
         let data = dir.path().join("ringfence-data");
         let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
         adjust(&mut config);
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let serve_state = state.clone();
         let handle = runtime.handle().clone();
         let thread = std::thread::spawn(move || {
-            handle.block_on(ringfence_server::serve(serve_state, async { let _ = stop_rx.await; }, Some(ready_tx))).expect("serve");
+            handle
+                .block_on(ringfence_server::serve(
+                    serve_state,
+                    async {
+                        let _ = stop_rx.await;
+                    },
+                    Some(ready_tx),
+                ))
+                .expect("serve");
         });
         let addrs = runtime.block_on(ready_rx).expect("server ready");
         let token = std::fs::read_to_string(data.join("admin.token")).expect("token");
@@ -114,7 +140,13 @@ impl Server {
     }
 
     pub fn sign(&self, role: &str, key: &str) -> String {
-        run_ok(self.cli().args(["pending", "sign", role, "--yes", "--key"]).arg(self.key(key)).arg("--trusted-root").arg(self.keys.join("1.root.json")))
+        run_ok(
+            self.cli()
+                .args(["pending", "sign", role, "--yes", "--key"])
+                .arg(self.key(key))
+                .arg("--trusted-root")
+                .arg(self.keys.join("1.root.json")),
+        )
     }
 
     pub fn approve(&self, group: &str, target: &str) -> String {
@@ -158,7 +190,12 @@ pub fn interop_script(name: &str) -> PathBuf {
 pub fn tuf_client(server: &Server, metadata_dir: &Path, args: &[&str]) -> (bool, Value) {
     let out = Command::new(python())
         .arg(interop_script("tuf_client.py"))
-        .args(["--metadata-url", &format!("{}/metadata/", server.repo_url), "--targets-url", &format!("{}/targets/", server.repo_url)])
+        .args([
+            "--metadata-url",
+            &format!("{}/metadata/", server.repo_url),
+            "--targets-url",
+            &format!("{}/targets/", server.repo_url),
+        ])
         .arg("--root")
         .arg(server.data.join("1.root.json"))
         .arg("--metadata-dir")
@@ -170,6 +207,7 @@ pub fn tuf_client(server: &Server, metadata_dir: &Path, args: &[&str]) -> (bool,
         .expect("run python-tuf client (did scripts/test create .venv?)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    let value: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("client said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let value: Value = serde_json::from_str(line)
+        .unwrap_or_else(|_| panic!("client said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), value)
 }

@@ -18,19 +18,22 @@ fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
     let out = server.dir.path().join("client-out");
     let out_s = out.to_str().unwrap();
 
-    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/pilot/acme/hello.txt", "--out-dir", out_s]);
+    let (ok, answer) =
+        tuf_client(&server, &md, &["download", "--target", "approvals/pilot/acme/hello.txt", "--out-dir", out_s]);
     assert!(ok, "{answer}");
     assert_eq!(std::fs::read(out.join("hello.txt")).unwrap(), content);
 
     assert!(server.sign("approvals.production", "production-approver-1").contains("1 of 2"));
     // Below threshold: not published, so the reference client does not find it.
-    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
+    let (ok, answer) =
+        tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
     assert!(!ok);
     assert_eq!(answer["error"], "TargetNotFoundError", "{answer}");
 
     assert!(server.sign("approvals.production", "production-approver-2").contains("is published"));
     std::fs::remove_file(out.join("hello.txt")).unwrap();
-    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
+    let (ok, answer) =
+        tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/hello.txt", "--out-dir", out_s]);
     assert!(ok, "{answer}");
     assert_eq!(std::fs::read(out.join("hello.txt")).unwrap(), content);
 
@@ -38,7 +41,16 @@ fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
     let keys = &server.keys;
     run_ok(server.cli().args(["key", "generate", "--unencrypted", "--name", "root-2", "--dir"]).arg(keys));
     let next = keys.join("2.root.json");
-    run_ok(server.cli().args(["metadata", "next-root"]).arg(keys.join("1.root.json")).arg("--out").arg(&next).arg("--root-key").arg(keys.join("root-2.pub.json")));
+    run_ok(
+        server
+            .cli()
+            .args(["metadata", "next-root"])
+            .arg(keys.join("1.root.json"))
+            .arg("--out")
+            .arg(&next)
+            .arg("--root-key")
+            .arg(keys.join("root-2.pub.json")),
+    );
     // Signed by the new key only: held, not published.
     run_ok(server.cli().args(["metadata", "sign"]).arg(&next).arg("--key").arg(keys.join("root-2.key")));
     assert!(run_ok(server.cli().arg("propose").arg("root").arg(&next)).contains("waits for signatures"));
@@ -51,7 +63,8 @@ fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
     // python-tuf's Metadata API verifies every file the server wrote.
     let dump = server.dir.path().join("dump");
     server.dump_metadata(&dump);
-    let out = Command::new(python()).arg(interop_script("verify_metadata.py")).arg("--dir").arg(&dump).output().unwrap();
+    let out =
+        Command::new(python()).arg(interop_script("verify_metadata.py")).arg("--dir").arg(&dump).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
@@ -71,7 +84,11 @@ fn tampered_blob_and_expired_timestamp_are_refused() {
     let sha = ringfence_trust::sha256_hex(content);
     let path = server.state.repo.blobs.path_of(&sha).expect("blob path");
     std::fs::write(&path, b"PAYLOAD-V2").unwrap();
-    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/pilot/acme/app.bin", "--out-dir", out.to_str().unwrap()]);
+    let (ok, answer) = tuf_client(
+        &server,
+        &md,
+        &["download", "--target", "approvals/pilot/acme/app.bin", "--out-dir", out.to_str().unwrap()],
+    );
     assert!(!ok);
     assert_eq!(answer["error"], "LengthOrHashMismatchError", "{answer}");
     assert!(!out.join("app.bin").exists(), "a refused file must not be written");

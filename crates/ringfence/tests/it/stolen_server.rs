@@ -25,7 +25,10 @@ fn online_keys_cannot_approve_for_production() {
     let pending = server.admin().get("/api/v1/pending/approvals.production").unwrap().ok().unwrap();
     let env = Envelope::<Targets>::parse(&pending, 1 << 24).unwrap();
     let auto = load_key(&server, "auto-approver.key");
-    let approver_id = SigningKey::from_pem(&std::fs::read_to_string(server.key("production-approver-1")).unwrap(), None).unwrap().key_id();
+    let approver_id =
+        SigningKey::from_pem(&std::fs::read_to_string(server.key("production-approver-1")).unwrap(), None)
+            .unwrap()
+            .key_id();
     let forged = serde_json::json!({"version": env.signed.version, "signatures": [
         {"keyid": approver_id.to_string(), "sig": hex_sig(&auto, env.canonical_signed())}]});
     let answer = server.admin().send_json("POST", "/api/v1/pending/approvals.production/signatures", &forged).unwrap();
@@ -36,7 +39,11 @@ fn online_keys_cannot_approve_for_production() {
     let answer = server.admin().send_json("POST", "/api/v1/pending/approvals.production/signatures", &own).unwrap();
     assert_eq!(answer.status, 400);
     assert!(answer.text().contains("may not sign"), "{}", answer.text());
-    assert_eq!(server.admin().get("/api/v1/pending/approvals.production").unwrap().ok().unwrap(), pending, "refusals change nothing");
+    assert_eq!(
+        server.admin().get("/api/v1/pending/approvals.production").unwrap().ok().unwrap(),
+        pending,
+        "refusals change nothing"
+    );
 
     // Straight into the database: an approval role signed with every online key, with a fresh
     // snapshot and timestamp. The reference client refuses it.
@@ -69,12 +76,28 @@ fn online_keys_cannot_approve_for_production() {
     let mut ts = Envelope::new(writer::timestamp(ts_version, now + 86_400, snap.signed.version, &snap_bytes)).unwrap();
     ts.sign(&load_key(&server, "timestamp.key"));
     let records = vec![
-        MetadataRecord { role: "approvals.production".into(), version: forged.signed.version, expires: now + 86_400, bytes: forged_bytes },
-        MetadataRecord { role: "snapshot".into(), version: snap.signed.version, expires: now + 86_400, bytes: snap_bytes },
-        MetadataRecord { role: "timestamp".into(), version: ts_version, expires: now + 86_400, bytes: ts.to_bytes().unwrap() },
+        MetadataRecord {
+            role: "approvals.production".into(),
+            version: forged.signed.version,
+            expires: now + 86_400,
+            bytes: forged_bytes,
+        },
+        MetadataRecord {
+            role: "snapshot".into(),
+            version: snap.signed.version,
+            expires: now + 86_400,
+            bytes: snap_bytes,
+        },
+        MetadataRecord {
+            role: "timestamp".into(),
+            version: ts_version,
+            expires: now + 86_400,
+            bytes: ts.to_bytes().unwrap(),
+        },
     ];
     server.runtime.block_on(store.publish(&records, &[])).unwrap();
-    let (ok, answer) = tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/tool.bin", "--out-dir", out_s]);
+    let (ok, answer) =
+        tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/tool.bin", "--out-dir", out_s]);
     assert!(!ok);
     assert_eq!(answer["error"], "UnsignedMetadataError", "{answer}");
     assert!(!out.join("tool.bin").exists());
