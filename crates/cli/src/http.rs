@@ -9,9 +9,15 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Response headers, names in lower case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
@@ -70,9 +76,17 @@ impl Client {
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Answer> {
+        self.get_with(path, &[])
+    }
+
+    /// GET with extra request headers.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
         let mut req = self.agent.get(self.url(path));
         if let Some(a) = self.auth() {
             req = req.header("authorization", a);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         finish(req.call())
     }
@@ -108,6 +122,11 @@ impl Client {
 fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
     let mut response = result?;
     let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
     let body = response.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
-    Ok(Answer { status, body })
+    Ok(Answer { status, body, headers })
 }

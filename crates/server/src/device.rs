@@ -107,9 +107,20 @@ async fn target(
         return Err(ApiError::NotFound);
     }
     TargetPath::parse(&path).map_err(|_| ApiError::NotFound)?;
-    let file = path.rsplit('/').next().unwrap_or(&path);
-    let (hash, _) = file.split_once('.').ok_or(ApiError::NotFound)?;
+    let (dir, file) = path.rsplit_once('/').ok_or(ApiError::NotFound)?;
+    let (hash, name) = file.split_once('.').ok_or(ApiError::NotFound)?;
     let hash = Sha256Hex::parse(hash).map_err(|_| ApiError::NotFound)?;
+    // Serve only content published under this path (or approved as it), never whatever
+    // happens to be in the content store under that hash.
+    let logical = TargetPath::parse(&format!("{dir}/{name}")).map_err(|_| ApiError::NotFound)?;
+    let published = match logical.split_approval() {
+        Some((_, published)) => published,
+        None => logical,
+    };
+    let file = state.repo.store.file_by_target_path(published.as_str()).await?.ok_or(ApiError::NotFound)?;
+    if file.sha256 != hash.as_str() {
+        return Err(ApiError::NotFound);
+    }
     let length = state.repo.store.blob_length(hash.as_str()).await?.ok_or(ApiError::NotFound)?;
     let etag = format!("\"{hash}\"");
     let cache = cache_control(&state, true);

@@ -110,6 +110,12 @@ fn device_listener_has_no_admin_routes_and_refuses_bad_paths() {
     ] {
         assert_eq!(agent.get(path).unwrap().status, 404, "{path}");
     }
+    // Content in the store that was never published is not served, even by its hash.
+    let secret = b"uploaded, never published";
+    assert_eq!(server.admin().send("PUT", "/api/v1/content", secret, "application/octet-stream").unwrap().status, 201);
+    let sha = ringfence_trust::sha256_hex(secret);
+    assert_eq!(agent.get(&format!("/repo/targets/acme/{sha}.secret.bin")).unwrap().status, 404);
+    assert_eq!(agent.get(&format!("/repo/targets/{sha}.secret.bin")).unwrap().status, 404);
     let ts = agent.get("/repo/metadata/timestamp.json").unwrap();
     assert_eq!(ts.status, 200);
     let root = agent.get("/repo/metadata/1.root.json").unwrap();
@@ -139,4 +145,39 @@ fn serve_refuses_root_unless_allowed() {
 fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+#[test]
+fn targets_are_served_with_ranges_strong_etags_and_immutable_caching() {
+    let server = Server::start(|_| {});
+    let content = b"0123456789abcdef";
+    server.publish_signed("range.bin", content);
+    let sha = ringfence_trust::sha256_hex(content);
+    let device = ringfence_cli::http::Client::new(&server.repo_url, None, &server.ca).unwrap();
+    let path = format!("/targets/acme/{sha}.range.bin");
+    let full = device.get(&path).unwrap();
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, content);
+    let etag = format!("\"{sha}\"");
+    assert_eq!(full.header("etag"), Some(etag.as_str()));
+    assert!(full.header("cache-control").unwrap().contains("immutable"));
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+
+    let part = device.get_with(&path, &[("range", "bytes=2-5")]).unwrap();
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, b"2345");
+    assert_eq!(part.header("content-range"), Some("bytes 2-5/16"));
+    let tail = device.get_with(&path, &[("range", "bytes=-3")]).unwrap();
+    assert_eq!(tail.body, b"def");
+    let bad = device.get_with(&path, &[("range", "bytes=99-")]).unwrap();
+    assert_eq!(bad.status, 416);
+    assert_eq!(bad.header("content-range"), Some("bytes */16"));
+    assert_eq!(device.get_with(&path, &[("if-none-match", &etag)]).unwrap().status, 304);
+
+    // Versioned metadata is immutable; timestamp.json is revalidated.
+    assert!(device.get("/metadata/1.root.json").unwrap().header("cache-control").unwrap().contains("immutable"));
+    assert!(device.get("/metadata/timestamp.json").unwrap().header("cache-control").unwrap().contains("no-cache"));
+    // The same bytes under another hash or name are not found.
+    assert_eq!(device.get(&format!("/targets/acme/{}.range.bin", "0".repeat(64))).unwrap().status, 404);
+    assert_eq!(device.get(&format!("/targets/acme/{sha}.other.bin")).unwrap().status, 404);
 }
