@@ -97,7 +97,7 @@ pub fn add_group(targets: &mut Targets, group: &GroupName, keys: &RoleKeySet) {
     );
 }
 
-/// Bins per publisher as a hex prefix length: 2 means 256 bins.
+/// Bins per publisher as a hex prefix length: 2 means 256 bins (the server uses the same).
 pub const DEFAULT_BIN_PREFIX_LEN: usize = 2;
 
 /// The publisher role and its empty bins, signed with `keys`.

@@ -61,6 +61,14 @@ pub enum Command {
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(PendingCommand),
+    /// Save the published version of a role to a file (to start its next version offline).
+    Fetch {
+        #[command(flatten)]
+        server: ServerArgs,
+        role: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Propose a new version of an offline role (root, targets, ...) from a signed file.
     Propose {
         #[command(flatten)]
@@ -149,7 +157,8 @@ pub enum MetadataCommand {
         #[arg(long, default_value_t = 365)]
         expires_days: i64,
     },
-    /// Start the next version of top-level targets and add or change a group's approval role.
+    /// Add or change a group's approval role in top-level targets (a signed file starts the
+    /// next version; an unsigned draft is edited at its version).
     SetGroup {
         file: PathBuf,
         #[arg(long)]
@@ -163,7 +172,7 @@ pub enum MetadataCommand {
         #[arg(long, default_value_t = 365)]
         expires_days: i64,
     },
-    /// Start the next version of top-level targets and add or change a publisher.
+    /// Add or change a publisher in top-level targets (same versioning as set-group).
     SetPublisher {
         file: PathBuf,
         #[arg(long)]
@@ -193,6 +202,20 @@ pub enum PendingCommand {
     List {
         #[command(flatten)]
         server: ServerArgs,
+    },
+    /// Sign every pending role version this key may sign, each reviewed as `sign` does.
+    SignAll {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        trusted_root: PathBuf,
+        /// Sign without asking for confirmation.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        passphrase: PassphraseArgs,
     },
     /// Show what a pending role version changes, verify it, sign it and upload the signature.
     Sign {
@@ -246,10 +269,14 @@ fn key_set(paths: &[PathBuf], threshold: u64) -> anyhow::Result<RoleKeySet> {
     Ok(RoleKeySet::new(keys, threshold))
 }
 
+/// The version to edit: a signed file is a published version, so its successor is started;
+/// an unsigned file is a draft already being edited, so it keeps its version.
 fn next_targets(file: &Path, expires_days: i64) -> anyhow::Result<Targets> {
     let current = read_envelope::<Targets>(file)?;
     let mut next = current.signed;
-    next.version += 1;
+    if !current.signatures.is_empty() {
+        next.version += 1;
+    }
     next.expires = ringfence_trust::expiry::format(now() + expires_days * 86_400);
     Ok(next)
 }
@@ -382,8 +409,41 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let client = client(&server)?;
             let trusted =
                 std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
-            let state = review::review_and_sign(&client, &role, &key, &trusted, yes, now())?;
-            print_state(&state);
+            match review::review_and_sign(&client, &role, &key, &trusted, yes, now())? {
+                review::Signed::Signed(state) => print_state(&state),
+                review::Signed::NotAuthorised(why) => anyhow::bail!("{why}"),
+            }
+        }
+        Command::Pending(PendingCommand::SignAll { server, key, trusted_root, yes, passphrase }) => {
+            let key = passphrase.load_key(&key)?;
+            let client = client(&server)?;
+            let trusted =
+                std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
+            let mut tried = std::collections::BTreeSet::new();
+            // Publishing a role can create new pending roles (a publisher's bins): look again.
+            loop {
+                let answer = client.get("/api/v1/pending")?.ok()?;
+                let mut list: Vec<PendingSummary> = serde_json::from_slice(&answer)?;
+                list.retain(|p| !tried.contains(&(p.role.clone(), p.version)));
+                if list.is_empty() {
+                    break;
+                }
+                // Delegating roles before the roles they delegate.
+                list.sort_by_key(|p| (p.role.as_str().matches('.').count(), p.role.clone()));
+                for p in list {
+                    tried.insert((p.role.clone(), p.version));
+                    match review::review_and_sign(&client, &p.role, &key, &trusted, yes, now())? {
+                        review::Signed::Signed(state) => print_state(&state),
+                        review::Signed::NotAuthorised(_) => {}
+                    }
+                }
+            }
+        }
+        Command::Fetch { server, role, out } => {
+            let role = RoleName::parse(&role)?;
+            let bytes = client(&server)?.get(&format!("/api/v1/metadata/{role}"))?.ok()?;
+            std::fs::write(&out, bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}", out.display());
         }
         Command::Propose { server, role, file } => {
             let role = RoleName::parse(&role)?;

@@ -130,7 +130,7 @@ pub fn review_and_sign(
     trusted_root: &[u8],
     yes: bool,
     now: i64,
-) -> anyhow::Result<RoleState> {
+) -> anyhow::Result<Signed> {
     let pending = client
         .get(&format!("/api/v1/pending/{role}"))?
         .ok()
@@ -153,7 +153,9 @@ pub fn review_and_sign(
             let listed = env.signed.roles.get("root").is_some_and(|r| r.keyids.contains(&keyid))
                 || current.roles.get("root").is_some_and(|r| r.keyids.contains(&keyid));
             if !listed {
-                bail!("key {keyid} is not a root key of the current or the new root");
+                return Ok(Signed::NotAuthorised(format!(
+                    "key {keyid} is not a root key of the current or the new root"
+                )));
             }
             (env.signed.version, env.canonical_signed().to_vec(), lines)
         }
@@ -170,7 +172,7 @@ pub fn review_and_sign(
             };
             let (keyids, _) = authority(&set, role, &delegator)?;
             if !keyids.contains(&keyid) {
-                bail!("key {keyid} may not sign {role}");
+                return Ok(Signed::NotAuthorised(format!("key {keyid} may not sign {role}")));
             }
             let current = if role.as_str() == "targets" {
                 set.targets("targets").map(|t| t.signed.clone())
@@ -217,7 +219,14 @@ pub fn review_and_sign(
     let signature = ringfence_proto::tuf::Signature { keyid, sig: hex::encode(key.sign(&message)) };
     let upload = SignatureUpload { version, signatures: vec![signature] };
     let answer = client.send_json("POST", &format!("/api/v1/pending/{role}/signatures"), &upload)?.ok()?;
-    Ok(serde_json::from_slice(&answer)?)
+    Ok(Signed::Signed(serde_json::from_slice(&answer)?))
+}
+
+/// What `review_and_sign` did.
+pub enum Signed {
+    Signed(RoleState),
+    /// The key is not one of the role's keys; nothing was signed.
+    NotAuthorised(String),
 }
 
 fn authority(set: &TrustedSet, role: &RoleName, delegator: &str) -> anyhow::Result<(Vec<String>, u64)> {

@@ -26,6 +26,9 @@ use crate::config::ExpiryPolicy;
 use crate::error::{ApiError, ApiResult};
 use crate::online_keys::OnlineKeys;
 
+/// Hashed bins per publisher, as a hex prefix length: 2 means 256 bins.
+pub const DEFAULT_BIN_PREFIX_LEN: usize = 2;
+
 pub struct Repository {
     pub store: SqliteStore,
     pub blobs: BlobStore,
@@ -260,6 +263,9 @@ impl Repository {
         let published = valid >= authority.threshold && authority.threshold > 0;
         if published {
             self.commit(vec![(role.clone(), env)], None, now).await?;
+            if matches!(role.kind(), RoleKind::Targets | RoleKind::Publisher(_)) {
+                self.create_missing_roles(now).await?;
+            }
         } else {
             let bytes = env.to_bytes().map_err(ApiError::internal)?;
             self.store.put_pending(&PendingRecord { role: role.to_string(), version, bytes, created_at: now }).await?;
@@ -271,6 +277,79 @@ impl Repository {
             valid_signatures: valid,
             threshold: authority.threshold,
         })
+    }
+
+    /// Give every delegated role that has neither metadata nor a pending version its first
+    /// version: an empty approval role, a publisher role with its hashed bins, or an empty
+    /// bin. Signed at once where the online keys meet the role's threshold, else held as
+    /// pending for its key holders (`ringfence pending sign-all`).
+    async fn create_missing_roles(&self, now: i64) -> ApiResult<()> {
+        // A publisher role signed online in one pass makes its bins due in the next.
+        for _ in 0..2 {
+            let mut delegators = vec![RoleName::targets()];
+            for rec in self.store.latest_all().await? {
+                if let Ok(name) = RoleName::parse(&rec.role)
+                    && matches!(name.kind(), RoleKind::Publisher(_))
+                {
+                    delegators.push(name);
+                }
+            }
+            let mut online_signed = Vec::new();
+            for delegator in delegators {
+                let Some(parent) = self.latest::<Targets>(delegator.as_str()).await? else { continue };
+                let Some(delegations) = parent.signed.delegations else { continue };
+                for entry in &delegations.roles {
+                    let Ok(name) = RoleName::parse(&entry.name) else { continue };
+                    if self.store.latest_metadata(name.as_str()).await?.is_some()
+                        || self.store.pending(name.as_str()).await?.is_some()
+                    {
+                        continue;
+                    }
+                    let authority = Authority {
+                        keys: delegations.keys.clone(),
+                        keyids: entry.keyids.clone(),
+                        threshold: entry.threshold,
+                    };
+                    let signers = self.keys.delegated_signers();
+                    let online: Vec<_> = authority.keyids.iter().filter_map(|id| signers.get(id)).collect();
+                    let signable = online.len() as u64 >= authority.threshold && authority.threshold > 0;
+                    let lifetime =
+                        if signable { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
+                    let first = match name.kind() {
+                        RoleKind::Approval(_) | RoleKind::PublisherBin(..) => writer::targets(1, now + lifetime),
+                        RoleKind::Publisher(publisher) => {
+                            let keys = authority
+                                .keyids
+                                .iter()
+                                .filter_map(|id| delegations.keys.get(id))
+                                .map(ringfence_trust::PublicKey::from_tuf)
+                                .collect::<Result<Vec<_>, _>>()
+                                .map_err(ApiError::internal)?;
+                            let set = writer::RoleKeySet::new(keys, authority.threshold);
+                            writer::publisher_role(&publisher, &set, DEFAULT_BIN_PREFIX_LEN, 1, now + lifetime)
+                        }
+                        _ => continue,
+                    };
+                    let mut env = Envelope::new(first).map_err(ApiError::internal)?;
+                    for key in online {
+                        env.sign(key);
+                    }
+                    if signable {
+                        online_signed.push((name, env));
+                    } else {
+                        let bytes = env.to_bytes().map_err(ApiError::internal)?;
+                        let record = PendingRecord { role: name.to_string(), version: 1, bytes, created_at: now };
+                        self.store.put_pending(&record).await?;
+                        self.audit("create", &format!("{name} version 1 waits for its key holders"), now).await?;
+                    }
+                }
+            }
+            if online_signed.is_empty() {
+                break;
+            }
+            self.commit(online_signed, None, now).await?;
+        }
+        Ok(())
     }
 
     /// Add an update's files to its publisher's hashed bins.
