@@ -107,12 +107,9 @@ async fn target(
         return Err(ApiError::NotFound);
     }
     TargetPath::parse(&path).map_err(|_| ApiError::NotFound)?;
-    let (dir, file) = path.rsplit_once('/').ok_or(ApiError::NotFound)?;
-    let (hash, name) = file.split_once('.').ok_or(ApiError::NotFound)?;
-    let hash = Sha256Hex::parse(hash).map_err(|_| ApiError::NotFound)?;
+    let (hash, logical) = split_consistent_target(&path).ok_or(ApiError::NotFound)?;
     // Serve only content published under this path (or approved as it), never whatever
     // happens to be in the content store under that hash.
-    let logical = TargetPath::parse(&format!("{dir}/{name}")).map_err(|_| ApiError::NotFound)?;
     let published = match logical.split_approval() {
         Some((_, published)) => published,
         None => logical,
@@ -158,6 +155,21 @@ async fn target(
     Ok(response)
 }
 
+/// Split a consistent-snapshot target file name into the hash and the target path.
+///
+/// The specification's form is `<dir>/<sha256>.<file>`; tough (0.24) asks for
+/// `<sha256>.<dir>/<file>`, hashing the whole path, so that form is served too.
+fn split_consistent_target(path: &str) -> Option<(Sha256Hex, TargetPath)> {
+    if let Some((dir, file)) = path.rsplit_once('/')
+        && let Some((hash, name)) = file.split_once('.')
+        && let Ok(hash) = Sha256Hex::parse(hash)
+    {
+        return Some((hash, TargetPath::parse(&format!("{dir}/{name}")).ok()?));
+    }
+    let (hash, rest) = path.split_once('.')?;
+    Some((Sha256Hex::parse(hash).ok()?, TargetPath::parse(rest).ok()?))
+}
+
 /// One range of `bytes=a-b`, `bytes=a-` or `bytes=-n`, as a half-open range within `length`.
 pub fn parse_range(value: &str, length: u64) -> ApiResult<std::ops::Range<u64>> {
     let unsatisfiable = || ApiError::RangeNotSatisfiable(length);
@@ -193,6 +205,19 @@ mod tests {
         for bad in ["1.timestamp.json", "01.root.json", "root.json", "1.root", "x.root.json", "1.../etc.json"] {
             assert_eq!(parse_metadata_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn consistent_target_names() {
+        let sha = "a".repeat(64);
+        let split = |p: &str| split_consistent_target(p).map(|(h, t)| (h.to_string(), t.to_string()));
+        assert_eq!(split(&format!("acme/{sha}.x.bin")), Some((sha.clone(), "acme/x.bin".into())));
+        assert_eq!(
+            split(&format!("{sha}.approvals/g/acme/x.bin")),
+            Some((sha.clone(), "approvals/g/acme/x.bin".into()))
+        );
+        assert_eq!(split("acme/x.bin"), None);
+        assert_eq!(split(&format!("acme/{sha}")), None);
     }
 
     #[test]

@@ -37,6 +37,12 @@ fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
     assert!(ok, "{answer}");
     assert_eq!(std::fs::read(out.join("hello.txt")).unwrap(), content);
 
+    // tough, a second independent client, loads the same repository in-process.
+    let root = std::fs::read(server.data.join("1.root.json")).unwrap();
+    let read =
+        crate::tough_interop::read_target(&server.repo_url, &server.ca, &root, "approvals/production/acme/hello.txt");
+    assert_eq!(read.as_deref(), Ok(&content[..]));
+
     // Root rotation: version 2 with a new root key, signed by the old and the new key.
     let keys = &server.keys;
     run_ok(server.cli().args(["key", "generate", "--unencrypted", "--name", "root-2", "--dir"]).arg(keys));
@@ -59,6 +65,8 @@ fn python_tuf_downloads_approved_targets_and_follows_a_root_rotation() {
     let (ok, answer) = tuf_client(&server, &md, &["refresh"]);
     assert!(ok, "{answer}");
     assert_eq!(answer["versions"]["root"], 2, "{answer}");
+    let read = crate::tough_interop::read_target(&server.repo_url, &server.ca, &root, "approvals/pilot/acme/hello.txt");
+    assert_eq!(read.as_deref(), Ok(&content[..]), "tough follows the rotation from root 1");
 
     // python-tuf's Metadata API verifies every file the server wrote.
     let dump = server.dir.path().join("dump");

@@ -6,3 +6,4 @@ mod ceremony;
 mod common;
 mod interop;
 mod stolen_server;
+mod tough_interop;
