@@ -93,6 +93,13 @@ impl Client {
 
     pub fn send(&self, method: &str, path: &str, body: &[u8], content_type: &str) -> anyhow::Result<Answer> {
         let url = self.url(path);
+        if method == "DELETE" {
+            let mut req = self.agent.delete(url);
+            if let Some(a) = self.auth() {
+                req = req.header("authorization", a);
+            }
+            return finish(req.call());
+        }
         let mut req = match method {
             "PUT" => self.agent.put(url),
             _ => self.agent.post(url),

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ringfence_proto::api::{ApprovalRequest, BlobUploaded, PendingSummary, RoleState, UpdateFile, UpdateManifest};
+use ringfence_proto::api::{
+    ApprovalRequest, BlobUploaded, PendingSummary, RoleState, Scope, TokenCreated, TokenInfo, TokenRequest, UpdateFile,
+    UpdateManifest,
+};
 use ringfence_proto::tuf::{ApprovalAction, Root, Targets};
 use ringfence_proto::{GroupName, PublisherName, RoleName, TargetPath};
 use ringfence_trust::writer::RoleKeySet;
@@ -61,6 +64,9 @@ pub enum Command {
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(PendingCommand),
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Save the published version of a role to a file (to start its next version offline).
     Fetch {
         #[command(flatten)]
@@ -193,6 +199,30 @@ pub enum MetadataCommand {
         key: PathBuf,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long)]
+        name: String,
+        /// publish, approve, read or admin; repeat for several.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token at once.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
     },
 }
 
@@ -438,6 +468,30 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                     }
                 }
             }
+        }
+        Command::Token(TokenCommand::Create { server, name, scopes }) => {
+            let scopes = scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).with_context(|| format!("unknown scope {s}; use publish, approve, read or admin"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let answer = client(&server)?.send_json("POST", "/api/v1/tokens", &TokenRequest { name, scopes })?.ok()?;
+            let created: TokenCreated = serde_json::from_slice(&answer)?;
+            println!("id {}\n{}", created.id, created.token);
+        }
+        Command::Token(TokenCommand::List { server }) => {
+            let answer = client(&server)?.get("/api/v1/tokens")?.ok()?;
+            let tokens: Vec<TokenInfo> = serde_json::from_slice(&answer)?;
+            for t in tokens {
+                let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
+                let state = if t.revoked { "revoked" } else { "active" };
+                println!("{}  {}  {}  {state}", t.id, t.name, scopes.join(","));
+            }
+        }
+        Command::Token(TokenCommand::Revoke { server, id }) => {
+            client(&server)?.send("DELETE", &format!("/api/v1/tokens/{id}"), &[], "application/json")?.ok()?;
+            println!("revoked {id}");
         }
         Command::Fetch { server, role, out } => {
             let role = RoleName::parse(&role)?;

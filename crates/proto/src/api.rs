@@ -53,6 +53,17 @@ pub struct TokenCreated {
     pub scopes: Vec<Scope>,
 }
 
+/// A token as listed to administrators: never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: i64,
+    pub revoked: bool,
+}
+
 /// Answer to a content upload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

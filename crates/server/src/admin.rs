@@ -14,7 +14,7 @@ use axum::routing::{get, post, put};
 use futures::StreamExt;
 use rand_core::{OsRng, RngCore};
 use ringfence_proto::RoleName;
-use ringfence_proto::api::{BlobUploaded, Scope, TokenCreated, TokenRequest};
+use ringfence_proto::api::{BlobUploaded, Scope, TokenCreated, TokenInfo, TokenRequest};
 use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_JSON_DEPTH, MAX_UPLOADED_METADATA, check_json_depth};
 use ringfence_store::{Store, TokenRecord};
 use serde::de::DeserializeOwned;
@@ -27,7 +27,8 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
-        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/tokens", post(create_token).get(list_tokens))
+        .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/api/v1/content", put(upload_content))
         .route("/api/v1/updates", post(publish_update).get(list_updates))
         .route("/api/v1/approvals", post(approve))
@@ -143,6 +144,41 @@ async fn create_token(State(state): Shared, headers: HeaderMap, body: Body) -> A
         })
         .await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { id: record.id, token, scopes: request.scopes })).into_response())
+}
+
+async fn list_tokens(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    authorize(&state, &headers, &[Scope::Admin]).await?;
+    let tokens: Vec<TokenInfo> = state
+        .repo
+        .store
+        .list_tokens()
+        .await?
+        .into_iter()
+        .map(|t| TokenInfo {
+            id: t.id,
+            name: t.name,
+            scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            created_at: t.created_at,
+            revoked: t.revoked,
+        })
+        .collect();
+    Ok(Json(tokens).into_response())
+}
+
+async fn revoke_token(State(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::NotFound);
+    }
+    state.repo.store.revoke_token(&id).await?;
+    let record = ringfence_store::AuditRecord {
+        at: crate::unix_now(),
+        actor: caller.name,
+        action: "token".into(),
+        detail: format!("revoked token {id}"),
+    };
+    state.repo.store.append_audit(&record).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Stream content into the store, hashing as it goes; cut off with 413 past the limit.

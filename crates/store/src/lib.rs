@@ -124,6 +124,10 @@ pub trait Store: Send + Sync + 'static {
     /// `revoked`.
     fn token_by_secret_sha256(&self, secret_sha256: &str) -> impl Future<Output = Result<Option<TokenRecord>>> + Send;
     /// Number of tokens ever issued, revoked ones included.
+    /// Every token, oldest first.
+    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
+    /// Mark a token revoked; `NotFound` if there is no such token.
+    fn revoke_token(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn count_tokens(&self) -> impl Future<Output = Result<u64>> + Send;
 
     /// Record that a blob of that hash and length is in the blob store (idempotent).

@@ -301,6 +301,24 @@ impl Store for SqliteStore {
         .transpose()
     }
 
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, secret_sha256, scopes, created_at, revoked FROM api_tokens ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: &str) -> Result<()> {
+        let done =
+            sqlx::query("UPDATE api_tokens SET revoked = TRUE WHERE id = $1").bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn count_tokens(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens").fetch_one(&self.pool).await?;
         count_from_row(&row)

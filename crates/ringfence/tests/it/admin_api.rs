@@ -37,6 +37,13 @@ fn admin_api_refuses_bad_callers_and_bad_bodies() {
     assert!(pending.is_empty());
     let answer = reader.send_json("POST", "/api/v1/approvals", &json!({})).unwrap();
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // Revoking a token ends its use at once; listing shows no secrets.
+    let listed = admin.get("/api/v1/tokens").unwrap().ok().unwrap();
+    assert!(!String::from_utf8_lossy(&listed).contains("rfat_"));
+    let reader_id = serde_json::from_slice::<Value>(&created).unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(admin.send("DELETE", &format!("/api/v1/tokens/{reader_id}"), &[], "").unwrap().status, 204);
+    assert_eq!(reader.get("/api/v1/pending").unwrap().status, 401);
+    assert_eq!(admin.send("DELETE", "/api/v1/tokens/0123abcd", &[], "").unwrap().status, 404);
 
     // Uploads: over the cap is cut off with 413 and nothing is stored.
     let before = std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0);
