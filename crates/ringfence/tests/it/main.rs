@@ -4,6 +4,7 @@
 mod admin_api;
 mod ceremony;
 mod common;
+mod freshness;
 mod interop;
 mod stolen_server;
 mod tough_interop;
