@@ -1,7 +1,10 @@
 //! Admin API bodies. Every request body is a fixed schema with `deny_unknown_fields`; the
 //! server bounds its size and nesting before parsing.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_ADMIN_BODY, MAX_JSON_DEPTH, check_json_depth};
 
 use crate::names::{GroupName, PublisherName, RoleName, Sha256Hex, TargetPath};
 use crate::tuf::{ApprovalAction, Signature};
@@ -241,4 +244,34 @@ pub struct Health {
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: String,
+}
+
+/// Why a request body was refused; the message names the field where there is one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    TooDeep(crate::limits::TooDeep),
+    #[error("invalid body: field `{field}`: {message}")]
+    Field { field: String, message: String },
+    #[error("invalid body: {0}")]
+    Invalid(String),
+}
+
+/// Parse an admin API body into `T`: at most [`MAX_ADMIN_BODY`] bytes, at most
+/// [`MAX_JSON_DEPTH`] levels, nothing after the value, unknown fields refused by `T`'s schema.
+pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
+    if bytes.len() > MAX_ADMIN_BODY {
+        return Err(BodyError::TooLarge(MAX_ADMIN_BODY));
+    }
+    check_json_depth(bytes, MAX_JSON_DEPTH).map_err(BodyError::TooDeep)?;
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if field.is_empty() || field == "." { BodyError::Invalid(message) } else { BodyError::Field { field, message } }
+    })?;
+    deserializer.end().map_err(|e| BodyError::Invalid(e.to_string()))?;
+    Ok(value)
 }

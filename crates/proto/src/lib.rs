@@ -8,6 +8,7 @@
 pub mod api;
 pub mod limits;
 pub mod names;
+pub mod repo_path;
 pub mod tuf;
 
 pub use names::{GroupName, NameError, PublisherName, RoleName, Sha256Hex, TargetPath};

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use rand_core::{OsRng, RngCore};
 use ringfence_proto::RoleName;
 use ringfence_proto::api::{BlobUploaded, Scope, TokenCreated, TokenInfo, TokenRequest};
-use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_JSON_DEPTH, MAX_UPLOADED_METADATA, check_json_depth};
+use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_UPLOADED_METADATA};
 use ringfence_store::{Store, TokenRecord};
 use serde::de::DeserializeOwned;
 
@@ -94,19 +94,7 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
 /// Parse a JSON body into a fixed schema: bounded size and depth, unknown fields refused.
 async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = read_body(body, MAX_ADMIN_BODY).await?;
-    check_json_depth(&bytes, MAX_JSON_DEPTH).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        if field.is_empty() || field == "." {
-            ApiError::BadRequest(format!("invalid body: {inner}"))
-        } else {
-            ApiError::BadRequest(format!("invalid body: field `{field}`: {inner}"))
-        }
-    })?;
-    deserializer.end().map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
-    Ok(value)
+    ringfence_proto::api::parse_body(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn role_name(raw: &str) -> ApiResult<RoleName> {
