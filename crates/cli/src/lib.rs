@@ -150,6 +150,34 @@ pub enum KeyCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MetadataCommand {
+    /// Create root version 1 (unsigned) from public key files.
+    NewRoot {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        root_threshold: u64,
+        #[arg(long = "targets-key", required = true)]
+        targets_keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        targets_threshold: u64,
+        /// The server's online snapshot key (`online-keys/snapshot.pub.json` from `ringfence init`).
+        #[arg(long)]
+        snapshot_key: PathBuf,
+        /// The server's online timestamp key.
+        #[arg(long)]
+        timestamp_key: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
+    /// Create top-level targets version 1 (unsigned, no delegations yet).
+    NewTargets {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
     /// Start the next version of a root: same roles, version + 1, no signatures.
     NextRoot {
         file: PathBuf,
@@ -333,6 +361,31 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             };
             println!("key id: {}", public.key_id());
             println!("{}", serde_json::to_string_pretty(&public.to_tuf())?);
+        }
+        Command::Metadata(MetadataCommand::NewRoot {
+            out,
+            root_keys,
+            root_threshold,
+            targets_keys,
+            targets_threshold,
+            snapshot_key,
+            timestamp_key,
+            expires_days,
+        }) => {
+            let keys = ceremony::TopLevelKeys {
+                root: key_set(&root_keys, root_threshold)?,
+                targets: key_set(&targets_keys, targets_threshold)?,
+                snapshot: key_set(&[snapshot_key], 1)?,
+                timestamp: key_set(&[timestamp_key], 1)?,
+            };
+            let root = ceremony::root(1, now() + expires_days * 86_400, &keys)?;
+            write_envelope(&out, &root)?;
+            println!("wrote {}; sign it with {root_threshold} root key(s): `ringfence metadata sign`", out.display());
+        }
+        Command::Metadata(MetadataCommand::NewTargets { out, expires_days }) => {
+            let targets = ringfence_trust::writer::targets(1, now() + expires_days * 86_400);
+            write_envelope(&out, &Envelope::new(targets)?)?;
+            println!("wrote {}; add groups and publishers with set-group / set-publisher, then sign it", out.display());
         }
         Command::Metadata(MetadataCommand::NextRoot { file, out, root_keys, root_threshold, expires_days }) => {
             let current = read_envelope::<Root>(&file)?;

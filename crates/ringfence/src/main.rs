@@ -1,6 +1,7 @@
 //! The `ringfence` binary: the server (`serve`, `quickstart`) and the administrator commands.
 
 mod quickstart;
+mod setup;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,10 @@ struct Cli {
 enum Command {
     /// Create a local installation (keys, repository, TLS certificate) and start the server.
     Quickstart(quickstart::Options),
+    /// Create a server's data directory: online keys, TLS certificate, configuration.
+    Init(setup::InitOptions),
+    /// Import the offline ceremony's root and top-level targets into an initialised server.
+    Import(setup::ImportOptions),
     /// Run the server from a configuration file.
     Serve {
         #[arg(long, default_value = "ringfence-data/ringfence.toml")]
@@ -42,6 +47,25 @@ fn main() -> anyhow::Result<()> {
         Command::Quickstart(options) => {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
+        }
+        Command::Init(options) => {
+            let done = setup::init(&options)?;
+            setup::print_init(&done);
+            Ok(())
+        }
+        Command::Import(options) => {
+            let root = std::fs::read(&options.root).with_context(|| format!("reading {}", options.root.display()))?;
+            let targets =
+                std::fs::read(&options.targets).with_context(|| format!("reading {}", options.targets.display()))?;
+            let roles = [(ringfence_proto::RoleName::targets(), targets)];
+            runtime()?.block_on(setup::import(&options.config, &root, &roles))?;
+            println!("Imported. The first admin token is in admin.token in the data directory (owner-only).");
+            println!(
+                "Start the server with `ringfence serve --config {}`; key holders then run",
+                options.config.display()
+            );
+            println!("`ringfence pending sign-all` for the roles the server prepared.");
+            Ok(())
         }
         Command::Serve { config } => {
             init_logging();

@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ringfence_cli::ceremony::{self, TopLevelKeys};
-use ringfence_proto::api::Scope;
 use ringfence_proto::{GroupName, PublisherName, RoleName};
-use ringfence_server::online_keys::{AUTO_APPROVER_FILE, SNAPSHOT_FILE, TIMESTAMP_FILE};
-use ringfence_server::{Config, tls};
-use ringfence_store::Store;
+use ringfence_server::Config;
 use ringfence_trust::SigningKey;
 use ringfence_trust::writer::{self, RoleKeySet};
+
+use crate::setup;
 
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -65,18 +64,14 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     let now = ringfence_server::unix_now();
     let passphrase = std::env::var("RINGFENCE_KEY_PASSPHRASE").ok().filter(|p| !p.is_empty());
     std::fs::create_dir_all(keys_dir)?;
-    std::fs::create_dir_all(data_dir)?;
-
-    // Online keys: the only private keys the server gets.
-    let online_dir = data_dir.join("online-keys");
-    std::fs::create_dir_all(&online_dir)?;
-    let timestamp = SigningKey::generate();
-    let snapshot = SigningKey::generate();
-    let auto_approver = SigningKey::generate();
-    for (file, key) in [(TIMESTAMP_FILE, &timestamp), (SNAPSHOT_FILE, &snapshot), (AUTO_APPROVER_FILE, &auto_approver)]
-    {
-        tls::write_private(&online_dir.join(file), key.to_unencrypted_pem()?.as_bytes())?;
-    }
+    let online = setup::init(&setup::InitOptions {
+        data_dir: data_dir.to_path_buf(),
+        device_addr: options.device_addr.clone(),
+        admin_addr: options.admin_addr.clone(),
+        tls_names: options.tls_names.clone(),
+        auto_approver: true,
+    })?;
+    let auto_approver = online.auto_approver.context("auto-approver key")?;
 
     // Offline keys: in the keys directory, which belongs on an offline machine.
     let offline = |name: &str| -> anyhow::Result<SigningKey> {
@@ -100,8 +95,8 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     let top = TopLevelKeys {
         root: one(&root_key),
         targets: one(&targets_key),
-        snapshot: one(&snapshot),
-        timestamp: one(&timestamp),
+        snapshot: one(&online.snapshot),
+        timestamp: one(&online.timestamp),
     };
     let mut root = ceremony::root(1, now + YEAR, &top)?;
     root.sign(&root_key);
@@ -117,13 +112,12 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     let mut targets = ringfence_trust::Envelope::new(targets)?;
     targets.sign(&targets_key);
 
+    // The delegated roles' first versions, signed here because quickstart holds every key;
+    // `ringfence import` instead leaves them pending for their holders.
     let mut roles: Vec<(RoleName, Vec<u8>)> = vec![(RoleName::targets(), targets.to_bytes()?)];
     for (name, env) in ceremony::publisher_roles(&acme, &one(&publisher_key), &[&publisher_key], now + YEAR)? {
         roles.push((name, env.to_bytes()?));
     }
-    let mut pilot_role = ringfence_trust::Envelope::new(writer::targets(1, now + 30 * 86_400))?;
-    pilot_role.sign(&auto_approver);
-    roles.push((pilot.approval_role(), pilot_role.to_bytes()?));
     let mut production_role = ringfence_trust::Envelope::new(writer::targets(1, now + 90 * 86_400))?;
     production_role.sign(&approvers[0]);
     production_role.sign(&approvers[1]);
@@ -131,31 +125,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
 
     let root_bytes = root.to_bytes()?;
     std::fs::write(keys_dir.join("1.root.json"), &root_bytes)?;
-    std::fs::write(data_dir.join("1.root.json"), &root_bytes)?;
-
-    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
-        let host = host.trim();
-        if !host.is_empty() {
-            names.push(host.to_owned());
-        }
-    }
-    names.extend(options.tls_names.iter().cloned());
-    let mut config = Config::with_data_dir(std::path::absolute(data_dir)?);
-    config.device_listener.addr = options.device_addr.clone();
-    config.admin_listener.addr = options.admin_addr.clone();
-    tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
-    std::fs::write(config_path, toml_config(&config)?)?;
-
-    let state = ringfence_server::open_state(config).await?;
-    state
-        .repo
-        .bootstrap(&root_bytes, &roles, now)
-        .await
-        .map_err(|e| anyhow::anyhow!("initialising the repository: {e}"))?;
-    let (record, token) = ringfence_server::admin::new_token("quickstart-admin", &Scope::ALL, now);
-    state.repo.store.insert_token(&record).await.context("storing the admin token")?;
-    tls::write_private(&data_dir.join("admin.token"), token.as_bytes())?;
+    setup::import(config_path, &root_bytes, &roles).await?;
     println!("Created a Ringfence installation:");
     println!("  offline keys (MOVE THEM OFFLINE): {}", keys_dir.display());
     if passphrase.is_none() {
@@ -165,23 +135,6 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     }
     println!("  server data (database, content, online keys, TLS): {}", data_dir.display());
     Ok(())
-}
-
-fn toml_config(config: &Config) -> anyhow::Result<String> {
-    Ok(format!(
-        "# Ringfence server configuration; every setting is described in docs/ringfence.example.toml\n{}",
-        toml_string(config)?
-    ))
-}
-
-fn toml_string(config: &Config) -> anyhow::Result<String> {
-    // The server reads TOML; write the few settings quickstart chose, the rest stay default.
-    Ok(format!(
-        "data_dir = {:?}\n\n[device_listener]\naddr = {:?}\n\n[admin_listener]\naddr = {:?}\n\n[repository]\naccess = \"devices\"\n",
-        config.data_dir.display().to_string(),
-        config.device_listener.addr,
-        config.admin_listener.addr
-    ))
 }
 
 fn print_next_steps(config: &Config, keys_dir: &Path, data_dir: &Path) {

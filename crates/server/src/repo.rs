@@ -193,6 +193,7 @@ impl Repository {
             ordered.push((name.clone(), env));
         }
         self.commit(ordered, Some(root), now).await?;
+        self.create_missing_roles(now).await?;
         self.audit("bootstrap", "initialised the repository", now).await
     }
 

@@ -44,16 +44,7 @@ fn a_new_group_and_publisher_go_from_ceremony_to_download() {
     let pending = run_ok(server.cli().args(["pending", "list"]));
     assert!(pending.contains("approvals.staging version 1"), "{pending}");
     assert!(pending.contains("publisher.globex version 1"), "{pending}");
-    let sign_all = |key: &str| {
-        run_ok(
-            server
-                .cli()
-                .args(["pending", "sign-all", "--yes", "--key"])
-                .arg(server.key(key))
-                .arg("--trusted-root")
-                .arg(keys.join("1.root.json")),
-        )
-    };
+    let sign_all = |key: &str| server.sign_all(key);
     // A key that may sign none of them signs nothing.
     assert!(sign_all("production-approver-1").trim().is_empty());
     assert!(sign_all("staging-approver").contains("approvals.staging version 1 is published"));

@@ -65,6 +65,11 @@ impl Server {
         );
         let keys = dir.path().join("ringfence-keys");
         let data = dir.path().join("ringfence-data");
+        Self::serve(dir, keys, data, adjust)
+    }
+
+    /// Serve the installation in `data` (made by `quickstart` or `init` + `import`).
+    pub fn serve(dir: tempfile::TempDir, keys: PathBuf, data: PathBuf, adjust: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
         adjust(&mut config);
         let runtime =
@@ -137,6 +142,17 @@ impl Server {
             let role = pending["role"].as_str().unwrap();
             self.sign(role, "publisher-acme");
         }
+    }
+
+    /// `ringfence pending sign-all` with the key `<keys>/<key>.key`.
+    pub fn sign_all(&self, key: &str) -> String {
+        run_ok(
+            self.cli()
+                .args(["pending", "sign-all", "--yes", "--key"])
+                .arg(self.key(key))
+                .arg("--trusted-root")
+                .arg(self.keys.join("1.root.json")),
+        )
     }
 
     pub fn sign(&self, role: &str, key: &str) -> String {

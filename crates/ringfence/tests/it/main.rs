@@ -5,6 +5,7 @@ mod admin_api;
 mod ceremony;
 mod common;
 mod freshness;
+mod installation;
 mod interop;
 mod stolen_server;
 mod tough_interop;

@@ -1,0 +1,123 @@
+//! Setting up a server's data directory: `ringfence init` (online keys, TLS, configuration,
+//! first admin token) and `ringfence import` (the offline ceremony's root and targets).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ringfence_proto::RoleName;
+use ringfence_proto::api::Scope;
+use ringfence_server::online_keys::{AUTO_APPROVER_FILE, SNAPSHOT_FILE, TIMESTAMP_FILE};
+use ringfence_server::{Config, tls};
+use ringfence_store::Store;
+use ringfence_trust::SigningKey;
+
+#[derive(Debug, clap::Args)]
+pub struct InitOptions {
+    /// The server's data directory (created).
+    #[arg(long, default_value = "ringfence-data")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "0.0.0.0:8531")]
+    pub device_addr: String,
+    #[arg(long, default_value = "127.0.0.1:8532")]
+    pub admin_addr: String,
+    /// Host names or addresses for the self-signed TLS certificate (besides localhost).
+    #[arg(long = "tls-name")]
+    pub tls_names: Vec<String>,
+    /// Also create an online auto-approver key, for groups whose owners choose automatic approval.
+    #[arg(long)]
+    pub auto_approver: bool,
+}
+
+/// What `init` made that the offline ceremony needs: the online keys' public halves.
+pub struct Initialised {
+    pub config_path: PathBuf,
+    pub timestamp: SigningKey,
+    pub snapshot: SigningKey,
+    pub auto_approver: Option<SigningKey>,
+}
+
+pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
+    let data_dir = &options.data_dir;
+    let config_path = data_dir.join("ringfence.toml");
+    anyhow::ensure!(!config_path.exists(), "{} exists already", config_path.display());
+    std::fs::create_dir_all(data_dir)?;
+    let mut config = Config::with_data_dir(std::path::absolute(data_dir)?);
+    config.device_listener.addr = options.device_addr.clone();
+    config.admin_listener.addr = options.admin_addr.clone();
+
+    let online_dir = config.online_key_dir();
+    std::fs::create_dir_all(&online_dir)?;
+    let write_online = |file: &str| -> anyhow::Result<SigningKey> {
+        let key = SigningKey::generate();
+        tls::write_private(&online_dir.join(file), key.to_unencrypted_pem()?.as_bytes())?;
+        let public = online_dir.join(file.replace(".key", ".pub.json"));
+        std::fs::write(public, serde_json::to_vec_pretty(&key.public().to_tuf())?)?;
+        Ok(key)
+    };
+    let timestamp = write_online(TIMESTAMP_FILE)?;
+    let snapshot = write_online(SNAPSHOT_FILE)?;
+    let auto_approver = if options.auto_approver { Some(write_online(AUTO_APPROVER_FILE)?) } else { None };
+
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_owned());
+        }
+    }
+    names.extend(options.tls_names.iter().cloned());
+    tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
+    std::fs::write(&config_path, config_text(&config))?;
+    Ok(Initialised { config_path, timestamp, snapshot, auto_approver })
+}
+
+fn config_text(config: &Config) -> String {
+    format!(
+        "# Ringfence server configuration; every setting is described in docs/ringfence.example.toml\n\
+         data_dir = {:?}\n\n[device_listener]\naddr = {:?}\n\n[admin_listener]\naddr = {:?}\n\n[repository]\naccess = \"devices\"\n",
+        config.data_dir.display().to_string(),
+        config.device_listener.addr,
+        config.admin_listener.addr
+    )
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportOptions {
+    #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+    pub config: PathBuf,
+    /// Root version 1, signed offline.
+    #[arg(long)]
+    pub root: PathBuf,
+    /// Top-level targets version 1, signed offline.
+    #[arg(long)]
+    pub targets: PathBuf,
+}
+
+/// Import the ceremony's root and targets-type roles (at least top-level targets; roles left
+/// out get a first version prepared for their key holders), create the first admin token
+/// (written to `<data_dir>/admin.token`, readable by its owner only) and return it.
+pub async fn import(config_path: &Path, root: &[u8], roles: &[(RoleName, Vec<u8>)]) -> anyhow::Result<String> {
+    let config = Config::load(config_path)?;
+    let data_dir = config.data_dir.clone();
+    let state = ringfence_server::open_state(config).await?;
+    let now = ringfence_server::unix_now();
+    state.repo.bootstrap(root, roles, now).await.map_err(|e| anyhow::anyhow!("importing the repository: {e}"))?;
+    std::fs::write(data_dir.join("1.root.json"), root)?;
+    let (record, token) = ringfence_server::admin::new_token("first-admin", &Scope::ALL, now);
+    state.repo.store.insert_token(&record).await.context("storing the admin token")?;
+    tls::write_private(&data_dir.join("admin.token"), token.as_bytes())?;
+    Ok(token)
+}
+
+pub fn print_init(done: &Initialised) {
+    let dir = done.config_path.parent().unwrap_or(Path::new("."));
+    println!("Initialised {}", dir.display());
+    println!("Online public keys for the ceremony (the private halves stay here, readable by this user only):");
+    println!("  timestamp: {}  {}", done.timestamp.key_id(), dir.join("online-keys/timestamp.pub.json").display());
+    println!("  snapshot:  {}  {}", done.snapshot.key_id(), dir.join("online-keys/snapshot.pub.json").display());
+    if let Some(k) = &done.auto_approver {
+        println!("  auto-approver: {}  {}", k.key_id(), dir.join("online-keys/auto-approver.pub.json").display());
+    }
+    println!("Next, on the offline machine: `ringfence metadata new-root` and `new-targets`, sign them,");
+    println!("then here: `ringfence import --root 1.root.json --targets 1.targets.json`.");
+}
