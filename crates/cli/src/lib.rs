@@ -265,32 +265,42 @@ pub enum PendingCommand {
     SignAll {
         #[command(flatten)]
         server: ServerArgs,
-        #[arg(long)]
-        key: PathBuf,
-        #[arg(long)]
-        trusted_root: PathBuf,
-        /// Sign without asking for confirmation.
-        #[arg(long)]
-        yes: bool,
         #[command(flatten)]
-        passphrase: PassphraseArgs,
+        signer: SignerArgs,
     },
     /// Show what a pending role version changes, verify it, sign it and upload the signature.
     Sign {
         #[command(flatten)]
         server: ServerArgs,
         role: String,
-        #[arg(long)]
-        key: PathBuf,
-        /// The root this administrator trusts (for example the `1.root.json` from the ceremony).
-        #[arg(long)]
-        trusted_root: PathBuf,
-        /// Sign without asking for confirmation.
-        #[arg(long)]
-        yes: bool,
         #[command(flatten)]
-        passphrase: PassphraseArgs,
+        signer: SignerArgs,
     },
+}
+
+/// Who signs pending roles, and from which trusted root they verify the repository first.
+#[derive(Debug, Args, Clone)]
+pub struct SignerArgs {
+    /// The signing key file.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The root this signer trusts (for example the `1.root.json` from the ceremony).
+    #[arg(long)]
+    pub trusted_root: PathBuf,
+    /// Sign without asking for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+impl SignerArgs {
+    fn load(&self) -> anyhow::Result<(SigningKey, Vec<u8>)> {
+        let key = self.passphrase.load_key(&self.key)?;
+        let path = &self.trusted_root;
+        let root = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok((key, root))
+    }
 }
 
 fn client(server: &ServerArgs) -> anyhow::Result<http::Client> {
@@ -486,22 +496,18 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 println!("{} version {}", p.role, p.version);
             }
         }
-        Command::Pending(PendingCommand::Sign { server, role, key, trusted_root, yes, passphrase }) => {
+        Command::Pending(PendingCommand::Sign { server, role, signer }) => {
             let role = RoleName::parse(&role)?;
-            let key = passphrase.load_key(&key)?;
+            let (key, trusted) = signer.load()?;
             let client = client(&server)?;
-            let trusted =
-                std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
-            match review::review_and_sign(&client, &role, &key, &trusted, yes, now())? {
+            match review::review_and_sign(&client, &role, &key, &trusted, signer.yes, now())? {
                 review::Signed::Signed(state) => print_state(&state),
                 review::Signed::NotAuthorised(why) => anyhow::bail!("{why}"),
             }
         }
-        Command::Pending(PendingCommand::SignAll { server, key, trusted_root, yes, passphrase }) => {
-            let key = passphrase.load_key(&key)?;
+        Command::Pending(PendingCommand::SignAll { server, signer }) => {
+            let (key, trusted) = signer.load()?;
             let client = client(&server)?;
-            let trusted =
-                std::fs::read(&trusted_root).with_context(|| format!("reading {}", trusted_root.display()))?;
             let mut tried = std::collections::BTreeSet::new();
             // Publishing a role can create new pending roles (a publisher's bins): look again.
             loop {
@@ -515,7 +521,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 list.sort_by_key(|p| (p.role.as_str().matches('.').count(), p.role.clone()));
                 for p in list {
                     tried.insert((p.role.clone(), p.version));
-                    match review::review_and_sign(&client, &p.role, &key, &trusted, yes, now())? {
+                    match review::review_and_sign(&client, &p.role, &key, &trusted, signer.yes, now())? {
                         review::Signed::Signed(state) => print_state(&state),
                         review::Signed::NotAuthorised(_) => {}
                     }
