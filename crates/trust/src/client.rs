@@ -131,6 +131,7 @@ impl TrustedSet {
                 });
             }
             if new.signed.version == old.signed.version {
+                check_expiry("timestamp", &old.signed.expires, self.now)?;
                 return Ok(false);
             }
             if let Some(old_meta) = old.signed.meta.get("snapshot.json")
@@ -143,34 +144,53 @@ impl TrustedSet {
                 });
             }
         }
-        check_expiry("timestamp", &new.signed.expires, self.now)?;
+        // Kept even when expired, as the reference later versions are checked against; the
+        // expiry then stops the snapshot from loading.
+        let expires = new.signed.expires.clone();
         self.timestamp = Some(new);
+        check_expiry("timestamp", &expires, self.now)?;
         Ok(true)
     }
 
-    /// Accept the snapshot the trusted timestamp names. `from_cache` skips the hash check for
-    /// a copy the client stored itself earlier (the version check still applies).
-    pub fn update_snapshot(&mut self, bytes: &[u8], from_cache: bool) -> Result<(), ClientError> {
+    /// The trusted timestamp, if it is fresh; and the snapshot version it names.
+    fn final_timestamp(&self) -> Result<&MetaFile, ClientError> {
         let timestamp =
             self.timestamp.as_ref().ok_or(ClientError::OutOfOrder { role: "snapshot".into(), needed: "timestamp" })?;
-        let meta = timestamp
+        check_expiry("timestamp", &timestamp.signed.expires, self.now)?;
+        timestamp
             .signed
             .meta
             .get("snapshot.json")
-            .ok_or(ClientError::NotListed { role: "snapshot".into(), listing: "timestamp" })?;
-        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
-        if !from_cache {
-            check_length_and_hashes("snapshot", meta, bytes)?;
-        }
-        let new = Envelope::<Snapshot>::parse(bytes, max).map_err(env_err("snapshot"))?;
-        verify_top_level(&new, &self.root.signed, "snapshot")?;
-        if new.signed.version != meta.version {
+            .ok_or(ClientError::NotListed { role: "snapshot".into(), listing: "timestamp" })
+    }
+
+    /// The trusted snapshot, if it is fresh and the one the timestamp names.
+    fn final_snapshot(&self) -> Result<&Envelope<Snapshot>, ClientError> {
+        let meta = self.final_timestamp()?;
+        let snapshot =
+            self.snapshot.as_ref().ok_or(ClientError::OutOfOrder { role: "targets".into(), needed: "snapshot" })?;
+        check_expiry("snapshot", &snapshot.signed.expires, self.now)?;
+        if snapshot.signed.version != meta.version {
             return Err(ClientError::BadVersion {
                 role: "snapshot".into(),
                 expected: meta.version,
-                got: new.signed.version,
+                got: snapshot.signed.version,
             });
         }
+        Ok(snapshot)
+    }
+
+    /// Accept the snapshot the trusted timestamp names. `from_cache` skips the hash check for
+    /// a copy the client stored itself earlier. A cached snapshot that is expired or older
+    /// than the timestamp names is kept only as the reference for rollback checks.
+    pub fn update_snapshot(&mut self, bytes: &[u8], from_cache: bool) -> Result<(), ClientError> {
+        let meta = self.final_timestamp()?.clone();
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
+        if !from_cache {
+            check_length_and_hashes("snapshot", &meta, bytes)?;
+        }
+        let new = Envelope::<Snapshot>::parse(bytes, max).map_err(env_err("snapshot"))?;
+        verify_top_level(&new, &self.root.signed, "snapshot")?;
         if let Some(old) = &self.snapshot {
             for (name, old_meta) in &old.signed.meta {
                 match new.signed.meta.get(name) {
@@ -186,9 +206,8 @@ impl TrustedSet {
                 }
             }
         }
-        check_expiry("snapshot", &new.signed.expires, self.now)?;
         self.snapshot = Some(new);
-        Ok(())
+        self.final_snapshot().map(|_| ())
     }
 
     /// Accept top-level targets.
@@ -199,8 +218,7 @@ impl TrustedSet {
     /// Accept the targets metadata of `role`, delegated by the trusted `delegator`
     /// (`root` for top-level targets).
     pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), ClientError> {
-        let snapshot =
-            self.snapshot.as_ref().ok_or(ClientError::OutOfOrder { role: role.into(), needed: "snapshot" })?;
+        let snapshot = self.final_snapshot()?;
         let meta = snapshot
             .signed
             .meta
@@ -299,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn rollback_and_freeze_are_refused_and_change_nothing() {
+    fn rollback_and_freeze_are_refused() {
         let repo = Repo::new();
         let mut set = TrustedSet::new(&repo.root(1, &[&repo.root_key], 1, &[&repo.root_key]), NOW).unwrap();
         assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(true));
@@ -307,9 +325,15 @@ mod tests {
             set.update_timestamp(&repo.timestamp(4, NOW + 100)),
             Err(ClientError::Rollback { trusted: 5, got: 4, .. })
         ));
-        assert!(matches!(set.update_timestamp(&repo.timestamp(6, NOW - 1)), Err(ClientError::Expired { .. })));
-        assert_eq!(set.timestamp().map(|t| t.signed.version), Some(5));
+        assert_eq!(set.timestamp().map(|t| t.signed.version), Some(5), "a refused rollback changes nothing");
         assert_eq!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Ok(false));
+        // Freeze: an expired timestamp is refused, but stays the reference for rollback checks,
+        // and nothing below it loads.
+        assert!(matches!(set.update_timestamp(&repo.timestamp(6, NOW - 1)), Err(ClientError::Expired { .. })));
+        assert!(matches!(set.update_snapshot(b"{}", false), Err(ClientError::Expired { .. })));
+        assert!(matches!(set.update_timestamp(&repo.timestamp(5, NOW + 100)), Err(ClientError::Rollback { .. })));
+        assert!(matches!(set.update_timestamp(&repo.timestamp(6, NOW + 100)), Err(ClientError::Expired { .. })));
+        assert_eq!(set.update_timestamp(&repo.timestamp(7, NOW + 100)), Ok(true));
     }
 
     #[test]
