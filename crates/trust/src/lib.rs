@@ -11,6 +11,7 @@ pub mod envelope;
 pub mod expiry;
 pub mod keys;
 pub mod paths;
+pub mod workflow;
 pub mod writer;
 
 pub use envelope::{Envelope, EnvelopeError};

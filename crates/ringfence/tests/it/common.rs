@@ -227,3 +227,44 @@ pub fn tuf_client(server: &Server, metadata_dir: &Path, args: &[&str]) -> (bool,
         .unwrap_or_else(|_| panic!("client said: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.success(), value)
 }
+
+/// The `ringfence-agent` binary, built by `cargo test --workspace` next to `ringfence`.
+pub fn agent_bin() -> PathBuf {
+    let path = Path::new(BIN).with_file_name("ringfence-agent");
+    assert!(
+        path.exists(),
+        "{} is missing: run the suite with scripts/test (cargo builds every workspace binary)",
+        path.display()
+    );
+    path
+}
+
+/// `ringfence-agent tuf ...` against `server`: (succeeded, stderr).
+pub fn agent_tuf(
+    server: &Server,
+    metadata_dir: &Path,
+    action: &[&str],
+    targets: &[&str],
+    target_dir: &Path,
+) -> (bool, String) {
+    let mut c = Command::new(agent_bin());
+    c.arg("tuf").arg("--metadata-dir").arg(metadata_dir).arg("--ca").arg(&server.ca);
+    c.arg("--metadata-url").arg(format!("{}/metadata/", server.repo_url));
+    c.arg("--target-base-url").arg(format!("{}/targets/", server.repo_url)).arg("--target-dir").arg(target_dir);
+    for t in targets {
+        c.arg("--target-name").arg(t);
+    }
+    if !metadata_dir.join("root.json").exists() {
+        let out = Command::new(agent_bin())
+            .arg("tuf")
+            .arg("--metadata-dir")
+            .arg(metadata_dir)
+            .arg("init")
+            .arg(server.data.join("1.root.json"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = c.args(action).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}

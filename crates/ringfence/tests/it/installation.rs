@@ -107,7 +107,7 @@ fn init_ceremony_import_and_first_update() {
             .arg(keys.join("1.targets.json")),
     );
     let server = Server::serve(dir, keys.clone(), data, |_| {});
-    let mut sign_all = |key: &str| {
+    let sign_all = |key: &str| {
         let mut c = server.cli();
         c.env("RINGFENCE_KEY_PASSPHRASE", PASSPHRASE);
         run_ok(

@@ -2,6 +2,7 @@
 //! binary, python-tuf as the independent client.
 
 mod admin_api;
+mod agent_tuf;
 mod ceremony;
 mod common;
 mod freshness;

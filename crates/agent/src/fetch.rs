@@ -1,0 +1,93 @@
+//! Bounded HTTP(S) fetches: never more bytes than the caller allows.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use ringfence_trust::workflow::Fetched;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+#[derive(Clone)]
+pub struct Fetcher {
+    agent: ureq::Agent,
+}
+
+impl Fetcher {
+    /// Plain HTTP, or HTTPS trusting only the certificates in `ca_pem` (none: HTTPS refused).
+    pub fn new(ca_pem: Option<&[u8]>) -> anyhow::Result<Self> {
+        let mut builder = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
+            .timeout_recv_body(Some(std::time::Duration::from_secs(300)))
+            .max_redirects(0);
+        if let Some(pem) = ca_pem {
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            anyhow::ensure!(!certs.is_empty(), "no certificate in the CA file");
+            let tls = TlsConfig::builder()
+                .provider(TlsProvider::Rustls)
+                .root_certs(RootCerts::new_with_certs(&certs))
+                .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .build();
+            builder = builder.tls_config(tls);
+        }
+        Ok(Self { agent: builder.build().into() })
+    }
+
+    /// GET `url`, reading at most `max_length` bytes; more is an error (endless data).
+    pub fn fetch(&self, url: &str, max_length: u64) -> anyhow::Result<Fetched> {
+        let mut response = self.agent.get(url).call().with_context(|| format!("fetching {url}"))?;
+        match response.status().as_u16() {
+            200 => {}
+            404 | 403 => return Ok(Fetched::NotFound),
+            status => bail!("fetching {url}: HTTP {status}"),
+        }
+        let mut bytes = Vec::new();
+        response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .reader()
+            .take(max_length.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("reading {url}"))?;
+        if bytes.len() as u64 > max_length {
+            bail!("{url} is longer than the {max_length} bytes allowed (endless data)");
+        }
+        Ok(Fetched::Bytes(bytes))
+    }
+
+    /// GET `url` into `out`, at most `max_length` bytes, starting at byte `offset` with a
+    /// `Range` request when `offset > 0`. Returns the bytes written by this call.
+    pub fn fetch_to(
+        &self,
+        url: &str,
+        max_length: u64,
+        offset: u64,
+        out: &mut impl std::io::Write,
+    ) -> anyhow::Result<u64> {
+        let mut request = self.agent.get(url);
+        if offset > 0 {
+            request = request.header("range", format!("bytes={offset}-"));
+        }
+        let mut response = request.call().with_context(|| format!("fetching {url}"))?;
+        let status = response.status().as_u16();
+        match (status, offset) {
+            (200, 0) | (206, _) => {}
+            (404, _) => bail!("{url}: not found"),
+            (200, _) => bail!("{url}: the server ignored the range request"),
+            (status, _) => bail!("fetching {url}: HTTP {status}"),
+        }
+        let allowed = max_length.saturating_sub(offset);
+        let mut reader = response.body_mut().with_config().limit(u64::MAX).reader().take(allowed.saturating_add(1));
+        let written = std::io::copy(&mut reader, out).with_context(|| format!("reading {url}"))?;
+        if written > allowed {
+            bail!("{url} is longer than its metadata allows (endless data)");
+        }
+        Ok(written)
+    }
+}

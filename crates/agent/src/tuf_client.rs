@@ -1,0 +1,147 @@
+//! `ringfence-agent tuf`: the agent's TUF client behind the command-line interface TUF client
+//! test harnesses drive (`init`, `refresh`, `download`).
+//!
+//! Trusted metadata lives in the metadata directory under non-versioned names (`root.json`,
+//! `timestamp.json`, `snapshot.json`, `targets.json`, `<role>.json` for delegated roles) and
+//! is written only after it verified. Targets are written only after their length and hash
+//! matched, under the percent-encoded target path.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ringfence_trust::client::TrustedSet;
+use ringfence_trust::workflow::{Cached, Fetched, Refresh, SearchStep, TargetSearch, target_file_name, verify_target};
+use sha2::Digest;
+
+use crate::fetch::Fetcher;
+
+/// Percent-encode everything but unreserved characters, as file names for roles and targets.
+pub fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    // "." and ".." would name directories.
+    if out == "." || out == ".." { out.replace('.', "%2E") } else { out }
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename: never half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp-ringfence");
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+}
+
+/// A TUF client over a metadata directory and a metadata base URL.
+pub struct Client {
+    pub metadata_dir: PathBuf,
+    pub metadata_url: String,
+    pub fetcher: Fetcher,
+}
+
+fn join_url(base: &str, file: &str) -> String {
+    if base.ends_with('/') { format!("{base}{file}") } else { format!("{base}/{file}") }
+}
+
+impl Client {
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.metadata_dir.join(name)).ok()
+    }
+
+    fn store(&self, role: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.metadata_dir.join(format!("{}.json", encode_name(role))), bytes)
+    }
+
+    /// Refresh the top-level metadata; every accepted file is stored.
+    pub fn refresh(&self, now: i64) -> anyhow::Result<TrustedSet> {
+        let root = self.read("root.json").context("no trusted root.json in the metadata directory: run init")?;
+        let set = TrustedSet::new(&root, now).context("the trusted root does not verify")?;
+        let cached = Cached { timestamp: self.read("timestamp.json"), snapshot: self.read("snapshot.json") };
+        let mut refresh = Refresh::new(set, cached);
+        while let Some(need) = refresh.need() {
+            let fetched = self.fetcher.fetch(&join_url(&self.metadata_url, &need.file), need.max_length)?;
+            let bytes = match &fetched {
+                Fetched::Bytes(b) => Some(b.clone()),
+                Fetched::NotFound => None,
+            };
+            if refresh.supply(fetched).with_context(|| format!("{} refused", need.file))?
+                && let Some(bytes) = bytes
+            {
+                self.store(&need.role, &bytes)?;
+            }
+        }
+        Ok(refresh.finish()?)
+    }
+
+    /// Find `path` through the delegations, loading (and storing) only the roles on the way.
+    pub fn find_target(&self, set: &mut TrustedSet, path: &str) -> anyhow::Result<ringfence_proto::tuf::TargetFile> {
+        let mut search = TargetSearch::new(path);
+        loop {
+            match search.next(set)? {
+                SearchStep::Found(target) => return Ok(target),
+                SearchStep::NotFound => bail!("{path} is not a trusted target"),
+                SearchStep::Need { need, delegator } => {
+                    let url = join_url(&self.metadata_url, &need.file);
+                    let Fetched::Bytes(bytes) = self.fetcher.fetch(&url, need.max_length)? else {
+                        bail!("{} is missing on the server", need.file);
+                    };
+                    set.update_delegated_targets(&bytes, &need.role, &delegator)
+                        .with_context(|| format!("{} refused", need.file))?;
+                    self.store(&need.role, &bytes)?;
+                }
+            }
+        }
+    }
+}
+
+fn sha256_file(path: &Path) -> anyhow::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let len = std::io::copy(&mut file, &mut hasher)?;
+    Ok((len, hex::encode(hasher.finalize())))
+}
+
+/// Download each target in order into `target_dir`; stop at the first failure. A target
+/// already there with the right length and hash is not fetched again.
+pub fn download(
+    client: &Client,
+    now: i64,
+    names: &[String],
+    target_base_url: &str,
+    target_dir: &Path,
+) -> anyhow::Result<()> {
+    let mut set = client.refresh(now)?;
+    let consistent = set.root().signed.consistent_snapshot;
+    std::fs::create_dir_all(target_dir)?;
+    for name in names {
+        let target = client.find_target(&mut set, name)?;
+        let out = target_dir.join(encode_name(name));
+        if out.exists() && sha256_file(&out).is_ok_and(|(len, sha)| verify_target(&target, len, &sha).is_ok()) {
+            continue;
+        }
+        let file = target_file_name(name, &target, consistent).context("no sha256 for the target")?;
+        let partial = out.with_extension("partial-ringfence");
+        let mut f = std::fs::File::create(&partial)?;
+        let result = client.fetcher.fetch_to(&join_url(target_base_url, &file), target.length, 0, &mut f);
+        drop(f);
+        let checked = result.and_then(|_| {
+            let (len, sha) = sha256_file(&partial)?;
+            verify_target(&target, len, &sha).with_context(|| format!("{name} refused"))
+        });
+        if let Err(e) = checked {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        std::fs::rename(&partial, &out)?;
+    }
+    Ok(())
+}
