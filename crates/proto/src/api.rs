@@ -132,6 +132,13 @@ pub struct Installer {
     pub module: String,
     #[serde(default)]
     pub arguments: Vec<String>,
+    /// The device must reboot to finish the installation.
+    #[serde(default)]
+    pub reboot_required: bool,
+    /// A command (argument vector) run after installing; the update is installed only if it
+    /// exits 0, else it is rolled back where the module can and reported failed.
+    #[serde(default)]
+    pub health_check: Vec<String>,
 }
 
 /// The catalog entry of an update, as published.

@@ -148,6 +148,17 @@ pub struct Timestamp {
     pub unrecognized: Unrecognized,
 }
 
+/// The `custom` object of a published file: what its publisher signs besides the bytes, so
+/// that a server cannot change how a file is installed or where it applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedCustom {
+    pub update_id: String,
+    pub installer: crate::api::Installer,
+    #[serde(default)]
+    pub applicability: crate::api::Applicability,
+}
+
 /// The `custom` object Ringfence puts on an approval target entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -97,7 +97,12 @@ async fn bench(n: usize) {
             supersedes: vec![],
             prerequisites: vec![],
             applicability: Applicability::default(),
-            installer: Installer { module: "file".into(), arguments: vec![] },
+            installer: Installer {
+                module: "file".into(),
+                arguments: vec![],
+                reboot_required: false,
+                health_check: vec![],
+            },
             files: vec![UpdateFile { name: format!("new-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 }],
         };
         let started = Instant::now();

@@ -412,6 +412,13 @@ impl Repository {
             )
             .await?;
 
+        // Signed by the publisher with the bytes: how to install and where it applies.
+        let custom = serde_json::to_value(ringfence_proto::tuf::PublishedCustom {
+            update_id: manifest.id.clone(),
+            installer: manifest.installer.clone(),
+            applicability: manifest.applicability.clone(),
+        })
+        .map_err(ApiError::internal)?;
         let mut outcome = PublishOutcome {
             update_id: manifest.id.clone(),
             targets: Vec::new(),
@@ -424,7 +431,7 @@ impl Repository {
                 .change_delegated(&bin, now, |t| {
                     for (path, rec) in &entries {
                         let sha = ringfence_proto::Sha256Hex::parse(&rec.sha256).map_err(ApiError::internal)?;
-                        t.targets.insert(path.to_string(), writer::target_file(rec.length, &sha, None));
+                        t.targets.insert(path.to_string(), writer::target_file(rec.length, &sha, Some(custom.clone())));
                     }
                     Ok(())
                 })
