@@ -269,8 +269,13 @@ pub enum BodyError {
 /// Parse an admin API body into `T`: at most [`MAX_ADMIN_BODY`] bytes, at most
 /// [`MAX_JSON_DEPTH`] levels, nothing after the value, unknown fields refused by `T`'s schema.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
-    if bytes.len() > MAX_ADMIN_BODY {
-        return Err(BodyError::TooLarge(MAX_ADMIN_BODY));
+    parse_body_limited(bytes, MAX_ADMIN_BODY)
+}
+
+/// [`parse_body`] with another size limit.
+pub fn parse_body_limited<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, BodyError> {
+    if bytes.len() > max {
+        return Err(BodyError::TooLarge(max));
     }
     check_json_depth(bytes, MAX_JSON_DEPTH).map_err(BodyError::TooDeep)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);

@@ -6,6 +6,7 @@
 //! signatures over them still verify.
 
 pub mod api;
+pub mod device;
 pub mod limits;
 pub mod names;
 pub mod repo_path;

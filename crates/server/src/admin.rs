@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/metadata/{role}", get(latest_metadata))
         .route("/api/v1/metadata/{role}/{version}", get(metadata_version))
         .route("/api/v1/audit", get(audit))
+        .merge(crate::admin_devices::routes())
         // Bodies are read by the handlers with their own limits, after authentication.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -69,7 +70,7 @@ pub fn new_token(name: &str, scopes: &[Scope], now: i64) -> (TokenRecord, String
 }
 
 /// The caller's token, if it is valid and carries one of `scopes` (or `admin`).
-async fn authorize(state: &AppState, headers: &HeaderMap, scopes: &[Scope]) -> ApiResult<TokenRecord> {
+pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap, scopes: &[Scope]) -> ApiResult<TokenRecord> {
     let value = headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
     let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
     let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
@@ -87,12 +88,12 @@ async fn authorize(state: &AppState, headers: &HeaderMap, scopes: &[Scope]) -> A
     Ok(token)
 }
 
-async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit as u64))
 }
 
 /// Parse a JSON body into a fixed schema: bounded size and depth, unknown fields refused.
-async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+pub(crate) async fn json_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
     let bytes = read_body(body, MAX_ADMIN_BODY).await?;
     ringfence_proto::api::parse_body(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))
 }

@@ -25,6 +25,52 @@ pub struct Config {
     pub expiry: ExpiryPolicy,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub devices: DevicesConfig,
+}
+
+/// The device API: sessions, polling, load shedding.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesConfig {
+    /// Lifetime of a device session.
+    #[serde(default = "DevicesConfig::hour")]
+    pub session_secs: i64,
+    /// Lifetime of a session challenge.
+    #[serde(default = "DevicesConfig::minute")]
+    pub challenge_secs: i64,
+    /// Poll interval suggested to agents (they add jitter).
+    #[serde(default = "DevicesConfig::five_minutes")]
+    pub poll_seconds: u64,
+    /// Device API requests handled at once; more are answered 503 with Retry-After.
+    #[serde(default = "DevicesConfig::permits")]
+    pub max_concurrent_requests: usize,
+}
+
+impl DevicesConfig {
+    fn hour() -> i64 {
+        3600
+    }
+    fn minute() -> i64 {
+        60
+    }
+    fn five_minutes() -> u64 {
+        300
+    }
+    fn permits() -> usize {
+        256
+    }
+}
+
+impl Default for DevicesConfig {
+    fn default() -> Self {
+        Self {
+            session_secs: Self::hour(),
+            challenge_secs: Self::minute(),
+            poll_seconds: Self::five_minutes(),
+            max_concurrent_requests: Self::permits(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +205,7 @@ impl Config {
             repository: RepositoryConfig::default(),
             expiry: ExpiryPolicy::default(),
             keys: KeysConfig::default(),
+            devices: DevicesConfig::default(),
         }
     }
 

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ringfence_proto::limits::MAX_TARGET_PATH;
-use ringfence_proto::{TargetPath, repo_path};
-use ringfence_store::Store;
+use ringfence_proto::{RoleName, TargetPath, repo_path};
+use ringfence_store::{DeviceStore, Store};
 
 use crate::AppState;
 use crate::config::RepositoryAccess;
@@ -24,6 +24,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/repo/metadata/{file}", get(metadata))
         .route("/repo/targets/{*path}", get(target))
+        .merge(crate::device_api::routes())
         .with_state(state)
 }
 
@@ -38,12 +39,25 @@ fn cache_control(state: &AppState, immutable: bool) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("no-cache"))
 }
 
+/// `repository.access = "devices"`: once any device is accepted, reading the repository needs
+/// a device session. Root metadata stays readable, so a device can pin it before it enrolls.
+async fn check_access(state: &AppState, headers: &HeaderMap, root: bool) -> ApiResult<()> {
+    if state.config.repository.access == RepositoryAccess::Public || root {
+        return Ok(());
+    }
+    if !state.repo.store.has_accepted_devices().await? {
+        return Ok(());
+    }
+    crate::device_api::session_device(state, headers, crate::unix_now()).await.map(|_| ())
+}
+
 async fn metadata(
     State(state): State<Arc<AppState>>,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let (role, version) = repo_path::metadata_file(&file).ok_or(ApiError::NotFound)?;
+    check_access(&state, &headers, role.as_str() == RoleName::ROOT).await?;
     let store = &state.repo.store;
     let record = match version {
         Some(v) => store.metadata_version(role.as_str(), v).await?,
@@ -82,6 +96,7 @@ async fn target(
     if path.len() > MAX_TARGET_PATH + 65 {
         return Err(ApiError::NotFound);
     }
+    check_access(&state, &headers, false).await?;
     TargetPath::parse(&path).map_err(|_| ApiError::NotFound)?;
     let (hash, logical) = repo_path::consistent_target(&path).ok_or(ApiError::NotFound)?;
     // Serve only content published under this path (or approved as it), never whatever

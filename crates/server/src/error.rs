@@ -21,6 +21,8 @@ pub enum ApiError {
     TooLarge(u64),
     #[error("range not satisfiable")]
     RangeNotSatisfiable(u64),
+    #[error("busy; retry later")]
+    Busy { retry_after_secs: u64 },
     #[error("internal error")]
     Internal(String),
 }
@@ -39,6 +41,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -12,8 +12,10 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod admin;
+pub mod admin_devices;
 pub mod config;
 pub mod device;
+pub mod device_api;
 pub mod error;
 pub mod jobs;
 pub mod online_keys;
@@ -31,6 +33,8 @@ use ringfence_store::{BlobStore, SqliteStore};
 pub struct AppState {
     pub config: Config,
     pub repo: repo::Repository,
+    /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
+    pub device_permits: tokio::sync::Semaphore,
 }
 
 /// The addresses a running server listens on.
@@ -53,7 +57,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let repo = repo::Repository::new(store, blobs, keys, config.expiry.clone());
-    Ok(Arc::new(AppState { config, repo }))
+    let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
+    Ok(Arc::new(AppState { config, repo, device_permits }))
 }
 
 /// Refuse to run as root unless the configuration explicitly allows it.

@@ -6,9 +6,11 @@
 //! implementation of the same trait is a drop-in.
 
 mod blob;
+mod devices;
 mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
+pub use devices::{DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, ReportRecord, ReportsAccepted};
 pub use sqlite::SqliteStore;
 
 use std::future::Future;

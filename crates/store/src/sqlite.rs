@@ -28,7 +28,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// a host build of sqlx and SQLite for the proc macro. Versions, descriptions and checksums are
 /// what sqlx derives from the file names, so switching to the macro later is a no-op for
 /// existing databases; a test checks this list against the directory.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial", include_str!("../migrations/0001_initial.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "initial", include_str!("../migrations/0001_initial.sql")),
+    (2, "devices", include_str!("../migrations/0002_devices.sql")),
+];
 
 #[derive(Debug)]
 struct EmbeddedMigrations;
@@ -48,7 +51,7 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 /// The server's database in one SQLite file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -73,7 +76,7 @@ impl SqliteStore {
 }
 
 /// Our unsigned numbers are BIGINT columns; a value that does not fit is refused, never wrapped.
-fn to_bigint(value: u64, what: &str) -> Result<i64> {
+pub(crate) fn to_bigint(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value).map_err(|_| {
         StoreError::Database(sqlx::Error::Encode(
             format!("{what} {value} is larger than the largest storable value {}", i64::MAX).into(),
@@ -81,7 +84,7 @@ fn to_bigint(value: u64, what: &str) -> Result<i64> {
     })
 }
 
-fn from_bigint(value: i64, column: &str) -> Result<u64> {
+pub(crate) fn from_bigint(value: i64, column: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| {
         StoreError::Database(sqlx::Error::ColumnDecode {
             index: column.to_owned(),
@@ -90,12 +93,12 @@ fn from_bigint(value: i64, column: &str) -> Result<u64> {
     })
 }
 
-fn refused(message: String) -> StoreError {
+pub(crate) fn refused(message: String) -> StoreError {
     StoreError::Database(sqlx::Error::Encode(message.into()))
 }
 
 /// `Conflict` for a unique-key violation, the database error otherwise.
-fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+pub(crate) fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
     match &err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(message()),
         _ => StoreError::Database(err),
@@ -170,7 +173,7 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
     })
 }
 
-fn count_from_row(row: &SqliteRow) -> Result<u64> {
+pub(crate) fn count_from_row(row: &SqliteRow) -> Result<u64> {
     from_bigint(row.try_get("n")?, "n")
 }
 

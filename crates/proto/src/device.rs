@@ -1,0 +1,251 @@
+//! Device API bodies (device listener, `/device/v1/...`). Fixed schemas, unknown fields
+//! refused, every list and string bounded by [`crate::limits`] checks in `validate`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::GroupName;
+
+/// Largest device API body.
+pub const MAX_DEVICE_BODY: usize = 64 * 1024;
+/// Most reports in one batch.
+pub const MAX_REPORTS: usize = 256;
+/// Most installed updates listed in an inventory.
+pub const MAX_INSTALLED: usize = 1024;
+/// Longest free-text field sent by a device.
+pub const MAX_DEVICE_TEXT: usize = 256;
+
+/// What the device says about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    pub hostname: String,
+    pub os: String,
+    pub os_version: String,
+    pub architecture: String,
+    pub agent_version: String,
+    /// Approval paths the agent has installed.
+    #[serde(default)]
+    pub installed: Vec<String>,
+}
+
+impl Inventory {
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("hostname", &self.hostname),
+            ("os", &self.os),
+            ("os_version", &self.os_version),
+            ("architecture", &self.architecture),
+            ("agent_version", &self.agent_version),
+        ] {
+            if value.len() > MAX_DEVICE_TEXT || value.chars().any(char::is_control) {
+                return Err(format!("inventory.{field}: at most {MAX_DEVICE_TEXT} bytes, no control characters"));
+            }
+        }
+        if self.installed.len() > MAX_INSTALLED || self.installed.iter().any(|i| i.len() > MAX_DEVICE_TEXT) {
+            return Err(format!("inventory.installed: at most {MAX_INSTALLED} entries"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// An enrollment token; without one the device waits as pending for an administrator.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The device's ed25519 public key, 64 hex characters.
+    pub public_key: String,
+    /// The groups the device's own configuration names (used when no token decides them).
+    #[serde(default)]
+    pub groups: Vec<GroupName>,
+    pub inventory: Inventory,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnrollState {
+    Accepted,
+    Pending,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollResponse {
+    pub device_id: String,
+    pub state: EnrollState,
+    pub groups: Vec<GroupName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeRequest {
+    pub device_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeResponse {
+    pub nonce: String,
+    pub expires_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRequest {
+    pub device_id: String,
+    pub nonce: String,
+    /// Hex ed25519 signature over [`session_message`].
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionResponse {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// The bytes a device signs to open a session: bound to this protocol, the device and the
+/// one-time nonce, so a signature is good for one session of one device only.
+pub fn session_message(device_id: &str, nonce: &str) -> Vec<u8> {
+    format!("ringfence device session v1\n{device_id}\n{nonce}\n").into_bytes()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinRequest {
+    pub inventory: Inventory,
+    /// The timestamp version the device trusts (0 if none).
+    pub timestamp_version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckinResponse {
+    /// Whether the repository has a newer timestamp than the device holds.
+    pub changed: bool,
+    /// Seconds until the next check-in, before jitter.
+    pub poll_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportState {
+    Downloading,
+    Downloaded,
+    Installing,
+    Installed,
+    Failed,
+    RolledBack,
+    RebootRequired,
+    NotApplicable,
+    Refused,
+}
+
+impl ReportState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportState::Downloading => "downloading",
+            ReportState::Downloaded => "downloaded",
+            ReportState::Installing => "installing",
+            ReportState::Installed => "installed",
+            ReportState::Failed => "failed",
+            ReportState::RolledBack => "rolled_back",
+            ReportState::RebootRequired => "reboot_required",
+            ReportState::NotApplicable => "not_applicable",
+            ReportState::Refused => "refused",
+        }
+    }
+}
+
+/// One state transition of one update on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusReport {
+    /// Chosen by the device, unique per device: a repeated batch is stored once.
+    pub id: String,
+    /// The approval path (or, for refusals, the path or role concerned).
+    pub target: String,
+    pub state: ReportState,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Unix seconds on the device.
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportBatch {
+    pub reports: Vec<StatusReport>,
+}
+
+impl ReportBatch {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.reports.len() > MAX_REPORTS {
+            return Err(format!("reports: at most {MAX_REPORTS} per batch"));
+        }
+        for r in &self.reports {
+            let id_ok =
+                !r.id.is_empty() && r.id.len() <= 64 && r.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !id_ok {
+                return Err("reports[].id: 1 to 64 characters of A-Z, a-z, 0-9, '-'".into());
+            }
+            if r.target.len() > MAX_DEVICE_TEXT || r.reason.as_ref().is_some_and(|s| s.len() > 1024) {
+                return Err("reports[]: target at most 256 bytes, reason at most 1024".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsAck {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// Admin: create an enrollment token scoped to groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentTokenRequest {
+    pub groups: Vec<GroupName>,
+    pub expires_in_secs: u64,
+    pub max_uses: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentTokenCreated {
+    pub id: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// Admin: accept a device's key before it enrolls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreauthorizeRequest {
+    pub public_key: String,
+    pub groups: Vec<GroupName>,
+}
+
+/// Admin: a device as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub state: String,
+    pub groups: Vec<String>,
+    pub hostname: String,
+    pub public_key: String,
+    pub inventory: Inventory,
+    pub enrolled_at: i64,
+    pub last_checkin: Option<i64>,
+    pub timestamp_version: Option<u64>,
+    /// The newest report per target.
+    pub updates: Vec<StatusReport>,
+}

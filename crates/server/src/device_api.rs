@@ -1,0 +1,224 @@
+//! The device API on the device listener: enrollment, sessions, check-in, status reports.
+//!
+//! Enrollment and session opening are the only routes that read a body before the caller
+//! is authenticated; those bodies are small fixed schemas ([`MAX_DEVICE_BODY`]) and a refusal
+//! changes nothing. Every other route needs a live session of an accepted device.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use rand_core::{OsRng, RngCore};
+use ringfence_proto::GroupName;
+use ringfence_proto::api::parse_body_limited;
+use ringfence_proto::device::{
+    ChallengeRequest, ChallengeResponse, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, EnrollState,
+    MAX_DEVICE_BODY, ReportBatch, ReportsAck, SessionRequest, SessionResponse, session_message,
+};
+use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportRecord, Store};
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::admin::read_body;
+use crate::error::{ApiError, ApiResult};
+
+type Shared = State<Arc<AppState>>;
+
+/// Prefix of device session secrets.
+pub const SESSION_PREFIX: &str = "rfds_";
+/// Prefix of enrollment token secrets.
+pub const ENROLLMENT_PREFIX: &str = "rfet_";
+
+/// Seconds a shed request is told to wait.
+const RETRY_AFTER_SECS: u64 = 5;
+
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    use axum::routing::post;
+    axum::Router::new()
+        .route("/device/v1/enroll", post(enroll))
+        .route("/device/v1/challenge", post(challenge))
+        .route("/device/v1/session", post(session))
+        .route("/device/v1/checkin", post(checkin))
+        .route("/device/v1/reports", post(reports))
+}
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+fn permit(state: &AppState) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
+    state.device_permits.try_acquire().map_err(|_| ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })
+}
+
+async fn device_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
+    let bytes = read_body(body, MAX_DEVICE_BODY).await?;
+    parse_body_limited(&bytes, MAX_DEVICE_BODY).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let secret = value.strip_prefix("Bearer ")?;
+    (secret.len() <= 128).then_some(secret)
+}
+
+/// The accepted device whose live session the request carries.
+pub async fn session_device(state: &AppState, headers: &HeaderMap, now: i64) -> ApiResult<DeviceRecord> {
+    let secret = bearer(headers).filter(|s| s.starts_with(SESSION_PREFIX)).ok_or(ApiError::Unauthorized)?;
+    let hash = ringfence_trust::sha256_hex(secret.as_bytes());
+    state.repo.store.session_device(&hash, now).await?.ok_or(ApiError::Unauthorized)
+}
+
+fn parse_public_key(hex_key: &str) -> ApiResult<ringfence_trust::PublicKey> {
+    let bytes = hex::decode(hex_key).map_err(|_| ApiError::BadRequest("public_key: 64 hex characters".into()))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| ApiError::BadRequest("public_key: 32 bytes".into()))?;
+    let key = ed25519_dalek_key(bytes)?;
+    Ok(key)
+}
+
+fn ed25519_dalek_key(bytes: [u8; 32]) -> ApiResult<ringfence_trust::PublicKey> {
+    let tuf = ringfence_proto::tuf::Key {
+        keytype: "ed25519".into(),
+        scheme: "ed25519".into(),
+        keyval: ringfence_proto::tuf::KeyVal { public: hex::encode(bytes), unrecognized: Default::default() },
+        unrecognized: Default::default(),
+    };
+    ringfence_trust::PublicKey::from_tuf(&tuf).map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))
+}
+
+async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
+    let _permit = permit(&state)?;
+    let request: EnrollRequest = device_body(body).await?;
+    request.inventory.validate().map_err(ApiError::BadRequest)?;
+    parse_public_key(&request.public_key)?;
+    let public_key = request.public_key.to_ascii_lowercase();
+    let now = crate::unix_now();
+    let store = &state.repo.store;
+    let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
+
+    // A key an administrator authorised beforehand, or a device enrolling again.
+    if let Some(existing) = store.device_by_key(&public_key).await? {
+        let groups = existing.groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
+        let answer = match existing.state {
+            DeviceState::Accepted => EnrollState::Accepted,
+            DeviceState::Pending => EnrollState::Pending,
+            DeviceState::Rejected | DeviceState::Revoked => return Err(ApiError::Forbidden("enroll")),
+        };
+        store.complete_enrollment(&existing.id, &request.inventory.hostname, &inventory, now).await?;
+        return Ok(Json(EnrollResponse { device_id: existing.id, state: answer, groups }).into_response());
+    }
+
+    let (device_state, groups) = match &request.token {
+        Some(token) => {
+            if token.len() > 128 || !token.starts_with(ENROLLMENT_PREFIX) {
+                return Err(ApiError::Unauthorized);
+            }
+            let hash = ringfence_trust::sha256_hex(token.as_bytes());
+            let used = store.use_enrollment_token(&hash, now).await?.ok_or(ApiError::Unauthorized)?;
+            (DeviceState::Accepted, used.groups)
+        }
+        None => (DeviceState::Pending, request.groups.iter().map(|g| g.to_string()).collect()),
+    };
+    let device = DeviceRecord {
+        id: random_hex(16),
+        public_key,
+        state: device_state,
+        groups: groups.clone(),
+        hostname: request.inventory.hostname.clone(),
+        inventory,
+        enrolled_at: now,
+        last_checkin: None,
+        timestamp_version: None,
+    };
+    store.insert_device(&device).await?;
+    store
+        .append_audit(&ringfence_store::AuditRecord {
+            at: now,
+            actor: format!("device {}", device.id),
+            action: "enroll".into(),
+            detail: format!("{} ({}) groups {:?}", device.hostname, device_state.as_str(), groups),
+        })
+        .await?;
+    let answer = if device_state == DeviceState::Accepted { EnrollState::Accepted } else { EnrollState::Pending };
+    let groups = groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
+    Ok(Json(EnrollResponse { device_id: device.id, state: answer, groups }).into_response())
+}
+
+async fn challenge(State(state): Shared, body: Body) -> ApiResult<Response> {
+    let _permit = permit(&state)?;
+    let request: ChallengeRequest = device_body(body).await?;
+    let now = crate::unix_now();
+    let store = &state.repo.store;
+    // Unknown and not-accepted devices get the same answer: no oracle for device ids.
+    let device = store.device(&request.device_id).await?.filter(|d| d.state == DeviceState::Accepted);
+    let device = device.ok_or(ApiError::Unauthorized)?;
+    let nonce = random_hex(32);
+    let expires_at = now + state.config.devices.challenge_secs;
+    store.insert_challenge(&nonce, &device.id, expires_at).await?;
+    Ok(Json(ChallengeResponse { nonce, expires_at }).into_response())
+}
+
+async fn session(State(state): Shared, body: Body) -> ApiResult<Response> {
+    let _permit = permit(&state)?;
+    let request: SessionRequest = device_body(body).await?;
+    let now = crate::unix_now();
+    let store = &state.repo.store;
+    let device = store
+        .device(&request.device_id)
+        .await?
+        .filter(|d| d.state == DeviceState::Accepted)
+        .ok_or(ApiError::Unauthorized)?;
+    let key = parse_public_key(&device.public_key)?;
+    let signature = hex::decode(&request.signature).map_err(|_| ApiError::Unauthorized)?;
+    key.verify(&session_message(&device.id, &request.nonce), &signature).map_err(|_| ApiError::Unauthorized)?;
+    // Consumed only after the signature verified, and only once: a replay finds it gone.
+    if !store.take_challenge(&request.nonce, &device.id, now).await? {
+        return Err(ApiError::Unauthorized);
+    }
+    let token = format!("{SESSION_PREFIX}{}", random_hex(32));
+    let expires_at = now + state.config.devices.session_secs;
+    store.insert_session(&ringfence_trust::sha256_hex(token.as_bytes()), &device.id, expires_at).await?;
+    Ok(Json(SessionResponse { token, expires_at }).into_response())
+}
+
+async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let _permit = permit(&state)?;
+    let now = crate::unix_now();
+    let device = session_device(&state, &headers, now).await?;
+    let request: CheckinRequest = device_body(body).await?;
+    request.inventory.validate().map_err(ApiError::BadRequest)?;
+    let current = state.repo.store.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
+    let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
+    state.repo.store.record_checkin(&device.id, now, request.timestamp_version, &inventory).await?;
+    let answer = CheckinResponse {
+        changed: current > request.timestamp_version,
+        poll_seconds: state.config.devices.poll_seconds,
+    };
+    Ok(Json(answer).into_response())
+}
+
+async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let _permit = permit(&state)?;
+    let now = crate::unix_now();
+    let device = session_device(&state, &headers, now).await?;
+    let batch: ReportBatch = device_body(body).await?;
+    batch.validate().map_err(ApiError::BadRequest)?;
+    let records: Vec<ReportRecord> = batch
+        .reports
+        .iter()
+        .map(|r| ReportRecord {
+            id: r.id.clone(),
+            target: r.target.clone(),
+            state: r.state.as_str().to_owned(),
+            reason: r.reason.clone(),
+            exit_code: r.exit_code,
+            at: r.at,
+        })
+        .collect();
+    let done = state.repo.store.insert_reports(&device.id, &records, now).await?;
+    Ok(Json(ReportsAck { accepted: done.accepted, duplicates: done.duplicates }).into_response())
+}

@@ -1,0 +1,415 @@
+//! Devices: enrollment, sessions, check-ins and status reports.
+
+use std::future::Future;
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use crate::sqlite::{conflict_or, count_from_row, from_bigint, refused, to_bigint};
+use crate::{Result, SqliteStore, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    Pending,
+    Accepted,
+    Rejected,
+    Revoked,
+}
+
+impl DeviceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceState::Pending => "pending",
+            DeviceState::Accepted => "accepted",
+            DeviceState::Rejected => "rejected",
+            DeviceState::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [DeviceState::Pending, DeviceState::Accepted, DeviceState::Rejected, DeviceState::Revoked]
+            .into_iter()
+            .find(|d| d.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub id: String,
+    /// Lower-case hex of the ed25519 public key.
+    pub public_key: String,
+    pub state: DeviceState,
+    pub groups: Vec<String>,
+    pub hostname: String,
+    /// Validated inventory JSON.
+    pub inventory: String,
+    pub enrolled_at: i64,
+    pub last_checkin: Option<i64>,
+    pub timestamp_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrollmentTokenRecord {
+    pub id: String,
+    pub secret_sha256: String,
+    pub groups: Vec<String>,
+    pub expires_at: i64,
+    pub max_uses: u64,
+    pub uses: u64,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportRecord {
+    pub id: String,
+    pub target: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub exit_code: Option<i64>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportsAccepted {
+    pub accepted: u64,
+    pub duplicates: u64,
+}
+
+/// What the server keeps about devices. Implemented next to [`crate::Store`] by the same
+/// backends.
+pub trait DeviceStore: Send + Sync + 'static {
+    /// `Conflict` if a device with this key exists.
+    fn insert_device(&self, device: &DeviceRecord) -> impl Future<Output = Result<()>> + Send;
+    fn device(&self, id: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
+    fn device_by_key(&self, public_key: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
+    fn list_devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+    fn count_devices(&self) -> impl Future<Output = Result<u64>> + Send;
+    /// Whether any device is accepted (cheap: stops at the first).
+    fn has_accepted_devices(&self) -> impl Future<Output = Result<bool>> + Send;
+    /// Set the state; leaving `accepted` ends every session of the device at once.
+    fn set_device_state(&self, id: &str, state: DeviceState) -> impl Future<Output = Result<()>> + Send;
+    /// Complete a pre-authorised or pending record when the device enrolls with its key.
+    fn complete_enrollment(
+        &self,
+        id: &str,
+        hostname: &str,
+        inventory: &str,
+        at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn record_checkin(
+        &self,
+        id: &str,
+        at: i64,
+        timestamp_version: u64,
+        inventory: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord) -> impl Future<Output = Result<()>> + Send;
+    /// Use the token once, atomically: `None` if it is unknown, expired or used up.
+    fn use_enrollment_token(
+        &self,
+        secret_sha256: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
+
+    fn insert_challenge(
+        &self,
+        nonce: &str,
+        device_id: &str,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Consume a challenge: true once for a live challenge of that device, false after.
+    fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> impl Future<Output = Result<bool>> + Send;
+    fn insert_session(
+        &self,
+        secret_sha256: &str,
+        device_id: &str,
+        expires_at: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The accepted device a live session belongs to.
+    fn session_device(
+        &self,
+        secret_sha256: &str,
+        now: i64,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
+
+    /// Store reports; ids already stored for the device count as duplicates, not errors.
+    fn insert_reports(
+        &self,
+        device_id: &str,
+        reports: &[ReportRecord],
+        received_at: i64,
+    ) -> impl Future<Output = Result<ReportsAccepted>> + Send;
+    /// The device's reports, oldest first.
+    fn device_reports(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
+}
+
+fn join_groups(groups: &[String]) -> Result<String> {
+    if let Some(bad) = groups.iter().find(|g| g.is_empty() || g.contains(',')) {
+        return Err(refused(format!("group name {bad:?} is empty or contains a comma")));
+    }
+    Ok(groups.join(","))
+}
+
+fn split_groups(text: &str) -> Vec<String> {
+    if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
+}
+
+const DEVICE_COLUMNS: &str =
+    "id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, timestamp_version";
+
+fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
+    let state: String = row.try_get("state")?;
+    let timestamp_version: Option<i64> = row.try_get("timestamp_version")?;
+    Ok(DeviceRecord {
+        id: row.try_get("id")?,
+        public_key: row.try_get("public_key")?,
+        state: DeviceState::parse(&state).ok_or_else(|| refused(format!("unknown device state {state:?}")))?,
+        groups: split_groups(&row.try_get::<String, _>("groups")?),
+        hostname: row.try_get("hostname")?,
+        inventory: row.try_get("inventory")?,
+        enrolled_at: row.try_get("enrolled_at")?,
+        last_checkin: row.try_get("last_checkin")?,
+        timestamp_version: timestamp_version.map(|v| from_bigint(v, "timestamp_version")).transpose()?,
+    })
+}
+
+fn token_from_row(row: &SqliteRow) -> Result<EnrollmentTokenRecord> {
+    Ok(EnrollmentTokenRecord {
+        id: row.try_get("id")?,
+        secret_sha256: row.try_get("secret_sha256")?,
+        groups: split_groups(&row.try_get::<String, _>("groups")?),
+        expires_at: row.try_get("expires_at")?,
+        max_uses: from_bigint(row.try_get("max_uses")?, "max_uses")?,
+        uses: from_bigint(row.try_get("uses")?, "uses")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+impl SqliteStore {
+    async fn one_device(&self, column: &str, value: &str) -> Result<Option<DeviceRecord>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {column} = $1");
+        sqlx::query(&sql).bind(value).fetch_optional(&self.pool).await?.map(|r| device_from_row(&r)).transpose()
+    }
+}
+
+impl DeviceStore for SqliteStore {
+    async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO devices (id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, \
+             timestamp_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&d.id)
+        .bind(&d.public_key)
+        .bind(d.state.as_str())
+        .bind(join_groups(&d.groups)?)
+        .bind(&d.hostname)
+        .bind(&d.inventory)
+        .bind(d.enrolled_at)
+        .bind(d.last_checkin)
+        .bind(d.timestamp_version.map(|v| to_bigint(v, "timestamp_version")).transpose()?)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, || "a device with this key or id exists".into()))?;
+        Ok(())
+    }
+
+    async fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
+        self.one_device("id", id).await
+    }
+
+    async fn device_by_key(&self, public_key: &str) -> Result<Option<DeviceRecord>> {
+        self.one_device("public_key", public_key).await
+    }
+
+    async fn list_devices(&self) -> Result<Vec<DeviceRecord>> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id");
+        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(device_from_row).collect()
+    }
+
+    async fn count_devices(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM devices").fetch_one(&self.pool).await?;
+        count_from_row(&row)
+    }
+
+    async fn has_accepted_devices(&self) -> Result<bool> {
+        let row =
+            sqlx::query("SELECT id FROM devices WHERE state = 'accepted' LIMIT 1").fetch_optional(&self.pool).await?;
+        Ok(row.is_some())
+    }
+
+    async fn set_device_state(&self, id: &str, state: DeviceState) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("UPDATE devices SET state = $1 WHERE id = $2")
+            .bind(state.as_str())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        if state != DeviceState::Accepted {
+            sqlx::query("DELETE FROM device_sessions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM device_challenges WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete_enrollment(&self, id: &str, hostname: &str, inventory: &str, at: i64) -> Result<()> {
+        let done = sqlx::query("UPDATE devices SET hostname = $1, inventory = $2, enrolled_at = $3 WHERE id = $4")
+            .bind(hostname)
+            .bind(inventory)
+            .bind(at)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn record_checkin(&self, id: &str, at: i64, timestamp_version: u64, inventory: &str) -> Result<()> {
+        sqlx::query("UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 WHERE id = $4")
+            .bind(at)
+            .bind(to_bigint(timestamp_version, "timestamp_version")?)
+            .bind(inventory)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_enrollment_token(&self, t: &EnrollmentTokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO enrollment_tokens (id, secret_sha256, groups, expires_at, max_uses, uses, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&t.id)
+        .bind(&t.secret_sha256)
+        .bind(join_groups(&t.groups)?)
+        .bind(t.expires_at)
+        .bind(to_bigint(t.max_uses, "max_uses")?)
+        .bind(to_bigint(t.uses, "uses")?)
+        .bind(t.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| conflict_or(e, || "an enrollment token with this id or secret exists".into()))?;
+        Ok(())
+    }
+
+    async fn use_enrollment_token(&self, secret_sha256: &str, now: i64) -> Result<Option<EnrollmentTokenRecord>> {
+        sqlx::query(
+            "UPDATE enrollment_tokens SET uses = uses + 1 \
+             WHERE secret_sha256 = $1 AND expires_at > $2 AND uses < max_uses \
+             RETURNING id, secret_sha256, groups, expires_at, max_uses, uses, created_at",
+        )
+        .bind(secret_sha256)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| token_from_row(&r))
+        .transpose()
+    }
+
+    async fn insert_challenge(&self, nonce: &str, device_id: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO device_challenges (nonce, device_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(nonce)
+            .bind(device_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, || "challenge exists".into()))?;
+        Ok(())
+    }
+
+    async fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM device_challenges WHERE nonce = $1 AND device_id = $2 AND expires_at > $3")
+            .bind(nonce)
+            .bind(device_id)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        // Expired challenges are swept on the way.
+        sqlx::query("DELETE FROM device_challenges WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert_session(&self, secret_sha256: &str, device_id: &str, expires_at: i64) -> Result<()> {
+        sqlx::query("INSERT INTO device_sessions (secret_sha256, device_id, expires_at) VALUES ($1, $2, $3)")
+            .bind(secret_sha256)
+            .bind(device_id)
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| conflict_or(e, || "session exists".into()))?;
+        Ok(())
+    }
+
+    async fn session_device(&self, secret_sha256: &str, now: i64) -> Result<Option<DeviceRecord>> {
+        let sql = format!(
+            "SELECT {} FROM device_sessions s JOIN devices d ON d.id = s.device_id \
+             WHERE s.secret_sha256 = $1 AND s.expires_at > $2 AND d.state = 'accepted'",
+            DEVICE_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
+        );
+        sqlx::query(&sql)
+            .bind(secret_sha256)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| device_from_row(&r))
+            .transpose()
+    }
+
+    async fn insert_reports(
+        &self,
+        device_id: &str,
+        reports: &[ReportRecord],
+        received_at: i64,
+    ) -> Result<ReportsAccepted> {
+        let mut tx = self.pool.begin().await?;
+        let mut accepted = 0;
+        for r in reports {
+            let done = sqlx::query(
+                "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, id) DO NOTHING",
+            )
+            .bind(device_id)
+            .bind(&r.id)
+            .bind(&r.target)
+            .bind(&r.state)
+            .bind(&r.reason)
+            .bind(r.exit_code)
+            .bind(r.at)
+            .bind(received_at)
+            .execute(&mut *tx)
+            .await?;
+            accepted += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(ReportsAccepted { accepted, duplicates: reports.len() as u64 - accepted })
+    }
+
+    async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, target, state, reason, exit_code, at FROM status_reports WHERE device_id = $1 \
+             ORDER BY at, received_at, id",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReportRecord {
+                    id: row.try_get("id")?,
+                    target: row.try_get("target")?,
+                    state: row.try_get("state")?,
+                    reason: row.try_get("reason")?,
+                    exit_code: row.try_get("exit_code")?,
+                    at: row.try_get("at")?,
+                })
+            })
+            .collect()
+    }
+}
