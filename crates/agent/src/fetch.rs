@@ -10,6 +10,8 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 #[derive(Clone)]
 pub struct Fetcher {
     agent: ureq::Agent,
+    /// Device session token sent with every request, when the repository needs one.
+    pub bearer: Option<String>,
 }
 
 impl Fetcher {
@@ -35,12 +37,16 @@ impl Fetcher {
                 .build();
             builder = builder.tls_config(tls);
         }
-        Ok(Self { agent: builder.build().into() })
+        Ok(Self { agent: builder.build().into(), bearer: None })
     }
 
     /// GET `url`, reading at most `max_length` bytes; more is an error (endless data).
     pub fn fetch(&self, url: &str, max_length: u64) -> anyhow::Result<Fetched> {
-        let mut response = self.agent.get(url).call().with_context(|| format!("fetching {url}"))?;
+        let mut request = self.agent.get(url);
+        if let Some(token) = &self.bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.call().with_context(|| format!("fetching {url}"))?;
         match response.status().as_u16() {
             200 => {}
             404 | 403 => return Ok(Fetched::NotFound),
@@ -71,6 +77,9 @@ impl Fetcher {
         out: &mut impl std::io::Write,
     ) -> anyhow::Result<u64> {
         let mut request = self.agent.get(url);
+        if let Some(token) = &self.bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
         if offset > 0 {
             request = request.header("range", format!("bytes={offset}-"));
         }
@@ -89,5 +98,28 @@ impl Fetcher {
             bail!("{url} is longer than its metadata allows (endless data)");
         }
         Ok(written)
+    }
+}
+
+/// An answer of the device API.
+pub struct ApiAnswer {
+    pub status: u16,
+    pub retry_after: Option<u64>,
+    pub body: Vec<u8>,
+}
+
+impl Fetcher {
+    /// POST a JSON body to the device API; the answer is bounded to 64 KiB.
+    pub fn post_json<T: serde::Serialize>(&self, url: &str, body: &T) -> anyhow::Result<ApiAnswer> {
+        let mut request = self.agent.post(url).header("content-type", "application/json");
+        if let Some(token) = &self.bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let mut response = request.send(serde_json::to_vec(body)?).with_context(|| format!("posting to {url}"))?;
+        let status = response.status().as_u16();
+        let retry_after =
+            response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        let body = response.body_mut().with_config().limit(64 * 1024).read_to_vec()?;
+        Ok(ApiAnswer { status, retry_after, body })
     }
 }

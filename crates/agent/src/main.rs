@@ -1,7 +1,10 @@
 //! `ringfence-agent`: the program on every managed device.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
+mod cycle;
 mod fetch;
+mod modules;
+mod state;
 mod tuf_client;
 
 use std::path::PathBuf;
@@ -18,8 +21,50 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Pin the server and its root, make this device's key, and enroll.
+    Enroll {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Device listener URL, e.g. https://updates.example:8531
+        #[arg(long)]
+        server: String,
+        /// Enrollment token; without one the device waits for an administrator.
+        #[arg(long, env = "RINGFENCE_ENROLLMENT_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// CA certificate (PEM) of the server's TLS certificate.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// SHA-256 of the repository's 1.root.json, from the administrator.
+        #[arg(long)]
+        root_sha256: String,
+        /// Groups this device follows (default: the enrollment token's groups).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// One cycle, then exit: 0 up to date, 1 error, 2 enrollment pending, 3 something was
+    /// refused or failed, 4 server busy.
+    Check {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Run as a service: a cycle every poll interval, with jitter and backoff.
+    Run {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// What this device holds and why.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+    },
     /// The agent's TUF client, for test harnesses and debugging.
     Tuf(TufArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    #[arg(long, env = "RINGFENCE_AGENT_STATE", default_value = "/var/lib/ringfence-agent")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -53,22 +98,90 @@ enum TufAction {
 }
 
 #[allow(clippy::disallowed_methods)]
-fn wall_clock() -> i64 {
+pub(crate) fn wall_clock() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Tuf(args) => tuf(args),
+        Command::Tuf(args) => tuf(args).map(|()| ExitCode::SUCCESS),
+        Command::Enroll { state, server, token, ca, root_sha256, groups } => (|| {
+            let state = state::StateDir::open(&state.state_dir)?;
+            let groups = groups.iter().map(|g| ringfence_proto::GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
+            let enrolled = cycle::enroll(&state, &server, token, ca.as_deref(), &root_sha256, groups)?;
+            let config = state.config()?;
+            println!("enrolled as {} ({:?}), following {:?}", config.device_id, enrolled, config.groups);
+            Ok(ExitCode::SUCCESS)
+        })(),
+        Command::Check { state } => (|| {
+            let state = state::StateDir::open(&state.state_dir)?;
+            let result = cycle::check(&state, clock::trusted_now(&state.root, wall_clock())?)?;
+            let summary = format!("{result:?}");
+            state.save_last_cycle(&summary)?;
+            println!("{summary}");
+            Ok(ExitCode::from(match result {
+                cycle::CycleResult::UpToDate { .. } => 0,
+                cycle::CycleResult::Pending => 2,
+                cycle::CycleResult::Problems(_) => 3,
+                cycle::CycleResult::Busy(_) => 4,
+            }))
+        })(),
+        Command::Run { state } => run(&state.state_dir),
+        Command::Status { state } => (|| {
+            let state = state::StateDir::open(&state.state_dir)?;
+            let config = state.config()?;
+            println!("device {} at {}, groups {:?}", config.device_id, config.server, config.groups);
+            for (path, i) in state.installed() {
+                println!("  {path}: {} ({}, sha256 {})", i.state, i.update_id, i.sha256);
+            }
+            println!("queued reports: {}", state.queued_reports().len());
+            println!("last cycle: {}", state.last_cycle().unwrap_or_else(|| "none yet".into()));
+            Ok(ExitCode::SUCCESS)
+        })(),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The service loop: poll interval with ±20% jitter, exponential backoff on errors,
+/// `Retry-After` when the server sheds load.
+fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let state = state::StateDir::open(state_dir)?;
+    let mut failures: u32 = 0;
+    loop {
+        let now = clock::trusted_now(&state.root, wall_clock())?;
+        let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).max(10);
+        let wait = match cycle::check(&state, now) {
+            Ok(cycle::CycleResult::Busy(after)) => after.max(1),
+            Ok(result) => {
+                failures = 0;
+                state.save_last_cycle(&format!("{result:?}"))?;
+                jitter(poll)
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                state.save_last_cycle(&format!("error: {e:#}"))?;
+                eprintln!("cycle failed: {e:#}");
+                jitter(poll.min(60).saturating_mul(1 << failures.min(6)).min(3600))
+            }
+        };
+        std::thread::sleep(std::time::Duration::from_secs(wait));
+    }
+}
+
+fn jitter(seconds: u64) -> u64 {
+    let spread = seconds / 5;
+    if spread == 0 {
+        return seconds;
+    }
+    let r = rand_core::RngCore::next_u64(&mut rand_core::OsRng) % (2 * spread + 1);
+    seconds - spread + r
 }
 
 fn tuf(args: TufArgs) -> anyhow::Result<()> {

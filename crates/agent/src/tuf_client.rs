@@ -65,7 +65,11 @@ impl Client {
     pub fn refresh(&self, now: i64) -> anyhow::Result<TrustedSet> {
         let root = self.read("root.json").context("no trusted root.json in the metadata directory: run init")?;
         let set = TrustedSet::new(&root, now).context("the trusted root does not verify")?;
-        let cached = Cached { timestamp: self.read("timestamp.json"), snapshot: self.read("snapshot.json") };
+        let cached = Cached {
+            timestamp: self.read("timestamp.json"),
+            snapshot: self.read("snapshot.json"),
+            targets: self.read("targets.json"),
+        };
         let mut refresh = Refresh::new(set, cached);
         while let Some(need) = refresh.need() {
             let fetched = self.fetcher.fetch(&join_url(&self.metadata_url, &need.file), need.max_length)?;

@@ -51,5 +51,7 @@ CREATE TABLE status_reports (
     exit_code   BIGINT,
     at          BIGINT  NOT NULL,
     received_at BIGINT  NOT NULL,
+    -- Order of arrival per device: the last report of a target is its state.
+    seq         BIGINT  NOT NULL,
     PRIMARY KEY (device_id, id)
 );

@@ -140,7 +140,7 @@ pub trait DeviceStore: Send + Sync + 'static {
         reports: &[ReportRecord],
         received_at: i64,
     ) -> impl Future<Output = Result<ReportsAccepted>> + Send;
-    /// The device's reports, oldest first.
+    /// The device's reports in the order they arrived.
     fn device_reports(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
 }
 
@@ -372,8 +372,10 @@ impl DeviceStore for SqliteStore {
         let mut accepted = 0;
         for r in reports {
             let done = sqlx::query(
-                "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at, seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM status_reports WHERE device_id = $1)) \
+                 ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&r.id)
@@ -394,7 +396,7 @@ impl DeviceStore for SqliteStore {
     async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>> {
         let rows = sqlx::query(
             "SELECT id, target, state, reason, exit_code, at FROM status_reports WHERE device_id = $1 \
-             ORDER BY at, received_at, id",
+             ORDER BY seq",
         )
         .bind(device_id)
         .fetch_all(&self.pool)

@@ -70,6 +70,8 @@ pub struct Refresh {
 pub struct Cached {
     pub timestamp: Option<Vec<u8>>,
     pub snapshot: Option<Vec<u8>>,
+    /// Used only when the snapshot names exactly its version.
+    pub targets: Option<Vec<u8>>,
 }
 
 fn versioned(consistent: bool, version: u64, role: &str) -> String {
@@ -147,13 +149,13 @@ impl Refresh {
             }
             (Phase::Timestamp, Fetched::Bytes(bytes)) => {
                 let new = self.set.update_timestamp(&bytes)?;
-                // Same version as the cached one: the cached snapshot may still be current.
-                self.phase = if !new && self.snapshot_is_current() { Phase::Targets } else { Phase::Snapshot };
+                // Same version as the cached one: the cached snapshot (and targets) may be current.
+                self.phase = if !new && self.snapshot_is_current() { self.targets_phase() } else { Phase::Snapshot };
                 Ok(new)
             }
             (Phase::Snapshot, Fetched::Bytes(bytes)) => {
                 self.set.update_snapshot(&bytes, false)?;
-                self.phase = Phase::Targets;
+                self.phase = self.targets_phase();
                 Ok(true)
             }
             (Phase::Targets, Fetched::Bytes(bytes)) => {
@@ -163,6 +165,14 @@ impl Refresh {
             }
             (Phase::Done, _) => Err(WorkflowError::Finished),
             (phase, Fetched::NotFound) => Err(WorkflowError::Missing(format!("{phase:?}").to_lowercase())),
+        }
+    }
+
+    /// Done at once if the cached targets is the version the snapshot names, else fetch it.
+    fn targets_phase(&mut self) -> Phase {
+        match self.cached.targets.take() {
+            Some(bytes) if self.set.update_targets(&bytes).is_ok() => Phase::Done,
+            _ => Phase::Targets,
         }
     }
 

@@ -47,6 +47,54 @@ pub fn run_ok(cmd: &mut Command) -> String {
 }
 
 impl Server {
+    /// An online key from the data directory, as an attacker who stole the disk has it.
+    pub fn online_key(&self, file: &str) -> ringfence_trust::SigningKey {
+        let pem = std::fs::read_to_string(self.data.join("online-keys").join(file)).unwrap();
+        ringfence_trust::SigningKey::from_pem(&pem, None).unwrap()
+    }
+
+    /// The stolen-server attack: write the next version of `role` (changed by `edit`, signed
+    /// with every online key) with a fresh snapshot and timestamp straight into the database.
+    pub fn forge_role(&self, role: &str, edit: impl FnOnce(&mut ringfence_proto::tuf::Targets)) {
+        use ringfence_proto::tuf::{Snapshot, Targets, Timestamp};
+        use ringfence_store::{MetadataRecord, Store};
+        use ringfence_trust::{Envelope, writer};
+        let store = &self.state.repo.store;
+        let latest = |r: &str| self.runtime.block_on(store.latest_metadata(r)).unwrap().unwrap();
+        let (current, snapshot, timestamp) = (latest(role), latest("snapshot"), latest("timestamp"));
+        let mut next = Envelope::<Targets>::parse(&current.bytes, 1 << 24).unwrap().signed;
+        next.version += 1;
+        edit(&mut next);
+        let mut forged = Envelope::new(next).unwrap();
+        for key in ["auto-approver.key", "snapshot.key", "timestamp.key"] {
+            forged.sign(&self.online_key(key));
+        }
+        let forged_bytes = forged.to_bytes().unwrap();
+        let now = ringfence_server::unix_now();
+        let snap = Envelope::<Snapshot>::parse(&snapshot.bytes, 1 << 24).unwrap();
+        let mut snap = Envelope::new(writer::next_snapshot(
+            Some(&snap.signed),
+            snap.signed.version + 1,
+            now + 86_400,
+            &[(role.into(), forged.signed.version, forged_bytes.len() as u64)],
+        ))
+        .unwrap();
+        snap.sign(&self.online_key("snapshot.key"));
+        let snap_bytes = snap.to_bytes().unwrap();
+        let ts_version = Envelope::<Timestamp>::parse(&timestamp.bytes, 1 << 16).unwrap().signed.version + 1;
+        let mut ts =
+            Envelope::new(writer::timestamp(ts_version, now + 86_400, snap.signed.version, &snap_bytes)).unwrap();
+        ts.sign(&self.online_key("timestamp.key"));
+        let record =
+            |role: &str, version, bytes| MetadataRecord { role: role.into(), version, expires: now + 86_400, bytes };
+        let records = vec![
+            record(role, forged.signed.version, forged_bytes),
+            record("snapshot", snap.signed.version, snap_bytes),
+            record("timestamp", ts_version, ts.to_bytes().unwrap()),
+        ];
+        self.runtime.block_on(store.publish(&records, &[])).unwrap();
+    }
+
     /// Quickstart into a temporary directory, adjust the configuration, serve.
     pub fn start(adjust: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -228,7 +276,8 @@ pub fn tuf_client(server: &Server, metadata_dir: &Path, args: &[&str]) -> (bool,
     (out.status.success(), value)
 }
 
-/// The `ringfence-agent` binary, built by `cargo test --workspace` next to `ringfence`.
+/// The `ringfence-agent` binary next to `ringfence`; `scripts/test` builds it first (cargo
+/// builds another package's binary only when asked).
 pub fn agent_bin() -> PathBuf {
     let path = Path::new(BIN).with_file_name("ringfence-agent");
     assert!(

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod agent_tuf;
+mod agents;
 mod ceremony;
 mod common;
 mod freshness;

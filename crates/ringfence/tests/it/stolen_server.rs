@@ -1,8 +1,7 @@
 //! An attacker holding the server's database, disk, admin token and every online key.
 
-use ringfence_proto::tuf::{Snapshot, Targets, Timestamp};
-use ringfence_store::{MetadataRecord, Store};
-use ringfence_trust::{Envelope, SigningKey, writer};
+use ringfence_proto::tuf::Targets;
+use ringfence_trust::{Envelope, SigningKey};
 
 use crate::common::{Server, tuf_client};
 
@@ -47,55 +46,7 @@ fn online_keys_cannot_approve_for_production() {
 
     // Straight into the database: an approval role signed with every online key, with a fresh
     // snapshot and timestamp. The reference client refuses it.
-    let store = &server.state.repo.store;
-    let (role, snapshot, timestamp) = server.runtime.block_on(async {
-        (
-            store.latest_metadata("approvals.production").await.unwrap().unwrap(),
-            store.latest_metadata("snapshot").await.unwrap().unwrap(),
-            store.latest_metadata("timestamp").await.unwrap().unwrap(),
-        )
-    });
-    let mut forged = Envelope::<Targets>::parse(&role.bytes, 1 << 24).unwrap().signed;
-    forged.version += 1;
-    forged.targets = env.signed.targets.clone();
-    let mut forged = Envelope::new(forged).unwrap();
-    forged.sign(&auto);
-    let forged_bytes = forged.to_bytes().unwrap();
-    let now = ringfence_server::unix_now();
-    let snap = Envelope::<Snapshot>::parse(&snapshot.bytes, 1 << 24).unwrap();
-    let mut snap = Envelope::new(writer::next_snapshot(
-        Some(&snap.signed),
-        snap.signed.version + 1,
-        now + 86_400,
-        &[("approvals.production".into(), forged.signed.version, forged_bytes.len() as u64)],
-    ))
-    .unwrap();
-    snap.sign(&load_key(&server, "snapshot.key"));
-    let snap_bytes = snap.to_bytes().unwrap();
-    let ts_version = Envelope::<Timestamp>::parse(&timestamp.bytes, 1 << 16).unwrap().signed.version + 1;
-    let mut ts = Envelope::new(writer::timestamp(ts_version, now + 86_400, snap.signed.version, &snap_bytes)).unwrap();
-    ts.sign(&load_key(&server, "timestamp.key"));
-    let records = vec![
-        MetadataRecord {
-            role: "approvals.production".into(),
-            version: forged.signed.version,
-            expires: now + 86_400,
-            bytes: forged_bytes,
-        },
-        MetadataRecord {
-            role: "snapshot".into(),
-            version: snap.signed.version,
-            expires: now + 86_400,
-            bytes: snap_bytes,
-        },
-        MetadataRecord {
-            role: "timestamp".into(),
-            version: ts_version,
-            expires: now + 86_400,
-            bytes: ts.to_bytes().unwrap(),
-        },
-    ];
-    server.runtime.block_on(store.publish(&records, &[])).unwrap();
+    server.forge_role("approvals.production", |t| t.targets = env.signed.targets.clone());
     let (ok, answer) =
         tuf_client(&server, &md, &["download", "--target", "approvals/production/acme/tool.bin", "--out-dir", out_s]);
     assert!(!ok);

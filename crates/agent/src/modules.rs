@@ -1,0 +1,167 @@
+//! Update modules: how a verified file gets installed. See `docs/UPDATE-MODULES.md`.
+//!
+//! Built in: `file`, `script`, `deb`. Any other name is an executable
+//! `<state>/modules/<name>` speaking protocol version 1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Protocol version passed to external modules as `RINGFENCE_MODULE_PROTOCOL`.
+pub const PROTOCOL: &str = "1";
+/// Exit code by which a module says the update needs a reboot to finish.
+pub const EXIT_REBOOT_REQUIRED: i32 = 3;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Installed,
+    RebootRequired,
+    Failed { exit_code: Option<i32>, reason: String },
+}
+
+/// What the module needs to know beyond the file.
+pub struct Job<'a> {
+    pub module: &'a str,
+    pub arguments: &'a [String],
+    pub file: &'a Path,
+    pub update_id: &'a str,
+    pub target: &'a str,
+    pub modules_dir: &'a Path,
+    pub backup_dir: &'a Path,
+}
+
+/// Undo information for modules that can roll back.
+#[derive(Debug)]
+pub enum Undo {
+    Nothing,
+    /// `file`: put the previous file back (or remove the new one when there was none).
+    RestoreFile {
+        dest: PathBuf,
+        backup: Option<PathBuf>,
+    },
+}
+
+fn valid_module_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn exit_outcome(status: std::process::ExitStatus, what: &str) -> Outcome {
+    match status.code() {
+        Some(0) => Outcome::Installed,
+        Some(EXIT_REBOOT_REQUIRED) => Outcome::RebootRequired,
+        code => Outcome::Failed { exit_code: code, reason: format!("{what} exited with {status}") },
+    }
+}
+
+pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
+    if !valid_module_name(job.module) {
+        bail!("module name {:?} is not a-z, 0-9, '-'", job.module);
+    }
+    match job.module {
+        "file" => install_file(job),
+        "script" => {
+            let status = Command::new("/bin/sh")
+                .arg(job.file)
+                .args(job.arguments)
+                .envs(env(job))
+                .status()
+                .context("running the script")?;
+            Ok((exit_outcome(status, "the script"), Undo::Nothing))
+        }
+        "deb" => {
+            let mut cmd = Command::new("dpkg");
+            // A throwaway dpkg database for tests and images: RINGFENCE_DPKG_ROOT.
+            if let Some(root) = std::env::var_os("RINGFENCE_DPKG_ROOT") {
+                let mut admindir = PathBuf::from(&root);
+                admindir.push("var/lib/dpkg");
+                cmd.arg(format!("--root={}", PathBuf::from(&root).display()))
+                    .arg(format!("--admindir={}", admindir.display()))
+                    .arg("--force-not-root")
+                    .arg("--force-script-chrootless")
+                    .arg("--log=/dev/null");
+            }
+            let status = cmd.arg("-i").arg(job.file).status().context("running dpkg")?;
+            Ok((exit_outcome(status, "dpkg"), Undo::Nothing))
+        }
+        name => {
+            let path = job.modules_dir.join(name);
+            if !path.is_file() {
+                bail!("no update module {name} (looked for {})", path.display());
+            }
+            let status = Command::new(&path)
+                .arg("install")
+                .arg(job.file)
+                .args(job.arguments)
+                .envs(env(job))
+                .status()
+                .with_context(|| format!("running module {name}"))?;
+            Ok((exit_outcome(status, &format!("module {name}")), Undo::Nothing))
+        }
+    }
+}
+
+fn env(job: &Job) -> Vec<(&'static str, String)> {
+    vec![
+        ("RINGFENCE_MODULE_PROTOCOL", PROTOCOL.into()),
+        ("RINGFENCE_UPDATE_ID", job.update_id.into()),
+        ("RINGFENCE_TARGET", job.target.into()),
+    ]
+}
+
+/// `file DEST [MODE]`: place the file at DEST (absolute), with MODE in octal (default 0644).
+fn install_file(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dest) = job.arguments.first() else { bail!("module file needs a destination argument") };
+    let dest = PathBuf::from(dest);
+    if !dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        bail!("module file: destination must be absolute, without '..'");
+    }
+    let mode = match job.arguments.get(1) {
+        Some(m) => u32::from_str_radix(m, 8).context("module file: mode is octal, like 0644")?,
+        None => 0o644,
+    };
+    let backup = if dest.exists() {
+        let b =
+            job.backup_dir.join(format!("{}.previous", crate::tuf_client::encode_name(&dest.display().to_string())));
+        std::fs::copy(&dest, &b).with_context(|| format!("backing up {}", dest.display()))?;
+        Some(b)
+    } else {
+        None
+    };
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let tmp = dest.with_extension("ringfence-new");
+    std::fs::copy(job.file, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, &dest)?;
+    Ok((Outcome::Installed, Undo::RestoreFile { dest, backup }))
+}
+
+/// Roll back what `install` did, where the module can. Returns whether anything was undone.
+pub fn roll_back(undo: Undo) -> anyhow::Result<bool> {
+    match undo {
+        Undo::Nothing => Ok(false),
+        Undo::RestoreFile { dest, backup: Some(backup) } => {
+            std::fs::rename(&backup, &dest)?;
+            Ok(true)
+        }
+        Undo::RestoreFile { dest, backup: None } => {
+            std::fs::remove_file(&dest)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Run a health check command; `Ok(())` when it exits 0.
+pub fn health_check(command: &[String]) -> Result<(), (Option<i32>, String)> {
+    let Some((program, args)) = command.split_first() else { return Ok(()) };
+    match Command::new(program).args(args).status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err((s.code(), format!("health check {program} exited with {s}"))),
+        Err(e) => Err((None, format!("health check {program} could not run: {e}"))),
+    }
+}

@@ -1,0 +1,238 @@
+//! Real agents on loopback: enrollment, approvals per group, installs, reports, and the
+//! stolen-server attacks against installed devices.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ringfence_proto::device::{DeviceInfo, EnrollmentTokenCreated, ReportState};
+use serde_json::json;
+
+use crate::common::{Server, agent_bin, run_ok};
+
+struct Agent {
+    dir: PathBuf,
+}
+
+impl Agent {
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.args(args).arg("--state-dir").arg(self.state()).current_dir(&self.dir);
+        c
+    }
+
+    /// `check`: (exit code, stdout).
+    fn check(&self) -> (i32, String) {
+        let out = self.command(&["check"]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.code().unwrap_or(-1), text)
+    }
+
+    /// Lines the installer script appended in this agent's directory.
+    fn installs(&self, update: &str) -> usize {
+        std::fs::read_to_string(self.dir.join(format!("installed-{update}"))).map_or(0, |s| s.lines().count())
+    }
+}
+
+fn token(server: &Server, group: &str, uses: u64) -> String {
+    let answer = server
+        .admin()
+        .send_json(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            &json!({"groups": [group], "expires_in_secs": 600, "max_uses": uses}),
+        )
+        .unwrap()
+        .ok()
+        .unwrap();
+    serde_json::from_slice::<EnrollmentTokenCreated>(&answer).unwrap().token
+}
+
+fn enroll(server: &Server, root: &Path, name: &str, token: &str) -> Agent {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = Agent { dir };
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let out = run_ok(
+        agent
+            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--token", token])
+            .arg("--ca")
+            .arg(&server.ca),
+    );
+    assert!(out.contains("Accepted"), "{out}");
+    agent
+}
+
+/// Publish an update whose installer is a script appending a line to `installed-<id>` in the
+/// agent's working directory.
+fn publish_script(server: &Server, id: &str) {
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join(format!("{id}.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID $RINGFENCE_TARGET\" >> installed-{id}\n"))
+        .unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = id.into();
+    m["installer"] = json!({"module": "script"});
+    m["applicability"] = json!({});
+    let manifest = work.join(format!("{id}.json"));
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
+    server.sign_all("publisher-acme");
+}
+
+fn devices(server: &Server) -> Vec<DeviceInfo> {
+    serde_json::from_slice(&server.admin().get("/api/v1/devices").unwrap().ok().unwrap()).unwrap()
+}
+
+#[test]
+fn three_agents_in_two_groups_install_exactly_what_their_group_allows() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let pilot = enroll(&server, &root, "pilot-1", &token(&server, "pilot", 1));
+    let production_token = token(&server, "production", 2);
+    let prod =
+        [enroll(&server, &root, "prod-1", &production_token), enroll(&server, &root, "prod-2", &production_token)];
+    // The token is used up.
+    let extra = root.join("prod-3");
+    std::fs::create_dir_all(&extra).unwrap();
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
+    let refused = Command::new(agent_bin())
+        .args([
+            "enroll",
+            "--server",
+            server.repo_url.trim_end_matches("/repo"),
+            "--root-sha256",
+            &root_sha,
+            "--token",
+            &production_token,
+        ])
+        .arg("--ca")
+        .arg(&server.ca)
+        .arg("--state-dir")
+        .arg(extra.join("state"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    publish_script(&server, "hello-1");
+    assert!(server.approve("pilot", "acme/hello-1.sh").contains("is published"));
+    assert!(server.approve("production", "acme/hello-1.sh").contains("0 of 2"));
+
+    let (code, out) = pilot.check();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(pilot.installs("hello-1"), 1);
+    for agent in &prod {
+        let (code, out) = agent.check();
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(agent.installs("hello-1"), 0, "production has not approved it");
+    }
+
+    server.sign("approvals.production", "production-approver-1");
+    server.sign("approvals.production", "production-approver-2");
+    for agent in &prod {
+        let (code, out) = agent.check();
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(agent.installs("hello-1"), 1);
+    }
+    // A second cycle installs nothing again and sends no report twice.
+    let (code, _) = pilot.check();
+    assert_eq!(code, 0);
+    assert_eq!(pilot.installs("hello-1"), 1);
+
+    let listed = devices(&server);
+    assert_eq!(listed.len(), 3);
+    for d in &listed {
+        assert!(d.last_checkin.is_some());
+        let group = d.groups.first().unwrap().clone();
+        let target = format!("approvals/{group}/acme/hello-1.sh");
+        let report = d.updates.iter().find(|u| u.target == target).unwrap_or_else(|| panic!("{d:?}"));
+        assert_eq!(report.state, ReportState::Installed, "{d:?}");
+        assert_eq!(d.updates.len(), 1, "only its own group's approval: {:?}", d.updates);
+    }
+    let status = run_ok(&mut prod[0].command(&["status"]));
+    assert!(status.contains("acme/hello-1.sh: installed"), "{status}");
+
+    // Revoking a device ends its session at once.
+    let id = &listed.iter().find(|d| d.groups == ["pilot"]).unwrap().id;
+    server
+        .admin()
+        .send("POST", &format!("/api/v1/devices/{id}/revoke"), b"", "application/json")
+        .unwrap()
+        .ok()
+        .unwrap();
+    let (code, out) = pilot.check();
+    assert_ne!(code, 0, "{out}");
+}
+
+#[test]
+fn a_stolen_server_cannot_make_installed_agents_install_anything() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "prod", &token(&server, "production", 1));
+    publish_script(&server, "good-1");
+    server.approve("production", "acme/good-1.sh");
+    server.sign("approvals.production", "production-approver-1");
+    server.sign("approvals.production", "production-approver-3");
+    assert_eq!(agent.check().0, 0);
+    assert_eq!(agent.installs("good-1"), 1);
+
+    // (1) The attacker publishes a file and approves it for production with every online key.
+    publish_script(&server, "evil-1");
+    let evil = evil_entry(&server, "acme/evil-1.sh");
+    server.forge_role("approvals.production", |t| {
+        t.targets.insert("approvals/production/acme/evil-1.sh".into(), evil.clone());
+    });
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("repository") || out.contains("approvals.production"), "{out}");
+    assert_eq!(agent.installs("evil-1"), 0);
+    assert_eq!(agent.installs("good-1"), 1, "what was installed stays");
+
+    // (5) "Move" the device into pilot on the server and approve evil there (pilot's key is
+    // online): the agent follows the groups it enrolled with, not the server's record.
+    let sql = "UPDATE devices SET groups = 'pilot'";
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
+        .arg(server.data.join("ringfence.db"))
+        .arg(sql)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(server.approve("pilot", "acme/evil-1.sh").contains("is published"));
+    let _ = agent.check();
+    assert_eq!(agent.installs("evil-1"), 0);
+
+    // (2) Swap the blob of an approved update for other bytes of the same length.
+    publish_script(&server, "good-2");
+    server.approve("production", "acme/good-2.sh");
+    server.sign("approvals.production", "production-approver-1");
+    server.sign("approvals.production", "production-approver-2");
+    let script = std::fs::read(server.dir.path().join("work/good-2.sh")).unwrap();
+    let sha = ringfence_trust::sha256_hex(&script);
+    let mut evil_bytes = script.clone();
+    evil_bytes.iter_mut().rev().take(2).for_each(|b| *b = b'#');
+    std::fs::write(server.state.repo.blobs.path_of(&sha).unwrap(), &evil_bytes).unwrap();
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(agent.installs("good-2"), 0);
+    let me = devices(&server).into_iter().next().unwrap();
+    let report = me.updates.iter().find(|u| u.target == "approvals/production/acme/good-2.sh").unwrap();
+    assert_eq!(report.state, ReportState::Failed);
+    assert!(report.reason.as_deref().unwrap_or("").contains("hash"), "{report:?}");
+}
+
+/// The publisher's signed entry for `path`, as an attacker copies it into a forged approval.
+fn evil_entry(server: &Server, path: &str) -> ringfence_proto::tuf::TargetFile {
+    let prefix = ringfence_trust::paths::bin_prefix_of(path, 2);
+    let bytes = server.admin().get(&format!("/api/v1/metadata/publisher.acme.{prefix}")).unwrap().ok().unwrap();
+    let bin = ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&bytes, 1 << 24).unwrap();
+    bin.signed.targets.get(path).cloned().unwrap()
+}
