@@ -73,6 +73,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::Busy { retry_after_secs } = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after_secs));
+        }
         if let ApiError::RangeNotSatisfiable(len) = self
             && let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes */{len}"))
         {

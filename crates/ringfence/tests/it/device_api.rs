@@ -1,0 +1,198 @@
+//! Hostile and malformed input to every device endpoint: a clear 4xx, nothing changed.
+
+use ringfence_proto::device::{
+    ChallengeResponse, DeviceInfo, EnrollResponse, EnrollState, EnrollmentTokenCreated, Inventory, SessionResponse,
+    session_message,
+};
+use ringfence_store::DeviceStore;
+use ringfence_trust::SigningKey;
+use serde_json::{Value, json};
+
+use crate::common::Server;
+
+fn inventory() -> Value {
+    serde_json::to_value(Inventory {
+        hostname: "h".into(),
+        os: "linux".into(),
+        os_version: "12".into(),
+        architecture: "x86_64".into(),
+        agent_version: "test".into(),
+        installed: vec![],
+    })
+    .unwrap()
+}
+
+struct Device {
+    key: SigningKey,
+    id: String,
+}
+
+fn public_hex(key: &SigningKey) -> String {
+    key.public().to_tuf().keyval.public
+}
+
+fn enroll(
+    server: &Server,
+    device: &ringfence_cli::http::Client,
+    token: Option<&str>,
+    group: &str,
+) -> (u16, Device, Value) {
+    let key = SigningKey::generate();
+    let body = json!({"token": token, "public_key": public_hex(&key), "groups": [group], "inventory": inventory()});
+    let answer = device.send_json("POST", "/device/v1/enroll", &body).unwrap();
+    let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    let id = value["device_id"].as_str().unwrap_or_default().to_owned();
+    let _ = server;
+    (answer.status, Device { key, id }, value)
+}
+
+fn open_session(device: &ringfence_cli::http::Client, d: &Device) -> String {
+    let challenge: ChallengeResponse = serde_json::from_slice(
+        &device.send_json("POST", "/device/v1/challenge", &json!({"device_id": d.id})).unwrap().ok().unwrap(),
+    )
+    .unwrap();
+    let sig = hex(&d.key.sign(&session_message(&d.id, &challenge.nonce)));
+    let body = json!({"device_id": d.id, "nonce": challenge.nonce, "signature": sig});
+    let session: SessionResponse =
+        serde_json::from_slice(&device.send_json("POST", "/device/v1/session", &body).unwrap().ok().unwrap()).unwrap();
+    session.token
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn device_endpoints_refuse_bad_input_and_change_nothing() {
+    let server = Server::start(|c| c.devices.session_secs = 2);
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let device = ringfence_cli::http::Client::new(&base, None, &server.ca).unwrap();
+    let store = &server.state.repo.store;
+    let count = || server.runtime.block_on(store.count_devices()).unwrap();
+
+    // Enrollment: bad bodies are 400 naming the problem, bad tokens 401; nothing is stored.
+    let key = SigningKey::generate();
+    let good = json!({"public_key": public_hex(&key), "groups": ["pilot"], "inventory": inventory()});
+    let mut cases: Vec<(Vec<u8>, u16, &str)> = Vec::new();
+    let mut unknown = good.clone();
+    unknown["$type"] = json!("System.Object");
+    cases.push((serde_json::to_vec(&unknown).unwrap(), 400, "unknown field `$type`"));
+    let mut wrong = good.clone();
+    wrong["groups"] = json!("pilot");
+    cases.push((serde_json::to_vec(&wrong).unwrap(), 400, "field `groups`"));
+    let mut bad_key = good.clone();
+    bad_key["public_key"] = json!("zz");
+    cases.push((serde_json::to_vec(&bad_key).unwrap(), 400, "public_key"));
+    let mut long = good.clone();
+    long["inventory"]["hostname"] = json!("h".repeat(300));
+    cases.push((serde_json::to_vec(&long).unwrap(), 400, "inventory.hostname"));
+    cases.push((format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 400, "nested deeper"));
+    cases.push((vec![b' '; 100 * 1024], 413, "larger than"));
+    let mut bad_token = good.clone();
+    bad_token["token"] = json!("rfet_00");
+    cases.push((serde_json::to_vec(&bad_token).unwrap(), 401, "authentication"));
+    for (body, status, needle) in cases {
+        let answer = device.send("POST", "/device/v1/enroll", &body, "application/json").unwrap();
+        assert_eq!(answer.status, status, "{}", answer.text());
+        assert!(answer.text().contains(needle), "expected {needle:?} in {}", answer.text());
+        assert_eq!(count(), 0);
+    }
+
+    // Without a token: pending, and pending devices cannot open sessions.
+    let (status, pending, value) = enroll(&server, &device, None, "production");
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(serde_json::from_value::<EnrollResponse>(value).unwrap().state, EnrollState::Pending);
+    let answer = device.send_json("POST", "/device/v1/challenge", &json!({"device_id": pending.id})).unwrap();
+    assert_eq!(answer.status, 401);
+    // An administrator accepts it; now it can.
+    server.admin().send("POST", &format!("/api/v1/devices/{}/accept", pending.id), b"", "").unwrap().ok().unwrap();
+    let session = open_session(&device, &pending);
+    assert!(session.starts_with("rfds_"));
+
+    // Sessions: a replayed challenge, another device's signature, a wrong nonce.
+    let token: EnrollmentTokenCreated = serde_json::from_slice(
+        &server
+            .admin()
+            .send_json(
+                "POST",
+                "/api/v1/enrollment-tokens",
+                &json!({"groups": ["pilot"], "expires_in_secs": 60, "max_uses": 1}),
+            )
+            .unwrap()
+            .ok()
+            .unwrap(),
+    )
+    .unwrap();
+    let (status, other, _) = enroll(&server, &device, Some(&token.token), "pilot");
+    assert_eq!(status, 200);
+    let challenge: ChallengeResponse = serde_json::from_slice(
+        &device.send_json("POST", "/device/v1/challenge", &json!({"device_id": other.id})).unwrap().ok().unwrap(),
+    )
+    .unwrap();
+    let forged = hex(&pending.key.sign(&session_message(&other.id, &challenge.nonce)));
+    let body = json!({"device_id": other.id, "nonce": challenge.nonce, "signature": forged});
+    assert_eq!(
+        device.send_json("POST", "/device/v1/session", &body).unwrap().status,
+        401,
+        "signed by another device's key"
+    );
+    let sig = hex(&other.key.sign(&session_message(&other.id, &challenge.nonce)));
+    let body = json!({"device_id": other.id, "nonce": challenge.nonce, "signature": sig});
+    assert_eq!(device.send_json("POST", "/device/v1/session", &body).unwrap().status, 200);
+    assert_eq!(device.send_json("POST", "/device/v1/session", &body).unwrap().status, 401, "replayed challenge");
+    let body = json!({"device_id": pending.id, "nonce": challenge.nonce, "signature": sig});
+    assert_eq!(device.send_json("POST", "/device/v1/session", &body).unwrap().status, 401, "another device's id");
+
+    // Check-in and reports need a live session; bad batches change nothing.
+    let authed = ringfence_cli::http::Client::new(&base, Some(session.clone()), &server.ca).unwrap();
+    let checkin = json!({"inventory": inventory(), "timestamp_version": 0});
+    assert_eq!(device.send_json("POST", "/device/v1/checkin", &checkin).unwrap().status, 401);
+    let answer = authed.send_json("POST", "/device/v1/checkin", &checkin).unwrap();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(answer.body.len() < 100, "a check-in answer is tiny: {}", answer.text());
+    let report = json!({"id": "r1", "target": "approvals/production/acme/x", "state": "installed", "at": 1});
+    let answer = authed.send_json("POST", "/device/v1/reports", &json!({"reports": [report, report]})).unwrap();
+    assert_eq!(answer.text(), r#"{"accepted":1,"duplicates":1}"#);
+    let answer = authed.send_json("POST", "/device/v1/reports", &json!({"reports": [report]})).unwrap();
+    assert_eq!(answer.text(), r#"{"accepted":0,"duplicates":1}"#, "a repeated batch is stored once");
+    for bad in [
+        json!({"reports": [{"id": "../x", "target": "t", "state": "installed", "at": 1}]}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "pwned", "at": 1}]}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "installed", "at": "now"}]}),
+        json!({"reports": (0..300).map(|i| json!({"id": format!("b{i}"), "target": "t", "state": "installed", "at": 1})).collect::<Vec<_>>()}),
+    ] {
+        let answer = authed.send_json("POST", "/device/v1/reports", &bad).unwrap();
+        assert_eq!(answer.status, 400, "{}", answer.text());
+    }
+    assert_eq!(server.runtime.block_on(store.device_reports(&pending.id)).unwrap().len(), 1);
+
+    // Revoking ends the session at once; an expired session is refused too.
+    let second = open_session(&device, &other);
+    let other_client = ringfence_cli::http::Client::new(&base, Some(second), &server.ca).unwrap();
+    assert_eq!(other_client.send_json("POST", "/device/v1/checkin", &checkin).unwrap().status, 200);
+    server.admin().send("POST", &format!("/api/v1/devices/{}/revoke", other.id), b"", "").unwrap().ok().unwrap();
+    assert_eq!(other_client.send_json("POST", "/device/v1/checkin", &checkin).unwrap().status, 401);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(authed.send_json("POST", "/device/v1/checkin", &checkin).unwrap().status, 401, "expired session");
+
+    // The repository now needs a session (devices exist), except root metadata.
+    assert_eq!(device.get("/repo/metadata/timestamp.json").unwrap().status, 401);
+    assert_eq!(device.get("/repo/metadata/1.root.json").unwrap().status, 200);
+    let listed: Vec<DeviceInfo> =
+        serde_json::from_slice(&server.admin().get("/api/v1/devices").unwrap().ok().unwrap()).unwrap();
+    assert_eq!(listed.len(), 2);
+}
+
+#[test]
+fn a_saturated_device_listener_answers_503_with_retry_after() {
+    let server = Server::start(|c| c.devices.max_concurrent_requests = 1);
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    // Hold the only permit, as a request in flight would.
+    let held = server.state.device_permits.try_acquire().unwrap();
+    let device = ringfence_cli::http::Client::new(&base, None, &server.ca).unwrap();
+    let answer = device.send_json("POST", "/device/v1/challenge", &json!({"device_id": "x"})).unwrap();
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("retry-after"), Some("5"));
+    drop(held);
+    assert_eq!(device.send_json("POST", "/device/v1/challenge", &json!({"device_id": "x"})).unwrap().status, 401);
+}
