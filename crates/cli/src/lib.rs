@@ -67,6 +67,9 @@ pub enum Command {
     /// Admin API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Devices: enrollment tokens, the fleet list, accept / reject / revoke.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Save the published version of a role to a file (to start its next version offline).
     Fetch {
         #[command(flatten)]
@@ -227,6 +230,44 @@ pub enum MetadataCommand {
         key: PathBuf,
         #[command(flatten)]
         passphrase: PassphraseArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create an enrollment token scoped to a group; printed once.
+    EnrollmentToken {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        uses: u64,
+        #[arg(long, default_value_t = 86_400)]
+        expires_in_secs: u64,
+    },
+    /// Every device with its groups, last check-in and the state of each update.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Accept a pending device.
+    Accept {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Reject a pending device.
+    Reject {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Revoke a device: its sessions end at once.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
     },
 }
 
@@ -552,6 +593,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             client(&server)?.send("DELETE", &format!("/api/v1/tokens/{id}"), &[], "application/json")?.ok()?;
             println!("revoked {id}");
         }
+        Command::Device(command) => device(command)?,
         Command::Fetch { server, role, out } => {
             let role = RoleName::parse(&role)?;
             let bytes = client(&server)?.get(&format!("/api/v1/metadata/{role}"))?.ok()?;
@@ -587,4 +629,44 @@ fn print_state(state: &RoleState) {
             state.role, state.version, state.valid_signatures, state.threshold, state.role
         );
     }
+}
+
+fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    use ringfence_proto::device::{DeviceInfo, EnrollmentTokenCreated, EnrollmentTokenRequest};
+    match command {
+        DeviceCommand::EnrollmentToken { server, groups, uses, expires_in_secs } => {
+            let groups = groups.iter().map(|g| GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
+            let request = EnrollmentTokenRequest { groups, expires_in_secs, max_uses: uses };
+            let answer = client(&server)?.send_json("POST", "/api/v1/enrollment-tokens", &request)?.ok()?;
+            let created: EnrollmentTokenCreated = serde_json::from_slice(&answer)?;
+            println!("{}", created.token);
+            eprintln!(
+                "(token {}, {uses} use(s), expires at {})",
+                created.id,
+                ringfence_trust::expiry::format(created.expires_at)
+            );
+        }
+        DeviceCommand::List { server } => {
+            let answer = client(&server)?.get("/api/v1/devices")?.ok()?;
+            let devices: Vec<DeviceInfo> = serde_json::from_slice(&answer)?;
+            for d in devices {
+                let seen = d.last_checkin.map_or("never".to_owned(), ringfence_trust::expiry::format);
+                println!("{}  {}  {}  groups {}  last check-in {seen}", d.id, d.state, d.hostname, d.groups.join(","));
+                for u in d.updates {
+                    let reason = u.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                    println!("    {}: {}{reason}", u.target, u.state.as_str());
+                }
+            }
+        }
+        DeviceCommand::Accept { server, id } => change_device(&server, &id, "accept")?,
+        DeviceCommand::Reject { server, id } => change_device(&server, &id, "reject")?,
+        DeviceCommand::Revoke { server, id } => change_device(&server, &id, "revoke")?,
+    }
+    Ok(())
+}
+
+fn change_device(server: &ServerArgs, id: &str, action: &str) -> anyhow::Result<()> {
+    client(server)?.send("POST", &format!("/api/v1/devices/{id}/{action}"), b"", "application/json")?.ok()?;
+    println!("{action}: {id}");
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ringfence_proto::device::{DeviceInfo, EnrollmentTokenCreated, ReportState};
+use ringfence_proto::device::{DeviceInfo, ReportState};
 use serde_json::json;
 
 use crate::common::{Server, agent_bin, run_ok};
@@ -38,17 +38,8 @@ impl Agent {
 }
 
 fn token(server: &Server, group: &str, uses: u64) -> String {
-    let answer = server
-        .admin()
-        .send_json(
-            "POST",
-            "/api/v1/enrollment-tokens",
-            &json!({"groups": [group], "expires_in_secs": 600, "max_uses": uses}),
-        )
-        .unwrap()
-        .ok()
-        .unwrap();
-    serde_json::from_slice::<EnrollmentTokenCreated>(&answer).unwrap().token
+    let out = run_ok(server.cli().args(["device", "enrollment-token", "--group", group, "--uses", &uses.to_string()]));
+    out.trim().to_owned()
 }
 
 fn enroll(server: &Server, root: &Path, name: &str, token: &str) -> Agent {
@@ -156,6 +147,8 @@ fn three_agents_in_two_groups_install_exactly_what_their_group_allows() {
         assert_eq!(report.state, ReportState::Installed, "{d:?}");
         assert_eq!(d.updates.len(), 1, "only its own group's approval: {:?}", d.updates);
     }
+    let fleet = run_ok(server.cli().args(["device", "list"]));
+    assert_eq!(fleet.matches("approvals/production/acme/hello-1.sh: installed").count(), 2, "{fleet}");
     let status = run_ok(&mut prod[0].command(&["status"]));
     assert!(status.contains("acme/hello-1.sh: installed"), "{status}");
 
