@@ -67,6 +67,11 @@ impl Client {
         Ok(Self { base: base.trim_end_matches('/').to_owned(), token, agent: agent(&ca)? })
     }
 
+    /// The same client (and connection pool) with another bearer token.
+    pub fn with_token(&self, token: &str) -> Self {
+        Self { base: self.base.clone(), token: Some(token.to_owned()), agent: self.agent.clone() }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
