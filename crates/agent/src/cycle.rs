@@ -21,7 +21,7 @@ use sha2::Digest;
 use crate::fetch::Fetcher;
 use crate::modules::{self, Job, Outcome};
 use crate::state::{AgentConfig, Installed, StateDir};
-use crate::tuf_client::{Client, encode_name, write_atomic};
+use crate::tuf_client::{Client, write_atomic};
 
 /// How a cycle ended; `check` turns it into its exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,7 +42,9 @@ fn random_id() -> String {
     hex::encode(b)
 }
 
-fn fetcher(state: &StateDir) -> anyhow::Result<Fetcher> {
+/// A client trusting the pinned CA; `run` keeps one for its lifetime so connections (and
+/// TLS sessions) are reused from cycle to cycle.
+pub fn fetcher(state: &StateDir) -> anyhow::Result<Fetcher> {
     let ca = std::fs::read(state.ca_file()).ok();
     Fetcher::new(ca.as_deref())
 }
@@ -91,6 +93,9 @@ pub fn enroll(
     TrustedSet::new(&root, crate::wall_clock()).context("the pinned root does not verify")?;
     write_atomic(&state.metadata_dir().join("root.json"), &root)?;
 
+    if token.is_none() && groups.is_empty() {
+        bail!("without an enrollment token, name the device's groups with --group");
+    }
     let key = state.device_key()?;
     let request = EnrollRequest {
         token,
@@ -203,24 +208,8 @@ impl Cycle<'_> {
         group: &GroupName,
     ) -> anyhow::Result<Vec<(String, TargetFile)>> {
         let role = group.approval_role();
-        if set.targets(role.as_str()).is_none() {
-            let Some(meta) = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json")).cloned()) else {
-                return Ok(Vec::new());
-            };
-            let file = if set.root().signed.consistent_snapshot {
-                format!("{}.{role}.json", meta.version)
-            } else {
-                format!("{role}.json")
-            };
-            let url = format!("{}{file}", self.client.metadata_url);
-            let Fetched::Bytes(bytes) =
-                self.client.fetcher.fetch(&url, meta.length.unwrap_or(ringfence_proto::limits::MAX_METADATA_BYTES))?
-            else {
-                bail!("{file} is missing on the server");
-            };
-            set.update_delegated_targets(&bytes, role.as_str(), "targets")
-                .with_context(|| format!("{file} refused"))?;
-            write_atomic(&self.client.metadata_dir.join(format!("{}.json", encode_name(role.as_str()))), &bytes)?;
+        if !self.client.load_delegated(set, role.as_str(), "targets")? {
+            return Ok(Vec::new());
         }
         Ok(set.targets(role.as_str()).map(|r| r.signed.targets.clone().into_iter().collect()).unwrap_or_default())
     }
@@ -328,6 +317,16 @@ impl Cycle<'_> {
         listed: &TargetFile,
         inventory: &Inventory,
     ) {
+        // Already done with these exact bytes: nothing to verify further or fetch.
+        let listed_sha = listed.hashes.get("sha256");
+        let done = TargetPath::parse(path)
+            .ok()
+            .and_then(|p| p.split_approval())
+            .and_then(|(_, published)| self.installed.get(published.as_str()))
+            .is_some_and(|i| Some(&i.sha256) == listed_sha);
+        if done {
+            return;
+        }
         let (published, signed, action, how) = match self.decide(set, group, path, listed) {
             Ok(d) => d,
             Err(e) => {
@@ -343,12 +342,12 @@ impl Cycle<'_> {
         if action.action == ApprovalAction::Uninstall {
             // FIXME(issue 3): uninstall through update modules is not built; reported as such.
             self.report(path, ReportState::NotApplicable, Some("uninstall is not supported yet".into()), None);
-            self.remember(&key, &sha, &action.update_id, "not_applicable");
+            self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
         }
         if let Err(why) = self.applicable(&how.applicability, inventory) {
             self.report(path, ReportState::NotApplicable, Some(why), None);
-            self.remember(&key, &sha, &action.update_id, "not_applicable");
+            self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
         }
         self.report(path, ReportState::Downloading, None, None);
@@ -365,7 +364,7 @@ impl Cycle<'_> {
             module: &how.installer.module,
             arguments: &how.installer.arguments,
             file: &file,
-            update_id: &action.update_id,
+            update_id: &how.update_id,
             target: path,
             modules_dir: &self.state.modules_dir(),
             backup_dir: &self.state.root.join("backup"),
@@ -386,7 +385,7 @@ impl Cycle<'_> {
                 // FIXME(issue 3): finishing after the reboot (health check, `installed`) is not
                 // built; the update stays reported as reboot_required.
                 self.report(path, ReportState::RebootRequired, None, None);
-                self.remember(&key, &sha, &action.update_id, "reboot_required");
+                self.remember(&key, &sha, &how.update_id, "reboot_required");
             }
             Outcome::Installed | Outcome::RebootRequired => {
                 let check = modules::health_check(&how.installer.health_check)
@@ -394,7 +393,7 @@ impl Cycle<'_> {
                 match check {
                     Ok(()) => {
                         self.report(path, ReportState::Installed, None, None);
-                        self.remember(&key, &sha, &action.update_id, "installed");
+                        self.remember(&key, &sha, &how.update_id, "installed");
                         let _ = std::fs::remove_file(&file);
                     }
                     Err((code, reason)) => match modules::roll_back(undo) {
@@ -418,18 +417,18 @@ impl Cycle<'_> {
 }
 
 /// One cycle. Whatever is refused is reported and left alone; what was installed stays.
-pub fn check(state: &StateDir, now: i64) -> anyhow::Result<CycleResult> {
+pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result<CycleResult> {
     let mut config = state.config()?;
-    let mut fetcher = fetcher(state)?;
+    let mut fetcher = connection.clone();
     let Some(token) = session(state, &config, &fetcher, now)? else { return Ok(CycleResult::Pending) };
     fetcher.bearer = Some(token);
     flush_reports(state, &config, &fetcher)?;
 
     let inventory = local_inventory(state);
-    let timestamp_version = std::fs::read(state.metadata_dir().join("timestamp.json"))
+    let trusted_timestamp = std::fs::read(state.metadata_dir().join("timestamp.json"))
         .ok()
-        .and_then(|b| ringfence_trust::Envelope::<Timestamp>::parse(&b, 1 << 16).ok())
-        .map_or(0, |t| t.signed.version);
+        .and_then(|b| ringfence_trust::Envelope::<Timestamp>::parse(&b, 1 << 16).ok());
+    let timestamp_version = trusted_timestamp.as_ref().map_or(0, |t| t.signed.version);
     let answer = fetcher.post_json(
         &format!("{}/device/v1/checkin", config.server),
         &CheckinRequest { inventory: inventory.clone(), timestamp_version },
@@ -447,6 +446,16 @@ pub fn check(state: &StateDir, now: i64) -> anyhow::Result<CycleResult> {
     if checkin.poll_seconds != config.poll_seconds {
         config.poll_seconds = checkin.poll_seconds;
         state.save_config(&config)?;
+    }
+    // Nothing new, the last cycle was clean, and what we trust stays fresh for two more polls:
+    // skip the refresh. The server's word only saves work: a server that hides a new version
+    // or a freeze is caught once the trusted timestamp nears its expiry, when we refresh anyway.
+    let fresh_until = trusted_timestamp.and_then(|t| ringfence_trust::expiry::parse(&t.signed.expires).ok());
+    let last_clean = state.last_cycle().is_some_and(|c| c.starts_with("UpToDate"));
+    let margin = 2 * config.poll_seconds.min(86_400) as i64;
+    if !checkin.changed && last_clean && fresh_until.is_some_and(|until| until > now + margin) {
+        let installed = state.installed().values().filter(|i| i.state == "installed").count();
+        return Ok(CycleResult::UpToDate { installed });
     }
 
     let client = Client {

@@ -21,7 +21,9 @@ impl Fetcher {
             .http_status_as_error(false)
             .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .timeout_recv_body(Some(std::time::Duration::from_secs(300)))
-            .max_redirects(0);
+            .max_redirects(0)
+            // Keep the connection between cycles of `run` (poll interval plus jitter).
+            .max_idle_age(std::time::Duration::from_secs(900));
         if let Some(pem) = ca_pem {
             let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
                 .filter_map(|item| match item {

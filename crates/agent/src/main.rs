@@ -116,7 +116,8 @@ fn main() -> ExitCode {
         })(),
         Command::Check { state } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
-            let result = cycle::check(&state, clock::trusted_now(&state.root, wall_clock())?)?;
+            let connection = cycle::fetcher(&state)?;
+            let result = cycle::check(&state, clock::trusted_now(&state.root, wall_clock())?, &connection)?;
             let summary = format!("{result:?}");
             state.save_last_cycle(&summary)?;
             println!("{summary}");
@@ -153,11 +154,12 @@ fn main() -> ExitCode {
 /// `Retry-After` when the server sheds load.
 fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let state = state::StateDir::open(state_dir)?;
+    let connection = cycle::fetcher(&state)?;
     let mut failures: u32 = 0;
     loop {
         let now = clock::trusted_now(&state.root, wall_clock())?;
         let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).max(10);
-        let wait = match cycle::check(&state, now) {
+        let wait = match cycle::check(&state, now, &connection) {
             Ok(cycle::CycleResult::Busy(after)) => after.max(1),
             Ok(result) => {
                 failures = 0;

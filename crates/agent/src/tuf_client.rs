@@ -86,6 +86,34 @@ impl Client {
         Ok(refresh.finish()?)
     }
 
+    /// Load delegated `role` into `set`: the stored copy if it is the version the snapshot
+    /// names (it is verified again), else fetched. `false` if the snapshot does not list it.
+    pub fn load_delegated(&self, set: &mut TrustedSet, role: &str, delegator: &str) -> anyhow::Result<bool> {
+        if set.targets(role).is_some() {
+            return Ok(true);
+        }
+        let Some(meta) = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json")).cloned()) else {
+            return Ok(false);
+        };
+        if let Some(cached) = self.read(&format!("{}.json", encode_name(role)))
+            && set.update_delegated_targets(&cached, role, delegator).is_ok()
+        {
+            return Ok(true);
+        }
+        let file = if set.root().signed.consistent_snapshot {
+            format!("{}.{role}.json", meta.version)
+        } else {
+            format!("{}.json", encode_name(role))
+        };
+        let max = meta.length.unwrap_or(ringfence_proto::limits::MAX_METADATA_BYTES);
+        let Fetched::Bytes(bytes) = self.fetcher.fetch(&join_url(&self.metadata_url, &file), max)? else {
+            bail!("{file} is missing on the server");
+        };
+        set.update_delegated_targets(&bytes, role, delegator).with_context(|| format!("{file} refused"))?;
+        self.store(role, &bytes)?;
+        Ok(true)
+    }
+
     /// Find `path` through the delegations, loading (and storing) only the roles on the way.
     pub fn find_target(&self, set: &mut TrustedSet, path: &str) -> anyhow::Result<ringfence_proto::tuf::TargetFile> {
         let mut search = TargetSearch::new(path);
@@ -94,13 +122,9 @@ impl Client {
                 SearchStep::Found(target) => return Ok(target),
                 SearchStep::NotFound => bail!("{path} is not a trusted target"),
                 SearchStep::Need { need, delegator } => {
-                    let url = join_url(&self.metadata_url, &need.file);
-                    let Fetched::Bytes(bytes) = self.fetcher.fetch(&url, need.max_length)? else {
-                        bail!("{} is missing on the server", need.file);
-                    };
-                    set.update_delegated_targets(&bytes, &need.role, &delegator)
-                        .with_context(|| format!("{} refused", need.file))?;
-                    self.store(&need.role, &bytes)?;
+                    if !self.load_delegated(set, &need.role, &delegator)? {
+                        bail!("{} is not in the snapshot", need.role);
+                    }
                 }
             }
         }
