@@ -229,3 +229,110 @@ fn evil_entry(server: &Server, path: &str) -> ringfence_proto::tuf::TargetFile {
     let bin = ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&bytes, 1 << 24).unwrap();
     bin.signed.targets.get(path).cloned().unwrap()
 }
+
+/// Publish `file` (named `name`) with the given installer, signed by the publisher, and
+/// approve it for pilot (auto-approved).
+fn publish_for_pilot(server: &Server, id: &str, file: &Path, installer: serde_json::Value) {
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = id.into();
+    m["installer"] = installer;
+    m["applicability"] = json!({});
+    let manifest = work.join(format!("{id}.json"));
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(file));
+    server.sign_all("publisher-acme");
+    let name = file.file_name().unwrap().to_str().unwrap();
+    assert!(server.approve("pilot", &format!("acme/{name}")).contains("is published"));
+}
+
+fn last_report(server: &Server, target: &str) -> ringfence_proto::device::StatusReport {
+    let d = devices(server).into_iter().next().unwrap();
+    d.updates.into_iter().find(|u| u.target == target).unwrap_or_else(|| panic!("no report for {target}"))
+}
+
+#[test]
+fn update_modules_deb_file_rollback_and_resumed_download() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+
+    // deb: a real package installed by dpkg into a throwaway root.
+    let pkg = work.join("pkg");
+    std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(pkg.join("opt/rf")).unwrap();
+    std::fs::write(
+        pkg.join("DEBIAN/control"),
+        "Package: rf-test\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.invalid>\nDescription: test\n",
+    )
+    .unwrap();
+    std::fs::write(pkg.join("opt/rf/hello.txt"), "from a deb\n").unwrap();
+    let deb = work.join("rf-test_1.0_all.deb");
+    run_ok(Command::new("dpkg-deb").args(["--build", "--root-owner-group"]).arg(&pkg).arg(&deb));
+    let dpkg_root = agent.dir.join("dpkg-root");
+    for d in ["var/lib/dpkg/info", "var/lib/dpkg/updates"] {
+        std::fs::create_dir_all(dpkg_root.join(d)).unwrap();
+    }
+    std::fs::write(dpkg_root.join("var/lib/dpkg/status"), "").unwrap();
+    std::fs::write(dpkg_root.join("var/lib/dpkg/available"), "").unwrap();
+    publish_for_pilot(&server, "rf-test-1.0", &deb, json!({"module": "deb"}));
+    let out = agent.command(&["check"]).env("RINGFENCE_DPKG_ROOT", &dpkg_root).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(std::fs::read_to_string(dpkg_root.join("opt/rf/hello.txt")).unwrap(), "from a deb\n");
+    let status = std::fs::read_to_string(dpkg_root.join("var/lib/dpkg/status")).unwrap();
+    assert!(status.contains("Package: rf-test") && status.contains("install ok installed"), "{status}");
+
+    // file, with a health check that fails: rolled back, the previous file restored.
+    let conf = agent.dir.join("app.conf");
+    std::fs::write(&conf, "old\n").unwrap();
+    let new_conf = work.join("app.conf");
+    std::fs::write(&new_conf, "new\n").unwrap();
+    publish_for_pilot(
+        &server,
+        "app-conf-2",
+        &new_conf,
+        json!({"module": "file", "arguments": [conf.to_str().unwrap(), "0600"], "health_check": ["/bin/false"]}),
+    );
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "old\n");
+    let report = last_report(&server, "approvals/pilot/acme/app.conf");
+    assert_eq!(report.state, ReportState::RolledBack, "{report:?}");
+    assert_eq!(report.exit_code, Some(1));
+
+    // Resume: a partial download left by an interrupted agent is continued, not restarted.
+    // Its first bytes are wrong here, so a continued download fails the hash check (and is
+    // then discarded), which a fresh download would not.
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let big_file = work.join("big.bin");
+    std::fs::write(&big_file, &big).unwrap();
+    let sha = ringfence_trust::sha256_hex(&big);
+    std::fs::write(agent.state().join("downloads").join(format!("{sha}.partial")), vec![0xAAu8; 100_000]).unwrap();
+    let module_dir = agent.state().join("modules");
+    std::fs::create_dir_all(&module_dir).unwrap();
+    std::fs::write(module_dir.join("noop"), "#!/bin/sh\nexit 0\n").unwrap();
+    run_ok(Command::new("chmod").arg("755").arg(module_dir.join("noop")));
+    publish_for_pilot(&server, "big-1", &big_file, json!({"module": "noop"}));
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    let report = last_report(&server, "approvals/pilot/acme/big.bin");
+    assert_eq!(report.state, ReportState::Failed);
+    assert!(report.reason.as_deref().unwrap_or("").contains("hash"), "{report:?}");
+    // The bad partial is gone; the next cycle downloads afresh and installs.
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "the rolled-back app.conf is still failing: {out}");
+    assert_eq!(last_report(&server, "approvals/pilot/acme/big.bin").state, ReportState::Installed);
+    // A correct partial prefix is continued to the right file.
+    let big2: Vec<u8> = big.iter().rev().copied().collect();
+    let big2_file = work.join("big2.bin");
+    std::fs::write(&big2_file, &big2).unwrap();
+    let sha2 = ringfence_trust::sha256_hex(&big2);
+    std::fs::write(agent.state().join("downloads").join(format!("{sha2}.partial")), &big2[..300_000]).unwrap();
+    publish_for_pilot(&server, "big-2", &big2_file, json!({"module": "noop"}));
+    let _ = agent.check();
+    assert_eq!(last_report(&server, "approvals/pilot/acme/big2.bin").state, ReportState::Installed);
+}
