@@ -447,13 +447,14 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         config.poll_seconds = checkin.poll_seconds;
         state.save_config(&config)?;
     }
-    // Nothing new, the last cycle was clean, and what we trust stays fresh for two more polls:
+    // Same version as ours, the last cycle was clean, and what we trust stays fresh for two more polls:
     // skip the refresh. The server's word only saves work: a server that hides a new version
     // or a freeze is caught once the trusted timestamp nears its expiry, when we refresh anyway.
     let fresh_until = trusted_timestamp.and_then(|t| ringfence_trust::expiry::parse(&t.signed.expires).ok());
     let last_clean = state.last_cycle().is_some_and(|c| c.starts_with("UpToDate"));
     let margin = 2 * config.poll_seconds.min(86_400) as i64;
-    if !checkin.changed && last_clean && fresh_until.is_some_and(|until| until > now + margin) {
+    let same = !checkin.changed && checkin.timestamp_version == timestamp_version;
+    if same && last_clean && fresh_until.is_some_and(|until| until > now + margin) {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();
         return Ok(CycleResult::UpToDate { installed });
     }

@@ -125,6 +125,8 @@ pub struct CheckinRequest {
 pub struct CheckinResponse {
     /// Whether the repository has a newer timestamp than the device holds.
     pub changed: bool,
+    /// The timestamp version the server serves now.
+    pub timestamp_version: u64,
     /// Seconds until the next check-in, before jitter.
     pub poll_seconds: u64,
 }

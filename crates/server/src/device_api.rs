@@ -196,6 +196,7 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     state.repo.store.record_checkin(&device.id, now, request.timestamp_version, &inventory).await?;
     let answer = CheckinResponse {
         changed: current > request.timestamp_version,
+        timestamp_version: current,
         poll_seconds: state.config.devices.poll_seconds,
     };
     Ok(Json(answer).into_response())

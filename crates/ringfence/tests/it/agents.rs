@@ -190,18 +190,31 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
 
     // (5) "Move" the device into pilot on the server and approve evil there (pilot's key is
     // online): the agent follows the groups it enrolled with, not the server's record.
-    let sql = "UPDATE devices SET groups = 'pilot'";
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
-        .arg(server.data.join("ringfence.db"))
-        .arg(sql)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    sql(&server, "UPDATE devices SET groups = 'pilot'");
     assert!(server.approve("pilot", "acme/evil-1.sh").contains("is published"));
     let _ = agent.check();
     assert_eq!(agent.installs("evil-1"), 0);
+
+    // (3) Serve an older timestamp and snapshot: refused and reported, nothing changes.
+    let newest = server
+        .runtime
+        .block_on(ringfence_store::Store::latest_metadata(&server.state.repo.store, "timestamp"))
+        .unwrap()
+        .unwrap()
+        .version;
+    let trusted = std::fs::read(agent.state().join("metadata/timestamp.json")).unwrap();
+    let newer = format!("role IN ('timestamp', 'snapshot') AND version > {}", newest - 2);
+    sql(&server, &format!("CREATE TABLE hidden AS SELECT * FROM metadata WHERE {newer}"));
+    sql(&server, &format!("DELETE FROM metadata WHERE {newer}"));
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("rollback") || out.contains("older"), "{out}");
+    assert_eq!(std::fs::read(agent.state().join("metadata/timestamp.json")).unwrap(), trusted);
+    let report = last_report(&server, "repository");
+    assert_eq!(report.state, ReportState::Refused);
+    assert!(report.reason.as_deref().unwrap_or("").contains("rollback"), "{report:?}");
+    // The attacker gives up: the newest versions are served again.
+    sql(&server, "INSERT INTO metadata SELECT * FROM hidden");
 
     // (2) Swap the blob of an approved update for other bytes of the same length.
     publish_script(&server, "good-2");
@@ -335,4 +348,16 @@ fn update_modules_deb_file_rollback_and_resumed_download() {
     publish_for_pilot(&server, "big-2", &big2_file, json!({"module": "noop"}));
     let _ = agent.check();
     assert_eq!(last_report(&server, "approvals/pilot/acme/big2.bin").state, ReportState::Installed);
+}
+
+/// The attacker edits the database directly.
+fn sql(server: &Server, statement: &str) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
+        .arg(server.data.join("ringfence.db"))
+        .arg(statement)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
