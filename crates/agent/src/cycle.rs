@@ -57,7 +57,8 @@ pub fn local_inventory(state: &StateDir) -> Inventory {
         .map(|v| v.trim_matches('"').to_owned())
         .unwrap_or_default();
     let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
-    let mut installed: Vec<String> = state.installed().into_keys().collect();
+    let mut installed: Vec<String> =
+        state.installed().into_iter().filter(|(_, i)| i.state == "installed").map(|(k, _)| k).collect();
     installed.truncate(ringfence_proto::device::MAX_INSTALLED);
     Inventory {
         hostname: hostname.chars().take(ringfence_proto::device::MAX_DEVICE_TEXT).collect(),
@@ -382,10 +383,18 @@ impl Cycle<'_> {
                 self.report(path, ReportState::Failed, Some(reason), exit_code.map(i64::from));
             }
             Outcome::Installed | Outcome::RebootRequired if needs_reboot => {
-                // FIXME(issue 3): finishing after the reboot (health check, `installed`) is not
-                // built; the update stays reported as reboot_required.
+                // Finished by `finish_reboots` in the first cycle after the device booted again.
                 self.report(path, ReportState::RebootRequired, None, None);
                 self.remember(&key, &sha, &how.update_id, "reboot_required");
+                if let Some(entry) = self.installed.get_mut(&key) {
+                    entry.approval = path.to_owned();
+                    entry.boot_id = crate::state::boot_id();
+                    entry.health_check =
+                        how.installer.health_check.iter().chain(&self.config.health_check).cloned().collect();
+                }
+                if let Err(e) = self.state.save_installed(&self.installed) {
+                    self.problems.push(format!("saving installed.json: {e:#}"));
+                }
             }
             Outcome::Installed | Outcome::RebootRequired => {
                 let check = modules::health_check(&how.installer.health_check)
@@ -408,12 +417,53 @@ impl Cycle<'_> {
     fn remember(&mut self, key: &str, sha: &str, update_id: &str, state: &str) {
         self.installed.insert(
             key.into(),
-            Installed { sha256: sha.into(), update_id: update_id.into(), state: state.into(), at: self.now },
+            Installed {
+                sha256: sha.into(),
+                update_id: update_id.into(),
+                state: state.into(),
+                at: self.now,
+                approval: String::new(),
+                boot_id: None,
+                health_check: Vec::new(),
+            },
         );
         if let Err(e) = self.state.save_installed(&self.installed) {
             self.problems.push(format!("saving installed.json: {e:#}"));
         }
     }
+}
+
+/// Updates that waited for a reboot: once the boot id changed, run their health check and
+/// report them installed (or failed: after a reboot nothing is rolled back).
+fn finish_reboots(state: &StateDir, now: i64) -> anyhow::Result<()> {
+    let mut installed = state.installed();
+    let current = crate::state::boot_id();
+    let mut changed = false;
+    for entry in installed.values_mut() {
+        if entry.state != "reboot_required" || current.is_none() || entry.boot_id == current {
+            continue;
+        }
+        let (report_state, reason, exit_code) = match modules::health_check(&entry.health_check) {
+            Ok(()) => (ReportState::Installed, None, None),
+            Err((code, reason)) => (ReportState::Failed, Some(reason), code.map(i64::from)),
+        };
+        entry.state = if report_state == ReportState::Installed { "installed" } else { "failed" }.into();
+        entry.at = now;
+        changed = true;
+        let report = StatusReport {
+            id: random_id(),
+            target: entry.approval.clone(),
+            state: report_state,
+            reason,
+            exit_code,
+            at: now,
+        };
+        state.queue_report(&report)?;
+    }
+    if changed {
+        state.save_installed(&installed)?;
+    }
+    Ok(())
 }
 
 /// One cycle. Whatever is refused is reported and left alone; what was installed stays.
@@ -422,6 +472,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let mut fetcher = connection.clone();
     let Some(token) = session(state, &config, &fetcher, now)? else { return Ok(CycleResult::Pending) };
     fetcher.bearer = Some(token);
+    finish_reboots(state, now)?;
     flush_reports(state, &config, &fetcher)?;
 
     let inventory = local_inventory(state);

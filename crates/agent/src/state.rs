@@ -35,9 +35,24 @@ pub struct AgentConfig {
 pub struct Installed {
     pub sha256: String,
     pub update_id: String,
-    /// `installed` or `reboot_required`.
+    /// `installed`, `reboot_required` or `not_applicable`.
     pub state: String,
     pub at: i64,
+    /// For `reboot_required`: the approval path to report, the boot it was installed in, and
+    /// the health check to run once the device has booted again.
+    #[serde(default)]
+    pub approval: String,
+    #[serde(default)]
+    pub boot_id: Option<String>,
+    #[serde(default)]
+    pub health_check: Vec<String>,
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`, or the file `RINGFENCE_BOOT_ID_FILE`
+/// names, for images and tests).
+pub fn boot_id() -> Option<String> {
+    let path = std::env::var_os("RINGFENCE_BOOT_ID_FILE").unwrap_or_else(|| "/proc/sys/kernel/random/boot_id".into());
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
 }
 
 pub struct StateDir {

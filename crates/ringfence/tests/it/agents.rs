@@ -361,3 +361,75 @@ fn sql(server: &Server, statement: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn reboot_required_updates_finish_after_the_reboot() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    let boot = agent.dir.join("boot_id");
+    std::fs::write(&boot, "boot-1\n").unwrap();
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join("kernel.sh");
+    std::fs::write(&script, "#!/bin/sh\necho staged >> kernel-staged\nexit 3\n").unwrap();
+    publish_for_pilot(&server, "kernel-1", &script, json!({"module": "script", "health_check": ["/bin/true"]}));
+    let check = || {
+        let out = agent.command(&["check"]).env("RINGFENCE_BOOT_ID_FILE", &boot).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(last_report(&server, "approvals/pilot/acme/kernel.sh").state, ReportState::RebootRequired);
+    // Same boot: still waiting, the script is not run again.
+    check();
+    assert_eq!(last_report(&server, "approvals/pilot/acme/kernel.sh").state, ReportState::RebootRequired);
+    std::fs::write(&boot, "boot-2\n").unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(last_report(&server, "approvals/pilot/acme/kernel.sh").state, ReportState::Installed);
+    assert_eq!(std::fs::read_to_string(agent.dir.join("kernel-staged")).unwrap().lines().count(), 1);
+}
+
+#[test]
+fn a_stolen_server_freezing_or_flooding_agents_is_refused_and_reported() {
+    // Timestamps live 6 seconds and the server does not renew them.
+    let server = Server::start(|c| {
+        c.expiry.timestamp_secs = 6;
+        c.expiry.check_interval_secs = 3600;
+    });
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    publish_script(&server, "ok-1");
+    server.approve("pilot", "acme/ok-1.sh");
+    assert_eq!(agent.check().0, 0);
+    assert_eq!(agent.installs("ok-1"), 1);
+
+    // (6) Endless data: the next approved file grows without end on the server.
+    publish_script(&server, "flood-1");
+    server.approve("pilot", "acme/flood-1.sh");
+    let script = std::fs::read(server.dir.path().join("work/flood-1.sh")).unwrap();
+    let sha = ringfence_trust::sha256_hex(&script);
+    std::fs::write(server.state.repo.blobs.path_of(&sha).unwrap(), vec![b'#'; 4 << 20]).unwrap();
+    sql(&server, &format!("UPDATE blobs SET length = {} WHERE sha256 = '{sha}'", 4 << 20));
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    let report = last_report(&server, "approvals/pilot/acme/flood-1.sh");
+    assert_eq!(report.state, ReportState::Failed);
+    assert!(report.reason.as_deref().unwrap_or("").contains("endless data"), "{report:?}");
+    let partial = agent.state().join("downloads").join(format!("{sha}.partial"));
+    assert!(
+        std::fs::metadata(&partial).map_or(0, |m| m.len()) <= script.len() as u64 + 1,
+        "never more than the metadata allows"
+    );
+
+    // (4) Freeze: the server keeps serving the same, now expired, timestamp.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    let report = last_report(&server, "repository");
+    assert_eq!(report.state, ReportState::Refused);
+    assert!(report.reason.as_deref().unwrap_or("").contains("expired"), "{report:?}");
+    assert_eq!(agent.installs("ok-1"), 1, "what was installed stays");
+    assert_eq!(agent.installs("flood-1"), 0);
+}
