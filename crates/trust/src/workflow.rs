@@ -300,3 +300,203 @@ pub fn verify_target(target: &TargetFile, length: u64, sha256_hex: &str) -> Resu
         None => Err(TargetError::NoUsableHash),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The TUF attack catalog against the workflow, on an in-memory repository.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::writer::{self, Coverage, RoleKeySet};
+    use crate::{Envelope, SigningKey};
+
+    const NOW: i64 = 1_800_000_000;
+    const LATER: i64 = NOW + 1000;
+
+    struct Repo {
+        root_key: SigningKey,
+        online: SigningKey,
+        delegate: SigningKey,
+        files: BTreeMap<String, Vec<u8>>,
+    }
+
+    fn sign<T>(signed: T, keys: &[&SigningKey]) -> Vec<u8>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize + crate::envelope::MetadataType,
+    {
+        let mut env = Envelope::new(signed).unwrap();
+        keys.iter().for_each(|k| env.sign(k));
+        env.to_bytes().unwrap()
+    }
+
+    impl Repo {
+        fn new() -> Self {
+            Self {
+                root_key: SigningKey::from_seed([1; 32]),
+                online: SigningKey::from_seed([3; 32]),
+                delegate: SigningKey::from_seed([4; 32]),
+                files: BTreeMap::new(),
+            }
+        }
+
+        fn root(&mut self, version: u64, timestamp_key: &SigningKey, signers: &[&SigningKey]) -> Vec<u8> {
+            let one = |k: &SigningKey| RoleKeySet::new(vec![k.public()], 1);
+            let root = writer::root(
+                version,
+                LATER,
+                &[
+                    ("root", &one(&self.root_key)),
+                    ("targets", &one(&self.online)),
+                    ("snapshot", &one(&self.online)),
+                    ("timestamp", &one(timestamp_key)),
+                ],
+            );
+            let bytes = sign(root, signers);
+            self.files.insert(format!("{version}.root.json"), bytes.clone());
+            bytes
+        }
+
+        /// Publish targets `version` delegating `acme/*` to role `acme`, which lists `listed`.
+        fn publish(&mut self, version: u64, listed: &str, timestamp_key: &SigningKey) {
+            let mut acme = writer::targets(version, LATER);
+            acme.targets.insert(
+                listed.into(),
+                writer::target_file(3, &ringfence_proto::Sha256Hex::parse(&"a".repeat(64)).unwrap(), None),
+            );
+            let acme = sign(acme, &[&self.delegate]);
+            let mut targets = writer::targets(version, LATER);
+            writer::set_delegation(
+                &mut targets,
+                "acme",
+                &RoleKeySet::new(vec![self.delegate.public()], 1),
+                Coverage::Patterns(vec!["acme/*".into()]),
+                true,
+            );
+            let targets = sign(targets, &[&self.online]);
+            let snapshot = writer::next_snapshot(
+                None,
+                version,
+                LATER,
+                &[("targets".into(), version, targets.len() as u64), ("acme".into(), version, acme.len() as u64)],
+            );
+            let snapshot = sign(snapshot, &[&self.online]);
+            let timestamp = sign(writer::timestamp(version, LATER, version, &snapshot), &[timestamp_key]);
+            self.files.insert(format!("{version}.targets.json"), targets);
+            self.files.insert(format!("{version}.acme.json"), acme);
+            self.files.insert(format!("{version}.snapshot.json"), snapshot);
+            self.files.insert("timestamp.json".into(), timestamp);
+        }
+
+        fn refresh(&self, trusted_root: &[u8], cached: Cached) -> Result<TrustedSet, WorkflowError> {
+            let mut refresh = Refresh::new(TrustedSet::new(trusted_root, NOW)?, cached);
+            while let Some(need) = refresh.need() {
+                let fetched = match self.files.get(&need.file) {
+                    Some(b) if b.len() as u64 <= need.max_length => Fetched::Bytes(b.clone()),
+                    Some(_) => return Err(WorkflowError::Missing(format!("{} too long", need.file))),
+                    None => Fetched::NotFound,
+                };
+                refresh.supply(fetched)?;
+            }
+            refresh.finish()
+        }
+
+        fn search(&self, set: &mut TrustedSet, path: &str) -> Result<Option<TargetFile>, WorkflowError> {
+            let mut search = TargetSearch::new(path);
+            loop {
+                match search.next(set)? {
+                    SearchStep::Found(t) => return Ok(Some(t)),
+                    SearchStep::NotFound => return Ok(None),
+                    SearchStep::Need { need, delegator } => {
+                        let bytes = self.files.get(&need.file).ok_or(WorkflowError::Missing(need.file.clone()))?;
+                        set.update_delegated_targets(bytes, &need.role, &delegator)?;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_refresh_finds_delegated_targets_and_loads_only_what_it_needs() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        repo.publish(1, "acme/app.bin", &ts);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        assert!(set.targets("acme").is_none(), "delegated roles load lazily");
+        assert_eq!(repo.search(&mut set, "acme/app.bin").unwrap().map(|t| t.length), Some(3));
+        assert_eq!(repo.search(&mut set, "other/app.bin").unwrap(), None);
+    }
+
+    #[test]
+    fn wrong_software_a_role_cannot_sign_outside_its_delegation() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        // The delegated role lists a path it is not trusted for.
+        repo.publish(1, "approvals/production/acme/app.bin", &ts);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        assert_eq!(repo.search(&mut set, "approvals/production/acme/app.bin").unwrap(), None);
+    }
+
+    #[test]
+    fn mix_and_match_a_role_version_other_than_the_snapshot_names_is_refused() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        repo.publish(1, "acme/app.bin", &ts);
+        let old_acme = repo.files["1.acme.json"].clone();
+        repo.publish(2, "acme/app.bin", &ts);
+        // Version 1 of acme served where the snapshot names version 2.
+        repo.files.insert("2.acme.json".into(), old_acme);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        let err = repo.search(&mut set, "acme/app.bin").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WorkflowError::Client(ClientError::LengthOrHashMismatch { .. } | ClientError::BadVersion { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn fast_forward_recovery_after_the_timestamp_key_is_rotated() {
+        let mut repo = Repo::new();
+        let old_ts = SigningKey::from_seed([2; 32]);
+        let root_key = SigningKey::from_seed([1; 32]);
+        let root = repo.root(1, &old_ts, &[&root_key]);
+        // An attacker with the old timestamp key fast-forwarded the client to version 1000.
+        repo.publish(1000, "acme/app.bin", &old_ts);
+        let forwarded = repo.files["timestamp.json"].clone();
+        let set = repo.refresh(&root, Cached::default()).unwrap();
+        assert_eq!(set.timestamp().map(|t| t.signed.version), Some(1000));
+        // Recovery: root 2 rotates the timestamp key; the repository continues at version 2.
+        let new_ts = SigningKey::from_seed([9; 32]);
+        repo.root(2, &new_ts, &[&root_key]);
+        repo.publish(2, "acme/app.bin", &new_ts);
+        let cached = Cached { timestamp: Some(forwarded.clone()), ..Cached::default() };
+        let set = repo.refresh(&root, cached).unwrap();
+        assert_eq!(set.timestamp().map(|t| t.signed.version), Some(2), "the fast-forwarded timestamp is dropped");
+        // Without the rotation, the fast-forwarded version would block every update.
+        let mut stuck = Repo::new();
+        let root = stuck.root(1, &old_ts, &[&root_key]);
+        stuck.publish(2, "acme/app.bin", &old_ts);
+        let err = stuck.refresh(&root, Cached { timestamp: Some(forwarded), ..Cached::default() }).unwrap_err();
+        assert!(matches!(err, WorkflowError::Client(ClientError::Rollback { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn root_rotation_is_walked_one_version_at_a_time_and_a_bad_one_stops_it() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root_key = SigningKey::from_seed([1; 32]);
+        let root = repo.root(1, &ts, &[&root_key]);
+        repo.root(2, &ts, &[&root_key]);
+        // Version 3 signed by a key that is not a root key: threshold not met.
+        repo.root(3, &ts, &[&SigningKey::from_seed([7; 32])]);
+        repo.publish(1, "acme/app.bin", &ts);
+        let err = repo.refresh(&root, Cached::default()).unwrap_err();
+        assert!(matches!(err, WorkflowError::Client(ClientError::Envelope { .. })), "{err:?}");
+    }
+}
