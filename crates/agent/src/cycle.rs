@@ -94,8 +94,8 @@ pub fn enroll(
     TrustedSet::new(&root, crate::wall_clock()).context("the pinned root does not verify")?;
     write_atomic(&state.metadata_dir().join("root.json"), &root)?;
 
-    if token.is_none() && groups.is_empty() {
-        bail!("without an enrollment token, name the device's groups with --group");
+    if groups.is_empty() {
+        bail!("name the groups this device follows with --group");
     }
     let key = state.device_key()?;
     let request = EnrollRequest {
@@ -109,9 +109,9 @@ pub fn enroll(
         bail!("enrollment refused: HTTP {} {}", answer.status, String::from_utf8_lossy(&answer.body));
     }
     let enrolled: EnrollResponse = serde_json::from_slice(&answer.body).context("enrollment answer")?;
-    let groups = if groups.is_empty() { enrolled.groups.clone() } else { groups };
+    // The groups are the ones named here; the server's answer never widens them.
     if groups.is_empty() {
-        bail!("no group: pass --group or use an enrollment token scoped to a group");
+        bail!("name the groups this device follows with --group");
     }
     state.save_config(&AgentConfig {
         server,
@@ -212,7 +212,8 @@ impl Cycle<'_> {
         if !self.client.load_delegated(set, role.as_str(), "targets")? {
             return Ok(Vec::new());
         }
-        Ok(set.targets(role.as_str()).map(|r| r.signed.targets.clone().into_iter().collect()).unwrap_or_default())
+        let chain = TrustedSet::chain("targets", role.as_str());
+        Ok(set.targets(&chain).map(|r| r.signed.targets.clone().into_iter().collect()).unwrap_or_default())
     }
 
     /// The decision rule: the approval verifies through the delegations for this group's path,
@@ -243,6 +244,9 @@ impl Cycle<'_> {
         let how: PublishedCustom =
             serde_json::from_value(signed.custom.clone().context("published file without installer")?)
                 .context("publisher custom")?;
+        if ringfence_trust::writer::entry_digest(&signed) != action.published_entry_sha256 {
+            bail!("the publisher's entry (installer, arguments, applicability) is not the one the approvers approved");
+        }
         Ok((published, signed, action, how))
     }
 
@@ -281,6 +285,8 @@ impl Cycle<'_> {
         target: &TargetFile,
     ) -> anyhow::Result<std::path::PathBuf> {
         let sha = target.hashes.get("sha256").context("no sha256")?.to_ascii_lowercase();
+        // Used as a file name: 64 hex digits and nothing else.
+        ringfence_proto::Sha256Hex::parse(&sha).context("sha256 in the metadata")?;
         let done = self.state.downloads().join(&sha);
         if done.exists() {
             return Ok(done);

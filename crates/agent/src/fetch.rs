@@ -22,6 +22,8 @@ impl Fetcher {
             .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .timeout_recv_body(Some(std::time::Duration::from_secs(300)))
             .max_redirects(0)
+            // No request hangs a cycle for ever (a 4 GiB download at 2 MB/s fits).
+            .timeout_global(Some(std::time::Duration::from_secs(3 * 3600)))
             // Keep the connection between cycles of `run` (poll interval plus jitter).
             .max_idle_age(std::time::Duration::from_secs(900));
         if let Some(pem) = ca_pem {

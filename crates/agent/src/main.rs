@@ -37,8 +37,9 @@ enum Command {
         /// SHA-256 of the repository's 1.root.json, from the administrator.
         #[arg(long)]
         root_sha256: String,
-        /// Groups this device follows (default: the enrollment token's groups).
-        #[arg(long = "group")]
+        /// Groups this device follows: decided here, on the device. With a token, they must be
+        /// among the token's groups.
+        #[arg(long = "group", required = true)]
         groups: Vec<String>,
     },
     /// One cycle, then exit: 0 up to date, 1 error, 2 enrollment pending, 3 something was
@@ -158,9 +159,10 @@ fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let mut failures: u32 = 0;
     loop {
         let now = clock::trusted_now(&state.root, wall_clock())?;
-        let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).max(10);
+        // Bounded whatever the server says: it can slow the agent down, not stop it.
+        let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).clamp(10, 86_400);
         let wait = match cycle::check(&state, now, &connection) {
-            Ok(cycle::CycleResult::Busy(after)) => after.max(1),
+            Ok(cycle::CycleResult::Busy(after)) => after.clamp(1, 3600),
             Ok(result) => {
                 failures = 0;
                 state.save_last_cycle(&format!("{result:?}"))?;

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use ringfence_proto::limits::MAX_METADATA_BYTES;
 use ringfence_trust::client::TrustedSet;
 use ringfence_trust::workflow::{Cached, Fetched, Refresh, SearchStep, TargetSearch, target_file_name, verify_target};
 use sha2::Digest;
@@ -89,7 +90,7 @@ impl Client {
     /// Load delegated `role` into `set`: the stored copy if it is the version the snapshot
     /// names (it is verified again), else fetched. `false` if the snapshot does not list it.
     pub fn load_delegated(&self, set: &mut TrustedSet, role: &str, delegator: &str) -> anyhow::Result<bool> {
-        if set.targets(role).is_some() {
+        if set.targets(&TrustedSet::chain(delegator, role)).is_some() {
             return Ok(true);
         }
         let Some(meta) = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json")).cloned()) else {
@@ -101,11 +102,11 @@ impl Client {
             return Ok(true);
         }
         let file = if set.root().signed.consistent_snapshot {
-            format!("{}.{role}.json", meta.version)
+            format!("{}.{}.json", meta.version, encode_name(role))
         } else {
             format!("{}.json", encode_name(role))
         };
-        let max = meta.length.unwrap_or(ringfence_proto::limits::MAX_METADATA_BYTES);
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES);
         let Fetched::Bytes(bytes) = self.fetcher.fetch(&join_url(&self.metadata_url, &file), max)? else {
             bail!("{file} is missing on the server");
         };

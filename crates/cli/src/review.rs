@@ -45,8 +45,9 @@ pub fn verified_repository(client: &Client, trusted_root: &[u8], now: i64) -> an
     Ok(set)
 }
 
+/// Load `role` as delegated by the role at chain `delegator` (`root` for targets).
 fn load_role(client: &Client, set: &mut TrustedSet, role: &str, delegator: &str) -> anyhow::Result<()> {
-    if set.targets(role).is_some() {
+    if set.targets(&TrustedSet::chain(delegator, role)).is_some() {
         return Ok(());
     }
     let version = set
@@ -67,9 +68,11 @@ fn publisher_entry(client: &Client, set: &mut TrustedSet, path: &TargetPath) -> 
         return Ok(None);
     }
     load_role(client, set, publisher_role.as_str(), "targets")?;
-    for bin in set.delegations_for(publisher_role.as_str(), path.as_str()) {
-        load_role(client, set, &bin.name, publisher_role.as_str())?;
-        if let Some(entry) = set.targets(&bin.name).and_then(|b| b.signed.targets.get(path.as_str())) {
+    let publisher_chain = TrustedSet::chain("targets", publisher_role.as_str());
+    for bin in set.delegations_for(&publisher_chain, path.as_str()) {
+        load_role(client, set, &bin.name, &publisher_chain)?;
+        let bin_chain = TrustedSet::chain(&publisher_chain, &bin.name);
+        if let Some(entry) = set.targets(&bin_chain).and_then(|b| b.signed.targets.get(path.as_str())) {
             return Ok(Some(entry.clone()));
         }
         if bin.terminating {
@@ -166,7 +169,7 @@ pub fn review_and_sign(
                 RoleKind::Targets => "root".to_owned(),
                 RoleKind::PublisherBin(p, _) => {
                     load_role(client, &mut set, p.role().as_str(), "targets")?;
-                    p.role().to_string()
+                    TrustedSet::chain("targets", p.role().as_str())
                 }
                 _ => "targets".to_owned(),
             };
@@ -178,7 +181,7 @@ pub fn review_and_sign(
                 set.targets("targets").map(|t| t.signed.clone())
             } else {
                 load_role(client, &mut set, role.as_str(), &delegator).ok();
-                set.targets(role.as_str()).map(|t| t.signed.clone())
+                set.targets(&TrustedSet::chain(&delegator, role.as_str())).map(|t| t.signed.clone())
             };
             let lines = targets_diff(current.as_ref(), &env.signed);
             if let RoleKind::Approval(group) = &kind {
@@ -194,6 +197,16 @@ pub fn review_and_sign(
                     }
                     let signed = publisher_entry(client, &mut set, &published)?
                         .with_context(|| format!("REFUSED: {published} is not signed by its publisher"))?;
+                    let custom: ringfence_proto::tuf::ApprovalCustom =
+                        serde_json::from_value(entry.custom.clone().context("an approval without its custom fields")?)
+                            .with_context(|| format!("REFUSED: {path} does not carry valid approval fields"))?;
+                    if ringfence_trust::writer::entry_digest(&signed) != custom.published_entry_sha256 {
+                        bail!("REFUSED: the approval of {published} does not pin the entry its publisher signed");
+                    }
+                    println!(
+                        "  {published}: installs with {}",
+                        signed.custom.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "no installer".into())
+                    );
                     if signed.length != entry.length || signed.hashes != entry.hashes {
                         bail!(
                             "REFUSED: the approval of {published} does not carry the length and hashes its publisher signed"

@@ -169,6 +169,10 @@ pub struct ApprovalCustom {
     pub deadline: Option<String>,
     /// The update this file belongs to.
     pub update_id: String,
+    /// SHA-256 of the canonical JSON of the publisher's whole target entry (length, hashes,
+    /// and its `custom`: installer, arguments, health check, applicability). Approvers sign
+    /// how the file is installed, not only its bytes.
+    pub published_entry_sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

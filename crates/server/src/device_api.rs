@@ -118,8 +118,18 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
                 return Err(ApiError::Unauthorized);
             }
             let hash = ringfence_trust::sha256_hex(token.as_bytes());
-            let used = store.use_enrollment_token(&hash, now).await?.ok_or(ApiError::Unauthorized)?;
-            (DeviceState::Accepted, used.groups)
+            // The device names its groups; a token admits it only to groups it is scoped to.
+            let requested: Vec<String> = request.groups.iter().map(|g| g.to_string()).collect();
+            if requested.is_empty() {
+                return Err(ApiError::BadRequest("groups: name the groups the device follows".into()));
+            }
+            // Checked before the token is used, so a refused request does not spend a use.
+            let scoped = store.enrollment_token(&hash).await?.ok_or(ApiError::Unauthorized)?;
+            if let Some(outside) = requested.iter().find(|g| !scoped.groups.contains(g)) {
+                return Err(ApiError::BadRequest(format!("groups: the token does not admit group {outside}")));
+            }
+            store.use_enrollment_token(&hash, now).await?.ok_or(ApiError::Unauthorized)?;
+            (DeviceState::Accepted, requested)
         }
         None => (DeviceState::Pending, request.groups.iter().map(|g| g.to_string()).collect()),
     };

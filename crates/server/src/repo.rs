@@ -479,6 +479,7 @@ impl Repository {
             action: request.action,
             deadline: request.deadline.clone(),
             update_id: file.update_id.clone(),
+            published_entry_sha256: writer::entry_digest(&signed_entry),
         };
         let custom = serde_json::to_value(&custom).map_err(ApiError::internal)?;
         let mut entry = signed_entry;

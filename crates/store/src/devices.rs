@@ -105,6 +105,10 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
 
     fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord) -> impl Future<Output = Result<()>> + Send;
+    fn enrollment_token(
+        &self,
+        secret_sha256: &str,
+    ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
     /// Use the token once, atomically: `None` if it is unknown, expired or used up.
     fn use_enrollment_token(
         &self,
@@ -297,6 +301,18 @@ impl DeviceStore for SqliteStore {
         .await
         .map_err(|e| conflict_or(e, || "an enrollment token with this id or secret exists".into()))?;
         Ok(())
+    }
+
+    async fn enrollment_token(&self, secret_sha256: &str) -> Result<Option<EnrollmentTokenRecord>> {
+        sqlx::query(
+            "SELECT id, secret_sha256, groups, expires_at, max_uses, uses, created_at FROM enrollment_tokens \
+             WHERE secret_sha256 = $1",
+        )
+        .bind(secret_sha256)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| token_from_row(&r))
+        .transpose()
     }
 
     async fn use_enrollment_token(&self, secret_sha256: &str, now: i64) -> Result<Option<EnrollmentTokenRecord>> {

@@ -90,8 +90,28 @@ impl TrustedSet {
     pub fn snapshot(&self) -> Option<&Envelope<Snapshot>> {
         self.snapshot.as_ref()
     }
-    pub fn targets(&self, role: &str) -> Option<&Envelope<Targets>> {
-        self.targets.get(role)
+    /// A trusted targets role by its delegation chain: `targets` for the top-level role,
+    /// `targets/<role>/<role>...` for delegated ones (see [`TrustedSet::chain`]).
+    pub fn targets(&self, chain: &str) -> Option<&Envelope<Targets>> {
+        self.targets.get(chain)
+    }
+
+    /// The chain of `role` delegated by the role at `parent` (`root` for top-level targets).
+    ///
+    /// Delegated roles are trusted per chain: a document verified as a role one delegator
+    /// names is never used where another delegator names a role of the same name.
+    pub fn chain(parent: &str, role: &str) -> String {
+        if parent == "root" { role.to_owned() } else { format!("{parent}/{role}") }
+    }
+
+    /// Load a cached snapshot as the reference for rollback checks only. It must be signed by
+    /// the root's snapshot keys; its freshness does not matter, and it is never used to
+    /// find targets (a snapshot that is not the one the timestamp names is refused then).
+    pub fn load_snapshot_reference(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let new = Envelope::<Snapshot>::parse(bytes, MAX_METADATA_BYTES as usize).map_err(env_err("snapshot"))?;
+        verify_top_level(&new, &self.root.signed, "snapshot")?;
+        self.snapshot = Some(new);
+        Ok(())
     }
 
     /// Accept root version N+1, signed by the threshold of version N and of itself.
@@ -185,7 +205,7 @@ impl TrustedSet {
     /// than the timestamp names is kept only as the reference for rollback checks.
     pub fn update_snapshot(&mut self, bytes: &[u8], from_cache: bool) -> Result<(), ClientError> {
         let meta = self.final_timestamp()?.clone();
-        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES) as usize;
         if !from_cache {
             check_length_and_hashes("snapshot", &meta, bytes)?;
         }
@@ -215,9 +235,15 @@ impl TrustedSet {
         self.update_delegated_targets(bytes, "targets", "root")
     }
 
-    /// Accept the targets metadata of `role`, delegated by the trusted `delegator`
-    /// (`root` for top-level targets).
+    /// Accept the targets metadata of `role`, delegated by the trusted role at chain
+    /// `delegator` (`root` for top-level targets). Stored at `chain(delegator, role)`.
     pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), ClientError> {
+        // A delegated role named like a top-level role, or with the chain separator, could
+        // stand in for one in storage or lookups: never trusted.
+        let reserved = ["root", "targets", "snapshot", "timestamp"].contains(&role);
+        if (delegator != "root" && reserved) || role.contains('/') || role.is_empty() {
+            return Err(ClientError::NotDelegated { role: role.into(), delegator: delegator.into() });
+        }
         let snapshot = self.final_snapshot()?;
         let meta = snapshot
             .signed
@@ -225,7 +251,7 @@ impl TrustedSet {
             .get(&format!("{role}.json"))
             .ok_or(ClientError::NotListed { role: role.into(), listing: "snapshot" })?;
         check_length_and_hashes(role, meta, bytes)?;
-        let max = meta.length.unwrap_or(MAX_METADATA_BYTES) as usize;
+        let max = meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES) as usize;
         let new = Envelope::<Targets>::parse(bytes, max).map_err(env_err(role))?;
         if delegator == "root" {
             if role != "targets" {
@@ -253,11 +279,12 @@ impl TrustedSet {
             return Err(ClientError::BadVersion { role: role.into(), expected: meta.version, got: new.signed.version });
         }
         check_expiry(role, &new.signed.expires, self.now)?;
-        self.targets.insert(role.into(), new);
+        self.targets.insert(Self::chain(delegator, role), new);
         Ok(())
     }
 
-    /// The roles `delegator` delegates `path` to, in order, each with its terminating flag.
+    /// The roles the role at chain `delegator` delegates `path` to, in order, each with its
+    /// terminating flag.
     pub fn delegations_for(&self, delegator: &str, path: &str) -> Vec<DelegatedRole> {
         let Some(parent) = self.targets.get(delegator) else { return Vec::new() };
         let Some(delegations) = &parent.signed.delegations else { return Vec::new() };

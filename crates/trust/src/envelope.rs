@@ -167,6 +167,8 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
 pub fn count_valid(message: &[u8], signatures: &[Signature], keys: &BTreeMap<String, Key>, keyids: &[String]) -> u64 {
     let authorised: BTreeSet<&str> = keyids.iter().map(String::as_str).collect();
     let mut counted: BTreeSet<&str> = BTreeSet::new();
+    // The same key listed under two ids (say, its hex in another case) counts once.
+    let mut counted_keys: Vec<PublicKey> = Vec::new();
     for s in signatures {
         if !authorised.contains(s.keyid.as_str()) || counted.contains(s.keyid.as_str()) {
             continue;
@@ -174,8 +176,9 @@ pub fn count_valid(message: &[u8], signatures: &[Signature], keys: &BTreeMap<Str
         let Some(key) = keys.get(&s.keyid) else { continue };
         let Ok((_, public)) = PublicKey::from_tuf_with_id(&s.keyid, key) else { continue };
         let Ok(sig) = hex::decode(&s.sig) else { continue };
-        if public.verify(message, &sig).is_ok() {
+        if public.verify(message, &sig).is_ok() && !counted_keys.contains(&public) {
             counted.insert(s.keyid.as_str());
+            counted_keys.push(public);
         }
     }
     counted.len() as u64

@@ -53,12 +53,25 @@ impl fmt::Display for KeyId {
     }
 }
 
-/// A public key Ringfence can verify with.
-#[derive(Clone, PartialEq, Eq)]
+/// A public key Ringfence can verify with. Equal when the key material is equal, however it
+/// was written.
+#[derive(Clone)]
 pub enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
     EcdsaP256 { key: p256::ecdsa::VerifyingKey, pem: String },
 }
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PublicKey::Ed25519(a), PublicKey::Ed25519(b)) => a == b,
+            (PublicKey::EcdsaP256 { key: a, .. }, PublicKey::EcdsaP256 { key: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

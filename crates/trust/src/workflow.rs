@@ -91,7 +91,8 @@ impl Refresh {
             let _ = self.set.update_timestamp(&ts);
         }
         if let Some(snap) = self.cached.snapshot.take() {
-            let _ = self.set.update_snapshot(&snap, true);
+            // Whatever the cached timestamp's freshness: the reference for rollback checks.
+            let _ = self.set.load_snapshot_reference(&snap);
         }
         self.phase = Phase::Timestamp;
     }
@@ -113,7 +114,7 @@ impl Refresh {
                 Some(Need {
                     role: "snapshot".into(),
                     file: versioned(root.consistent_snapshot, meta.version, "snapshot"),
-                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES),
+                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES),
                 })
             }
             Phase::Targets => {
@@ -121,7 +122,7 @@ impl Refresh {
                 Some(Need {
                     role: "targets".into(),
                     file: versioned(root.consistent_snapshot, meta.version, "targets"),
-                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES),
+                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES),
                 })
             }
             Phase::Done => None,
@@ -212,12 +213,28 @@ pub enum SearchStep {
 
 /// Pre-order depth-first search of the delegations for one target path (specification
 /// 5.6.7): roles in listed order, a terminating role ends the search below its parent,
-/// each role visited once, at most [`MAX_DELEGATIONS`] roles.
+/// each delegation chain visited once, at most [`MAX_DELEGATIONS`] roles. Roles are trusted
+/// per chain ([`TrustedSet::chain`]).
 #[derive(Debug)]
 pub struct TargetSearch {
     path: String,
+    /// (role name, chain of the role that delegates it)
     stack: Vec<(String, String)>,
     visited: BTreeSet<String>,
+}
+
+/// A role name as it may appear in a file name and URL: percent-encoded except unreserved
+/// characters, as python-tuf does.
+pub fn encode_role(role: &str) -> String {
+    let mut out = String::with_capacity(role.len());
+    for b in role.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl TargetSearch {
@@ -227,13 +244,14 @@ impl TargetSearch {
 
     pub fn next(&mut self, set: &TrustedSet) -> Result<SearchStep, WorkflowError> {
         while let Some((role, delegator)) = self.stack.pop() {
-            if self.visited.contains(&role) {
+            let chain = TrustedSet::chain(&delegator, &role);
+            if self.visited.contains(&chain) {
                 continue;
             }
             if self.visited.len() >= MAX_DELEGATIONS {
                 return Err(WorkflowError::TooManyDelegations);
             }
-            let Some(metadata) = set.targets(&role) else {
+            let Some(metadata) = set.targets(&chain) else {
                 let meta = set
                     .snapshot()
                     .and_then(|s| s.signed.meta.get(&format!("{role}.json")))
@@ -241,8 +259,8 @@ impl TargetSearch {
                 let consistent = set.root().signed.consistent_snapshot;
                 let need = Need {
                     role: role.clone(),
-                    file: versioned(consistent, meta.version, &role),
-                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES),
+                    file: versioned(consistent, meta.version, &encode_role(&role)),
+                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES),
                 };
                 self.stack.push((role, delegator.clone()));
                 return Ok(SearchStep::Need { need, delegator });
@@ -250,11 +268,11 @@ impl TargetSearch {
             if let Some(found) = metadata.signed.targets.get(&self.path) {
                 return Ok(SearchStep::Found(found.clone()));
             }
-            self.visited.insert(role.clone());
+            self.visited.insert(chain.clone());
             let mut children = Vec::new();
-            for child in set.delegations_for(&role, &self.path) {
+            for child in set.delegations_for(&chain, &self.path) {
                 let terminating = child.terminating;
-                children.push((child.name, role.clone()));
+                children.push((child.name, chain.clone()));
                 if terminating {
                     self.stack.clear();
                     break;
@@ -388,6 +406,47 @@ mod tests {
             self.files.insert("timestamp.json".into(), timestamp);
         }
 
+        /// Version 1 where top-level targets delegates `acme/*` to `acme` (delegate key) and
+        /// `approvals/g2/*/*` to `approvals.g2` (approver key), and `acme` itself delegates
+        /// `acme/*` to a role named `sub` it signs, whose document lists `listed`.
+        fn publish_with_sub(&mut self, sub: &str, timestamp_key: &SigningKey) {
+            let approver = SigningKey::from_seed([5; 32]);
+            let file = writer::target_file(3, &ringfence_proto::Sha256Hex::parse(&"b".repeat(64)).unwrap(), None);
+            let mut sub_doc = writer::targets(1, LATER);
+            sub_doc.targets.insert("acme/x.bin".into(), file);
+            let sub_doc = sign(sub_doc, &[&self.delegate]);
+            let mut acme = writer::targets(1, LATER);
+            let by_delegate = RoleKeySet::new(vec![self.delegate.public()], 1);
+            writer::set_delegation(&mut acme, sub, &by_delegate, Coverage::Patterns(vec!["acme/*".into()]), true);
+            let acme = sign(acme, &[&self.delegate]);
+            let mut targets = writer::targets(1, LATER);
+            writer::set_delegation(&mut targets, "acme", &by_delegate, Coverage::Patterns(vec!["acme/*".into()]), true);
+            let by_approver = RoleKeySet::new(vec![approver.public()], 1);
+            let pattern = Coverage::Patterns(vec!["approvals/g2/*/*".into()]);
+            writer::set_delegation(&mut targets, "approvals.g2", &by_approver, pattern, true);
+            let targets = sign(targets, &[&self.online]);
+            let snapshot = writer::next_snapshot(
+                None,
+                1,
+                LATER,
+                &[
+                    ("targets".into(), 1, targets.len() as u64),
+                    ("acme".into(), 1, acme.len() as u64),
+                    (sub.into(), 1, sub_doc.len() as u64),
+                ],
+            );
+            let snapshot = sign(snapshot, &[&self.online]);
+            let timestamp = sign(writer::timestamp(1, LATER, 1, &snapshot), &[timestamp_key]);
+            self.files.insert("1.targets.json".into(), targets);
+            self.files.insert("1.acme.json".into(), acme);
+            // A reserved name would collide with the real file: keep it aside.
+            let reserved = ["root", "targets", "snapshot", "timestamp"].contains(&sub);
+            let name = if reserved { "sub-doc".to_owned() } else { format!("1.{}.json", encode_role(sub)) };
+            self.files.insert(name, sub_doc);
+            self.files.insert("1.snapshot.json".into(), snapshot);
+            self.files.insert("timestamp.json".into(), timestamp);
+        }
+
         fn refresh(&self, trusted_root: &[u8], cached: Cached) -> Result<TrustedSet, WorkflowError> {
             let mut refresh = Refresh::new(TrustedSet::new(trusted_root, NOW)?, cached);
             while let Some(need) = refresh.need() {
@@ -423,7 +482,7 @@ mod tests {
         let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
         repo.publish(1, "acme/app.bin", &ts);
         let mut set = repo.refresh(&root, Cached::default()).unwrap();
-        assert!(set.targets("acme").is_none(), "delegated roles load lazily");
+        assert!(set.targets("targets/acme").is_none(), "delegated roles load lazily");
         assert_eq!(repo.search(&mut set, "acme/app.bin").unwrap().map(|t| t.length), Some(3));
         assert_eq!(repo.search(&mut set, "other/app.bin").unwrap(), None);
     }
@@ -498,5 +557,37 @@ mod tests {
         repo.publish(1, "acme/app.bin", &ts);
         let err = repo.refresh(&root, Cached::default()).unwrap_err();
         assert!(matches!(err, WorkflowError::Client(ClientError::Envelope { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_role_verified_under_one_delegator_is_not_trusted_under_another() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        // The publisher names its own sub-role like the group's approval role.
+        repo.publish_with_sub("approvals.g2", &ts);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        assert!(repo.search(&mut set, "acme/x.bin").unwrap().is_some(), "trusted under acme");
+        assert!(set.targets("targets/acme/approvals.g2").is_some());
+        assert!(set.targets("targets/approvals.g2").is_none(), "not trusted as the group's approval role");
+        let forged = repo.files["1.approvals.g2.json"].clone();
+        let err = set.update_delegated_targets(&forged, "approvals.g2", "targets").unwrap_err();
+        assert!(matches!(err, ClientError::Envelope { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn delegated_roles_named_like_top_level_roles_are_refused() {
+        // (`targets` cannot even be listed twice in a snapshot.)
+        for reserved in ["root", "timestamp", "snapshot"] {
+            let mut repo = Repo::new();
+            let ts = SigningKey::from_seed([2; 32]);
+            let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+            repo.publish_with_sub(reserved, &ts);
+            let mut set = repo.refresh(&root, Cached::default()).unwrap();
+            assert!(repo.search(&mut set, "acme/x.bin").is_err(), "{reserved}");
+            // Even offered its own bytes directly, the role is not trusted under that name.
+            let err = set.update_delegated_targets(&repo.files["sub-doc"], reserved, "targets/acme").unwrap_err();
+            assert!(matches!(err, ClientError::NotDelegated { .. }), "{reserved}: {err:?}");
+        }
     }
 }

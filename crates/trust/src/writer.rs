@@ -132,6 +132,11 @@ pub fn publisher_role(
     role
 }
 
+/// What an approval pins of the publisher's entry: SHA-256 of its canonical JSON.
+pub fn entry_digest(entry: &TargetFile) -> String {
+    crate::canonical::to_canonical(entry).map(|b| crate::sha256_hex(&b)).unwrap_or_default()
+}
+
 pub fn target_file(length: u64, sha256: &Sha256Hex, custom: Option<Value>) -> TargetFile {
     TargetFile {
         length,

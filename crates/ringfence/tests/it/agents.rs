@@ -42,7 +42,7 @@ fn token(server: &Server, group: &str, uses: u64) -> String {
     out.trim().to_owned()
 }
 
-fn enroll(server: &Server, root: &Path, name: &str, token: &str) -> Agent {
+fn enroll(server: &Server, root: &Path, name: &str, group: &str, token: &str) -> Agent {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let agent = Agent { dir };
@@ -50,7 +50,7 @@ fn enroll(server: &Server, root: &Path, name: &str, token: &str) -> Agent {
     let base = server.repo_url.trim_end_matches("/repo").to_owned();
     let out = run_ok(
         agent
-            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--token", token])
+            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", group, "--token", token])
             .arg("--ca")
             .arg(&server.ca),
     );
@@ -85,10 +85,12 @@ fn devices(server: &Server) -> Vec<DeviceInfo> {
 fn three_agents_in_two_groups_install_exactly_what_their_group_allows() {
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
-    let pilot = enroll(&server, &root, "pilot-1", &token(&server, "pilot", 1));
+    let pilot = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
     let production_token = token(&server, "production", 2);
-    let prod =
-        [enroll(&server, &root, "prod-1", &production_token), enroll(&server, &root, "prod-2", &production_token)];
+    let prod = [
+        enroll(&server, &root, "prod-1", "production", &production_token),
+        enroll(&server, &root, "prod-2", "production", &production_token),
+    ];
     // The token is used up.
     let extra = root.join("prod-3");
     std::fs::create_dir_all(&extra).unwrap();
@@ -100,6 +102,8 @@ fn three_agents_in_two_groups_install_exactly_what_their_group_allows() {
             server.repo_url.trim_end_matches("/repo"),
             "--root-sha256",
             &root_sha,
+            "--group",
+            "production",
             "--token",
             &production_token,
         ])
@@ -168,32 +172,13 @@ fn three_agents_in_two_groups_install_exactly_what_their_group_allows() {
 fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
-    let agent = enroll(&server, &root, "prod", &token(&server, "production", 1));
+    let agent = enroll(&server, &root, "prod", "production", &token(&server, "production", 1));
     publish_script(&server, "good-1");
     server.approve("production", "acme/good-1.sh");
     server.sign("approvals.production", "production-approver-1");
     server.sign("approvals.production", "production-approver-3");
     assert_eq!(agent.check().0, 0);
     assert_eq!(agent.installs("good-1"), 1);
-
-    // (1) The attacker publishes a file and approves it for production with every online key.
-    publish_script(&server, "evil-1");
-    let evil = evil_entry(&server, "acme/evil-1.sh");
-    server.forge_role("approvals.production", |t| {
-        t.targets.insert("approvals/production/acme/evil-1.sh".into(), evil.clone());
-    });
-    let (code, out) = agent.check();
-    assert_eq!(code, 3, "{out}");
-    assert!(out.contains("repository") || out.contains("approvals.production"), "{out}");
-    assert_eq!(agent.installs("evil-1"), 0);
-    assert_eq!(agent.installs("good-1"), 1, "what was installed stays");
-
-    // (5) "Move" the device into pilot on the server and approve evil there (pilot's key is
-    // online): the agent follows the groups it enrolled with, not the server's record.
-    sql(&server, "UPDATE devices SET groups = 'pilot'");
-    assert!(server.approve("pilot", "acme/evil-1.sh").contains("is published"));
-    let _ = agent.check();
-    assert_eq!(agent.installs("evil-1"), 0);
 
     // (3) Serve an older timestamp and snapshot: refused and reported, nothing changes.
     let newest = server
@@ -233,6 +218,24 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     let report = me.updates.iter().find(|u| u.target == "approvals/production/acme/good-2.sh").unwrap();
     assert_eq!(report.state, ReportState::Failed);
     assert!(report.reason.as_deref().unwrap_or("").contains("hash"), "{report:?}");
+    // (1) The attacker publishes a file and approves it for production with every online key.
+    publish_script(&server, "evil-1");
+    let evil = evil_entry(&server, "acme/evil-1.sh");
+    server.forge_role("approvals.production", |t| {
+        t.targets.insert("approvals/production/acme/evil-1.sh".into(), evil.clone());
+    });
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("repository") || out.contains("approvals.production"), "{out}");
+    assert_eq!(agent.installs("evil-1"), 0);
+    assert_eq!(agent.installs("good-1"), 1, "what was installed stays");
+
+    // (5) "Move" the device into pilot on the server and approve evil there (pilot's key is
+    // online): the agent follows the groups it enrolled with, not the server's record.
+    sql(&server, "UPDATE devices SET groups = 'pilot'");
+    assert!(server.approve("pilot", "acme/evil-1.sh").contains("is published"));
+    let _ = agent.check();
+    assert_eq!(agent.installs("evil-1"), 0);
 }
 
 /// The publisher's signed entry for `path`, as an attacker copies it into a forged approval.
@@ -270,7 +273,7 @@ fn last_report(server: &Server, target: &str) -> ringfence_proto::device::Status
 fn update_modules_deb_file_rollback_and_resumed_download() {
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
-    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    let agent = enroll(&server, &root, "pilot", "pilot", &token(&server, "pilot", 1));
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
 
@@ -366,7 +369,7 @@ fn sql(server: &Server, statement: &str) {
 fn reboot_required_updates_finish_after_the_reboot() {
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
-    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    let agent = enroll(&server, &root, "pilot", "pilot", &token(&server, "pilot", 1));
     let boot = agent.dir.join("boot_id");
     std::fs::write(&boot, "boot-1\n").unwrap();
     let work = server.dir.path().join("work");
@@ -399,7 +402,7 @@ fn a_stolen_server_freezing_or_flooding_agents_is_refused_and_reported() {
         c.expiry.check_interval_secs = 3600;
     });
     let root = server.dir.path().join("agents");
-    let agent = enroll(&server, &root, "pilot", &token(&server, "pilot", 1));
+    let agent = enroll(&server, &root, "pilot", "pilot", &token(&server, "pilot", 1));
     publish_script(&server, "ok-1");
     server.approve("pilot", "acme/ok-1.sh");
     assert_eq!(agent.check().0, 0);
@@ -432,4 +435,36 @@ fn a_stolen_server_freezing_or_flooding_agents_is_refused_and_reported() {
     assert!(report.reason.as_deref().unwrap_or("").contains("expired"), "{report:?}");
     assert_eq!(agent.installs("ok-1"), 1, "what was installed stays");
     assert_eq!(agent.installs("flood-1"), 0);
+}
+
+#[test]
+fn a_publisher_cannot_change_how_an_approved_file_is_installed() {
+    let server = Server::start(|_| {});
+    publish_script(&server, "cfg-1");
+    assert!(server.approve("pilot", "acme/cfg-1.sh").contains("is published"));
+    // The publisher (or a server holding its key) re-signs the same bytes with a health check
+    // of its choosing, which the agent would run as root.
+    let path = "acme/cfg-1.sh";
+    let bin = format!("publisher.acme.{}", ringfence_trust::paths::bin_prefix_of(path, 2));
+    let publisher =
+        ringfence_trust::SigningKey::from_pem(&std::fs::read_to_string(server.key("publisher-acme")).unwrap(), None)
+            .unwrap();
+    server.forge_role_signed(
+        &bin,
+        |t| {
+            let entry = t.targets.get_mut(path).unwrap();
+            let custom = entry.custom.as_mut().unwrap();
+            custom["installer"]["health_check"] = json!(["/bin/sh", "-c", "touch pwned"]);
+        },
+        &[&publisher],
+    );
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "late", "pilot", &token(&server, "pilot", 1));
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(agent.installs("cfg-1"), 0);
+    assert!(!agent.dir.join("pwned").exists());
+    let report = last_report(&server, "approvals/pilot/acme/cfg-1.sh");
+    assert_eq!(report.state, ReportState::Refused);
+    assert!(report.reason.as_deref().unwrap_or("").contains("not the one the approvers approved"), "{report:?}");
 }

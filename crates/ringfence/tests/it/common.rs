@@ -56,6 +56,16 @@ impl Server {
     /// The stolen-server attack: write the next version of `role` (changed by `edit`, signed
     /// with every online key) with a fresh snapshot and timestamp straight into the database.
     pub fn forge_role(&self, role: &str, edit: impl FnOnce(&mut ringfence_proto::tuf::Targets)) {
+        self.forge_role_signed(role, edit, &[]);
+    }
+
+    /// [`Server::forge_role`], also signed by `keys` (say, a publisher key the attacker holds).
+    pub fn forge_role_signed(
+        &self,
+        role: &str,
+        edit: impl FnOnce(&mut ringfence_proto::tuf::Targets),
+        keys: &[&ringfence_trust::SigningKey],
+    ) {
         use ringfence_proto::tuf::{Snapshot, Targets, Timestamp};
         use ringfence_store::{MetadataRecord, Store};
         use ringfence_trust::{Envelope, writer};
@@ -68,6 +78,9 @@ impl Server {
         let mut forged = Envelope::new(next).unwrap();
         for key in ["auto-approver.key", "snapshot.key", "timestamp.key"] {
             forged.sign(&self.online_key(key));
+        }
+        for key in keys {
+            forged.sign(key);
         }
         let forged_bytes = forged.to_bytes().unwrap();
         let now = ringfence_server::unix_now();

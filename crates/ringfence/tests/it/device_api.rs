@@ -123,6 +123,10 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
             .unwrap(),
     )
     .unwrap();
+    // A token admits only its own groups; the refusal does not spend its one use.
+    let (status, _, value) = enroll(&server, &device, Some(&token.token), "production");
+    assert_eq!(status, 400, "{value}");
+    assert!(value["error"].as_str().unwrap_or("").contains("does not admit group production"), "{value}");
     let (status, other, _) = enroll(&server, &device, Some(&token.token), "pilot");
     assert_eq!(status, 200);
     let challenge: ChallengeResponse = serde_json::from_slice(
