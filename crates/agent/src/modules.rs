@@ -134,9 +134,23 @@ fn install_file(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = dest.with_extension("ringfence-new");
-    std::fs::copy(job.file, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    // A fresh name, created exclusively (never through a link someone planted), filled and
+    // given its mode through the handle, then renamed over the destination.
+    let mut nonce = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let tmp = dest.with_extension(format!("ringfence-{}", hex::encode(nonce)));
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    let written = std::io::copy(&mut std::fs::File::open(job.file)?, &mut out)
+        .and_then(|_| out.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .and_then(|()| out.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", tmp.display()));
+    }
     std::fs::rename(&tmp, &dest)?;
     Ok((Outcome::Installed, Undo::RestoreFile { dest, backup }))
 }

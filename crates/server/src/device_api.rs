@@ -108,7 +108,11 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
             DeviceState::Pending => EnrollState::Pending,
             DeviceState::Rejected | DeviceState::Revoked => return Err(ApiError::Forbidden("enroll")),
         };
-        store.complete_enrollment(&existing.id, &request.inventory.hostname, &inventory, now).await?;
+        // Only a pre-authorised record that never enrolled takes the caller's description:
+        // without proof of the key, nobody rewrites an enrolled device's record.
+        if existing.hostname.is_empty() {
+            store.complete_enrollment(&existing.id, &request.inventory.hostname, &inventory, now).await?;
+        }
         return Ok(Json(EnrollResponse { device_id: existing.id, state: answer, groups }).into_response());
     }
 

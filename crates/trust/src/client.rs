@@ -3,7 +3,11 @@
 //! The caller fetches bytes and feeds them in the order the specification's client workflow
 //! requires: root versions one at a time, then timestamp, snapshot, targets and the
 //! delegated roles it needs. Each update is checked in full before it replaces anything, so a
-//! refused document changes nothing. `now` is the caller's trusted time.
+//! refused document changes nothing, with one exception the specification makes on purpose:
+//! a timestamp or snapshot whose signature verified but which is expired (or, for a cached
+//! snapshot, not the version the timestamp names) is kept as the reference later versions
+//! are checked against for rollback, and nothing is loaded below it. `now` is the caller's
+//! trusted time.
 
 use std::collections::BTreeMap;
 
