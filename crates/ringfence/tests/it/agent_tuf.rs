@@ -3,7 +3,7 @@
 
 use ringfence_store::Store;
 
-use crate::common::{Server, agent_tuf};
+use crate::common::{Server, agent_tuf, sql};
 
 const APPROVED: &str = "approvals/production/acme/agent-test.bin";
 
@@ -14,17 +14,6 @@ fn approved_server(content: &[u8]) -> Server {
     server.sign("approvals.production", "production-approver-1");
     server.sign("approvals.production", "production-approver-3");
     server
-}
-
-fn sql(server: &Server, statement: &str) {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
-        .arg(server.data.join("ringfence.db"))
-        .arg(statement)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

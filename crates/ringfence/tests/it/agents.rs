@@ -7,7 +7,7 @@ use std::process::Command;
 use ringfence_proto::device::{DeviceInfo, ReportState};
 use serde_json::json;
 
-use crate::common::{Server, agent_bin, run_ok};
+use crate::common::{Server, agent_bin, run_ok, sql};
 
 struct Agent {
     dir: PathBuf,
@@ -351,18 +351,6 @@ fn update_modules_deb_file_rollback_and_resumed_download() {
     publish_for_pilot(&server, "big-2", &big2_file, json!({"module": "noop"}));
     let _ = agent.check();
     assert_eq!(last_report(&server, "approvals/pilot/acme/big2.bin").state, ReportState::Installed);
-}
-
-/// The attacker edits the database directly.
-fn sql(server: &Server, statement: &str) {
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
-        .arg(server.data.join("ringfence.db"))
-        .arg(statement)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -64,14 +64,7 @@ fn rolled_back_metadata_is_refused() {
     let trusted = answer["versions"]["timestamp"].as_u64().unwrap();
     assert!(trusted >= 2);
     // The attacker deletes the newer versions so that an older timestamp is served.
-    let pool_path = server.data.join("ringfence.db");
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"DELETE FROM metadata WHERE role='timestamp' AND version > 1\"); c.commit()")
-        .arg(&pool_path)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    crate::common::sql(&server, "DELETE FROM metadata WHERE role = 'timestamp' AND version > 1");
     let (ok, answer) = tuf_client(&server, &md, &["refresh"]);
     assert!(!ok);
     assert_eq!(answer["error"], "BadVersionNumberError", "{answer}");
