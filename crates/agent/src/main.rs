@@ -118,7 +118,11 @@ fn main() -> ExitCode {
         Command::Check { state } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
             let connection = cycle::fetcher(&state)?;
-            let result = cycle::check(&state, clock::trusted_now(&state.root, wall_clock())?, &connection)?;
+            let result = cycle::check(
+                &state,
+                clock::trusted_now(&state.root, &state.metadata_dir(), wall_clock())?,
+                &connection,
+            )?;
             let summary = format!("{result:?}");
             state.save_last_cycle(&summary)?;
             println!("{summary}");
@@ -158,7 +162,7 @@ fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let connection = cycle::fetcher(&state)?;
     let mut failures: u32 = 0;
     loop {
-        let now = clock::trusted_now(&state.root, wall_clock())?;
+        let now = clock::trusted_now(&state.root, &state.metadata_dir(), wall_clock())?;
         // Bounded whatever the server says: it can slow the agent down, not stop it.
         let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).clamp(10, 86_400);
         let wait = match cycle::check(&state, now, &connection) {
@@ -191,7 +195,7 @@ fn jitter(seconds: u64) -> u64 {
 fn tuf(args: TufArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&args.metadata_dir)?;
-    let now = clock::trusted_now(&args.metadata_dir, wall_clock())?;
+    let now = clock::trusted_now(&args.metadata_dir, &args.metadata_dir, wall_clock())?;
     if let TufAction::Init { root_file } = &args.action {
         let bytes = std::fs::read(root_file).with_context(|| format!("reading {}", root_file.display()))?;
         ringfence_trust::client::TrustedSet::new(&bytes, now).context("not a self-signed root")?;
@@ -219,18 +223,59 @@ fn tuf(args: TufArgs) -> anyhow::Result<()> {
 }
 
 mod clock {
-    //! A clock that never goes backwards past the newest time the agent has seen, so setting
-    //! the device clock back cannot revive expired metadata.
+    //! A clock that never goes back past the newest time the agent may trust, so setting the
+    //! device clock back cannot revive expired metadata.
 
     use std::path::Path;
 
-    pub fn trusted_now(dir: &Path, wall: i64) -> anyhow::Result<i64> {
-        let path = dir.join(".clock");
+    use ringfence_proto::tuf::Timestamp;
+
+    /// `max(wall clock, remembered time)`. The time remembered never passes the expiry of the
+    /// trusted timestamp: a wall clock that jumped far ahead (a forged NTP answer, say) is not
+    /// remembered beyond what verified metadata vouches for, so it cannot freeze the device
+    /// once the clock is corrected.
+    pub fn trusted_now(clock_dir: &Path, metadata_dir: &Path, wall: i64) -> anyhow::Result<i64> {
+        let path = clock_dir.join(".clock");
         let seen = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<i64>().ok()).unwrap_or(0);
         let now = wall.max(seen);
-        if now > seen {
-            crate::tuf_client::write_atomic(&path, now.to_string().as_bytes())?;
+        let cap = std::fs::read(metadata_dir.join("timestamp.json"))
+            .ok()
+            .and_then(|b| ringfence_trust::Envelope::<Timestamp>::parse(&b, 1 << 16).ok())
+            .and_then(|t| ringfence_trust::expiry::parse(&t.signed.expires).ok())
+            .map(|expires| expires - 1);
+        let remember = cap.map_or(seen, |cap| now.min(cap));
+        if remember > seen {
+            crate::tuf_client::write_atomic(&path, remember.to_string().as_bytes())?;
         }
         Ok(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock::trusted_now;
+
+    fn timestamp_expiring(dir: &std::path::Path, expires: i64) {
+        let ts = ringfence_trust::writer::timestamp(1, expires, 1, b"snapshot");
+        let env = ringfence_trust::Envelope::new(ts).unwrap();
+        std::fs::write(dir.join("timestamp.json"), env.to_bytes().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_clock_never_goes_back_and_never_remembers_past_trusted_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let expires = 2_000_000_000;
+        // Nothing trusted yet: nothing remembered.
+        assert_eq!(trusted_now(d, d, 100).unwrap(), 100);
+        assert_eq!(trusted_now(d, d, 50).unwrap(), 50);
+        timestamp_expiring(d, expires);
+        assert_eq!(trusted_now(d, d, expires - 500).unwrap(), expires - 500);
+        // Set back: the remembered time wins, so older metadata stays expired.
+        assert_eq!(trusted_now(d, d, expires - 10_000).unwrap(), expires - 500);
+        // A jump far ahead is used now but remembered only up to the trusted expiry...
+        assert_eq!(trusted_now(d, d, expires + 1_000_000).unwrap(), expires + 1_000_000);
+        // ...so once the clock is corrected, the trusted timestamp is still fresh.
+        assert_eq!(trusted_now(d, d, expires - 400).unwrap(), expires - 1);
     }
 }
