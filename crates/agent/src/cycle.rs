@@ -98,12 +98,10 @@ pub fn enroll(
         bail!("name the groups this device follows with --group");
     }
     let key = state.device_key()?;
-    let request = EnrollRequest {
-        token,
-        public_key: key.public().to_tuf().keyval.public,
-        groups: groups.clone(),
-        inventory: local_inventory(state),
-    };
+    let public_key = key.public().to_tuf().keyval.public;
+    let signature = hex::encode(key.sign(&ringfence_proto::device::enrollment_message(&public_key, &groups)));
+    let request =
+        EnrollRequest { token, public_key, groups: groups.clone(), inventory: local_inventory(state), signature };
     let answer = fetcher.post_json(&format!("{server}/device/v1/enroll"), &request)?;
     if answer.status != 200 {
         bail!("enrollment refused: HTTP {} {}", answer.status, String::from_utf8_lossy(&answer.body));

@@ -60,6 +60,15 @@ pub struct EnrollRequest {
     #[serde(default)]
     pub groups: Vec<GroupName>,
     pub inventory: Inventory,
+    /// Hex ed25519 signature over [`enrollment_message`] by the device key: proof that the
+    /// caller holds the key it enrolls.
+    pub signature: String,
+}
+
+/// The bytes a device signs to enroll its key for these groups.
+pub fn enrollment_message(public_key: &str, groups: &[GroupName]) -> Vec<u8> {
+    let groups: Vec<&str> = groups.iter().map(GroupName::as_str).collect();
+    format!("ringfence device enrollment v1\n{public_key}\n{}\n", groups.join(",")).into_bytes()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use ringfence_proto::GroupName;
 use ringfence_proto::api::parse_body_limited;
 use ringfence_proto::device::{
     ChallengeRequest, ChallengeResponse, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, EnrollState,
-    MAX_DEVICE_BODY, ReportBatch, ReportsAck, SessionRequest, SessionResponse, session_message,
+    MAX_DEVICE_BODY, ReportBatch, ReportsAck, SessionRequest, SessionResponse, enrollment_message, session_message,
 };
 use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportRecord, Store};
 use serde::de::DeserializeOwned;
@@ -94,7 +94,10 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
     let _permit = permit(&state)?;
     let request: EnrollRequest = device_body(body).await?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
-    parse_public_key(&request.public_key)?;
+    let key = parse_public_key(&request.public_key)?;
+    let signature = hex::decode(&request.signature).map_err(|_| ApiError::Unauthorized)?;
+    key.verify(&enrollment_message(&request.public_key, &request.groups), &signature)
+        .map_err(|_| ApiError::Unauthorized)?;
     let public_key = request.public_key.to_ascii_lowercase();
     let now = crate::unix_now();
     let store = &state.repo.store;

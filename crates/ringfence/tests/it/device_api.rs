@@ -2,7 +2,7 @@
 
 use ringfence_proto::device::{
     ChallengeResponse, DeviceInfo, EnrollResponse, EnrollState, EnrollmentTokenCreated, Inventory, SessionResponse,
-    session_message,
+    enrollment_message, session_message,
 };
 use ringfence_store::DeviceStore;
 use ringfence_trust::SigningKey;
@@ -31,6 +31,12 @@ fn public_hex(key: &SigningKey) -> String {
     key.public().to_tuf().keyval.public
 }
 
+fn signed_enrollment(key: &SigningKey, token: Option<&str>, group: &str) -> Value {
+    let groups = [ringfence_proto::GroupName::parse(group).unwrap()];
+    let signature = hex(&key.sign(&enrollment_message(&public_hex(key), &groups)));
+    json!({"token": token, "public_key": public_hex(key), "groups": [group], "inventory": inventory(), "signature": signature})
+}
+
 fn enroll(
     server: &Server,
     device: &ringfence_cli::http::Client,
@@ -38,7 +44,7 @@ fn enroll(
     group: &str,
 ) -> (u16, Device, Value) {
     let key = SigningKey::generate();
-    let body = json!({"token": token, "public_key": public_hex(&key), "groups": [group], "inventory": inventory()});
+    let body = signed_enrollment(&key, token, group);
     let answer = device.send_json("POST", "/device/v1/enroll", &body).unwrap();
     let value: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
     let id = value["device_id"].as_str().unwrap_or_default().to_owned();
@@ -72,7 +78,7 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
 
     // Enrollment: bad bodies are 400 naming the problem, bad tokens 401; nothing is stored.
     let key = SigningKey::generate();
-    let good = json!({"public_key": public_hex(&key), "groups": ["pilot"], "inventory": inventory()});
+    let good = signed_enrollment(&key, None, "pilot");
     let mut cases: Vec<(Vec<u8>, u16, &str)> = Vec::new();
     let mut unknown = good.clone();
     unknown["$type"] = json!("System.Object");
@@ -91,6 +97,13 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
     let mut bad_token = good.clone();
     bad_token["token"] = json!("rfet_00");
     cases.push((serde_json::to_vec(&bad_token).unwrap(), 401, "authentication"));
+    // Without proof of the key (another key's signature, or groups changed after signing).
+    let mut stolen_key = signed_enrollment(&SigningKey::generate(), None, "pilot");
+    stolen_key["public_key"] = good["public_key"].clone();
+    cases.push((serde_json::to_vec(&stolen_key).unwrap(), 401, "authentication"));
+    let mut regrouped = good.clone();
+    regrouped["groups"] = json!(["production"]);
+    cases.push((serde_json::to_vec(&regrouped).unwrap(), 401, "authentication"));
     for (body, status, needle) in cases {
         let answer = device.send("POST", "/device/v1/enroll", &body, "application/json").unwrap();
         assert_eq!(answer.status, status, "{}", answer.text());
