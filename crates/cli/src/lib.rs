@@ -378,6 +378,15 @@ fn key_set(paths: &[PathBuf], threshold: u64) -> anyhow::Result<RoleKeySet> {
     Ok(RoleKeySet::new(keys, threshold))
 }
 
+/// Write the next version of the targets in `file` (see [`next_targets`]), changed by `edit`.
+fn edit_targets(file: &Path, out: &Path, expires_days: i64, edit: impl FnOnce(&mut Targets)) -> anyhow::Result<()> {
+    let mut next = next_targets(file, expires_days)?;
+    edit(&mut next);
+    write_envelope(out, &Envelope::new(next)?)?;
+    println!("wrote {}; sign it with the targets keys, then propose it", out.display());
+    Ok(())
+}
+
 /// The version to edit: a signed file is a published version, so its successor is started;
 /// an unsigned file is a draft already being edited, so it keeps its version.
 fn next_targets(file: &Path, expires_days: i64) -> anyhow::Result<Targets> {
@@ -461,17 +470,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Metadata(MetadataCommand::SetGroup { file, out, group, keys, threshold, expires_days }) => {
             let group = GroupName::parse(&group)?;
-            let mut next = next_targets(&file, expires_days)?;
-            ceremony::add_group(&mut next, &group, &key_set(&keys, threshold)?);
-            write_envelope(&out, &Envelope::new(next)?)?;
-            println!("wrote {}; sign it with the targets keys, then propose it", out.display());
+            let set = key_set(&keys, threshold)?;
+            edit_targets(&file, &out, expires_days, |t| ceremony::add_group(t, &group, &set))?;
         }
         Command::Metadata(MetadataCommand::SetPublisher { file, out, publisher, keys, threshold, expires_days }) => {
             let publisher = PublisherName::parse(&publisher)?;
-            let mut next = next_targets(&file, expires_days)?;
-            ceremony::add_publisher(&mut next, &publisher, &key_set(&keys, threshold)?);
-            write_envelope(&out, &Envelope::new(next)?)?;
-            println!("wrote {}; sign it with the targets keys, then propose it", out.display());
+            let set = key_set(&keys, threshold)?;
+            edit_targets(&file, &out, expires_days, |t| ceremony::add_publisher(t, &publisher, &set))?;
         }
         Command::Metadata(MetadataCommand::Sign { file, key, passphrase }) => {
             let key = passphrase.load_key(&key)?;

@@ -5,7 +5,7 @@ use std::future::Future;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
-use crate::sqlite::{conflict_or, count_from_row, from_bigint, refused, to_bigint};
+use crate::sqlite::{conflict_or, count_from_row, from_bigint, join_names, refused, split_names, to_bigint};
 use crate::{Result, SqliteStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,17 +148,6 @@ pub trait DeviceStore: Send + Sync + 'static {
     fn device_reports(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
 }
 
-fn join_groups(groups: &[String]) -> Result<String> {
-    if let Some(bad) = groups.iter().find(|g| g.is_empty() || g.contains(',')) {
-        return Err(refused(format!("group name {bad:?} is empty or contains a comma")));
-    }
-    Ok(groups.join(","))
-}
-
-fn split_groups(text: &str) -> Vec<String> {
-    if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
-}
-
 const DEVICE_COLUMNS: &str =
     "id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, timestamp_version";
 
@@ -169,7 +158,7 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
         id: row.try_get("id")?,
         public_key: row.try_get("public_key")?,
         state: DeviceState::parse(&state).ok_or_else(|| refused(format!("unknown device state {state:?}")))?,
-        groups: split_groups(&row.try_get::<String, _>("groups")?),
+        groups: split_names(&row.try_get::<String, _>("groups")?),
         hostname: row.try_get("hostname")?,
         inventory: row.try_get("inventory")?,
         enrolled_at: row.try_get("enrolled_at")?,
@@ -182,7 +171,7 @@ fn token_from_row(row: &SqliteRow) -> Result<EnrollmentTokenRecord> {
     Ok(EnrollmentTokenRecord {
         id: row.try_get("id")?,
         secret_sha256: row.try_get("secret_sha256")?,
-        groups: split_groups(&row.try_get::<String, _>("groups")?),
+        groups: split_names(&row.try_get::<String, _>("groups")?),
         expires_at: row.try_get("expires_at")?,
         max_uses: from_bigint(row.try_get("max_uses")?, "max_uses")?,
         uses: from_bigint(row.try_get("uses")?, "uses")?,
@@ -206,7 +195,7 @@ impl DeviceStore for SqliteStore {
         .bind(&d.id)
         .bind(&d.public_key)
         .bind(d.state.as_str())
-        .bind(join_groups(&d.groups)?)
+        .bind(join_names("group", &d.groups)?)
         .bind(&d.hostname)
         .bind(&d.inventory)
         .bind(d.enrolled_at)
@@ -292,7 +281,7 @@ impl DeviceStore for SqliteStore {
         )
         .bind(&t.id)
         .bind(&t.secret_sha256)
-        .bind(join_groups(&t.groups)?)
+        .bind(join_names("group", &t.groups)?)
         .bind(t.expires_at)
         .bind(to_bigint(t.max_uses, "max_uses")?)
         .bind(to_bigint(t.uses, "uses")?)

@@ -105,14 +105,15 @@ pub(crate) fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) ->
     }
 }
 
-fn encode_scopes(scopes: &[String]) -> Result<String> {
-    if let Some(bad) = scopes.iter().find(|s| s.is_empty() || s.contains(',')) {
-        return Err(refused(format!("scope name {bad:?} is empty or contains a comma")));
+/// A list of names stored as one comma-separated column (scopes, groups).
+pub(crate) fn join_names(what: &str, names: &[String]) -> Result<String> {
+    if let Some(bad) = names.iter().find(|s| s.is_empty() || s.contains(',')) {
+        return Err(refused(format!("{what} name {bad:?} is empty or contains a comma")));
     }
-    Ok(scopes.join(","))
+    Ok(names.join(","))
 }
 
-fn decode_scopes(text: &str) -> Vec<String> {
+pub(crate) fn split_names(text: &str) -> Vec<String> {
     if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
 }
 
@@ -140,7 +141,7 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         secret_sha256: row.try_get("secret_sha256")?,
-        scopes: decode_scopes(&scopes),
+        scopes: split_names(&scopes),
         created_at: row.try_get("created_at")?,
         revoked: row.try_get("revoked")?,
     })
@@ -283,7 +284,7 @@ impl Store for SqliteStore {
         .bind(token.id.as_str())
         .bind(token.name.as_str())
         .bind(token.secret_sha256.as_str())
-        .bind(encode_scopes(&token.scopes)?)
+        .bind(join_names("scope", &token.scopes)?)
         .bind(token.created_at)
         .bind(token.revoked)
         .execute(&self.pool)

@@ -280,9 +280,10 @@ mod tests {
                 sig: hex::encode(keys[i].sign(env.canonical_signed())),
             }).collect();
             env.signatures = sigs;
-            for s in 0..strangers {
+            // Strangers sign under real key ids with keys of their own.
+            for (s, id) in ids.iter().enumerate().take(strangers) {
                 let k = SigningKey::from_seed([100 + s as u8; 32]);
-                env.signatures.push(Signature { keyid: ids[s].clone(), sig: hex::encode(k.sign(env.canonical_signed())) });
+                env.signatures.push(Signature { keyid: id.clone(), sig: hex::encode(k.sign(env.canonical_signed())) });
             }
             let authorised_ids: Vec<String> = authorised.iter().map(|&i| ids[i].clone()).collect();
             let expected = signers.iter().collect::<BTreeSet<_>>().into_iter().filter(|i| authorised.contains(i)).count() as u64;
