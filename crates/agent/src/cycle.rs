@@ -15,8 +15,8 @@ use ringfence_proto::device::{
 use ringfence_proto::limits::MAX_ROOT_BYTES;
 use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, PublishedCustom, TargetFile, Timestamp};
 use ringfence_trust::client::TrustedSet;
+use ringfence_trust::policy::{self, Lookup};
 use ringfence_trust::workflow::{Fetched, target_file_name, verify_target};
-use sha2::Digest;
 
 use crate::fetch::Fetcher;
 use crate::modules::{self, Job, Outcome};
@@ -87,7 +87,7 @@ pub fn enroll(
     let Fetched::Bytes(root) = fetcher.fetch(&format!("{server}/repo/metadata/1.root.json"), MAX_ROOT_BYTES)? else {
         bail!("the server has no 1.root.json");
     };
-    let actual = hex::encode(sha2::Sha256::digest(&root));
+    let actual = ringfence_trust::sha256_hex(&root);
     if !actual.eq_ignore_ascii_case(root_sha256.trim()) {
         bail!("the server's root has sha256 {actual}, not the {root_sha256} you were given: refusing to trust it");
     }
@@ -206,16 +206,19 @@ impl Cycle<'_> {
         set: &mut TrustedSet,
         group: &GroupName,
     ) -> anyhow::Result<Vec<(String, TargetFile)>> {
-        let role = group.approval_role();
-        if !self.client.load_delegated(set, role.as_str(), "targets")? {
-            return Ok(Vec::new());
-        }
-        let chain = TrustedSet::chain("targets", role.as_str());
-        Ok(set.targets(&chain).map(|r| r.signed.targets.clone().into_iter().collect()).unwrap_or_default())
+        // Only through targets → approvals.<g>, checked against the layout (policy).
+        let approvals = self.client.lookup(set, |set| {
+            Ok(match policy::approvals(set, group)? {
+                Lookup::Done(doc) => Lookup::Done(doc.map(|d| d.targets.clone()).unwrap_or_default()),
+                Lookup::Load { role, delegator } => Lookup::Load { role, delegator },
+            })
+        })?;
+        Ok(approvals.into_iter().collect())
     }
 
-    /// The decision rule: the approval verifies through the delegations for this group's path,
-    /// and the publisher role signed the same length and hashes for the published path.
+    /// The decision rule (`ringfence_trust::policy`): the approval is in this group's
+    /// approval role, the publisher signed the path in the bin its hash falls in (and nowhere
+    /// else counts), and the approval carries that entry's length, hashes and digest.
     fn decide(
         &mut self,
         set: &mut TrustedSet,
@@ -228,23 +231,14 @@ impl Cycle<'_> {
         if &approval_group != group {
             bail!("listed in {group}'s approvals but for group {approval_group}");
         }
-        let approval = self.client.find_target(set, path)?;
-        if &approval != listed {
-            bail!("the delegations do not lead to this approval");
-        }
-        let signed = self.client.find_target(set, published.as_str()).context("not signed by its publisher")?;
-        if signed.length != approval.length || signed.hashes != approval.hashes {
-            bail!("the approved length and hashes are not the ones the publisher signed");
-        }
-        let action: ApprovalCustom =
-            serde_json::from_value(approval.custom.clone().context("approval without custom")?)
-                .context("approval custom")?;
+        let signed = self
+            .client
+            .lookup(set, |set| policy::published_entry(set, &published))?
+            .context("not signed by its publisher")?;
+        let action = policy::check_approval(&approval_path, listed, &signed)?;
         let how: PublishedCustom =
             serde_json::from_value(signed.custom.clone().context("published file without installer")?)
                 .context("publisher custom")?;
-        if ringfence_trust::writer::entry_digest(&signed) != action.published_entry_sha256 {
-            bail!("the publisher's entry (installer, arguments, applicability) is not the one the approvers approved");
-        }
         Ok((published, signed, action, how))
     }
 
@@ -302,9 +296,8 @@ impl Cycle<'_> {
         self.client.fetcher.fetch_to(&url, target.length, offset, &mut file)?;
         file.sync_all()?;
         drop(file);
-        let mut hasher = sha2::Sha256::new();
-        let len = std::io::copy(&mut std::fs::File::open(&partial)?, &mut hasher)?;
-        if let Err(e) = verify_target(target, len, &hex::encode(hasher.finalize())) {
+        let (len, digests) = crate::tuf_client::digest_file(&partial)?;
+        if let Err(e) = verify_target(target, len, &digests) {
             if len >= target.length {
                 let _ = std::fs::remove_file(&partial);
             }

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use ringfence_proto::limits::MAX_METADATA_BYTES;
 use ringfence_trust::client::TrustedSet;
+use ringfence_trust::digest::Hasher;
+use ringfence_trust::policy::{LayoutError, Lookup};
 use ringfence_trust::workflow::{Cached, Fetched, Refresh, SearchStep, TargetSearch, target_file_name, verify_target};
-use sha2::Digest;
 
 use crate::fetch::Fetcher;
 
@@ -78,13 +79,45 @@ impl Client {
                 Fetched::Bytes(b) => Some(b.clone()),
                 Fetched::NotFound => None,
             };
-            if refresh.supply(fetched).with_context(|| format!("{} refused", need.file))?
+            let accepted = refresh.supply(fetched).with_context(|| format!("{} refused", need.file));
+            if refresh.discard_cached() {
+                // Fast-forward recovery: the timestamp or snapshot keys rotated, so the stored
+                // copies must never serve as rollback references again.
+                for name in ["timestamp.json", "snapshot.json"] {
+                    match std::fs::remove_file(self.metadata_dir.join(name)) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e)?,
+                        _ => {}
+                    }
+                }
+            }
+            if accepted?
                 && let Some(bytes) = bytes
             {
                 self.store(&need.role, &bytes)?;
             }
         }
         Ok(refresh.finish()?)
+    }
+
+    /// Run a [`policy`](ringfence_trust::policy) lookup to its answer, loading the roles it
+    /// asks for.
+    pub fn lookup<T>(
+        &self,
+        set: &mut TrustedSet,
+        mut step: impl FnMut(&TrustedSet) -> Result<Lookup<T>, LayoutError>,
+    ) -> anyhow::Result<T> {
+        // targets → publisher → bin is the longest path: three loads at most.
+        for _ in 0..4 {
+            match step(set)? {
+                Lookup::Done(answer) => return Ok(answer),
+                Lookup::Load { role, delegator } => {
+                    if !self.load_delegated(set, &role, &delegator)? {
+                        bail!("{role} is not in the snapshot");
+                    }
+                }
+            }
+        }
+        bail!("the lookup did not finish")
     }
 
     /// Load delegated `role` into `set`: the stored copy if it is the version the snapshot
@@ -132,11 +165,12 @@ impl Client {
     }
 }
 
-fn sha256_file(path: &Path) -> anyhow::Result<(u64, String)> {
+/// Length and digests (every supported algorithm) of a file.
+pub fn digest_file(path: &Path) -> anyhow::Result<(u64, ringfence_trust::digest::Digests)> {
     let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let len = std::io::copy(&mut file, &mut hasher)?;
-    Ok((len, hex::encode(hasher.finalize())))
+    let mut hasher = Hasher::default();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finish())
 }
 
 /// Download each target in order into `target_dir`; stop at the first failure. A target
@@ -154,17 +188,17 @@ pub fn download(
     for name in names {
         let target = client.find_target(&mut set, name)?;
         let out = target_dir.join(encode_name(name));
-        if out.exists() && sha256_file(&out).is_ok_and(|(len, sha)| verify_target(&target, len, &sha).is_ok()) {
+        if out.exists() && digest_file(&out).is_ok_and(|(len, d)| verify_target(&target, len, &d).is_ok()) {
             continue;
         }
-        let file = target_file_name(name, &target, consistent).context("no sha256 for the target")?;
+        let file = target_file_name(name, &target, consistent).context("the target lists no sha256 or sha512 hash")?;
         let partial = out.with_extension("partial-ringfence");
         let mut f = std::fs::File::create(&partial)?;
         let result = client.fetcher.fetch_to(&join_url(target_base_url, &file), target.length, 0, &mut f);
         drop(f);
         let checked = result.and_then(|_| {
-            let (len, sha) = sha256_file(&partial)?;
-            verify_target(&target, len, &sha).with_context(|| format!("{name} refused"))
+            let (len, digests) = digest_file(&partial)?;
+            verify_target(&target, len, &digests).with_context(|| format!("{name} refused"))
         });
         if let Err(e) = checked {
             let _ = std::fs::remove_file(&partial);

@@ -328,19 +328,38 @@ pub struct SignerArgs {
     /// The root this signer trusts (for example the `1.root.json` from the ceremony).
     #[arg(long)]
     pub trusted_root: PathBuf,
-    /// Sign without asking for confirmation.
+    /// Sign without asking for confirmation (the difference is still printed and every check
+    /// still runs).
     #[arg(long)]
     pub yes: bool,
+    /// Where this signer keeps its trusted state for the repository (newest root, timestamp,
+    /// snapshot, versions seen and signed). Default:
+    /// `~/.local/state/ringfence/signer/<trusted root fingerprint>`.
+    #[arg(long, env = "RINGFENCE_SIGNER_STATE")]
+    pub state_dir: Option<PathBuf>,
+    /// Refuse to sign a version that expires more than this many days from now.
+    #[arg(long, default_value_t = 400)]
+    pub max_expiry_days: i64,
+    /// Sign a version number this signer already signed a different document under (needed
+    /// after a change to a version while it was pending).
+    #[arg(long)]
+    pub resign_version: bool,
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
 }
 
 impl SignerArgs {
-    fn load(&self) -> anyhow::Result<(SigningKey, Vec<u8>)> {
+    fn load(&self) -> anyhow::Result<(SigningKey, Vec<u8>, review::SignerState, review::ReviewOptions)> {
         let key = self.passphrase.load_key(&self.key)?;
         let path = &self.trusted_root;
         let root = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Ok((key, root))
+        let state = review::SignerState::open(self.state_dir.as_deref(), &root)?;
+        let options = review::ReviewOptions {
+            yes: self.yes,
+            max_expiry_secs: self.max_expiry_days.saturating_mul(86_400),
+            resign_version: self.resign_version,
+        };
+        Ok((key, root, state, options))
     }
 }
 
@@ -544,15 +563,15 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Pending(PendingCommand::Sign { server, role, signer }) => {
             let role = RoleName::parse(&role)?;
-            let (key, trusted) = signer.load()?;
+            let (key, trusted, state, options) = signer.load()?;
             let client = client(&server)?;
-            match review::review_and_sign(&client, &role, &key, &trusted, signer.yes, now())? {
+            match review::review_and_sign(&client, &role, &key, &trusted, &state, options, now())? {
                 review::Signed::Signed(state) => print_state(&state),
                 review::Signed::NotAuthorised(why) => anyhow::bail!("{why}"),
             }
         }
         Command::Pending(PendingCommand::SignAll { server, signer }) => {
-            let (key, trusted) = signer.load()?;
+            let (key, trusted, state, options) = signer.load()?;
             let client = client(&server)?;
             let mut tried = std::collections::BTreeSet::new();
             // Publishing a role can create new pending roles (a publisher's bins): look again.
@@ -567,7 +586,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 list.sort_by_key(|p| (p.role.as_str().matches('.').count(), p.role.clone()));
                 for p in list {
                     tried.insert((p.role.clone(), p.version));
-                    match review::review_and_sign(&client, &p.role, &key, &trusted, signer.yes, now())? {
+                    match review::review_and_sign(&client, &p.role, &key, &trusted, &state, options, now())? {
                         review::Signed::Signed(state) => print_state(&state),
                         review::Signed::NotAuthorised(_) => {}
                     }

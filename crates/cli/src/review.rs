@@ -1,237 +1,424 @@
-//! What an approver's tool checks before it signs a pending role version.
+//! What a signer's tool checks and shows before it signs a pending role version.
+//!
+//! The server prepares what signers sign, so nothing the server says is taken on trust:
+//! - the published repository is refreshed with the same sans-IO TUF workflow the agent runs
+//!   (`ringfence_trust::workflow`), from the signer's own trusted state (root, timestamp,
+//!   snapshot and every role version it has seen or signed, kept per repository in a local
+//!   directory), so an older repository cannot be passed off as current;
+//! - the pending version must be the published version + 1 and newer than any version of
+//!   that role this signer has seen or signed;
+//! - it must keep Ringfence's layout (`ringfence_trust::policy`), expire within the signer's
+//!   maximum, and every approval it adds must carry exactly the entry its publisher signed in
+//!   the bin the path hashes into;
+//! - the complete difference from the published version is printed (every field of every
+//!   entry, `--yes` included), with the count and digest of what is unchanged.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use ringfence_proto::api::{RoleState, SignatureUpload};
 use ringfence_proto::limits::MAX_UPLOADED_METADATA;
 use ringfence_proto::names::RoleKind;
-use ringfence_proto::tuf::{Root, TargetFile, Targets, Timestamp};
+use ringfence_proto::tuf::{Key, Root, Targets};
 use ringfence_proto::{RoleName, TargetPath};
 use ringfence_trust::client::TrustedSet;
-use ringfence_trust::{Envelope, SigningKey};
+use ringfence_trust::policy::{self, LayoutError, Lookup};
+use ringfence_trust::workflow::{Cached, Fetched, Refresh, delegated_need};
+use ringfence_trust::{Envelope, PublicKey, SigningKey};
 
 use crate::http::Client;
 
-fn fetch(client: &Client, role: &str, version: Option<u64>) -> anyhow::Result<Option<Vec<u8>>> {
+/// A signer's trusted state for one repository: the newest root, timestamp and snapshot it
+/// verified, and the highest version of every role it has seen published or has signed.
+pub struct SignerState {
+    dir: PathBuf,
+}
+
+const SEEN: &str = "seen.json";
+const SIGNED: &str = "signed.json";
+
+impl SignerState {
+    /// `dir`, or `$XDG_STATE_HOME/ringfence/signer/<first 16 hex of the trusted root's
+    /// sha256>` (`~/.local/state/...` without `XDG_STATE_HOME`).
+    pub fn open(dir: Option<&Path>, trusted_root: &[u8]) -> anyhow::Result<Self> {
+        let dir = match dir {
+            Some(d) => d.to_owned(),
+            None => {
+                let base = std::env::var_os("XDG_STATE_HOME")
+                    .map(PathBuf::from)
+                    .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+                    .context("no HOME: pass --state-dir")?;
+                let fingerprint = ringfence_trust::sha256_hex(trusted_root);
+                base.join("ringfence/signer").join(fingerprint.get(..16).unwrap_or(&fingerprint))
+            }
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    fn read(&self, name: &str) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join(name)).ok()
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, self.dir.join(name)).with_context(|| format!("writing {name}"))
+    }
+
+    fn remove(&self, name: &str) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn seen(&self) -> BTreeMap<String, u64> {
+        self.read(SEEN).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    /// The last version of each role this signer signed, with the SHA-256 of its canonical
+    /// `signed` bytes.
+    pub fn signed(&self) -> BTreeMap<String, (u64, String)> {
+        self.read(SIGNED).and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn record_signed(&self, role: &str, version: u64, digest: String) -> anyhow::Result<()> {
+        let mut signed = self.signed();
+        signed.insert(role.to_owned(), (version, digest));
+        self.write(SIGNED, &serde_json::to_vec_pretty(&signed)?)
+    }
+
+    fn raise_seen(&self, versions: impl IntoIterator<Item = (String, u64)>) -> anyhow::Result<()> {
+        let mut seen = self.seen();
+        for (role, version) in versions {
+            let v = seen.entry(role).or_default();
+            *v = (*v).max(version);
+        }
+        self.write(SEEN, &serde_json::to_vec_pretty(&seen)?)
+    }
+}
+
+/// How strict the review is beyond the fixed rules.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewOptions {
+    /// Sign without asking (the difference is printed all the same).
+    pub yes: bool,
+    /// Refuse a version that expires later than this many seconds from now.
+    pub max_expiry_secs: i64,
+    /// Sign a version number this signer already signed a different document under (after
+    /// a re-approval while a version was pending); refused otherwise.
+    pub resign_version: bool,
+}
+
+fn fetch(client: &Client, role: &str, version: Option<u64>) -> anyhow::Result<Fetched> {
+    // Only Ringfence role names go into an admin API path.
+    let role = RoleName::parse(role).with_context(|| format!("{role:?} is not a Ringfence role name"))?;
     let path = match version {
         Some(v) => format!("/api/v1/metadata/{role}/{v}"),
         None => format!("/api/v1/metadata/{role}"),
     };
     let answer = client.get(&path)?;
     if answer.status == 404 {
-        return Ok(None);
+        return Ok(Fetched::NotFound);
     }
-    answer.ok().map(Some)
+    answer.ok().map(Fetched::Bytes)
 }
 
-/// Walk the published repository from `trusted_root` exactly as a device would.
-pub fn verified_repository(client: &Client, trusted_root: &[u8], now: i64) -> anyhow::Result<TrustedSet> {
-    let mut set = TrustedSet::new(trusted_root, now).context("the trusted root does not verify")?;
-    loop {
-        let next = set.root().signed.version + 1;
-        match fetch(client, "root", Some(next))? {
-            Some(bytes) => set.update_root(&bytes).with_context(|| format!("root version {next} does not verify"))?,
-            None => break,
+/// The version in a workflow file name (`7.targets.json`), `None` for `timestamp.json`.
+fn file_version(file: &str) -> Option<u64> {
+    file.split_once('.').and_then(|(v, _)| v.parse().ok())
+}
+
+/// Refresh the published repository from the signer's trusted state, with the agent's
+/// workflow; what verifies becomes the new trusted state.
+pub fn refresh(client: &Client, state: &SignerState, trusted_root: &[u8], now: i64) -> anyhow::Result<TrustedSet> {
+    let root = state.read("root.json").unwrap_or_else(|| trusted_root.to_vec());
+    let set = TrustedSet::new(&root, now).context("the trusted root does not verify")?;
+    let cached = Cached { timestamp: state.read("timestamp.json"), snapshot: state.read("snapshot.json"), targets: None };
+    let mut refresh = Refresh::new(set, cached);
+    while let Some(need) = refresh.need() {
+        let version = if need.role == "timestamp" { None } else { file_version(&need.file) };
+        let fetched = fetch(client, &need.role, version)?;
+        let bytes = match &fetched {
+            Fetched::Bytes(b) if b.len() as u64 > need.max_length => bail!("{} is longer than allowed", need.file),
+            Fetched::Bytes(b) => Some(b.clone()),
+            Fetched::NotFound => None,
+        };
+        let accepted = refresh.supply(fetched).with_context(|| format!("REFUSED: the server's {} does not verify", need.file));
+        if refresh.discard_cached() {
+            state.remove("timestamp.json")?;
+            state.remove("snapshot.json")?;
+        }
+        if accepted? && let Some(bytes) = bytes && need.role != "targets" {
+            state.write(&format!("{}.json", need.role), &bytes)?;
         }
     }
-    let ts = fetch(client, "timestamp", None)?.context("no timestamp")?;
-    set.update_timestamp(&ts).context("timestamp does not verify")?;
-    let snapshot_version =
-        Envelope::<Timestamp>::parse(&ts, 1 << 16)?.signed.meta.get("snapshot.json").map_or(0, |m| m.version);
-    let snapshot = fetch(client, "snapshot", Some(snapshot_version))?.context("no snapshot")?;
-    set.update_snapshot(&snapshot, false).context("snapshot does not verify")?;
-    load_role(client, &mut set, "targets", "root")?;
+    let set = refresh.finish().context("REFUSED: the published repository does not verify")?;
+    let mut versions: Vec<(String, u64)> = vec![("root".into(), set.root().signed.version)];
+    if let Some(snapshot) = set.snapshot() {
+        versions.extend(
+            snapshot.signed.meta.iter().filter_map(|(f, m)| Some((f.strip_suffix(".json")?.to_owned(), m.version))),
+        );
+    }
+    state.raise_seen(versions)?;
     Ok(set)
 }
 
-/// Load `role` as delegated by the role at chain `delegator` (`root` for targets).
-fn load_role(client: &Client, set: &mut TrustedSet, role: &str, delegator: &str) -> anyhow::Result<()> {
+/// Load delegated `role` (delegated by the role at chain `delegator`) if the snapshot lists
+/// it; `false` if it does not.
+fn load(client: &Client, set: &mut TrustedSet, role: &str, delegator: &str) -> anyhow::Result<bool> {
     if set.targets(&TrustedSet::chain(delegator, role)).is_some() {
-        return Ok(());
+        return Ok(true);
     }
-    let version = set
-        .snapshot()
-        .and_then(|s| s.signed.meta.get(&format!("{role}.json")))
-        .map(|m| m.version)
-        .with_context(|| format!("{role} is not in the snapshot"))?;
-    let bytes = fetch(client, role, Some(version))?.with_context(|| format!("{role} version {version} missing"))?;
-    set.update_delegated_targets(&bytes, role, delegator).with_context(|| format!("{role} does not verify"))?;
+    let Some(need) = delegated_need(set, role) else { return Ok(false) };
+    let Fetched::Bytes(bytes) = fetch(client, role, file_version(&need.file))? else {
+        bail!("{} is missing on the server", need.file)
+    };
+    if bytes.len() as u64 > need.max_length {
+        bail!("{} is longer than the snapshot allows", need.file);
+    }
+    set.update_delegated_targets(&bytes, role, delegator)
+        .with_context(|| format!("REFUSED: the server's {} does not verify", need.file))?;
+    Ok(true)
+}
+
+fn lookup<T>(
+    client: &Client,
+    set: &mut TrustedSet,
+    mut step: impl FnMut(&TrustedSet) -> Result<Lookup<T>, LayoutError>,
+) -> anyhow::Result<T> {
+    for _ in 0..4 {
+        match step(set).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))? {
+            Lookup::Done(answer) => return Ok(answer),
+            Lookup::Load { role, delegator } => {
+                if !load(client, set, &role, &delegator)? {
+                    bail!("{role} is not in the snapshot");
+                }
+            }
+        }
+    }
+    bail!("the lookup did not finish")
+}
+
+/// The key id under which `keyids` (names given in `keys`) list this signer's public key.
+fn authorised_id(keys: &BTreeMap<String, Key>, keyids: &[String], mine: &PublicKey) -> Option<String> {
+    keyids.iter().find(|id| keys.get(*id).and_then(|k| PublicKey::from_tuf(k).ok()).as_ref() == Some(mine)).cloned()
+}
+
+/// Refuse an expiry beyond the signer's maximum (or one that is not in the future).
+fn check_expiry(expires: &str, now: i64, max_secs: i64) -> anyhow::Result<()> {
+    let at = ringfence_trust::expiry::parse(expires).with_context(|| format!("REFUSED: expires {expires:?}"))?;
+    if at > now.saturating_add(max_secs) {
+        bail!(
+            "REFUSED: expires {expires}, more than {} days from now (the signer's maximum; see --max-expiry-days)",
+            max_secs / 86_400
+        );
+    }
+    if at <= now {
+        bail!("REFUSED: expires {expires}, which is not in the future");
+    }
     Ok(())
 }
 
-/// The entry the publisher signed for `path`, found through verified metadata only.
-fn publisher_entry(client: &Client, set: &mut TrustedSet, path: &TargetPath) -> anyhow::Result<Option<TargetFile>> {
-    let Some(publisher) = path.publisher() else { return Ok(None) };
-    let publisher_role = publisher.role();
-    if !set.delegations_for("targets", path.as_str()).iter().any(|d| d.name == publisher_role.as_str()) {
-        return Ok(None);
-    }
-    load_role(client, set, publisher_role.as_str(), "targets")?;
-    let publisher_chain = TrustedSet::chain("targets", publisher_role.as_str());
-    for bin in set.delegations_for(&publisher_chain, path.as_str()) {
-        load_role(client, set, &bin.name, &publisher_chain)?;
-        let bin_chain = TrustedSet::chain(&publisher_chain, &bin.name);
-        if let Some(entry) = set.targets(&bin_chain).and_then(|b| b.signed.targets.get(path.as_str())) {
-            return Ok(Some(entry.clone()));
-        }
-        if bin.terminating {
-            break;
-        }
-    }
-    Ok(None)
+/// What is about to be signed: the version, the bytes, the key id to sign under and the
+/// lines to show.
+struct Reviewed {
+    version: u64,
+    message: Vec<u8>,
+    keyid: String,
+    lines: Vec<String>,
 }
 
-fn describe(t: &TargetFile) -> String {
-    let sha = t.hashes.get("sha256").map_or("-", String::as_str);
-    let custom = t.custom.as_ref().map(|c| format!(" {c}")).unwrap_or_default();
-    format!("{} bytes sha256:{sha}{custom}", t.length)
-}
-
-/// Lines describing how `next` differs from `current`.
-pub fn targets_diff(current: Option<&Targets>, next: &Targets) -> Vec<String> {
-    let empty = BTreeMap::new();
-    let old = current.map_or(&empty, |c| &c.targets);
-    let mut lines =
-        vec![format!("version {} -> {}, expires {}", current.map_or(0, |c| c.version), next.version, next.expires)];
-    for (path, entry) in &next.targets {
-        match old.get(path) {
-            None => lines.push(format!("+ {path}: {}", describe(entry))),
-            Some(o) if o != entry => lines.push(format!("~ {path}: {} (was {})", describe(entry), describe(o))),
-            Some(_) => {}
-        }
-    }
-    for path in old.keys().filter(|p| !next.targets.contains_key(*p)) {
-        lines.push(format!("- {path}"));
-    }
-    let roles = |t: Option<&Targets>| -> Vec<String> {
-        t.and_then(|t| t.delegations.as_ref())
-            .map(|d| {
-                d.roles
-                    .iter()
-                    .map(|r| format!("{} keys={:?} threshold={} paths={:?}", r.name, r.keyids, r.threshold, r.paths))
-                    .collect()
-            })
-            .unwrap_or_default()
+fn review_root(
+    set: &TrustedSet,
+    pending: &[u8],
+    mine: &PublicKey,
+    options: &ReviewOptions,
+    now: i64,
+) -> anyhow::Result<Result<Reviewed, String>> {
+    let env = Envelope::<Root>::parse(pending, MAX_UPLOADED_METADATA)?;
+    let current = set.root();
+    let keyid = [&env.signed, &current.signed].iter().find_map(|r| {
+        let role = r.roles.get("root")?;
+        authorised_id(&r.keys, &role.keyids, mine)
+    });
+    let Some(keyid) = keyid else {
+        return Ok(Err("this key is not a root key of the current or the new root".into()));
     };
-    let (before, after) = (roles(current), roles(Some(next)));
-    for r in after.iter().filter(|r| !before.contains(r)) {
-        lines.push(format!("+ delegation {r}"));
+    let expected = current.signed.version + 1;
+    if env.signed.version != expected {
+        bail!("REFUSED: root version {} pending where the trusted root is version {}; only {expected} may follow", env.signed.version, current.signed.version);
     }
-    for r in before.iter().filter(|r| !after.contains(r)) {
-        lines.push(format!("- delegation {r}"));
-    }
-    lines
+    check_expiry(&env.signed.expires, now, options.max_expiry_secs)?;
+    let lines = ringfence_trust::review::diff(Some(current.signed_value()), env.signed_value()).lines();
+    Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
 }
 
-/// Fetch the pending version of `role`, show and verify it, sign it with `key` and upload
+fn review_targets(
+    client: &Client,
+    set: &mut TrustedSet,
+    state: &SignerState,
+    role: &RoleName,
+    pending: &[u8],
+    mine: &PublicKey,
+    options: &ReviewOptions,
+    now: i64,
+) -> anyhow::Result<Result<Reviewed, String>> {
+    let env = Envelope::<Targets>::parse(pending, MAX_UPLOADED_METADATA)?;
+    let kind = role.kind();
+    // Who delegates this role, and with which keys.
+    let delegator = match &kind {
+        RoleKind::Targets => "root".to_owned(),
+        RoleKind::Publisher(_) | RoleKind::Approval(_) => "targets".to_owned(),
+        RoleKind::PublisherBin(p, _) => {
+            let publisher = p.role();
+            if !load(client, set, publisher.as_str(), "targets")? {
+                bail!("{publisher} is not published yet: sign it first");
+            }
+            let chain = TrustedSet::chain("targets", publisher.as_str());
+            let top = set.targets("targets").map(|t| &t.signed);
+            let doc = set.targets(&chain).map(|t| &t.signed).context("publisher role not loaded")?;
+            policy::check_role(&publisher, doc, top).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
+            chain
+        }
+        _ => bail!("{role} is signed by the server"),
+    };
+    let (keys, keyids) = if delegator == "root" {
+        let root = &set.root().signed;
+        (root.keys.clone(), root.roles.get("targets").map(|r| r.keyids.clone()).unwrap_or_default())
+    } else {
+        let parent = set.targets(&delegator).with_context(|| format!("{delegator} not loaded"))?;
+        let delegations = parent.signed.delegations.as_ref();
+        let entry = delegations
+            .and_then(|d| d.roles.iter().find(|r| r.name == role.as_str()))
+            .with_context(|| format!("REFUSED: {role} is not delegated by the published {delegator}"))?;
+        (delegations.map(|d| d.keys.clone()).unwrap_or_default(), entry.keyids.clone())
+    };
+    let Some(keyid) = authorised_id(&keys, &keyids, mine) else {
+        return Ok(Err(format!("this key may not sign {role}")));
+    };
+
+    // The baseline: the published version, which the pending one must directly follow.
+    let published = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json"))).map_or(0, |m| m.version);
+    if env.signed.version != published + 1 {
+        bail!(
+            "REFUSED: {role} version {} pending where version {published} is published; only {} may follow",
+            env.signed.version,
+            published + 1
+        );
+    }
+    let seen = state.seen().get(role.as_str()).copied().unwrap_or(0);
+    if env.signed.version <= seen {
+        bail!(
+            "REFUSED: this signer has already seen {role} version {seen} published, yet the server shows version \
+             {published} as published: the server is showing an older repository as current"
+        );
+    }
+    check_signed_before(state, role, &env, options)?;
+    check_expiry(&env.signed.expires, now, options.max_expiry_secs)?;
+    let current = if published == 0 {
+        None
+    } else if role.as_str() == "targets" {
+        set.targets("targets").map(|t| t.signed_value().clone())
+    } else {
+        load(client, set, role.as_str(), &delegator)?;
+        set.targets(&TrustedSet::chain(&delegator, role.as_str())).map(|t| t.signed_value().clone())
+    };
+    let top = set.targets("targets").map(|t| t.signed.clone());
+    let layout_top = if kind == RoleKind::Targets { None } else { top.as_ref() };
+    policy::check_role(role, &env.signed, layout_top).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
+
+    let mut lines = ringfence_trust::review::diff(current.as_ref(), env.signed_value()).lines();
+    if let RoleKind::Approval(_) = &kind {
+        let old: Option<Targets> = current.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok());
+        for (path, entry) in &env.signed.targets {
+            if old.as_ref().and_then(|c| c.targets.get(path)) == Some(entry) {
+                continue;
+            }
+            let path = TargetPath::parse(path)?;
+            let (_, published_path) = path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
+            let signed = lookup(client, set, |set| policy::published_entry(set, &published_path))?
+                .with_context(|| format!("REFUSED: {published_path} is not signed by its publisher"))?;
+            let custom = policy::check_approval(&path, entry, &signed).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
+            lines.push(format!(
+                "approves {published_path} ({:?}), signed by its publisher in its bin: {} bytes, installs with {}",
+                custom.action,
+                signed.length,
+                signed.custom.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "no installer".into())
+            ));
+        }
+    }
+    Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
+}
+
+/// Refuse a version older than one this signer signed, and another document under a version
+/// number it signed before (unless `--resign-version`): two documents with one version number,
+/// each signed, would let the server publish whichever it likes.
+fn check_signed_before(
+    state: &SignerState,
+    role: &RoleName,
+    env: &Envelope<Targets>,
+    options: &ReviewOptions,
+) -> anyhow::Result<()> {
+    let Some((version, digest)) = state.signed().get(role.as_str()).cloned() else { return Ok(()) };
+    let this = ringfence_trust::sha256_hex(env.canonical_signed());
+    if env.signed.version < version {
+        bail!("REFUSED: this signer already signed {role} version {version}; the server offers version {}", env.signed.version);
+    }
+    if env.signed.version == version && digest != this && !options.resign_version {
+        bail!(
+            "REFUSED: this signer already signed a different {role} version {version} (sha256 {digest}, now {this}); \
+             if that version was replaced on purpose (a change while it was pending), pass --resign-version"
+        );
+    }
+    Ok(())
+}
+
+/// Fetch the pending version of `role`, verify and show it, sign it with `key` and upload
 /// the signature.
 pub fn review_and_sign(
     client: &Client,
     role: &RoleName,
     key: &SigningKey,
     trusted_root: &[u8],
-    yes: bool,
+    state: &SignerState,
+    options: ReviewOptions,
     now: i64,
 ) -> anyhow::Result<Signed> {
     let pending = client
         .get(&format!("/api/v1/pending/{role}"))?
         .ok()
         .with_context(|| format!("fetching the pending version of {role}"))?;
-    let mut set = verified_repository(client, trusted_root, now)?;
-    let keyid = key.key_id().to_string();
-    let (version, message, lines) = match role.kind() {
-        RoleKind::Root => {
-            let env = Envelope::<Root>::parse(&pending, MAX_UPLOADED_METADATA)?;
-            let current = &set.root().signed;
-            let mut lines = vec![format!(
-                "root version {} -> {}, expires {}",
-                current.version, env.signed.version, env.signed.expires
-            )];
-            for (name, keys) in &env.signed.roles {
-                if current.roles.get(name) != Some(keys) {
-                    lines.push(format!("~ {name}: keys {:?} threshold {}", keys.keyids, keys.threshold));
-                }
-            }
-            let listed = env.signed.roles.get("root").is_some_and(|r| r.keyids.contains(&keyid))
-                || current.roles.get("root").is_some_and(|r| r.keyids.contains(&keyid));
-            if !listed {
-                return Ok(Signed::NotAuthorised(format!(
-                    "key {keyid} is not a root key of the current or the new root"
-                )));
-            }
-            (env.signed.version, env.canonical_signed().to_vec(), lines)
-        }
+    let mut set = refresh(client, state, trusted_root, now)?;
+    let mine = key.public();
+    let reviewed = match role.kind() {
+        RoleKind::Root => review_root(&set, &pending, &mine, &options, now)?,
         RoleKind::Snapshot | RoleKind::Timestamp => bail!("{role} is signed by the server"),
-        kind => {
-            let env = Envelope::<Targets>::parse(&pending, MAX_UPLOADED_METADATA)?;
-            let delegator = match &kind {
-                RoleKind::Targets => "root".to_owned(),
-                RoleKind::PublisherBin(p, _) => {
-                    load_role(client, &mut set, p.role().as_str(), "targets")?;
-                    TrustedSet::chain("targets", p.role().as_str())
-                }
-                _ => "targets".to_owned(),
-            };
-            let (keyids, _) = authority(&set, role, &delegator)?;
-            if !keyids.contains(&keyid) {
-                return Ok(Signed::NotAuthorised(format!("key {keyid} may not sign {role}")));
-            }
-            let current = if role.as_str() == "targets" {
-                set.targets("targets").map(|t| t.signed.clone())
-            } else {
-                load_role(client, &mut set, role.as_str(), &delegator).ok();
-                set.targets(&TrustedSet::chain(&delegator, role.as_str())).map(|t| t.signed.clone())
-            };
-            let lines = targets_diff(current.as_ref(), &env.signed);
-            if let RoleKind::Approval(group) = &kind {
-                for (path, entry) in &env.signed.targets {
-                    if current.as_ref().and_then(|c| c.targets.get(path)) == Some(entry) {
-                        continue;
-                    }
-                    let path = TargetPath::parse(path)?;
-                    let (g, published) =
-                        path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
-                    if &g != group {
-                        bail!("{path} is outside group {group}");
-                    }
-                    let signed = publisher_entry(client, &mut set, &published)?
-                        .with_context(|| format!("REFUSED: {published} is not signed by its publisher"))?;
-                    let custom: ringfence_proto::tuf::ApprovalCustom =
-                        serde_json::from_value(entry.custom.clone().context("an approval without its custom fields")?)
-                            .with_context(|| format!("REFUSED: {path} does not carry valid approval fields"))?;
-                    if ringfence_trust::writer::entry_digest(&signed) != custom.published_entry_sha256 {
-                        bail!("REFUSED: the approval of {published} does not pin the entry its publisher signed");
-                    }
-                    println!(
-                        "  {published}: installs with {}",
-                        signed.custom.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "no installer".into())
-                    );
-                    if signed.length != entry.length || signed.hashes != entry.hashes {
-                        bail!(
-                            "REFUSED: the approval of {published} does not carry the length and hashes its publisher signed"
-                        );
-                    }
-                }
-            }
-            (env.signed.version, env.canonical_signed().to_vec(), lines)
-        }
+        _ => review_targets(client, &mut set, state, role, &pending, &mine, &options, now)?,
     };
-    println!("{role}, pending version {version}:");
-    for line in &lines {
+    let reviewed = match reviewed {
+        Ok(r) => r,
+        Err(why) => return Ok(Signed::NotAuthorised(why)),
+    };
+    println!("{role}, pending version {}:", reviewed.version);
+    for line in &reviewed.lines {
         println!("  {line}");
     }
-    if !yes {
-        eprint!("sign this with key {keyid}? [y/N] ");
+    if !options.yes {
+        eprint!("sign this with key {}? [y/N] ", reviewed.keyid);
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "yes") {
             bail!("not signed");
         }
     }
-    let signature = ringfence_proto::tuf::Signature { keyid, sig: hex::encode(key.sign(&message)) };
-    let upload = SignatureUpload { version, signatures: vec![signature] };
+    let signature =
+        ringfence_proto::tuf::Signature { keyid: reviewed.keyid, sig: hex::encode(key.sign(&reviewed.message)) };
+    let upload = SignatureUpload { version: reviewed.version, signatures: vec![signature] };
     let answer = client.send_json("POST", &format!("/api/v1/pending/{role}/signatures"), &upload)?.ok()?;
+    state.record_signed(role.as_str(), reviewed.version, ringfence_trust::sha256_hex(&reviewed.message))?;
     Ok(Signed::Signed(serde_json::from_slice(&answer)?))
 }
 
@@ -240,19 +427,4 @@ pub enum Signed {
     Signed(RoleState),
     /// The key is not one of the role's keys; nothing was signed.
     NotAuthorised(String),
-}
-
-fn authority(set: &TrustedSet, role: &RoleName, delegator: &str) -> anyhow::Result<(Vec<String>, u64)> {
-    if delegator == "root" {
-        let r = set.root().signed.roles.get(role.as_str()).context("role not in root")?;
-        return Ok((r.keyids.clone(), r.threshold));
-    }
-    let parent = set.targets(delegator).with_context(|| format!("{delegator} not loaded"))?;
-    let entry = parent
-        .signed
-        .delegations
-        .as_ref()
-        .and_then(|d| d.roles.iter().find(|r| r.name == role.as_str()))
-        .with_context(|| format!("{role} is not delegated by {delegator}"))?;
-    Ok((entry.keyids.clone(), entry.threshold))
 }

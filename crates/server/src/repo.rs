@@ -14,13 +14,13 @@ use ringfence_proto::api::{
 use ringfence_proto::limits::{MAX_FILES_PER_UPDATE, MAX_LIST, MAX_METADATA_BYTES, MAX_TEXT, MAX_UPLOADED_METADATA};
 use ringfence_proto::names::RoleKind;
 use ringfence_proto::tuf::{ApprovalCustom, Key, Root, Snapshot, Targets, Timestamp};
-use ringfence_proto::{RoleName, TargetPath};
+use ringfence_proto::{PublisherName, RoleName, TargetPath};
 use ringfence_store::{
     AuditRecord, BlobStore, MetadataRecord, PendingRecord, SqliteStore, Store, UpdateFileRecord, UpdateRecord,
 };
 use ringfence_trust::client::TrustedSet;
 use ringfence_trust::envelope::MetadataType;
-use ringfence_trust::{Envelope, expiry, writer};
+use ringfence_trust::{Envelope, SigningKey, expiry, policy, writer};
 
 use crate::config::ExpiryPolicy;
 use crate::error::{ApiError, ApiResult};
@@ -189,6 +189,7 @@ impl Repository {
                 _ => return Err(bad(format!("{name} cannot be imported"))),
             };
             env.verify(name.as_str(), &authority.keys, &authority.keyids, authority.threshold).map_err(bad)?;
+            policy::check_role(name, &env.signed, verified.get("targets").map(|t| &t.signed)).map_err(bad)?;
             verified.insert(name.to_string(), env.clone());
             ordered.push((name.clone(), env));
         }
@@ -216,6 +217,42 @@ impl Repository {
         Ok(self.store.append_audit(&rec).await?)
     }
 
+    /// The server's keys that may sign `role`. Only roles the offline-signed top-level targets
+    /// puts online by design: an approval role, or a publisher role and its bins, whose
+    /// top-level delegation the online keys meet the threshold of (`pilot`'s auto-approver,
+    /// a vendor-import publisher). Any other role, whatever keys a delegation below the top
+    /// level names, waits for its offline key holders.
+    async fn online_signers(&self, role: &RoleName, authority: &Authority) -> ApiResult<Vec<&SigningKey>> {
+        let top_entry = match role.kind() {
+            RoleKind::Approval(group) => group.approval_role(),
+            RoleKind::Publisher(publisher) | RoleKind::PublisherBin(publisher, _) => publisher.role(),
+            _ => return Ok(Vec::new()),
+        };
+        let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
+        let Some(entry) = top.signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == top_entry.as_str()))
+        else {
+            return Ok(Vec::new());
+        };
+        let signers = self.keys.delegated_signers();
+        let online = entry.keyids.iter().filter(|id| signers.contains_key(*id)).count() as u64;
+        if entry.threshold == 0 || online < entry.threshold {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&SigningKey> = authority.keyids.iter().filter_map(|id| signers.get(id).copied()).collect();
+        Ok(if keys.len() as u64 >= authority.threshold { keys } else { Vec::new() })
+    }
+
+    /// The bin prefix length of `publisher`'s published role, which must keep the layout.
+    async fn bin_prefix_len(&self, publisher: &PublisherName) -> ApiResult<usize> {
+        let unknown = || bad(format!("unknown publisher {publisher}"));
+        let top = self.latest::<Targets>("targets").await?.ok_or_else(unknown)?;
+        let doc = self.latest::<Targets>(publisher.role().as_str()).await?.ok_or_else(unknown)?;
+        let delegations = top.signed.delegations.as_ref().ok_or_else(unknown)?;
+        let entry = delegations.roles.iter().find(|r| r.name == publisher.role().as_str()).ok_or_else(unknown)?;
+        policy::check_publisher(publisher, &doc.signed, entry, &delegations.keys)
+            .map_err(|e| ApiError::Conflict(format!("the published {}: {e}", publisher.role())))
+    }
+
     /// The next version of a delegated targets-type role: the pending one if there is one,
     /// else the published one plus one. `change` edits it. Signed at once when the server's
     /// online keys meet the role's threshold; otherwise held as pending.
@@ -236,9 +273,9 @@ impl Repository {
             }
         };
         change(&mut next)?;
-        let signers = self.keys.delegated_signers();
-        let online: Vec<_> = authority.keyids.iter().filter_map(|id| signers.get(id)).collect();
-        let lifetime = if online.len() as u64 >= authority.threshold {
+        policy::check_role(role, &next, None).map_err(bad)?;
+        let online = self.online_signers(role, &authority).await?;
+        let lifetime = if !online.is_empty() {
             self.policy.online_targets_secs
         } else {
             self.policy.offline_targets_secs
@@ -296,8 +333,14 @@ impl Repository {
                 }
             }
             let mut online_signed = Vec::new();
+            let top = self.latest::<Targets>("targets").await?.map(|t| t.signed);
             for delegator in delegators {
                 let Some(parent) = self.latest::<Targets>(delegator.as_str()).await? else { continue };
+                // Only a delegator that keeps the layout gets roles prepared below it.
+                if let Err(e) = policy::check_role(&delegator, &parent.signed, top.as_ref()) {
+                    tracing::warn!("not preparing roles below {delegator}: {e}");
+                    continue;
+                }
                 let Some(delegations) = parent.signed.delegations else { continue };
                 for entry in &delegations.roles {
                     let Ok(name) = RoleName::parse(&entry.name) else { continue };
@@ -311,9 +354,8 @@ impl Repository {
                         keyids: entry.keyids.clone(),
                         threshold: entry.threshold,
                     };
-                    let signers = self.keys.delegated_signers();
-                    let online: Vec<_> = authority.keyids.iter().filter_map(|id| signers.get(id)).collect();
-                    let signable = online.len() as u64 >= authority.threshold && authority.threshold > 0;
+                    let online = self.online_signers(&name, &authority).await?;
+                    let signable = !online.is_empty();
                     let lifetime =
                         if signable { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
                     let first = match name.kind() {
@@ -357,20 +399,7 @@ impl Repository {
     pub async fn publish_update(&self, manifest: UpdateManifest, now: i64) -> ApiResult<PublishOutcome> {
         validate_manifest(&manifest)?;
         let _guard = self.write_lock.lock().await;
-        let publisher_role = manifest.publisher.role();
-        let publisher = self
-            .latest::<Targets>(publisher_role.as_str())
-            .await?
-            .ok_or_else(|| bad(format!("unknown publisher {}", manifest.publisher)))?;
-        let prefix_len = publisher
-            .signed
-            .delegations
-            .as_ref()
-            .and_then(|d| d.roles.first())
-            .and_then(|r| r.path_hash_prefixes.as_ref())
-            .and_then(|p| p.first())
-            .map(String::len)
-            .ok_or_else(|| ApiError::internal("publisher role has no hashed bins"))?;
+        let prefix_len = self.bin_prefix_len(&manifest.publisher).await?;
 
         let mut files = Vec::new();
         let mut by_bin: BTreeMap<String, Vec<(TargetPath, UpdateFileRecord)>> = BTreeMap::new();
@@ -457,14 +486,7 @@ impl Repository {
             .file_by_target_path(request.target.as_str())
             .await?
             .ok_or_else(|| bad(format!("unknown target {}", request.target)))?;
-        let prefix_len = self
-            .latest::<Targets>(publisher.role().as_str())
-            .await?
-            .and_then(|p| p.signed.delegations)
-            .and_then(|d| {
-                d.roles.first().and_then(|r| r.path_hash_prefixes.as_ref().and_then(|p| p.first().map(String::len)))
-            })
-            .ok_or_else(|| bad(format!("unknown publisher {publisher}")))?;
+        let prefix_len = self.bin_prefix_len(&publisher).await?;
         let bin = publisher.bin_role(&ringfence_trust::paths::bin_prefix_of(request.target.as_str(), prefix_len));
         let signed_entry = self
             .latest::<Targets>(bin.as_str())
@@ -528,6 +550,9 @@ impl Repository {
                 let env = Envelope::<Targets>::parse(bytes, MAX_UPLOADED_METADATA).map_err(bad)?;
                 let current = self.latest::<Targets>(role.as_str()).await?.ok_or(ApiError::NotFound)?;
                 expect_next(role, current.signed.version, env.signed.version)?;
+                // Nothing that breaks the layout is held for signers, let alone published.
+                let top = self.latest::<Targets>("targets").await?.map(|t| t.signed);
+                policy::check_role(role, &env.signed, top.as_ref()).map_err(bad)?;
                 let authority = self.authority(role).await?;
                 // Only valid signatures are kept, so a pending document never carries junk.
                 let env = keep_valid(env, &authority)?;
@@ -596,7 +621,6 @@ impl Repository {
     pub async fn renew(&self, now: i64) -> ApiResult<Vec<RoleVersion>> {
         let _guard = self.write_lock.lock().await;
         let mut roles = Vec::new();
-        let signers = self.keys.delegated_signers();
         for rec in self.store.latest_all().await? {
             let Ok(name) = RoleName::parse(&rec.role) else { continue };
             if matches!(name.kind(), RoleKind::Root | RoleKind::Targets | RoleKind::Snapshot | RoleKind::Timestamp) {
@@ -609,8 +633,8 @@ impl Repository {
                 continue;
             }
             let authority = self.authority(&name).await?;
-            let online: Vec<_> = authority.keyids.iter().filter_map(|id| signers.get(id)).collect();
-            if (online.len() as u64) < authority.threshold {
+            let online = self.online_signers(&name, &authority).await?;
+            if online.is_empty() {
                 continue;
             }
             let mut next = parse::<Targets>(&rec.bytes)?.signed;
@@ -638,7 +662,6 @@ impl Repository {
 
     /// Expiry of every published role and warnings for offline roles expiring soon.
     pub async fn health(&self, now: i64) -> ApiResult<Health> {
-        let signers = self.keys.delegated_signers();
         let mut roles = Vec::new();
         let mut warnings = Vec::new();
         for rec in self.store.latest_all().await? {
@@ -647,7 +670,7 @@ impl Repository {
                 RoleKind::Snapshot | RoleKind::Timestamp => false,
                 RoleKind::Root | RoleKind::Targets => true,
                 _ => match self.authority(&name).await {
-                    Ok(a) => (a.keyids.iter().filter(|id| signers.contains_key(*id)).count() as u64) < a.threshold,
+                    Ok(a) => self.online_signers(&name, &a).await?.is_empty(),
                     Err(_) => true,
                 },
             };

@@ -68,10 +68,8 @@ fn check_length_and_hashes(role: &str, meta: &MetaFile, bytes: &[u8]) -> Result<
         return Err(mismatch());
     }
     if let Some(hashes) = &meta.hashes {
-        let sha256 = hashes.get("sha256").ok_or_else(mismatch)?;
-        if *sha256 != crate::sha256_hex(bytes) {
-            return Err(mismatch());
-        }
+        // Every listed algorithm this client knows must match; none known is a refusal.
+        crate::digest::Digests::of(bytes).check(hashes).map_err(|_| mismatch())?;
     }
     Ok(())
 }
@@ -104,8 +102,11 @@ impl TrustedSet {
     ///
     /// Delegated roles are trusted per chain: a document verified as a role one delegator
     /// names is never used where another delegator names a role of the same name.
+    /// Role names are opaque strings (`/a`, `../a` are valid): each is percent-encoded in the
+    /// chain, so `/` only ever separates roles.
     pub fn chain(parent: &str, role: &str) -> String {
-        if parent == "root" { role.to_owned() } else { format!("{parent}/{role}") }
+        let role = crate::workflow::encode_role(role);
+        if parent == "root" { role } else { format!("{parent}/{role}") }
     }
 
     /// Load a cached snapshot as the reference for rollback checks only. It must be signed by
@@ -242,10 +243,11 @@ impl TrustedSet {
     /// Accept the targets metadata of `role`, delegated by the trusted role at chain
     /// `delegator` (`root` for top-level targets). Stored at `chain(delegator, role)`.
     pub fn update_delegated_targets(&mut self, bytes: &[u8], role: &str, delegator: &str) -> Result<(), ClientError> {
-        // A delegated role named like a top-level role, or with the chain separator, could
-        // stand in for one in storage or lookups: never trusted.
+        // A delegated role named like a top-level role could stand in for one in storage or
+        // lookups: never trusted (python-tuf refuses such delegations too). Any other name is
+        // an opaque string, kept apart in chains and file names by percent-encoding.
         let reserved = ["root", "targets", "snapshot", "timestamp"].contains(&role);
-        if (delegator != "root" && reserved) || role.contains('/') || role.is_empty() {
+        if (delegator != "root" && reserved) || role.is_empty() {
             return Err(ClientError::NotDelegated { role: role.into(), delegator: delegator.into() });
         }
         let snapshot = self.final_snapshot()?;

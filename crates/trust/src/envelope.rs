@@ -89,6 +89,11 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         }
         check_json_depth(bytes, MAX_JSON_DEPTH).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let raw: RawEnvelope = serde_json::from_slice(bytes).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
+        // The specification: a key id MUST be unique in the signatures array.
+        let mut seen = BTreeSet::new();
+        if let Some(dup) = raw.signatures.iter().find(|s| !seen.insert(s.keyid.as_str())) {
+            return Err(EnvelopeError::Malformed(format!("key id {} signs twice", dup.keyid)));
+        }
         if let Some(found) = raw.signed.get("_type").and_then(Value::as_str)
             && found != T::TYPE
         {
@@ -112,6 +117,11 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         let signed_value = serde_json::to_value(&signed).map_err(|e| EnvelopeError::Malformed(e.to_string()))?;
         let canonical_signed = canonical::encode(&signed_value)?;
         Ok(Self { signed, signatures: Vec::new(), signed_value, canonical_signed })
+    }
+
+    /// The `signed` object exactly as received (unknown fields included).
+    pub fn signed_value(&self) -> &Value {
+        &self.signed_value
     }
 
     /// The canonical bytes signatures are made over.
@@ -145,8 +155,8 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         Ok(canonical::encode(&value)?)
     }
 
-    /// Count distinct key ids among `keyids` that made a valid signature; fail below
-    /// `threshold`.
+    /// Count distinct public keys among those `keyids` name that made a valid signature; fail
+    /// below `threshold`.
     pub fn verify(
         &self,
         role: &str,
@@ -163,25 +173,29 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
     }
 }
 
-/// Count each authorised key id once, and only if its signature verifies over `message`.
+/// Count the distinct public keys that made a valid signature over `message`, among the keys
+/// `keyids` names. A key id is only the name the delegating metadata gives a key (it is not
+/// recomputed: other implementations derive ids differently), so one key listed under two ids
+/// counts once, and a key id signing twice counts once.
 pub fn count_valid(message: &[u8], signatures: &[Signature], keys: &BTreeMap<String, Key>, keyids: &[String]) -> u64 {
     let authorised: BTreeSet<&str> = keyids.iter().map(String::as_str).collect();
-    let mut counted: BTreeSet<&str> = BTreeSet::new();
-    // The same key listed under two ids (say, its hex in another case) counts once.
+    let mut counted_ids: BTreeSet<&str> = BTreeSet::new();
     let mut counted_keys: Vec<PublicKey> = Vec::new();
     for s in signatures {
-        if !authorised.contains(s.keyid.as_str()) || counted.contains(s.keyid.as_str()) {
+        if !authorised.contains(s.keyid.as_str()) || counted_ids.contains(s.keyid.as_str()) {
             continue;
         }
         let Some(key) = keys.get(&s.keyid) else { continue };
-        let Ok((_, public)) = PublicKey::from_tuf_with_id(&s.keyid, key) else { continue };
+        let Ok(public) = PublicKey::from_tuf(key) else { continue };
         let Ok(sig) = hex::decode(&s.sig) else { continue };
-        if public.verify(message, &sig).is_ok() && !counted_keys.contains(&public) {
-            counted.insert(s.keyid.as_str());
-            counted_keys.push(public);
+        if public.verify(message, &sig).is_ok() {
+            counted_ids.insert(s.keyid.as_str());
+            if !counted_keys.contains(&public) {
+                counted_keys.push(public);
+            }
         }
     }
-    counted.len() as u64
+    counted_keys.len() as u64
 }
 
 pub fn verify_threshold(
@@ -261,6 +275,40 @@ mod tests {
         let extra = br#"{"signatures":[],"signed":{},"$type":"System.Object"}"#;
         assert!(matches!(Envelope::<Timestamp>::parse(extra, 1 << 20), Err(EnvelopeError::Malformed(_))));
         assert!(matches!(Envelope::<Timestamp>::parse(&bytes, 10), Err(EnvelopeError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_key_id_signing_twice_is_refused() {
+        let (keys, _, _) = keyring(1);
+        let mut env = Envelope::new(timestamp()).unwrap();
+        env.sign(&keys[0]);
+        let mut value: Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
+        let sig = value["signatures"][0].clone();
+        value["signatures"].as_array_mut().unwrap().push(sig);
+        let err = Envelope::<Timestamp>::parse(&serde_json::to_vec(&value).unwrap(), 1 << 20).unwrap_err();
+        assert!(matches!(&err, EnvelopeError::Malformed(m) if m.contains("signs twice")), "{err:?}");
+    }
+
+    #[test]
+    fn key_ids_are_names_and_one_key_under_two_names_counts_once() {
+        let (keys, _, _) = keyring(2);
+        let mut env = Envelope::new(timestamp()).unwrap();
+        // Ids as another implementation might assign them: not recomputable from the key.
+        let map: BTreeMap<String, Key> = BTreeMap::from([
+            ("alice".to_owned(), keys[0].public().to_tuf()),
+            ("alice-again".to_owned(), keys[0].public().to_tuf()),
+            ("bob".to_owned(), keys[1].public().to_tuf()),
+        ]);
+        let sig = |k: &SigningKey, env: &Envelope<Timestamp>| hex::encode(k.sign(env.canonical_signed()));
+        env.signatures = vec![
+            Signature { keyid: "alice".into(), sig: sig(&keys[0], &env) },
+            Signature { keyid: "alice-again".into(), sig: sig(&keys[0], &env) },
+        ];
+        let ids: Vec<String> = map.keys().cloned().collect();
+        assert_eq!(env.count_valid(&map, &ids), 1, "one key under two ids counts once");
+        assert!(matches!(env.verify("t", &map, &ids, 2), Err(EnvelopeError::ThresholdNotMet { valid: 1, .. })));
+        env.signatures.push(Signature { keyid: "bob".into(), sig: sig(&keys[1], &env) });
+        assert_eq!(env.verify("t", &map, &ids, 2), Ok(2));
     }
 
     proptest! {

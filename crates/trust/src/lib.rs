@@ -6,11 +6,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod canonical;
+pub mod digest;
 pub mod client;
 pub mod envelope;
 pub mod expiry;
 pub mod keys;
 pub mod paths;
+pub mod policy;
+pub mod review;
 pub mod workflow;
 pub mod writer;
 

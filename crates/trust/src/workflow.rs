@@ -61,6 +61,27 @@ pub struct Refresh {
     set: TrustedSet,
     phase: Phase,
     cached: Cached,
+    /// The timestamp and snapshot keys of the root the refresh started from.
+    start_keys: OnlineKeys,
+    /// Set when those keys rotated: the caller must delete its stored timestamp and snapshot.
+    discard_cached: bool,
+}
+
+/// The keys (material, not ids) and thresholds of the timestamp and snapshot roles.
+type OnlineKeys = Vec<(Vec<ringfence_proto::tuf::Key>, u64)>;
+
+fn online_keys(root: &ringfence_proto::tuf::Root) -> OnlineKeys {
+    ["timestamp", "snapshot"]
+        .iter()
+        .map(|role| match root.roles.get(*role) {
+            Some(r) => {
+                let mut keys: Vec<_> = r.keyids.iter().filter_map(|id| root.keys.get(id)).cloned().collect();
+                keys.sort_by(|a, b| (&a.keytype, &a.keyval.public).cmp(&(&b.keytype, &b.keyval.public)));
+                (keys, r.threshold)
+            }
+            None => (Vec::new(), 0),
+        })
+        .collect()
 }
 
 /// Metadata the client stored after an earlier refresh. It is loaded once the root chain is
@@ -82,10 +103,23 @@ impl Refresh {
     /// Start from a trusted set holding the trusted root and, if the caller has them, the
     /// cached timestamp and snapshot (loaded as rollback references).
     pub fn new(set: TrustedSet, cached: Cached) -> Self {
-        Self { set, phase: Phase::Root { walked: 0 }, cached }
+        let start_keys = online_keys(&set.root().signed);
+        Self { set, phase: Phase::Root { walked: 0 }, cached, start_keys, discard_cached: false }
+    }
+
+    /// True once the root chain rotated the timestamp or snapshot keys: fast-forward recovery
+    /// (specification 5.3.11). The cached timestamp and snapshot were not loaded, and the
+    /// caller must delete its stored copies at once, so that a later refresh starting from
+    /// the new root cannot load a fast-forwarded version as its rollback reference.
+    pub fn discard_cached(&self) -> bool {
+        self.discard_cached
     }
 
     fn root_chain_done(&mut self) {
+        if online_keys(&self.set.root().signed) != self.start_keys {
+            self.cached = Cached::default();
+            self.discard_cached = true;
+        }
         if let Some(ts) = self.cached.timestamp.take() {
             // Refused or expired cached metadata only loses its use as a reference.
             let _ = self.set.update_timestamp(&ts);
@@ -252,16 +286,8 @@ impl TargetSearch {
                 return Err(WorkflowError::TooManyDelegations);
             }
             let Some(metadata) = set.targets(&chain) else {
-                let meta = set
-                    .snapshot()
-                    .and_then(|s| s.signed.meta.get(&format!("{role}.json")))
+                let need = delegated_need(set, &role)
                     .ok_or_else(|| ClientError::NotListed { role: role.clone(), listing: "snapshot" })?;
-                let consistent = set.root().signed.consistent_snapshot;
-                let need = Need {
-                    role: role.clone(),
-                    file: versioned(consistent, meta.version, &encode_role(&role)),
-                    max_length: meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES),
-                };
                 self.stack.push((role, delegator.clone()));
                 return Ok(SearchStep::Need { need, delegator });
             };
@@ -284,15 +310,20 @@ impl TargetSearch {
     }
 }
 
-/// The file name to fetch a target by, relative to the targets base URL.
+/// The file name to fetch a target by, relative to the targets base URL. With consistent
+/// snapshots it is `<dir>/<hash>.<file>` with one of the listed hashes (sha256 if listed,
+/// else sha512); `None` when no supported hash is listed or the listed one is not hex.
 pub fn target_file_name(path: &str, target: &TargetFile, consistent: bool) -> Option<String> {
     if !consistent {
         return Some(path.to_owned());
     }
-    let sha = target.hashes.get("sha256")?;
+    let hash = crate::digest::SUPPORTED.iter().find_map(|a| target.hashes.get(*a))?;
+    if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     Some(match path.rsplit_once('/') {
-        Some((dir, file)) => format!("{dir}/{sha}.{file}"),
-        None => format!("{sha}.{path}"),
+        Some((dir, file)) => format!("{dir}/{hash}.{file}"),
+        None => format!("{hash}.{path}"),
     })
 }
 
@@ -300,23 +331,28 @@ pub fn target_file_name(path: &str, target: &TargetFile, consistent: bool) -> Op
 pub enum TargetError {
     #[error("target is {got} bytes, metadata says {expected}")]
     Length { expected: u64, got: u64 },
-    #[error("target hash does not match its metadata")]
-    Hash,
-    #[error("metadata lists no sha256 for the target")]
-    NoUsableHash,
+    #[error(transparent)]
+    Hash(#[from] crate::digest::DigestError),
 }
 
-/// Check downloaded bytes against the trusted metadata entry (length and every sha256/sha512
-/// hash listed; at least one must be known).
-pub fn verify_target(target: &TargetFile, length: u64, sha256_hex: &str) -> Result<(), TargetError> {
+/// Check downloaded bytes against the trusted metadata entry: the length, and every hash the
+/// entry lists whose algorithm this client knows (sha256, sha512); at least one must be known.
+pub fn verify_target(target: &TargetFile, length: u64, digests: &crate::digest::Digests) -> Result<(), TargetError> {
     if length != target.length {
         return Err(TargetError::Length { expected: target.length, got: length });
     }
-    match target.hashes.get("sha256") {
-        Some(expected) if expected.eq_ignore_ascii_case(sha256_hex) => Ok(()),
-        Some(_) => Err(TargetError::Hash),
-        None => Err(TargetError::NoUsableHash),
-    }
+    digests.check(&target.hashes)?;
+    Ok(())
+}
+
+/// What to fetch for delegated `role`, as the trusted snapshot lists it (`None` if it does not).
+pub fn delegated_need(set: &TrustedSet, role: &str) -> Option<Need> {
+    let meta = set.snapshot()?.signed.meta.get(&format!("{role}.json"))?;
+    Some(Need {
+        role: role.to_owned(),
+        file: versioned(set.root().signed.consistent_snapshot, meta.version, &encode_role(role)),
+        max_length: meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES),
+    })
 }
 
 #[cfg(test)]
@@ -326,6 +362,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::envelope::EnvelopeError;
     use crate::writer::{self, Coverage, RoleKeySet};
     use crate::{Envelope, SigningKey};
 
@@ -447,6 +484,33 @@ mod tests {
             self.files.insert("timestamp.json".into(), timestamp);
         }
 
+        /// Version 1 of a repository of delegated roles, each signed by the delegate key and
+        /// trusted for `acme/*`: `(name, [(child, terminating)], files it lists)`. `targets`
+        /// is the top-level role.
+        fn tree(&mut self, roles: &[(&str, &[(&str, bool)], &[&str])], timestamp_key: &SigningKey) {
+            let file = writer::target_file(3, &ringfence_proto::Sha256Hex::parse(&"c".repeat(64)).unwrap(), None);
+            let by_delegate = RoleKeySet::new(vec![self.delegate.public()], 1);
+            let mut listed = Vec::new();
+            for (name, children, files) in roles {
+                let mut doc = writer::targets(1, LATER);
+                for f in *files {
+                    doc.targets.insert((*f).into(), file.clone());
+                }
+                for (child, terminating) in *children {
+                    let coverage = Coverage::Patterns(vec!["acme/*".into()]);
+                    writer::set_delegation(&mut doc, child, &by_delegate, coverage, *terminating);
+                }
+                let key = if *name == "targets" { &self.online } else { &self.delegate };
+                let bytes = sign(doc, &[key]);
+                listed.push(((*name).to_owned(), 1, bytes.len() as u64));
+                self.files.insert(format!("1.{}.json", encode_role(name)), bytes);
+            }
+            let snapshot = sign(writer::next_snapshot(None, 1, LATER, &listed), &[&self.online]);
+            let timestamp = sign(writer::timestamp(1, LATER, 1, &snapshot), &[timestamp_key]);
+            self.files.insert("1.snapshot.json".into(), snapshot);
+            self.files.insert("timestamp.json".into(), timestamp);
+        }
+
         fn refresh(&self, trusted_root: &[u8], cached: Cached) -> Result<TrustedSet, WorkflowError> {
             let mut refresh = Refresh::new(TrustedSet::new(trusted_root, NOW)?, cached);
             while let Some(need) = refresh.need() {
@@ -543,6 +607,135 @@ mod tests {
         stuck.publish(2, "acme/app.bin", &old_ts);
         let err = stuck.refresh(&root, Cached { timestamp: Some(forwarded), ..Cached::default() }).unwrap_err();
         assert!(matches!(err, WorkflowError::Client(ClientError::Rollback { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn fast_forward_recovery_drops_the_snapshot_when_only_the_timestamp_key_rotated() {
+        let mut repo = Repo::new();
+        let old_ts = SigningKey::from_seed([2; 32]);
+        let root_key = SigningKey::from_seed([1; 32]);
+        let root = repo.root(1, &old_ts, &[&root_key]);
+        // With the stolen online keys the attacker fast-forwarded timestamp and snapshot (which
+        // names targets version 1000) to version 1000.
+        repo.publish(1000, "acme/app.bin", &old_ts);
+        let set = repo.refresh(&root, Cached::default()).unwrap();
+        assert_eq!(set.snapshot().map(|s| s.signed.version), Some(1000));
+        let cached = || Cached {
+            timestamp: Some(repo_file(&repo, "timestamp.json")),
+            snapshot: Some(repo_file(&repo, "1000.snapshot.json")),
+            ..Cached::default()
+        };
+        let (ts_cache, snap_cache) = (cached().timestamp, cached().snapshot);
+        // Recovery: root 2 rotates only the timestamp key; the repository restarts at 2.
+        let new_ts = SigningKey::from_seed([9; 32]);
+        repo.root(2, &new_ts, &[&root_key]);
+        repo.publish(2, "acme/app.bin", &new_ts);
+        let cached = Cached { timestamp: ts_cache.clone(), snapshot: snap_cache.clone(), ..Cached::default() };
+        let mut refresh = Refresh::new(TrustedSet::new(&root, NOW).unwrap(), cached);
+        while let Some(need) = refresh.need() {
+            let fetched = repo.files.get(&need.file).map_or(Fetched::NotFound, |b| Fetched::Bytes(b.clone()));
+            refresh.supply(fetched).unwrap();
+        }
+        assert!(refresh.discard_cached(), "the caller is told to delete its stored timestamp and snapshot");
+        let set = refresh.finish().unwrap();
+        assert_eq!(set.snapshot().map(|s| s.signed.version), Some(2));
+        // Without a rotation the same cached snapshot is the rollback reference: refused.
+        let root2 = repo_file(&repo, "2.root.json");
+        let cached = Cached { timestamp: None, snapshot: snap_cache, ..Cached::default() };
+        let err = repo.refresh(&root2, cached).unwrap_err();
+        assert!(matches!(err, WorkflowError::Client(ClientError::Rollback { .. })), "{err:?}");
+    }
+
+    fn repo_file(repo: &Repo, name: &str) -> Vec<u8> {
+        repo.files[name].clone()
+    }
+
+    #[test]
+    fn a_terminating_role_ends_the_search_below_its_parent() {
+        for (terminating, found) in [(true, false), (false, true)] {
+            let mut repo = Repo::new();
+            let ts = SigningKey::from_seed([2; 32]);
+            let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+            repo.tree(
+                &[("targets", &[("first", terminating), ("second", false)], &[]), ("first", &[], &[]), ("second", &[], &["acme/x"])],
+                &ts,
+            );
+            let mut set = repo.refresh(&root, Cached::default()).unwrap();
+            assert_eq!(repo.search(&mut set, "acme/x").unwrap().is_some(), found, "terminating={terminating}");
+        }
+    }
+
+    #[test]
+    fn a_delegation_cycle_ends_at_the_visit_limit() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        repo.tree(&[("targets", &[("a", false)], &[]), ("a", &[("b", false)], &[]), ("b", &[("a", false)], &[])], &ts);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        assert_eq!(repo.search(&mut set, "acme/x").unwrap_err(), WorkflowError::TooManyDelegations);
+        // A wide fan-out is bounded the same way.
+        let mut repo = Repo::new();
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        let names: Vec<String> = (0..MAX_DELEGATIONS + 1).map(|i| format!("r{i}")).collect();
+        let children: Vec<(&str, bool)> = names.iter().map(|n| (n.as_str(), false)).collect();
+        let mut roles: Vec<(&str, &[(&str, bool)], &[&str])> = vec![("targets", &children, &[])];
+        roles.extend(names.iter().map(|n| (n.as_str(), &[][..], &[][..])));
+        repo.tree(&roles, &ts);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        assert_eq!(repo.search(&mut set, "acme/x").unwrap_err(), WorkflowError::TooManyDelegations);
+    }
+
+    #[test]
+    fn role_names_are_opaque_strings() {
+        for name in ["/delegatedrole", "../delegatedrole", "a b", "%2F"] {
+            let mut repo = Repo::new();
+            let ts = SigningKey::from_seed([2; 32]);
+            let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+            repo.tree(&[("targets", &[(name, true)], &[]), (name, &[], &["acme/x"])], &ts);
+            let mut set = repo.refresh(&root, Cached::default()).unwrap();
+            assert!(repo.search(&mut set, "acme/x").unwrap().is_some(), "{name}");
+            assert!(set.targets(&TrustedSet::chain("targets", name)).is_some(), "{name}");
+        }
+        // Encoded, a name never contains the chain separator: `/a` and `a` stay apart.
+        assert_ne!(TrustedSet::chain("targets", "/a"), TrustedSet::chain("targets", "a"));
+        assert_ne!(TrustedSet::chain("targets/x", "y"), TrustedSet::chain("targets", "x/y"));
+    }
+
+    #[test]
+    fn one_key_under_two_ids_does_not_meet_a_threshold_of_two() {
+        let mut repo = Repo::new();
+        let ts = SigningKey::from_seed([2; 32]);
+        let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
+        repo.tree(&[("targets", &[("acme", true)], &[]), ("acme", &[], &["acme/x"])], &ts);
+        // Rewrite targets: acme needs 2 signatures, by "k1" and "k2", both the delegate key.
+        let mut targets = writer::targets(1, LATER);
+        let by_delegate = RoleKeySet::new(vec![repo.delegate.public()], 2);
+        writer::set_delegation(&mut targets, "acme", &by_delegate, Coverage::Patterns(vec!["acme/*".into()]), true);
+        let d = targets.delegations.as_mut().unwrap();
+        let key = d.keys.values().next().unwrap().clone();
+        d.keys = BTreeMap::from([("k1".to_owned(), key.clone()), ("k2".to_owned(), key)]);
+        d.roles[0].keyids = vec!["k1".into(), "k2".into()];
+        let targets = sign(targets, &[&repo.online]);
+        // acme signed under both ids.
+        let mut acme: serde_json::Value = serde_json::from_slice(&repo.files["1.acme.json"]).unwrap();
+        let sig = acme["signatures"][0]["sig"].clone();
+        acme["signatures"] = serde_json::json!([{"keyid": "k1", "sig": sig}, {"keyid": "k2", "sig": sig}]);
+        let acme = serde_json::to_vec(&acme).unwrap();
+        let listed = [("targets".to_owned(), 1, targets.len() as u64), ("acme".to_owned(), 1, acme.len() as u64)];
+        let snapshot = sign(writer::next_snapshot(None, 1, LATER, &listed), &[&repo.online]);
+        let timestamp = sign(writer::timestamp(1, LATER, 1, &snapshot), &[&ts]);
+        repo.files.extend([
+            ("1.targets.json".to_owned(), targets),
+            ("1.acme.json".to_owned(), acme),
+            ("1.snapshot.json".to_owned(), snapshot),
+            ("timestamp.json".to_owned(), timestamp),
+        ]);
+        let mut set = repo.refresh(&root, Cached::default()).unwrap();
+        let err = repo.search(&mut set, "acme/x").unwrap_err();
+        assert!(
+            matches!(err, WorkflowError::Client(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. }, .. })),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn agent_tuf_client_downloads_lazily_and_does_not_refetch() {
     let fresh_out = server.dir.path().join("fresh-out");
     let (ok, err) = agent_tuf(&server, &server.dir.path().join("fresh-md"), &["download"], &[APPROVED], &fresh_out);
     assert!(!ok);
-    assert!(err.contains("target hash does not match"), "{err}");
+    assert!(err.contains("sha256 hash does not match"), "{err}");
     assert!(!fresh_out.join("approvals%2Fproduction%2Facme%2Fagent-test.bin").exists());
 }
 

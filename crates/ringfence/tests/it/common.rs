@@ -180,6 +180,8 @@ impl Server {
     pub fn cli(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("RINGFENCE_ADMIN_URL", &self.admin_url).env("RINGFENCE_CA", &self.ca).env("RINGFENCE_TOKEN", &self.token);
+        // The signers' trusted state stays with this server's temporary directory.
+        c.env("RINGFENCE_SIGNER_STATE", self.dir.path().join("signer-state"));
         c
     }
 
