@@ -247,12 +247,17 @@ fn review_root(
     let Some(keyid) = keyid else {
         return Ok(Err("this key is not a root key of the current or the new root".into()));
     };
+    let lines = ringfence_trust::review::diff(Some(current.signed_value()), env.signed_value()).lines();
+    let shown = |result: anyhow::Result<()>| shown_refusal("root", env.signed.version, &lines, result);
     let expected = current.signed.version + 1;
     if env.signed.version != expected {
-        bail!("REFUSED: root version {} pending where the trusted root is version {}; only {expected} may follow", env.signed.version, current.signed.version);
+        shown(Err(anyhow::anyhow!(
+            "REFUSED: root version {} pending where the trusted root is version {}; only {expected} may follow",
+            env.signed.version,
+            current.signed.version
+        )))?;
     }
-    check_expiry(&env.signed.expires, now, options.max_expiry_secs)?;
-    let lines = ringfence_trust::review::diff(Some(current.signed_value()), env.signed_value()).lines();
+    shown(check_expiry(&env.signed.expires, now, options.max_expiry_secs))?;
     Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
 }
 
@@ -302,6 +307,73 @@ fn review_targets(
 
     // The baseline: the published version, which the pending one must directly follow.
     let published = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json"))).map_or(0, |m| m.version);
+    let current = if published == 0 {
+        None
+    } else if role.as_str() == "targets" {
+        set.targets("targets").map(|t| t.signed_value().clone())
+    } else {
+        load(client, set, role.as_str(), &delegator)?;
+        set.targets(&TrustedSet::chain(&delegator, role.as_str())).map(|t| t.signed_value().clone())
+    };
+    let mut lines = ringfence_trust::review::diff(current.as_ref(), env.signed_value()).lines();
+    let version = env.signed.version;
+    let shown = |lines: &[String], result: anyhow::Result<()>| shown_refusal(role.as_str(), version, lines, result);
+    shown(&lines, check_baseline(state, role, &env, published, options))?;
+    shown(&lines, check_expiry(&env.signed.expires, now, options.max_expiry_secs))?;
+    let top = set.targets("targets").map(|t| t.signed.clone());
+    let layout_top = if kind == RoleKind::Targets { None } else { top.as_ref() };
+    shown(&lines, policy::check_role(role, &env.signed, layout_top).map_err(|e| anyhow::anyhow!("REFUSED: {e}")))?;
+    if let RoleKind::Approval(_) = &kind {
+        let old: Option<Targets> = current.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok());
+        for (path, entry) in &env.signed.targets {
+            if old.as_ref().and_then(|c| c.targets.get(path)) == Some(entry) {
+                continue;
+            }
+            let mut check = || -> anyhow::Result<String> {
+                let path = TargetPath::parse(path)?;
+                let (_, published_path) =
+                    path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
+                let signed = lookup(client, set, |set| policy::published_entry(set, &published_path))?
+                    .with_context(|| format!("REFUSED: {published_path} is not signed by its publisher in its bin"))?;
+                let custom =
+                    policy::check_approval(&path, entry, &signed).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
+                Ok(format!(
+                    "approves {published_path} ({:?}), signed by its publisher in its bin: {} bytes, installs with {}",
+                    custom.action,
+                    signed.length,
+                    signed.custom.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "no installer".into())
+                ))
+            };
+            match check() {
+                Ok(line) => lines.push(line),
+                Err(e) => shown(&lines, Err(e))?,
+            }
+        }
+    }
+    Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
+}
+
+/// On a refusal, print what was about to be signed before returning the error: the signer
+/// sees what the server tried.
+fn shown_refusal(role: &str, version: u64, lines: &[String], result: anyhow::Result<()>) -> anyhow::Result<()> {
+    if result.is_err() {
+        println!("{role}, pending version {version} (REFUSED, not signed):");
+        for line in lines {
+            println!("  {line}");
+        }
+    }
+    result
+}
+
+/// The pending version must follow the published one, be newer than any version of the role
+/// this signer saw published, and not replace one it signed.
+fn check_baseline(
+    state: &SignerState,
+    role: &RoleName,
+    env: &Envelope<Targets>,
+    published: u64,
+    options: &ReviewOptions,
+) -> anyhow::Result<()> {
     if env.signed.version != published + 1 {
         bail!(
             "REFUSED: {role} version {} pending where version {published} is published; only {} may follow",
@@ -316,41 +388,7 @@ fn review_targets(
              {published} as published: the server is showing an older repository as current"
         );
     }
-    check_signed_before(state, role, &env, options)?;
-    check_expiry(&env.signed.expires, now, options.max_expiry_secs)?;
-    let current = if published == 0 {
-        None
-    } else if role.as_str() == "targets" {
-        set.targets("targets").map(|t| t.signed_value().clone())
-    } else {
-        load(client, set, role.as_str(), &delegator)?;
-        set.targets(&TrustedSet::chain(&delegator, role.as_str())).map(|t| t.signed_value().clone())
-    };
-    let top = set.targets("targets").map(|t| t.signed.clone());
-    let layout_top = if kind == RoleKind::Targets { None } else { top.as_ref() };
-    policy::check_role(role, &env.signed, layout_top).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
-
-    let mut lines = ringfence_trust::review::diff(current.as_ref(), env.signed_value()).lines();
-    if let RoleKind::Approval(_) = &kind {
-        let old: Option<Targets> = current.as_ref().and_then(|v| serde_json::from_value(v.clone()).ok());
-        for (path, entry) in &env.signed.targets {
-            if old.as_ref().and_then(|c| c.targets.get(path)) == Some(entry) {
-                continue;
-            }
-            let path = TargetPath::parse(path)?;
-            let (_, published_path) = path.split_approval().with_context(|| format!("{path} is not an approval path"))?;
-            let signed = lookup(client, set, |set| policy::published_entry(set, &published_path))?
-                .with_context(|| format!("REFUSED: {published_path} is not signed by its publisher"))?;
-            let custom = policy::check_approval(&path, entry, &signed).map_err(|e| anyhow::anyhow!("REFUSED: {e}"))?;
-            lines.push(format!(
-                "approves {published_path} ({:?}), signed by its publisher in its bin: {} bytes, installs with {}",
-                custom.action,
-                signed.length,
-                signed.custom.as_ref().map(|c| c.to_string()).unwrap_or_else(|| "no installer".into())
-            ));
-        }
-    }
-    Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
+    check_signed_before(state, role, env, options)
 }
 
 /// Refuse a version older than one this signer signed, and another document under a version

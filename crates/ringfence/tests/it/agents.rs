@@ -238,6 +238,70 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     assert_eq!(agent.installs("evil-1"), 0);
 }
 
+/// Before the layout rules, a publisher could be led to sign `publisher.acme` with one more
+/// delegation (listed first, every path, a key the server holds); the server then filed any
+/// file into that role and approvers approved it. Played here as if all of that was signed:
+/// the agent refuses, because a publisher's entry counts only from its own bin.
+#[test]
+fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
+    use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, DelegatedRole, PublishedCustom};
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "prod", "production", &token(&server, "production", 1));
+    let auto = server.online_key("auto-approver.key");
+    let publisher = server.offline_key("publisher-acme");
+
+    let mut acme = server.published("publisher.acme");
+    acme.version += 1;
+    let delegations = acme.delegations.as_mut().unwrap();
+    delegations.keys.insert(auto.key_id().to_string(), auto.public().to_tuf());
+    let hidden = DelegatedRole {
+        name: "publisher.acme.f6c".into(),
+        keyids: vec![auto.key_id().to_string()],
+        threshold: 1,
+        terminating: false,
+        paths: None,
+        path_hash_prefixes: Some(vec![String::new()]),
+        unrecognized: Default::default(),
+    };
+    delegations.roles.insert(0, hidden);
+    let script = b"#!/bin/sh\necho evil >> installed-evil\n";
+    let custom = PublishedCustom {
+        update_id: "evil".into(),
+        installer: serde_json::from_value(json!({"module": "script"})).unwrap(),
+        applicability: Default::default(),
+    };
+    let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(script)).unwrap();
+    let entry = ringfence_trust::writer::target_file(script.len() as u64, &sha, Some(serde_json::to_value(custom).unwrap()));
+    let mut injected = ringfence_trust::writer::targets(1, ringfence_server::unix_now() + 86_400);
+    injected.targets.insert("acme/evil.sh".into(), entry.clone());
+    server.forge_publish(vec![("publisher.acme".into(), acme), ("publisher.acme.f6c".into(), injected)], &[&publisher]);
+
+    let approval = ApprovalCustom {
+        action: ApprovalAction::Install,
+        deadline: None,
+        update_id: "evil".into(),
+        published_entry_sha256: ringfence_trust::writer::entry_digest(&entry),
+    };
+    let mut approved = entry;
+    approved.custom = Some(serde_json::to_value(approval).unwrap());
+    let approvers = [server.offline_key("production-approver-1"), server.offline_key("production-approver-2")];
+    server.forge_role_signed(
+        "approvals.production",
+        |t| {
+            t.targets.insert("approvals/production/acme/evil.sh".into(), approved);
+        },
+        &[&approvers[0], &approvers[1]],
+    );
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(agent.installs("evil"), 0);
+    let report = last_report(&server, "approvals/production/acme/evil.sh");
+    assert_eq!(report.state, ReportState::Refused);
+    let reason = report.reason.unwrap_or_default();
+    assert!(reason.contains(ringfence_trust::policy::rule::BINS), "{reason}");
+}
+
 /// The publisher's signed entry for `path`, as an attacker copies it into a forged approval.
 fn evil_entry(server: &Server, path: &str) -> ringfence_proto::tuf::TargetFile {
     let prefix = ringfence_trust::paths::bin_prefix_of(path, 2);

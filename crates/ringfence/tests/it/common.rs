@@ -66,32 +66,45 @@ impl Server {
         edit: impl FnOnce(&mut ringfence_proto::tuf::Targets),
         keys: &[&ringfence_trust::SigningKey],
     ) {
-        use ringfence_proto::tuf::{Snapshot, Targets, Timestamp};
+        use ringfence_proto::tuf::Targets;
+        use ringfence_store::Store;
+        use ringfence_trust::Envelope;
+        let store = &self.state.repo.store;
+        let current = self.runtime.block_on(store.latest_metadata(role)).unwrap().unwrap();
+        let mut next = Envelope::<Targets>::parse(&current.bytes, 1 << 24).unwrap().signed;
+        next.version += 1;
+        edit(&mut next);
+        self.forge_publish(vec![(role.to_owned(), next)], keys);
+    }
+
+    /// Publish `docs` straight into the database, each signed with every online key and
+    /// `keys`, with a fresh snapshot and timestamp signed by the online keys.
+    pub fn forge_publish(&self, docs: Vec<(String, ringfence_proto::tuf::Targets)>, keys: &[&ringfence_trust::SigningKey]) {
+        use ringfence_proto::tuf::{Snapshot, Timestamp};
         use ringfence_store::{MetadataRecord, Store};
         use ringfence_trust::{Envelope, writer};
         let store = &self.state.repo.store;
         let latest = |r: &str| self.runtime.block_on(store.latest_metadata(r)).unwrap().unwrap();
-        let (current, snapshot, timestamp) = (latest(role), latest("snapshot"), latest("timestamp"));
-        let mut next = Envelope::<Targets>::parse(&current.bytes, 1 << 24).unwrap().signed;
-        next.version += 1;
-        edit(&mut next);
-        let mut forged = Envelope::new(next).unwrap();
-        for key in ["auto-approver.key", "snapshot.key", "timestamp.key"] {
-            forged.sign(&self.online_key(key));
-        }
-        for key in keys {
-            forged.sign(key);
-        }
-        let forged_bytes = forged.to_bytes().unwrap();
+        let (snapshot, timestamp) = (latest("snapshot"), latest("timestamp"));
         let now = ringfence_server::unix_now();
+        let mut records = Vec::new();
+        let mut listed = Vec::new();
+        for (role, doc) in docs {
+            let mut forged = Envelope::new(doc).unwrap();
+            for key in ["auto-approver.key", "snapshot.key", "timestamp.key"] {
+                forged.sign(&self.online_key(key));
+            }
+            for key in keys {
+                forged.sign(key);
+            }
+            let bytes = forged.to_bytes().unwrap();
+            listed.push((role.clone(), forged.signed.version, bytes.len() as u64));
+            records.push(MetadataRecord { role, version: forged.signed.version, expires: now + 86_400, bytes });
+        }
         let snap = Envelope::<Snapshot>::parse(&snapshot.bytes, 1 << 24).unwrap();
-        let mut snap = Envelope::new(writer::next_snapshot(
-            Some(&snap.signed),
-            snap.signed.version + 1,
-            now + 86_400,
-            &[(role.into(), forged.signed.version, forged_bytes.len() as u64)],
-        ))
-        .unwrap();
+        let mut snap =
+            Envelope::new(writer::next_snapshot(Some(&snap.signed), snap.signed.version + 1, now + 86_400, &listed))
+                .unwrap();
         snap.sign(&self.online_key("snapshot.key"));
         let snap_bytes = snap.to_bytes().unwrap();
         let ts_version = Envelope::<Timestamp>::parse(&timestamp.bytes, 1 << 16).unwrap().signed.version + 1;
@@ -100,12 +113,42 @@ impl Server {
         ts.sign(&self.online_key("timestamp.key"));
         let record =
             |role: &str, version, bytes| MetadataRecord { role: role.into(), version, expires: now + 86_400, bytes };
-        let records = vec![
-            record(role, forged.signed.version, forged_bytes),
-            record("snapshot", snap.signed.version, snap_bytes),
-            record("timestamp", ts_version, ts.to_bytes().unwrap()),
-        ];
+        records.push(record("snapshot", snap.signed.version, snap_bytes));
+        records.push(record("timestamp", ts_version, ts.to_bytes().unwrap()));
         self.runtime.block_on(store.publish(&records, &[])).unwrap();
+    }
+
+    /// The attacker writes a pending version straight into the database.
+    pub fn put_pending(&self, role: &str, doc: ringfence_proto::tuf::Targets) {
+        use ringfence_store::{PendingRecord, Store};
+        let bytes = ringfence_trust::Envelope::new(doc).unwrap().to_bytes().unwrap();
+        let version = serde_json::from_slice::<Value>(&bytes).unwrap()["signed"]["version"].as_u64().unwrap();
+        let record = PendingRecord { role: role.into(), version, bytes, created_at: ringfence_server::unix_now() };
+        self.runtime.block_on(self.state.repo.store.put_pending(&record)).unwrap();
+    }
+
+    /// A key file from the keys directory (the attacker does not have these).
+    pub fn offline_key(&self, name: &str) -> ringfence_trust::SigningKey {
+        ringfence_trust::SigningKey::from_pem(&std::fs::read_to_string(self.key(name)).unwrap(), None).unwrap()
+    }
+
+    /// The published version of `role` as a document.
+    pub fn published(&self, role: &str) -> ringfence_proto::tuf::Targets {
+        let bytes = self.admin().get(&format!("/api/v1/metadata/{role}")).unwrap().ok().unwrap();
+        ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&bytes, 1 << 24).unwrap().signed
+    }
+
+    /// `ringfence pending sign[-all] ...` that may fail: (succeeded, stdout, stderr).
+    pub fn try_sign(&self, role: Option<&str>, key: &str, extra: &[&str]) -> (bool, String, String) {
+        let mut c = self.cli();
+        match role {
+            Some(role) => c.args(["pending", "sign", role]),
+            None => c.args(["pending", "sign-all"]),
+        };
+        c.args(["--yes", "--key"]).arg(self.key(key)).arg("--trusted-root").arg(self.keys.join("1.root.json"));
+        let out = c.args(extra).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
     }
 
     /// Quickstart into a temporary directory, adjust the configuration, serve.

@@ -10,5 +10,6 @@ mod device_api;
 mod freshness;
 mod installation;
 mod interop;
+mod signer_review;
 mod stolen_server;
 mod tough_interop;
