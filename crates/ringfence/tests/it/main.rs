@@ -6,6 +6,7 @@ mod agent_tuf;
 mod agents;
 mod ceremony;
 mod common;
+mod conformance;
 mod device_api;
 mod freshness;
 mod installation;
