@@ -261,16 +261,22 @@ fn review_root(
     Ok(Ok(Reviewed { version: env.signed.version, message: env.canonical_signed().to_vec(), keyid, lines }))
 }
 
+/// Where and how a review runs.
+struct Review<'a> {
+    client: &'a Client,
+    state: &'a SignerState,
+    options: ReviewOptions,
+    now: i64,
+}
+
 fn review_targets(
-    client: &Client,
+    ctx: &Review<'_>,
     set: &mut TrustedSet,
-    state: &SignerState,
     role: &RoleName,
     pending: &[u8],
     mine: &PublicKey,
-    options: &ReviewOptions,
-    now: i64,
 ) -> anyhow::Result<Result<Reviewed, String>> {
+    let (client, state, options, now) = (ctx.client, ctx.state, &ctx.options, ctx.now);
     let env = Envelope::<Targets>::parse(pending, MAX_UPLOADED_METADATA)?;
     let kind = role.kind();
     // Who delegates this role, and with which keys.
@@ -434,7 +440,10 @@ pub fn review_and_sign(
     let reviewed = match role.kind() {
         RoleKind::Root => review_root(&set, &pending, &mine, &options, now)?,
         RoleKind::Snapshot | RoleKind::Timestamp => bail!("{role} is signed by the server"),
-        _ => review_targets(client, &mut set, state, role, &pending, &mine, &options, now)?,
+        _ => {
+            let ctx = Review { client, state, options, now };
+            review_targets(&ctx, &mut set, role, &pending, &mine)?
+        }
     };
     let reviewed = match reviewed {
         Ok(r) => r,
@@ -452,11 +461,13 @@ pub fn review_and_sign(
             bail!("not signed");
         }
     }
+    // Recorded before the signature leaves: a server that keeps it but answers with an error
+    // must not get a second, different document signed under the same version.
+    state.record_signed(role.as_str(), reviewed.version, ringfence_trust::sha256_hex(&reviewed.message))?;
     let signature =
         ringfence_proto::tuf::Signature { keyid: reviewed.keyid, sig: hex::encode(key.sign(&reviewed.message)) };
     let upload = SignatureUpload { version: reviewed.version, signatures: vec![signature] };
     let answer = client.send_json("POST", &format!("/api/v1/pending/{role}/signatures"), &upload)?.ok()?;
-    state.record_signed(role.as_str(), reviewed.version, ringfence_trust::sha256_hex(&reviewed.message))?;
     Ok(Signed::Signed(serde_json::from_slice(&answer)?))
 }
 

@@ -42,18 +42,25 @@ fn canonical(value: &Value) -> String {
     crate::canonical::encode(value).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|e| format!("<{e}>"))
 }
 
+/// An entry's name: the JSON array of the keys leading to it, e.g.
+/// `["delegations","roles","publisher.acme.00"]`. Arrays of strings encode injectively, so a
+/// field named like another entry (`"delegations.keys[k]"`) can never stand in for it.
+fn name(path: &[&str]) -> String {
+    canonical(&Value::Array(path.iter().map(|p| Value::String((*p).to_owned())).collect()))
+}
+
 /// The named entries of a `signed` object, each with the canonical JSON of its value.
 pub fn entries(signed: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let Some(object) = signed.as_object() else {
-        out.insert("(document)".to_owned(), canonical(signed));
+        out.insert(name(&[]), canonical(signed));
         return out;
     };
     for (field, value) in object {
         match (field.as_str(), value) {
             ("targets" | "keys" | "roles" | "meta", Value::Object(map)) => {
-                for (name, v) in map {
-                    out.insert(format!("{field}[{name}]"), canonical(v));
+                for (entry, v) in map {
+                    out.insert(name(&[field, entry]), canonical(v));
                 }
             }
             ("delegations", Value::Object(delegations)) => {
@@ -61,32 +68,34 @@ pub fn entries(signed: &Value) -> BTreeMap<String, String> {
                     match (dfield.as_str(), dvalue) {
                         ("keys", Value::Object(keys)) => {
                             for (id, key) in keys {
-                                out.insert(format!("delegations.keys[{id}]"), canonical(key));
+                                out.insert(name(&["delegations", "keys", id]), canonical(key));
                             }
                         }
                         ("roles", Value::Array(roles)) => {
                             let mut names = Vec::new();
                             for role in roles {
-                                let name = role.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
-                                let mut entry = format!("delegations.roles[{name}]");
-                                let mut n = 1;
-                                while out.contains_key(&entry) {
-                                    n += 1;
-                                    entry = format!("delegations.roles[{name}]#{n}");
-                                }
-                                out.insert(entry, canonical(role));
-                                names.push(Value::String(name));
+                                let role_name = role.get("name").and_then(Value::as_str).unwrap_or("?").to_owned();
+                                // A name listed twice gets its own entry: ["delegations","roles",name,"2"].
+                                let count = names.iter().filter(|n| **n == Value::String(role_name.clone())).count();
+                                let nth = (count + 1).to_string();
+                                let path: Vec<&str> = if count == 0 {
+                                    vec!["delegations", "roles", &role_name]
+                                } else {
+                                    vec!["delegations", "roles", &role_name, &nth]
+                                };
+                                out.insert(name(&path), canonical(role));
+                                names.push(Value::String(role_name));
                             }
-                            out.insert("delegations.roles order".to_owned(), canonical(&Value::Array(names)));
+                            out.insert(name(&["delegations", "roles"]), canonical(&Value::Array(names)));
                         }
                         _ => {
-                            out.insert(format!("delegations.{dfield}"), canonical(dvalue));
+                            out.insert(name(&["delegations", dfield]), canonical(dvalue));
                         }
                     }
                 }
             }
             _ => {
-                out.insert(field.clone(), canonical(value));
+                out.insert(name(&[field]), canonical(value));
             }
         }
     }
@@ -179,10 +188,10 @@ mod tests {
         new["delegations"]["keys"]["k9"] = json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": "bb"}});
         let lines = diff(Some(&old), &new).lines();
         let text = lines.join("\n");
-        assert!(text.contains(r#"+ delegations.roles[publisher.acme.f6c] = {"keyids":["k9"],"name":"publisher.acme.f6c","path_hash_prefixes":[""],"terminating":false,"threshold":1}"#), "{text}");
-        assert!(text.contains(r#"+ delegations.keys[k9]"#), "{text}");
-        assert!(text.contains(r#"~ delegations.roles order = ["publisher.acme.f6c","publisher.acme.0","publisher.acme.1"]"#), "{text}");
-        assert!(text.contains("~ version = 2 (was 1)"), "{text}");
+        assert!(text.contains(r#"+ ["delegations","roles","publisher.acme.f6c"] = {"keyids":["k9"],"name":"publisher.acme.f6c","path_hash_prefixes":[""],"terminating":false,"threshold":1}"#), "{text}");
+        assert!(text.contains(r#"+ ["delegations","keys","k9"]"#), "{text}");
+        assert!(text.contains(r#"~ ["delegations","roles"] = ["publisher.acme.f6c","publisher.acme.0","publisher.acme.1"]"#), "{text}");
+        assert!(text.contains(r#"~ ["version"] = 2 (was 1)"#), "{text}");
         // Unchanged: _type, spec_version, expires, key k1, two bins.
         assert!(text.ends_with(&format!("= 6 entries unchanged, sha256 {}", diff(Some(&old), &new).unchanged_digest)));
     }
@@ -198,10 +207,26 @@ mod tests {
         new["x-extra"] = json!({"anything": [1, 2]});
         new["keys"]["a"]["k"] = json!(2);
         let text = diff(Some(&old), &new).lines().join("\n");
-        assert!(text.contains(r#"- roles[mirror] (was {"keyids":["a"],"threshold":1})"#), "{text}");
-        assert!(text.contains("~ consistent_snapshot = false (was true)"), "{text}");
-        assert!(text.contains(r#"+ x-extra = {"anything":[1,2]}"#), "{text}");
-        assert!(text.contains(r#"~ keys[a] = {"k":2} (was {"k":1})"#), "{text}");
+        assert!(text.contains(r#"- ["roles","mirror"] (was {"keyids":["a"],"threshold":1})"#), "{text}");
+        assert!(text.contains(r#"~ ["consistent_snapshot"] = false (was true)"#), "{text}");
+        assert!(text.contains(r#"+ ["x-extra"] = {"anything":[1,2]}"#), "{text}");
+        assert!(text.contains(r#"~ ["keys","a"] = {"k":2} (was {"k":1})"#), "{text}");
+    }
+
+    #[test]
+    fn a_field_named_like_another_entry_cannot_hide_a_change() {
+        // The key under id k1 is swapped, and a top-level field named like the old entry
+        // carries the old key: both are shown, nothing collides.
+        let old = publisher_v1();
+        let mut new = old.clone();
+        new["delegations"]["keys"]["k1"]["keyval"]["public"] = json!("ff");
+        new["delegations.keys[k1]"] = old["delegations"]["keys"]["k1"].clone();
+        new[r#"["delegations","keys","k1"]"#] = old["delegations"]["keys"]["k1"].clone();
+        let d = diff(Some(&old), &new);
+        let text = d.lines().join("\n");
+        assert!(text.contains(r#"~ ["delegations","keys","k1"] = {"keyids"#) || text.contains(r#"~ ["delegations","keys","k1"] = {"#), "{text}");
+        assert!(text.contains(r#""public":"ff""#), "{text}");
+        assert_eq!(d.changes.len(), 3, "{text}");
     }
 
     #[test]

@@ -115,11 +115,15 @@ impl Refresh {
         self.discard_cached
     }
 
-    fn root_chain_done(&mut self) {
+    fn check_rotation(&mut self) {
         if online_keys(&self.set.root().signed) != self.start_keys {
             self.cached = Cached::default();
             self.discard_cached = true;
         }
+    }
+
+    fn root_chain_done(&mut self) {
+        self.check_rotation();
         if let Some(ts) = self.cached.timestamp.take() {
             // Refused or expired cached metadata only loses its use as a reference.
             let _ = self.set.update_timestamp(&ts);
@@ -175,6 +179,10 @@ impl Refresh {
             (Phase::Root { walked }, Fetched::Bytes(bytes)) => {
                 let walked = walked + 1;
                 self.set.update_root(&bytes)?;
+                // Checked at every root, not only at the end of the chain: a refresh cut off
+                // after storing this root would otherwise start the next one from the rotated
+                // keys and never notice the rotation.
+                self.check_rotation();
                 if walked >= MAX_ROOT_ROTATIONS {
                     self.root_chain_done();
                 } else {
@@ -637,6 +645,13 @@ mod tests {
             refresh.supply(fetched).unwrap();
         }
         assert!(refresh.discard_cached(), "the caller is told to delete its stored timestamp and snapshot");
+        // Told as soon as the rotating root is accepted: a refresh cut off right after it (the
+        // caller has stored root 2) must not leave the fast-forwarded copies behind.
+        let cached = Cached { timestamp: ts_cache.clone(), snapshot: snap_cache.clone(), ..Cached::default() };
+        let mut cut_off = Refresh::new(TrustedSet::new(&root, NOW).unwrap(), cached);
+        assert_eq!(cut_off.need().map(|n| n.file), Some("2.root.json".to_owned()));
+        cut_off.supply(Fetched::Bytes(repo_file(&repo, "2.root.json"))).unwrap();
+        assert!(cut_off.discard_cached());
         let set = refresh.finish().unwrap();
         assert_eq!(set.snapshot().map(|s| s.signed.version), Some(2));
         // Without a rotation the same cached snapshot is the rollback reference: refused.

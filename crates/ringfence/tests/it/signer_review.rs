@@ -51,11 +51,11 @@ fn a_delegation_hidden_in_a_pending_role_is_refused_by_the_server_and_the_signer
     assert!(err.contains(rule::BINS), "{err}");
     assert!(out.contains("publisher.acme, pending version 2 (REFUSED, not signed)"), "{out}");
     assert!(
-        out.contains(r#"+ delegations.roles[publisher.acme.f6c] = {"keyids":["#)
+        out.contains(r#"+ ["delegations","roles","publisher.acme.f6c"] = {"keyids":["#)
             && out.contains(r#""path_hash_prefixes":[""],"terminating":false,"threshold":1}"#),
         "{out}"
     );
-    assert!(out.contains(r#"~ delegations.roles order = ["publisher.acme.f6c","publisher.acme.00""#), "{out}");
+    assert!(out.contains(r#"~ ["delegations","roles"] = ["publisher.acme.f6c","publisher.acme.00""#), "{out}");
     assert!(out.contains("entries unchanged, sha256 "), "{out}");
     let pending = server.admin().get("/api/v1/pending/publisher.acme").unwrap().ok().unwrap();
     assert!(Envelope::<Targets>::parse(&pending, 1 << 24).unwrap().signatures.is_empty(), "not signed");
@@ -68,7 +68,7 @@ fn a_delegation_hidden_in_a_pending_role_is_refused_by_the_server_and_the_signer
     let (ok, out, err) = server.try_sign(Some("targets"), "targets", &[]);
     assert!(!ok, "{out}");
     assert!(err.contains(rule::TOP_LEVEL_DELEGATES), "{err}");
-    assert!(out.contains(r#"+ delegations.roles[evil] = {"keyids":["#), "{out}");
+    assert!(out.contains(r#"+ ["delegations","roles","evil"] = {"keyids":["#), "{out}");
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn an_older_repository_shown_as_current_is_refused() {
     let (ok, out, err) = server.try_sign(Some("approvals.production"), "production-approver-1", &[]);
     assert!(!ok, "{out}");
     assert!(err.contains("already signed a different approvals.production version"), "{err}");
-    assert!(out.contains("+ targets[approvals/production/acme/harmless.bin]"), "{out}");
+    assert!(out.contains(r#"+ ["targets","approvals/production/acme/harmless.bin"]"#), "{out}");
     let (ok, _, err) = server.try_sign(Some("approvals.production"), "production-approver-2", &[]);
     assert!(!ok && err.contains("REFUSED"), "{err}");
 
@@ -157,10 +157,10 @@ fn a_root_review_shows_every_change_and_refuses_jumps_and_far_expiry() {
     let (ok, out, err) = server.try_sign(Some("root"), "root", &[]);
     assert!(!ok, "{out}");
     assert!(err.contains("days from now"), "{err}");
-    assert!(out.contains("~ consistent_snapshot = false (was true)"), "{out}");
-    assert!(out.contains("- roles[targets] (was {"), "{out}");
-    assert!(out.contains(r#"+ x-note = {"by":"server"}"#), "{out}");
-    assert!(out.contains(r#"~ expires = "2126-01-01T00:00:00Z""#), "{out}");
+    assert!(out.contains(r#"~ ["consistent_snapshot"] = false (was true)"#), "{out}");
+    assert!(out.contains(r#"- ["roles","targets"] (was {"#), "{out}");
+    assert!(out.contains(r#"+ ["x-note"] = {"by":"server"}"#), "{out}");
+    assert!(out.contains(r#"~ ["expires"] = "2126-01-01T00:00:00Z""#), "{out}");
 
     // A version jump is refused whatever it changes.
     let mut jump = current.signed.clone();
