@@ -90,9 +90,7 @@ impl Client {
                     }
                 }
             }
-            if accepted?
-                && let Some(bytes) = bytes
-            {
+            if accepted? && let Some(bytes) = bytes {
                 self.store(&need.role, &bytes)?;
             }
         }

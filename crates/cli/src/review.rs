@@ -136,7 +136,8 @@ fn file_version(file: &str) -> Option<u64> {
 pub fn refresh(client: &Client, state: &SignerState, trusted_root: &[u8], now: i64) -> anyhow::Result<TrustedSet> {
     let root = state.read("root.json").unwrap_or_else(|| trusted_root.to_vec());
     let set = TrustedSet::new(&root, now).context("the trusted root does not verify")?;
-    let cached = Cached { timestamp: state.read("timestamp.json"), snapshot: state.read("snapshot.json"), targets: None };
+    let cached =
+        Cached { timestamp: state.read("timestamp.json"), snapshot: state.read("snapshot.json"), targets: None };
     let mut refresh = Refresh::new(set, cached);
     while let Some(need) = refresh.need() {
         let version = if need.role == "timestamp" { None } else { file_version(&need.file) };
@@ -146,12 +147,16 @@ pub fn refresh(client: &Client, state: &SignerState, trusted_root: &[u8], now: i
             Fetched::Bytes(b) => Some(b.clone()),
             Fetched::NotFound => None,
         };
-        let accepted = refresh.supply(fetched).with_context(|| format!("REFUSED: the server's {} does not verify", need.file));
+        let accepted =
+            refresh.supply(fetched).with_context(|| format!("REFUSED: the server's {} does not verify", need.file));
         if refresh.discard_cached() {
             state.remove("timestamp.json")?;
             state.remove("snapshot.json")?;
         }
-        if accepted? && let Some(bytes) = bytes && need.role != "targets" {
+        if accepted?
+            && let Some(bytes) = bytes
+            && need.role != "targets"
+        {
             state.write(&format!("{}.json", need.role), &bytes)?;
         }
     }
@@ -409,7 +414,10 @@ fn check_signed_before(
     let Some((version, digest)) = state.signed().get(role.as_str()).cloned() else { return Ok(()) };
     let this = ringfence_trust::sha256_hex(env.canonical_signed());
     if env.signed.version < version {
-        bail!("REFUSED: this signer already signed {role} version {version}; the server offers version {}", env.signed.version);
+        bail!(
+            "REFUSED: this signer already signed {role} version {version}; the server offers version {}",
+            env.signed.version
+        );
     }
     if env.signed.version == version && digest != this && !options.resign_version {
         bail!(

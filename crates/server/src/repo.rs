@@ -229,7 +229,8 @@ impl Repository {
             _ => return Ok(Vec::new()),
         };
         let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
-        let Some(entry) = top.signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == top_entry.as_str()))
+        let Some(entry) =
+            top.signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == top_entry.as_str()))
         else {
             return Ok(Vec::new());
         };
@@ -275,11 +276,8 @@ impl Repository {
         change(&mut next)?;
         policy::check_role(role, &next, None).map_err(bad)?;
         let online = self.online_signers(role, &authority).await?;
-        let lifetime = if !online.is_empty() {
-            self.policy.online_targets_secs
-        } else {
-            self.policy.offline_targets_secs
-        };
+        let lifetime =
+            if !online.is_empty() { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
         next.expires = expiry::format(now + lifetime);
         let mut env = Envelope::new(next).map_err(ApiError::internal)?;
         for key in online {

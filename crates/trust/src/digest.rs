@@ -107,8 +107,14 @@ mod tests {
         assert_eq!(d.check(&listed(&[("sha512", sha512)])), Ok(()));
         assert_eq!(d.check(&listed(&[("sha256", sha256), ("sha512", sha512), ("blake2b", "00")])), Ok(()));
         // One right and one wrong: refused, whichever comes first.
-        assert_eq!(d.check(&listed(&[("sha256", sha256), ("sha512", &"0".repeat(128))])), Err(DigestError::Mismatch("sha512".into())));
-        assert_eq!(d.check(&listed(&[("sha256", &"0".repeat(64)), ("sha512", sha512)])), Err(DigestError::Mismatch("sha256".into())));
+        assert_eq!(
+            d.check(&listed(&[("sha256", sha256), ("sha512", &"0".repeat(128))])),
+            Err(DigestError::Mismatch("sha512".into()))
+        );
+        assert_eq!(
+            d.check(&listed(&[("sha256", &"0".repeat(64)), ("sha512", sha512)])),
+            Err(DigestError::Mismatch("sha256".into()))
+        );
         assert!(matches!(d.check(&listed(&[("blake2b", "00")])), Err(DigestError::NoneSupported(_))));
         assert!(matches!(d.check(&BTreeMap::new()), Err(DigestError::NoneSupported(_))));
     }

@@ -58,10 +58,16 @@ impl fmt::Display for KeyId {
 #[derive(Clone)]
 pub enum PublicKey {
     Ed25519(ed25519_dalek::VerifyingKey),
-    EcdsaP256 { key: p256::ecdsa::VerifyingKey, pem: String },
+    EcdsaP256 {
+        key: p256::ecdsa::VerifyingKey,
+        pem: String,
+    },
     /// RSASSA-PSS with SHA-256 and MGF1-SHA-256, salt as long as the digest (what
     /// securesystemslib, go-tuf and tough sign with).
-    RsaPss { key: rsa::RsaPublicKey, pem: String },
+    RsaPss {
+        key: rsa::RsaPublicKey,
+        pem: String,
+    },
 }
 
 impl PartialEq for PublicKey {

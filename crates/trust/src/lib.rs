@@ -6,8 +6,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing))]
 
 pub mod canonical;
-pub mod digest;
 pub mod client;
+pub mod digest;
 pub mod envelope;
 pub mod expiry;
 pub mod keys;

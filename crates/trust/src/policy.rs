@@ -119,8 +119,7 @@ pub fn check_publisher(
     if !doc.targets.is_empty() {
         return Err(broken(role, rule::NO_FILES, format!("it lists {} files", doc.targets.len())));
     }
-    let delegations =
-        doc.delegations.as_ref().ok_or_else(|| broken(role, rule::BINS, "it delegates no bins"))?;
+    let delegations = doc.delegations.as_ref().ok_or_else(|| broken(role, rule::BINS, "it delegates no bins"))?;
     let first = delegations.roles.first().ok_or_else(|| broken(role, rule::BINS, "it delegates no bins"))?;
     let len = first.path_hash_prefixes.as_ref().and_then(|p| p.first()).map_or(0, String::len);
     if len == 0 || len > MAX_BIN_PREFIX_LEN {
@@ -203,7 +202,8 @@ pub fn check_role(role: &RoleName, doc: &Targets, top_level: Option<&Targets>) -
     match role.kind() {
         RoleKind::Targets => check_top_level(doc),
         RoleKind::Publisher(publisher) => {
-            let top = top_level.ok_or_else(|| broken(role.as_str(), rule::BINS, "no top-level targets to check against"))?;
+            let top =
+                top_level.ok_or_else(|| broken(role.as_str(), rule::BINS, "no top-level targets to check against"))?;
             let delegations = top.delegations.as_ref();
             let delegation = delegations
                 .and_then(|d| d.roles.iter().find(|r| r.name == role.as_str()))
@@ -222,7 +222,10 @@ pub fn check_role(role: &RoleName, doc: &Targets, top_level: Option<&Targets>) -
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<T> {
     /// Load delegated `role` as delegated by the role at chain `delegator`, then ask again.
-    Load { role: String, delegator: String },
+    Load {
+        role: String,
+        delegator: String,
+    },
     Done(T),
 }
 
@@ -283,7 +286,11 @@ pub fn check_approval(
 ) -> Result<ApprovalCustom, LayoutError> {
     let name = approval_path.as_str();
     if approval.length != published.length || approval.hashes != published.hashes {
-        return Err(broken(name, rule::APPROVAL, "the approved length and hashes are not the ones the publisher signed"));
+        return Err(broken(
+            name,
+            rule::APPROVAL,
+            "the approved length and hashes are not the ones the publisher signed",
+        ));
     }
     let custom = approval.custom.clone().ok_or_else(|| broken(name, rule::APPROVAL, "no approval fields"))?;
     let custom: ApprovalCustom =
@@ -341,49 +348,94 @@ mod tests {
         assert_eq!(check(&publisher_doc(2)), Ok(()));
         type Edit = fn(&mut Targets);
         let cases: Vec<(&str, Edit, &str)> = vec![
-            ("an extra all-paths delegation listed first", |t| {
-                let d = t.delegations.as_mut().unwrap();
-                let mut extra = d.roles[0].clone();
-                extra.name = "publisher.acme.f6c".into();
-                extra.path_hash_prefixes = Some(vec![String::new()]);
-                extra.terminating = false;
-                d.roles.insert(0, extra);
-            }, rule::BINS),
-            ("a bin replaced by a wider prefix", |t| {
-                t.delegations.as_mut().unwrap().roles[0].path_hash_prefixes = Some(vec![String::new()]);
-            }, rule::BINS),
-            ("two prefixes in one bin", |t| {
-                t.delegations.as_mut().unwrap().roles[0].path_hash_prefixes = Some(vec!["0".into(), "1".into()]);
-            }, rule::BINS),
-            ("a bin missing", |t| {
-                t.delegations.as_mut().unwrap().roles.pop();
-            }, rule::BINS),
-            ("a prefix duplicated, another left uncovered", |t| {
-                let d = t.delegations.as_mut().unwrap();
-                d.roles[1] = d.roles[0].clone();
-            }, rule::BINS),
-            ("a bin under another name", |t| {
-                t.delegations.as_mut().unwrap().roles[0].name = "publisher.acme.x".into();
-            }, rule::BINS),
-            ("a bin by paths", |t| {
-                t.delegations.as_mut().unwrap().roles[0].paths = Some(vec!["acme/*".into()]);
-            }, rule::BINS),
-            ("a bin not terminating", |t| {
-                t.delegations.as_mut().unwrap().roles[3].terminating = false;
-            }, rule::BIN_TERMINATING),
-            ("a bin with the server's key", |t| {
-                let d = t.delegations.as_mut().unwrap();
-                let server = SigningKey::from_seed([9; 32]).public();
-                d.keys.insert(server.key_id().to_string(), server.to_tuf());
-                d.roles[5].keyids = vec![server.key_id().to_string()];
-            }, rule::BIN_KEYS),
-            ("a bin with a lower threshold", |t| {
-                t.delegations.as_mut().unwrap().roles[5].threshold = 0;
-            }, rule::BIN_KEYS),
-            ("a file in the publisher role itself", |t| {
-                let file = writer::target_file(1, &ringfence_proto::Sha256Hex::parse(&"a".repeat(64)).unwrap(), None);
-                t.targets.insert("acme/evil.txt".into(), file);
-            }, rule::NO_FILES),
+            (
+                "an extra all-paths delegation listed first",
+                |t| {
+                    let d = t.delegations.as_mut().unwrap();
+                    let mut extra = d.roles[0].clone();
+                    extra.name = "publisher.acme.f6c".into();
+                    extra.path_hash_prefixes = Some(vec![String::new()]);
+                    extra.terminating = false;
+                    d.roles.insert(0, extra);
+                },
+                rule::BINS,
+            ),
+            (
+                "a bin replaced by a wider prefix",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[0].path_hash_prefixes = Some(vec![String::new()]);
+                },
+                rule::BINS,
+            ),
+            (
+                "two prefixes in one bin",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[0].path_hash_prefixes = Some(vec!["0".into(), "1".into()]);
+                },
+                rule::BINS,
+            ),
+            (
+                "a bin missing",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles.pop();
+                },
+                rule::BINS,
+            ),
+            (
+                "a prefix duplicated, another left uncovered",
+                |t| {
+                    let d = t.delegations.as_mut().unwrap();
+                    d.roles[1] = d.roles[0].clone();
+                },
+                rule::BINS,
+            ),
+            (
+                "a bin under another name",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[0].name = "publisher.acme.x".into();
+                },
+                rule::BINS,
+            ),
+            (
+                "a bin by paths",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[0].paths = Some(vec!["acme/*".into()]);
+                },
+                rule::BINS,
+            ),
+            (
+                "a bin not terminating",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[3].terminating = false;
+                },
+                rule::BIN_TERMINATING,
+            ),
+            (
+                "a bin with the server's key",
+                |t| {
+                    let d = t.delegations.as_mut().unwrap();
+                    let server = SigningKey::from_seed([9; 32]).public();
+                    d.keys.insert(server.key_id().to_string(), server.to_tuf());
+                    d.roles[5].keyids = vec![server.key_id().to_string()];
+                },
+                rule::BIN_KEYS,
+            ),
+            (
+                "a bin with a lower threshold",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[5].threshold = 0;
+                },
+                rule::BIN_KEYS,
+            ),
+            (
+                "a file in the publisher role itself",
+                |t| {
+                    let file =
+                        writer::target_file(1, &ringfence_proto::Sha256Hex::parse(&"a".repeat(64)).unwrap(), None);
+                    t.targets.insert("acme/evil.txt".into(), file);
+                },
+                rule::NO_FILES,
+            ),
         ];
         for (what, edit, expected) in cases {
             let mut doc = publisher_doc(1);
@@ -409,27 +461,58 @@ mod tests {
         assert_eq!(check_top_level(&top()), Ok(()));
         type Edit = fn(&mut Targets);
         let cases: Vec<(&str, Edit, &str)> = vec![
-            ("a role outside the layout", |t| {
-                writer::set_delegation(t, "evil", &keys(9), Coverage::Patterns(vec!["*".into()]), false);
-            }, rule::TOP_LEVEL_DELEGATES),
-            ("a publisher bin delegated from the top", |t| {
-                writer::set_delegation(t, "publisher.acme.0", &keys(9), Coverage::HashPrefixes(vec!["0".into()]), true);
-            }, rule::TOP_LEVEL_DELEGATES),
-            ("a publisher with a wider pattern", |t| {
-                t.delegations.as_mut().unwrap().roles[0].paths = Some(vec!["*/*".into()]);
-            }, rule::TOP_LEVEL_PATHS),
-            ("an approval role covering another group", |t| {
-                t.delegations.as_mut().unwrap().roles[1].paths = Some(vec!["approvals/*/*/*".into()]);
-            }, rule::TOP_LEVEL_PATHS),
-            ("a role delegated twice", |t| {
-                let d = t.delegations.as_mut().unwrap();
-                let again = d.roles[0].clone();
-                d.roles.push(again);
-            }, rule::UNIQUE),
-            ("a file listed at the top", |t| {
-                let file = writer::target_file(1, &ringfence_proto::Sha256Hex::parse(&"a".repeat(64)).unwrap(), None);
-                t.targets.insert("acme/x".into(), file);
-            }, rule::NO_FILES),
+            (
+                "a role outside the layout",
+                |t| {
+                    writer::set_delegation(t, "evil", &keys(9), Coverage::Patterns(vec!["*".into()]), false);
+                },
+                rule::TOP_LEVEL_DELEGATES,
+            ),
+            (
+                "a publisher bin delegated from the top",
+                |t| {
+                    writer::set_delegation(
+                        t,
+                        "publisher.acme.0",
+                        &keys(9),
+                        Coverage::HashPrefixes(vec!["0".into()]),
+                        true,
+                    );
+                },
+                rule::TOP_LEVEL_DELEGATES,
+            ),
+            (
+                "a publisher with a wider pattern",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[0].paths = Some(vec!["*/*".into()]);
+                },
+                rule::TOP_LEVEL_PATHS,
+            ),
+            (
+                "an approval role covering another group",
+                |t| {
+                    t.delegations.as_mut().unwrap().roles[1].paths = Some(vec!["approvals/*/*/*".into()]);
+                },
+                rule::TOP_LEVEL_PATHS,
+            ),
+            (
+                "a role delegated twice",
+                |t| {
+                    let d = t.delegations.as_mut().unwrap();
+                    let again = d.roles[0].clone();
+                    d.roles.push(again);
+                },
+                rule::UNIQUE,
+            ),
+            (
+                "a file listed at the top",
+                |t| {
+                    let file =
+                        writer::target_file(1, &ringfence_proto::Sha256Hex::parse(&"a".repeat(64)).unwrap(), None);
+                    t.targets.insert("acme/x".into(), file);
+                },
+                rule::NO_FILES,
+            ),
         ];
         for (what, edit, expected) in cases {
             let mut doc = top();

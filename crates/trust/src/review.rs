@@ -39,7 +39,9 @@ pub struct Diff {
 }
 
 fn canonical(value: &Value) -> String {
-    crate::canonical::encode(value).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_else(|e| format!("<{e}>"))
+    crate::canonical::encode(value)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| format!("<{e}>"))
 }
 
 /// An entry's name: the JSON array of the keys leading to it, e.g.
@@ -127,7 +129,12 @@ pub fn diff(old: Option<&Value>, new: &Value) -> Diff {
     }
     for (entry, value) in &old {
         if !new.contains_key(entry) {
-            changes.push(Change { kind: ChangeKind::Removed, entry: entry.clone(), old: Some(value.clone()), new: None });
+            changes.push(Change {
+                kind: ChangeKind::Removed,
+                entry: entry.clone(),
+                old: Some(value.clone()),
+                new: None,
+            });
         }
     }
     changes.sort_by(|a, b| a.entry.cmp(&b.entry));
@@ -185,12 +192,18 @@ mod tests {
         let injected = json!({"name": "publisher.acme.f6c", "keyids": ["k9"], "threshold": 1,
                               "terminating": false, "path_hash_prefixes": [""]});
         new["delegations"]["roles"].as_array_mut().unwrap().insert(0, injected);
-        new["delegations"]["keys"]["k9"] = json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": "bb"}});
+        new["delegations"]["keys"]["k9"] =
+            json!({"keytype": "ed25519", "scheme": "ed25519", "keyval": {"public": "bb"}});
         let lines = diff(Some(&old), &new).lines();
         let text = lines.join("\n");
         assert!(text.contains(r#"+ ["delegations","roles","publisher.acme.f6c"] = {"keyids":["k9"],"name":"publisher.acme.f6c","path_hash_prefixes":[""],"terminating":false,"threshold":1}"#), "{text}");
         assert!(text.contains(r#"+ ["delegations","keys","k9"]"#), "{text}");
-        assert!(text.contains(r#"~ ["delegations","roles"] = ["publisher.acme.f6c","publisher.acme.0","publisher.acme.1"]"#), "{text}");
+        assert!(
+            text.contains(
+                r#"~ ["delegations","roles"] = ["publisher.acme.f6c","publisher.acme.0","publisher.acme.1"]"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"~ ["version"] = 2 (was 1)"#), "{text}");
         // Unchanged: _type, spec_version, expires, key k1, two bins.
         assert!(text.ends_with(&format!("= 6 entries unchanged, sha256 {}", diff(Some(&old), &new).unchanged_digest)));
@@ -224,7 +237,11 @@ mod tests {
         new[r#"["delegations","keys","k1"]"#] = old["delegations"]["keys"]["k1"].clone();
         let d = diff(Some(&old), &new);
         let text = d.lines().join("\n");
-        assert!(text.contains(r#"~ ["delegations","keys","k1"] = {"keyids"#) || text.contains(r#"~ ["delegations","keys","k1"] = {"#), "{text}");
+        assert!(
+            text.contains(r#"~ ["delegations","keys","k1"] = {"keyids"#)
+                || text.contains(r#"~ ["delegations","keys","k1"] = {"#),
+            "{text}"
+        );
         assert!(text.contains(r#""public":"ff""#), "{text}");
         assert_eq!(d.changes.len(), 3, "{text}");
     }

@@ -377,6 +377,9 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
     const LATER: i64 = NOW + 1000;
 
+    /// A role of [`Repo::tree`]: name, (child, terminating) delegations, files listed.
+    type RoleSpec<'a> = (&'a str, &'a [(&'a str, bool)], &'a [&'a str]);
+
     struct Repo {
         root_key: SigningKey,
         online: SigningKey,
@@ -495,7 +498,7 @@ mod tests {
         /// Version 1 of a repository of delegated roles, each signed by the delegate key and
         /// trusted for `acme/*`: `(name, [(child, terminating)], files it lists)`. `targets`
         /// is the top-level role.
-        fn tree(&mut self, roles: &[(&str, &[(&str, bool)], &[&str])], timestamp_key: &SigningKey) {
+        fn tree(&mut self, roles: &[RoleSpec<'_>], timestamp_key: &SigningKey) {
             let file = writer::target_file(3, &ringfence_proto::Sha256Hex::parse(&"c".repeat(64)).unwrap(), None);
             let by_delegate = RoleKeySet::new(vec![self.delegate.public()], 1);
             let mut listed = Vec::new();
@@ -672,7 +675,11 @@ mod tests {
             let ts = SigningKey::from_seed([2; 32]);
             let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
             repo.tree(
-                &[("targets", &[("first", terminating), ("second", false)], &[]), ("first", &[], &[]), ("second", &[], &["acme/x"])],
+                &[
+                    ("targets", &[("first", terminating), ("second", false)], &[]),
+                    ("first", &[], &[]),
+                    ("second", &[], &["acme/x"]),
+                ],
                 &ts,
             );
             let mut set = repo.refresh(&root, Cached::default()).unwrap();
@@ -693,7 +700,7 @@ mod tests {
         let root = repo.root(1, &ts, &[&SigningKey::from_seed([1; 32])]);
         let names: Vec<String> = (0..MAX_DELEGATIONS + 1).map(|i| format!("r{i}")).collect();
         let children: Vec<(&str, bool)> = names.iter().map(|n| (n.as_str(), false)).collect();
-        let mut roles: Vec<(&str, &[(&str, bool)], &[&str])> = vec![("targets", &children, &[])];
+        let mut roles: Vec<RoleSpec<'_>> = vec![("targets", &children, &[])];
         roles.extend(names.iter().map(|n| (n.as_str(), &[][..], &[][..])));
         repo.tree(&roles, &ts);
         let mut set = repo.refresh(&root, Cached::default()).unwrap();
@@ -748,7 +755,13 @@ mod tests {
         let mut set = repo.refresh(&root, Cached::default()).unwrap();
         let err = repo.search(&mut set, "acme/x").unwrap_err();
         assert!(
-            matches!(err, WorkflowError::Client(ClientError::Envelope { source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. }, .. })),
+            matches!(
+                err,
+                WorkflowError::Client(ClientError::Envelope {
+                    source: EnvelopeError::ThresholdNotMet { valid: 1, threshold: 2, .. },
+                    ..
+                })
+            ),
             "{err:?}"
         );
     }

@@ -272,7 +272,8 @@ fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
         applicability: Default::default(),
     };
     let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(script)).unwrap();
-    let entry = ringfence_trust::writer::target_file(script.len() as u64, &sha, Some(serde_json::to_value(custom).unwrap()));
+    let entry =
+        ringfence_trust::writer::target_file(script.len() as u64, &sha, Some(serde_json::to_value(custom).unwrap()));
     let mut injected = ringfence_trust::writer::targets(1, ringfence_server::unix_now() + 86_400);
     injected.targets.insert("acme/evil.sh".into(), entry.clone());
     server.forge_publish(vec![("publisher.acme".into(), acme), ("publisher.acme.f6c".into(), injected)], &[&publisher]);

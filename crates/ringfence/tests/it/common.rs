@@ -79,7 +79,11 @@ impl Server {
 
     /// Publish `docs` straight into the database, each signed with every online key and
     /// `keys`, with a fresh snapshot and timestamp signed by the online keys.
-    pub fn forge_publish(&self, docs: Vec<(String, ringfence_proto::tuf::Targets)>, keys: &[&ringfence_trust::SigningKey]) {
+    pub fn forge_publish(
+        &self,
+        docs: Vec<(String, ringfence_proto::tuf::Targets)>,
+        keys: &[&ringfence_trust::SigningKey],
+    ) {
         use ringfence_proto::tuf::{Snapshot, Timestamp};
         use ringfence_store::{MetadataRecord, Store};
         use ringfence_trust::{Envelope, writer};

@@ -97,10 +97,14 @@ fn an_older_repository_shown_as_current_is_refused() {
     // The attacker serves the older, still valid state as current and prepares "the next
     // version" from it: the old approvals plus one harmless approval.
     let withdrawn_version = approved.version + 1;
-    sql(&server, &format!("DELETE FROM metadata WHERE role = 'approvals.production' AND version = {withdrawn_version}"));
+    sql(
+        &server,
+        &format!("DELETE FROM metadata WHERE role = 'approvals.production' AND version = {withdrawn_version}"),
+    );
     sql(&server, &format!("DELETE FROM metadata WHERE role = 'snapshot' AND version > {snapshot_then}"));
     sql(&server, &format!("DELETE FROM metadata WHERE role = 'timestamp' AND version > {timestamp_then}"));
-    let harmless = server.published(&format!("publisher.acme.{}", ringfence_trust::paths::bin_prefix_of("acme/harmless.bin", 2)));
+    let harmless =
+        server.published(&format!("publisher.acme.{}", ringfence_trust::paths::bin_prefix_of("acme/harmless.bin", 2)));
     let mut entry = harmless.targets["acme/harmless.bin"].clone();
     let custom = ringfence_proto::tuf::ApprovalCustom {
         action: ringfence_proto::tuf::ApprovalAction::Install,
@@ -138,7 +142,9 @@ fn a_root_review_shows_every_change_and_refuses_jumps_and_far_expiry() {
         let bytes = Envelope::new(root).unwrap().to_bytes().unwrap();
         let record = ringfence_store::PendingRecord {
             role: "root".into(),
-            version: serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["signed"]["version"].as_u64().unwrap(),
+            version: serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["signed"]["version"]
+                .as_u64()
+                .unwrap(),
             bytes,
             created_at: ringfence_server::unix_now(),
         };
