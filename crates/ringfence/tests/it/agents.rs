@@ -244,7 +244,7 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
 /// the agent refuses, because a publisher's entry counts only from its own bin.
 #[test]
 fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
-    use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, DelegatedRole, PublishedCustom};
+    use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, PublishedCustom};
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
     let agent = enroll(&server, &root, "prod", "production", &token(&server, "production", 1));
@@ -253,17 +253,9 @@ fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
 
     let mut acme = server.published("publisher.acme");
     acme.version += 1;
+    let (key, hidden) = server.all_paths_to_server("publisher.acme.f6c");
     let delegations = acme.delegations.as_mut().unwrap();
-    delegations.keys.insert(auto.key_id().to_string(), auto.public().to_tuf());
-    let hidden = DelegatedRole {
-        name: "publisher.acme.f6c".into(),
-        keyids: vec![auto.key_id().to_string()],
-        threshold: 1,
-        terminating: false,
-        paths: None,
-        path_hash_prefixes: Some(vec![String::new()]),
-        unrecognized: Default::default(),
-    };
+    delegations.keys.insert(auto.key_id().to_string(), key);
     delegations.roles.insert(0, hidden);
     let script = b"#!/bin/sh\necho evil >> installed-evil\n";
     let custom = PublishedCustom {

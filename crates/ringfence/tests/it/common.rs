@@ -122,6 +122,22 @@ impl Server {
         self.runtime.block_on(store.publish(&records, &[])).unwrap();
     }
 
+    /// A delegation of every path (`path_hash_prefixes: [""]`, not terminating) named `name`
+    /// to the server's online auto-approver key: what a hidden delegation looks like.
+    pub fn all_paths_to_server(&self, name: &str) -> (ringfence_proto::tuf::Key, ringfence_proto::tuf::DelegatedRole) {
+        let auto = self.online_key("auto-approver.key").public();
+        let role = ringfence_proto::tuf::DelegatedRole {
+            name: name.into(),
+            keyids: vec![auto.key_id().to_string()],
+            threshold: 1,
+            terminating: false,
+            paths: None,
+            path_hash_prefixes: Some(vec![String::new()]),
+            unrecognized: Default::default(),
+        };
+        (auto.to_tuf(), role)
+    }
+
     /// The attacker writes a pending version straight into the database.
     pub fn put_pending(&self, role: &str, doc: ringfence_proto::tuf::Targets) {
         use ringfence_store::{PendingRecord, Store};

@@ -2,7 +2,7 @@
 //! every online key): it refuses what breaks the layout or its own trusted state, and shows
 //! what it refused.
 
-use ringfence_proto::tuf::{DelegatedRole, Root, Targets};
+use ringfence_proto::tuf::{Root, Targets};
 use ringfence_store::Store;
 use ringfence_trust::policy::rule;
 use ringfence_trust::{Envelope, writer};
@@ -11,21 +11,10 @@ use crate::common::{Server, sql};
 
 /// `doc` with one more delegation, listed first: every path, to a key the server holds.
 fn with_hidden_delegation(server: &Server, mut doc: Targets, name: &str) -> Targets {
-    let auto = server.online_key("auto-approver.key").public();
+    let (key, role) = server.all_paths_to_server(name);
     let delegations = doc.delegations.as_mut().unwrap();
-    delegations.keys.insert(auto.key_id().to_string(), auto.to_tuf());
-    delegations.roles.insert(
-        0,
-        DelegatedRole {
-            name: name.into(),
-            keyids: vec![auto.key_id().to_string()],
-            threshold: 1,
-            terminating: false,
-            paths: None,
-            path_hash_prefixes: Some(vec![String::new()]),
-            unrecognized: Default::default(),
-        },
-    );
+    delegations.keys.insert(role.keyids[0].clone(), key);
+    delegations.roles.insert(0, role);
     doc.version += 1;
     doc
 }
