@@ -246,10 +246,17 @@ pub enum DeviceCommand {
         #[arg(long, default_value_t = 86_400)]
         expires_in_secs: u64,
     },
-    /// Every device with its groups, last check-in and the state of each update.
+    /// Devices with their groups, last check-in and the state of each update, fetched a page
+    /// at a time.
     List {
         #[command(flatten)]
         server: ServerArgs,
+        /// Only devices in this state (pending, accepted, rejected, revoked).
+        #[arg(long)]
+        state: Option<String>,
+        /// Stop after this many devices (all by default).
+        #[arg(long)]
+        limit: Option<u64>,
     },
     /// Accept a pending device.
     Accept {
@@ -670,15 +677,32 @@ fn device(command: DeviceCommand) -> anyhow::Result<()> {
                 ringfence_trust::expiry::format(created.expires_at)
             );
         }
-        DeviceCommand::List { server } => {
-            let answer = client(&server)?.get("/api/v1/devices")?.ok()?;
-            let devices: Vec<DeviceInfo> = serde_json::from_slice(&answer)?;
-            for d in devices {
-                let seen = d.last_checkin.map_or("never".to_owned(), ringfence_trust::expiry::format);
-                println!("{}  {}  {}  groups {}  last check-in {seen}", d.id, d.state, d.hostname, d.groups.join(","));
-                for u in d.updates {
-                    let reason = u.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                    println!("    {}: {}{reason}", u.target, u.state.as_str());
+        DeviceCommand::List { server, state, limit } => {
+            let client = client(&server)?;
+            let mut after = String::new();
+            let mut left = limit.unwrap_or(u64::MAX);
+            while left > 0 {
+                const PAGE: u64 = 500;
+                let page = left.min(PAGE);
+                let mut path = format!("/api/v1/devices?limit={page}");
+                if !after.is_empty() {
+                    path.push_str(&format!("&after={after}"));
+                }
+                if let Some(s) = &state {
+                    if !s.bytes().all(|b| b.is_ascii_lowercase()) {
+                        anyhow::bail!("--state: pending, accepted, rejected or revoked");
+                    }
+                    path.push_str(&format!("&state={s}"));
+                }
+                let devices: Vec<DeviceInfo> = serde_json::from_slice(&client.get(&path)?.ok()?)?;
+                let fetched = devices.len() as u64;
+                left = left.saturating_sub(fetched);
+                if let Some(last) = devices.last() {
+                    after = last.id.clone();
+                }
+                print_devices(devices);
+                if fetched < page {
+                    break;
                 }
             }
         }
@@ -687,6 +711,17 @@ fn device(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Revoke { server, id } => change_device(&server, &id, "revoke")?,
     }
     Ok(())
+}
+
+fn print_devices(devices: Vec<ringfence_proto::device::DeviceInfo>) {
+    for d in devices {
+        let seen = d.last_checkin.map_or("never".to_owned(), ringfence_trust::expiry::format);
+        println!("{}  {}  {}  groups {}  last check-in {seen}", d.id, d.state, d.hostname, d.groups.join(","));
+        for u in d.updates {
+            let reason = u.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            println!("    {}: {}{reason}", u.target, u.state.as_str());
+        }
+    }
 }
 
 fn change_device(server: &ServerArgs, id: &str, action: &str) -> anyhow::Result<()> {

@@ -14,7 +14,7 @@ use ringfence_proto::device::{
     DeviceInfo, EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportState,
     StatusReport,
 };
-use ringfence_store::{AuditRecord, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, Store};
+use ringfence_store::{AuditRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, Store};
 
 use crate::AppState;
 use crate::admin::{authorize, json_body};
@@ -83,7 +83,7 @@ fn report_state(s: &str) -> Option<ReportState> {
 
 async fn device_info(state: &AppState, d: DeviceRecord) -> ApiResult<DeviceInfo> {
     let mut newest: BTreeMap<String, StatusReport> = BTreeMap::new();
-    for r in state.repo.store.device_reports(&d.id).await? {
+    for r in state.repo.store.device_update_states(&d.id).await? {
         let Some(report_state) = report_state(&r.state) else { continue };
         newest.insert(
             r.target.clone(),
@@ -112,10 +112,45 @@ async fn device_info(state: &AppState, d: DeviceRecord) -> ApiResult<DeviceInfo>
     })
 }
 
-async fn list_devices(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+/// Devices per page unless the caller asks for fewer; never more than [`MAX_PAGE`].
+pub const DEFAULT_PAGE: u64 = 100;
+pub const MAX_PAGE: u64 = 1000;
+
+/// `GET /api/v1/devices?limit=N&after=ID&state=S`: one page, ordered by id.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceQuery {
+    limit: Option<u64>,
+    after: Option<String>,
+    state: Option<String>,
+}
+
+async fn list_devices(
+    State(state): Shared,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Read]).await?;
+    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
+    }
+    if let Some(after) = &query.after
+        && (after.len() > 64 || !after.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(ApiError::BadRequest("after: a device id".into()));
+    }
+    let device_state = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(
+            DeviceState::parse(s)
+                .ok_or_else(|| ApiError::BadRequest("state: pending, accepted, rejected or revoked".into()))?,
+        ),
+    };
+    let page = DevicePage { after: query.after, limit, state: device_state };
     let mut out = Vec::new();
-    for d in state.repo.store.list_devices().await? {
+    for d in state.repo.store.list_devices(&page).await? {
         out.push(device_info(&state, d).await?);
     }
     Ok(Json(out).into_response())

@@ -42,9 +42,39 @@ pub struct DevicesConfig {
     /// Poll interval suggested to agents (they add jitter).
     #[serde(default = "DevicesConfig::five_minutes")]
     pub poll_seconds: u64,
-    /// Device API requests handled at once; more are answered 503 with Retry-After.
+    /// Device API requests handled at once; more are answered 503 with Retry-After. A
+    /// request takes a slot only once its body has arrived.
     #[serde(default = "DevicesConfig::permits")]
     pub max_concurrent_requests: usize,
+    /// Status reports kept per device (the oldest are deleted first); the newest report of
+    /// every target is kept whatever this says.
+    #[serde(default = "DevicesConfig::report_history")]
+    pub report_history: u64,
+    /// Distinct targets a device may report on; reports on more are refused.
+    #[serde(default = "DevicesConfig::max_targets")]
+    pub max_targets_per_device: u64,
+    /// Pending (token-less) enrollments held at once; more are answered 429.
+    #[serde(default = "DevicesConfig::max_pending")]
+    pub max_pending: u64,
+    /// Pending enrollments held at once from one source address; more are answered 429.
+    #[serde(default = "DevicesConfig::max_pending_per_source")]
+    pub max_pending_per_source: u64,
+    /// Live session challenges per device; more are answered 429.
+    #[serde(default = "DevicesConfig::max_challenges")]
+    pub max_challenges_per_device: u64,
+    /// Longest a client may take to send a request's headers, in seconds.
+    #[serde(default = "DevicesConfig::ten")]
+    pub header_read_secs: u64,
+    /// Longest a client may take to send a device-API request body, in seconds.
+    #[serde(default = "DevicesConfig::ten")]
+    pub body_read_secs: u64,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    #[serde(default = "DevicesConfig::idle")]
+    pub idle_secs: u64,
+    /// Connections open at once from one source address on the device listener; more are
+    /// closed at once.
+    #[serde(default = "DevicesConfig::per_source")]
+    pub max_connections_per_source: usize,
 }
 
 impl DevicesConfig {
@@ -60,6 +90,30 @@ impl DevicesConfig {
     fn permits() -> usize {
         256
     }
+    fn report_history() -> u64 {
+        1000
+    }
+    fn max_targets() -> u64 {
+        4096
+    }
+    fn max_pending() -> u64 {
+        1000
+    }
+    fn max_pending_per_source() -> u64 {
+        10
+    }
+    fn max_challenges() -> u64 {
+        8
+    }
+    fn ten() -> u64 {
+        10
+    }
+    fn idle() -> u64 {
+        120
+    }
+    fn per_source() -> usize {
+        64
+    }
 }
 
 impl Default for DevicesConfig {
@@ -69,6 +123,15 @@ impl Default for DevicesConfig {
             challenge_secs: Self::minute(),
             poll_seconds: Self::five_minutes(),
             max_concurrent_requests: Self::permits(),
+            report_history: Self::report_history(),
+            max_targets_per_device: Self::max_targets(),
+            max_pending: Self::max_pending(),
+            max_pending_per_source: Self::max_pending_per_source(),
+            max_challenges_per_device: Self::max_challenges(),
+            header_read_secs: Self::ten(),
+            body_read_secs: Self::ten(),
+            idle_secs: Self::idle(),
+            max_connections_per_source: Self::per_source(),
         }
     }
 }

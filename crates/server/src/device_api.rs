@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use rand_core::{OsRng, RngCore};
 use ringfence_proto::GroupName;
 use ringfence_proto::api::parse_body_limited;
@@ -18,7 +18,9 @@ use ringfence_proto::device::{
     ChallengeRequest, ChallengeResponse, CheckinRequest, CheckinResponse, EnrollRequest, EnrollResponse, EnrollState,
     MAX_DEVICE_BODY, ReportBatch, ReportsAck, SessionRequest, SessionResponse, enrollment_message, session_message,
 };
-use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportRecord, Store};
+use ringfence_store::{
+    DeviceRecord, DeviceState, DeviceStore, PendingLimits, PendingRefusal, ReportLimits, ReportRecord, Store,
+};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -51,12 +53,24 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// Seconds a caller over a storage bound is told to wait.
+const RETRY_LATER_SECS: u64 = 60;
+
+/// The address a request came from, put into every request by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// A device-API slot. Taken only after the body has arrived, so a slow sender holds a
+/// connection (bounded per source and by the read deadline) but never a slot.
 fn permit(state: &AppState) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
     state.device_permits.try_acquire().map_err(|_| ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })
 }
 
-async fn device_body<T: DeserializeOwned>(body: Body) -> ApiResult<T> {
-    let bytes = read_body(body, MAX_DEVICE_BODY).await?;
+/// Read and parse a device-API body within `devices.body_read_secs`.
+async fn device_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
+    let deadline = std::time::Duration::from_secs(state.config.devices.body_read_secs.max(1));
+    let bytes =
+        tokio::time::timeout(deadline, read_body(body, MAX_DEVICE_BODY)).await.map_err(|_| ApiError::Timeout)??;
     parse_body_limited(&bytes, MAX_DEVICE_BODY).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
@@ -90,9 +104,9 @@ fn ed25519_dalek_key(bytes: [u8; 32]) -> ApiResult<ringfence_trust::PublicKey> {
     ringfence_trust::PublicKey::from_tuf(&tuf).map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))
 }
 
-async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
+async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: Body) -> ApiResult<Response> {
+    let request: EnrollRequest = device_body(&state, body).await?;
     let _permit = permit(&state)?;
-    let request: EnrollRequest = device_body(body).await?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let key = parse_public_key(&request.public_key)?;
     let signature = hex::decode(&request.signature).map_err(|_| ApiError::Unauthorized)?;
@@ -119,31 +133,11 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
         return Ok(Json(EnrollResponse { device_id: existing.id, state: answer, groups }).into_response());
     }
 
-    let (device_state, groups) = match &request.token {
-        Some(token) => {
-            if token.len() > 128 || !token.starts_with(ENROLLMENT_PREFIX) {
-                return Err(ApiError::Unauthorized);
-            }
-            let hash = ringfence_trust::sha256_hex(token.as_bytes());
-            // The device names its groups; a token admits it only to groups it is scoped to.
-            let requested: Vec<String> = request.groups.iter().map(|g| g.to_string()).collect();
-            if requested.is_empty() {
-                return Err(ApiError::BadRequest("groups: name the groups the device follows".into()));
-            }
-            // Checked before the token is used, so a refused request does not spend a use.
-            let scoped = store.enrollment_token(&hash).await?.ok_or(ApiError::Unauthorized)?;
-            if let Some(outside) = requested.iter().find(|g| !scoped.groups.contains(g)) {
-                return Err(ApiError::BadRequest(format!("groups: the token does not admit group {outside}")));
-            }
-            store.use_enrollment_token(&hash, now).await?.ok_or(ApiError::Unauthorized)?;
-            (DeviceState::Accepted, requested)
-        }
-        None => (DeviceState::Pending, request.groups.iter().map(|g| g.to_string()).collect()),
-    };
-    let device = DeviceRecord {
+    let groups: Vec<String> = request.groups.iter().map(|g| g.to_string()).collect();
+    let mut device = DeviceRecord {
         id: random_hex(16),
         public_key,
-        state: device_state,
+        state: DeviceState::Pending,
         groups: groups.clone(),
         hostname: request.inventory.hostname.clone(),
         inventory,
@@ -151,7 +145,54 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
         last_checkin: None,
         timestamp_version: None,
     };
-    store.insert_device(&device).await?;
+    match &request.token {
+        Some(token) => {
+            if token.len() > 128 || !token.starts_with(ENROLLMENT_PREFIX) {
+                return Err(ApiError::Unauthorized);
+            }
+            let hash = ringfence_trust::sha256_hex(token.as_bytes());
+            // The device names its groups; a token admits it only to groups it is scoped to.
+            if groups.is_empty() {
+                return Err(ApiError::BadRequest("groups: name the groups the device follows".into()));
+            }
+            // Checked before the token is used, so a refused request does not spend a use.
+            let scoped = store.enrollment_token(&hash).await?.ok_or(ApiError::Unauthorized)?;
+            if let Some(outside) = groups.iter().find(|g| !scoped.groups.contains(g)) {
+                return Err(ApiError::BadRequest(format!("groups: the token does not admit group {outside}")));
+            }
+            device.state = DeviceState::Accepted;
+            // The use is spent in the same transaction as the insert: a failed insert spends
+            // nothing.
+            if !store.enroll_with_token(&hash, now, &device).await? {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        None => {
+            // A pending record keeps what an administrator needs to decide, not the whole
+            // inventory (which the first check-in after acceptance brings).
+            let summary = ringfence_proto::device::Inventory { installed: Vec::new(), ..request.inventory.clone() };
+            device.inventory = serde_json::to_string(&summary).map_err(ApiError::internal)?;
+            let source = peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| ip.to_string());
+            let limits = PendingLimits {
+                max_pending: state.config.devices.max_pending,
+                max_per_source: state.config.devices.max_pending_per_source,
+            };
+            let retry_after_secs = RETRY_LATER_SECS;
+            match store.insert_pending_device(&device, &source, limits).await? {
+                Ok(()) => {}
+                Err(PendingRefusal::TooManyFromSource) => {
+                    return Err(ApiError::TooMany {
+                        what: "too many pending enrollments from this address",
+                        retry_after_secs,
+                    });
+                }
+                Err(PendingRefusal::TooManyPending) => {
+                    return Err(ApiError::TooMany { what: "too many pending enrollments", retry_after_secs });
+                }
+            }
+        }
+    }
+    let device_state = device.state;
     store
         .append_audit(&ringfence_store::AuditRecord {
             at: now,
@@ -166,8 +207,8 @@ async fn enroll(State(state): Shared, body: Body) -> ApiResult<Response> {
 }
 
 async fn challenge(State(state): Shared, body: Body) -> ApiResult<Response> {
+    let request: ChallengeRequest = device_body(&state, body).await?;
     let _permit = permit(&state)?;
-    let request: ChallengeRequest = device_body(body).await?;
     let now = crate::unix_now();
     let store = &state.repo.store;
     // Unknown and not-accepted devices get the same answer: no oracle for device ids.
@@ -175,13 +216,19 @@ async fn challenge(State(state): Shared, body: Body) -> ApiResult<Response> {
     let device = device.ok_or(ApiError::Unauthorized)?;
     let nonce = random_hex(32);
     let expires_at = now + state.config.devices.challenge_secs;
-    store.insert_challenge(&nonce, &device.id, expires_at).await?;
+    let max_live = state.config.devices.max_challenges_per_device;
+    if !store.insert_challenge(&nonce, &device.id, now, expires_at, max_live).await? {
+        return Err(ApiError::TooMany {
+            what: "too many open challenges for this device",
+            retry_after_secs: state.config.devices.challenge_secs.max(1) as u64,
+        });
+    }
     Ok(Json(ChallengeResponse { nonce, expires_at }).into_response())
 }
 
 async fn session(State(state): Shared, body: Body) -> ApiResult<Response> {
+    let request: SessionRequest = device_body(&state, body).await?;
     let _permit = permit(&state)?;
-    let request: SessionRequest = device_body(body).await?;
     let now = crate::unix_now();
     let store = &state.repo.store;
     let device = store
@@ -203,10 +250,10 @@ async fn session(State(state): Shared, body: Body) -> ApiResult<Response> {
 }
 
 async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let request: CheckinRequest = device_body(&state, body).await?;
     let _permit = permit(&state)?;
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
-    let request: CheckinRequest = device_body(body).await?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let current = state.repo.store.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
     let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
@@ -220,10 +267,10 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    let batch: ReportBatch = device_body(&state, body).await?;
     let _permit = permit(&state)?;
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
-    let batch: ReportBatch = device_body(body).await?;
     batch.validate().map_err(ApiError::BadRequest)?;
     let records: Vec<ReportRecord> = batch
         .reports
@@ -237,6 +284,10 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
             at: r.at,
         })
         .collect();
-    let done = state.repo.store.insert_reports(&device.id, &records, now).await?;
+    let limits = ReportLimits {
+        history: state.config.devices.report_history,
+        max_targets: state.config.devices.max_targets_per_device,
+    };
+    let done = state.repo.store.insert_reports(&device.id, &records, now, limits).await?;
     Ok(Json(ReportsAck { accepted: done.accepted, duplicates: done.duplicates }).into_response())
 }

@@ -23,6 +23,11 @@ pub enum ApiError {
     RangeNotSatisfiable(u64),
     #[error("busy; retry later")]
     Busy { retry_after_secs: u64 },
+    /// A bound on what the caller may make the server hold was reached.
+    #[error("{what}; retry later")]
+    TooMany { what: &'static str, retry_after_secs: u64 },
+    #[error("the request body did not arrive in time")]
+    Timeout,
     #[error("internal error")]
     Internal(String),
 }
@@ -42,6 +47,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,6 +60,7 @@ impl From<ringfence_store::StoreError> for ApiError {
             ringfence_store::StoreError::Conflict(what) => ApiError::Conflict(what),
             ringfence_store::StoreError::NotFound => ApiError::NotFound,
             ringfence_store::StoreError::TooLarge { limit } => ApiError::TooLarge(limit),
+            ringfence_store::StoreError::Refused(why) => ApiError::BadRequest(why),
             ringfence_store::StoreError::HashMismatch { expected, actual } => {
                 ApiError::BadRequest(format!("content hash is {actual}, expected {expected}"))
             }
@@ -73,7 +81,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::Busy { retry_after_secs } = self {
+        if let ApiError::Busy { retry_after_secs } | ApiError::TooMany { retry_after_secs, .. } = self {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after_secs));

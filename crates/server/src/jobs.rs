@@ -1,4 +1,5 @@
-//! Background work: renew online metadata before it expires, warn about offline roles.
+//! Background work: renew online metadata before it expires, warn about offline roles, delete
+//! expired device sessions and challenges.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,11 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "renewing online metadata failed"),
+        }
+        match ringfence_store::DeviceStore::sweep_expired(&state.repo.store, now).await {
+            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "sweeping expired sessions failed"),
         }
         if let Ok(health) = state.repo.health(now).await {
             for w in &health.warnings {

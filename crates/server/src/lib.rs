@@ -24,6 +24,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 pub use config::Config;
@@ -92,13 +93,29 @@ pub async fn serve(
     tracing::info!(device = %addrs.device, admin = %addrs.admin, "listening");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let devices = &state.config.devices;
+    let device_limits = tls::ConnLimits {
+        header_read: Duration::from_secs(devices.header_read_secs.max(1)),
+        idle: Duration::from_secs(devices.idle_secs.max(1)),
+        per_source: Some(devices.max_connections_per_source.max(1)),
+    };
+    // The admin listener (loopback by default, every route authenticated) keeps the same
+    // deadlines without a per-source bound.
+    let admin_limits = tls::ConnLimits { per_source: None, ..device_limits };
     let device = tokio::spawn(tls::serve_tls(
         device_listener,
         tls_config.clone(),
         device::router(state.clone()),
+        device_limits,
         stop_rx.clone(),
     ));
-    let admin = tokio::spawn(tls::serve_tls(admin_listener, tls_config, admin::router(state.clone()), stop_rx.clone()));
+    let admin = tokio::spawn(tls::serve_tls(
+        admin_listener,
+        tls_config,
+        admin::router(state.clone()),
+        admin_limits,
+        stop_rx.clone(),
+    ));
     let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx));
     if let Some(ready) = ready {
         let _ = ready.send(addrs);

@@ -1,22 +1,31 @@
 //! TLS for both listeners (rustls with the ring provider), and the self-signed certificate a
 //! new installation starts with.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::Context as _;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
 
 use crate::Config;
+use crate::device_api::PeerAddr;
 
 /// Longest a client may take to finish the TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn server_config(config: &Config) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let cert_file = config.cert_file();
@@ -58,29 +67,129 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Accept TLS connections and serve `router` on them until `stop` turns true.
+/// Deadlines and bounds of one listener's connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Longest a client may take to send a request's headers.
+    pub header_read: Duration,
+    /// A connection with nothing moving for this long is shut down gracefully (a request in
+    /// flight is finished first).
+    pub idle: Duration,
+    /// Connections open at once from one source address; more are closed at once.
+    pub per_source: Option<usize>,
+}
+
+/// Open connections per source address.
+#[derive(Default)]
+struct Sources(Mutex<HashMap<IpAddr, usize>>);
+
+/// One counted connection; uncounted when dropped.
+struct SourceSlot {
+    sources: Arc<Sources>,
+    ip: IpAddr,
+}
+
+impl Sources {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = open.entry(ip).or_default();
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot { sources: self.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.sources.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A stream that notes when bytes last moved, in milliseconds since `epoch`.
+struct Activity<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Activity<S> {
+    fn touch(&self) {
+        self.last.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        poll
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept TLS connections and serve `router` on them until `stop` turns true. Every request
+/// carries the [`PeerAddr`] it came from.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    limits: ConnLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let sources = Arc::new(Sources::default());
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        let slot = match limits.per_source {
+            Some(max) => match sources.take(peer.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!(%peer, "too many connections from this address");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -89,10 +198,40 @@ pub async fn serve_tls(
                 }
                 Err(_) => return,
             };
-            let service = TowerToHyperService::new(router);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let epoch = Instant::now();
+            let last = Arc::new(AtomicU64::new(0));
+            let io = Activity { inner: stream, epoch, last: last.clone() };
+            let service = TowerToHyperService::new(router.map_request(
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer.ip()));
+                    request
+                },
+            ));
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read);
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let idle_ms = limits.idle.as_millis() as u64;
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                        return;
+                    }
+                    _ = tokio::time::sleep(limits.idle / 4 + Duration::from_millis(1)) => {
+                        let quiet = epoch.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                        if closing && quiet >= 2 * idle_ms {
+                            return;
+                        }
+                        if !closing && quiet >= idle_ms {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                    }
+                }
             }
         });
     }

@@ -75,6 +75,38 @@ pub struct ReportsAccepted {
     pub duplicates: u64,
 }
 
+/// What the store keeps of one device's reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportLimits {
+    /// Reports kept per device, oldest deleted first (at least 1). The newest report of each
+    /// target is kept apart, whatever this says.
+    pub history: u64,
+    /// Distinct targets a device may report on.
+    pub max_targets: u64,
+}
+
+/// Bounds on pending (token-less) enrollments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingLimits {
+    pub max_pending: u64,
+    pub max_per_source: u64,
+}
+
+/// Why a pending enrollment was not stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingRefusal {
+    TooManyPending,
+    TooManyFromSource,
+}
+
+/// One page of a device listing: devices after `after` (by id), at most `limit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DevicePage {
+    pub after: Option<String>,
+    pub limit: u64,
+    pub state: Option<DeviceState>,
+}
+
 /// What the server keeps about devices. Implemented next to [`crate::Store`] by the same
 /// backends.
 pub trait DeviceStore: Send + Sync + 'static {
@@ -82,7 +114,24 @@ pub trait DeviceStore: Send + Sync + 'static {
     fn insert_device(&self, device: &DeviceRecord) -> impl Future<Output = Result<()>> + Send;
     fn device(&self, id: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
     fn device_by_key(&self, public_key: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
-    fn list_devices(&self) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+    /// One page of devices, ordered by id.
+    fn list_devices(&self, page: &DevicePage) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+    /// Store a pending device from `source` unless the pending bounds are reached (checked
+    /// and inserted in one transaction).
+    fn insert_pending_device(
+        &self,
+        device: &DeviceRecord,
+        source: &str,
+        limits: PendingLimits,
+    ) -> impl Future<Output = Result<Result<(), PendingRefusal>>> + Send;
+    /// Spend one use of the token and store the device, in one transaction: `false` (and
+    /// nothing changed) if the token is unknown, expired or used up.
+    fn enroll_with_token(
+        &self,
+        secret_sha256: &str,
+        now: i64,
+        device: &DeviceRecord,
+    ) -> impl Future<Output = Result<bool>> + Send;
     fn count_devices(&self) -> impl Future<Output = Result<u64>> + Send;
     /// Whether any device is accepted (cheap: stops at the first).
     fn has_accepted_devices(&self) -> impl Future<Output = Result<bool>> + Send;
@@ -109,19 +158,17 @@ pub trait DeviceStore: Send + Sync + 'static {
         &self,
         secret_sha256: &str,
     ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
-    /// Use the token once, atomically: `None` if it is unknown, expired or used up.
-    fn use_enrollment_token(
-        &self,
-        secret_sha256: &str,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
-
+    /// Store a challenge unless the device has `max_live` live ones (`false` then).
     fn insert_challenge(
         &self,
         nonce: &str,
         device_id: &str,
+        now: i64,
         expires_at: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
+        max_live: u64,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Delete expired sessions and challenges; returns how many.
+    fn sweep_expired(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Consume a challenge: true once for a live challenge of that device, false after.
     fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> impl Future<Output = Result<bool>> + Send;
     fn insert_session(
@@ -138,14 +185,19 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
 
     /// Store reports; ids already stored for the device count as duplicates, not errors.
+    /// Keeps the newest report per target, and at most `limits.history` reports; a batch that
+    /// would pass `limits.max_targets` is refused whole.
     fn insert_reports(
         &self,
         device_id: &str,
         reports: &[ReportRecord],
         received_at: i64,
+        limits: ReportLimits,
     ) -> impl Future<Output = Result<ReportsAccepted>> + Send;
-    /// The device's reports in the order they arrived.
+    /// The device's retained reports in the order they arrived.
     fn device_reports(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
+    /// The newest report of each target the device reported on, by target.
+    fn device_update_states(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
 }
 
 const DEVICE_COLUMNS: &str =
@@ -186,25 +238,42 @@ impl SqliteStore {
     }
 }
 
+async fn insert_device_row(conn: &mut sqlx::SqliteConnection, d: &DeviceRecord, source: Option<&str>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO devices (id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, \
+         timestamp_version, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&d.id)
+    .bind(&d.public_key)
+    .bind(d.state.as_str())
+    .bind(join_names("group", &d.groups)?)
+    .bind(&d.hostname)
+    .bind(&d.inventory)
+    .bind(d.enrolled_at)
+    .bind(d.last_checkin)
+    .bind(d.timestamp_version.map(|v| to_bigint(v, "timestamp_version")).transpose()?)
+    .bind(source)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| conflict_or(e, || "a device with this key or id exists".into()))?;
+    Ok(())
+}
+
+fn report_from_row(row: &SqliteRow, id_column: &str) -> Result<ReportRecord> {
+    Ok(ReportRecord {
+        id: row.try_get(id_column)?,
+        target: row.try_get("target")?,
+        state: row.try_get("state")?,
+        reason: row.try_get("reason")?,
+        exit_code: row.try_get("exit_code")?,
+        at: row.try_get("at")?,
+    })
+}
+
 impl DeviceStore for SqliteStore {
     async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO devices (id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, \
-             timestamp_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&d.id)
-        .bind(&d.public_key)
-        .bind(d.state.as_str())
-        .bind(join_names("group", &d.groups)?)
-        .bind(&d.hostname)
-        .bind(&d.inventory)
-        .bind(d.enrolled_at)
-        .bind(d.last_checkin)
-        .bind(d.timestamp_version.map(|v| to_bigint(v, "timestamp_version")).transpose()?)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| conflict_or(e, || "a device with this key or id exists".into()))?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        insert_device_row(&mut conn, d, None).await
     }
 
     async fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
@@ -215,9 +284,77 @@ impl DeviceStore for SqliteStore {
         self.one_device("public_key", public_key).await
     }
 
-    async fn list_devices(&self) -> Result<Vec<DeviceRecord>> {
-        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices ORDER BY enrolled_at, id");
-        sqlx::query(&sql).fetch_all(&self.pool).await?.iter().map(device_from_row).collect()
+    async fn list_devices(&self, page: &DevicePage) -> Result<Vec<DeviceRecord>> {
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 AND ($2 IS NULL OR state = $2) ORDER BY id LIMIT $3"
+        );
+        sqlx::query(&sql)
+            .bind(page.after.as_deref().unwrap_or(""))
+            .bind(page.state.map(DeviceState::as_str))
+            .bind(to_bigint(page.limit, "limit")?)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(device_from_row)
+            .collect()
+    }
+
+    async fn insert_pending_device(
+        &self,
+        d: &DeviceRecord,
+        source: &str,
+        limits: PendingLimits,
+    ) -> Result<Result<(), PendingRefusal>> {
+        let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes the write lock before counting (no two floods pass
+        // the same count).
+        insert_device_row(&mut tx, d, Some(source)).await?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE state = 'pending'")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        let from_source: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE state = 'pending' AND source = $1")
+            .bind(source)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        let refusal = if from_source as u64 > limits.max_per_source {
+            Some(PendingRefusal::TooManyFromSource)
+        } else if total as u64 > limits.max_pending {
+            Some(PendingRefusal::TooManyPending)
+        } else {
+            None
+        };
+        match refusal {
+            Some(r) => {
+                tx.rollback().await?;
+                Ok(Err(r))
+            }
+            None => {
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    async fn enroll_with_token(&self, secret_sha256: &str, now: i64, device: &DeviceRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let used = sqlx::query(
+            "UPDATE enrollment_tokens SET uses = uses + 1 \
+             WHERE secret_sha256 = $1 AND expires_at > $2 AND uses < max_uses",
+        )
+        .bind(secret_sha256)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if used.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        // A failed insert (say, a parallel retry with the same key) rolls the use back.
+        insert_device_row(&mut tx, device, None).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn count_devices(&self) -> Result<u64> {
@@ -304,29 +441,43 @@ impl DeviceStore for SqliteStore {
         .transpose()
     }
 
-    async fn use_enrollment_token(&self, secret_sha256: &str, now: i64) -> Result<Option<EnrollmentTokenRecord>> {
-        sqlx::query(
-            "UPDATE enrollment_tokens SET uses = uses + 1 \
-             WHERE secret_sha256 = $1 AND expires_at > $2 AND uses < max_uses \
-             RETURNING id, secret_sha256, groups, expires_at, max_uses, uses, created_at",
-        )
-        .bind(secret_sha256)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| token_from_row(&r))
-        .transpose()
-    }
-
-    async fn insert_challenge(&self, nonce: &str, device_id: &str, expires_at: i64) -> Result<()> {
+    async fn insert_challenge(
+        &self,
+        nonce: &str,
+        device_id: &str,
+        now: i64,
+        expires_at: i64,
+        max_live: u64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO device_challenges (nonce, device_id, expires_at) VALUES ($1, $2, $3)")
             .bind(nonce)
             .bind(device_id)
             .bind(expires_at)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
             .map_err(|e| conflict_or(e, || "challenge exists".into()))?;
-        Ok(())
+        let live: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM device_challenges WHERE device_id = $1 AND expires_at > $2")
+                .bind(device_id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+        if live as u64 > max_live {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn sweep_expired(&self, now: i64) -> Result<u64> {
+        let sessions =
+            sqlx::query("DELETE FROM device_sessions WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        let challenges =
+            sqlx::query("DELETE FROM device_challenges WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
+        Ok(sessions.rows_affected() + challenges.rows_affected())
     }
 
     async fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> Result<bool> {
@@ -372,15 +523,27 @@ impl DeviceStore for SqliteStore {
         device_id: &str,
         reports: &[ReportRecord],
         received_at: i64,
+        limits: ReportLimits,
     ) -> Result<ReportsAccepted> {
         let mut tx = self.pool.begin().await?;
+        // The write lock first (see the module docs), then the newest sequence number by index.
+        sqlx::query("UPDATE devices SET id = id WHERE id = $1").bind(device_id).execute(&mut *tx).await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM status_reports WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut seq: i64 = row.try_get("seq")?;
+        let targets: i64 = sqlx::query("SELECT COUNT(*) AS n FROM device_update_states WHERE device_id = $1")
+            .bind(device_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        let mut targets = targets as u64;
         let mut accepted = 0;
         for r in reports {
             let done = sqlx::query(
                 "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
-                 (SELECT COALESCE(MAX(seq), 0) + 1 FROM status_reports WHERE device_id = $1)) \
-                 ON CONFLICT (device_id, id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&r.id)
@@ -390,10 +553,55 @@ impl DeviceStore for SqliteStore {
             .bind(r.exit_code)
             .bind(r.at)
             .bind(received_at)
+            .bind(seq + 1)
             .execute(&mut *tx)
             .await?;
-            accepted += done.rows_affected();
+            if done.rows_affected() == 0 {
+                continue;
+            }
+            seq += 1;
+            accepted += 1;
+            let known = sqlx::query("SELECT 1 AS one FROM device_update_states WHERE device_id = $1 AND target = $2")
+                .bind(device_id)
+                .bind(&r.target)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            if !known {
+                targets += 1;
+                if targets > limits.max_targets {
+                    tx.rollback().await?;
+                    return Err(StoreError::Refused(format!(
+                        "reports: a device may report on at most {} targets",
+                        limits.max_targets
+                    )));
+                }
+            }
+            sqlx::query(
+                "INSERT INTO device_update_states (device_id, target, report_id, state, reason, exit_code, at, seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (device_id, target) DO UPDATE SET report_id = excluded.report_id, \
+                 state = excluded.state, reason = excluded.reason, exit_code = excluded.exit_code, \
+                 at = excluded.at, seq = excluded.seq",
+            )
+            .bind(device_id)
+            .bind(&r.target)
+            .bind(&r.id)
+            .bind(&r.state)
+            .bind(&r.reason)
+            .bind(r.exit_code)
+            .bind(r.at)
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
         }
+        // Retention: the oldest reports beyond the history go (by index).
+        let keep = to_bigint(limits.history.max(1), "history")?;
+        sqlx::query("DELETE FROM status_reports WHERE device_id = $1 AND seq <= $2")
+            .bind(device_id)
+            .bind(seq - keep)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(ReportsAccepted { accepted, duplicates: reports.len() as u64 - accepted })
     }
@@ -406,17 +614,17 @@ impl DeviceStore for SqliteStore {
         .bind(device_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(ReportRecord {
-                    id: row.try_get("id")?,
-                    target: row.try_get("target")?,
-                    state: row.try_get("state")?,
-                    reason: row.try_get("reason")?,
-                    exit_code: row.try_get("exit_code")?,
-                    at: row.try_get("at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| report_from_row(row, "id")).collect()
+    }
+
+    async fn device_update_states(&self, device_id: &str) -> Result<Vec<ReportRecord>> {
+        let rows = sqlx::query(
+            "SELECT report_id, target, state, reason, exit_code, at FROM device_update_states \
+             WHERE device_id = $1 ORDER BY target",
+        )
+        .bind(device_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| report_from_row(row, "report_id")).collect()
     }
 }

@@ -10,7 +10,10 @@ mod devices;
 mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
-pub use devices::{DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, ReportRecord, ReportsAccepted};
+pub use devices::{
+    DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
+    ReportLimits, ReportRecord, ReportsAccepted,
+};
 pub use sqlite::SqliteStore;
 
 use std::future::Future;
@@ -96,6 +99,9 @@ pub enum StoreError {
     HashMismatch { expected: String, actual: String },
     #[error("blob exceeds the size limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// The request would pass a bound on what the store keeps; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

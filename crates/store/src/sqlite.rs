@@ -31,6 +31,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "devices", include_str!("../migrations/0002_devices.sql")),
+    (3, "device abuse bounds", include_str!("../migrations/0003_device_abuse_bounds.sql")),
 ];
 
 #[derive(Debug)]
