@@ -46,8 +46,8 @@ pub struct DevicesConfig {
     /// request takes a slot only once its body has arrived.
     #[serde(default = "DevicesConfig::permits")]
     pub max_concurrent_requests: usize,
-    /// Status reports kept per device (the oldest are deleted first); the newest report of
-    /// every target is kept whatever this says.
+    /// Status reports kept per device (the oldest are deleted first; at least 256, one whole
+    /// batch); the newest report of every target is kept whatever this says.
     #[serde(default = "DevicesConfig::report_history")]
     pub report_history: u64,
     /// Distinct targets a device may report on; reports on more are refused.

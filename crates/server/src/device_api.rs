@@ -285,7 +285,9 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
         })
         .collect();
     let limits = ReportLimits {
-        history: state.config.devices.report_history,
+        // At least one whole batch, so the retry of a batch whose answer was lost finds every
+        // report of it and stores nothing twice.
+        history: state.config.devices.report_history.max(ringfence_proto::device::MAX_REPORTS as u64),
         max_targets: state.config.devices.max_targets_per_device,
     };
     let done = state.repo.store.insert_reports(&device.id, &records, now, limits).await?;

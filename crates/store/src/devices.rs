@@ -628,3 +628,83 @@ impl DeviceStore for SqliteStore {
         rows.iter().map(|row| report_from_row(row, "report_id")).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn device() -> DeviceRecord {
+        DeviceRecord {
+            id: "d".into(),
+            public_key: "00".repeat(32),
+            state: DeviceState::Accepted,
+            groups: vec!["pilot".into()],
+            hostname: "h".into(),
+            inventory: "{}".into(),
+            enrolled_at: 0,
+            last_checkin: None,
+            timestamp_version: None,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Overlapping batches sent concurrently, each several times (retries after lost
+        /// answers), store every report id exactly once, and the newest state per target is
+        /// the one with the highest sequence number.
+        #[test]
+        fn report_ingest_is_exactly_once_under_concurrent_retries(
+            batches in prop::collection::vec(prop::collection::vec(0u32..40, 1..20), 1..6),
+            retries in 1usize..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let (accepted, stored, states) = rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                store.insert_device(&device()).await.unwrap();
+                let limits = ReportLimits { history: 1000, max_targets: 100 };
+                let mut tasks = Vec::new();
+                for _ in 0..retries {
+                    for batch in &batches {
+                        let store = store.clone();
+                        let records: Vec<ReportRecord> = batch
+                            .iter()
+                            .map(|i| ReportRecord {
+                                id: format!("r{i}"),
+                                target: format!("t{}", i % 5),
+                                state: "installed".into(),
+                                reason: None,
+                                exit_code: None,
+                                at: i64::from(*i),
+                            })
+                            .collect();
+                        tasks.push(tokio::spawn(async move { store.insert_reports("d", &records, 1, limits).await }));
+                    }
+                }
+                let mut accepted = 0;
+                for task in tasks {
+                    accepted += task.await.unwrap().unwrap().accepted;
+                }
+                let stored = store.device_reports("d").await.unwrap();
+                let states = store.device_update_states("d").await.unwrap();
+                (accepted, stored, states)
+            });
+            let distinct: BTreeSet<String> = batches.iter().flatten().map(|i| format!("r{i}")).collect();
+            prop_assert_eq!(accepted, distinct.len() as u64);
+            let ids: Vec<String> = stored.iter().map(|r| r.id.clone()).collect();
+            prop_assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), distinct);
+            prop_assert_eq!(ids.len(), stored.len());
+            // The newest state of each target is its last report in arrival order.
+            for state in &states {
+                let last = stored.iter().rev().find(|r| r.target == state.target).unwrap();
+                prop_assert_eq!(&last.id, &state.id);
+            }
+            let targets: BTreeSet<&str> = stored.iter().map(|r| r.target.as_str()).collect();
+            prop_assert_eq!(states.len(), targets.len());
+        }
+    }
+}

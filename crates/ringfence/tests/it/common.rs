@@ -407,3 +407,21 @@ pub fn sql(server: &Server, statement: &str) {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A number the attacker's database query returns (`SELECT COUNT(*) ...`).
+pub fn sql_number(server: &Server, query: &str) -> i64 {
+    sql_column(server, query)[0].parse().unwrap()
+}
+
+/// The first column of every row a database query returns.
+pub fn sql_column(server: &Server, query: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; [print(r[0]) for r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2])]")
+        .arg(server.data.join("ringfence.db"))
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}

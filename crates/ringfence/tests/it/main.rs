@@ -1,6 +1,7 @@
 //! The one integration-test binary: real servers on loopback ports, the real `ringfence`
 //! binary, python-tuf as the independent client.
 
+mod abuse;
 mod admin_api;
 mod agent_tuf;
 mod agents;
