@@ -97,6 +97,13 @@ async fn device_info(state: &AppState, d: DeviceRecord) -> ApiResult<DeviceInfo>
             },
         );
     }
+    // A check-in not yet written is newer than the stored record.
+    let mut d = d;
+    if let Some(c) = state.checkins.get(&d.id) {
+        d.last_checkin = Some(c.at);
+        d.timestamp_version = Some(c.timestamp_version);
+        d.inventory = c.inventory;
+    }
     let inventory: Inventory = serde_json::from_str(&d.inventory).unwrap_or_default();
     Ok(DeviceInfo {
         id: d.id,

@@ -75,6 +75,12 @@ pub struct DevicesConfig {
     /// closed at once.
     #[serde(default = "DevicesConfig::per_source")]
     pub max_connections_per_source: usize,
+    /// Enrollment attempts per minute from one source address (also the burst); more get 429.
+    #[serde(default = "DevicesConfig::enrollments_per_minute")]
+    pub enrollments_per_minute: u64,
+    /// Report batches per minute from one device (also the burst); more get 429.
+    #[serde(default = "DevicesConfig::report_batches_per_minute")]
+    pub report_batches_per_minute: u64,
 }
 
 impl DevicesConfig {
@@ -114,6 +120,12 @@ impl DevicesConfig {
     fn per_source() -> usize {
         64
     }
+    fn enrollments_per_minute() -> u64 {
+        60
+    }
+    fn report_batches_per_minute() -> u64 {
+        30
+    }
 }
 
 impl Default for DevicesConfig {
@@ -132,6 +144,8 @@ impl Default for DevicesConfig {
             body_read_secs: Self::ten(),
             idle_secs: Self::idle(),
             max_connections_per_source: Self::per_source(),
+            enrollments_per_minute: Self::enrollments_per_minute(),
+            report_batches_per_minute: Self::report_batches_per_minute(),
         }
     }
 }

@@ -19,7 +19,8 @@ use ringfence_proto::device::{
     MAX_DEVICE_BODY, ReportBatch, ReportsAck, SessionRequest, SessionResponse, enrollment_message, session_message,
 };
 use ringfence_store::{
-    DeviceRecord, DeviceState, DeviceStore, PendingLimits, PendingRefusal, ReportLimits, ReportRecord, Store,
+    CheckinRecord, DeviceRecord, DeviceState, DeviceStore, PendingLimits, PendingRefusal, ReportLimits, ReportRecord,
+    Store,
 };
 use serde::de::DeserializeOwned;
 
@@ -105,6 +106,10 @@ fn ed25519_dalek_key(bytes: [u8; 32]) -> ApiResult<ringfence_trust::PublicKey> {
 }
 
 async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: Body) -> ApiResult<Response> {
+    let source = peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| ip.to_string());
+    if let Err(retry_after_secs) = state.enroll_throttle.take(&source, std::time::Instant::now()) {
+        return Err(ApiError::TooMany { what: "too many enrollment attempts from this address", retry_after_secs });
+    }
     let request: EnrollRequest = device_body(&state, body).await?;
     let _permit = permit(&state)?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
@@ -172,7 +177,6 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
             // inventory (which the first check-in after acceptance brings).
             let summary = ringfence_proto::device::Inventory { installed: Vec::new(), ..request.inventory.clone() };
             device.inventory = serde_json::to_string(&summary).map_err(ApiError::internal)?;
-            let source = peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| ip.to_string());
             let limits = PendingLimits {
                 max_pending: state.config.devices.max_pending,
                 max_per_source: state.config.devices.max_pending_per_source,
@@ -257,7 +261,13 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let current = state.repo.store.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
     let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
-    state.repo.store.record_checkin(&device.id, now, request.timestamp_version, &inventory).await?;
+    // Written behind (see `checkins`): a check-in never waits for the write lock.
+    state.checkins.record(CheckinRecord {
+        device_id: device.id.clone(),
+        at: now,
+        timestamp_version: request.timestamp_version,
+        inventory,
+    });
     let answer = CheckinResponse {
         changed: current > request.timestamp_version,
         timestamp_version: current,
@@ -271,6 +281,9 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let _permit = permit(&state)?;
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
+    if let Err(retry_after_secs) = state.report_throttle.take(&device.id, std::time::Instant::now()) {
+        return Err(ApiError::TooMany { what: "too many report batches from this device", retry_after_secs });
+    }
     batch.validate().map_err(ApiError::BadRequest)?;
     let records: Vec<ReportRecord> = batch
         .reports

@@ -38,3 +38,19 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
         }
     }
 }
+
+/// Write buffered check-ins every second, and once more when the server stops.
+pub async fn flush_checkins(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = stop.changed() => true,
+        };
+        if let Err(e) = state.checkins.flush(&state.repo.store).await {
+            tracing::error!(error = %e, "writing check-ins failed; kept for the next attempt");
+        }
+        if stopping {
+            return;
+        }
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod admin_devices;
+pub mod checkins;
 pub mod config;
 pub mod device;
 pub mod device_api;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod jobs;
 pub mod online_keys;
 pub mod repo;
+pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -36,6 +38,12 @@ pub struct AppState {
     pub repo: repo::Repository,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
+    /// Check-ins waiting to be written (every second, in one transaction).
+    pub checkins: checkins::CheckinBuffer,
+    /// Enrollment attempts per source address.
+    pub enroll_throttle: throttle::Throttle,
+    /// Report batches per device.
+    pub report_throttle: throttle::Throttle,
 }
 
 /// The addresses a running server listens on.
@@ -59,7 +67,17 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let repo = repo::Repository::new(store, blobs, keys, config.expiry.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
-    Ok(Arc::new(AppState { config, repo, device_permits }))
+    let devices = &config.devices;
+    let enroll_throttle = throttle::Throttle::new(devices.enrollments_per_minute, devices.enrollments_per_minute);
+    let report_throttle = throttle::Throttle::new(devices.report_batches_per_minute, devices.report_batches_per_minute);
+    Ok(Arc::new(AppState {
+        config,
+        repo,
+        device_permits,
+        checkins: checkins::CheckinBuffer::default(),
+        enroll_throttle,
+        report_throttle,
+    }))
 }
 
 /// Refuse to run as root unless the configuration explicitly allows it.
@@ -116,12 +134,13 @@ pub async fn serve(
         admin_limits,
         stop_rx.clone(),
     ));
-    let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx));
+    let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx.clone()));
+    let checkins = tokio::spawn(jobs::flush_checkins(state.clone(), stop_rx));
     if let Some(ready) = ready {
         let _ = ready.send(addrs);
     }
     shutdown.await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(device, admin, jobs);
+    let _ = tokio::join!(device, admin, jobs, checkins);
     Ok(())
 }

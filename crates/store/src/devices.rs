@@ -75,6 +75,16 @@ pub struct ReportsAccepted {
     pub duplicates: u64,
 }
 
+/// A device's check-in, as [`DeviceStore::record_checkins`] writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckinRecord {
+    pub device_id: String,
+    pub at: i64,
+    pub timestamp_version: u64,
+    /// Validated inventory JSON.
+    pub inventory: String,
+}
+
 /// What the store keeps of one device's reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReportLimits {
@@ -145,13 +155,8 @@ pub trait DeviceStore: Send + Sync + 'static {
         inventory: &str,
         at: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    fn record_checkin(
-        &self,
-        id: &str,
-        at: i64,
-        timestamp_version: u64,
-        inventory: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
+    /// Write many devices' check-ins in one transaction.
+    fn record_checkins(&self, checkins: &[CheckinRecord]) -> impl Future<Output = Result<()>> + Send;
 
     fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord) -> impl Future<Output = Result<()>> + Send;
     fn enrollment_token(
@@ -400,14 +405,18 @@ impl DeviceStore for SqliteStore {
         Ok(())
     }
 
-    async fn record_checkin(&self, id: &str, at: i64, timestamp_version: u64, inventory: &str) -> Result<()> {
-        sqlx::query("UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 WHERE id = $4")
-            .bind(at)
-            .bind(to_bigint(timestamp_version, "timestamp_version")?)
-            .bind(inventory)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+    async fn record_checkins(&self, checkins: &[CheckinRecord]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for c in checkins {
+            sqlx::query("UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 WHERE id = $4")
+                .bind(c.at)
+                .bind(to_bigint(c.timestamp_version, "timestamp_version")?)
+                .bind(&c.inventory)
+                .bind(&c.device_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -11,8 +11,8 @@ mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
 pub use devices::{
-    DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
-    ReportLimits, ReportRecord, ReportsAccepted,
+    CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
+    PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted,
 };
 pub use sqlite::SqliteStore;
 

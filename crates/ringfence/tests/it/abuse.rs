@@ -278,6 +278,7 @@ fn one_device_reporting_without_end_stays_bounded() {
     let server = Server::start(|c| {
         c.devices.report_history = 300;
         c.devices.max_targets_per_device = 20;
+        c.devices.report_batches_per_minute = 1000;
     });
     let noisy = GoodDevice::enroll(&server);
     let good = GoodDevice::enroll(&server);
@@ -380,6 +381,56 @@ fn challenges_per_device_are_bounded_and_expired_sessions_are_swept() {
         }
     }
     assert!(swept, "expired sessions are deleted");
+}
+
+#[test]
+fn enrollment_attempts_per_source_and_report_batches_per_device_are_rate_bounded() {
+    let server = Server::start(|c| {
+        c.devices.enrollments_per_minute = 4;
+        c.devices.report_batches_per_minute = 3;
+    });
+    let noisy = GoodDevice::enroll(&server);
+    let good = GoodDevice::enroll(&server);
+    let client = device_client(&server);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let answer =
+            client.send_json("POST", "/device/v1/enroll", &enrollment(&SigningKey::generate(), None, 0)).unwrap();
+        if answer.status == 429 {
+            assert!(answer.text().contains("enrollment attempts"), "{}", answer.text());
+            assert!(answer.header("retry-after").is_some());
+        }
+        statuses.push(answer.status);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "two of four used by the token enrollments above");
+    // Another source is not held back.
+    let config = client_config(&server);
+    let mut other = connect_from(&server, "127.0.3.1", &config).unwrap();
+    let body = enrollment(&SigningKey::generate(), None, 0).to_string();
+    let request = format!(
+        "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    other.write_all(request.as_bytes()).unwrap();
+    assert!(status_line(&mut other).is_some_and(|l| l.contains(" 200")));
+
+    let batch = |device: &GoodDevice, n: usize| {
+        let answer = device.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": device.id})).unwrap();
+        let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
+        let sig = hex(&device.key.sign(&session_message(&device.id, &challenge.nonce)));
+        let body = json!({"device_id": device.id, "nonce": challenge.nonce, "signature": sig});
+        let session: SessionResponse =
+            serde_json::from_slice(&device.client.send_json("POST", "/device/v1/session", &body).unwrap().body)
+                .unwrap();
+        let client = device.client.with_token(&session.token);
+        let report = json!({"reports": [{"id": format!("x{n}"), "target": "repository", "state": "refused", "at": 1}]});
+        client.send_json("POST", "/device/v1/reports", &report).unwrap()
+    };
+    let statuses: Vec<u16> = (0..4).map(|n| batch(&noisy, n).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    assert_eq!(batch(&good, 0).status, 200, "another device is not held back");
+    assert_eq!(good.session_and_checkin(), (200, 200, 200));
 }
 
 #[test]

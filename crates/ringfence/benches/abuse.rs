@@ -1,0 +1,317 @@
+//! The device listener under abuse, measured. Run with `cargo bench -p ringfence --bench abuse`.
+//!
+//! 1. Report ingest: one device posts 256-report batches without end (history unbounded, so
+//!    every report stays); batches per second are timed over 40 batches with 0, 100k and 1M
+//!    reports already stored.
+//! 2. Check-ins of well-behaved devices (8 threads, keep-alive, 1,000 devices with sessions)
+//!    while each attack runs from other threads, as a ratio of the rate without an attack
+//!    in the same run. Rounds are bounded (3 s); the median of 3 is reported.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ringfence_proto::device::{CheckinRequest, Inventory};
+use ringfence_server::Config;
+use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+
+const DEVICES: usize = 1_000;
+const THREADS: usize = 8;
+const ROUND: Duration = Duration::from_secs(3);
+const ROUNDS: usize = 3;
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("quickstart");
+    assert!(status.status.success());
+    let data = dir.path().join("ringfence-data");
+    let config = Config::load(&data.join("ringfence.toml")).expect("config");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
+    let now = ringfence_server::unix_now();
+    let device = |i: usize| DeviceRecord {
+        id: format!("{i:032x}"),
+        public_key: format!("{i:064x}"),
+        state: DeviceState::Accepted,
+        groups: vec!["pilot".into()],
+        hostname: format!("host-{i}"),
+        inventory: "{}".into(),
+        enrolled_at: now,
+        last_checkin: None,
+        timestamp_version: None,
+    };
+
+    // 1. Ingest at 0, 100k and 1M stored reports.
+    let store = state.repo.store.clone();
+    runtime.block_on(store.insert_device(&device(usize::MAX >> 8))).expect("device");
+    let noisy = format!("{:032x}", usize::MAX >> 8);
+    let unbounded = ReportLimits { history: u64::MAX >> 2, max_targets: 4096 };
+    let mut stored = 0u64;
+    let mut batch_no = 0u64;
+    let mut batch = |store: &ringfence_store::SqliteStore| {
+        let records: Vec<ReportRecord> = (0..256)
+            .map(|i| ReportRecord {
+                id: format!("b{batch_no}-{i}"),
+                target: format!("approvals/pilot/acme/f{}", i % 16),
+                state: "installed".into(),
+                reason: None,
+                exit_code: None,
+                at: i,
+            })
+            .collect();
+        batch_no += 1;
+        runtime.block_on(store.insert_reports(&noisy, &records, now, unbounded)).expect("reports");
+    };
+    println!("| reports stored | batches of 256 per second | reports per second |");
+    println!("|---|---|---|");
+    let mut ingest = Vec::new();
+    for milestone in [0u64, 100_000, 1_000_000] {
+        while stored < milestone {
+            batch(&store);
+            stored += 256;
+        }
+        let started = Instant::now();
+        for _ in 0..40 {
+            batch(&store);
+            stored += 256;
+        }
+        let per_second = 40.0 / started.elapsed().as_secs_f64();
+        ingest.push(per_second);
+        println!("| {milestone} | {per_second:.0} | {:.0} |", per_second * 256.0);
+    }
+    println!("1M / 0: {:.2}", ingest[2] / ingest[0]);
+
+    // 2. Check-ins under attack.
+    let mut tokens = Vec::new();
+    runtime.block_on(async {
+        for i in 0..DEVICES {
+            state.repo.store.insert_device(&device(i)).await.expect("device");
+            let token = format!("rfds_{i:064x}");
+            let hash = ringfence_trust::sha256_hex(token.as_bytes());
+            state.repo.store.insert_session(&hash, &format!("{i:032x}"), now + 3600).await.expect("session");
+            tokens.push(token);
+        }
+    });
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve_state = state.clone();
+    let handle = runtime.handle().clone();
+    let server = std::thread::spawn(move || {
+        handle
+            .block_on(ringfence_server::serve(
+                serve_state,
+                async {
+                    let _ = stop_rx.await;
+                },
+                Some(ready_tx),
+            ))
+            .expect("serve");
+    });
+    let addrs = runtime.block_on(ready_rx).expect("ready");
+    let base = format!("https://{}", addrs.device);
+    let ca = data.join("tls/cert.pem");
+    let tokens = Arc::new(tokens);
+    let attacks: [(&str, Attack); 4] = [
+        ("no attack (baseline)", Attack::None),
+        ("256 slow senders from 4 addresses", Attack::SlowSenders),
+        ("anonymous enrollment flood, 2 threads", Attack::EnrollFlood),
+        ("one device posting report batches, 2 threads", Attack::ReportFlood),
+    ];
+    let mut medians = Vec::new();
+    println!();
+    println!("| while | check-ins per second (median) | rounds | ratio to baseline |");
+    println!("|---|---|---|---|");
+    for (name, attack) in attacks {
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let stop = Arc::new(AtomicBool::new(false));
+            let attackers = attack.start(&base, addrs.device, &ca, &tokens[0], stop.clone());
+            rounds.push(round(&base, &ca, &tokens));
+            stop.store(true, Ordering::Relaxed);
+            for a in attackers {
+                let _ = a.join();
+            }
+        }
+        rounds.sort_by(f64::total_cmp);
+        let median = rounds[ROUNDS / 2];
+        medians.push(median);
+        println!("| {name} | {median:.0} | {rounds:.0?} | {:.2} |", median / medians[0]);
+    }
+    let _ = stop_tx.send(());
+    let _ = server.join();
+}
+
+#[derive(Clone, Copy)]
+enum Attack {
+    None,
+    SlowSenders,
+    EnrollFlood,
+    ReportFlood,
+}
+
+impl Attack {
+    fn start(
+        self,
+        base: &str,
+        addr: SocketAddr,
+        ca: &std::path::Path,
+        token: &str,
+        stop: Arc<AtomicBool>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        match self {
+            Attack::None => Vec::new(),
+            Attack::SlowSenders => {
+                let config = tls_config(ca);
+                vec![std::thread::spawn(move || {
+                    let mut held = Vec::new();
+                    for source in 2..6 {
+                        for _ in 0..64 {
+                            if let Some(mut tls) = connect_from(addr, &format!("127.0.0.{source}"), &config) {
+                                let head = "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{";
+                                if tls.write_all(head.as_bytes()).is_ok() {
+                                    held.push(tls);
+                                }
+                            }
+                        }
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    drop(held);
+                })]
+            }
+            Attack::EnrollFlood => (0..2)
+                .map(|_| {
+                    let client = ringfence_cli::http::Client::new(base, None, ca).expect("client");
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let key = ringfence_trust::SigningKey::generate();
+                            let public = key.public().to_tuf().keyval.public;
+                            let groups = [ringfence_proto::GroupName::parse("pilot").unwrap()];
+                            let message = ringfence_proto::device::enrollment_message(&public, &groups);
+                            let body = serde_json::json!({"token": null, "public_key": public, "groups": ["pilot"],
+                                "inventory": {"hostname": "x", "os": "linux", "os_version": "1", "architecture": "x",
+                                "agent_version": "x", "installed": []}, "signature": hex(&key.sign(&message))});
+                            let _ = client.send_json("POST", "/device/v1/enroll", &body);
+                        }
+                    })
+                })
+                .collect(),
+            Attack::ReportFlood => (0..2)
+                .map(|t| {
+                    let client = ringfence_cli::http::Client::new(base, None, ca).expect("client").with_token(token);
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let mut n = 0u64;
+                        while !stop.load(Ordering::Relaxed) {
+                            let reports: Vec<serde_json::Value> = (0..256)
+                                .map(|i| serde_json::json!({"id": format!("f{t}-{n}-{i}"),
+                                    "target": format!("approvals/pilot/acme/f{}", i % 16), "state": "installed", "at": i}))
+                                .collect();
+                            let _ = client.send_json("POST", "/device/v1/reports", &serde_json::json!({"reports": reports}));
+                            n += 1;
+                        }
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tls_config(ca: &std::path::Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn connect_from(to: SocketAddr, source: &str, config: &Arc<rustls::ClientConfig>) -> Option<Tls> {
+    let source: std::net::IpAddr = source.parse().ok()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let stream = rt
+        .block_on(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(to).await
+        })
+        .ok()?;
+    let tcp = stream.into_std().ok()?;
+    tcp.set_nonblocking(false).ok()?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+    let conn = rustls::ClientConnection::new(config.clone(), name).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).ok()?;
+    }
+    Some(tls)
+}
+
+/// Check-ins per second over one bounded round.
+fn round(base: &str, ca: &std::path::Path, tokens: &Arc<Vec<String>>) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + ROUND;
+    let started = Instant::now();
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let client = ringfence_cli::http::Client::new(base, None, ca).expect("client");
+            let (done, failed, tokens) = (done.clone(), failed.clone(), tokens.clone());
+            std::thread::spawn(move || {
+                let body = CheckinRequest {
+                    inventory: Inventory {
+                        hostname: "bench".into(),
+                        os: "linux".into(),
+                        os_version: "12".into(),
+                        architecture: "x86_64".into(),
+                        agent_version: "bench".into(),
+                        installed: vec![],
+                    },
+                    timestamp_version: 1,
+                };
+                // Device 0 is the report flooder's; the well-behaved ones start at 1.
+                let mut i = t + 1;
+                while Instant::now() < deadline {
+                    let c = client.with_token(&tokens[1 + (i % (tokens.len() - 1))]);
+                    let ok = c.send_json("POST", "/device/v1/checkin", &body).map(|a| a.status == 200).unwrap_or(false);
+                    if ok {
+                        done.fetch_add(1, Ordering::Relaxed)
+                    } else {
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    };
+                    i += THREADS;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("  {failed} check-ins failed in this round");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
