@@ -254,10 +254,11 @@ async fn session(State(state): Shared, body: Body) -> ApiResult<Response> {
 }
 
 async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let request: CheckinRequest = device_body(&state, body).await?;
-    let _permit = permit(&state)?;
+    // The session first (headers only): a caller without one is refused before its body is read.
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
+    let request: CheckinRequest = device_body(&state, body).await?;
+    let _permit = permit(&state)?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let current = state.repo.store.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
     let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
@@ -277,13 +278,14 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let batch: ReportBatch = device_body(&state, body).await?;
-    let _permit = permit(&state)?;
+    // Session and rate first (headers only): a refused batch costs no body parsing.
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
     if let Err(retry_after_secs) = state.report_throttle.take(&device.id, std::time::Instant::now()) {
         return Err(ApiError::TooMany { what: "too many report batches from this device", retry_after_secs });
     }
+    let batch: ReportBatch = device_body(&state, body).await?;
+    let _permit = permit(&state)?;
     batch.validate().map_err(ApiError::BadRequest)?;
     let records: Vec<ReportRecord> = batch
         .reports
