@@ -199,10 +199,49 @@ async fn publish_update(State(state): Shared, headers: HeaderMap, body: Body) ->
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
 }
 
-async fn list_updates(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+/// `?limit=N&after=KEY`: a page of a listing. `after` is the last key of the previous page.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    pub(crate) limit: Option<u64>,
+    pub(crate) after: Option<String>,
+}
+
+/// Items per page unless the caller asks for fewer, and the most a page may hold.
+pub(crate) const DEFAULT_PAGE: u64 = 100;
+pub(crate) const MAX_PAGE: u64 = 1000;
+
+impl PageQuery {
+    /// The page size (1 to [`MAX_PAGE`]) and the key to start after ("" for the first page),
+    /// at most 128 printable ASCII characters.
+    pub(crate) fn checked(&self) -> ApiResult<(u64, &str)> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
+        }
+        let after = self.after.as_deref().unwrap_or("");
+        if after.len() > 128 || !after.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::BadRequest("after: the last key of the previous page".into()));
+        }
+        Ok((limit, after))
+    }
+}
+
+/// The query string, its errors answered `400`.
+pub(crate) fn query<T: DeserializeOwned>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<T> {
+    query.map(|q| q.0).map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
+
+async fn list_updates(State(state): Shared, headers: HeaderMap, page: Query<PageQuery>) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    let page = query(page)?;
+    let (limit, after) = page.checked()?;
     let mut manifests = Vec::new();
-    for u in state.repo.store.list_updates().await? {
+    for u in state.repo.store.list_updates(after, limit).await? {
         let m: serde_json::Value = serde_json::from_str(&u.manifest).map_err(ApiError::internal)?;
         manifests.push(m);
     }
@@ -271,15 +310,31 @@ async fn metadata_version(
     Ok(json_bytes(record.bytes))
 }
 
-async fn audit(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+/// `?limit=N&before=SEQ`: audit records newest first; each carries its `seq`, and the `seq`
+/// of a page's last record asks for the next (older) page.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u64>,
+    before: Option<i64>,
+}
+
+async fn audit(State(state): Shared, headers: HeaderMap, page: Query<AuditQuery>) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Read]).await?;
+    let page = query(page)?;
+    let limit = page.limit.unwrap_or(200);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
+    }
     let lines: Vec<serde_json::Value> = state
         .repo
         .store
-        .audit_tail(200)
+        .audit_page(page.before, limit)
         .await?
         .into_iter()
-        .map(|a| serde_json::json!({"at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail}))
+        .map(|(seq, a)| {
+            serde_json::json!({"seq": seq, "at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail})
+        })
         .collect();
     Ok(Json(lines).into_response())
 }

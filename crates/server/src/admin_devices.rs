@@ -119,10 +119,6 @@ async fn device_info(state: &AppState, d: DeviceRecord) -> ApiResult<DeviceInfo>
     })
 }
 
-/// Devices per page unless the caller asks for fewer; never more than [`MAX_PAGE`].
-pub const DEFAULT_PAGE: u64 = 100;
-pub const MAX_PAGE: u64 = 1000;
-
 /// `GET /api/v1/devices?limit=N&after=ID&state=S`: one page, ordered by id.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,16 +134,10 @@ async fn list_devices(
     query: Result<axum::extract::Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     authorize(&state, &headers, &[Scope::Read]).await?;
-    let axum::extract::Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
-    }
-    if let Some(after) = &query.after
-        && (after.len() > 64 || !after.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(ApiError::BadRequest("after: a device id".into()));
-    }
+    let query = crate::admin::query(query)?;
+    let page = crate::admin::PageQuery { limit: query.limit, after: query.after.clone() };
+    let (limit, after) = page.checked()?;
+    let after = after.to_owned();
     let device_state = match query.state.as_deref() {
         None => None,
         Some(s) => Some(
@@ -155,7 +145,7 @@ async fn list_devices(
                 .ok_or_else(|| ApiError::BadRequest("state: pending, accepted, rejected or revoked".into()))?,
         ),
     };
-    let page = DevicePage { after: query.after, limit, state: device_state };
+    let page = DevicePage { after: Some(after), limit, state: device_state };
     let mut out = Vec::new();
     for d in state.repo.store.list_devices(&page).await? {
         out.push(device_info(&state, d).await?);

@@ -149,12 +149,19 @@ pub trait Store: Send + Sync + 'static {
         update: &UpdateRecord,
         files: &[UpdateFileRecord],
     ) -> impl Future<Output = Result<()>> + Send;
-    fn list_updates(&self) -> impl Future<Output = Result<Vec<UpdateRecord>>> + Send;
+    /// Updates ordered by id, after `after`, at most `limit`.
+    fn list_updates(&self, after: &str, limit: u64) -> impl Future<Output = Result<Vec<UpdateRecord>>> + Send;
     fn update_files(&self, update_id: &str) -> impl Future<Output = Result<Vec<UpdateFileRecord>>> + Send;
     fn file_by_target_path(&self, target_path: &str) -> impl Future<Output = Result<Option<UpdateFileRecord>>> + Send;
     fn count_updates(&self) -> impl Future<Output = Result<u64>> + Send;
 
     fn append_audit(&self, record: &AuditRecord) -> impl Future<Output = Result<()>> + Send;
     /// The last `limit` audit entries, newest (most recently appended) first.
-    fn audit_tail(&self, limit: u32) -> impl Future<Output = Result<Vec<AuditRecord>>> + Send;
+    /// Audit records newest first, each with its sequence number, older than `before` (all
+    /// when `None`), at most `limit`.
+    fn audit_page(
+        &self,
+        before: Option<i64>,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<(i64, AuditRecord)>>> + Send;
 }

@@ -391,8 +391,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn list_updates(&self) -> Result<Vec<UpdateRecord>> {
-        sqlx::query("SELECT id, publisher, manifest, created_at FROM updates ORDER BY created_at, id")
+    async fn list_updates(&self, after: &str, limit: u64) -> Result<Vec<UpdateRecord>> {
+        sqlx::query("SELECT id, publisher, manifest, created_at FROM updates WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(to_bigint(limit, "limit")?)
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -437,14 +439,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn audit_tail(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+    async fn audit_page(&self, before: Option<i64>, limit: u64) -> Result<Vec<(i64, AuditRecord)>> {
         // Insertion order, not `at`: the caller's clock may step backwards.
-        sqlx::query("SELECT at, actor, action, detail FROM audit_log ORDER BY id DESC LIMIT $1")
-            .bind(i64::from(limit))
+        sqlx::query("SELECT id, at, actor, action, detail FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2")
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(to_bigint(limit, "limit")?)
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(audit_from_row)
+            .map(|row| Ok((row.try_get("id")?, audit_from_row(row)?)))
             .collect()
     }
 }
@@ -622,7 +625,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
-        assert_eq!(store.list_updates().await.unwrap(), vec![first]);
+        assert_eq!(store.list_updates("", 10).await.unwrap(), vec![first.clone()]);
+        assert_eq!(store.list_updates(&first.id, 10).await.unwrap(), vec![], "the page after the last");
         assert_eq!(store.count_updates().await.unwrap(), 1);
         assert_eq!(store.update_files("u1").await.unwrap(), vec![files[1].clone(), files[0].clone()]);
         assert!(store.update_files("u2").await.unwrap().is_empty());
@@ -633,7 +637,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn audit_tail_is_newest_first() {
+    async fn audit_pages_are_newest_first() {
         let (_dir, store) = open().await;
         let entries: Vec<AuditRecord> = (0..5)
             .map(|i| AuditRecord { at: 100 - i, actor: "admin".into(), action: format!("a{i}"), detail: String::new() })
@@ -641,8 +645,12 @@ mod tests {
         for entry in &entries {
             store.append_audit(entry).await.unwrap();
         }
-        let tail = store.audit_tail(3).await.unwrap();
-        assert_eq!(tail, vec![entries[4].clone(), entries[3].clone(), entries[2].clone()]);
+        let page = store.audit_page(None, 3).await.unwrap();
+        let records: Vec<AuditRecord> = page.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(records, vec![entries[4].clone(), entries[3].clone(), entries[2].clone()]);
+        let next = store.audit_page(Some(page[2].0), 3).await.unwrap();
+        let records: Vec<AuditRecord> = next.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(records, vec![entries[1].clone(), entries[0].clone()]);
     }
 
     #[tokio::test]

@@ -188,3 +188,28 @@ fn targets_are_served_with_ranges_strong_etags_and_immutable_caching() {
     assert_eq!(device.get(&format!("/targets/acme/{}.range.bin", "0".repeat(64))).unwrap().status, 404);
     assert_eq!(device.get(&format!("/targets/acme/{sha}.other.bin")).unwrap().status, 404);
 }
+
+#[test]
+fn admin_listings_are_paged_and_their_queries_checked() {
+    let server = Server::start(|_| {});
+    for name in ["a.bin", "b.bin", "c.bin"] {
+        server.publish_signed(name, name.as_bytes());
+    }
+    let admin = server.admin();
+    let get = |path: &str| -> Vec<Value> { serde_json::from_slice(&admin.get(path).unwrap().ok().unwrap()).unwrap() };
+    let first = get("/api/v1/updates?limit=2");
+    assert_eq!(first.len(), 2);
+    let rest = get(&format!("/api/v1/updates?limit=2&after={}", first[1]["id"].as_str().unwrap()));
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0]["id"], first[0]["id"]);
+    for bad in ["limit=0", "limit=1001", "limit=x", "bogus=1", "after=%00"] {
+        let answer = admin.get(&format!("/api/v1/updates?{bad}")).unwrap();
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.text());
+    }
+    let newest = get("/api/v1/audit?limit=2");
+    assert_eq!(newest.len(), 2);
+    let older = get(&format!("/api/v1/audit?limit=2&before={}", newest[1]["seq"]));
+    assert!(older[0]["seq"].as_i64() < newest[1]["seq"].as_i64());
+    assert_eq!(admin.get("/api/v1/audit?before=x").unwrap().status, 400);
+    assert_eq!(admin.get("/api/v1/devices?state=lost").unwrap().status, 400);
+}
