@@ -10,43 +10,59 @@ use ringfence_store::{CheckinRecord, DeviceStore};
 
 #[derive(Default)]
 pub struct CheckinBuffer {
-    pending: Mutex<HashMap<String, CheckinRecord>>,
+    inner: Mutex<Buffered>,
+}
+
+#[derive(Default)]
+struct Buffered {
+    /// Waiting for the next flush.
+    pending: HashMap<String, CheckinRecord>,
+    /// Being written by the current flush: still what readers see until it commits.
+    writing: HashMap<String, CheckinRecord>,
 }
 
 impl CheckinBuffer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, CheckinRecord>> {
-        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffered> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Keep the newest check-in of the device (one entry per device: bounded by the fleet).
     pub fn record(&self, checkin: CheckinRecord) {
-        self.lock().insert(checkin.device_id.clone(), checkin);
+        self.lock().pending.insert(checkin.device_id.clone(), checkin);
     }
 
     /// The buffered check-in of a device not yet written.
     pub fn get(&self, device_id: &str) -> Option<CheckinRecord> {
-        self.lock().get(device_id).cloned()
+        let buffered = self.lock();
+        buffered.pending.get(device_id).or_else(|| buffered.writing.get(device_id)).cloned()
     }
 
-    /// Write every buffered check-in in one transaction. On failure they are kept (unless a
-    /// newer one arrived meanwhile) for the next flush.
+    /// Write every buffered check-in, in transactions of at most 500. On failure they are
+    /// kept (unless a newer one arrived meanwhile) for the next flush.
     pub async fn flush(&self, store: &impl DeviceStore) -> ringfence_store::Result<usize> {
         let batch: Vec<CheckinRecord> = {
-            let mut pending = self.lock();
-            if pending.is_empty() {
+            let mut buffered = self.lock();
+            if buffered.pending.is_empty() {
                 return Ok(0);
             }
-            pending.drain().map(|(_, c)| c).collect()
+            let taken = std::mem::take(&mut buffered.pending);
+            buffered.writing = taken.clone();
+            taken.into_values().collect()
         };
-        match store.record_checkins(&batch).await {
-            Ok(()) => Ok(batch.len()),
-            Err(e) => {
-                let mut pending = self.lock();
-                for c in batch {
-                    pending.entry(c.device_id.clone()).or_insert(c);
-                }
-                Err(e)
+        let mut result = Ok(batch.len());
+        for chunk in batch.chunks(500) {
+            if let Err(e) = store.record_checkins(chunk).await {
+                result = Err(e);
+                break;
             }
         }
+        let mut buffered = self.lock();
+        let writing = std::mem::take(&mut buffered.writing);
+        if result.is_err() {
+            for (id, c) in writing {
+                buffered.pending.entry(id).or_insert(c);
+            }
+        }
+        result
     }
 }

@@ -59,7 +59,7 @@ pub struct DevicesConfig {
     /// Pending enrollments held at once from one source address; more are answered 429.
     #[serde(default = "DevicesConfig::max_pending_per_source")]
     pub max_pending_per_source: u64,
-    /// Live session challenges per device; more are answered 429.
+    /// Live session challenges per device; a new one replaces the oldest.
     #[serde(default = "DevicesConfig::max_challenges")]
     pub max_challenges_per_device: u64,
     /// Longest a client may take to send a request's headers, in seconds.
@@ -81,6 +81,19 @@ pub struct DevicesConfig {
     /// Report batches per minute from one device (also the burst); more get 429.
     #[serde(default = "DevicesConfig::report_batches_per_minute")]
     pub report_batches_per_minute: u64,
+    /// Challenge and session requests per minute from one source address (also the burst).
+    #[serde(default = "DevicesConfig::sessions_per_minute")]
+    pub sessions_per_minute: u64,
+    /// Device-API bodies read at once (up to 64 KiB each), for callers without a session and,
+    /// separately, for devices with one; more get 503.
+    #[serde(default = "DevicesConfig::max_body_reads")]
+    pub max_body_reads: usize,
+    /// Connections open at once on the device listener, from all sources together.
+    #[serde(default = "DevicesConfig::max_connections")]
+    pub max_connections: usize,
+    /// Pending devices nobody accepted or rejected are deleted after this many seconds.
+    #[serde(default = "DevicesConfig::pending_expiry")]
+    pub pending_expiry_secs: i64,
 }
 
 impl DevicesConfig {
@@ -126,6 +139,18 @@ impl DevicesConfig {
     fn report_batches_per_minute() -> u64 {
         30
     }
+    fn sessions_per_minute() -> u64 {
+        120
+    }
+    fn max_body_reads() -> usize {
+        1024
+    }
+    fn max_connections() -> usize {
+        4096
+    }
+    fn pending_expiry() -> i64 {
+        7 * 86_400
+    }
 }
 
 impl Default for DevicesConfig {
@@ -146,6 +171,10 @@ impl Default for DevicesConfig {
             max_connections_per_source: Self::per_source(),
             enrollments_per_minute: Self::enrollments_per_minute(),
             report_batches_per_minute: Self::report_batches_per_minute(),
+            sessions_per_minute: Self::sessions_per_minute(),
+            max_body_reads: Self::max_body_reads(),
+            max_connections: Self::max_connections(),
+            pending_expiry_secs: Self::pending_expiry(),
         }
     }
 }

@@ -67,8 +67,33 @@ fn permit(state: &AppState) -> ApiResult<tokio::sync::SemaphorePermit<'_>> {
     state.device_permits.try_acquire().map_err(|_| ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })
 }
 
-/// Read and parse a device-API body within `devices.body_read_secs`.
-async fn device_body<T: DeserializeOwned>(state: &AppState, body: Body) -> ApiResult<T> {
+/// The key an address is bounded under: an IPv4 address, or the /64 of an IPv6 address (one
+/// host holds a whole /64), IPv4-mapped addresses as IPv4.
+pub fn source_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
+fn source_of(peer: Option<Extension<PeerAddr>>) -> String {
+    peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| source_key(ip))
+}
+
+/// Read and parse a device-API body within `devices.body_read_secs`, holding one of the
+/// bounded body-read permits meanwhile (`503` when none is left).
+async fn device_body<T: DeserializeOwned>(
+    state: &AppState,
+    permits: &tokio::sync::Semaphore,
+    body: Body,
+) -> ApiResult<T> {
+    let _reading = permits.try_acquire().map_err(|_| ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })?;
     let deadline = std::time::Duration::from_secs(state.config.devices.body_read_secs.max(1));
     let bytes =
         tokio::time::timeout(deadline, read_body(body, MAX_DEVICE_BODY)).await.map_err(|_| ApiError::Timeout)??;
@@ -106,11 +131,11 @@ fn ed25519_dalek_key(bytes: [u8; 32]) -> ApiResult<ringfence_trust::PublicKey> {
 }
 
 async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: Body) -> ApiResult<Response> {
-    let source = peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| ip.to_string());
+    let source = source_of(peer);
     if let Err(retry_after_secs) = state.enroll_throttle.take(&source, std::time::Instant::now()) {
         return Err(ApiError::TooMany { what: "too many enrollment attempts from this address", retry_after_secs });
     }
-    let request: EnrollRequest = device_body(&state, body).await?;
+    let request: EnrollRequest = device_body(&state, &state.anonymous_body_permits, body).await?;
     let _permit = permit(&state)?;
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let key = parse_public_key(&request.public_key)?;
@@ -210,8 +235,15 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
     Ok(Json(EnrollResponse { device_id: device.id, state: answer, groups }).into_response())
 }
 
-async fn challenge(State(state): Shared, body: Body) -> ApiResult<Response> {
-    let request: ChallengeRequest = device_body(&state, body).await?;
+fn session_rate(state: &AppState, peer: Option<Extension<PeerAddr>>) -> ApiResult<()> {
+    state.session_throttle.take(&source_of(peer), std::time::Instant::now()).map_err(|retry_after_secs| {
+        ApiError::TooMany { what: "too many challenge and session requests from this address", retry_after_secs }
+    })
+}
+
+async fn challenge(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: Body) -> ApiResult<Response> {
+    session_rate(&state, peer)?;
+    let request: ChallengeRequest = device_body(&state, &state.anonymous_body_permits, body).await?;
     let _permit = permit(&state)?;
     let now = crate::unix_now();
     let store = &state.repo.store;
@@ -220,18 +252,13 @@ async fn challenge(State(state): Shared, body: Body) -> ApiResult<Response> {
     let device = device.ok_or(ApiError::Unauthorized)?;
     let nonce = random_hex(32);
     let expires_at = now + state.config.devices.challenge_secs;
-    let max_live = state.config.devices.max_challenges_per_device;
-    if !store.insert_challenge(&nonce, &device.id, now, expires_at, max_live).await? {
-        return Err(ApiError::TooMany {
-            what: "too many open challenges for this device",
-            retry_after_secs: state.config.devices.challenge_secs.max(1) as u64,
-        });
-    }
+    store.insert_challenge(&nonce, &device.id, expires_at, state.config.devices.max_challenges_per_device).await?;
     Ok(Json(ChallengeResponse { nonce, expires_at }).into_response())
 }
 
-async fn session(State(state): Shared, body: Body) -> ApiResult<Response> {
-    let request: SessionRequest = device_body(&state, body).await?;
+async fn session(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: Body) -> ApiResult<Response> {
+    session_rate(&state, peer)?;
+    let request: SessionRequest = device_body(&state, &state.anonymous_body_permits, body).await?;
     let _permit = permit(&state)?;
     let now = crate::unix_now();
     let store = &state.repo.store;
@@ -257,8 +284,11 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     // The session first (headers only): a caller without one is refused before its body is read.
     let now = crate::unix_now();
     let device = session_device(&state, &headers, now).await?;
-    let request: CheckinRequest = device_body(&state, body).await?;
+    let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
+    if i64::try_from(request.timestamp_version).is_err() {
+        return Err(ApiError::BadRequest("timestamp_version: out of range".into()));
+    }
     request.inventory.validate().map_err(ApiError::BadRequest)?;
     let current = state.repo.store.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
     let inventory = serde_json::to_string(&request.inventory).map_err(ApiError::internal)?;
@@ -284,7 +314,7 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     if let Err(retry_after_secs) = state.report_throttle.take(&device.id, std::time::Instant::now()) {
         return Err(ApiError::TooMany { what: "too many report batches from this device", retry_after_secs });
     }
-    let batch: ReportBatch = device_body(&state, body).await?;
+    let batch: ReportBatch = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
     batch.validate().map_err(ApiError::BadRequest)?;
     let records: Vec<ReportRecord> = batch

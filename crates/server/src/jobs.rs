@@ -19,7 +19,8 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "renewing online metadata failed"),
         }
-        match ringfence_store::DeviceStore::sweep_expired(&state.repo.store, now).await {
+        let pending_before = now - state.config.devices.pending_expiry_secs.max(60);
+        match ringfence_store::DeviceStore::sweep_expired(&state.repo.store, now, pending_before).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "sweeping expired sessions failed"),

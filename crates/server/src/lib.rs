@@ -38,6 +38,14 @@ pub struct AppState {
     pub repo: repo::Repository,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
+    /// Device API bodies being read at once, for callers without a session (enroll,
+    /// challenge, session) and for devices with one (check-in, reports): bounds the memory slow
+    /// senders can make the server hold, whatever the number of connections and streams, and
+    /// anonymous slow senders never take a body read from the fleet's check-ins.
+    pub anonymous_body_permits: tokio::sync::Semaphore,
+    pub session_body_permits: tokio::sync::Semaphore,
+    /// Challenge and session requests per source address.
+    pub session_throttle: throttle::Throttle,
     /// Check-ins waiting to be written (every second, in one transaction).
     pub checkins: checkins::CheckinBuffer,
     /// Enrollment attempts per source address.
@@ -67,13 +75,19 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let repo = repo::Repository::new(store, blobs, keys, config.expiry.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
+    let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
+    let session_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
     let devices = &config.devices;
     let enroll_throttle = throttle::Throttle::new(devices.enrollments_per_minute, devices.enrollments_per_minute);
     let report_throttle = throttle::Throttle::new(devices.report_batches_per_minute, devices.report_batches_per_minute);
+    let session_throttle = throttle::Throttle::new(devices.sessions_per_minute, devices.sessions_per_minute);
     Ok(Arc::new(AppState {
         config,
         repo,
         device_permits,
+        anonymous_body_permits,
+        session_body_permits,
+        session_throttle,
         checkins: checkins::CheckinBuffer::default(),
         enroll_throttle,
         report_throttle,
@@ -116,10 +130,11 @@ pub async fn serve(
         header_read: Duration::from_secs(devices.header_read_secs.max(1)),
         idle: Duration::from_secs(devices.idle_secs.max(1)),
         per_source: Some(devices.max_connections_per_source.max(1)),
+        max_connections: devices.max_connections.max(1),
     };
     // The admin listener (loopback by default, every route authenticated) keeps the same
     // deadlines without a per-source bound.
-    let admin_limits = tls::ConnLimits { per_source: None, ..device_limits };
+    let admin_limits = tls::ConnLimits { per_source: None, max_connections: 1024, ..device_limits };
     let device = tokio::spawn(tls::serve_tls(
         device_listener,
         tls_config.clone(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -75,39 +75,58 @@ pub struct ConnLimits {
     /// A connection with nothing moving for this long is shut down gracefully (a request in
     /// flight is finished first).
     pub idle: Duration,
-    /// Connections open at once from one source address; more are closed at once.
+    /// Connections open at once from one source address (see `device_api::source_key`); more
+    /// are closed at once.
     pub per_source: Option<usize>,
+    /// Connections open at once from all sources together.
+    pub max_connections: usize,
 }
 
 /// Open connections per source address.
 #[derive(Default)]
-struct Sources(Mutex<HashMap<IpAddr, usize>>);
+struct Sources {
+    per_source: Mutex<HashMap<String, usize>>,
+    total: AtomicUsize,
+}
 
 /// One counted connection; uncounted when dropped.
 struct SourceSlot {
     sources: Arc<Sources>,
-    ip: IpAddr,
+    key: Option<String>,
 }
 
 impl Sources {
-    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
-        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = open.entry(ip).or_default();
-        if *count >= max {
+    /// Count a connection from `ip`, unless the total or (with `per_source`) its source's count
+    /// is at the bound.
+    fn take(self: &Arc<Self>, ip: IpAddr, limits: &ConnLimits) -> Option<SourceSlot> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            self.total.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        *count += 1;
-        Some(SourceSlot { sources: self.clone(), ip })
+        let mut slot = SourceSlot { sources: self.clone(), key: None };
+        if let Some(max) = limits.per_source {
+            let key = crate::device_api::source_key(ip);
+            let mut open = self.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let count = open.entry(key.clone()).or_default();
+            if *count >= max {
+                return None;
+            }
+            *count += 1;
+            slot.key = Some(key);
+        }
+        Some(slot)
     }
 }
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self.sources.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.ip) {
+        self.sources.total.fetch_sub(1, Ordering::AcqRel);
+        let Some(key) = &self.key else { return };
+        let mut open = self.sources.per_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = open.get_mut(key) {
             *count = count.saturating_sub(1);
             if *count == 0 {
-                open.remove(&self.ip);
+                open.remove(key);
             }
         }
     }
@@ -176,15 +195,9 @@ pub async fn serve_tls(
             },
             _ = stop.changed() => return,
         };
-        let slot = match limits.per_source {
-            Some(max) => match sources.take(peer.ip(), max) {
-                Some(slot) => Some(slot),
-                None => {
-                    tracing::debug!(%peer, "too many connections from this address");
-                    continue;
-                }
-            },
-            None => None,
+        let Some(slot) = sources.take(peer.ip(), &limits) else {
+            tracing::debug!(%peer, "connection limit reached");
+            continue;
         };
         let acceptor = acceptor.clone();
         let router = router.clone();
@@ -208,7 +221,9 @@ pub async fn serve_tls(
                 },
             ));
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Over HTTP/1 the header deadline also ends an idle keep-alive connection.
             builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read);
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(16);
             let conn = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(conn);
             let idle_ms = limits.idle.as_millis() as u64;
@@ -222,7 +237,7 @@ pub async fn serve_tls(
                         return;
                     }
                     _ = tokio::time::sleep(limits.idle / 4 + Duration::from_millis(1)) => {
-                        let quiet = epoch.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                        let quiet = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
                         if closing && quiet >= 2 * idle_ms {
                             return;
                         }

@@ -3,6 +3,8 @@
 -- The newest report of a device is found by index, so ingest costs the same at the millionth
 -- stored report as at the first.
 CREATE INDEX status_reports_by_seq ON status_reports (device_id, seq);
+-- For the backfill below only (dropped at the end): the newest report per target by index.
+CREATE INDEX status_reports_by_target ON status_reports (device_id, target, seq);
 
 -- The newest report per device and target: what compliance shows, kept whatever the report
 -- history retention deletes.
@@ -21,6 +23,13 @@ INSERT INTO device_update_states (device_id, target, report_id, state, reason, e
 SELECT r.device_id, r.target, r.id, r.state, r.reason, r.exit_code, r.at, r.seq
 FROM status_reports r
 WHERE r.seq = (SELECT MAX(s.seq) FROM status_reports s WHERE s.device_id = r.device_id AND s.target = r.target);
+
+DROP INDEX status_reports_by_target;
+
+-- The history bound (1,000 newest per device by default) applied once here, so the first
+-- batch after the upgrade does not delete a flood's backlog inside its transaction.
+DELETE FROM status_reports
+WHERE seq <= (SELECT MAX(s.seq) FROM status_reports s WHERE s.device_id = status_reports.device_id) - 1000;
 
 -- Where a pending enrollment came from, so one source cannot fill the table.
 ALTER TABLE devices ADD COLUMN source TEXT;

@@ -163,17 +163,18 @@ pub trait DeviceStore: Send + Sync + 'static {
         &self,
         secret_sha256: &str,
     ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
-    /// Store a challenge unless the device has `max_live` live ones (`false` then).
+    /// Store a challenge; a device keeps at most `max_live` live ones, the oldest go first (so
+    /// whoever asks for challenges in a device's name cannot lock it out, only race it).
     fn insert_challenge(
         &self,
         nonce: &str,
         device_id: &str,
-        now: i64,
         expires_at: i64,
         max_live: u64,
-    ) -> impl Future<Output = Result<bool>> + Send;
-    /// Delete expired sessions and challenges; returns how many.
-    fn sweep_expired(&self, now: i64) -> impl Future<Output = Result<u64>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Delete expired sessions and challenges, and pending devices that enrolled before
+    /// `pending_before`; returns how many rows.
+    fn sweep_expired(&self, now: i64, pending_before: i64) -> impl Future<Output = Result<u64>> + Send;
     /// Consume a challenge: true once for a live challenge of that device, false after.
     fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> impl Future<Output = Result<bool>> + Send;
     fn insert_session(
@@ -408,9 +409,12 @@ impl DeviceStore for SqliteStore {
     async fn record_checkins(&self, checkins: &[CheckinRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for c in checkins {
+            // A version beyond the column's range is stored as the largest it holds: one
+            // device's value can never fail the batch of every other device.
+            let version = i64::try_from(c.timestamp_version).unwrap_or(i64::MAX);
             sqlx::query("UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 WHERE id = $4")
                 .bind(c.at)
-                .bind(to_bigint(c.timestamp_version, "timestamp_version")?)
+                .bind(version)
                 .bind(&c.inventory)
                 .bind(&c.device_id)
                 .execute(&mut *tx)
@@ -450,14 +454,7 @@ impl DeviceStore for SqliteStore {
         .transpose()
     }
 
-    async fn insert_challenge(
-        &self,
-        nonce: &str,
-        device_id: &str,
-        now: i64,
-        expires_at: i64,
-        max_live: u64,
-    ) -> Result<bool> {
+    async fn insert_challenge(&self, nonce: &str, device_id: &str, expires_at: i64, max_live: u64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO device_challenges (nonce, device_id, expires_at) VALUES ($1, $2, $3)")
             .bind(nonce)
@@ -466,27 +463,31 @@ impl DeviceStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict_or(e, || "challenge exists".into()))?;
-        let live: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM device_challenges WHERE device_id = $1 AND expires_at > $2")
-                .bind(device_id)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-        if live as u64 > max_live {
-            tx.rollback().await?;
-            return Ok(false);
-        }
+        // The new one and the max_live - 1 that expire last stay.
+        sqlx::query(
+            "DELETE FROM device_challenges WHERE device_id = $1 AND nonce <> $2 AND nonce NOT IN \
+             (SELECT nonce FROM device_challenges WHERE device_id = $1 AND nonce <> $2 \
+              ORDER BY expires_at DESC, nonce LIMIT $3)",
+        )
+        .bind(device_id)
+        .bind(nonce)
+        .bind(to_bigint(max_live.max(1) - 1, "max_live")?)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(())
     }
 
-    async fn sweep_expired(&self, now: i64) -> Result<u64> {
+    async fn sweep_expired(&self, now: i64, pending_before: i64) -> Result<u64> {
         let sessions =
             sqlx::query("DELETE FROM device_sessions WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
         let challenges =
             sqlx::query("DELETE FROM device_challenges WHERE expires_at <= $1").bind(now).execute(&self.pool).await?;
-        Ok(sessions.rows_affected() + challenges.rows_affected())
+        let pending = sqlx::query("DELETE FROM devices WHERE state = 'pending' AND enrolled_at < $1")
+            .bind(pending_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(sessions.rows_affected() + challenges.rows_affected() + pending.rows_affected())
     }
 
     async fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> Result<bool> {
@@ -535,8 +536,9 @@ impl DeviceStore for SqliteStore {
         limits: ReportLimits,
     ) -> Result<ReportsAccepted> {
         let mut tx = self.pool.begin().await?;
-        // The write lock first (see the module docs), then the newest sequence number by index.
-        sqlx::query("UPDATE devices SET id = id WHERE id = $1").bind(device_id).execute(&mut *tx).await?;
+        // The write lock first (see the module docs; a column no foreign key points at), then
+        // the newest sequence number by index.
+        sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(device_id).execute(&mut *tx).await?;
         let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM status_reports WHERE device_id = $1")
             .bind(device_id)
             .fetch_one(&mut *tx)

@@ -128,6 +128,23 @@ impl GoodDevice {
         GoodDevice { key, id, client }
     }
 
+    /// A fresh session token.
+    fn session(&self) -> String {
+        let answer = self.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": self.id})).unwrap();
+        let challenge: ChallengeResponse = serde_json::from_slice(&answer.ok().unwrap()).unwrap();
+        let sig = hex(&self.key.sign(&session_message(&self.id, &challenge.nonce)));
+        let body = json!({"device_id": self.id, "nonce": challenge.nonce, "signature": sig});
+        let answer = self.client.send_json("POST", "/device/v1/session", &body).unwrap();
+        serde_json::from_slice::<SessionResponse>(&answer.ok().unwrap()).unwrap().token
+    }
+
+    /// A check-in with `token`: its status.
+    fn checkin(&self, token: &str) -> u16 {
+        let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
+            "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": 0});
+        self.client.with_token(token).send_json("POST", "/device/v1/checkin", &checkin).unwrap().status
+    }
+
     /// Open a session and check in: the status of each step.
     fn session_and_checkin(&self) -> (u16, u16, u16) {
         let answer = self.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": self.id})).unwrap();
@@ -194,6 +211,32 @@ fn slow_senders_hold_no_device_api_slot_and_one_source_holds_few_connections() {
     let mut idle = connect_from(&server, "127.0.0.5", &config).unwrap();
     assert_eq!(status_line(&mut idle), None, "the idle connection was closed");
     assert_eq!(good.session_and_checkin(), (200, 200, 200));
+    drop(slow);
+    drop(server);
+
+    // With fewer body reads allowed than slow senders: the anonymous ones are held (503 for
+    // the rest), the check-ins of devices with a session are not.
+    let server = Server::start(|c| {
+        c.devices.max_body_reads = 4;
+        c.devices.body_read_secs = 3;
+    });
+    let good = GoodDevice::enroll(&server);
+    let token = good.session();
+    let config = client_config(&server);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut tls = connect_from(&server, "127.0.0.2", &config).unwrap();
+        let head = "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n{";
+        tls.write_all(head.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        held.push(tls);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let answer = good.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": good.id})).unwrap();
+    assert_eq!(answer.status, 503, "anonymous body reads are all held");
+    assert_eq!(good.checkin(&token), 200, "a device with a session is not held back");
+    let lines: Vec<Option<String>> = held.iter_mut().map(status_line).collect();
+    assert_eq!(lines.iter().filter(|l| l.as_deref().is_some_and(|l| l.contains(" 503"))).count(), 2, "{lines:?}");
 }
 
 #[test]
@@ -357,11 +400,35 @@ fn challenges_per_device_are_bounded_and_expired_sessions_are_swept() {
         let answer = anonymous.send_json("POST", "/device/v1/challenge", &json!({"device_id": good.id})).unwrap();
         statuses.push(answer.status);
     }
-    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
-    assert_eq!(sql_number(&server, "SELECT COUNT(*) FROM device_challenges"), 3);
-    // Sessions expire after a second; the background job deletes them (bounded wait).
-    let (challenge, _, _) = good.session_and_checkin();
-    assert_eq!(challenge, 429, "the device's own challenges are bounded too, until they expire");
+    assert_eq!(statuses, [200; 6], "a new challenge replaces the oldest");
+    assert_eq!(sql_number(&server, "SELECT COUNT(*) FROM device_challenges"), 3, "at most 3 kept");
+    // Whoever asks in the device's name cannot lock it out.
+    assert_eq!(good.session_and_checkin(), (200, 200, 200));
+    // A check-in with an out-of-range version is refused and does not stop the others' writes.
+    let answer = good.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": good.id})).unwrap();
+    let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
+    let sig = hex(&good.key.sign(&session_message(&good.id, &challenge.nonce)));
+    let body = json!({"device_id": good.id, "nonce": challenge.nonce, "signature": sig});
+    let session: SessionResponse =
+        serde_json::from_slice(&good.client.send_json("POST", "/device/v1/session", &body).unwrap().body).unwrap();
+    let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
+        "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": u64::MAX});
+    let answer = good.client.with_token(&session.token).send_json("POST", "/device/v1/checkin", &checkin).unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let mut written = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        if sql_number(
+            &server,
+            &format!("SELECT COUNT(*) FROM devices WHERE id = '{}' AND last_checkin IS NOT NULL", good.id),
+        ) == 1
+        {
+            written = true;
+            break;
+        }
+    }
+    assert!(written, "the earlier check-in was written behind");
+    // Challenges and sessions expire after a second or two; the background job deletes them.
     let mut swept = false;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(200));
@@ -371,7 +438,6 @@ fn challenges_per_device_are_bounded_and_expired_sessions_are_swept() {
         }
     }
     assert!(swept, "expired challenges are deleted");
-    assert_eq!(good.session_and_checkin(), (200, 200, 200));
     let mut swept = false;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(200));
