@@ -536,7 +536,10 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 let name = file.file_name().and_then(|n| n.to_str()).context("file name must be UTF-8")?.to_owned();
                 list.push(UpdateFile { name, sha256: uploaded.sha256, length: uploaded.length });
             }
-            value["files"] = serde_json::to_value(list)?;
+            value
+                .as_object_mut()
+                .context("the manifest must be a JSON object")?
+                .insert("files".into(), serde_json::to_value(list)?);
             let manifest: UpdateManifest =
                 serde_json::from_value(value).context("the manifest does not fit the schema")?;
             let answer = client.send_json("POST", "/api/v1/updates", &manifest)?.ok()?;
