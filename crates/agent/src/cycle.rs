@@ -243,29 +243,8 @@ impl Cycle<'_> {
     }
 
     fn applicable(&self, rules: &Applicability, inventory: &Inventory) -> Result<(), String> {
-        let any_or = |list: &Vec<String>, value: &str| list.is_empty() || list.iter().any(|v| v == value);
-        if !any_or(&rules.os, &inventory.os) {
-            return Err(format!("for {:?}, this is {}", rules.os, inventory.os));
-        }
-        if !any_or(&rules.architectures, &inventory.architecture) {
-            return Err(format!("for {:?}, this is {}", rules.architectures, inventory.architecture));
-        }
-        let version = |s: &str| s.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
-        if let Some(min) = &rules.min_os_version
-            && version(&inventory.os_version) < version(min)
-        {
-            return Err(format!("needs OS version {min} or later, this is {}", inventory.os_version));
-        }
-        if let Some(max) = &rules.max_os_version
-            && version(&inventory.os_version) > version(max)
-        {
-            return Err(format!("needs OS version {max} or earlier, this is {}", inventory.os_version));
-        }
         let installed_ids: Vec<&str> = self.installed.values().map(|i| i.update_id.as_str()).collect();
-        if let Some(conflict) = rules.not_installed.iter().find(|id| installed_ids.contains(&id.as_str())) {
-            return Err(format!("{conflict} is installed"));
-        }
-        Ok(())
+        applicable(rules, inventory, &installed_ids)
     }
 
     /// Download with resume: a partial file is kept under its hash and continued with a
@@ -540,4 +519,71 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     } else {
         CycleResult::Problems(cycle.problems)
     })
+}
+
+/// Whether a publisher's applicability rules admit this device: OS and architecture (an empty
+/// list admits any), OS version bounds compared numerically by dot-separated parts, and none
+/// of the updates that must not be installed (`installed_ids`) installed. `Err` says why not.
+fn applicable(rules: &Applicability, inventory: &Inventory, installed_ids: &[&str]) -> Result<(), String> {
+    let any_or = |list: &Vec<String>, value: &str| list.is_empty() || list.iter().any(|v| v == value);
+    if !any_or(&rules.os, &inventory.os) {
+        return Err(format!("for {:?}, this is {}", rules.os, inventory.os));
+    }
+    if !any_or(&rules.architectures, &inventory.architecture) {
+        return Err(format!("for {:?}, this is {}", rules.architectures, inventory.architecture));
+    }
+    let version = |s: &str| s.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    if let Some(min) = &rules.min_os_version
+        && version(&inventory.os_version) < version(min)
+    {
+        return Err(format!("needs OS version {min} or later, this is {}", inventory.os_version));
+    }
+    if let Some(max) = &rules.max_os_version
+        && version(&inventory.os_version) > version(max)
+    {
+        return Err(format!("needs OS version {max} or earlier, this is {}", inventory.os_version));
+    }
+    if let Some(conflict) = rules.not_installed.iter().find(|id| installed_ids.contains(&id.as_str())) {
+        return Err(format!("{conflict} is installed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(os: &str, version: &str, arch: &str) -> Inventory {
+        Inventory {
+            hostname: "h".into(),
+            os: os.into(),
+            os_version: version.into(),
+            architecture: arch.into(),
+            agent_version: "t".into(),
+            installed: vec![],
+        }
+    }
+
+    #[test]
+    fn applicability_rules_admit_exactly_the_devices_they_name() {
+        let any = Applicability::default();
+        assert_eq!(applicable(&any, &device("linux", "12", "x86_64"), &[]), Ok(()));
+        let rules = Applicability {
+            os: vec!["linux".into()],
+            architectures: vec!["aarch64".into(), "x86_64".into()],
+            min_os_version: Some("11.2".into()),
+            max_os_version: Some("12.10".into()),
+            not_installed: vec!["old-agent".into()],
+        };
+        assert_eq!(applicable(&rules, &device("linux", "12.9", "aarch64"), &[]), Ok(()));
+        // Numeric, not lexical: 12.10 is after 12.9, 11.10 after 11.2.
+        assert_eq!(applicable(&rules, &device("linux", "12.10", "x86_64"), &[]), Ok(()));
+        assert_eq!(applicable(&rules, &device("linux", "11.10", "x86_64"), &[]), Ok(()));
+        let refused = |inventory: Inventory, installed: &[&str]| applicable(&rules, &inventory, installed).unwrap_err();
+        assert!(refused(device("windows", "12", "x86_64"), &[]).starts_with("for [\"linux\"]"));
+        assert!(refused(device("linux", "12", "riscv64"), &[]).contains("riscv64"));
+        assert!(refused(device("linux", "11.1", "x86_64"), &[]).contains("or later"));
+        assert!(refused(device("linux", "13", "x86_64"), &[]).contains("or earlier"));
+        assert_eq!(refused(device("linux", "12", "x86_64"), &["old-agent"]), "old-agent is installed");
+    }
 }

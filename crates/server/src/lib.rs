@@ -97,7 +97,12 @@ pub fn check_not_root(config: &Config) -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
     let euid = std::fs::metadata("/proc/self").map(|m| m.uid()).context("reading the effective user")?;
-    if euid == 0 && !config.allow_root {
+    may_run_as(euid, config.allow_root)
+}
+
+/// The rule behind [`check_not_root`]: effective user 0 only with `allow_root`.
+pub fn may_run_as(euid: u32, allow_root: bool) -> anyhow::Result<()> {
+    if euid == 0 && !allow_root {
         anyhow::bail!(
             "refusing to run as root: run Ringfence as an unprivileged user, or set allow_root = true \
              (RINGFENCE_ALLOW_ROOT=1) if you really mean it"
@@ -156,4 +161,16 @@ pub async fn serve(
     let _ = stop_tx.send(true);
     let _ = tokio::join!(device, admin, jobs, checkins);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_runs_only_when_allowed_and_others_always() {
+        let refused = super::may_run_as(0, false).unwrap_err().to_string();
+        assert!(refused.contains("refusing to run as root"), "{refused}");
+        assert!(super::may_run_as(0, true).is_ok());
+        assert!(super::may_run_as(1000, false).is_ok());
+        assert!(super::may_run_as(1000, true).is_ok());
+    }
 }

@@ -191,3 +191,53 @@ pub fn timestamp(version: u64, expires: i64, snapshot_version: u64, snapshot_byt
         unrecognized: BTreeMap::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SigningKey;
+
+    #[test]
+    fn a_publisher_role_delegates_every_bin_once_with_its_keys() {
+        let keys = RoleKeySet::new(vec![SigningKey::from_seed([1; 32]).public()], 1);
+        let publisher = PublisherName::parse("acme").unwrap();
+        let role = publisher_role(&publisher, &keys, 1, 3, 2_000_000_000);
+        let delegations = role.delegations.as_ref().unwrap();
+        assert_eq!(delegations.roles.len(), 16);
+        assert_eq!(delegations.keys.len(), 1, "one key, listed once");
+        for (i, d) in delegations.roles.iter().enumerate() {
+            assert_eq!(d.name, format!("publisher.acme.{i:x}"));
+            assert_eq!(d.path_hash_prefixes, Some(vec![format!("{i:x}")]));
+            assert!(d.terminating && d.paths.is_none());
+            assert_eq!((d.keyids.clone(), d.threshold), (keys.keyids(), 1));
+        }
+        assert_eq!((role.version, role.targets.len()), (3, 0));
+    }
+
+    #[test]
+    fn the_next_snapshot_changes_only_the_roles_given() {
+        let first = next_snapshot(None, 1, 2_000_000_000, &[("targets".into(), 1, 10), ("a".into(), 1, 20)]);
+        let second = next_snapshot(Some(&first), 2, 2_000_000_000, &[("a".into(), 2, 21)]);
+        assert_eq!(second.version, 2);
+        assert_eq!(second.meta["targets.json"], first.meta["targets.json"]);
+        assert_eq!((second.meta["a.json"].version, second.meta["a.json"].length), (2, Some(21)));
+        let ts = timestamp(5, 2_000_000_000, 2, b"snapshot bytes");
+        let meta = &ts.meta["snapshot.json"];
+        assert_eq!((meta.version, meta.length), (2, Some(14)));
+        assert_eq!(meta.hashes.as_ref().unwrap()["sha256"], crate::sha256_hex(b"snapshot bytes"));
+    }
+
+    #[test]
+    fn set_delegation_replaces_in_place_and_drops_unused_keys() {
+        let a = RoleKeySet::new(vec![SigningKey::from_seed([1; 32]).public()], 1);
+        let b = RoleKeySet::new(vec![SigningKey::from_seed([2; 32]).public()], 1);
+        let mut t = targets(1, 2_000_000_000);
+        set_delegation(&mut t, "x", &a, Coverage::Patterns(vec!["x/*".into()]), true);
+        set_delegation(&mut t, "y", &a, Coverage::Patterns(vec!["y/*".into()]), true);
+        set_delegation(&mut t, "x", &b, Coverage::Patterns(vec!["x/*".into()]), true);
+        let d = t.delegations.unwrap();
+        assert_eq!(d.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["x", "y"], "order kept");
+        assert_eq!(d.keys.len(), 2);
+        assert_eq!(d.roles[0].keyids, b.keyids());
+    }
+}

@@ -130,28 +130,38 @@ fn device_listener_has_no_admin_routes_and_refuses_bad_paths() {
 }
 
 #[test]
-fn serve_refuses_root_unless_allowed() {
+fn serve_applies_the_root_rule_to_the_user_it_runs_as() {
+    // The rule itself is unit-tested for both users (`ringfence_server::may_run_as`). Here the
+    // binary applies it: as root (how CI runs) `serve` must refuse without `allow_root`, and
+    // with it the same configuration gets past the check. (Run unprivileged, `serve` would
+    // start and serve: the binary half then needs a root run.)
+    use std::os::unix::fs::MetadataExt;
+    let euid = std::fs::metadata("/proc/self").unwrap().uid();
     let dir = tempfile::tempdir().unwrap();
     crate::common::run_ok(
-        std::process::Command::new(crate::common::BIN).args(["quickstart", "--no-serve", "--dir"]).arg(dir.path()),
+        std::process::Command::new(crate::common::BIN)
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:1", "--admin-addr", "127.0.0.1:1", "--dir"])
+            .arg(dir.path()),
     );
     let config = dir.path().join("ringfence-data/ringfence.toml");
-    let out = std::process::Command::new(crate::common::BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("RINGFENCE_ALLOW_ROOT")
-        .output()
-        .unwrap();
-    // As a normal user the server would simply start; CI on this machine runs as root.
-    if running_as_root() {
-        assert!(!out.status.success());
-        assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to run as root"));
+    let serve = |allow: Option<&str>| {
+        let mut c = std::process::Command::new(crate::common::BIN);
+        c.args(["serve", "--config"]).arg(&config).env_remove("RINGFENCE_ALLOW_ROOT");
+        if let Some(v) = allow {
+            c.env("RINGFENCE_ALLOW_ROOT", v);
+        }
+        let out = c.output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    if ringfence_server::may_run_as(euid, false).is_err() {
+        let (ok, stderr) = serve(None);
+        assert!(!ok);
+        assert!(stderr.contains("refusing to run as root"), "{stderr}");
+        // Allowed: past the check, it then fails to bind (both listeners on one port).
+        let (ok, stderr) = serve(Some("1"));
+        assert!(!ok, "{stderr}");
+        assert!(!stderr.contains("refusing to run as root"), "{stderr}");
     }
-}
-
-fn running_as_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
 }
 
 #[test]

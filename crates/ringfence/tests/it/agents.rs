@@ -234,8 +234,12 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     // online): the agent follows the groups it enrolled with, not the server's record.
     sql(&server, "UPDATE devices SET groups = 'pilot'");
     assert!(server.approve("pilot", "acme/evil-1.sh").contains("is published"));
-    let _ = agent.check();
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "the forged production approval is still refused: {out}");
     assert_eq!(agent.installs("evil-1"), 0);
+    let me = devices(&server).into_iter().next().unwrap();
+    assert!(me.updates.iter().all(|u| !u.target.starts_with("approvals/pilot/")), "{:?}", me.updates);
+    assert_eq!(last_report(&server, "approvals.production").state, ReportState::Refused, "the forged role");
 }
 
 /// Before the layout rules, a publisher could be led to sign `publisher.acme` with one more

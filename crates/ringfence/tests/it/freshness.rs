@@ -6,29 +6,34 @@ use ringfence_store::Store;
 use crate::common::Server;
 
 #[test]
-fn timestamp_and_snapshot_are_renewed_before_they_expire() {
-    // Lifetimes of a few seconds and a job that looks every second.
-    let server = Server::start(|c| {
-        c.expiry.timestamp_secs = 4;
-        c.expiry.snapshot_secs = 6;
-        c.expiry.check_interval_secs = 1;
-    });
-    // The quickstart signed with the default lifetimes; a publish signs with the short ones.
-    server.publish_signed("fresh.bin", b"fresh");
-    let store = &server.state.repo.store;
-    let latest = |role: &str| server.runtime.block_on(store.latest_metadata(role)).unwrap().unwrap();
-    let (ts, snap) = (latest("timestamp"), latest("snapshot"));
-    // Poll, bounded: renewal is due after half a lifetime.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while latest("snapshot").version == snap.version && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    let (ts2, snap2) = (latest("timestamp"), latest("snapshot"));
-    assert!(snap2.version > snap.version, "snapshot was not renewed");
-    assert!(ts2.version > ts.version);
-    assert!(ts2.expires > ts.expires);
-    // What the server renewed still verifies as a client would check it.
-    server.runtime.block_on(server.state.repo.self_check(ringfence_server::unix_now())).unwrap();
+fn online_metadata_is_renewed_when_half_its_lifetime_is_gone() {
+    // Time is a parameter of `renew`: the test moves it instead of sleeping.
+    let server = Server::start(|_| {});
+    let repo = &server.state.repo;
+    let latest = |role: &str| server.runtime.block_on(repo.store.latest_metadata(role)).unwrap().unwrap();
+    let renew = |at: i64| server.runtime.block_on(repo.renew(at)).unwrap();
+    let now = ringfence_server::unix_now();
+    let (ts, snap, pilot) = (latest("timestamp"), latest("snapshot"), latest("approvals.pilot"));
+    assert!(renew(now).is_empty(), "nothing is due yet");
+    assert_eq!(latest("timestamp").version, ts.version);
+
+    // 13 hours on: the timestamp (1 day) is past half its lifetime, the snapshot (1 week) not.
+    let later = now + 13 * 3600;
+    let renewed: Vec<String> = renew(later).iter().map(|r| r.role.to_string()).collect();
+    assert!(renewed.contains(&"timestamp".to_owned()), "{renewed:?}");
+    let ts2 = latest("timestamp");
+    assert!(ts2.version > ts.version && ts2.expires > ts.expires);
+    assert!(!renewed.iter().any(|r| r == "approvals.pilot"), "{renewed:?}");
+
+    // 20 days on: the online approval role (30 days) is renewed too, offline roles never.
+    let much_later = now + 20 * 86_400;
+    let renewed: Vec<String> = renew(much_later).iter().map(|r| r.role.to_string()).collect();
+    assert!(renewed.contains(&"approvals.pilot".to_owned()), "{renewed:?}");
+    assert!(latest("approvals.pilot").version > pilot.version);
+    assert!(latest("snapshot").version > snap.version);
+    assert!(!renewed.iter().any(|r| r == "approvals.production" || r == "targets"), "{renewed:?}");
+    // What the server renewed still verifies as a client would check it, at that time.
+    server.runtime.block_on(repo.self_check(much_later)).unwrap();
 }
 
 #[test]
