@@ -1,11 +1,9 @@
 //! Bounded HTTP(S) fetches: never more bytes than the caller allows.
 
 use std::io::Read;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use ringfence_trust::workflow::Fetched;
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 #[derive(Clone)]
 pub struct Fetcher {
@@ -27,19 +25,7 @@ impl Fetcher {
             // Keep the connection between cycles of `run` (poll interval plus jitter).
             .max_idle_age(std::time::Duration::from_secs(900));
         if let Some(pem) = ca_pem {
-            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect();
-            anyhow::ensure!(!certs.is_empty(), "no certificate in the CA file");
-            let tls = TlsConfig::builder()
-                .provider(TlsProvider::Rustls)
-                .root_certs(RootCerts::new_with_certs(&certs))
-                .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .build();
-            builder = builder.tls_config(tls);
+            builder = builder.tls_config(ringfence_client_net::pinned_tls(pem)?);
         }
         Ok(Self { agent: builder.build().into(), bearer: None })
     }

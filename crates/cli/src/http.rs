@@ -1,9 +1,6 @@
 //! A small HTTPS client for the admin API, trusting only the CA file it is given.
 
-use std::sync::Arc;
-
 use anyhow::Context;
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 /// An answer: status and body, whatever the status.
 pub struct Answer {
@@ -39,22 +36,10 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
-/// An agent trusting the certificates in `ca_pem` only, with the ring provider.
+/// An agent trusting the certificates in `ca_pem` only (`ringfence_client_net`).
 pub fn agent(ca_pem: &[u8]) -> anyhow::Result<ureq::Agent> {
-    let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
-        .filter_map(|item| match item {
-            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-            _ => None,
-        })
-        .collect();
-    anyhow::ensure!(!certs.is_empty(), "no certificate in the CA file");
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .root_certs(RootCerts::new_with_certs(&certs))
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .build();
     let config = ureq::Agent::config_builder()
-        .tls_config(tls)
+        .tls_config(ringfence_client_net::pinned_tls(ca_pem)?)
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(600)))
         .build();

@@ -15,6 +15,7 @@ mod device_api;
 mod freshness;
 mod installation;
 mod interop;
+mod layering;
 mod signer_review;
 mod stolen_server;
 mod tough_interop;
