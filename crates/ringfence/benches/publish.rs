@@ -109,7 +109,7 @@ async fn bench(n: usize) {
             files: vec![UpdateFile { name: format!("new-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 }],
         };
         let started = Instant::now();
-        let outcome = state.repo.publish_update(manifest, now).await.expect("publish");
+        let outcome = state.repo.publish_update(manifest, "bench", now).await.expect("publish");
         times.push(started.elapsed().as_secs_f64() * 1000.0);
         let mut bytes = 0;
         files = 0;

@@ -20,6 +20,7 @@ use ringfence_store::{Store, TokenRecord};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
+use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 
 type Shared = State<Arc<AppState>>;
@@ -69,25 +70,6 @@ pub fn new_token(name: &str, scopes: &[Scope], now: i64) -> (TokenRecord, String
     (record, token)
 }
 
-/// The caller's token, if it is valid and carries one of `scopes` (or `admin`).
-pub(crate) async fn authorize(state: &AppState, headers: &HeaderMap, scopes: &[Scope]) -> ApiResult<TokenRecord> {
-    let value = headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
-    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
-    let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
-    if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
-        return Err(ApiError::Unauthorized);
-    }
-    let token = state.repo.store.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(ApiError::Unauthorized)?;
-    if token.revoked {
-        return Err(ApiError::Unauthorized);
-    }
-    let allowed = token.scopes.iter().any(|s| s == Scope::Admin.as_str() || scopes.iter().any(|w| w.as_str() == s));
-    if !allowed {
-        return Err(ApiError::Forbidden(scopes.first().map_or("admin", |s| s.as_str())));
-    }
-    Ok(token)
-}
-
 pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::TooLarge(limit as u64))
 }
@@ -113,8 +95,8 @@ async fn health(State(state): Shared) -> ApiResult<Response> {
     Ok(Json(health).into_response())
 }
 
-async fn create_token(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn create_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     let request: TokenRequest = json_body(body).await?;
     if request.name.is_empty() || request.name.len() > 64 || request.scopes.is_empty() {
         return Err(ApiError::BadRequest("name: 1 to 64 characters; scopes: at least one".into()));
@@ -122,21 +104,13 @@ async fn create_token(State(state): Shared, headers: HeaderMap, body: Body) -> A
     let now = crate::unix_now();
     let (record, token) = new_token(&request.name, &request.scopes, now);
     state.repo.store.insert_token(&record).await?;
-    state
-        .repo
-        .store
-        .append_audit(&ringfence_store::AuditRecord {
-            at: now,
-            actor: caller.name,
-            action: "token".into(),
-            detail: format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes),
-        })
-        .await?;
+    let detail = format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes);
+    state.repo.audit(&caller.actor(), "token", &detail, now).await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { id: record.id, token, scopes: request.scopes })).into_response())
 }
 
-async fn list_tokens(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn list_tokens(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     let tokens: Vec<TokenInfo> = state
         .repo
         .store
@@ -154,25 +128,19 @@ async fn list_tokens(State(state): Shared, headers: HeaderMap) -> ApiResult<Resp
     Ok(Json(tokens).into_response())
 }
 
-async fn revoke_token(State(state): Shared, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn revoke_token(State(state): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::NotFound);
     }
     state.repo.store.revoke_token(&id).await?;
-    let record = ringfence_store::AuditRecord {
-        at: crate::unix_now(),
-        actor: caller.name,
-        action: "token".into(),
-        detail: format!("revoked token {id}"),
-    };
-    state.repo.store.append_audit(&record).await?;
+    state.repo.audit(&caller.actor(), "token", &format!("revoked token {id}"), crate::unix_now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Stream content into the store, hashing as it goes; cut off with 413 past the limit.
-async fn upload_content(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Publish]).await?;
+async fn upload_content(State(state): Shared, caller: Caller, headers: HeaderMap, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Publish])?;
     let limit = state.config.repository.max_upload_bytes;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -192,10 +160,10 @@ async fn upload_content(State(state): Shared, headers: HeaderMap, body: Body) ->
     Ok((StatusCode::CREATED, Json(BlobUploaded { sha256, length })).into_response())
 }
 
-async fn publish_update(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Publish]).await?;
+async fn publish_update(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Publish])?;
     let manifest = json_body(body).await?;
-    let outcome = state.repo.publish_update(manifest, crate::unix_now()).await?;
+    let outcome = state.repo.publish_update(manifest, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
 }
 
@@ -236,8 +204,8 @@ pub(crate) fn query<T: DeserializeOwned>(
 
 type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
 
-async fn list_updates(State(state): Shared, headers: HeaderMap, page: Query<PageQuery>) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+async fn list_updates(State(state): Shared, caller: Caller, page: Query<PageQuery>) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let page = query(page)?;
     let (limit, after) = page.checked()?;
     let mut manifests = Vec::new();
@@ -248,52 +216,47 @@ async fn list_updates(State(state): Shared, headers: HeaderMap, page: Query<Page
     Ok(Json(manifests).into_response())
 }
 
-async fn approve(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Approve]).await?;
+async fn approve(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Approve])?;
     let request = json_body(body).await?;
-    let outcome = state.repo.approve(request, crate::unix_now()).await?;
+    let outcome = state.repo.approve(request, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }
 
-async fn list_pending(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+async fn list_pending(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     Ok(Json(state.repo.list_pending().await?).into_response())
 }
 
-async fn get_pending(State(state): Shared, headers: HeaderMap, Path(role): Path<String>) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+async fn get_pending(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
     Ok(json_bytes(state.repo.pending_bytes(&role).await?))
 }
 
-async fn propose(
-    State(state): Shared,
-    headers: HeaderMap,
-    Path(role): Path<String>,
-    body: Body,
-) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn propose(State(state): Shared, caller: Caller, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     let role = role_name(&role)?;
     let bytes = read_body(body, MAX_UPLOADED_METADATA).await?;
-    let outcome = state.repo.propose(&role, &bytes, crate::unix_now()).await?;
+    let outcome = state.repo.propose(&role, &bytes, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }
 
 async fn add_signatures(
     State(state): Shared,
-    headers: HeaderMap,
+    caller: Caller,
     Path(role): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Approve, Scope::Publish]).await?;
+    caller.require(&[Scope::Approve, Scope::Publish])?;
     let role = role_name(&role)?;
     let upload = json_body(body).await?;
-    let outcome = state.repo.add_signatures(&role, upload, crate::unix_now()).await?;
+    let outcome = state.repo.add_signatures(&role, upload, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }
 
-async fn latest_metadata(State(state): Shared, headers: HeaderMap, Path(role): Path<String>) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+async fn latest_metadata(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
     let record = state.repo.store.latest_metadata(role.as_str()).await?.ok_or(ApiError::NotFound)?;
     Ok(json_bytes(record.bytes))
@@ -301,10 +264,10 @@ async fn latest_metadata(State(state): Shared, headers: HeaderMap, Path(role): P
 
 async fn metadata_version(
     State(state): Shared,
-    headers: HeaderMap,
+    caller: Caller,
     Path((role, version)): Path<(String, u64)>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read, Scope::Publish, Scope::Approve]).await?;
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
     let record = state.repo.store.metadata_version(role.as_str(), version).await?.ok_or(ApiError::NotFound)?;
     Ok(json_bytes(record.bytes))
@@ -319,8 +282,8 @@ struct AuditQuery {
     before: Option<i64>,
 }
 
-async fn audit(State(state): Shared, headers: HeaderMap, page: Query<AuditQuery>) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read]).await?;
+async fn audit(State(state): Shared, caller: Caller, page: Query<AuditQuery>) -> ApiResult<Response> {
+    caller.require(&[Scope::Read])?;
     let page = query(page)?;
     let limit = page.limit.unwrap_or(200);
     if limit == 0 || limit > MAX_PAGE {

@@ -7,17 +7,18 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ringfence_proto::api::Scope;
 use ringfence_proto::device::{
     DeviceInfo, EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportState,
     StatusReport,
 };
-use ringfence_store::{AuditRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, Store};
+use ringfence_store::{DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord};
 
 use crate::AppState;
-use crate::admin::{authorize, json_body};
+use crate::admin::json_body;
+use crate::caller::Caller;
 use crate::device_api::{ENROLLMENT_PREFIX, random_hex};
 use crate::error::{ApiError, ApiResult};
 
@@ -34,8 +35,8 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
 /// Longest an enrollment token may live.
 const MAX_ENROLLMENT_TOKEN_SECS: u64 = 90 * 86_400;
 
-async fn create_enrollment_token(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn create_enrollment_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     let request: EnrollmentTokenRequest = json_body(body).await?;
     if request.groups.is_empty() || request.groups.len() > 16 {
         return Err(ApiError::BadRequest("groups: 1 to 16 groups".into()));
@@ -60,7 +61,7 @@ async fn create_enrollment_token(State(state): Shared, headers: HeaderMap, body:
     state.repo.store.insert_enrollment_token(&record).await?;
     audit(
         &state,
-        &caller.name,
+        &caller,
         "enrollment-token",
         format!("{} for {:?}, {} uses", record.id, record.groups, record.max_uses),
     )
@@ -69,9 +70,8 @@ async fn create_enrollment_token(State(state): Shared, headers: HeaderMap, body:
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn audit(state: &AppState, actor: &str, action: &str, detail: String) -> ApiResult<()> {
-    let record = AuditRecord { at: crate::unix_now(), actor: actor.into(), action: action.into(), detail };
-    Ok(state.repo.store.append_audit(&record).await?)
+async fn audit(state: &AppState, caller: &Caller, action: &str, detail: String) -> ApiResult<()> {
+    state.repo.audit(&caller.actor(), action, &detail, crate::unix_now()).await
 }
 
 fn report_state(s: &str) -> Option<ReportState> {
@@ -130,10 +130,10 @@ struct DeviceQuery {
 
 async fn list_devices(
     State(state): Shared,
-    headers: HeaderMap,
+    caller: Caller,
     query: Result<axum::extract::Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    authorize(&state, &headers, &[Scope::Read]).await?;
+    caller.require(&[Scope::Read])?;
     let query = crate::admin::query(query)?;
     let page = crate::admin::PageQuery { limit: query.limit, after: query.after.clone() };
     let (limit, after) = page.checked()?;
@@ -153,8 +153,8 @@ async fn list_devices(
     Ok(Json(out).into_response())
 }
 
-async fn preauthorize(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+async fn preauthorize(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
     let request: PreauthorizeRequest = json_body(body).await?;
     let bytes = hex::decode(&request.public_key).ok().filter(|b| b.len() == 32);
     if bytes.is_none() {
@@ -173,16 +173,16 @@ async fn preauthorize(State(state): Shared, headers: HeaderMap, body: Body) -> A
         timestamp_version: None,
     };
     state.repo.store.insert_device(&device).await?;
-    audit(&state, &caller.name, "preauthorize", format!("device {} groups {:?}", device.id, device.groups)).await?;
+    audit(&state, &caller, "preauthorize", format!("device {} groups {:?}", device.id, device.groups)).await?;
     Ok((StatusCode::CREATED, Json(device_info(&state, device).await?)).into_response())
 }
 
 async fn change_state(
     State(state): Shared,
-    headers: HeaderMap,
+    caller: Caller,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let caller = authorize(&state, &headers, &[Scope::Admin]).await?;
+    caller.require(&[Scope::Admin])?;
     let new_state = match action.as_str() {
         "accept" => DeviceState::Accepted,
         "reject" => DeviceState::Rejected,
@@ -201,7 +201,7 @@ async fn change_state(
         return Err(ApiError::Conflict(format!("device {id} is {}", device.state.as_str())));
     }
     state.repo.store.set_device_state(&id, new_state).await?;
-    audit(&state, &caller.name, &action, format!("device {id}")).await?;
+    audit(&state, &caller, &action, format!("device {id}")).await?;
     let device = state.repo.store.device(&id).await?.ok_or(ApiError::NotFound)?;
     Ok(Json(device_info(&state, device).await?).into_response())
 }

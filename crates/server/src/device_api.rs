@@ -222,14 +222,8 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
         }
     }
     let device_state = device.state;
-    store
-        .append_audit(&ringfence_store::AuditRecord {
-            at: now,
-            actor: format!("device {}", device.id),
-            action: "enroll".into(),
-            detail: format!("{} ({}) groups {:?}", device.hostname, device_state.as_str(), groups),
-        })
-        .await?;
+    let detail = format!("{} ({}) groups {:?}", device.hostname, device_state.as_str(), groups);
+    state.repo.audit(&format!("device {}", device.id), "enroll", &detail, now).await?;
     let answer = if device_state == DeviceState::Accepted { EnrollState::Accepted } else { EnrollState::Pending };
     let groups = groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
     Ok(Json(EnrollResponse { device_id: device.id, state: answer, groups }).into_response())

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admin_devices;
+pub mod caller;
 pub mod checkins;
 pub mod config;
 pub mod device;

@@ -26,6 +26,9 @@ use crate::config::ExpiryPolicy;
 use crate::error::{ApiError, ApiResult};
 use crate::online_keys::OnlineKeys;
 
+/// The actor the audit trail names for the server's own work (bootstrap, prepared roles).
+pub const SERVER: &str = "server";
+
 /// Hashed bins per publisher, as a hex prefix length: 2 means 256 bins.
 pub const DEFAULT_BIN_PREFIX_LEN: usize = 2;
 
@@ -195,7 +198,7 @@ impl Repository {
         }
         self.commit(ordered, Some(root), now).await?;
         self.create_missing_roles(now).await?;
-        self.audit("bootstrap", "initialised the repository", now).await
+        self.audit(SERVER, "bootstrap", "initialised the repository", now).await
     }
 
     fn check_online_keys_listed(&self, root: &Root) -> ApiResult<()> {
@@ -212,8 +215,10 @@ impl Repository {
         Ok(())
     }
 
-    async fn audit(&self, action: &str, detail: &str, now: i64) -> ApiResult<()> {
-        let rec = AuditRecord { at: now, actor: "server".into(), action: action.into(), detail: detail.into() };
+    /// Append to the audit trail: the one place records are written. `actor` names who caused
+    /// the action (an admin token, a device, or `server` for its own jobs).
+    pub async fn audit(&self, actor: &str, action: &str, detail: &str, now: i64) -> ApiResult<()> {
+        let rec = AuditRecord { at: now, actor: actor.into(), action: action.into(), detail: detail.into() };
         Ok(self.store.append_audit(&rec).await?)
     }
 
@@ -381,7 +386,8 @@ impl Repository {
                         let bytes = env.to_bytes().map_err(ApiError::internal)?;
                         let record = PendingRecord { role: name.to_string(), version: 1, bytes, created_at: now };
                         self.store.put_pending(&record).await?;
-                        self.audit("create", &format!("{name} version 1 waits for its key holders"), now).await?;
+                        let detail = format!("{name} version 1 waits for its key holders");
+                        self.audit(SERVER, "create", &detail, now).await?;
                     }
                 }
             }
@@ -394,7 +400,7 @@ impl Repository {
     }
 
     /// Add an update's files to its publisher's hashed bins.
-    pub async fn publish_update(&self, manifest: UpdateManifest, now: i64) -> ApiResult<PublishOutcome> {
+    pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> ApiResult<PublishOutcome> {
         validate_manifest(&manifest)?;
         let _guard = self.write_lock.lock().await;
         let prefix_len = self.bin_prefix_len(&manifest.publisher).await?;
@@ -467,13 +473,13 @@ impl Repository {
             let rv = RoleVersion { role: state.role, version: state.version };
             if state.published { outcome.published.push(rv) } else { outcome.pending.push(rv) }
         }
-        self.audit("publish", &format!("update {} ({} files)", manifest.id, files.len()), now).await?;
+        self.audit(actor, "publish", &format!("update {} ({} files)", manifest.id, files.len()), now).await?;
         Ok(outcome)
     }
 
     /// Propose an approval: a new version of the group's approval role carrying the same
     /// length and hashes as the publisher signed.
-    pub async fn approve(&self, request: ApprovalRequest, now: i64) -> ApiResult<RoleState> {
+    pub async fn approve(&self, request: ApprovalRequest, actor: &str, now: i64) -> ApiResult<RoleState> {
         if let Some(deadline) = &request.deadline {
             expiry::parse(deadline).map_err(bad)?;
         }
@@ -514,7 +520,8 @@ impl Repository {
                 ApiError::NotFound => bad(format!("unknown group {}", request.group)),
                 other => other,
             })?;
-        self.audit("approve", &format!("{} for {} ({:?})", request.target, request.group, request.action), now).await?;
+        let detail = format!("{} for {} ({:?})", request.target, request.group, request.action);
+        self.audit(actor, "approve", &detail, now).await?;
         Ok(state)
     }
 
@@ -533,7 +540,7 @@ impl Repository {
 
     /// Propose a new version of an offline-signed role (root, targets, a publisher or
     /// approval role) as a whole document, with the signatures gathered so far.
-    pub async fn propose(&self, role: &RoleName, bytes: &[u8], now: i64) -> ApiResult<RoleState> {
+    pub async fn propose(&self, role: &RoleName, bytes: &[u8], actor: &str, now: i64) -> ApiResult<RoleState> {
         let _guard = self.write_lock.lock().await;
         match role.kind() {
             RoleKind::Root => {
@@ -541,7 +548,7 @@ impl Repository {
                 let current = self.latest_root().await?;
                 expect_next(role, current.signed.version, env.signed.version)?;
                 self.check_online_keys_listed(&env.signed)?;
-                self.settle_root(env, &current, now).await
+                self.settle_root(env, &current, actor, now).await
             }
             RoleKind::Snapshot | RoleKind::Timestamp => Err(bad("snapshot and timestamp are signed by the server")),
             _ => {
@@ -559,7 +566,13 @@ impl Repository {
         }
     }
 
-    async fn settle_root(&self, env: Envelope<Root>, current: &Envelope<Root>, now: i64) -> ApiResult<RoleState> {
+    async fn settle_root(
+        &self,
+        env: Envelope<Root>,
+        current: &Envelope<Root>,
+        actor: &str,
+        now: i64,
+    ) -> ApiResult<RoleState> {
         let old = current.signed.roles.get("root").ok_or_else(|| ApiError::internal("root without root role"))?;
         let new = env.signed.roles.get("root").ok_or_else(|| bad("the new root lists no root role"))?;
         let by_old = env.count_valid(&current.signed.keys, &old.keyids);
@@ -569,7 +582,7 @@ impl Repository {
         let published = by_old >= old.threshold && by_new >= new.threshold && new.threshold > 0;
         if published {
             self.commit(Vec::new(), Some(env), now).await?;
-            self.audit("root", &format!("published root version {version}"), now).await?;
+            self.audit(actor, "root", &format!("published root version {version}"), now).await?;
         } else {
             let bytes = env.to_bytes().map_err(ApiError::internal)?;
             self.store.put_pending(&PendingRecord { role: "root".into(), version, bytes, created_at: now }).await?;
@@ -579,7 +592,13 @@ impl Repository {
 
     /// Add offline signatures to the pending version of `role`; publish when they suffice.
     /// A signature that does not verify is refused and nothing changes.
-    pub async fn add_signatures(&self, role: &RoleName, upload: SignatureUpload, now: i64) -> ApiResult<RoleState> {
+    pub async fn add_signatures(
+        &self,
+        role: &RoleName,
+        upload: SignatureUpload,
+        actor: &str,
+        now: i64,
+    ) -> ApiResult<RoleState> {
         let _guard = self.write_lock.lock().await;
         let pending = self.store.pending(role.as_str()).await?.ok_or(ApiError::NotFound)?;
         if pending.version != upload.version {
@@ -598,19 +617,16 @@ impl Repository {
             keyids.extend(env.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default());
             check_each_signature(env.canonical_signed(), &upload.signatures, &keys, &keyids)?;
             env.add_signatures(&upload.signatures);
-            return self.settle_root(env, &current, now).await;
+            return self.settle_root(env, &current, actor, now).await;
         }
         let mut env = parse::<Targets>(&pending.bytes)?;
         let authority = self.authority(role).await?;
         check_each_signature(env.canonical_signed(), &upload.signatures, &authority.keys, &authority.keyids)?;
         env.add_signatures(&upload.signatures);
         let state = self.settle(role, env, &authority, now).await?;
-        self.audit(
-            "sign",
-            &format!("{} signature(s) for {role} version {}", upload.signatures.len(), upload.version),
-            now,
-        )
-        .await?;
+        let keyids: Vec<&str> = upload.signatures.iter().map(|s| s.keyid.as_str()).collect();
+        let detail = format!("signatures by key ids {keyids:?} for {role} version {}", upload.version);
+        self.audit(actor, "sign", &detail, now).await?;
         Ok(state)
     }
 

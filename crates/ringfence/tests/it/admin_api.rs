@@ -223,3 +223,36 @@ fn admin_listings_are_paged_and_their_queries_checked() {
     assert_eq!(admin.get("/api/v1/audit?before=x").unwrap().status, 400);
     assert_eq!(admin.get("/api/v1/devices?state=lost").unwrap().status, 400);
 }
+
+#[test]
+fn the_audit_trail_names_who_did_what() {
+    let server = Server::start(|_| {});
+    let admin = server.admin();
+    let created: Value = serde_json::from_slice(
+        &admin
+            .send_json("POST", "/api/v1/tokens", &json!({"name": "ci-publisher", "scopes": ["publish", "approve"]}))
+            .unwrap()
+            .ok()
+            .unwrap(),
+    )
+    .unwrap();
+    let ci = server.client(Some(created["token"].as_str().unwrap()));
+    let sha = ringfence_trust::sha256_hex(b"audited");
+    let answer = ci.send("PUT", "/api/v1/content", b"audited", "application/octet-stream").unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert_eq!(ci.send_json("POST", "/api/v1/updates", &manifest("audited.bin", &sha, 7)).unwrap().status, 201);
+    server.sign_all("publisher-acme");
+    let approval = json!({"group": "pilot", "target": "acme/audited.bin", "action": "install"});
+    assert_eq!(ci.send_json("POST", "/api/v1/approvals", &approval).unwrap().status, 200);
+    let trail: Vec<Value> =
+        serde_json::from_slice(&admin.get("/api/v1/audit?limit=50").unwrap().ok().unwrap()).unwrap();
+    let by = |action: &str| -> Vec<String> {
+        trail.iter().filter(|r| r["action"] == action).map(|r| r["actor"].as_str().unwrap().to_owned()).collect()
+    };
+    let ci_actor = format!("ci-publisher (token {})", created["id"].as_str().unwrap());
+    assert_eq!(by("publish"), std::slice::from_ref(&ci_actor));
+    assert_eq!(by("approve"), [ci_actor]);
+    assert!(by("sign").iter().all(|a| a.contains("(token ") && !a.contains("ci-publisher")), "{:?}", by("sign"));
+    assert!(!by("sign").is_empty());
+    assert!(by("token").iter().all(|a| a.contains("(token ")), "{:?}", by("token"));
+}

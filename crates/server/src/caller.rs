@@ -1,0 +1,55 @@
+//! Who is calling the admin API: the bearer token, checked before any body byte is read, as an
+//! axum extractor. Handlers name the scopes they need (`caller.require`) and pass
+//! `caller.actor()` to the audit trail, so every record names who caused it.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use ringfence_proto::api::Scope;
+use ringfence_store::Store;
+
+use crate::AppState;
+use crate::admin::{TOKEN_PREFIX, token_hash};
+use crate::error::{ApiError, ApiResult};
+
+/// An authenticated admin caller: a valid, unrevoked token.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub token_id: String,
+    pub name: String,
+    scopes: Vec<String>,
+}
+
+impl Caller {
+    /// Refuse (`403`) unless the token carries one of `any_of`, or `admin`.
+    pub fn require(&self, any_of: &[Scope]) -> ApiResult<()> {
+        let allowed = self.scopes.iter().any(|s| s == Scope::Admin.as_str() || any_of.iter().any(|w| w.as_str() == s));
+        if allowed { Ok(()) } else { Err(ApiError::Forbidden(any_of.first().map_or("admin", |s| s.as_str()))) }
+    }
+
+    /// How the audit trail names this caller.
+    pub fn actor(&self) -> String {
+        format!("{} (token {})", self.name, self.token_id)
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
+        let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+        let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
+        if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
+            return Err(ApiError::Unauthorized);
+        }
+        let token =
+            state.repo.store.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(ApiError::Unauthorized)?;
+        if token.revoked {
+            return Err(ApiError::Unauthorized);
+        }
+        Ok(Caller { token_id: token.id, name: token.name, scopes: token.scopes })
+    }
+}
