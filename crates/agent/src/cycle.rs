@@ -36,6 +36,23 @@ pub enum CycleResult {
     Busy(u64),
 }
 
+/// How a clean cycle's summary starts (the next cycle may then skip the refresh).
+pub const UP_TO_DATE: &str = "up to date";
+
+impl std::fmt::Display for CycleResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CycleResult::UpToDate { installed } => write!(f, "{UP_TO_DATE}: {installed} update(s) installed"),
+            CycleResult::Pending => write!(f, "pending: an administrator has not accepted this device yet"),
+            CycleResult::Problems(problems) => {
+                write!(f, "problems ({}):", problems.len())?;
+                problems.iter().try_for_each(|p| write!(f, "\n  - {p}"))
+            }
+            CycleResult::Busy(secs) => write!(f, "busy: the server asked to come back in {secs} s"),
+        }
+    }
+}
+
 fn random_id() -> String {
     let mut b = [0u8; 12];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
@@ -478,7 +495,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     // skip the refresh. The server's word only saves work: a server that hides a new version
     // or a freeze is caught once the trusted timestamp nears its expiry, when we refresh anyway.
     let fresh_until = trusted_timestamp.and_then(|t| ringfence_trust::expiry::parse(&t.signed.expires).ok());
-    let last_clean = state.last_cycle().is_some_and(|c| c.starts_with("UpToDate"));
+    let last_clean = state.last_cycle().is_some_and(|c| c.starts_with(UP_TO_DATE));
     let margin = 2 * config.poll_seconds.min(86_400) as i64;
     let same = !checkin.changed && checkin.timestamp_version == timestamp_version;
     if same && last_clean && fresh_until.is_some_and(|until| until > now + margin) {

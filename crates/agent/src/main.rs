@@ -111,7 +111,12 @@ fn main() -> ExitCode {
             let groups = groups.iter().map(|g| ringfence_proto::GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
             let enrolled = cycle::enroll(&state, &server, token, ca.as_deref(), &root_sha256, groups)?;
             let config = state.config()?;
-            println!("enrolled as {} ({:?}), following {:?}", config.device_id, enrolled, config.groups);
+            let state_word = match enrolled {
+                ringfence_proto::device::EnrollState::Accepted => "accepted",
+                ringfence_proto::device::EnrollState::Pending => "pending: an administrator must accept it",
+            };
+            let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();
+            println!("enrolled as {} ({state_word}), following groups {}", config.device_id, groups.join(", "));
             Ok(ExitCode::SUCCESS)
         })(),
         Command::Check { state } => (|| {
@@ -122,7 +127,7 @@ fn main() -> ExitCode {
                 clock::trusted_now(&state.root, &state.metadata_dir(), wall_clock())?,
                 &connection,
             )?;
-            let summary = format!("{result:?}");
+            let summary = result.to_string();
             state.save_last_cycle(&summary)?;
             println!("{summary}");
             Ok(ExitCode::from(match result {
@@ -136,7 +141,8 @@ fn main() -> ExitCode {
         Command::Status { state } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
             let config = state.config()?;
-            println!("device {} at {}, groups {:?}", config.device_id, config.server, config.groups);
+            let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();
+            println!("device {} at {}, groups {}", config.device_id, config.server, groups.join(", "));
             for (path, i) in state.installed() {
                 println!("  {path}: {} ({}, sha256 {})", i.state, i.update_id, i.sha256);
             }
@@ -168,7 +174,7 @@ fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             Ok(cycle::CycleResult::Busy(after)) => after.clamp(1, 3600),
             Ok(result) => {
                 failures = 0;
-                state.save_last_cycle(&format!("{result:?}"))?;
+                state.save_last_cycle(&result.to_string())?;
                 jitter(poll)
             }
             Err(e) => {

@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         manifest: PathBuf,
         files: Vec<PathBuf>,
+        /// Print the server's answer as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
     },
     /// Propose an approval of a published file for a group.
     Approve {
@@ -527,7 +530,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let uploaded = upload(&client(&server)?, &file)?;
             println!("{}  {}  {}", uploaded.sha256, uploaded.length, file.display());
         }
-        Command::Publish { server, manifest, files } => {
+        Command::Publish { server, manifest, files, json } => {
             let client = client(&server)?;
             let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest)?)?;
             let mut list = Vec::new();
@@ -543,7 +546,11 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             let manifest: UpdateManifest =
                 serde_json::from_value(value).context("the manifest does not fit the schema")?;
             let answer = client.send_json("POST", "/api/v1/updates", &manifest)?.ok()?;
-            println!("{}", String::from_utf8_lossy(&answer));
+            if json {
+                println!("{}", String::from_utf8_lossy(&answer));
+            } else {
+                print_published(&serde_json::from_slice(&answer)?);
+            }
         }
         Command::Approve { server, group, target, action, deadline } => {
             let action = match action.as_str() {
@@ -649,6 +656,24 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 fn upload(client: &http::Client, file: &Path) -> anyhow::Result<BlobUploaded> {
     let answer = client.put_file("/api/v1/content", file)?.ok()?;
     Ok(serde_json::from_slice(&answer)?)
+}
+
+fn print_published(outcome: &ringfence_proto::api::PublishOutcome) {
+    let targets: Vec<&str> = outcome.targets.iter().map(|t| t.as_str()).collect();
+    println!("update {} ({} file(s)): {}", outcome.update_id, targets.len(), targets.join(", "));
+    for r in &outcome.published {
+        println!("{} version {} is published", r.role, r.version);
+    }
+    for r in &outcome.pending {
+        println!("{} version {} waits for its publisher's signature", r.role, r.version);
+    }
+    if !outcome.pending.is_empty() {
+        println!("next: the publisher signs it, then approvers approve the files for their groups:");
+        println!("  ringfence pending sign-all --key <publisher key> --trusted-root <trusted 1.root.json>");
+        println!("  ringfence approve --group <group> --target {}", targets.first().copied().unwrap_or("<target>"));
+    } else {
+        println!("next: ringfence approve --group <group> --target {}", targets.first().copied().unwrap_or("<target>"));
+    }
 }
 
 fn print_state(state: &RoleState) {

@@ -256,3 +256,22 @@ fn the_audit_trail_names_who_did_what() {
     assert!(!by("sign").is_empty());
     assert!(by("token").iter().all(|a| a.contains("(token ")), "{:?}", by("token"));
 }
+
+#[test]
+fn publish_tells_people_what_happens_next_and_scripts_get_json() {
+    let server = Server::start(|_| {});
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("note.txt"), b"for people").unwrap();
+    let mut m = manifest("unused", &"0".repeat(64), 1);
+    m.as_object_mut().unwrap().remove("files");
+    m["id"] = json!("acme-note");
+    std::fs::write(work.join("m.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = crate::common::run_ok(
+        server.cli().args(["publish", "--manifest"]).arg(work.join("m.json")).arg(work.join("note.txt")),
+    );
+    assert!(out.starts_with("update acme-note (1 file(s)): acme/note.txt\n"), "{out}");
+    assert!(out.contains("waits for its publisher's signature"), "{out}");
+    assert!(out.contains("ringfence pending sign-all --key"), "{out}");
+    assert!(!out.contains('{'), "no JSON for people: {out}");
+}

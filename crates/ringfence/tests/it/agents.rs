@@ -54,7 +54,7 @@ fn enroll(server: &Server, root: &Path, name: &str, group: &str, token: &str) ->
             .arg("--ca")
             .arg(&server.ca),
     );
-    assert!(out.contains("Accepted"), "{out}");
+    assert!(out.contains("(accepted)"), "{out}");
     agent
 }
 

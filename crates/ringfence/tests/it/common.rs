@@ -262,7 +262,7 @@ impl Server {
         let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
         m["id"] = Value::from(format!("acme-{name}"));
         std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
-        let out = run_ok(self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&file));
+        let out = run_ok(self.cli().args(["publish", "--json", "--manifest"]).arg(&manifest).arg(&file));
         let outcome: Value = serde_json::from_str(out.trim()).expect("publish outcome");
         for pending in outcome["pending"].as_array().unwrap() {
             let role = pending["role"].as_str().unwrap();
