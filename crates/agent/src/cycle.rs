@@ -469,9 +469,9 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     flush_reports(state, &config, &fetcher)?;
 
     let inventory = local_inventory(state);
-    let trusted_timestamp = std::fs::read(state.metadata_dir().join("timestamp.json"))
-        .ok()
-        .and_then(|b| ringfence_trust::Envelope::<Timestamp>::parse(&b, 1 << 16).ok());
+    let trusted_timestamp = std::fs::read(state.metadata_dir().join("timestamp.json")).ok().and_then(|b| {
+        ringfence_trust::Envelope::<Timestamp>::parse(&b, ringfence_proto::limits::MAX_TIMESTAMP_BYTES as usize).ok()
+    });
     let timestamp_version = trusted_timestamp.as_ref().map_or(0, |t| t.signed.version);
     let answer = fetcher.post_json(
         &format!("{}/device/v1/checkin", config.server),

@@ -245,7 +245,10 @@ mod clock {
         let now = wall.max(seen);
         let cap = std::fs::read(metadata_dir.join("timestamp.json"))
             .ok()
-            .and_then(|b| ringfence_trust::Envelope::<Timestamp>::parse(&b, 1 << 16).ok())
+            .and_then(|b| {
+                ringfence_trust::Envelope::<Timestamp>::parse(&b, ringfence_proto::limits::MAX_TIMESTAMP_BYTES as usize)
+                    .ok()
+            })
             .and_then(|t| ringfence_trust::expiry::parse(&t.signed.expires).ok())
             .map(|expires| expires - 1);
         let remember = cap.map_or(seen, |cap| now.min(cap));
