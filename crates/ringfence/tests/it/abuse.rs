@@ -325,15 +325,7 @@ fn one_device_reporting_without_end_stays_bounded() {
     });
     let noisy = GoodDevice::enroll(&server);
     let good = GoodDevice::enroll(&server);
-    let token = {
-        let answer = noisy.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": noisy.id})).unwrap();
-        let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
-        let sig = hex(&noisy.key.sign(&session_message(&noisy.id, &challenge.nonce)));
-        let body = json!({"device_id": noisy.id, "nonce": challenge.nonce, "signature": sig});
-        let session: SessionResponse =
-            serde_json::from_slice(&noisy.client.send_json("POST", "/device/v1/session", &body).unwrap().body).unwrap();
-        session.token
-    };
+    let token = noisy.session();
     let client = noisy.client.with_token(&token);
     let rss_before = rss_kib();
     for batch in 0..40 {
@@ -405,48 +397,27 @@ fn challenges_per_device_are_bounded_and_expired_sessions_are_swept() {
     // Whoever asks in the device's name cannot lock it out.
     assert_eq!(good.session_and_checkin(), (200, 200, 200));
     // A check-in with an out-of-range version is refused and does not stop the others' writes.
-    let answer = good.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": good.id})).unwrap();
-    let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
-    let sig = hex(&good.key.sign(&session_message(&good.id, &challenge.nonce)));
-    let body = json!({"device_id": good.id, "nonce": challenge.nonce, "signature": sig});
-    let session: SessionResponse =
-        serde_json::from_slice(&good.client.send_json("POST", "/device/v1/session", &body).unwrap().body).unwrap();
+    let session = good.session();
     let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
         "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": u64::MAX});
-    let answer = good.client.with_token(&session.token).send_json("POST", "/device/v1/checkin", &checkin).unwrap();
+    let answer = good.client.with_token(&session).send_json("POST", "/device/v1/checkin", &checkin).unwrap();
     assert_eq!(answer.status, 400, "{}", answer.text());
-    let mut written = false;
-    for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(200));
-        if sql_number(
-            &server,
-            &format!("SELECT COUNT(*) FROM devices WHERE id = '{}' AND last_checkin IS NOT NULL", good.id),
-        ) == 1
-        {
-            written = true;
-            break;
-        }
-    }
-    assert!(written, "the earlier check-in was written behind");
+    let written = format!("SELECT COUNT(*) FROM devices WHERE id = '{}' AND last_checkin IS NOT NULL", good.id);
+    assert!(eventually(&server, &written, 1), "the earlier check-in was written behind");
     // Challenges and sessions expire after a second or two; the background job deletes them.
-    let mut swept = false;
+    assert!(eventually(&server, "SELECT COUNT(*) FROM device_challenges", 0), "expired challenges are deleted");
+    assert!(eventually(&server, "SELECT COUNT(*) FROM device_sessions", 0), "expired sessions are deleted");
+}
+
+/// Wait (at most 20 s, polling) until `query` counts `want`; whether it did.
+fn eventually(server: &Server, query: &str, want: i64) -> bool {
     for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(200));
-        if sql_number(&server, "SELECT COUNT(*) FROM device_challenges") == 0 {
-            swept = true;
-            break;
+        if sql_number(server, query) == want {
+            return true;
         }
-    }
-    assert!(swept, "expired challenges are deleted");
-    let mut swept = false;
-    for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(200));
-        if sql_number(&server, "SELECT COUNT(*) FROM device_sessions") == 0 {
-            swept = true;
-            break;
-        }
     }
-    assert!(swept, "expired sessions are deleted");
+    false
 }
 
 #[test]
@@ -482,14 +453,7 @@ fn enrollment_attempts_per_source_and_report_batches_per_device_are_rate_bounded
     assert!(status_line(&mut other).is_some_and(|l| l.contains(" 200")));
 
     let batch = |device: &GoodDevice, n: usize| {
-        let answer = device.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": device.id})).unwrap();
-        let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
-        let sig = hex(&device.key.sign(&session_message(&device.id, &challenge.nonce)));
-        let body = json!({"device_id": device.id, "nonce": challenge.nonce, "signature": sig});
-        let session: SessionResponse =
-            serde_json::from_slice(&device.client.send_json("POST", "/device/v1/session", &body).unwrap().body)
-                .unwrap();
-        let client = device.client.with_token(&session.token);
+        let client = device.client.with_token(&device.session());
         let report = json!({"reports": [{"id": format!("x{n}"), "target": "repository", "state": "refused", "at": 1}]});
         client.send_json("POST", "/device/v1/reports", &report).unwrap()
     };
