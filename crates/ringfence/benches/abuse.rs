@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ringfence_proto::device::{CheckinRequest, Inventory};
-use ringfence_server::Config;
-use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+use ringfence_store::{DeviceStore, ReportLimits, ReportRecord};
+
+mod common;
+use common::Bench;
 
 const DEVICES: usize = 1_000;
 const THREADS: usize = 8;
@@ -25,29 +27,10 @@ const ROUND: Duration = Duration::from_secs(3);
 const ROUNDS: usize = 3;
 
 fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("quickstart");
-    assert!(status.status.success());
-    let data = dir.path().join("ringfence-data");
-    let config = Config::load(&data.join("ringfence.toml")).expect("config");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
+    let bench = Bench::quickstart(|_| {});
+    let (runtime, state) = (&bench.runtime, &bench.state);
     let now = ringfence_server::unix_now();
-    let device = |i: usize| DeviceRecord {
-        id: format!("{i:032x}"),
-        public_key: format!("{i:064x}"),
-        state: DeviceState::Accepted,
-        groups: vec!["pilot".into()],
-        hostname: format!("host-{i}"),
-        inventory: "{}".into(),
-        enrolled_at: now,
-        last_checkin: None,
-        timestamp_version: None,
-    };
+    let device = |i: usize| Bench::device(i, "pilot", now);
 
     // 1. Ingest at 0, 100k and 1M stored reports: the stored reports belong to other devices
     //    (1,000 each, the default history), as in a fleet; one probe device's batches are timed.
@@ -94,34 +77,11 @@ fn main() {
     println!("1M / 0: {:.2}", ingest[2] / ingest[0]);
 
     // 2. Check-ins under attack.
-    let mut tokens = Vec::new();
-    runtime.block_on(async {
-        for i in 0..DEVICES {
-            state.repo.store.insert_device(&device(i)).await.expect("device");
-            let token = format!("rfds_{i:064x}");
-            let hash = ringfence_trust::sha256_hex(token.as_bytes());
-            state.repo.store.insert_session(&hash, &format!("{i:032x}"), now + 3600).await.expect("session");
-            tokens.push(token);
-        }
-    });
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_state = state.clone();
-    let handle = runtime.handle().clone();
-    let server = std::thread::spawn(move || {
-        handle
-            .block_on(ringfence_server::serve(
-                serve_state,
-                async {
-                    let _ = stop_rx.await;
-                },
-                Some(ready_tx),
-            ))
-            .expect("serve");
-    });
-    let addrs = runtime.block_on(ready_rx).expect("ready");
+    let tokens = bench.devices_with_sessions(DEVICES, "pilot");
+    let server = bench.serve();
+    let addrs = server.addrs;
     let base = format!("https://{}", addrs.device);
-    let ca = data.join("tls/cert.pem");
+    let ca = bench.ca();
     let tokens = Arc::new(tokens);
     let attacks: [(&str, Attack); 4] = [
         ("no attack (baseline)", Attack::None),
@@ -149,8 +109,7 @@ fn main() {
         medians.push(median);
         println!("| {name} | {median:.0} | {rounds:.0?} | {:.2} |", median / medians[0]);
     }
-    let _ = stop_tx.send(());
-    let _ = server.join();
+    drop(server);
 }
 
 #[derive(Clone, Copy)]

@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ringfence_proto::device::{CheckinRequest, Inventory};
-use ringfence_server::Config;
-use ringfence_store::{DeviceRecord, DeviceState, DeviceStore};
+
+mod common;
+use common::Bench;
 
 const DEVICES: usize = 10_000;
 const THREADS: usize = 16;
@@ -23,61 +24,12 @@ const ROUND: Duration = Duration::from_secs(5);
 const ROUNDS: usize = 3;
 
 fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("quickstart");
-    assert!(status.status.success());
-    let data = dir.path().join("ringfence-data");
-    let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
-    config.devices.max_concurrent_requests = 1024;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
-
+    let bench = Bench::quickstart(|c| c.devices.max_concurrent_requests = 1024);
     // 10k accepted devices, each with a live session.
-    let now = ringfence_server::unix_now();
-    let mut tokens = Vec::new();
-    runtime.block_on(async {
-        for i in 0..DEVICES {
-            let id = format!("{i:032x}");
-            let device = DeviceRecord {
-                id: id.clone(),
-                public_key: format!("{i:064x}"),
-                state: DeviceState::Accepted,
-                groups: vec!["production".into()],
-                hostname: format!("host-{i}"),
-                inventory: "{}".into(),
-                enrolled_at: now,
-                last_checkin: None,
-                timestamp_version: None,
-            };
-            state.repo.store.insert_device(&device).await.expect("device");
-            let token = format!("rfds_{i:064x}");
-            let hash = ringfence_trust::sha256_hex(token.as_bytes());
-            state.repo.store.insert_session(&hash, &id, now + 3600).await.expect("session");
-            tokens.push(token);
-        }
-    });
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve_state = state.clone();
-    let handle = runtime.handle().clone();
-    let server = std::thread::spawn(move || {
-        handle
-            .block_on(ringfence_server::serve(
-                serve_state,
-                async {
-                    let _ = stop_rx.await;
-                },
-                Some(ready_tx),
-            ))
-            .expect("serve");
-    });
-    let addrs = runtime.block_on(ready_rx).expect("ready");
-    let base = format!("https://{}", addrs.device);
-    let ca = data.join("tls/cert.pem");
+    let tokens = bench.devices_with_sessions(DEVICES, "production");
+    let server = bench.serve();
+    let base = format!("https://{}", server.addrs.device);
+    let ca = bench.ca();
     let tokens = Arc::new(tokens);
 
     let mut baseline = Vec::new();
@@ -94,8 +46,7 @@ fn main() {
     println!("| GET /healthz (baseline) | {b:.0} | {baseline:.0?} |");
     println!("| POST /device/v1/checkin, {DEVICES} devices | {c:.0} | {checkins:.0?} |");
     println!("check-in / baseline: {:.2}", c / b);
-    let _ = stop_tx.send(());
-    let _ = server.join();
+    drop(server);
 }
 
 /// Requests per second over one bounded round.

@@ -92,6 +92,19 @@ fn status_line(tls: &mut Tls) -> Option<String> {
     text.lines().next().map(str::to_owned)
 }
 
+/// A token-less enrollment of a new key sent from `source`: the status line of the answer.
+fn enroll_from(server: &Server, source: &str, config: &Arc<rustls::ClientConfig>) -> Option<String> {
+    let mut tls = connect_from(server, source, config)?;
+    let body = enrollment(&SigningKey::generate(), None, 0).to_string();
+    let request = format!(
+        "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tls.write_all(request.as_bytes()).unwrap();
+    status_line(&mut tls)
+}
+
 fn device_client(server: &Server) -> ringfence_cli::http::Client {
     let base = server.repo_url.trim_end_matches("/repo").to_owned();
     ringfence_cli::http::Client::new(&base, None, &server.ca).unwrap()
@@ -128,42 +141,45 @@ impl GoodDevice {
         GoodDevice { key, id, client }
     }
 
-    /// A fresh session token.
-    fn session(&self) -> String {
-        let answer = self.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": self.id})).unwrap();
-        let challenge: ChallengeResponse = serde_json::from_slice(&answer.ok().unwrap()).unwrap();
-        let sig = hex(&self.key.sign(&session_message(&self.id, &challenge.nonce)));
-        let body = json!({"device_id": self.id, "nonce": challenge.nonce, "signature": sig});
-        let answer = self.client.send_json("POST", "/device/v1/session", &body).unwrap();
-        serde_json::from_slice::<SessionResponse>(&answer.ok().unwrap()).unwrap().token
-    }
-
-    /// A check-in with `token`: its status.
-    fn checkin(&self, token: &str) -> u16 {
-        let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
-            "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": 0});
-        self.client.with_token(token).send_json("POST", "/device/v1/checkin", &checkin).unwrap().status
-    }
-
-    /// Open a session and check in: the status of each step.
-    fn session_and_checkin(&self) -> (u16, u16, u16) {
+    /// Ask for a challenge and open a session: the token, or the status of the step that
+    /// failed as (challenge, session).
+    fn try_session(&self) -> Result<String, (u16, u16)> {
         let answer = self.client.send_json("POST", "/device/v1/challenge", &json!({"device_id": self.id})).unwrap();
         if answer.status != 200 {
-            return (answer.status, 0, 0);
+            return Err((answer.status, 0));
         }
         let challenge: ChallengeResponse = serde_json::from_slice(&answer.body).unwrap();
         let sig = hex(&self.key.sign(&session_message(&self.id, &challenge.nonce)));
         let body = json!({"device_id": self.id, "nonce": challenge.nonce, "signature": sig});
         let answer = self.client.send_json("POST", "/device/v1/session", &body).unwrap();
         if answer.status != 200 {
-            return (200, answer.status, 0);
+            return Err((200, answer.status));
         }
-        let session: SessionResponse = serde_json::from_slice(&answer.body).unwrap();
+        Ok(serde_json::from_slice::<SessionResponse>(&answer.body).unwrap().token)
+    }
+
+    /// A fresh session token.
+    fn session(&self) -> String {
+        self.try_session().unwrap()
+    }
+
+    /// A check-in with `token` naming `timestamp_version`: its status.
+    fn checkin_at(&self, token: &str, timestamp_version: u64) -> u16 {
         let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
-            "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": 0});
-        let client = self.client.with_token(&session.token);
-        let answer = client.send_json("POST", "/device/v1/checkin", &checkin).unwrap();
-        (200, 200, answer.status)
+            "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": timestamp_version});
+        self.client.with_token(token).send_json("POST", "/device/v1/checkin", &checkin).unwrap().status
+    }
+
+    fn checkin(&self, token: &str) -> u16 {
+        self.checkin_at(token, 0)
+    }
+
+    /// Open a session and check in: the status of each step.
+    fn session_and_checkin(&self) -> (u16, u16, u16) {
+        match self.try_session() {
+            Ok(token) => (200, 200, self.checkin(&token)),
+            Err((challenge, session)) => (challenge, session, 0),
+        }
     }
 }
 
@@ -267,15 +283,7 @@ fn anonymous_enrollment_floods_are_bounded_and_the_fleet_keeps_enrolling() {
     for i in 0..4 {
         let source = format!("127.0.1.{}", i + 1);
         for _ in 0..3 {
-            let Some(mut tls) = connect_from(&server, &source, &config) else { continue };
-            let body = enrollment(&SigningKey::generate(), None, 0).to_string();
-            let request = format!(
-                "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            tls.write_all(request.as_bytes()).unwrap();
-            if status_line(&mut tls).is_some_and(|l| l.contains(" 200")) {
+            if enroll_from(&server, &source, &config).is_some_and(|l| l.contains(" 200")) {
                 accepted_elsewhere += 1;
             }
         }
@@ -303,15 +311,7 @@ fn anonymous_enrollment_floods_are_bounded_and_the_fleet_keeps_enrolling() {
     }
     let answer = client.send_json("POST", "/device/v1/enroll", &enrollment(&SigningKey::generate(), None, 0)).unwrap();
     assert_eq!(answer.status, 429, "this source still holds its 3");
-    let mut fresh = connect_from(&server, "127.0.2.1", &config).unwrap();
-    let body = enrollment(&SigningKey::generate(), None, 0).to_string();
-    let request = format!(
-        "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    fresh.write_all(request.as_bytes()).unwrap();
-    assert!(status_line(&mut fresh).is_some_and(|l| l.contains(" 200")), "room was made");
+    assert!(enroll_from(&server, "127.0.2.1", &config).is_some_and(|l| l.contains(" 200")), "room was made");
     let listed = run_ok(server.cli().args(["device", "list", "--state", "pending"]));
     assert_eq!(listed.lines().filter(|l| l.contains("  pending  ")).count(), 7, "{listed}");
 }
@@ -397,11 +397,7 @@ fn challenges_per_device_are_bounded_and_expired_sessions_are_swept() {
     // Whoever asks in the device's name cannot lock it out.
     assert_eq!(good.session_and_checkin(), (200, 200, 200));
     // A check-in with an out-of-range version is refused and does not stop the others' writes.
-    let session = good.session();
-    let checkin = json!({"inventory": {"hostname": "good", "os": "linux", "os_version": "12",
-        "architecture": "x86_64", "agent_version": "test", "installed": []}, "timestamp_version": u64::MAX});
-    let answer = good.client.with_token(&session).send_json("POST", "/device/v1/checkin", &checkin).unwrap();
-    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert_eq!(good.checkin_at(&good.session(), u64::MAX), 400);
     let written = format!("SELECT COUNT(*) FROM devices WHERE id = '{}' AND last_checkin IS NOT NULL", good.id);
     assert!(eventually(&server, &written, 1), "the earlier check-in was written behind");
     // Challenges and sessions expire after a second or two; the background job deletes them.
@@ -442,15 +438,7 @@ fn enrollment_attempts_per_source_and_report_batches_per_device_are_rate_bounded
     assert_eq!(statuses, [200, 200, 429, 429], "two of four used by the token enrollments above");
     // Another source is not held back.
     let config = client_config(&server);
-    let mut other = connect_from(&server, "127.0.3.1", &config).unwrap();
-    let body = enrollment(&SigningKey::generate(), None, 0).to_string();
-    let request = format!(
-        "POST /device/v1/enroll HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    other.write_all(request.as_bytes()).unwrap();
-    assert!(status_line(&mut other).is_some_and(|l| l.contains(" 200")));
+    assert!(enroll_from(&server, "127.0.3.1", &config).is_some_and(|l| l.contains(" 200")));
 
     let batch = |device: &GoodDevice, n: usize| {
         let client = device.client.with_token(&device.session());

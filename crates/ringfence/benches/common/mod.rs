@@ -1,0 +1,104 @@
+//! What the server benches share: a quickstart installation served in-process on loopback,
+//! and accepted devices with live sessions.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ringfence_server::{AppState, BoundAddrs, Config};
+use ringfence_store::{DeviceRecord, DeviceState, DeviceStore};
+
+pub struct Bench {
+    pub runtime: tokio::runtime::Runtime,
+    pub state: Arc<AppState>,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A running server; stopped when dropped.
+pub struct Running {
+    pub addrs: BoundAddrs,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Bench {
+    /// Quickstart into a temporary directory, adjust the configuration, open the state.
+    pub fn quickstart(adjust: impl FnOnce(&mut Config)) -> Bench {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("quickstart");
+        assert!(status.status.success());
+        let data = dir.path().join("ringfence-data");
+        let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
+        adjust(&mut config);
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
+        Bench { runtime, state, data, _dir: dir }
+    }
+
+    /// An accepted device numbered `i` in `group`.
+    pub fn device(i: usize, group: &str, now: i64) -> DeviceRecord {
+        DeviceRecord {
+            id: format!("{i:032x}"),
+            public_key: format!("{i:064x}"),
+            state: DeviceState::Accepted,
+            groups: vec![group.into()],
+            hostname: format!("host-{i}"),
+            inventory: "{}".into(),
+            enrolled_at: now,
+            last_checkin: None,
+            timestamp_version: None,
+        }
+    }
+
+    /// `count` accepted devices, each with a live session: their session tokens.
+    pub fn devices_with_sessions(&self, count: usize, group: &str) -> Vec<String> {
+        let now = ringfence_server::unix_now();
+        self.runtime.block_on(async {
+            let mut tokens = Vec::new();
+            for i in 0..count {
+                let device = Self::device(i, group, now);
+                self.state.repo.store.insert_device(&device).await.expect("device");
+                let token = format!("rfds_{i:064x}");
+                let hash = ringfence_trust::sha256_hex(token.as_bytes());
+                self.state.repo.store.insert_session(&hash, &device.id, now + 3600).await.expect("session");
+                tokens.push(token);
+            }
+            tokens
+        })
+    }
+
+    /// Serve both listeners on loopback until the returned value is dropped.
+    pub fn serve(&self) -> Running {
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let state = self.state.clone();
+        let handle = self.runtime.handle().clone();
+        let thread = std::thread::spawn(move || {
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            handle.block_on(ringfence_server::serve(state, stopped, Some(ready_tx))).expect("serve");
+        });
+        let addrs = self.runtime.block_on(ready_rx).expect("ready");
+        Running { addrs, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("tls/cert.pem")
+    }
+}
