@@ -28,13 +28,13 @@ const ROUNDS: usize = 3;
 
 fn main() {
     let bench = Bench::quickstart(|_| {});
-    let (runtime, state) = (&bench.runtime, &bench.state);
+    let runtime = &bench.runtime;
     let now = ringfence_server::unix_now();
     let device = |i: usize| Bench::device(i, "pilot", now);
 
     // 1. Ingest at 0, 100k and 1M stored reports: the stored reports belong to other devices
     //    (1,000 each, the default history), as in a fleet; one probe device's batches are timed.
-    let store = state.repo.store.clone();
+    let store = bench.db.clone();
     let limits = ReportLimits { history: 1000, max_targets: 4096 };
     let batch = |tag: &str, size: usize| -> Vec<ReportRecord> {
         (0..size)

@@ -14,7 +14,6 @@ use ringfence_cli::ceremony::{self, TopLevelKeys};
 use ringfence_proto::api::{Applicability, Classification, Installer, Severity, UpdateFile, UpdateManifest};
 use ringfence_proto::{PublisherName, RoleName, Sha256Hex};
 use ringfence_server::Config;
-use ringfence_store::Store;
 use ringfence_trust::writer::{self, RoleKeySet};
 use ringfence_trust::{Envelope, SigningKey};
 
@@ -79,7 +78,8 @@ async fn bench(n: usize) {
     }
     let state = ringfence_server::open_state(config).await.expect("state");
     state.repo.bootstrap(&root.to_bytes().expect("root bytes"), &roles, now).await.expect("bootstrap");
-    state.repo.store.insert_blob(sha.as_str(), content.len() as u64, now).await.expect("blob");
+    let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
+    state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, now).await.expect("upload");
 
     let mut times = Vec::new();
     let mut rewritten = Vec::new();
@@ -116,11 +116,12 @@ async fn bench(n: usize) {
         for role in
             outcome.published.iter().map(|r| r.role.to_string()).chain(["snapshot".to_owned(), "timestamp".to_owned()])
         {
-            let record = state.repo.store.latest_metadata(&role).await.expect("read").expect("record");
-            if role == "snapshot" {
-                snapshot_bytes.push(record.bytes.len());
+            let role = RoleName::parse(&role).expect("role");
+            let record = state.repo.metadata(&role, None).await.expect("read").expect("record");
+            if role.as_str() == "snapshot" {
+                snapshot_bytes.push(record.len());
             }
-            bytes += record.bytes.len();
+            bytes += record.len();
             files += 1;
         }
         rewritten.push(bytes);

@@ -5,10 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ringfence_proto::RoleName;
-use ringfence_proto::api::Scope;
+use ringfence_proto::api::{Scope, TokenRequest};
 use ringfence_server::online_keys::{AUTO_APPROVER_FILE, SNAPSHOT_FILE, TIMESTAMP_FILE};
 use ringfence_server::{Config, tls};
-use ringfence_store::Store;
 use ringfence_trust::SigningKey;
 
 #[derive(Debug, clap::Args)]
@@ -103,10 +102,10 @@ pub async fn import(config_path: &Path, root: &[u8], roles: &[(RoleName, Vec<u8>
     let now = ringfence_server::unix_now();
     state.repo.bootstrap(root, roles, now).await.map_err(|e| anyhow::anyhow!("importing the repository: {e}"))?;
     std::fs::write(data_dir.join("1.root.json"), root)?;
-    let (record, token) = ringfence_server::admin::new_token("first-admin", &Scope::ALL, now);
-    state.repo.store.insert_token(&record).await.context("storing the admin token")?;
-    tls::write_private(&data_dir.join("admin.token"), token.as_bytes())?;
-    Ok(token)
+    let request = TokenRequest { name: "first-admin".into(), scopes: Scope::ALL.to_vec() };
+    let created = state.tokens.issue(&request, "setup", now).await.context("storing the admin token")?;
+    tls::write_private(&data_dir.join("admin.token"), created.token.as_bytes())?;
+    Ok(created.token)
 }
 
 pub fn print_init(done: &Initialised) {

@@ -11,12 +11,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use futures::StreamExt;
-use rand_core::{OsRng, RngCore};
 use ringfence_proto::RoleName;
-use ringfence_proto::api::{BlobUploaded, Scope, TokenCreated, TokenInfo, TokenRequest};
+use ringfence_proto::api::{Scope, TokenRequest};
 use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_UPLOADED_METADATA};
-use ringfence_store::{Store, TokenRecord};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -43,31 +40,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Bodies are read by the handlers with their own limits, after authentication.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
-}
-
-/// Prefix of every token secret, so a leaked token is recognisable in logs and scanners.
-pub const TOKEN_PREFIX: &str = "rfat_";
-
-pub fn token_hash(secret: &str) -> String {
-    ringfence_trust::sha256_hex(secret.as_bytes())
-}
-
-/// Make a new token; returns the record to store and the secret to show once.
-pub fn new_token(name: &str, scopes: &[Scope], now: i64) -> (TokenRecord, String) {
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
-    let mut id = [0u8; 8];
-    OsRng.fill_bytes(&mut id);
-    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
-    let record = TokenRecord {
-        id: hex::encode(id),
-        name: name.to_owned(),
-        secret_sha256: token_hash(&token),
-        scopes: scopes.iter().map(|s| s.as_str().to_owned()).collect(),
-        created_at: now,
-        revoked: false,
-    };
-    (record, token)
 }
 
 pub(crate) async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
@@ -98,43 +70,18 @@ async fn health(State(state): Shared) -> ApiResult<Response> {
 async fn create_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
     caller.require(&[Scope::Admin])?;
     let request: TokenRequest = json_body(body).await?;
-    if request.name.is_empty() || request.name.len() > 64 || request.scopes.is_empty() {
-        return Err(ApiError::BadRequest("name: 1 to 64 characters; scopes: at least one".into()));
-    }
-    let now = crate::unix_now();
-    let (record, token) = new_token(&request.name, &request.scopes, now);
-    state.repo.store.insert_token(&record).await?;
-    let detail = format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes);
-    state.repo.audit(&caller.actor(), "token", &detail, now).await?;
-    Ok((StatusCode::CREATED, Json(TokenCreated { id: record.id, token, scopes: request.scopes })).into_response())
+    let created = state.tokens.issue(&request, &caller.actor(), crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn list_tokens(State(state): Shared, caller: Caller) -> ApiResult<Response> {
     caller.require(&[Scope::Admin])?;
-    let tokens: Vec<TokenInfo> = state
-        .repo
-        .store
-        .list_tokens()
-        .await?
-        .into_iter()
-        .map(|t| TokenInfo {
-            id: t.id,
-            name: t.name,
-            scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-            created_at: t.created_at,
-            revoked: t.revoked,
-        })
-        .collect();
-    Ok(Json(tokens).into_response())
+    Ok(Json(state.tokens.list().await?).into_response())
 }
 
 async fn revoke_token(State(state): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
     caller.require(&[Scope::Admin])?;
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::NotFound);
-    }
-    state.repo.store.revoke_token(&id).await?;
-    state.repo.audit(&caller.actor(), "token", &format!("revoked token {id}"), crate::unix_now()).await?;
+    state.tokens.revoke(&id, &caller.actor(), crate::unix_now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -147,17 +94,9 @@ async fn upload_content(State(state): Shared, caller: Caller, headers: HeaderMap
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge(limit));
     }
-    let mut writer = state.repo.blobs.writer(limit)?;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("upload interrupted: {e}")))?;
-        writer.write(&chunk).await?;
-    }
-    let expected = headers.get("x-content-sha256").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let (sha256, length) = writer.finish(expected.as_deref()).await?;
-    state.repo.store.insert_blob(&sha256, length, crate::unix_now()).await?;
-    let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(BlobUploaded { sha256, length })).into_response())
+    let expected = headers.get("x-content-sha256").and_then(|v| v.to_str().ok());
+    let uploaded = state.repo.upload_content(body.into_data_stream(), expected, limit, crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(uploaded)).into_response())
 }
 
 async fn publish_update(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
@@ -208,12 +147,7 @@ async fn list_updates(State(state): Shared, caller: Caller, page: Query<PageQuer
     caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let page = query(page)?;
     let (limit, after) = page.checked()?;
-    let mut manifests = Vec::new();
-    for u in state.repo.store.list_updates(after, limit).await? {
-        let m: serde_json::Value = serde_json::from_str(&u.manifest).map_err(ApiError::internal)?;
-        manifests.push(m);
-    }
-    Ok(Json(manifests).into_response())
+    Ok(Json(state.repo.list_updates(after, limit).await?).into_response())
 }
 
 async fn approve(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
@@ -258,8 +192,7 @@ async fn add_signatures(
 async fn latest_metadata(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
     caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
-    let record = state.repo.store.latest_metadata(role.as_str()).await?.ok_or(ApiError::NotFound)?;
-    Ok(json_bytes(record.bytes))
+    Ok(json_bytes(state.repo.metadata(&role, None).await?.ok_or(ApiError::NotFound)?))
 }
 
 async fn metadata_version(
@@ -269,8 +202,7 @@ async fn metadata_version(
 ) -> ApiResult<Response> {
     caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
-    let record = state.repo.store.metadata_version(role.as_str(), version).await?.ok_or(ApiError::NotFound)?;
-    Ok(json_bytes(record.bytes))
+    Ok(json_bytes(state.repo.metadata(&role, Some(version)).await?.ok_or(ApiError::NotFound)?))
 }
 
 /// `?limit=N&before=SEQ`: audit records newest first; each carries its `seq`, and the `seq`
@@ -289,15 +221,5 @@ async fn audit(State(state): Shared, caller: Caller, page: Query<AuditQuery>) ->
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!("limit: 1 to {MAX_PAGE}")));
     }
-    let lines: Vec<serde_json::Value> = state
-        .repo
-        .store
-        .audit_page(page.before, limit)
-        .await?
-        .into_iter()
-        .map(|(seq, a)| {
-            serde_json::json!({"seq": seq, "at": a.at, "actor": a.actor, "action": a.action, "detail": a.detail})
-        })
-        .collect();
-    Ok(Json(lines).into_response())
+    Ok(Json(state.audit.page(page.before, limit).await?).into_response())
 }

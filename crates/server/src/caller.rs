@@ -8,10 +8,8 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use ringfence_proto::api::Scope;
-use ringfence_store::Store;
 
 use crate::AppState;
-use crate::admin::{TOKEN_PREFIX, token_hash};
 use crate::error::{ApiError, ApiResult};
 
 /// An authenticated admin caller: a valid, unrevoked token.
@@ -19,14 +17,18 @@ use crate::error::{ApiError, ApiResult};
 pub struct Caller {
     pub token_id: String,
     pub name: String,
-    scopes: Vec<String>,
+    scopes: Vec<Scope>,
 }
 
 impl Caller {
     /// Refuse (`403`) unless the token carries one of `any_of`, or `admin`.
     pub fn require(&self, any_of: &[Scope]) -> ApiResult<()> {
-        let allowed = self.scopes.iter().any(|s| s == Scope::Admin.as_str() || any_of.iter().any(|w| w.as_str() == s));
-        if allowed { Ok(()) } else { Err(ApiError::Forbidden(any_of.first().map_or("admin", |s| s.as_str()))) }
+        let allowed = self.scopes.iter().any(|s| *s == Scope::Admin || any_of.contains(s));
+        if allowed {
+            return Ok(());
+        }
+        let wanted = any_of.first().map_or("admin", |s| s.as_str());
+        Err(ApiError::Forbidden(format!("this token lacks the {wanted} scope")))
     }
 
     /// How the audit trail names this caller.
@@ -42,14 +44,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
         let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
-        if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
-            return Err(ApiError::Unauthorized);
-        }
-        let token =
-            state.repo.store.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(ApiError::Unauthorized)?;
-        if token.revoked {
-            return Err(ApiError::Unauthorized);
-        }
-        Ok(Caller { token_id: token.id, name: token.name, scopes: token.scopes })
+        let holder = state.tokens.authenticate(secret).await?;
+        Ok(Caller { token_id: holder.id, name: holder.name, scopes: holder.scopes })
     }
 }

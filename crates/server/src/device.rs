@@ -13,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ringfence_proto::limits::MAX_TARGET_PATH;
 use ringfence_proto::{RoleName, TargetPath, repo_path};
-use ringfence_store::{DeviceStore, Store};
 
 use crate::AppState;
 use crate::config::RepositoryAccess;
@@ -45,7 +44,7 @@ async fn check_access(state: &AppState, headers: &HeaderMap, root: bool) -> ApiR
     if state.config.repository.access == RepositoryAccess::Public || root {
         return Ok(());
     }
-    if !state.repo.store.has_accepted_devices().await? {
+    if !state.devices.any_accepted().await? {
         return Ok(());
     }
     crate::device_api::session_device(state, headers, crate::unix_now()).await.map(|_| ())
@@ -58,17 +57,12 @@ async fn metadata(
 ) -> ApiResult<Response> {
     let (role, version) = repo_path::metadata_file(&file).ok_or(ApiError::NotFound)?;
     check_access(&state, &headers, role.as_str() == RoleName::ROOT).await?;
-    let store = &state.repo.store;
-    let record = match version {
-        Some(v) => store.metadata_version(role.as_str(), v).await?,
-        None => store.latest_metadata(role.as_str()).await?,
-    }
-    .ok_or(ApiError::NotFound)?;
-    let etag = format!("\"{}\"", ringfence_trust::sha256_hex(&record.bytes));
+    let bytes = state.repo.metadata(&role, version).await?.ok_or(ApiError::NotFound)?;
+    let etag = format!("\"{}\"", ringfence_trust::sha256_hex(&bytes));
     let mut response = if if_none_match(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = Response::new(Body::from(record.bytes));
+        let mut r = Response::new(Body::from(bytes));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r
     };
@@ -105,11 +99,7 @@ async fn target(
         Some((_, published)) => published,
         None => logical,
     };
-    let file = state.repo.store.file_by_target_path(published.as_str()).await?.ok_or(ApiError::NotFound)?;
-    if file.sha256 != hash.as_str() {
-        return Err(ApiError::NotFound);
-    }
-    let length = state.repo.store.blob_length(hash.as_str()).await?.ok_or(ApiError::NotFound)?;
+    let length = state.repo.served_content(&published, &hash).await?.ok_or(ApiError::NotFound)?;
     let etag = format!("\"{hash}\"");
     let cache = cache_control(&state, true);
     if if_none_match(&headers, &etag) {
@@ -126,7 +116,7 @@ async fn target(
         ),
         None => None,
     };
-    let stream = state.repo.blobs.get_stream(hash.as_str(), range.clone()).await?;
+    let stream = state.repo.content_stream(&hash, range.clone()).await?;
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

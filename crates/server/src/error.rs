@@ -1,9 +1,12 @@
-//! API errors: a status and a message safe to show the caller. Internal details are logged,
-//! never returned.
+//! API errors: a status and a message safe to show the caller. The one place a domain error
+//! becomes an HTTP answer; internal details are logged with their source chain, never returned.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ringfence_proto::api::ErrorBody;
+
+use crate::domain;
+use crate::domain::error::Cause;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -11,8 +14,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("authentication required")]
     Unauthorized,
-    #[error("this token lacks the {0} scope")]
-    Forbidden(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
@@ -29,12 +32,12 @@ pub enum ApiError {
     #[error("the request body did not arrive in time")]
     Timeout,
     #[error("internal error")]
-    Internal(String),
+    Internal(#[source] Cause),
 }
 
 impl ApiError {
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        ApiError::Internal(e.to_string())
+    pub fn internal(cause: impl Into<Cause>) -> Self {
+        ApiError::Internal(cause.into())
     }
 
     fn status(&self) -> StatusCode {
@@ -54,25 +57,37 @@ impl ApiError {
     }
 }
 
-impl From<ringfence_store::StoreError> for ApiError {
-    fn from(e: ringfence_store::StoreError) -> Self {
+impl From<domain::Error> for ApiError {
+    fn from(e: domain::Error) -> Self {
         match e {
-            ringfence_store::StoreError::Conflict(what) => ApiError::Conflict(what),
-            ringfence_store::StoreError::NotFound => ApiError::NotFound,
-            ringfence_store::StoreError::TooLarge { limit } => ApiError::TooLarge(limit),
-            ringfence_store::StoreError::Refused(why) => ApiError::BadRequest(why),
-            ringfence_store::StoreError::HashMismatch { expected, actual } => {
-                ApiError::BadRequest(format!("content hash is {actual}, expected {expected}"))
-            }
-            other => ApiError::internal(other),
+            domain::Error::Invalid(message) => ApiError::BadRequest(message),
+            domain::Error::NotFound => ApiError::NotFound,
+            domain::Error::Conflict(message) => ApiError::Conflict(message),
+            domain::Error::TooLarge(limit) => ApiError::TooLarge(limit),
+            domain::Error::Unauthenticated => ApiError::Unauthorized,
+            domain::Error::Forbidden(message) => ApiError::Forbidden(message),
+            domain::Error::Bounded { what, retry_after_secs } => ApiError::TooMany { what, retry_after_secs },
+            domain::Error::Internal(cause) => ApiError::Internal(cause),
         }
     }
 }
 
+/// The whole chain of causes, outermost first, for the log.
+fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = cause.to_string();
+    let mut next = cause.source();
+    while let Some(c) = next {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        next = c.source();
+    }
+    out
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(cause = %chain(cause.as_ref()), "internal error");
         }
         let status = self.status();
         let mut response = (status, axum::Json(ErrorBody { error: self.to_string() })).into_response();
@@ -96,3 +111,34 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_show_nothing_and_log_the_chain() {
+        let io = std::io::Error::other("disk on fire");
+        let err = ApiError::from(domain::Error::internal(io));
+        assert_eq!(err.to_string(), "internal error");
+        let ApiError::Internal(cause) = &err else { panic!("not internal: {err:?}") };
+        assert!(chain(cause.as_ref()).contains("disk on fire"), "{}", chain(cause.as_ref()));
+        assert_eq!(err.into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn each_domain_refusal_has_its_status() {
+        let cases = [
+            (domain::Error::Invalid("x".into()), StatusCode::BAD_REQUEST),
+            (domain::Error::NotFound, StatusCode::NOT_FOUND),
+            (domain::Error::Conflict("x".into()), StatusCode::CONFLICT),
+            (domain::Error::TooLarge(1), StatusCode::PAYLOAD_TOO_LARGE),
+            (domain::Error::Unauthenticated, StatusCode::UNAUTHORIZED),
+            (domain::Error::Forbidden("x".into()), StatusCode::FORBIDDEN),
+            (domain::Error::Bounded { what: "x", retry_after_secs: 3 }, StatusCode::TOO_MANY_REQUESTS),
+        ];
+        for (domain_error, status) in cases {
+            assert_eq!(ApiError::from(domain_error).into_response().status(), status);
+        }
+    }
+}

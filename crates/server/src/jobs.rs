@@ -19,8 +19,7 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "renewing online metadata failed"),
         }
-        let pending_before = now - state.config.devices.pending_expiry_secs.max(60);
-        match ringfence_store::DeviceStore::sweep_expired(&state.repo.store, now, pending_before).await {
+        match state.devices.sweep(now).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "sweeping expired sessions failed"),
@@ -47,7 +46,7 @@ pub async fn flush_checkins(state: Arc<AppState>, mut stop: tokio::sync::watch::
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             _ = stop.changed() => true,
         };
-        if let Err(e) = state.checkins.flush(&state.repo.store).await {
+        if let Err(e) = state.devices.flush_checkins().await {
             tracing::error!(error = %e, "writing check-ins failed; kept for the next attempt");
         }
         if stopping {

@@ -12,14 +12,13 @@
 pub mod admin;
 pub mod admin_devices;
 pub mod caller;
-pub mod checkins;
 pub mod config;
 pub mod device;
 pub mod device_api;
+pub mod domain;
 pub mod error;
 pub mod jobs;
 pub mod online_keys;
-pub mod repo;
 pub mod throttle;
 pub mod tls;
 
@@ -29,12 +28,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 pub use config::Config;
-use ringfence_store::{BlobStore, SqliteStore};
+use ringfence_store::{BlobStore, Database, SqliteStore};
 
 /// Shared state of both listeners.
 pub struct AppState {
     pub config: Config,
-    pub repo: repo::Repository,
+    /// The domain layer: the only way to what the server keeps.
+    pub repo: domain::repo::Repository,
+    pub tokens: domain::tokens::Tokens,
+    pub devices: domain::devices::Devices,
+    pub audit: domain::audit::Audit,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
     /// Device API bodies being read at once, for callers without a session (enroll,
@@ -45,8 +48,6 @@ pub struct AppState {
     pub session_body_permits: tokio::sync::Semaphore,
     /// Challenge and session requests per source address.
     pub session_throttle: throttle::Throttle,
-    /// Check-ins waiting to be written (every second, in one transaction).
-    pub checkins: checkins::CheckinBuffer,
     /// Enrollment attempts per source address.
     pub enroll_throttle: throttle::Throttle,
     /// Report batches per device.
@@ -69,10 +70,14 @@ pub fn unix_now() -> i64 {
 
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
-    let store = SqliteStore::open(&config.database_path()).await.context("opening the database")?;
+    let db: Arc<dyn Database> =
+        Arc::new(SqliteStore::open(&config.database_path()).await.context("opening the database")?);
     let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
-    let repo = repo::Repository::new(store, blobs, keys, config.expiry.clone());
+    let audit = domain::audit::Audit::new(db.clone());
+    let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
+    let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
+    let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
     let session_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
@@ -83,11 +88,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         config,
         repo,
+        tokens,
+        devices: fleet,
+        audit,
         device_permits,
         anonymous_body_permits,
         session_body_permits,
         session_throttle,
-        checkins: checkins::CheckinBuffer::default(),
         enroll_throttle,
         report_throttle,
     }))

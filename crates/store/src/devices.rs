@@ -1,7 +1,5 @@
 //! Devices: enrollment, sessions, check-ins and status reports.
 
-use std::future::Future;
-
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -119,91 +117,63 @@ pub struct DevicePage {
 
 /// What the server keeps about devices. Implemented next to [`crate::Store`] by the same
 /// backends.
+#[async_trait::async_trait]
 pub trait DeviceStore: Send + Sync + 'static {
     /// `Conflict` if a device with this key exists.
-    fn insert_device(&self, device: &DeviceRecord) -> impl Future<Output = Result<()>> + Send;
-    fn device(&self, id: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
-    fn device_by_key(&self, public_key: &str) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
+    async fn insert_device(&self, device: &DeviceRecord) -> Result<()>;
+    async fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
+    async fn device_by_key(&self, public_key: &str) -> Result<Option<DeviceRecord>>;
     /// One page of devices, ordered by id.
-    fn list_devices(&self, page: &DevicePage) -> impl Future<Output = Result<Vec<DeviceRecord>>> + Send;
+    async fn list_devices(&self, page: &DevicePage) -> Result<Vec<DeviceRecord>>;
     /// Store a pending device from `source` unless the pending bounds are reached (checked
     /// and inserted in one transaction).
-    fn insert_pending_device(
+    async fn insert_pending_device(
         &self,
         device: &DeviceRecord,
         source: &str,
         limits: PendingLimits,
-    ) -> impl Future<Output = Result<Result<(), PendingRefusal>>> + Send;
+    ) -> Result<Result<(), PendingRefusal>>;
     /// Spend one use of the token and store the device, in one transaction: `false` (and
     /// nothing changed) if the token is unknown, expired or used up.
-    fn enroll_with_token(
-        &self,
-        secret_sha256: &str,
-        now: i64,
-        device: &DeviceRecord,
-    ) -> impl Future<Output = Result<bool>> + Send;
-    fn count_devices(&self) -> impl Future<Output = Result<u64>> + Send;
+    async fn enroll_with_token(&self, secret_sha256: &str, now: i64, device: &DeviceRecord) -> Result<bool>;
+    async fn count_devices(&self) -> Result<u64>;
     /// Whether any device is accepted (cheap: stops at the first).
-    fn has_accepted_devices(&self) -> impl Future<Output = Result<bool>> + Send;
+    async fn has_accepted_devices(&self) -> Result<bool>;
     /// Set the state; leaving `accepted` ends every session of the device at once.
-    fn set_device_state(&self, id: &str, state: DeviceState) -> impl Future<Output = Result<()>> + Send;
+    async fn set_device_state(&self, id: &str, state: DeviceState) -> Result<()>;
     /// Complete a pre-authorised or pending record when the device enrolls with its key.
-    fn complete_enrollment(
-        &self,
-        id: &str,
-        hostname: &str,
-        inventory: &str,
-        at: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
+    async fn complete_enrollment(&self, id: &str, hostname: &str, inventory: &str, at: i64) -> Result<()>;
     /// Write many devices' check-ins in one transaction.
-    fn record_checkins(&self, checkins: &[CheckinRecord]) -> impl Future<Output = Result<()>> + Send;
+    async fn record_checkins(&self, checkins: &[CheckinRecord]) -> Result<()>;
 
-    fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord) -> impl Future<Output = Result<()>> + Send;
-    fn enrollment_token(
-        &self,
-        secret_sha256: &str,
-    ) -> impl Future<Output = Result<Option<EnrollmentTokenRecord>>> + Send;
+    async fn insert_enrollment_token(&self, token: &EnrollmentTokenRecord) -> Result<()>;
+    async fn enrollment_token(&self, secret_sha256: &str) -> Result<Option<EnrollmentTokenRecord>>;
     /// Store a challenge; a device keeps at most `max_live` live ones, the oldest go first (so
     /// whoever asks for challenges in a device's name cannot lock it out, only race it).
-    fn insert_challenge(
-        &self,
-        nonce: &str,
-        device_id: &str,
-        expires_at: i64,
-        max_live: u64,
-    ) -> impl Future<Output = Result<()>> + Send;
+    async fn insert_challenge(&self, nonce: &str, device_id: &str, expires_at: i64, max_live: u64) -> Result<()>;
     /// Delete expired sessions and challenges, and pending devices that enrolled before
     /// `pending_before`; returns how many rows.
-    fn sweep_expired(&self, now: i64, pending_before: i64) -> impl Future<Output = Result<u64>> + Send;
+    async fn sweep_expired(&self, now: i64, pending_before: i64) -> Result<u64>;
     /// Consume a challenge: true once for a live challenge of that device, false after.
-    fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> impl Future<Output = Result<bool>> + Send;
-    fn insert_session(
-        &self,
-        secret_sha256: &str,
-        device_id: &str,
-        expires_at: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
+    async fn take_challenge(&self, nonce: &str, device_id: &str, now: i64) -> Result<bool>;
+    async fn insert_session(&self, secret_sha256: &str, device_id: &str, expires_at: i64) -> Result<()>;
     /// The accepted device a live session belongs to.
-    fn session_device(
-        &self,
-        secret_sha256: &str,
-        now: i64,
-    ) -> impl Future<Output = Result<Option<DeviceRecord>>> + Send;
+    async fn session_device(&self, secret_sha256: &str, now: i64) -> Result<Option<DeviceRecord>>;
 
     /// Store reports; ids already stored for the device count as duplicates, not errors.
     /// Keeps the newest report per target, and at most `limits.history` reports; a batch that
     /// would pass `limits.max_targets` is refused whole.
-    fn insert_reports(
+    async fn insert_reports(
         &self,
         device_id: &str,
         reports: &[ReportRecord],
         received_at: i64,
         limits: ReportLimits,
-    ) -> impl Future<Output = Result<ReportsAccepted>> + Send;
+    ) -> Result<ReportsAccepted>;
     /// The device's retained reports in the order they arrived.
-    fn device_reports(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
+    async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>>;
     /// The newest report of each target the device reported on, by target.
-    fn device_update_states(&self, device_id: &str) -> impl Future<Output = Result<Vec<ReportRecord>>> + Send;
+    async fn device_update_states(&self, device_id: &str) -> Result<Vec<ReportRecord>>;
 }
 
 const DEVICE_COLUMNS: &str =
@@ -276,6 +246,7 @@ fn report_from_row(row: &SqliteRow, id_column: &str) -> Result<ReportRecord> {
     })
 }
 
+#[async_trait::async_trait]
 impl DeviceStore for SqliteStore {
     async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
         let mut conn = self.pool.acquire().await?;

@@ -16,8 +16,6 @@ pub use devices::{
 };
 pub use sqlite::SqliteStore;
 
-use std::future::Future;
-
 /// A stored, published metadata document: the exact bytes served to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetadataRecord {
@@ -109,59 +107,57 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// Everything the server keeps in its database.
 ///
 /// Methods that change several rows do it in one transaction: either all of it happens or none.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Latest published version of `role`, if any.
-    fn latest_metadata(&self, role: &str) -> impl Future<Output = Result<Option<MetadataRecord>>> + Send;
+    async fn latest_metadata(&self, role: &str) -> Result<Option<MetadataRecord>>;
     /// A given published version of `role`.
-    fn metadata_version(&self, role: &str, version: u64)
-    -> impl Future<Output = Result<Option<MetadataRecord>>> + Send;
+    async fn metadata_version(&self, role: &str, version: u64) -> Result<Option<MetadataRecord>>;
     /// The latest version of every role (one record per role name).
-    fn latest_all(&self) -> impl Future<Output = Result<Vec<MetadataRecord>>> + Send;
+    async fn latest_all(&self) -> Result<Vec<MetadataRecord>>;
     /// Insert every record and delete the pending entries named in `clear_pending`, atomically.
     /// Fails with `Conflict` (and changes nothing) if any (role, version) already exists.
-    fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> impl Future<Output = Result<()>> + Send;
+    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> Result<()>;
 
-    fn pending(&self, role: &str) -> impl Future<Output = Result<Option<PendingRecord>>> + Send;
-    fn list_pending(&self) -> impl Future<Output = Result<Vec<PendingRecord>>> + Send;
+    async fn pending(&self, role: &str) -> Result<Option<PendingRecord>>;
+    async fn list_pending(&self) -> Result<Vec<PendingRecord>>;
     /// Insert or replace the pending version of a role (at most one pending version per role).
-    fn put_pending(&self, record: &PendingRecord) -> impl Future<Output = Result<()>> + Send;
-    fn delete_pending(&self, role: &str) -> impl Future<Output = Result<()>> + Send;
+    async fn put_pending(&self, record: &PendingRecord) -> Result<()>;
+    async fn delete_pending(&self, role: &str) -> Result<()>;
 
-    fn insert_token(&self, token: &TokenRecord) -> impl Future<Output = Result<()>> + Send;
+    async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
     /// The token whose secret hashes to `secret_sha256`, revoked or not: the caller checks
     /// `revoked`.
-    fn token_by_secret_sha256(&self, secret_sha256: &str) -> impl Future<Output = Result<Option<TokenRecord>>> + Send;
+    async fn token_by_secret_sha256(&self, secret_sha256: &str) -> Result<Option<TokenRecord>>;
     /// Number of tokens ever issued, revoked ones included.
     /// Every token, oldest first.
-    fn list_tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Mark a token revoked; `NotFound` if there is no such token.
-    fn revoke_token(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
-    fn count_tokens(&self) -> impl Future<Output = Result<u64>> + Send;
+    async fn revoke_token(&self, id: &str) -> Result<()>;
+    async fn count_tokens(&self) -> Result<u64>;
 
     /// Record that a blob of that hash and length is in the blob store (idempotent).
-    fn insert_blob(&self, sha256: &str, length: u64, at: i64) -> impl Future<Output = Result<()>> + Send;
+    async fn insert_blob(&self, sha256: &str, length: u64, at: i64) -> Result<()>;
     /// Length of the blob, if it is known.
-    fn blob_length(&self, sha256: &str) -> impl Future<Output = Result<Option<u64>>> + Send;
+    async fn blob_length(&self, sha256: &str) -> Result<Option<u64>>;
 
     /// Insert an update and its files atomically; `Conflict` if the id or a target path exists.
-    fn insert_update(
-        &self,
-        update: &UpdateRecord,
-        files: &[UpdateFileRecord],
-    ) -> impl Future<Output = Result<()>> + Send;
+    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord]) -> Result<()>;
     /// Updates ordered by id, after `after`, at most `limit`.
-    fn list_updates(&self, after: &str, limit: u64) -> impl Future<Output = Result<Vec<UpdateRecord>>> + Send;
-    fn update_files(&self, update_id: &str) -> impl Future<Output = Result<Vec<UpdateFileRecord>>> + Send;
-    fn file_by_target_path(&self, target_path: &str) -> impl Future<Output = Result<Option<UpdateFileRecord>>> + Send;
-    fn count_updates(&self) -> impl Future<Output = Result<u64>> + Send;
+    async fn list_updates(&self, after: &str, limit: u64) -> Result<Vec<UpdateRecord>>;
+    async fn update_files(&self, update_id: &str) -> Result<Vec<UpdateFileRecord>>;
+    async fn file_by_target_path(&self, target_path: &str) -> Result<Option<UpdateFileRecord>>;
+    async fn count_updates(&self) -> Result<u64>;
 
-    fn append_audit(&self, record: &AuditRecord) -> impl Future<Output = Result<()>> + Send;
+    async fn append_audit(&self, record: &AuditRecord) -> Result<()>;
     /// The last `limit` audit entries, newest (most recently appended) first.
     /// Audit records newest first, each with its sequence number, older than `before` (all
     /// when `None`), at most `limit`.
-    fn audit_page(
-        &self,
-        before: Option<i64>,
-        limit: u64,
-    ) -> impl Future<Output = Result<Vec<(i64, AuditRecord)>>> + Send;
+    async fn audit_page(&self, before: Option<i64>, limit: u64) -> Result<Vec<(i64, AuditRecord)>>;
 }
+
+/// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
+/// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
+pub trait Database: Store + DeviceStore {}
+
+impl<T: Store + DeviceStore> Database for T {}

@@ -182,6 +182,7 @@ pub(crate) fn count_from_row(row: &SqliteRow) -> Result<u64> {
     from_bigint(row.try_get("n")?, "n")
 }
 
+#[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn latest_metadata(&self, role: &str) -> Result<Option<MetadataRecord>> {
         sqlx::query("SELECT role, version, expires, bytes FROM metadata WHERE role = $1 ORDER BY version DESC LIMIT 1")

@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ringfence_server::{AppState, BoundAddrs, Config};
-use ringfence_store::{DeviceRecord, DeviceState, DeviceStore};
+use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, SqliteStore};
 
 pub struct Bench {
     pub runtime: tokio::runtime::Runtime,
     pub state: Arc<AppState>,
+    /// The database opened on its own, to set up fleets faster than the API would.
+    pub db: SqliteStore,
     pub data: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -46,8 +48,9 @@ impl Bench {
         let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+        let db = runtime.block_on(SqliteStore::open(&config.database_path())).expect("database");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
-        Bench { runtime, state, data, _dir: dir }
+        Bench { runtime, state, db, data, _dir: dir }
     }
 
     /// An accepted device numbered `i` in `group`.
@@ -72,10 +75,10 @@ impl Bench {
             let mut tokens = Vec::new();
             for i in 0..count {
                 let device = Self::device(i, group, now);
-                self.state.repo.store.insert_device(&device).await.expect("device");
+                self.db.insert_device(&device).await.expect("device");
                 let token = format!("rfds_{i:064x}");
                 let hash = ringfence_trust::sha256_hex(token.as_bytes());
-                self.state.repo.store.insert_session(&hash, &device.id, now + 3600).await.expect("session");
+                self.db.insert_session(&hash, &device.id, now + 3600).await.expect("session");
                 tokens.push(token);
             }
             tokens

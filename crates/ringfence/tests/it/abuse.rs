@@ -341,7 +341,7 @@ fn one_device_reporting_without_end_stays_bounded() {
             assert_eq!(good.session_and_checkin(), (200, 200, 200));
         }
     }
-    let store = &server.state.repo.store;
+    let store = &server.db;
     let history = server.runtime.block_on(store.device_reports(&noisy.id)).unwrap();
     let stored = sql_number(&server, &format!("SELECT COUNT(*) FROM status_reports WHERE device_id = '{}'", noisy.id));
     assert_eq!(stored, 300);

@@ -183,7 +183,7 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     // (3) Serve an older timestamp and snapshot: refused and reported, nothing changes.
     let newest = server
         .runtime
-        .block_on(ringfence_store::Store::latest_metadata(&server.state.repo.store, "timestamp"))
+        .block_on(ringfence_store::Store::latest_metadata(&server.db, "timestamp"))
         .unwrap()
         .unwrap()
         .version;
@@ -210,7 +210,7 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     let sha = ringfence_trust::sha256_hex(&script);
     let mut evil_bytes = script.clone();
     evil_bytes.iter_mut().rev().take(2).for_each(|b| *b = b'#');
-    std::fs::write(server.state.repo.blobs.path_of(&sha).unwrap(), &evil_bytes).unwrap();
+    std::fs::write(server.blobs.path_of(&sha).unwrap(), &evil_bytes).unwrap();
     let (code, out) = agent.check();
     assert_eq!(code, 3, "{out}");
     assert_eq!(agent.installs("good-2"), 0);
@@ -462,7 +462,7 @@ fn a_stolen_server_freezing_or_flooding_agents_is_refused_and_reported() {
     server.approve("pilot", "acme/flood-1.sh");
     let script = std::fs::read(server.dir.path().join("work/flood-1.sh")).unwrap();
     let sha = ringfence_trust::sha256_hex(&script);
-    std::fs::write(server.state.repo.blobs.path_of(&sha).unwrap(), vec![b'#'; 4 << 20]).unwrap();
+    std::fs::write(server.blobs.path_of(&sha).unwrap(), vec![b'#'; 4 << 20]).unwrap();
     sql(&server, &format!("UPDATE blobs SET length = {} WHERE sha256 = '{sha}'", 4 << 20));
     let (code, out) = agent.check();
     assert_eq!(code, 3, "{out}");

@@ -19,6 +19,11 @@ pub struct Server {
     pub ca: PathBuf,
     pub token: String,
     pub state: Arc<AppState>,
+    /// The database and content store opened on their own, as someone with the server's disk
+    /// has them: what tests that play the attacker (or inspect the result) use. The server
+    /// itself reaches them only through its domain layer.
+    pub db: ringfence_store::SqliteStore,
+    pub blobs: ringfence_store::BlobStore,
     pub runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -69,7 +74,7 @@ impl Server {
         use ringfence_proto::tuf::Targets;
         use ringfence_store::Store;
         use ringfence_trust::Envelope;
-        let store = &self.state.repo.store;
+        let store = &self.db;
         let current = self.runtime.block_on(store.latest_metadata(role)).unwrap().unwrap();
         let mut next = Envelope::<Targets>::parse(&current.bytes, 1 << 24).unwrap().signed;
         next.version += 1;
@@ -87,7 +92,7 @@ impl Server {
         use ringfence_proto::tuf::{Snapshot, Timestamp};
         use ringfence_store::{MetadataRecord, Store};
         use ringfence_trust::{Envelope, writer};
-        let store = &self.state.repo.store;
+        let store = &self.db;
         let latest = |r: &str| self.runtime.block_on(store.latest_metadata(r)).unwrap().unwrap();
         let (snapshot, timestamp) = (latest("snapshot"), latest("timestamp"));
         let now = ringfence_server::unix_now();
@@ -144,7 +149,7 @@ impl Server {
         let bytes = ringfence_trust::Envelope::new(doc).unwrap().to_bytes().unwrap();
         let version = serde_json::from_slice::<Value>(&bytes).unwrap()["signed"]["version"].as_u64().unwrap();
         let record = PendingRecord { role: role.into(), version, bytes, created_at: ringfence_server::unix_now() };
-        self.runtime.block_on(self.state.repo.store.put_pending(&record)).unwrap();
+        self.runtime.block_on(self.db.put_pending(&record)).unwrap();
     }
 
     /// A key file from the keys directory (the attacker does not have these).
@@ -198,6 +203,8 @@ impl Server {
         adjust(&mut config);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let db = runtime.block_on(ringfence_store::SqliteStore::open(&config.database_path())).expect("database");
+        let blobs = ringfence_store::BlobStore::open(&config.blob_dir()).expect("content store");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -224,6 +231,8 @@ impl Server {
             data,
             token,
             state,
+            db,
+            blobs,
             runtime,
             dir,
             stop: Some(stop_tx),
@@ -299,7 +308,7 @@ impl Server {
     pub fn dump_metadata(&self, out: &Path) {
         use ringfence_store::Store;
         std::fs::create_dir_all(out).unwrap();
-        let store = &self.state.repo.store;
+        let store = &self.db;
         self.runtime.block_on(async {
             for latest in store.latest_all().await.unwrap() {
                 if latest.role == "timestamp" {

@@ -73,7 +73,7 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
     let server = Server::start(|c| c.devices.session_secs = 2);
     let base = server.repo_url.trim_end_matches("/repo").to_owned();
     let device = ringfence_cli::http::Client::new(&base, None, &server.ca).unwrap();
-    let store = &server.state.repo.store;
+    let store = &server.db;
     let count = || server.runtime.block_on(store.count_devices()).unwrap();
 
     // Enrollment: bad bodies are 400 naming the problem, bad tokens 401; nothing is stored.

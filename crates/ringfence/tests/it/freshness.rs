@@ -10,7 +10,7 @@ fn online_metadata_is_renewed_when_half_its_lifetime_is_gone() {
     // Time is a parameter of `renew`: the test moves it instead of sleeping.
     let server = Server::start(|_| {});
     let repo = &server.state.repo;
-    let latest = |role: &str| server.runtime.block_on(repo.store.latest_metadata(role)).unwrap().unwrap();
+    let latest = |role: &str| server.runtime.block_on(server.db.latest_metadata(role)).unwrap().unwrap();
     let renew = |at: i64| server.runtime.block_on(repo.renew(at)).unwrap();
     let now = ringfence_server::unix_now();
     let (ts, snap, pilot) = (latest("timestamp"), latest("snapshot"), latest("approvals.pilot"));

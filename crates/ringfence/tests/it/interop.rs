@@ -90,7 +90,7 @@ fn tampered_blob_and_expired_timestamp_are_refused() {
     let out = server.dir.path().join("out");
     // Swap the stored bytes for others of the same length.
     let sha = ringfence_trust::sha256_hex(content);
-    let path = server.state.repo.blobs.path_of(&sha).expect("blob path");
+    let path = server.blobs.path_of(&sha).expect("blob path");
     std::fs::write(&path, b"PAYLOAD-V2").unwrap();
     let (ok, answer) = tuf_client(
         &server,
@@ -108,5 +108,6 @@ fn tampered_blob_and_expired_timestamp_are_refused() {
     assert_eq!(answer["error"], "ExpiredMetadataError", "{answer}");
     // Our own trusted set refuses it too.
     let err = server.runtime.block_on(server.state.repo.self_check(ringfence_server::unix_now())).unwrap_err();
-    assert!(format!("{err:?}").contains("timestamp expired"), "{err:?}");
+    let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
+    assert!(cause.contains("timestamp expired"), "{err:?}: {cause}");
 }

@@ -70,7 +70,7 @@ fn an_older_repository_shown_as_current_is_refused() {
     server.sign("approvals.production", "production-approver-2");
     let approved = server.published("approvals.production");
     assert!(approved.targets.contains_key("approvals/production/acme/bad.bin"));
-    let store = &server.state.repo.store;
+    let store = &server.db;
     let latest = |role: &str| server.runtime.block_on(store.latest_metadata(role)).unwrap().unwrap().version;
     let (snapshot_then, timestamp_then) = (latest("snapshot"), latest("timestamp"));
 
@@ -137,7 +137,7 @@ fn a_root_review_shows_every_change_and_refuses_jumps_and_far_expiry() {
             bytes,
             created_at: ringfence_server::unix_now(),
         };
-        server.runtime.block_on(server.state.repo.store.put_pending(&record)).unwrap();
+        server.runtime.block_on(server.db.put_pending(&record)).unwrap();
     };
 
     // Version 2 that drops a role's entry, turns consistent snapshots off, carries a field

@@ -39,7 +39,7 @@ impl CheckinBuffer {
 
     /// Write every buffered check-in, in transactions of at most 500. On failure they are
     /// kept (unless a newer one arrived meanwhile) for the next flush.
-    pub async fn flush(&self, store: &impl DeviceStore) -> ringfence_store::Result<usize> {
+    pub async fn flush(&self, store: &(impl DeviceStore + ?Sized)) -> ringfence_store::Result<usize> {
         let batch: Vec<CheckinRecord> = {
             let mut buffered = self.lock();
             if buffered.pending.is_empty() {

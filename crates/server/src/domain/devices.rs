@@ -1,0 +1,473 @@
+//! The fleet: enrollment, sessions, check-ins, status reports, and the device list with each
+//! device's update states.
+//!
+//! Every enrollment is signed by the device key over `proto::device::enrollment_message`, so
+//! nobody enrolls or looks up a key they do not hold. A session is opened by signing
+//! `proto::device::session_message` over a one-time nonce, consumed only after the signature
+//! verified. What a caller may make the server hold is bounded here (pending enrollments per
+//! source and in all, live challenges per device, report history and targets per device);
+//! request rates and body reads are bounded by the listener before a call reaches this layer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rand_core::{OsRng, RngCore};
+use ringfence_proto::GroupName;
+use ringfence_proto::device::{
+    ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
+    EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportState,
+    ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, session_message,
+};
+use ringfence_store::{
+    CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
+    ReportLimits, ReportRecord,
+};
+
+pub use ringfence_store::DeviceState;
+
+use super::audit::Audit;
+use super::checkins::CheckinBuffer;
+use super::error::{Error, Result};
+use crate::config::DevicesConfig;
+
+/// Prefix of device session secrets.
+pub const SESSION_PREFIX: &str = "rfds_";
+/// Prefix of enrollment token secrets.
+pub const ENROLLMENT_PREFIX: &str = "rfet_";
+
+/// Longest an enrollment token may live.
+const MAX_ENROLLMENT_TOKEN_SECS: u64 = 90 * 86_400;
+
+/// Seconds a caller over a storage bound is told to wait.
+const RETRY_LATER_SECS: u64 = 60;
+
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    OsRng.fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+/// An accepted device with a live session: what the device API acts for.
+#[derive(Debug, Clone)]
+pub struct SessionDevice {
+    pub id: String,
+}
+
+/// What an administrator does to a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAction {
+    Accept,
+    Reject,
+    Revoke,
+}
+
+impl DeviceAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "accept" => Some(DeviceAction::Accept),
+            "reject" => Some(DeviceAction::Reject),
+            "revoke" => Some(DeviceAction::Revoke),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            DeviceAction::Accept => "accept",
+            DeviceAction::Reject => "reject",
+            DeviceAction::Revoke => "revoke",
+        }
+    }
+
+    /// The state the action leads to, and whether it may be taken from `from`: accept and
+    /// reject decide a pending device; revoke ends any device not yet revoked.
+    fn transition(self, from: DeviceState) -> Option<DeviceState> {
+        match self {
+            DeviceAction::Accept if from == DeviceState::Pending => Some(DeviceState::Accepted),
+            DeviceAction::Reject if from == DeviceState::Pending => Some(DeviceState::Rejected),
+            DeviceAction::Revoke if from != DeviceState::Revoked => Some(DeviceState::Revoked),
+            _ => None,
+        }
+    }
+}
+
+fn parse_public_key(hex_key: &str) -> Result<ringfence_trust::PublicKey> {
+    let bytes = hex::decode(hex_key).map_err(|_| Error::invalid("public_key: 64 hex characters"))?;
+    let bytes: [u8; 32] = bytes.try_into().map_err(|_| Error::invalid("public_key: 32 bytes"))?;
+    let tuf = ringfence_proto::tuf::Key {
+        keytype: "ed25519".into(),
+        scheme: "ed25519".into(),
+        keyval: ringfence_proto::tuf::KeyVal { public: hex::encode(bytes), unrecognized: Default::default() },
+        unrecognized: Default::default(),
+    };
+    ringfence_trust::PublicKey::from_tuf(&tuf).map_err(|e| Error::Invalid(format!("public_key: {e}")))
+}
+
+fn verify(key: &ringfence_trust::PublicKey, message: &[u8], signature_hex: &str) -> Result<()> {
+    let signature = hex::decode(signature_hex).map_err(|_| Error::Unauthenticated)?;
+    key.verify(message, &signature).map_err(|_| Error::Unauthenticated)
+}
+
+fn report_state(s: &str) -> Option<ReportState> {
+    use ReportState::*;
+    [Downloading, Downloaded, Installing, Installed, Failed, RolledBack, RebootRequired, NotApplicable, Refused]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+}
+
+fn group_names(groups: &[String]) -> Vec<GroupName> {
+    groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect()
+}
+
+pub struct Devices {
+    db: Arc<dyn Database>,
+    audit: Audit,
+    config: DevicesConfig,
+    /// Check-ins waiting to be written (every second, in one transaction).
+    checkins: CheckinBuffer,
+}
+
+impl Devices {
+    pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig) -> Self {
+        Self { db, audit, config, checkins: CheckinBuffer::default() }
+    }
+
+    // ---- the device API ----
+
+    /// Enroll a device that proved it holds its key. A key already known (pre-authorised, or
+    /// enrolling again) gets its record's state, `Forbidden` if rejected or revoked; a token
+    /// admits the device, accepted, to the groups it is scoped to; without one the device
+    /// waits as pending, within the pending bounds for `source` and in all.
+    pub async fn enroll(&self, request: &EnrollRequest, source: &str, now: i64) -> Result<EnrollResponse> {
+        request.inventory.validate().map_err(Error::Invalid)?;
+        let key = parse_public_key(&request.public_key)?;
+        verify(&key, &enrollment_message(&request.public_key, &request.groups), &request.signature)?;
+        let public_key = request.public_key.to_ascii_lowercase();
+        let inventory = serde_json::to_string(&request.inventory).map_err(Error::internal)?;
+
+        if let Some(existing) = self.db.device_by_key(&public_key).await? {
+            let state = match existing.state {
+                DeviceState::Accepted => EnrollState::Accepted,
+                DeviceState::Pending => EnrollState::Pending,
+                DeviceState::Rejected | DeviceState::Revoked => {
+                    return Err(Error::Forbidden(format!("this device is {}", existing.state.as_str())));
+                }
+            };
+            // Only a pre-authorised record that never enrolled takes the caller's description:
+            // without proof of the key, nobody rewrites an enrolled device's record.
+            if existing.hostname.is_empty() {
+                self.db.complete_enrollment(&existing.id, &request.inventory.hostname, &inventory, now).await?;
+            }
+            return Ok(EnrollResponse { device_id: existing.id, state, groups: group_names(&existing.groups) });
+        }
+
+        let groups: Vec<String> = request.groups.iter().map(|g| g.to_string()).collect();
+        let mut device = DeviceRecord {
+            id: random_hex(16),
+            public_key,
+            state: DeviceState::Pending,
+            groups: groups.clone(),
+            hostname: request.inventory.hostname.clone(),
+            inventory,
+            enrolled_at: now,
+            last_checkin: None,
+            timestamp_version: None,
+        };
+        match &request.token {
+            Some(token) => {
+                if token.len() > 128 || !token.starts_with(ENROLLMENT_PREFIX) {
+                    return Err(Error::Unauthenticated);
+                }
+                let hash = ringfence_trust::sha256_hex(token.as_bytes());
+                // The device names its groups; a token admits it only to groups it is scoped to.
+                if groups.is_empty() {
+                    return Err(Error::invalid("groups: name the groups the device follows"));
+                }
+                // Checked before the token is used, so a refused request does not spend a use.
+                let scoped = self.db.enrollment_token(&hash).await?.ok_or(Error::Unauthenticated)?;
+                if let Some(outside) = groups.iter().find(|g| !scoped.groups.contains(g)) {
+                    return Err(Error::Invalid(format!("groups: the token does not admit group {outside}")));
+                }
+                device.state = DeviceState::Accepted;
+                // The use is spent in the same transaction as the insert: a failed insert
+                // spends nothing.
+                if !self.db.enroll_with_token(&hash, now, &device).await? {
+                    return Err(Error::Unauthenticated);
+                }
+            }
+            None => {
+                // A pending record keeps what an administrator needs to decide, not the whole
+                // inventory (which the first check-in after acceptance brings).
+                let summary = Inventory { installed: Vec::new(), ..request.inventory.clone() };
+                device.inventory = serde_json::to_string(&summary).map_err(Error::internal)?;
+                let limits = PendingLimits {
+                    max_pending: self.config.max_pending,
+                    max_per_source: self.config.max_pending_per_source,
+                };
+                let what = match self.db.insert_pending_device(&device, source, limits).await? {
+                    Ok(()) => None,
+                    Err(PendingRefusal::TooManyFromSource) => Some("too many pending enrollments from this address"),
+                    Err(PendingRefusal::TooManyPending) => Some("too many pending enrollments"),
+                };
+                if let Some(what) = what {
+                    return Err(Error::Bounded { what, retry_after_secs: RETRY_LATER_SECS });
+                }
+            }
+        }
+        let detail = format!("{} ({}) groups {:?}", device.hostname, device.state.as_str(), groups);
+        self.audit.record(&format!("device {}", device.id), "enroll", &detail, now).await?;
+        let state = if device.state == DeviceState::Accepted { EnrollState::Accepted } else { EnrollState::Pending };
+        Ok(EnrollResponse { device_id: device.id, state, groups: group_names(&groups) })
+    }
+
+    /// A one-time nonce for an accepted device. Unknown and not-accepted devices get the same
+    /// answer: no oracle for device ids.
+    pub async fn challenge(&self, device_id: &str, now: i64) -> Result<ChallengeResponse> {
+        let device = self.db.device(device_id).await?.filter(|d| d.state == DeviceState::Accepted);
+        let device = device.ok_or(Error::Unauthenticated)?;
+        let nonce = random_hex(32);
+        let expires_at = now + self.config.challenge_secs;
+        self.db.insert_challenge(&nonce, &device.id, expires_at, self.config.max_challenges_per_device).await?;
+        Ok(ChallengeResponse { nonce, expires_at })
+    }
+
+    /// A session for a device that signed one of its live nonces.
+    pub async fn open_session(&self, request: &SessionRequest, now: i64) -> Result<SessionResponse> {
+        let device = self
+            .db
+            .device(&request.device_id)
+            .await?
+            .filter(|d| d.state == DeviceState::Accepted)
+            .ok_or(Error::Unauthenticated)?;
+        let key = parse_public_key(&device.public_key)?;
+        verify(&key, &session_message(&device.id, &request.nonce), &request.signature)?;
+        // Consumed only after the signature verified, and only once: a replay finds it gone.
+        if !self.db.take_challenge(&request.nonce, &device.id, now).await? {
+            return Err(Error::Unauthenticated);
+        }
+        let token = format!("{SESSION_PREFIX}{}", random_hex(32));
+        let expires_at = now + self.config.session_secs;
+        self.db.insert_session(&ringfence_trust::sha256_hex(token.as_bytes()), &device.id, expires_at).await?;
+        Ok(SessionResponse { token, expires_at })
+    }
+
+    /// The accepted device whose live session `secret` is.
+    pub async fn session_device(&self, secret: &str, now: i64) -> Result<SessionDevice> {
+        if secret.len() > 128 || !secret.starts_with(SESSION_PREFIX) {
+            return Err(Error::Unauthenticated);
+        }
+        let hash = ringfence_trust::sha256_hex(secret.as_bytes());
+        let device = self.db.session_device(&hash, now).await?.ok_or(Error::Unauthenticated)?;
+        Ok(SessionDevice { id: device.id })
+    }
+
+    /// Whether any device is accepted (the repository then needs a session to read, when
+    /// `repository.access = "devices"`).
+    pub async fn any_accepted(&self) -> Result<bool> {
+        Ok(self.db.has_accepted_devices().await?)
+    }
+
+    /// Record a check-in (written behind, see `checkins`: a check-in never waits for the
+    /// database's write lock) and say whether the repository changed since the device's view.
+    pub fn check_in(
+        &self,
+        device: &SessionDevice,
+        request: &CheckinRequest,
+        current_timestamp: u64,
+        now: i64,
+    ) -> Result<CheckinResponse> {
+        if i64::try_from(request.timestamp_version).is_err() {
+            return Err(Error::invalid("timestamp_version: out of range"));
+        }
+        request.inventory.validate().map_err(Error::Invalid)?;
+        let inventory = serde_json::to_string(&request.inventory).map_err(Error::internal)?;
+        self.checkins.record(CheckinRecord {
+            device_id: device.id.clone(),
+            at: now,
+            timestamp_version: request.timestamp_version,
+            inventory,
+        });
+        Ok(CheckinResponse {
+            changed: current_timestamp > request.timestamp_version,
+            timestamp_version: current_timestamp,
+            poll_seconds: self.config.poll_seconds,
+        })
+    }
+
+    /// Store a batch of status reports; a report id already stored counts as a duplicate.
+    pub async fn report(&self, device: &SessionDevice, batch: &ReportBatch, now: i64) -> Result<ReportsAck> {
+        batch.validate().map_err(Error::Invalid)?;
+        let records: Vec<ReportRecord> = batch
+            .reports
+            .iter()
+            .map(|r| ReportRecord {
+                id: r.id.clone(),
+                target: r.target.clone(),
+                state: r.state.as_str().to_owned(),
+                reason: r.reason.clone(),
+                exit_code: r.exit_code,
+                at: r.at,
+            })
+            .collect();
+        let limits = ReportLimits {
+            // At least one whole batch, so the retry of a batch whose answer was lost finds
+            // every report of it and stores nothing twice.
+            history: self.config.report_history.max(ringfence_proto::device::MAX_REPORTS as u64),
+            max_targets: self.config.max_targets_per_device,
+        };
+        let done = self.db.insert_reports(&device.id, &records, now, limits).await?;
+        Ok(ReportsAck { accepted: done.accepted, duplicates: done.duplicates })
+    }
+
+    // ---- administration ----
+
+    /// An enrollment token admitting devices to `groups`, for a time and a number of uses.
+    pub async fn create_enrollment_token(
+        &self,
+        request: &EnrollmentTokenRequest,
+        actor: &str,
+        now: i64,
+    ) -> Result<EnrollmentTokenCreated> {
+        if request.groups.is_empty() || request.groups.len() > 16 {
+            return Err(Error::invalid("groups: 1 to 16 groups"));
+        }
+        if request.expires_in_secs == 0 || request.expires_in_secs > MAX_ENROLLMENT_TOKEN_SECS {
+            return Err(Error::Invalid(format!("expires_in_secs: 1 to {MAX_ENROLLMENT_TOKEN_SECS}")));
+        }
+        if request.max_uses == 0 || request.max_uses > 1_000_000 {
+            return Err(Error::invalid("max_uses: 1 to 1000000"));
+        }
+        let token = format!("{ENROLLMENT_PREFIX}{}", random_hex(32));
+        let record = EnrollmentTokenRecord {
+            id: random_hex(8),
+            secret_sha256: ringfence_trust::sha256_hex(token.as_bytes()),
+            groups: request.groups.iter().map(|g| g.to_string()).collect(),
+            expires_at: now + request.expires_in_secs as i64,
+            max_uses: request.max_uses,
+            uses: 0,
+            created_at: now,
+        };
+        self.db.insert_enrollment_token(&record).await?;
+        let detail = format!("{} for {:?}, {} uses", record.id, record.groups, record.max_uses);
+        self.audit.record(actor, "enrollment-token", &detail, now).await?;
+        Ok(EnrollmentTokenCreated { id: record.id, token, expires_at: record.expires_at })
+    }
+
+    /// One page of devices ordered by id, each with the newest report per target.
+    pub async fn list(&self, after: &str, limit: u64, state: Option<DeviceState>) -> Result<Vec<DeviceInfo>> {
+        let page = DevicePage { after: Some(after.to_owned()), limit, state };
+        let mut out = Vec::new();
+        for d in self.db.list_devices(&page).await? {
+            out.push(self.info(d).await?);
+        }
+        Ok(out)
+    }
+
+    /// Register a device key an administrator vouches for: accepted before it ever enrolls.
+    pub async fn preauthorize(&self, request: &PreauthorizeRequest, actor: &str, now: i64) -> Result<DeviceInfo> {
+        parse_public_key(&request.public_key)?;
+        let device = DeviceRecord {
+            id: random_hex(16),
+            public_key: request.public_key.to_ascii_lowercase(),
+            state: DeviceState::Accepted,
+            groups: request.groups.iter().map(|g| g.to_string()).collect(),
+            hostname: String::new(),
+            inventory: "{}".into(),
+            enrolled_at: now,
+            last_checkin: None,
+            timestamp_version: None,
+        };
+        self.db.insert_device(&device).await?;
+        let detail = format!("device {} groups {:?}", device.id, device.groups);
+        self.audit.record(actor, "preauthorize", &detail, now).await?;
+        self.info(device).await
+    }
+
+    /// Accept, reject or revoke a device; `Conflict` when its state does not allow it.
+    /// Leaving `accepted` ends the device's sessions at once.
+    pub async fn change_state(&self, id: &str, action: DeviceAction, actor: &str, now: i64) -> Result<DeviceInfo> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NotFound);
+        }
+        let device = self.db.device(id).await?.ok_or(Error::NotFound)?;
+        let Some(next) = action.transition(device.state) else {
+            return Err(Error::Conflict(format!("device {id} is {}", device.state.as_str())));
+        };
+        self.db.set_device_state(id, next).await?;
+        self.audit.record(actor, action.as_str(), &format!("device {id}"), now).await?;
+        let device = self.db.device(id).await?.ok_or(Error::NotFound)?;
+        self.info(device).await
+    }
+
+    async fn info(&self, d: DeviceRecord) -> Result<DeviceInfo> {
+        let mut newest: BTreeMap<String, StatusReport> = BTreeMap::new();
+        for r in self.db.device_update_states(&d.id).await? {
+            let Some(state) = report_state(&r.state) else { continue };
+            let report = StatusReport {
+                id: r.id,
+                target: r.target.clone(),
+                state,
+                reason: r.reason,
+                exit_code: r.exit_code,
+                at: r.at,
+            };
+            newest.insert(r.target, report);
+        }
+        // A check-in not yet written is newer than the stored record.
+        let mut d = d;
+        if let Some(c) = self.checkins.get(&d.id) {
+            d.last_checkin = Some(c.at);
+            d.timestamp_version = Some(c.timestamp_version);
+            d.inventory = c.inventory;
+        }
+        let inventory: Inventory = serde_json::from_str(&d.inventory).unwrap_or_default();
+        Ok(DeviceInfo {
+            id: d.id,
+            state: d.state.as_str().into(),
+            groups: d.groups,
+            hostname: d.hostname,
+            public_key: d.public_key,
+            inventory,
+            enrolled_at: d.enrolled_at,
+            last_checkin: d.last_checkin,
+            timestamp_version: d.timestamp_version,
+            updates: newest.into_values().collect(),
+        })
+    }
+
+    // ---- background work ----
+
+    /// Write buffered check-ins; on failure they are kept for the next attempt.
+    pub async fn flush_checkins(&self) -> Result<usize> {
+        Ok(self.checkins.flush(self.db.as_ref()).await?)
+    }
+
+    /// Delete expired sessions and challenges, and pending devices older than
+    /// `devices.pending_expiry_secs`; returns how many rows.
+    pub async fn sweep(&self, now: i64) -> Result<u64> {
+        let pending_before = now - self.config.pending_expiry_secs.max(60);
+        Ok(self.db.sweep_expired(now, pending_before).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_move_only_from_the_states_that_allow_them() {
+        use DeviceAction::*;
+        use DeviceState::*;
+        assert_eq!(Accept.transition(Pending), Some(Accepted));
+        assert_eq!(Reject.transition(Pending), Some(Rejected));
+        assert_eq!(Accept.transition(Rejected), None);
+        assert_eq!(Accept.transition(Revoked), None);
+        assert_eq!(Reject.transition(Accepted), None);
+        for from in [Pending, Accepted, Rejected] {
+            assert_eq!(Revoke.transition(from), Some(Revoked));
+        }
+        assert_eq!(Revoke.transition(Revoked), None);
+        assert_eq!(DeviceAction::parse("accept"), Some(Accept));
+        assert_eq!(DeviceAction::parse("delete"), None);
+    }
+}

@@ -1,0 +1,18 @@
+//! The domain layer: the one door between the listeners and what the server keeps. Handlers
+//! parse and authenticate, then call a service here; only this layer touches the store, and it
+//! answers with [`Error`], which `crate::error` maps to HTTP in one place.
+//!
+//! - [`repo::Repository`]: the TUF repository (publish, approve, pending roles and
+//!   signatures, renewal, health).
+//! - [`tokens::Tokens`]: admin API tokens.
+//! - [`devices::Devices`]: enrollment, sessions, check-ins, reports, the device list.
+//! - [`audit::Audit`]: the audit trail, written in one place.
+
+pub mod audit;
+pub mod checkins;
+pub mod devices;
+pub mod error;
+pub mod repo;
+pub mod tokens;
+
+pub use error::{Error, Result};

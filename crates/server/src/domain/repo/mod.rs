@@ -1,0 +1,285 @@
+//! The repository: what is published, what waits for signatures, and the writer that moves a
+//! role from one to the other. The only writer of the TUF repository.
+//!
+//! Every change goes through [`Repository::commit`], which writes the changed roles, a new
+//! snapshot and a new timestamp in one database transaction, under one lock. Adding one
+//! update therefore rewrites one hashed bin, the snapshot and the timestamp.
+//!
+//! Split along its seams: this file holds the repository and the steps every change shares
+//! (who may sign a role, commit, settle); `lifecycle` (bootstrap, roles newly delegated,
+//! renewal, health, self-check), `publish` (content and updates), `approve`, and `signatures`
+//! (pending versions, proposals, offline signatures) build on them.
+
+mod approve;
+mod lifecycle;
+mod publish;
+mod signatures;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ringfence_proto::api::{RoleState, RoleVersion};
+use ringfence_proto::limits::MAX_METADATA_BYTES;
+use ringfence_proto::names::RoleKind;
+use ringfence_proto::tuf::{Key, Root, Snapshot, Targets};
+use ringfence_proto::{PublisherName, RoleName};
+use ringfence_store::{BlobStore, Database, MetadataRecord, PendingRecord};
+use ringfence_trust::envelope::MetadataType;
+use ringfence_trust::{Envelope, SigningKey, expiry, policy, writer};
+
+use super::audit::Audit;
+use super::error::{Error, Result};
+use crate::config::ExpiryPolicy;
+use crate::online_keys::OnlineKeys;
+
+/// The actor the audit trail names for the server's own work (bootstrap, prepared roles).
+pub const SERVER: &str = "server";
+
+/// Hashed bins per publisher, as a hex prefix length: 2 means 256 bins.
+pub const DEFAULT_BIN_PREFIX_LEN: usize = 2;
+
+pub struct Repository {
+    db: Arc<dyn Database>,
+    blobs: BlobStore,
+    audit: Audit,
+    keys: OnlineKeys,
+    policy: ExpiryPolicy,
+    write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Who may sign a role, as the role that delegates it says.
+struct Authority {
+    keys: BTreeMap<String, Key>,
+    keyids: Vec<String>,
+    threshold: u64,
+}
+
+fn parse<T>(bytes: &[u8]) -> Result<Envelope<T>>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + MetadataType,
+{
+    Envelope::parse(bytes, MAX_METADATA_BYTES as usize).map_err(Error::internal)
+}
+
+fn bad(e: impl std::fmt::Display) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+fn record<T>(role: &str, env: &Envelope<T>) -> Result<MetadataRecord>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + MetadataType,
+{
+    Ok(MetadataRecord {
+        role: role.into(),
+        version: env.signed.version(),
+        expires: expiry::parse(env.signed.expires()).map_err(Error::internal)?,
+        bytes: env.to_bytes().map_err(Error::internal)?,
+    })
+}
+
+impl Repository {
+    pub fn new(db: Arc<dyn Database>, blobs: BlobStore, audit: Audit, keys: OnlineKeys, policy: ExpiryPolicy) -> Self {
+        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// A published metadata file exactly as served: the given version, or the latest.
+    pub async fn metadata(&self, role: &RoleName, version: Option<u64>) -> Result<Option<Vec<u8>>> {
+        let record = match version {
+            Some(v) => self.db.metadata_version(role.as_str(), v).await?,
+            None => self.db.latest_metadata(role.as_str()).await?,
+        };
+        Ok(record.map(|r| r.bytes))
+    }
+
+    /// The version of the latest timestamp (0 before bootstrap): what a device compares.
+    pub async fn timestamp_version(&self) -> Result<u64> {
+        Ok(self.db.latest_metadata(RoleName::TIMESTAMP).await?.map_or(0, |t| t.version))
+    }
+
+    pub fn online_keys(&self) -> &OnlineKeys {
+        &self.keys
+    }
+
+    async fn latest<T>(&self, role: &str) -> Result<Option<Envelope<T>>>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize + MetadataType,
+    {
+        match self.db.latest_metadata(role).await? {
+            Some(r) => Ok(Some(parse(&r.bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn latest_root(&self) -> Result<Envelope<Root>> {
+        self.latest::<Root>("root").await?.ok_or_else(|| Error::internal("repository has no root"))
+    }
+
+    async fn authority(&self, role: &RoleName) -> Result<Authority> {
+        let from_delegator = |delegator: Envelope<Targets>| -> Result<Authority> {
+            let delegations = delegator.signed.delegations.ok_or(Error::NotFound)?;
+            let entry = delegations.roles.iter().find(|r| r.name == role.as_str()).ok_or(Error::NotFound)?;
+            Ok(Authority { keys: delegations.keys.clone(), keyids: entry.keyids.clone(), threshold: entry.threshold })
+        };
+        match role.kind() {
+            RoleKind::Root | RoleKind::Targets | RoleKind::Snapshot | RoleKind::Timestamp => {
+                let root = self.latest_root().await?;
+                let keys = root.signed.roles.get(role.as_str()).ok_or(Error::NotFound)?;
+                Ok(Authority { keys: root.signed.keys.clone(), keyids: keys.keyids.clone(), threshold: keys.threshold })
+            }
+            RoleKind::Publisher(_) | RoleKind::Approval(_) => {
+                from_delegator(self.latest::<Targets>("targets").await?.ok_or(Error::NotFound)?)
+            }
+            RoleKind::PublisherBin(publisher, _) => {
+                from_delegator(self.latest::<Targets>(publisher.role().as_str()).await?.ok_or(Error::NotFound)?)
+            }
+        }
+    }
+
+    /// Write the changed roles plus a new snapshot and timestamp, atomically.
+    async fn commit(
+        &self,
+        roles: Vec<(RoleName, Envelope<Targets>)>,
+        root: Option<Envelope<Root>>,
+        now: i64,
+    ) -> Result<Vec<RoleVersion>> {
+        let previous = self.latest::<Snapshot>("snapshot").await?;
+        let previous_ts = self.db.latest_metadata("timestamp").await?;
+        let mut records = Vec::new();
+        let mut changed = Vec::new();
+        let mut published = Vec::new();
+        let mut clear = Vec::new();
+        if let Some(root) = &root {
+            records.push(record("root", root)?);
+            published.push(RoleVersion { role: RoleName::root(), version: root.signed.version });
+            clear.push("root".to_owned());
+        }
+        for (name, env) in &roles {
+            let r = record(name.as_str(), env)?;
+            changed.push((name.to_string(), r.version, r.bytes.len() as u64));
+            published.push(RoleVersion { role: name.clone(), version: r.version });
+            clear.push(name.to_string());
+            records.push(r);
+        }
+        let snapshot_version = previous.as_ref().map_or(0, |s| s.signed.version) + 1;
+        let snapshot = writer::next_snapshot(
+            previous.as_ref().map(|s| &s.signed),
+            snapshot_version,
+            now + self.policy.snapshot_secs,
+            &changed,
+        );
+        let mut snapshot = Envelope::new(snapshot).map_err(Error::internal)?;
+        snapshot.sign(&self.keys.snapshot);
+        let snapshot_record = record("snapshot", &snapshot)?;
+        let timestamp_version = previous_ts.map_or(0, |t| t.version) + 1;
+        let timestamp = writer::timestamp(
+            timestamp_version,
+            now + self.policy.timestamp_secs,
+            snapshot_version,
+            &snapshot_record.bytes,
+        );
+        let mut timestamp = Envelope::new(timestamp).map_err(Error::internal)?;
+        timestamp.sign(&self.keys.timestamp);
+        records.push(snapshot_record);
+        records.push(record("timestamp", &timestamp)?);
+        self.db.publish(&records, &clear).await?;
+        Ok(published)
+    }
+
+    /// The server's keys that may sign `role`. Only roles the offline-signed top-level targets
+    /// puts online by design: an approval role, or a publisher role and its bins, whose
+    /// top-level delegation the online keys meet the threshold of (`pilot`'s auto-approver,
+    /// a vendor-import publisher). Any other role, whatever keys a delegation below the top
+    /// level names, waits for its offline key holders.
+    async fn online_signers(&self, role: &RoleName, authority: &Authority) -> Result<Vec<&SigningKey>> {
+        let top_entry = match role.kind() {
+            RoleKind::Approval(group) => group.approval_role(),
+            RoleKind::Publisher(publisher) | RoleKind::PublisherBin(publisher, _) => publisher.role(),
+            _ => return Ok(Vec::new()),
+        };
+        let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
+        let Some(entry) =
+            top.signed.delegations.as_ref().and_then(|d| d.roles.iter().find(|r| r.name == top_entry.as_str()))
+        else {
+            return Ok(Vec::new());
+        };
+        let signers = self.keys.delegated_signers();
+        let online = entry.keyids.iter().filter(|id| signers.contains_key(*id)).count() as u64;
+        if entry.threshold == 0 || online < entry.threshold {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&SigningKey> = authority.keyids.iter().filter_map(|id| signers.get(id).copied()).collect();
+        Ok(if keys.len() as u64 >= authority.threshold { keys } else { Vec::new() })
+    }
+
+    /// The bin prefix length of `publisher`'s published role, which must keep the layout.
+    async fn bin_prefix_len(&self, publisher: &PublisherName) -> Result<usize> {
+        let unknown = || bad(format!("unknown publisher {publisher}"));
+        let top = self.latest::<Targets>("targets").await?.ok_or_else(unknown)?;
+        let doc = self.latest::<Targets>(publisher.role().as_str()).await?.ok_or_else(unknown)?;
+        let delegations = top.signed.delegations.as_ref().ok_or_else(unknown)?;
+        let entry = delegations.roles.iter().find(|r| r.name == publisher.role().as_str()).ok_or_else(unknown)?;
+        policy::check_publisher(publisher, &doc.signed, entry, &delegations.keys)
+            .map_err(|e| Error::Conflict(format!("the published {}: {e}", publisher.role())))
+    }
+
+    /// The next version of a delegated targets-type role: the pending one if there is one,
+    /// else the published one plus one. `change` edits it. Signed at once when the server's
+    /// online keys meet the role's threshold; otherwise held as pending.
+    async fn change_delegated(
+        &self,
+        role: &RoleName,
+        now: i64,
+        change: impl FnOnce(&mut Targets) -> Result<()>,
+    ) -> Result<RoleState> {
+        let authority = self.authority(role).await?;
+        let mut next = match self.db.pending(role.as_str()).await? {
+            Some(p) => parse::<Targets>(&p.bytes)?.signed,
+            None => {
+                let published = self.latest::<Targets>(role.as_str()).await?.ok_or(Error::NotFound)?;
+                let mut t = published.signed;
+                t.version += 1;
+                t
+            }
+        };
+        change(&mut next)?;
+        policy::check_role(role, &next, None).map_err(bad)?;
+        let online = self.online_signers(role, &authority).await?;
+        let lifetime =
+            if !online.is_empty() { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
+        next.expires = expiry::format(now + lifetime);
+        let mut env = Envelope::new(next).map_err(Error::internal)?;
+        for key in online {
+            env.sign(key);
+        }
+        self.settle(role, env, &authority, now).await
+    }
+
+    /// Publish `env` if its signatures meet the threshold, else hold it as pending.
+    async fn settle(
+        &self,
+        role: &RoleName,
+        env: Envelope<Targets>,
+        authority: &Authority,
+        now: i64,
+    ) -> Result<RoleState> {
+        let valid = env.count_valid(&authority.keys, &authority.keyids);
+        let version = env.signed.version;
+        let published = valid >= authority.threshold && authority.threshold > 0;
+        if published {
+            self.commit(vec![(role.clone(), env)], None, now).await?;
+            if matches!(role.kind(), RoleKind::Targets | RoleKind::Publisher(_)) {
+                self.create_missing_roles(now).await?;
+            }
+        } else {
+            let bytes = env.to_bytes().map_err(Error::internal)?;
+            self.db.put_pending(&PendingRecord { role: role.to_string(), version, bytes, created_at: now }).await?;
+        }
+        Ok(RoleState {
+            role: role.clone(),
+            version,
+            published,
+            valid_signatures: valid,
+            threshold: authority.threshold,
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! Content and updates: uploads streamed into the content store, updates published into their
+//! publisher's hashed bins, the catalog, and the content the device listener serves.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use ringfence_proto::api::{BlobUploaded, PublishOutcome, RoleVersion, UpdateManifest};
+use ringfence_proto::limits::{MAX_FILES_PER_UPDATE, MAX_LIST, MAX_TEXT};
+use ringfence_proto::{Sha256Hex, TargetPath};
+use ringfence_store::{UpdateFileRecord, UpdateRecord};
+use ringfence_trust::writer;
+
+use super::{Repository, bad};
+use crate::domain::error::{Error, Result};
+
+impl Repository {
+    /// Stream an upload into the content store, hashing as it goes. Refused past `limit`
+    /// bytes, or when the content's sha256 is not `expected`; nothing is kept then.
+    pub async fn upload_content<E: std::fmt::Display>(
+        &self,
+        mut chunks: impl Stream<Item = std::result::Result<Bytes, E>> + Unpin,
+        expected: Option<&str>,
+        limit: u64,
+        now: i64,
+    ) -> Result<BlobUploaded> {
+        let mut writer = self.blobs.writer(limit)?;
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| Error::Invalid(format!("upload interrupted: {e}")))?;
+            writer.write(&chunk).await?;
+        }
+        let (sha256, length) = writer.finish(expected).await?;
+        self.db.insert_blob(&sha256, length, now).await?;
+        let sha256 = Sha256Hex::parse(&sha256).map_err(Error::internal)?;
+        Ok(BlobUploaded { sha256, length })
+    }
+
+    /// The catalog, ordered by id: the manifests of at most `limit` updates after `after`.
+    pub async fn list_updates(&self, after: &str, limit: u64) -> Result<Vec<serde_json::Value>> {
+        let mut manifests = Vec::new();
+        for u in self.db.list_updates(after, limit).await? {
+            manifests.push(serde_json::from_str(&u.manifest).map_err(Error::internal)?);
+        }
+        Ok(manifests)
+    }
+
+    /// The length of the content served under `published` with hash `sha256`, if that is what
+    /// was published under that path: never whatever happens to be in the content store under
+    /// a hash.
+    pub async fn served_content(&self, published: &TargetPath, sha256: &Sha256Hex) -> Result<Option<u64>> {
+        let Some(file) = self.db.file_by_target_path(published.as_str()).await? else { return Ok(None) };
+        if file.sha256 != sha256.as_str() {
+            return Ok(None);
+        }
+        Ok(self.db.blob_length(sha256.as_str()).await?)
+    }
+
+    /// The content of `sha256`, or bytes `range` of it, as a stream of chunks.
+    pub async fn content_stream(
+        &self,
+        sha256: &Sha256Hex,
+        range: Option<Range<u64>>,
+    ) -> Result<BoxStream<'static, ringfence_store::Result<Bytes>>> {
+        Ok(self.blobs.get_stream(sha256.as_str(), range).await?)
+    }
+
+    /// Add an update's files to its publisher's hashed bins.
+    pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> Result<PublishOutcome> {
+        validate_manifest(&manifest)?;
+        let _guard = self.write_lock.lock().await;
+        let prefix_len = self.bin_prefix_len(&manifest.publisher).await?;
+
+        let mut files = Vec::new();
+        let mut by_bin: BTreeMap<String, Vec<(TargetPath, UpdateFileRecord)>> = BTreeMap::new();
+        for f in &manifest.files {
+            let path = TargetPath::published(&manifest.publisher, &f.name).map_err(bad)?;
+            match self.db.blob_length(f.sha256.as_str()).await? {
+                Some(len) if len == f.length => {}
+                Some(len) => {
+                    return Err(bad(format!(
+                        "{}: uploaded content {} has length {len}, not {}",
+                        f.name, f.sha256, f.length
+                    )));
+                }
+                None => return Err(bad(format!("{}: no uploaded content with sha256 {}", f.name, f.sha256))),
+            }
+            if self.db.file_by_target_path(path.as_str()).await?.is_some() {
+                return Err(Error::Conflict(format!("target {path} is already published")));
+            }
+            let rec = UpdateFileRecord {
+                update_id: manifest.id.clone(),
+                target_path: path.to_string(),
+                sha256: f.sha256.to_string(),
+                length: f.length,
+            };
+            let prefix = ringfence_trust::paths::bin_prefix_of(path.as_str(), prefix_len);
+            by_bin.entry(prefix).or_default().push((path, rec.clone()));
+            files.push(rec);
+        }
+        let manifest_json = serde_json::to_string(&manifest).map_err(Error::internal)?;
+        self.db
+            .insert_update(
+                &UpdateRecord {
+                    id: manifest.id.clone(),
+                    publisher: manifest.publisher.to_string(),
+                    manifest: manifest_json,
+                    created_at: now,
+                },
+                &files,
+            )
+            .await?;
+
+        // Signed by the publisher with the bytes: how to install and where it applies.
+        let custom = serde_json::to_value(ringfence_proto::tuf::PublishedCustom {
+            update_id: manifest.id.clone(),
+            installer: manifest.installer.clone(),
+            applicability: manifest.applicability.clone(),
+        })
+        .map_err(Error::internal)?;
+        let mut outcome = PublishOutcome {
+            update_id: manifest.id.clone(),
+            targets: Vec::new(),
+            published: Vec::new(),
+            pending: Vec::new(),
+        };
+        for (prefix, entries) in by_bin {
+            let bin = manifest.publisher.bin_role(&prefix);
+            let state = self
+                .change_delegated(&bin, now, |t| {
+                    for (path, rec) in &entries {
+                        let sha = ringfence_proto::Sha256Hex::parse(&rec.sha256).map_err(Error::internal)?;
+                        t.targets.insert(path.to_string(), writer::target_file(rec.length, &sha, Some(custom.clone())));
+                    }
+                    Ok(())
+                })
+                .await?;
+            outcome.targets.extend(entries.into_iter().map(|(p, _)| p));
+            let rv = RoleVersion { role: state.role, version: state.version };
+            if state.published { outcome.published.push(rv) } else { outcome.pending.push(rv) }
+        }
+        self.audit.record(actor, "publish", &format!("update {} ({} files)", manifest.id, files.len()), now).await?;
+        Ok(outcome)
+    }
+}
+
+fn validate_manifest(m: &UpdateManifest) -> Result<()> {
+    let id_ok = !m.id.is_empty()
+        && m.id.len() <= 64
+        && m.id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !id_ok {
+        return Err(bad("id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', '-'"));
+    }
+    for (field, text) in [
+        ("title", &m.title),
+        ("description", &m.description),
+        ("product", &m.product),
+        ("release_date", &m.release_date),
+    ] {
+        if text.len() > MAX_TEXT {
+            return Err(bad(format!("{field}: longer than {MAX_TEXT} bytes")));
+        }
+    }
+    if m.title.trim().is_empty() {
+        return Err(bad("title: must not be empty"));
+    }
+    time::Date::parse(&m.release_date, time::macros::format_description!("[year]-[month]-[day]"))
+        .map_err(|_| bad("release_date: expected YYYY-MM-DD"))?;
+    let lists = [
+        ("kb", &m.kb),
+        ("cves", &m.cves),
+        ("supersedes", &m.supersedes),
+        ("prerequisites", &m.prerequisites),
+        ("installer.arguments", &m.installer.arguments),
+        ("applicability.os", &m.applicability.os),
+        ("applicability.architectures", &m.applicability.architectures),
+        ("applicability.not_installed", &m.applicability.not_installed),
+    ];
+    for (field, list) in lists {
+        if list.len() > MAX_LIST || list.iter().any(|s| s.len() > 256) {
+            return Err(bad(format!("{field}: at most {MAX_LIST} items of at most 256 bytes")));
+        }
+    }
+    if m.files.is_empty() || m.files.len() > MAX_FILES_PER_UPDATE {
+        return Err(bad(format!("files: 1 to {MAX_FILES_PER_UPDATE} files")));
+    }
+    Ok(())
+}

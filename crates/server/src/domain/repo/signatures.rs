@@ -1,0 +1,157 @@
+//! Pending versions and offline signatures: proposals of whole documents, signatures added one
+//! upload at a time, each checked before anything is kept.
+
+use std::collections::BTreeMap;
+
+use ringfence_proto::RoleName;
+use ringfence_proto::api::{PendingSummary, RoleState, SignatureUpload};
+use ringfence_proto::limits::MAX_UPLOADED_METADATA;
+use ringfence_proto::names::RoleKind;
+use ringfence_proto::tuf::{Key, Root, Targets};
+use ringfence_store::PendingRecord;
+use ringfence_trust::{Envelope, policy};
+
+use super::{Authority, Repository, bad, parse};
+use crate::domain::error::{Error, Result};
+
+impl Repository {
+    pub async fn list_pending(&self) -> Result<Vec<PendingSummary>> {
+        let mut out = Vec::new();
+        for p in self.db.list_pending().await? {
+            let role = RoleName::parse(&p.role).map_err(Error::internal)?;
+            out.push(PendingSummary { role, version: p.version, created_at: p.created_at });
+        }
+        Ok(out)
+    }
+
+    pub async fn pending_bytes(&self, role: &RoleName) -> Result<Vec<u8>> {
+        Ok(self.db.pending(role.as_str()).await?.ok_or(Error::NotFound)?.bytes)
+    }
+
+    /// Propose a new version of an offline-signed role (root, targets, a publisher or
+    /// approval role) as a whole document, with the signatures gathered so far.
+    pub async fn propose(&self, role: &RoleName, bytes: &[u8], actor: &str, now: i64) -> Result<RoleState> {
+        let _guard = self.write_lock.lock().await;
+        match role.kind() {
+            RoleKind::Root => {
+                let env = Envelope::<Root>::parse(bytes, MAX_UPLOADED_METADATA).map_err(bad)?;
+                let current = self.latest_root().await?;
+                expect_next(role, current.signed.version, env.signed.version)?;
+                self.check_online_keys_listed(&env.signed)?;
+                self.settle_root(env, &current, actor, now).await
+            }
+            RoleKind::Snapshot | RoleKind::Timestamp => Err(bad("snapshot and timestamp are signed by the server")),
+            _ => {
+                let env = Envelope::<Targets>::parse(bytes, MAX_UPLOADED_METADATA).map_err(bad)?;
+                let current = self.latest::<Targets>(role.as_str()).await?.ok_or(Error::NotFound)?;
+                expect_next(role, current.signed.version, env.signed.version)?;
+                // Nothing that breaks the layout is held for signers, let alone published.
+                let top = self.latest::<Targets>("targets").await?.map(|t| t.signed);
+                policy::check_role(role, &env.signed, top.as_ref()).map_err(bad)?;
+                let authority = self.authority(role).await?;
+                // Only valid signatures are kept, so a pending document never carries junk.
+                let env = keep_valid(env, &authority)?;
+                self.settle(role, env, &authority, now).await
+            }
+        }
+    }
+
+    pub(super) async fn settle_root(
+        &self,
+        env: Envelope<Root>,
+        current: &Envelope<Root>,
+        actor: &str,
+        now: i64,
+    ) -> Result<RoleState> {
+        let old = current.signed.roles.get("root").ok_or_else(|| Error::internal("root without root role"))?;
+        let new = env.signed.roles.get("root").ok_or_else(|| bad("the new root lists no root role"))?;
+        let by_old = env.count_valid(&current.signed.keys, &old.keyids);
+        let by_new = env.count_valid(&env.signed.keys, &new.keyids);
+        let version = env.signed.version;
+        let threshold = old.threshold.max(new.threshold);
+        let published = by_old >= old.threshold && by_new >= new.threshold && new.threshold > 0;
+        if published {
+            self.commit(Vec::new(), Some(env), now).await?;
+            self.audit.record(actor, "root", &format!("published root version {version}"), now).await?;
+        } else {
+            let bytes = env.to_bytes().map_err(Error::internal)?;
+            self.db.put_pending(&PendingRecord { role: "root".into(), version, bytes, created_at: now }).await?;
+        }
+        Ok(RoleState { role: RoleName::root(), version, published, valid_signatures: by_old.min(by_new), threshold })
+    }
+
+    /// Add offline signatures to the pending version of `role`; publish when they suffice.
+    /// A signature that does not verify is refused and nothing changes.
+    pub async fn add_signatures(
+        &self,
+        role: &RoleName,
+        upload: SignatureUpload,
+        actor: &str,
+        now: i64,
+    ) -> Result<RoleState> {
+        let _guard = self.write_lock.lock().await;
+        let pending = self.db.pending(role.as_str()).await?.ok_or(Error::NotFound)?;
+        if pending.version != upload.version {
+            return Err(Error::Conflict(format!(
+                "pending version of {role} is {}, the signatures are for version {}",
+                pending.version, upload.version
+            )));
+        }
+        if let RoleKind::Root = role.kind() {
+            let mut env = Envelope::<Root>::parse(&pending.bytes, MAX_UPLOADED_METADATA).map_err(Error::internal)?;
+            let current = self.latest_root().await?;
+            let mut keys = current.signed.keys.clone();
+            keys.extend(env.signed.keys.clone());
+            let mut keyids: Vec<String> =
+                current.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default();
+            keyids.extend(env.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default());
+            check_each_signature(env.canonical_signed(), &upload.signatures, &keys, &keyids)?;
+            env.add_signatures(&upload.signatures);
+            return self.settle_root(env, &current, actor, now).await;
+        }
+        let mut env = parse::<Targets>(&pending.bytes)?;
+        let authority = self.authority(role).await?;
+        check_each_signature(env.canonical_signed(), &upload.signatures, &authority.keys, &authority.keyids)?;
+        env.add_signatures(&upload.signatures);
+        let state = self.settle(role, env, &authority, now).await?;
+        let keyids: Vec<&str> = upload.signatures.iter().map(|s| s.keyid.as_str()).collect();
+        let detail = format!("signatures by key ids {keyids:?} for {role} version {}", upload.version);
+        self.audit.record(actor, "sign", &detail, now).await?;
+        Ok(state)
+    }
+}
+
+fn expect_next(role: &RoleName, current: u64, proposed: u64) -> Result<()> {
+    if proposed != current + 1 {
+        return Err(Error::Conflict(format!(
+            "{role} is at version {current}; a proposal must be version {}",
+            current + 1
+        )));
+    }
+    Ok(())
+}
+
+fn keep_valid(mut env: Envelope<Targets>, authority: &Authority) -> Result<Envelope<Targets>> {
+    let signatures = std::mem::take(&mut env.signatures);
+    check_each_signature(env.canonical_signed(), &signatures, &authority.keys, &authority.keyids)?;
+    env.add_signatures(&signatures);
+    Ok(env)
+}
+
+fn check_each_signature(
+    message: &[u8],
+    signatures: &[ringfence_proto::tuf::Signature],
+    keys: &BTreeMap<String, Key>,
+    keyids: &[String],
+) -> Result<()> {
+    for s in signatures {
+        if !keyids.contains(&s.keyid) {
+            return Err(bad(format!("key {} may not sign this role", s.keyid)));
+        }
+        let ok = ringfence_trust::envelope::count_valid(message, std::slice::from_ref(s), keys, keyids) == 1;
+        if !ok {
+            return Err(bad(format!("signature by {} does not verify over the pending version", s.keyid)));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Admin API tokens: issued with scopes, shown once, stored only as the SHA-256 of the secret,
+//! revocable. Every issue and revocation is audited.
+
+use std::sync::Arc;
+
+use rand_core::{OsRng, RngCore};
+use ringfence_proto::api::{Scope, TokenCreated, TokenInfo, TokenRequest};
+use ringfence_store::{Database, TokenRecord};
+
+use super::audit::Audit;
+use super::error::{Error, Result};
+
+/// Prefix of every token secret, so a leaked token is recognisable in logs and scanners.
+pub const TOKEN_PREFIX: &str = "rfat_";
+
+/// Longest a token name may be.
+const MAX_NAME: usize = 64;
+
+/// A valid, unrevoked token, as the caller it authenticates.
+#[derive(Debug, Clone)]
+pub struct TokenHolder {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+#[derive(Clone)]
+pub struct Tokens {
+    db: Arc<dyn Database>,
+    audit: Audit,
+}
+
+fn token_hash(secret: &str) -> String {
+    ringfence_trust::sha256_hex(secret.as_bytes())
+}
+
+impl Tokens {
+    pub fn new(db: Arc<dyn Database>, audit: Audit) -> Self {
+        Self { db, audit }
+    }
+
+    /// Issue a token; the answer carries the secret, which is not kept and never shown again.
+    pub async fn issue(&self, request: &TokenRequest, actor: &str, now: i64) -> Result<TokenCreated> {
+        if request.name.is_empty() || request.name.len() > MAX_NAME || request.scopes.is_empty() {
+            return Err(Error::Invalid(format!("name: 1 to {MAX_NAME} characters; scopes: at least one")));
+        }
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        let mut id = [0u8; 8];
+        OsRng.fill_bytes(&mut id);
+        let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
+        let record = TokenRecord {
+            id: hex::encode(id),
+            name: request.name.clone(),
+            secret_sha256: token_hash(&token),
+            scopes: request.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            created_at: now,
+            revoked: false,
+        };
+        self.db.insert_token(&record).await?;
+        let detail = format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes);
+        self.audit.record(actor, "token", &detail, now).await?;
+        Ok(TokenCreated { id: record.id, token, scopes: request.scopes.clone() })
+    }
+
+    /// Every token, oldest first, without secrets.
+    pub async fn list(&self) -> Result<Vec<TokenInfo>> {
+        Ok(self
+            .db
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(|t| TokenInfo {
+                id: t.id,
+                name: t.name,
+                scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                created_at: t.created_at,
+                revoked: t.revoked,
+            })
+            .collect())
+    }
+
+    /// Revoke a token at once; `NotFound` for an id that was never issued.
+    pub async fn revoke(&self, id: &str, actor: &str, now: i64) -> Result<()> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::NotFound);
+        }
+        self.db.revoke_token(id).await?;
+        self.audit.record(actor, "token", &format!("revoked token {id}"), now).await
+    }
+
+    /// The holder of `secret`: `Unauthenticated` unless it is a token issued here and not revoked.
+    pub async fn authenticate(&self, secret: &str) -> Result<TokenHolder> {
+        if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
+            return Err(Error::Unauthenticated);
+        }
+        let token = self.db.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(Error::Unauthenticated)?;
+        if token.revoked {
+            return Err(Error::Unauthenticated);
+        }
+        let scopes = token.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
+        Ok(TokenHolder { id: token.id, name: token.name, scopes })
+    }
+}
