@@ -79,7 +79,7 @@ async fn bench(n: usize) {
     let state = ringfence_server::open_state(config).await.expect("state");
     state.repo.bootstrap(&root.to_bytes().expect("root bytes"), &roles, now).await.expect("bootstrap");
     let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
-    state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, now).await.expect("upload");
+    state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now).await.expect("upload");
 
     let mut times = Vec::new();
     let mut rewritten = Vec::new();

@@ -95,7 +95,8 @@ async fn upload_content(State(state): Shared, caller: Caller, headers: HeaderMap
         return Err(ApiError::TooLarge(limit));
     }
     let expected = headers.get("x-content-sha256").and_then(|v| v.to_str().ok());
-    let uploaded = state.repo.upload_content(body.into_data_stream(), expected, limit, crate::unix_now()).await?;
+    let uploaded =
+        state.repo.upload_content(body.into_data_stream(), expected, limit, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(uploaded)).into_response())
 }
 

@@ -129,8 +129,7 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let device = session_device(&state, &headers, now).await?;
     let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
-    let current = state.repo.timestamp_version().await?;
-    Ok(Json(state.devices.check_in(&device, &request, current, now)?).into_response())
+    Ok(Json(state.devices.check_in(&device, &request, now).await?).into_response())
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use ringfence_proto::api::ErrorBody;
 
 use crate::domain;
-use crate::domain::error::Cause;
+use crate::domain::error::{Cause, chain};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -70,18 +70,6 @@ impl From<domain::Error> for ApiError {
             domain::Error::Internal(cause) => ApiError::Internal(cause),
         }
     }
-}
-
-/// The whole chain of causes, outermost first, for the log.
-fn chain(cause: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = cause.to_string();
-    let mut next = cause.source();
-    while let Some(c) = next {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        next = c.source();
-    }
-    out
 }
 
 impl IntoResponse for ApiError {

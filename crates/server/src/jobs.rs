@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::AppState;
+use crate::domain::error::chain;
 
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let interval = Duration::from_secs(state.config.expiry.check_interval_secs.max(1));
@@ -17,12 +18,12 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
                 tracing::info!(renewed = ?names, "renewed online metadata");
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "renewing online metadata failed"),
+            Err(e) => tracing::error!(error = %chain(&e), "renewing online metadata failed"),
         }
         match state.devices.sweep(now).await {
             Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "sweeping expired sessions failed"),
+            Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
         }
         if let Ok(health) = state.repo.health(now).await {
             for w in &health.warnings {
@@ -47,7 +48,7 @@ pub async fn flush_checkins(state: Arc<AppState>, mut stop: tokio::sync::watch::
             _ = stop.changed() => true,
         };
         if let Err(e) = state.devices.flush_checkins().await {
-            tracing::error!(error = %e, "writing check-ins failed; kept for the next attempt");
+            tracing::error!(error = %chain(&e), "writing check-ins failed; kept for the next attempt");
         }
         if stopping {
             return;

@@ -247,6 +247,7 @@ fn the_audit_trail_names_who_did_what() {
         trail.iter().filter(|r| r["action"] == action).map(|r| r["actor"].as_str().unwrap().to_owned()).collect()
     };
     let ci_actor = format!("ci-publisher (token {})", created["id"].as_str().unwrap());
+    assert_eq!(by("upload"), std::slice::from_ref(&ci_actor));
     assert_eq!(by("publish"), std::slice::from_ref(&ci_actor));
     assert_eq!(by("approve"), [ci_actor]);
     assert!(by("sign").iter().all(|a| a.contains("(token ") && !a.contains("ci-publisher")), "{:?}", by("sign"));
@@ -275,4 +276,31 @@ fn publish_tells_people_what_happens_next_and_scripts_get_json() {
     assert!(out.contains("waits for its publisher's signature"), "{out}");
     assert!(out.contains("ringfence pending sign-all --key"), "{out}");
     assert!(!out.contains('{'), "no JSON for people: {out}");
+}
+
+#[test]
+fn token_commands_print_tables_for_people_and_json_for_scripts() {
+    let server = Server::start(|_| {});
+    let run = |args: &[&str]| crate::common::run_ok(server.cli().args(args));
+    // The secret alone on standard output, so `TOKEN=$(ringfence token create ...)` works.
+    let secret = run(&["token", "create", "--name", "reporting", "--scope", "read"]);
+    assert!(secret.trim().starts_with("rfat_") && secret.trim().lines().count() == 1, "{secret}");
+    let table = run(&["token", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID ") && lines[0].contains("NAME") && lines[0].ends_with("STATE"), "{table}");
+    // Aligned: every row's NAME starts in the header's NAME column.
+    let name_at = lines[0].find("NAME").unwrap();
+    assert!(lines[1..].iter().all(|l| l.get(name_at - 2..name_at) == Some("  ")), "{table}");
+    assert!(lines.iter().any(|l| l.contains("reporting") && l.ends_with("active")), "{table}");
+
+    let listed: Vec<Value> = serde_json::from_str(&run(&["token", "list", "--json"])).unwrap();
+    let id = listed.iter().find(|t| t["name"] == "reporting").unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(run(&["token", "revoke", &id]).contains("revoked"));
+    let listed: Vec<Value> = serde_json::from_str(&run(&["token", "list", "--json"])).unwrap();
+    assert_eq!(listed.iter().find(|t| t["id"] == id.as_str()).unwrap()["revoked"], true);
+    assert_eq!(server.client(Some(secret.trim())).get("/api/v1/updates").unwrap().status, 401);
+
+    let devices: Vec<Value> = serde_json::from_str(&run(&["device", "list", "--json"])).unwrap();
+    assert!(devices.is_empty(), "{devices:?}");
+    assert_eq!(run(&["device", "list"]).trim(), "no devices");
 }

@@ -42,8 +42,15 @@ fn a_new_group_and_publisher_go_from_ceremony_to_download() {
 
     // The server prepared version 1 of the new roles; only their key holders can sign them.
     let pending = run_ok(server.cli().args(["pending", "list"]));
-    assert!(pending.contains("approvals.staging version 1"), "{pending}");
-    assert!(pending.contains("publisher.globex version 1"), "{pending}");
+    let row = |role: &str| pending.lines().any(|l| l.split_whitespace().take(2).eq([role, "1"]));
+    assert!(pending.starts_with("ROLE "), "a table: {pending}");
+    assert!(row("approvals.staging") && row("publisher.globex"), "{pending}");
+    assert!(pending.contains("ringfence pending sign-all"), "says what to do next: {pending}");
+    // Scripts get the same list as JSON.
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&run_ok(server.cli().args(["pending", "list", "--json"]))).unwrap();
+    let roles: Vec<&str> = listed.iter().filter_map(|p| p["role"].as_str()).collect();
+    assert!(roles.contains(&"approvals.staging") && roles.contains(&"publisher.globex"), "{listed:?}");
     let sign_all = |key: &str| server.sign_all(key);
     // A key that may sign none of them signs nothing.
     assert!(sign_all("production-approver-1").trim().is_empty());

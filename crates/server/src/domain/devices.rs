@@ -12,12 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ringfence_proto::GroupName;
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
     EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportState,
     ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, session_message,
 };
+use ringfence_proto::{GroupName, RoleName};
 use ringfence_store::{
     CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
     ReportLimits, ReportRecord,
@@ -269,11 +269,10 @@ impl Devices {
 
     /// Record a check-in (written behind, see `checkins`: a check-in never waits for the
     /// database's write lock) and say whether the repository changed since the device's view.
-    pub fn check_in(
+    pub async fn check_in(
         &self,
         device: &SessionDevice,
         request: &CheckinRequest,
-        current_timestamp: u64,
         now: i64,
     ) -> Result<CheckinResponse> {
         if i64::try_from(request.timestamp_version).is_err() {
@@ -281,6 +280,7 @@ impl Devices {
         }
         request.inventory.validate().map_err(Error::Invalid)?;
         let inventory = serde_json::to_string(&request.inventory).map_err(Error::internal)?;
+        let current_timestamp = self.db.latest_metadata(RoleName::TIMESTAMP).await?.map_or(0, |t| t.version);
         self.checkins.record(CheckinRecord {
             device_id: device.id.clone(),
             at: now,

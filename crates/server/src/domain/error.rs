@@ -44,6 +44,18 @@ impl Error {
     }
 }
 
+/// The whole chain of causes, outermost first, for the log.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {

@@ -91,11 +91,6 @@ impl Repository {
         Ok(record.map(|r| r.bytes))
     }
 
-    /// The version of the latest timestamp (0 before bootstrap): what a device compares.
-    pub async fn timestamp_version(&self) -> Result<u64> {
-        Ok(self.db.latest_metadata(RoleName::TIMESTAMP).await?.map_or(0, |t| t.version))
-    }
-
     pub fn online_keys(&self) -> &OnlineKeys {
         &self.keys
     }

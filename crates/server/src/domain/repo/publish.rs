@@ -24,6 +24,7 @@ impl Repository {
         mut chunks: impl Stream<Item = std::result::Result<Bytes, E>> + Unpin,
         expected: Option<&str>,
         limit: u64,
+        actor: &str,
         now: i64,
     ) -> Result<BlobUploaded> {
         let mut writer = self.blobs.writer(limit)?;
@@ -33,6 +34,7 @@ impl Repository {
         }
         let (sha256, length) = writer.finish(expected).await?;
         self.db.insert_blob(&sha256, length, now).await?;
+        self.audit.record(actor, "upload", &format!("content {sha256} ({length} bytes)"), now).await?;
         let sha256 = Sha256Hex::parse(&sha256).map_err(Error::internal)?;
         Ok(BlobUploaded { sha256, length })
     }

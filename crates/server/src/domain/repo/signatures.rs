@@ -51,7 +51,14 @@ impl Repository {
                 let authority = self.authority(role).await?;
                 // Only valid signatures are kept, so a pending document never carries junk.
                 let env = keep_valid(env, &authority)?;
-                self.settle(role, env, &authority, now).await
+                let state = self.settle(role, env, &authority, now).await?;
+                let outcome = if state.published { "published" } else { "held for signatures" };
+                let detail = format!(
+                    "{role} version {} with {} of {} signatures: {outcome}",
+                    state.version, state.valid_signatures, state.threshold
+                );
+                self.audit.record(actor, "propose", &detail, now).await?;
+                Ok(state)
             }
         }
     }

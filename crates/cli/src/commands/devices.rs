@@ -1,0 +1,166 @@
+//! `ringfence device`: enrollment tokens, the fleet list, accept / reject / revoke.
+
+use clap::Subcommand;
+use ringfence_proto::GroupName;
+use ringfence_proto::device::{DeviceInfo, EnrollmentTokenCreated, EnrollmentTokenRequest};
+
+use crate::{ServerArgs, client, output};
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Create an enrollment token scoped to groups. Its secret is printed once, alone on
+    /// standard output.
+    EnrollmentToken {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        #[arg(long, default_value_t = 1)]
+        uses: u64,
+        #[arg(long, default_value_t = 86_400)]
+        expires_in_secs: u64,
+        /// Print JSON (for scripts), the secret included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Devices with their groups, last check-in and the state of each update, fetched a page
+    /// at a time.
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Only devices in this state (pending, accepted, rejected, revoked).
+        #[arg(long)]
+        state: Option<String>,
+        /// Stop after this many devices (all by default).
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Print JSON (for scripts): one array of every device listed.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accept a pending device.
+    Accept {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Reject a pending device.
+    Reject {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+    /// Revoke a device: its sessions end at once.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+    },
+}
+
+pub fn run(command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::EnrollmentToken { server, groups, uses, expires_in_secs, json } => {
+            let groups = groups.iter().map(|g| GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
+            let names: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            let request = EnrollmentTokenRequest { groups, expires_in_secs, max_uses: uses };
+            let answer = client(&server)?.send_json("POST", "/api/v1/enrollment-tokens", &request)?.ok()?;
+            let created: EnrollmentTokenCreated = serde_json::from_slice(&answer)?;
+            if json {
+                return output::json(&created);
+            }
+            println!("{}", created.token);
+            eprintln!(
+                "enrollment token {} admits devices to {} ({uses} use(s), until {}); on a device: \
+                 ringfence-agent enroll --group <group> --token <the token above> ...",
+                created.id,
+                names.join(", "),
+                output::time(created.expires_at)
+            );
+        }
+        DeviceCommand::List { server, state, limit, json } => list(&server, state.as_deref(), limit, json)?,
+        DeviceCommand::Accept { server, id } => change(&server, &id, "accept", "is accepted: it may open sessions")?,
+        DeviceCommand::Reject { server, id } => change(&server, &id, "reject", "is rejected")?,
+        DeviceCommand::Revoke { server, id } => change(&server, &id, "revoke", "is revoked: its sessions ended")?,
+    }
+    Ok(())
+}
+
+fn list(server: &ServerArgs, state: Option<&str>, limit: Option<u64>, json: bool) -> anyhow::Result<()> {
+    const PAGE: u64 = 500;
+    if let Some(s) = state
+        && !s.bytes().all(|b| b.is_ascii_lowercase())
+    {
+        anyhow::bail!("--state: pending, accepted, rejected or revoked");
+    }
+    let client = client(server)?;
+    let mut after = String::new();
+    let mut left = limit.unwrap_or(u64::MAX);
+    let mut all = Vec::new();
+    let mut first = true;
+    while left > 0 {
+        let page = left.min(PAGE);
+        let mut path = format!("/api/v1/devices?limit={page}");
+        if !after.is_empty() {
+            path.push_str(&format!("&after={after}"));
+        }
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        let devices: Vec<DeviceInfo> = serde_json::from_slice(&client.get(&path)?.ok()?)?;
+        let fetched = devices.len() as u64;
+        left = left.saturating_sub(fetched);
+        if let Some(last) = devices.last() {
+            after = last.id.clone();
+        }
+        if json {
+            all.extend(devices);
+        } else {
+            print_devices(&devices, first);
+            first = false;
+        }
+        if fetched < page {
+            break;
+        }
+    }
+    if json {
+        return output::json(&all);
+    }
+    Ok(())
+}
+
+/// One table row per device, each followed by its updates' states, indented; the header
+/// only above the first page (each page is aligned on its own, so a long list streams).
+fn print_devices(devices: &[DeviceInfo], header: bool) {
+    if devices.is_empty() {
+        if header {
+            println!("no devices");
+        }
+        return;
+    }
+    let mut table = output::Table::new(&["ID", "STATE", "HOST", "GROUPS", "LAST CHECK-IN"]);
+    for d in devices {
+        let seen = d.last_checkin.map_or("never".to_owned(), output::time);
+        table.row(vec![d.id.clone(), d.state.clone(), d.hostname.clone(), d.groups.join(","), seen]);
+    }
+    let lines = table.lines();
+    let mut lines = lines.into_iter();
+    if let Some(first) = lines.next()
+        && header
+    {
+        println!("{first}");
+    }
+    for (d, line) in devices.iter().zip(lines) {
+        println!("{line}");
+        for u in &d.updates {
+            let reason = u.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+            println!("    {}: {}{reason}", u.target, u.state.as_str());
+        }
+    }
+}
+
+fn change(server: &ServerArgs, id: &str, action: &str, outcome: &str) -> anyhow::Result<()> {
+    client(server)?.send("POST", &format!("/api/v1/devices/{id}/{action}"), b"", "application/json")?.ok()?;
+    println!("device {id} {outcome}");
+    Ok(())
+}

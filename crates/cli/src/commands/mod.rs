@@ -1,0 +1,8 @@
+//! One module per command family.
+
+pub mod devices;
+pub mod keys;
+pub mod metadata;
+pub mod pending;
+pub mod repository;
+pub mod tokens;

@@ -1,0 +1,96 @@
+//! The repository through the admin API: upload content, publish an update, approve it for a
+//! group, fetch a published role, propose a new version of an offline role.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ringfence_proto::api::{ApprovalRequest, BlobUploaded, PublishOutcome, RoleState, UpdateFile, UpdateManifest};
+use ringfence_proto::tuf::ApprovalAction;
+use ringfence_proto::{GroupName, RoleName, TargetPath};
+
+use crate::{ServerArgs, client, http, output};
+
+pub fn upload(server: &ServerArgs, file: &Path, json: bool) -> anyhow::Result<()> {
+    let uploaded = upload_file(&client(server)?, file)?;
+    if json {
+        return output::json(&uploaded);
+    }
+    println!("uploaded {} ({} bytes) as sha256 {}", file.display(), uploaded.length, uploaded.sha256);
+    Ok(())
+}
+
+fn upload_file(client: &http::Client, file: &Path) -> anyhow::Result<BlobUploaded> {
+    let answer = client.put_file("/api/v1/content", file)?.ok()?;
+    Ok(serde_json::from_slice(&answer)?)
+}
+
+/// Upload `files`, add them to the manifest and post it.
+pub fn publish(server: &ServerArgs, manifest: &Path, files: &[PathBuf], json: bool) -> anyhow::Result<()> {
+    let client = client(server)?;
+    let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest)?)?;
+    let mut list = Vec::new();
+    for file in files {
+        let uploaded = upload_file(&client, file)?;
+        let name = file.file_name().and_then(|n| n.to_str()).context("file name must be UTF-8")?.to_owned();
+        list.push(UpdateFile { name, sha256: uploaded.sha256, length: uploaded.length });
+    }
+    value
+        .as_object_mut()
+        .context("the manifest must be a JSON object")?
+        .insert("files".into(), serde_json::to_value(list)?);
+    let manifest: UpdateManifest = serde_json::from_value(value).context("the manifest does not fit the schema")?;
+    let answer = client.send_json("POST", "/api/v1/updates", &manifest)?.ok()?;
+    let outcome: PublishOutcome = serde_json::from_slice(&answer)?;
+    if json {
+        return output::json(&outcome);
+    }
+    output::published(&outcome);
+    Ok(())
+}
+
+pub struct Approval {
+    pub group: String,
+    pub target: String,
+    pub action: String,
+    pub deadline: Option<String>,
+}
+
+pub fn approve(server: &ServerArgs, approval: Approval, json: bool) -> anyhow::Result<()> {
+    let action = match approval.action.as_str() {
+        "install" => ApprovalAction::Install,
+        "uninstall" => ApprovalAction::Uninstall,
+        other => anyhow::bail!("action must be install or uninstall, not {other}"),
+    };
+    let request = ApprovalRequest {
+        group: GroupName::parse(&approval.group)?,
+        target: TargetPath::parse(&approval.target)?,
+        action,
+        deadline: approval.deadline,
+    };
+    let answer = client(server)?.send_json("POST", "/api/v1/approvals", &request)?.ok()?;
+    role_state(&answer, json)
+}
+
+pub fn fetch(server: &ServerArgs, role: &str, out: &Path) -> anyhow::Result<()> {
+    let role = RoleName::parse(role)?;
+    let bytes = client(server)?.get(&format!("/api/v1/metadata/{role}"))?.ok()?;
+    std::fs::write(out, bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}; edit it with `ringfence metadata`, sign it, then propose it", out.display());
+    Ok(())
+}
+
+pub fn propose(server: &ServerArgs, role: &str, file: &Path, json: bool) -> anyhow::Result<()> {
+    let role = RoleName::parse(role)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let answer = client(server)?.send("PUT", &format!("/api/v1/pending/{role}"), &bytes, "application/json")?.ok()?;
+    role_state(&answer, json)
+}
+
+fn role_state(answer: &[u8], json: bool) -> anyhow::Result<()> {
+    let state: RoleState = serde_json::from_slice(answer)?;
+    if json {
+        return output::json(&state);
+    }
+    output::role_state(&state);
+    Ok(())
+}
