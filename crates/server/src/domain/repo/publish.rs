@@ -189,3 +189,39 @@ fn validate_manifest(m: &UpdateManifest) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> UpdateManifest {
+        let mut value: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../../docs/examples/hello.manifest.json")).unwrap();
+        value["files"] = serde_json::json!([{"name": "hello.txt", "sha256": "ab".repeat(32), "length": 5}]);
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn refusal(edit: impl FnOnce(&mut UpdateManifest)) -> String {
+        let mut m = manifest();
+        edit(&mut m);
+        match validate_manifest(&m) {
+            Err(Error::Invalid(message)) => message,
+            other => panic!("not refused as invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_example_manifest_is_valid_and_each_bound_names_its_field() {
+        assert!(validate_manifest(&manifest()).is_ok());
+        assert!(refusal(|m| m.id = "a b".into()).starts_with("id:"));
+        assert!(refusal(|m| m.id = "x".repeat(65)).starts_with("id:"));
+        assert!(refusal(|m| m.title = " ".into()).starts_with("title:"));
+        assert!(refusal(|m| m.description = "x".repeat(MAX_TEXT + 1)).starts_with("description:"));
+        assert!(refusal(|m| m.release_date = "23/11/2026".into()).starts_with("release_date:"));
+        assert!(refusal(|m| m.cves = vec!["CVE".into(); MAX_LIST + 1]).starts_with("cves:"));
+        assert!(refusal(|m| m.kb = vec!["x".repeat(257)]).starts_with("kb:"));
+        assert!(refusal(|m| m.files.clear()).starts_with("files:"));
+        let many = vec![manifest().files.remove(0); MAX_FILES_PER_UPDATE + 1];
+        assert!(refusal(|m| m.files = many).starts_with("files:"));
+    }
+}

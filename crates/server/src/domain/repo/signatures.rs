@@ -162,3 +162,42 @@ fn check_each_signature(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use ringfence_proto::tuf::Signature;
+    use ringfence_trust::SigningKey;
+
+    use super::*;
+
+    #[test]
+    fn a_proposal_is_exactly_the_next_version() {
+        let role = RoleName::targets();
+        assert!(expect_next(&role, 4, 5).is_ok());
+        for proposed in [3, 4, 6, u64::MAX] {
+            assert!(matches!(expect_next(&role, 4, proposed), Err(Error::Conflict(_))), "{proposed}");
+        }
+    }
+
+    #[test]
+    fn one_bad_signature_refuses_the_whole_upload() {
+        let (listed, other) = (SigningKey::generate(), SigningKey::generate());
+        let keys: BTreeMap<String, Key> =
+            [&listed, &other].iter().map(|k| (k.key_id().to_string(), k.public().to_tuf())).collect();
+        let keyids = vec![listed.key_id().to_string()];
+        let message = b"the pending version";
+        let sign = |key: &SigningKey, msg: &[u8]| Signature {
+            keyid: key.key_id().to_string(),
+            sig: hex::encode(key.sign(msg)),
+        };
+        let good = sign(&listed, message);
+        assert!(check_each_signature(message, std::slice::from_ref(&good), &keys, &keyids).is_ok());
+        // A key the role does not list, and a listed key's signature over something else.
+        let unlisted = sign(&other, message);
+        let wrong = sign(&listed, b"another version");
+        for bad in [unlisted, wrong] {
+            let upload = [good.clone(), bad];
+            assert!(matches!(check_each_signature(message, &upload, &keys, &keyids), Err(Error::Invalid(_))));
+        }
+    }
+}
