@@ -16,6 +16,7 @@ use ringfence_proto::limits::MAX_ROOT_BYTES;
 use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, PublishedCustom, TargetFile, Timestamp};
 use ringfence_trust::client::TrustedSet;
 use ringfence_trust::policy::{self, Lookup};
+use ringfence_trust::precedence::{self, Decision};
 use ringfence_trust::workflow::{Fetched, target_file_name, verify_target};
 
 use crate::fetch::Fetcher;
@@ -191,6 +192,44 @@ fn flush_reports(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher) -> a
     Ok(())
 }
 
+/// An approval entry as its group's approval role lists it, before the publisher's entry is
+/// checked (that happens only for the decision that governs, before it is acted on).
+#[derive(Debug, Clone)]
+struct Listed {
+    approval_path: TargetPath,
+    published: TargetPath,
+    entry: TargetFile,
+}
+
+/// Read an entry of `group`'s approval role into a decision: its path must be in that group,
+/// its fields (signed by the group's approvers) must parse.
+fn listed_decision(
+    group: &GroupName,
+    depth: usize,
+    path: &str,
+    entry: TargetFile,
+) -> Result<(String, Decision<Listed>), String> {
+    let approval_path = TargetPath::parse(path).map_err(|e| format!("approval path: {e}"))?;
+    let (approval_group, published) = approval_path.split_approval().ok_or("not an approval path")?;
+    if &approval_group != group {
+        return Err(format!("listed in {group}'s approvals but for group {approval_group}"));
+    }
+    let custom = entry.custom.clone().ok_or("no approval fields")?;
+    let custom: ApprovalCustom = serde_json::from_value(custom).map_err(|e| format!("approval fields: {e}"))?;
+    let deadline = match &custom.deadline {
+        Some(d) => Some(ringfence_trust::expiry::parse(d).map_err(|e| format!("deadline: {e}"))?),
+        None => None,
+    };
+    let decision = Decision {
+        group: group.clone(),
+        depth,
+        action: custom.action,
+        deadline,
+        item: Listed { approval_path, published: published.clone(), entry },
+    };
+    Ok((published.to_string(), decision))
+}
+
 struct Cycle<'a> {
     state: &'a StateDir,
     config: &'a AgentConfig,
@@ -303,25 +342,94 @@ impl Cycle<'_> {
         Ok(done)
     }
 
-    fn process(
-        &mut self,
-        set: &mut TrustedSet,
-        group: &GroupName,
-        path: &str,
-        listed: &TargetFile,
-        inventory: &Inventory,
-    ) {
-        // Already done with these exact bytes: nothing to verify further or fetch.
-        let listed_sha = listed.hashes.get("sha256");
-        let done = TargetPath::parse(path)
-            .ok()
-            .and_then(|p| p.split_approval())
-            .and_then(|(_, published)| self.installed.get(published.as_str()))
-            .is_some_and(|i| Some(&i.sha256) == listed_sha);
-        if done {
-            return;
+    /// What governs each published file for this device (`ringfence_trust::precedence`): the
+    /// approvals of its groups and of their ancestors, as top-level targets signs the
+    /// hierarchy. A group whose approval role is refused is reported and counts as listing
+    /// nothing.
+    fn decisions(&mut self, set: &mut TrustedSet, groups: &[GroupName]) -> Vec<Decision<Listed>> {
+        let top = match policy::top_level_targets(set) {
+            Ok(top) => top.clone(),
+            Err(e) => {
+                self.report("targets", ReportState::Refused, Some(e.to_string()), None);
+                return Vec::new();
+            }
+        };
+        let lineages: Vec<Vec<GroupName>> = groups.iter().map(|g| policy::lineage(&top, g)).collect();
+        // Per group, per published file: its decision, or `None` when its entry was refused.
+        let mut listed: BTreeMap<GroupName, BTreeMap<String, Option<Decision<Listed>>>> = BTreeMap::new();
+        for group in lineages.iter().flatten() {
+            if listed.contains_key(group) {
+                continue;
+            }
+            let entries = match self.group_approvals(set, group) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    self.report(group.approval_role().as_str(), ReportState::Refused, Some(format!("{e:#}")), None);
+                    Vec::new()
+                }
+            };
+            let depth = policy::depth(&top, group);
+            let mut by_file = BTreeMap::new();
+            for (path, entry) in entries {
+                match listed_decision(group, depth, &path, entry) {
+                    Ok((published, decision)) => {
+                        by_file.insert(published, Some(decision));
+                    }
+                    Err(why) => {
+                        let published = TargetPath::parse(&path).ok().and_then(|p| p.split_approval()).map(|(_, p)| p);
+                        if let Some(published) = published {
+                            by_file.insert(published.to_string(), None);
+                        }
+                        self.report(&path, ReportState::Refused, Some(why), None);
+                    }
+                }
+            }
+            listed.insert(group.clone(), by_file);
         }
-        let (published, signed, action, how) = match self.decide(set, group, path, listed) {
+        let files: std::collections::BTreeSet<String> = listed.values().flat_map(|m| m.keys().cloned()).collect();
+        files
+            .iter()
+            .filter_map(|file| {
+                let per_group = lineages
+                    .iter()
+                    .filter_map(|lineage| {
+                        precedence::nearest(lineage, |g| listed.get(g).and_then(|m| m.get(file)).cloned())
+                    })
+                    .collect();
+                precedence::governing(per_group)
+            })
+            .collect()
+    }
+
+    /// Carry out the governing decision for one file.
+    fn act(&mut self, set: &mut TrustedSet, decision: Decision<Listed>, inventory: &Inventory) {
+        let Listed { approval_path, published, entry } = &decision.item;
+        let path = approval_path.as_str();
+        let listed_sha = entry.hashes.get("sha256").cloned().unwrap_or_default();
+        let recorded =
+            self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.state.clone());
+        match decision.action {
+            // Not for this device: nothing to do, nothing to report.
+            ApprovalAction::Decline => return,
+            // Done with these exact bytes already: nothing to verify further or fetch.
+            ApprovalAction::Install
+                if recorded
+                    .as_deref()
+                    .is_some_and(|s| matches!(s, "installed" | "reboot_required" | "not_applicable")) =>
+            {
+                return;
+            }
+            ApprovalAction::Uninstall if recorded.as_deref() != Some("installed") => {
+                if recorded.is_none() {
+                    self.report(path, ReportState::NotApplicable, Some("not installed".into()), None);
+                    self.remember(published.as_str(), &listed_sha, "", "not_installed");
+                }
+                return;
+            }
+            _ => {}
+        }
+        let group = decision.group.clone();
+        let (published, signed, _, how) = match self.decide(set, &group, path, entry) {
             Ok(d) => d,
             Err(e) => {
                 self.report(path, ReportState::Refused, Some(format!("{e:#}")), None);
@@ -330,13 +438,8 @@ impl Cycle<'_> {
         };
         let sha = signed.hashes.get("sha256").cloned().unwrap_or_default();
         let key = published.to_string();
-        if self.installed.get(&key).is_some_and(|i| i.sha256 == sha) {
-            return;
-        }
-        if action.action == ApprovalAction::Uninstall {
-            // FIXME(issue 3): uninstall through update modules is not built; reported as such.
-            self.report(path, ReportState::NotApplicable, Some("uninstall is not supported yet".into()), None);
-            self.remember(&key, &sha, &how.update_id, "not_applicable");
+        if decision.action == ApprovalAction::Uninstall {
+            self.uninstall(set, path, &published, &signed, &how);
             return;
         }
         if let Err(why) = self.applicable(&how.applicability, inventory) {
@@ -404,6 +507,45 @@ impl Cycle<'_> {
                     },
                 }
             }
+        }
+    }
+
+    /// Remove an installed update as its module can, from the verified file.
+    fn uninstall(
+        &mut self,
+        set: &TrustedSet,
+        path: &str,
+        published: &TargetPath,
+        signed: &TargetFile,
+        how: &PublishedCustom,
+    ) {
+        let sha = signed.hashes.get("sha256").cloned().unwrap_or_default();
+        let file = match self.download(set, published, signed) {
+            Ok(f) => f,
+            Err(e) => {
+                self.report(path, ReportState::Failed, Some(format!("download for uninstall: {e:#}")), None);
+                return;
+            }
+        };
+        let job = Job {
+            module: &how.installer.module,
+            arguments: &how.installer.arguments,
+            file: &file,
+            update_id: &how.update_id,
+            target: path,
+            modules_dir: &self.state.modules_dir(),
+            backup_dir: &self.state.root.join("backup"),
+        };
+        match modules::uninstall(&job, &sha) {
+            Ok(Outcome::Installed | Outcome::RebootRequired) => {
+                self.report(path, ReportState::Uninstalled, None, None);
+                self.remember(published.as_str(), &sha, &how.update_id, "uninstalled");
+                let _ = std::fs::remove_file(&file);
+            }
+            Ok(Outcome::Failed { exit_code, reason }) => {
+                self.report(path, ReportState::Failed, Some(format!("uninstall: {reason}")), exit_code.map(i64::from));
+            }
+            Err(e) => self.report(path, ReportState::Failed, Some(format!("uninstall: {e:#}")), None),
         }
     }
 
@@ -517,17 +659,8 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
             return Ok(CycleResult::Problems(cycle.problems));
         }
     };
-    for group in &config.groups {
-        let approvals = match cycle.group_approvals(&mut set, group) {
-            Ok(a) => a,
-            Err(e) => {
-                cycle.report(group.approval_role().as_str(), ReportState::Refused, Some(format!("{e:#}")), None);
-                continue;
-            }
-        };
-        for (path, listed) in approvals {
-            cycle.process(&mut set, group, &path, &listed, &inventory);
-        }
+    for decision in cycle.decisions(&mut set, &config.groups) {
+        cycle.act(&mut set, decision, &inventory);
     }
     let _ = flush_reports(state, &config, &cycle.client.fetcher);
     let installed = cycle.installed.values().filter(|i| i.state == "installed").count();

@@ -72,18 +72,7 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
             Ok((exit_outcome(status, "the script"), Undo::Nothing))
         }
         "deb" => {
-            let mut cmd = Command::new("dpkg");
-            // A throwaway dpkg database for tests and images: RINGFENCE_DPKG_ROOT.
-            if let Some(root) = std::env::var_os("RINGFENCE_DPKG_ROOT") {
-                let mut admindir = PathBuf::from(&root);
-                admindir.push("var/lib/dpkg");
-                cmd.arg(format!("--root={}", PathBuf::from(&root).display()))
-                    .arg(format!("--admindir={}", admindir.display()))
-                    .arg("--force-not-root")
-                    .arg("--force-script-chrootless")
-                    .arg("--log=/dev/null");
-            }
-            let status = cmd.arg("-i").arg(job.file).status().context("running dpkg")?;
+            let status = dpkg().arg("-i").arg(job.file).status().context("running dpkg")?;
             Ok((exit_outcome(status, "dpkg"), Undo::Nothing))
         }
         name => {
@@ -103,12 +92,78 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
     }
 }
 
+/// Remove what `install` put in place. `installed_sha256` is the hash of the file as it was
+/// installed: `file` removes its destination only while it still holds those bytes.
+pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
+    if !valid_module_name(job.module) {
+        bail!("module name {:?} is not a-z, 0-9, '-'", job.module);
+    }
+    match job.module {
+        "file" => {
+            let Some(dest) = job.arguments.first() else { bail!("module file needs a destination argument") };
+            let dest = PathBuf::from(dest);
+            let current = match std::fs::read(&dest) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Installed),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", dest.display())),
+            };
+            if ringfence_trust::sha256_hex(&current) != installed_sha256 {
+                return Ok(Outcome::Failed {
+                    exit_code: None,
+                    reason: format!("{} changed since it was installed; left alone", dest.display()),
+                });
+            }
+            std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
+            Ok(Outcome::Installed)
+        }
+        "script" => bail!("the script module cannot uninstall"),
+        "deb" => {
+            let field = Command::new("dpkg-deb").arg("--field").arg(job.file).arg("Package").output()?;
+            let package = String::from_utf8_lossy(&field.stdout).trim().to_owned();
+            if !field.status.success() || package.is_empty() || package.starts_with('-') {
+                bail!("dpkg-deb could not read the package name");
+            }
+            let status = dpkg().arg("-r").arg(&package).status().context("running dpkg")?;
+            Ok(exit_outcome(status, "dpkg -r"))
+        }
+        name => {
+            let path = job.modules_dir.join(name);
+            if !path.is_file() {
+                bail!("no update module {name} (looked for {})", path.display());
+            }
+            let status = Command::new(&path)
+                .arg("uninstall")
+                .arg(job.file)
+                .args(job.arguments)
+                .envs(env(job))
+                .status()
+                .with_context(|| format!("running module {name}"))?;
+            Ok(exit_outcome(status, &format!("module {name} uninstall")))
+        }
+    }
+}
+
 fn env(job: &Job) -> Vec<(&'static str, String)> {
     vec![
         ("RINGFENCE_MODULE_PROTOCOL", PROTOCOL.into()),
         ("RINGFENCE_UPDATE_ID", job.update_id.into()),
         ("RINGFENCE_TARGET", job.target.into()),
     ]
+}
+
+/// `dpkg`, working in the throwaway root `RINGFENCE_DPKG_ROOT` names, if any (tests, images).
+fn dpkg() -> Command {
+    let mut cmd = Command::new("dpkg");
+    if let Some(root) = std::env::var_os("RINGFENCE_DPKG_ROOT") {
+        let mut admindir = PathBuf::from(&root);
+        admindir.push("var/lib/dpkg");
+        cmd.arg(format!("--root={}", PathBuf::from(&root).display()))
+            .arg(format!("--admindir={}", admindir.display()))
+            .arg("--force-not-root")
+            .arg("--force-script-chrootless")
+            .arg("--log=/dev/null");
+    }
+    cmd
 }
 
 /// `file DEST [MODE]`: place the file at DEST (absolute), with MODE in octal (default 0644).

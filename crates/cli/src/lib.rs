@@ -53,20 +53,49 @@ pub enum Command {
     Approve {
         #[command(flatten)]
         server: ServerArgs,
+        /// The update (its id) whose files to approve; or name one file with --target.
+        #[arg(required_unless_present = "target", conflicts_with = "target")]
+        update: Option<String>,
         #[arg(long)]
         group: String,
-        /// Published path, `<publisher>/<file>`.
+        /// One published path, `<publisher>/<file>`.
         #[arg(long)]
-        target: String,
+        target: Option<String>,
+        /// install, uninstall or decline.
         #[arg(long, default_value = "install")]
         action: String,
-        /// Deadline, `YYYY-MM-DDTHH:MM:SSZ`.
+        /// Install by then at the latest, `YYYY-MM-DDTHH:MM:SSZ`.
         #[arg(long)]
         deadline: Option<String>,
+        /// Why (a change ticket): signed with the approval.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        sign: commands::pending::SignNow,
         /// Print JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
+    /// Take a group's approval of an update (or one file) back.
+    Withdraw {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The update (its id); or name one file with --target.
+        #[arg(required_unless_present = "target", conflicts_with = "target")]
+        update: Option<String>,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        target: Option<String>,
+        #[command(flatten)]
+        sign: commands::pending::SignNow,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Computer groups: their parents, approvers and whether the server approves for them.
+    #[command(subcommand)]
+    Group(commands::groups::GroupCommand),
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(commands::pending::PendingCommand),
@@ -125,9 +154,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Metadata(command) => commands::metadata::run(command),
         Command::Upload { server, file, json } => repository::upload(&server, &file, json),
         Command::Publish { server, manifest, files, json } => repository::publish(&server, &manifest, &files, json),
-        Command::Approve { server, group, target, action, deadline, json } => {
-            repository::approve(&server, Approval { group, target, action, deadline }, json)
+        Command::Approve { server, update, group, target, action, deadline, reason, sign, json } => {
+            let approval = Approval { update, group, target, action, deadline, reason };
+            repository::approve(&server, approval, &sign, json)
         }
+        Command::Withdraw { server, update, group, target, sign, json } => {
+            repository::withdraw(&server, update, &group, target, &sign, json)
+        }
+        Command::Group(command) => commands::groups::run(command),
         Command::Pending(command) => commands::pending::run(command),
         Command::Token(command) => commands::tokens::run(command),
         Command::Device(command) => commands::devices::run(command),

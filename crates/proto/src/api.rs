@@ -192,11 +192,80 @@ pub struct RoleVersion {
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRequest {
     pub group: GroupName,
-    /// The published path, `<publisher>/<file>`.
-    pub target: TargetPath,
+    /// Every file of the update with this id (or give `target`).
+    #[serde(default)]
+    pub update: Option<String>,
+    /// One published path, `<publisher>/<file>` (or give `update`).
+    #[serde(default)]
+    pub target: Option<TargetPath>,
     pub action: ApprovalAction,
     #[serde(default)]
     pub deadline: Option<String>,
+    /// Why (a change ticket): at most [`MAX_REASON`] printable characters, signed with the
+    /// approval.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Longest approval reason.
+pub const MAX_REASON: usize = 256;
+
+/// The files an approval or a withdrawal is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalSubject {
+    /// Every file of the update with this id.
+    Update(String),
+    /// One published path, `<publisher>/<file>`.
+    Target(TargetPath),
+}
+
+/// Exactly one of `update` and `target`.
+fn subject(update: &Option<String>, target: &Option<TargetPath>) -> Result<ApprovalSubject, &'static str> {
+    match (update, target) {
+        (Some(u), None) => Ok(ApprovalSubject::Update(u.clone())),
+        (None, Some(t)) => Ok(ApprovalSubject::Target(t.clone())),
+        _ => Err("give exactly one of update and target"),
+    }
+}
+
+impl ApprovalRequest {
+    pub fn subject(&self) -> Result<ApprovalSubject, &'static str> {
+        subject(&self.update, &self.target)
+    }
+}
+
+impl WithdrawalRequest {
+    pub fn subject(&self) -> Result<ApprovalSubject, &'static str> {
+        subject(&self.update, &self.target)
+    }
+}
+
+/// Take a group's approval of an update (or of one file) back: its entries leave the group's
+/// approval role in one new version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalRequest {
+    pub group: GroupName,
+    #[serde(default)]
+    pub update: Option<String>,
+    #[serde(default)]
+    pub target: Option<TargetPath>,
+}
+
+/// A computer group as the offline-signed top-level targets defines it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInfo {
+    pub name: GroupName,
+    /// The group it inherits approvals from.
+    #[serde(default)]
+    pub parent: Option<GroupName>,
+    /// Key ids of its approvers, and how many must sign.
+    pub approvers: Vec<String>,
+    pub threshold: u64,
+    /// Whether the server's online auto-approver key meets the threshold (it then approves
+    /// by rules without waiting for people).
+    pub auto_approve: bool,
 }
 
 /// Signatures over the pending version of a role, made offline.
@@ -225,6 +294,15 @@ pub struct PendingSummary {
     pub role: RoleName,
     pub version: u64,
     pub created_at: i64,
+    /// Key ids whose valid signatures the pending version carries.
+    #[serde(default)]
+    pub signed_by: Vec<String>,
+    /// Key ids that may sign it and have not yet.
+    #[serde(default)]
+    pub waiting_for: Vec<String>,
+    /// How many valid signatures publish it.
+    #[serde(default)]
+    pub threshold: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -152,6 +152,8 @@ pub enum ReportState {
     RebootRequired,
     NotApplicable,
     Refused,
+    /// Removed, as an uninstall approval asked.
+    Uninstalled,
 }
 
 impl ReportState {
@@ -166,6 +168,7 @@ impl ReportState {
             ReportState::RebootRequired => "reboot_required",
             ReportState::NotApplicable => "not_applicable",
             ReportState::Refused => "refused",
+            ReportState::Uninstalled => "uninstalled",
         }
     }
 }

@@ -86,6 +86,12 @@ pub struct DelegatedRole {
     pub paths: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_hash_prefixes: Option<Vec<String>>,
+    /// Ringfence's group hierarchy: on an `approvals.<g>` delegation of top-level targets, the
+    /// group `<g>` inherits approvals from (signed with top-level targets, so only its offline
+    /// key holders can re-parent a group). An extension field: other TUF clients keep it in
+    /// the signed bytes and ignore it.
+    #[serde(rename = "x-ringfence-parent", default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
 }
@@ -167,6 +173,9 @@ pub struct ApprovalCustom {
     /// RFC 3339 UTC deadline after which the install is enforced, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<String>,
+    /// Why, in the approvers' words (a change ticket), signed with the approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The update this file belongs to.
     pub update_id: String,
     /// SHA-256 of the canonical JSON of the publisher's whole target entry (length, hashes,
@@ -175,9 +184,30 @@ pub struct ApprovalCustom {
     pub published_entry_sha256: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What an approval tells the devices of its group to do with the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ApprovalAction {
+    /// Install it (by the deadline, when there is one).
     Install,
+    /// Remove it where it is installed.
     Uninstall,
+    /// Not for this group: overrides what the group would inherit from its parent.
+    Decline,
+}
+
+impl ApprovalAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalAction::Install => "install",
+            ApprovalAction::Uninstall => "uninstall",
+            ApprovalAction::Decline => "decline",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [ApprovalAction::Install, ApprovalAction::Uninstall, ApprovalAction::Decline]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
 }

@@ -33,7 +33,7 @@ enum Command {
         config: PathBuf,
     },
     #[command(flatten)]
-    Admin(ringfence_cli::Command),
+    Admin(Box<ringfence_cli::Command>),
 }
 
 fn init_logging() {
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
             ringfence_server::check_not_root(&config)?;
             runtime()?.block_on(serve(config))
         }
-        Command::Admin(command) => ringfence_cli::run(command),
+        Command::Admin(command) => ringfence_cli::run(*command),
     }
 }
 

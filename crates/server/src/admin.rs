@@ -30,6 +30,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/content", put(upload_content))
         .route("/api/v1/updates", post(publish_update).get(list_updates))
         .route("/api/v1/approvals", post(approve))
+        .route("/api/v1/withdrawals", post(withdraw))
+        .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/pending", get(list_pending))
         .route("/api/v1/pending/{role}", get(get_pending).put(propose))
         .route("/api/v1/pending/{role}/signatures", post(add_signatures))
@@ -156,6 +158,18 @@ async fn approve(State(state): Shared, caller: Caller, body: Body) -> ApiResult<
     let request = json_body(body).await?;
     let outcome = state.repo.approve(request, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
+}
+
+async fn withdraw(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Approve])?;
+    let request = json_body(body).await?;
+    let outcome = state.repo.withdraw(request, &caller.actor(), crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn list_groups(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    Ok(Json(state.repo.groups().await?).into_response())
 }
 
 async fn list_pending(State(state): Shared, caller: Caller) -> ApiResult<Response> {

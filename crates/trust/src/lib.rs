@@ -11,6 +11,7 @@ pub mod expiry;
 pub mod keys;
 pub mod paths;
 pub mod policy;
+pub mod precedence;
 pub mod review;
 pub mod workflow;
 pub mod writer;

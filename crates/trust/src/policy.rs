@@ -43,7 +43,12 @@ pub mod rule {
     pub const APPROVAL_FILES: &str = "an approval role lists only approvals/<group>/<publisher>/<file> of its group";
     pub const ROLE_NAME: &str = "only Ringfence role names are signed";
     pub const APPROVAL: &str = "an approval carries the length, hashes and entry digest its publisher signed";
+    pub const GROUP_PARENT: &str =
+        "only a group names a parent: another group targets delegates, without cycles, at most 8 deep";
 }
+
+/// Deepest group hierarchy accepted: a group has at most this many ancestors.
+pub const MAX_GROUP_DEPTH: usize = 8;
 
 /// A role version that breaks a layout rule, or an approval that breaks the decision rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +91,77 @@ pub fn check_top_level(doc: &Targets) -> Result<(), LayoutError> {
             ));
         }
     }
+    check_hierarchy(delegations)
+}
+
+/// Parents name groups delegated here; following them ends within [`MAX_GROUP_DEPTH`] steps.
+fn check_hierarchy(delegations: &ringfence_proto::tuf::Delegations) -> Result<(), LayoutError> {
+    let refuse = |detail: String| Err(broken("targets", rule::GROUP_PARENT, detail));
+    for d in &delegations.roles {
+        let Some(parent) = &d.parent else { continue };
+        let is_group = matches!(RoleName::parse(&d.name).map(|n| n.kind()), Ok(RoleKind::Approval(_)));
+        let parent_role = GroupName::parse(parent).map(|g| g.approval_role());
+        let delegated = parent_role.as_ref().is_ok_and(|r| delegations.roles.iter().any(|x| x.name == r.as_str()));
+        if !is_group || !delegated {
+            return refuse(format!("{} names parent {parent:?}, which is not a group delegated here", d.name));
+        }
+    }
+    let parent_of = |name: &str| delegations.roles.iter().find(|r| r.name == name).and_then(|r| r.parent.clone());
+    for d in &delegations.roles {
+        let mut seen = vec![d.name.clone()];
+        let mut at = d.name.clone();
+        while let Some(parent) = parent_of(&at) {
+            let next = format!("approvals.{parent}");
+            if seen.contains(&next) {
+                return refuse(format!("{} is its own ancestor", next));
+            }
+            seen.push(next.clone());
+            if seen.len() > MAX_GROUP_DEPTH + 1 {
+                return refuse(format!("{} is more than {MAX_GROUP_DEPTH} groups deep", d.name));
+            }
+            at = next;
+        }
+    }
     Ok(())
+}
+
+/// Role names from `role` up through its parents, nearest first, stopping at a repeat or past
+/// the depth bound (so it ends on any input; [`check_hierarchy`] refuses both).
+fn lineage_of(delegations: &ringfence_proto::tuf::Delegations, role: &str) -> Vec<String> {
+    let mut out = vec![role.to_owned()];
+    let mut at = role.to_owned();
+    while out.len() <= MAX_GROUP_DEPTH + 1 {
+        let parent = delegations.roles.iter().find(|r| r.name == at).and_then(|r| r.parent.as_deref());
+        let Some(next) = parent.and_then(|p| GroupName::parse(p).ok()).map(|g| g.approval_role().to_string()) else {
+            break;
+        };
+        if out.contains(&next) {
+            break;
+        }
+        out.push(next.clone());
+        at = next;
+    }
+    out
+}
+
+/// `group` and its ancestors, nearest first, as top-level targets (checked with
+/// [`check_top_level`]) declares them. A group targets does not delegate has no ancestors.
+pub fn lineage(top: &Targets, group: &GroupName) -> Vec<GroupName> {
+    let Some(delegations) = &top.delegations else { return vec![group.clone()] };
+    lineage_of(delegations, group.approval_role().as_str())
+        .iter()
+        .filter_map(|role| role.strip_prefix("approvals.").and_then(|g| GroupName::parse(g).ok()))
+        .collect()
+}
+
+/// How many ancestors `group` has (0 for a group without a parent).
+pub fn depth(top: &Targets, group: &GroupName) -> usize {
+    lineage(top, group).len().saturating_sub(1)
+}
+
+/// Top-level targets from a trusted set, checked against the layout (parents included).
+pub fn top_level_targets(set: &TrustedSet) -> Result<&Targets, LayoutError> {
+    top_level(set)
 }
 
 /// The public keys (by material) that `keyids` name in `keys`.
@@ -341,6 +416,69 @@ mod tests {
         check_role(&publisher().role(), doc, Some(&top()))
     }
 
+    /// `top()` with groups `names`, each the child of the one before.
+    fn hierarchy(names: &[&str]) -> Targets {
+        let mut t = top();
+        let mut parent: Option<&str> = None;
+        for name in names {
+            let group = GroupName::parse(name).unwrap();
+            let role = group.approval_role();
+            if role.as_str() != "approvals.production" {
+                let pattern = Coverage::Patterns(vec![group.approval_pattern()]);
+                writer::set_delegation(&mut t, role.as_str(), &keys(3), pattern, true);
+            }
+            assert!(writer::set_parent(&mut t, role.as_str(), parent));
+            parent = Some(name);
+        }
+        t
+    }
+
+    #[test]
+    fn groups_form_a_signed_tree_and_lineage_follows_it() {
+        let t = hierarchy(&["production", "eu", "eu-web"]);
+        assert_eq!(check_top_level(&t), Ok(()));
+        let names = |g: &str| -> Vec<String> {
+            lineage(&t, &GroupName::parse(g).unwrap()).iter().map(|g| g.to_string()).collect()
+        };
+        assert_eq!(names("eu-web"), ["eu-web", "eu", "production"]);
+        assert_eq!(names("production"), ["production"]);
+        assert_eq!(names("unknown"), ["unknown"]);
+        assert_eq!(depth(&t, &GroupName::parse("eu-web").unwrap()), 2);
+        // Changing approvers keeps a group's place in the tree.
+        let mut t2 = t.clone();
+        let pattern = Coverage::Patterns(vec![GroupName::parse("eu").unwrap().approval_pattern()]);
+        writer::set_delegation(&mut t2, "approvals.eu", &keys(4), pattern, true);
+        assert_eq!(
+            lineage(&t2, &GroupName::parse("eu-web").unwrap()),
+            lineage(&t, &GroupName::parse("eu-web").unwrap())
+        );
+    }
+
+    #[test]
+    fn a_parent_is_a_delegated_group_without_cycles_or_excess_depth() {
+        let refused = |t: &Targets| check_top_level(t).map_err(|e| e.rule);
+        // A cycle: production's parent is its own grandchild.
+        let mut cycle = hierarchy(&["production", "eu", "eu-web"]);
+        writer::set_parent(&mut cycle, "approvals.production", Some("eu-web"));
+        assert_eq!(refused(&cycle), Err(rule::GROUP_PARENT));
+        // A parent targets does not delegate, and a parent on a publisher's delegation.
+        let mut unknown = hierarchy(&["production"]);
+        writer::set_parent(&mut unknown, "approvals.production", Some("nowhere"));
+        assert_eq!(refused(&unknown), Err(rule::GROUP_PARENT));
+        let mut on_publisher = hierarchy(&["production"]);
+        writer::set_parent(&mut on_publisher, "publisher.acme", Some("production"));
+        assert_eq!(refused(&on_publisher), Err(rule::GROUP_PARENT));
+        let mut itself = hierarchy(&["production"]);
+        writer::set_parent(&mut itself, "approvals.production", Some("production"));
+        assert_eq!(refused(&itself), Err(rule::GROUP_PARENT));
+        // Nine ancestors is one too many; eight is the bound.
+        let names: Vec<String> = (0..=MAX_GROUP_DEPTH).map(|i| format!("g{i}")).collect();
+        let mut chain: Vec<&str> = vec!["production"];
+        chain.extend(names.iter().map(String::as_str));
+        assert_eq!(refused(&hierarchy(&chain)), Err(rule::GROUP_PARENT));
+        assert_eq!(refused(&hierarchy(&chain[..chain.len() - 1])), Ok(()));
+    }
+
     /// Each case edits a valid publisher role and names the rule the edit breaks.
     #[test]
     fn publisher_roles_delegate_exactly_their_bins() {
@@ -550,6 +688,7 @@ mod tests {
         let custom = ApprovalCustom {
             action: ringfence_proto::tuf::ApprovalAction::Install,
             deadline: None,
+            reason: None,
             update_id: "u".into(),
             published_entry_sha256: writer::entry_digest(&published),
         };

@@ -100,14 +100,28 @@ pub fn set_delegation(parent: &mut Targets, name: &str, set: &RoleKeySet, covera
         terminating,
         paths,
         path_hash_prefixes,
+        parent: None,
         unrecognized: BTreeMap::new(),
     };
     match delegations.roles.iter_mut().find(|r| r.name == name) {
-        Some(existing) => *existing = role,
+        // A group keeps its place in the hierarchy when its approvers change.
+        Some(existing) => *existing = DelegatedRole { parent: existing.parent.take(), ..role },
         None => delegations.roles.push(role),
     }
     let used: std::collections::BTreeSet<String> = delegations.roles.iter().flat_map(|r| r.keyids.clone()).collect();
     delegations.keys.retain(|id, _| used.contains(id));
+}
+
+/// Set (or with `None` clear) the parent of the delegation `name`; false if there is none.
+pub fn set_parent(targets: &mut Targets, name: &str, parent: Option<&str>) -> bool {
+    let role = targets.delegations.as_mut().and_then(|d| d.roles.iter_mut().find(|r| r.name == name));
+    match role {
+        Some(role) => {
+            role.parent = parent.map(str::to_owned);
+            true
+        }
+        None => false,
+    }
 }
 
 /// The publisher role: no targets of its own, `16^prefix_len` hashed bins, each signed by the

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use ringfence_proto::tuf::{Root, Targets};
 use ringfence_proto::{GroupName, PublisherName};
 use ringfence_trust::Envelope;
-use ringfence_trust::writer::RoleKeySet;
+use ringfence_trust::writer::{self, RoleKeySet};
 
 use super::keys::PassphraseArgs;
 use crate::{ceremony, now};
@@ -64,10 +64,18 @@ pub enum MetadataCommand {
         out: PathBuf,
         #[arg(long)]
         group: String,
-        #[arg(long = "key", required = true)]
+        /// The approvers' public keys (required for a new group; omit to keep them).
+        #[arg(long = "key")]
         keys: Vec<PathBuf>,
+        /// How many approvers must sign (with --key).
+        #[arg(long, requires = "keys")]
+        threshold: Option<u64>,
+        /// The group this one inherits approvals from.
+        #[arg(long, conflicts_with = "no_parent")]
+        parent: Option<String>,
+        /// Make the group top-level again (it inherits nothing).
         #[arg(long)]
-        threshold: u64,
+        no_parent: bool,
         #[arg(long, default_value_t = 365)]
         expires_days: i64,
     },
@@ -189,10 +197,24 @@ pub fn run(command: MetadataCommand) -> anyhow::Result<()> {
             write_envelope(&out, &Envelope::new(next)?)?;
             println!("wrote {}; now sign it with the old and the new root keys", out.display());
         }
-        MetadataCommand::SetGroup { file, out, group, keys, threshold, expires_days } => {
+        MetadataCommand::SetGroup { file, out, group, keys, threshold, parent, no_parent, expires_days } => {
             let group = GroupName::parse(&group)?;
-            let set = key_set(&keys, threshold)?;
-            edit_targets(&file, &out, expires_days, |t| ceremony::add_group(t, &group, &set))?;
+            let role = group.approval_role();
+            let set = if keys.is_empty() { None } else { Some(key_set(&keys, threshold.unwrap_or(1))?) };
+            let parent = parent.as_deref().map(GroupName::parse).transpose()?;
+            let mut next = next_targets(&file, expires_days)?;
+            let exists = next.delegations.as_ref().is_some_and(|d| d.roles.iter().any(|r| r.name == role.as_str()));
+            match set {
+                Some(set) => ceremony::add_group(&mut next, &group, &set),
+                None if exists => {}
+                None => anyhow::bail!("{group} is a new group: name its approvers with --key and --threshold"),
+            }
+            if parent.is_some() || no_parent {
+                writer::set_parent(&mut next, role.as_str(), parent.as_ref().map(|p| p.as_str()));
+            }
+            ringfence_trust::policy::check_top_level(&next).map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_envelope(&out, &Envelope::new(next)?)?;
+            println!("wrote {}; sign it with the targets keys, then propose it", out.display());
         }
         MetadataCommand::SetPublisher { file, out, publisher, keys, threshold, expires_days } => {
             let publisher = PublisherName::parse(&publisher)?;

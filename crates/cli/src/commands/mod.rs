@@ -1,6 +1,7 @@
 //! One module per command family.
 
 pub mod devices;
+pub mod groups;
 pub mod keys;
 pub mod metadata;
 pub mod pending;

@@ -58,7 +58,7 @@ pub struct SignerArgs {
     #[arg(long, env = "RINGFENCE_SIGNER_STATE")]
     pub state_dir: Option<PathBuf>,
     /// Refuse to sign a version that expires more than this many days from now.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = DEFAULT_MAX_EXPIRY_DAYS)]
     pub max_expiry_days: i64,
     /// Sign a version number this signer already signed a different document under (needed
     /// after a change to a version while it was pending).
@@ -68,8 +68,46 @@ pub struct SignerArgs {
     pub passphrase: PassphraseArgs,
 }
 
+/// `--key` on a command that changes a role: review and sign the new version at once, as
+/// `pending sign` does.
+#[derive(Debug, Args, Clone)]
+pub struct SignNow {
+    /// Sign the new version with this key right away (reviewed as `pending sign` does).
+    #[arg(long, requires = "trusted_root")]
+    pub key: Option<PathBuf>,
+    /// The root this signer trusts (with --key).
+    #[arg(long)]
+    pub trusted_root: Option<PathBuf>,
+    /// Sign without asking for confirmation (with --key).
+    #[arg(long)]
+    pub yes: bool,
+    /// This signer's trusted state (with --key; see `pending sign`).
+    #[arg(long, env = "RINGFENCE_SIGNER_STATE")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub passphrase: PassphraseArgs,
+}
+
+impl SignNow {
+    /// The signer, when a key was given.
+    pub fn signer(&self) -> Option<SignerArgs> {
+        Some(SignerArgs {
+            key: self.key.clone()?,
+            trusted_root: self.trusted_root.clone()?,
+            yes: self.yes,
+            state_dir: self.state_dir.clone(),
+            max_expiry_days: DEFAULT_MAX_EXPIRY_DAYS,
+            resign_version: false,
+            passphrase: self.passphrase.clone(),
+        })
+    }
+}
+
+/// Longest a version signed here may live, unless the signer says otherwise.
+const DEFAULT_MAX_EXPIRY_DAYS: i64 = 400;
+
 impl SignerArgs {
-    fn load(&self) -> anyhow::Result<(SigningKey, Vec<u8>, review::SignerState, review::ReviewOptions)> {
+    pub(crate) fn load(&self) -> anyhow::Result<(SigningKey, Vec<u8>, review::SignerState, review::ReviewOptions)> {
         let key = self.passphrase.load_key(&self.key)?;
         let path = &self.trusted_root;
         let root = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -95,9 +133,21 @@ pub fn run(command: PendingCommand) -> anyhow::Result<()> {
                 println!("nothing is waiting for signatures");
                 return Ok(());
             }
-            let mut table = output::Table::new(&["ROLE", "VERSION", "WAITING SINCE"]);
+            let mut table =
+                output::Table::new(&["ROLE", "VERSION", "WAITING SINCE", "SIGNED", "SIGNED BY", "MAY STILL SIGN"]);
+            let short = |ids: &[String]| -> String {
+                let ids: Vec<&str> = ids.iter().map(|k| k.get(..12).unwrap_or(k)).collect();
+                if ids.is_empty() { "-".to_owned() } else { ids.join(",") }
+            };
             for p in &list {
-                table.row(vec![p.role.to_string(), p.version.to_string(), output::time(p.created_at)]);
+                table.row(vec![
+                    p.role.to_string(),
+                    p.version.to_string(),
+                    output::time(p.created_at),
+                    format!("{} of {}", p.signed_by.len(), p.threshold),
+                    short(&p.signed_by),
+                    short(&p.waiting_for),
+                ]);
             }
             table.print();
             println!("next: each key holder reviews and signs what they may sign:");

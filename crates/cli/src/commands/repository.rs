@@ -4,11 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ringfence_proto::api::{ApprovalRequest, BlobUploaded, PublishOutcome, RoleState, UpdateFile, UpdateManifest};
+use ringfence_proto::api::{
+    ApprovalRequest, BlobUploaded, PublishOutcome, RoleState, UpdateFile, UpdateManifest, WithdrawalRequest,
+};
 use ringfence_proto::tuf::ApprovalAction;
 use ringfence_proto::{GroupName, RoleName, TargetPath};
 
-use crate::{ServerArgs, client, http, output};
+use super::pending::SignNow;
+use crate::{ServerArgs, client, http, now, output, review};
 
 pub fn upload(server: &ServerArgs, file: &Path, json: bool) -> anyhow::Result<()> {
     let uploaded = upload_file(&client(server)?, file)?;
@@ -49,26 +52,67 @@ pub fn publish(server: &ServerArgs, manifest: &Path, files: &[PathBuf], json: bo
 }
 
 pub struct Approval {
+    pub update: Option<String>,
     pub group: String,
-    pub target: String,
+    pub target: Option<String>,
     pub action: String,
     pub deadline: Option<String>,
+    pub reason: Option<String>,
 }
 
-pub fn approve(server: &ServerArgs, approval: Approval, json: bool) -> anyhow::Result<()> {
-    let action = match approval.action.as_str() {
-        "install" => ApprovalAction::Install,
-        "uninstall" => ApprovalAction::Uninstall,
-        other => anyhow::bail!("action must be install or uninstall, not {other}"),
-    };
+/// Approve, and with `--key` review and sign the resulting version at once.
+pub fn approve(server: &ServerArgs, approval: Approval, sign: &SignNow, json: bool) -> anyhow::Result<()> {
+    let action = ApprovalAction::parse(&approval.action)
+        .with_context(|| format!("--action: install, uninstall or decline, not {}", approval.action))?;
+    let group = GroupName::parse(&approval.group)?;
     let request = ApprovalRequest {
-        group: GroupName::parse(&approval.group)?,
-        target: TargetPath::parse(&approval.target)?,
+        group: group.clone(),
+        update: approval.update,
+        target: approval.target.as_deref().map(TargetPath::parse).transpose()?,
         action,
         deadline: approval.deadline,
+        reason: approval.reason,
     };
-    let answer = client(server)?.send_json("POST", "/api/v1/approvals", &request)?.ok()?;
-    role_state(&answer, json)
+    let client = client(server)?;
+    let answer = client.send_json("POST", "/api/v1/approvals", &request)?.ok()?;
+    settled(&client, &group, &answer, sign, json)
+}
+
+/// Withdraw, and with `--key` review and sign the resulting version at once.
+pub fn withdraw(
+    server: &ServerArgs,
+    update: Option<String>,
+    group: &str,
+    target: Option<String>,
+    sign: &SignNow,
+    json: bool,
+) -> anyhow::Result<()> {
+    let group = GroupName::parse(group)?;
+    let target = target.as_deref().map(TargetPath::parse).transpose()?;
+    let request = WithdrawalRequest { group: group.clone(), update, target };
+    let client = client(server)?;
+    let answer = client.send_json("POST", "/api/v1/withdrawals", &request)?.ok()?;
+    settled(&client, &group, &answer, sign, json)
+}
+
+/// Print the approval role's state; sign it first when a key was given and it waits.
+fn settled(client: &http::Client, group: &GroupName, answer: &[u8], sign: &SignNow, json: bool) -> anyhow::Result<()> {
+    let mut state: RoleState = serde_json::from_slice(answer)?;
+    if !state.published
+        && let Some(signer) = sign.signer()
+    {
+        let (key, trusted, signer_state, options) = signer.load()?;
+        let role = group.approval_role();
+        match review::review_and_sign(client, &role, &key, &trusted, &signer_state, options, now())? {
+            review::Signed::Signed(signed) => state = signed,
+            review::Signed::NotAuthorised(why) => anyhow::bail!("{why}"),
+        }
+    }
+    if json {
+        return output::json(&state);
+    }
+    output::role_state(&state);
+    Ok(())
 }
 
 pub fn fetch(server: &ServerArgs, role: &str, out: &Path) -> anyhow::Result<()> {

@@ -138,6 +138,7 @@ impl Server {
             terminating: false,
             paths: None,
             path_hash_prefixes: Some(vec![String::new()]),
+            parent: None,
             unrecognized: Default::default(),
         };
         (auto.to_tuf(), role)

@@ -98,6 +98,7 @@ fn an_older_repository_shown_as_current_is_refused() {
     let custom = ringfence_proto::tuf::ApprovalCustom {
         action: ringfence_proto::tuf::ApprovalAction::Install,
         deadline: None,
+        reason: None,
         update_id: "acme-harmless.bin".into(),
         published_entry_sha256: writer::entry_digest(&entry),
     };

@@ -1,58 +1,164 @@
-//! Approvals: a new version of a group's approval role that pins what the publisher signed.
+//! Approvals: a new version of a group's approval role that pins what the publisher signed,
+//! and withdrawals, which take entries out of it. Every file of a request goes into one
+//! version, and requests made while a version is pending join it (one signing round).
 
-use ringfence_proto::api::{ApprovalRequest, RoleState};
-use ringfence_proto::tuf::{ApprovalCustom, Targets};
+use ringfence_proto::api::{ApprovalRequest, ApprovalSubject, GroupInfo, MAX_REASON, RoleState, WithdrawalRequest};
+use ringfence_proto::tuf::{ApprovalCustom, TargetFile, Targets};
+use ringfence_proto::{GroupName, TargetPath};
 use ringfence_trust::{expiry, writer};
 
 use super::{Repository, bad};
 use crate::domain::error::{Error, Result};
 
 impl Repository {
-    /// Propose an approval: a new version of the group's approval role carrying the same
-    /// length and hashes as the publisher signed.
+    /// The computer groups top-level targets defines: parent, approvers, threshold, and
+    /// whether the server's online keys may approve for it.
+    pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
+        let Some(delegations) = top.signed.delegations else { return Ok(Vec::new()) };
+        let online = self.keys.delegated_signers();
+        let mut out = Vec::new();
+        for d in &delegations.roles {
+            let Some(name) = d.name.strip_prefix("approvals.").and_then(|g| GroupName::parse(g).ok()) else { continue };
+            let online_count = d.keyids.iter().filter(|id| online.contains_key(*id)).count() as u64;
+            out.push(GroupInfo {
+                name,
+                parent: d.parent.as_deref().and_then(|p| GroupName::parse(p).ok()),
+                approvers: d.keyids.clone(),
+                threshold: d.threshold,
+                auto_approve: d.threshold > 0 && online_count >= d.threshold,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The published paths an approval or withdrawal is about.
+    async fn subject_paths(&self, subject: &ApprovalSubject) -> Result<Vec<TargetPath>> {
+        match subject {
+            ApprovalSubject::Target(path) => {
+                self.db
+                    .file_by_target_path(path.as_str())
+                    .await?
+                    .ok_or_else(|| bad(format!("unknown target {path}")))?;
+                Ok(vec![path.clone()])
+            }
+            ApprovalSubject::Update(id) => {
+                let files = self.db.update_files(id).await?;
+                if files.is_empty() {
+                    return Err(bad(format!("unknown update {id}")));
+                }
+                files.iter().map(|f| TargetPath::parse(&f.target_path).map_err(Error::internal)).collect()
+            }
+        }
+    }
+
+    /// The entry the publisher signed for `path`, as published now.
+    async fn signed_entry(&self, path: &TargetPath) -> Result<TargetFile> {
+        let publisher = path.publisher().ok_or_else(|| bad("target must be <publisher>/<file>"))?;
+        let prefix_len = self.bin_prefix_len(&publisher).await?;
+        let bin = publisher.bin_role(&ringfence_trust::paths::bin_prefix_of(path.as_str(), prefix_len));
+        self.latest::<Targets>(bin.as_str())
+            .await?
+            .and_then(|b| b.signed.targets.get(path.as_str()).cloned())
+            .ok_or_else(|| Error::Conflict(format!("{path} is not published yet: its publisher has not signed it")))
+    }
+
+    /// Propose an approval: the group's approval role gets, for every file of the update (or
+    /// the one target), an entry with the length and hashes the publisher signed and the
+    /// digest of the publisher's whole entry, plus the action, deadline and reason.
     pub async fn approve(&self, request: ApprovalRequest, actor: &str, now: i64) -> Result<RoleState> {
         if let Some(deadline) = &request.deadline {
             expiry::parse(deadline).map_err(bad)?;
         }
+        if let Some(reason) = &request.reason {
+            let printable = reason.chars().all(|c| !c.is_control());
+            if reason.is_empty() || reason.chars().count() > MAX_REASON || !printable {
+                return Err(bad(format!("reason: 1 to {MAX_REASON} printable characters")));
+            }
+        }
+        let subject = request.subject().map_err(bad)?;
         let _guard = self.write_lock.lock().await;
-        let publisher = request.target.publisher().ok_or_else(|| bad("target must be <publisher>/<file>"))?;
-        let file = self
-            .db
-            .file_by_target_path(request.target.as_str())
-            .await?
-            .ok_or_else(|| bad(format!("unknown target {}", request.target)))?;
-        let prefix_len = self.bin_prefix_len(&publisher).await?;
-        let bin = publisher.bin_role(&ringfence_trust::paths::bin_prefix_of(request.target.as_str(), prefix_len));
-        let signed_entry = self
-            .latest::<Targets>(bin.as_str())
-            .await?
-            .and_then(|b| b.signed.targets.get(request.target.as_str()).cloned())
-            .ok_or_else(|| {
-                Error::Conflict(format!("{} is not published yet: its publisher has not signed it", request.target))
-            })?;
-        let role = request.group.approval_role();
-        let path = request.target.approval(&request.group).map_err(bad)?;
-        let custom = ApprovalCustom {
-            action: request.action,
-            deadline: request.deadline.clone(),
-            update_id: file.update_id.clone(),
-            published_entry_sha256: writer::entry_digest(&signed_entry),
-        };
-        let custom = serde_json::to_value(&custom).map_err(Error::internal)?;
-        let mut entry = signed_entry;
-        entry.custom = Some(custom);
+        let mut entries = Vec::new();
+        for path in self.subject_paths(&subject).await? {
+            let file = self
+                .db
+                .file_by_target_path(path.as_str())
+                .await?
+                .ok_or_else(|| bad(format!("unknown target {path}")))?;
+            let signed_entry = self.signed_entry(&path).await?;
+            let custom = ApprovalCustom {
+                action: request.action,
+                deadline: request.deadline.clone(),
+                reason: request.reason.clone(),
+                update_id: file.update_id.clone(),
+                published_entry_sha256: writer::entry_digest(&signed_entry),
+            };
+            let mut entry = signed_entry;
+            entry.custom = Some(serde_json::to_value(&custom).map_err(Error::internal)?);
+            entries.push((path.approval(&request.group).map_err(bad)?, entry));
+        }
+        let count = entries.len();
         let state = self
-            .change_delegated(&role, now, move |t| {
-                t.targets.insert(path.to_string(), entry);
+            .change_delegated(&request.group.approval_role(), now, move |t| {
+                for (path, entry) in entries {
+                    t.targets.insert(path.to_string(), entry);
+                }
                 Ok(())
             })
             .await
-            .map_err(|e| match e {
-                Error::NotFound => bad(format!("unknown group {}", request.group)),
-                other => other,
-            })?;
-        let detail = format!("{} for {} ({:?})", request.target, request.group, request.action);
+            .map_err(|e| unknown_group(e, &request.group))?;
+        let what = describe(&subject, count);
+        let mut detail = format!("{} {what} for {}", request.action.as_str(), request.group);
+        if let Some(deadline) = &request.deadline {
+            detail.push_str(&format!(" by {deadline}"));
+        }
+        if let Some(reason) = &request.reason {
+            detail.push_str(&format!(" ({reason})"));
+        }
         self.audit.record(actor, "approve", &detail, now).await?;
         Ok(state)
+    }
+
+    /// Take approvals back: the group's approval role loses the entries of the update (or the
+    /// one target). `Conflict` when the group has none of them.
+    pub async fn withdraw(&self, request: WithdrawalRequest, actor: &str, now: i64) -> Result<RoleState> {
+        let subject = request.subject().map_err(bad)?;
+        let _guard = self.write_lock.lock().await;
+        let paths: Vec<String> = self
+            .subject_paths(&subject)
+            .await?
+            .iter()
+            .map(|p| p.approval(&request.group).map(|a| a.to_string()).map_err(bad))
+            .collect::<Result<_>>()?;
+        let group = request.group.clone();
+        let state = self
+            .change_delegated(&request.group.approval_role(), now, move |t| {
+                let before = t.targets.len();
+                t.targets.retain(|path, _| !paths.contains(path));
+                if t.targets.len() == before {
+                    return Err(Error::Conflict(format!("group {group} has no approval of it to withdraw")));
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| unknown_group(e, &request.group))?;
+        let detail = format!("{} for {}", describe(&subject, 0), request.group);
+        self.audit.record(actor, "withdraw", &detail, now).await?;
+        Ok(state)
+    }
+}
+
+fn unknown_group(e: Error, group: &GroupName) -> Error {
+    match e {
+        Error::NotFound => bad(format!("unknown group {group}")),
+        other => other,
+    }
+}
+
+fn describe(subject: &ApprovalSubject, files: usize) -> String {
+    match subject {
+        ApprovalSubject::Update(id) if files > 0 => format!("update {id} ({files} file(s))"),
+        ApprovalSubject::Update(id) => format!("update {id}"),
+        ApprovalSubject::Target(path) => path.to_string(),
     }
 }

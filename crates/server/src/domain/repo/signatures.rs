@@ -19,9 +19,46 @@ impl Repository {
         let mut out = Vec::new();
         for p in self.db.list_pending().await? {
             let role = RoleName::parse(&p.role).map_err(Error::internal)?;
-            out.push(PendingSummary { role, version: p.version, created_at: p.created_at });
+            let (signed_by, waiting_for, threshold) = self.signers_of(&role, &p.bytes).await?;
+            out.push(PendingSummary {
+                role,
+                version: p.version,
+                created_at: p.created_at,
+                signed_by,
+                waiting_for,
+                threshold,
+            });
         }
         Ok(out)
+    }
+
+    /// Who validly signed a pending document, who may still sign it, and the threshold (for
+    /// root: its old and new root keys, and the larger of the two thresholds).
+    async fn signers_of(&self, role: &RoleName, bytes: &[u8]) -> Result<(Vec<String>, Vec<String>, u64)> {
+        let (message, signatures, keys, keyids, threshold) = if let RoleKind::Root = role.kind() {
+            let env = Envelope::<Root>::parse(bytes, MAX_UPLOADED_METADATA).map_err(Error::internal)?;
+            let current = self.latest_root().await?;
+            let old = current.signed.roles.get("root").cloned();
+            let new = env.signed.roles.get("root").cloned();
+            let mut keys = current.signed.keys.clone();
+            keys.extend(env.signed.keys.clone());
+            let mut keyids: Vec<String> = old.iter().chain(new.iter()).flat_map(|r| r.keyids.clone()).collect();
+            keyids.sort();
+            keyids.dedup();
+            let threshold = old.map_or(0, |r| r.threshold).max(new.map_or(0, |r| r.threshold));
+            (env.canonical_signed().to_vec(), env.signatures, keys, keyids, threshold)
+        } else {
+            let env = parse::<Targets>(bytes)?;
+            let authority = self.authority(role).await?;
+            (env.canonical_signed().to_vec(), env.signatures, authority.keys, authority.keyids, authority.threshold)
+        };
+        let signed: Vec<String> = signatures
+            .iter()
+            .filter(|s| ringfence_trust::envelope::count_valid(&message, std::slice::from_ref(*s), &keys, &keyids) == 1)
+            .map(|s| s.keyid.clone())
+            .collect();
+        let waiting = keyids.into_iter().filter(|k| !signed.contains(k)).collect();
+        Ok((signed, waiting, threshold))
     }
 
     pub async fn pending_bytes(&self, role: &RoleName) -> Result<Vec<u8>> {
