@@ -157,6 +157,23 @@ pub enum ReportState {
 }
 
 impl ReportState {
+    pub const ALL: [ReportState; 10] = [
+        ReportState::Downloading,
+        ReportState::Downloaded,
+        ReportState::Installing,
+        ReportState::Installed,
+        ReportState::Failed,
+        ReportState::RolledBack,
+        ReportState::RebootRequired,
+        ReportState::NotApplicable,
+        ReportState::Refused,
+        ReportState::Uninstalled,
+    ];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReportState::Downloading => "downloading",

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::common::{Server, agent_bin, run_ok, sql};
 
-struct Agent {
-    dir: PathBuf,
+pub(crate) struct Agent {
+    pub(crate) dir: PathBuf,
 }
 
 impl Agent {
@@ -18,14 +18,14 @@ impl Agent {
         self.dir.join("state")
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(agent_bin());
         c.args(args).arg("--state-dir").arg(self.state()).current_dir(&self.dir);
         c
     }
 
     /// `check`: (exit code, stdout).
-    fn check(&self) -> (i32, String) {
+    pub(crate) fn check(&self) -> (i32, String) {
         let out = self.command(&["check"]).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.code().unwrap_or(-1), text)
@@ -37,12 +37,12 @@ impl Agent {
     }
 }
 
-fn token(server: &Server, group: &str, uses: u64) -> String {
+pub(crate) fn token(server: &Server, group: &str, uses: u64) -> String {
     let out = run_ok(server.cli().args(["device", "enrollment-token", "--group", group, "--uses", &uses.to_string()]));
     out.trim().to_owned()
 }
 
-fn enroll(server: &Server, root: &Path, name: &str, group: &str, token: &str) -> Agent {
+pub(crate) fn enroll(server: &Server, root: &Path, name: &str, group: &str, token: &str) -> Agent {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let agent = Agent { dir };
@@ -77,7 +77,7 @@ fn publish_script(server: &Server, id: &str) {
     server.sign_all("publisher-acme");
 }
 
-fn devices(server: &Server) -> Vec<DeviceInfo> {
+pub(crate) fn devices(server: &Server) -> Vec<DeviceInfo> {
     serde_json::from_slice(&server.admin().get("/api/v1/devices").unwrap().ok().unwrap()).unwrap()
 }
 

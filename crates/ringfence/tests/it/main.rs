@@ -12,6 +12,7 @@ mod ceremony;
 mod common;
 mod conformance;
 mod device_api;
+mod fleet;
 mod freshness;
 mod installation;
 mod interop;

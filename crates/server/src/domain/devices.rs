@@ -108,13 +108,6 @@ fn verify(key: &ringfence_trust::PublicKey, message: &[u8], signature_hex: &str)
     key.verify(message, &signature).map_err(|_| Error::Unauthenticated)
 }
 
-fn report_state(s: &str) -> Option<ReportState> {
-    use ReportState::*;
-    [Downloading, Downloaded, Installing, Installed, Failed, RolledBack, RebootRequired, NotApplicable, Refused]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-}
-
 fn group_names(groups: &[String]) -> Vec<GroupName> {
     groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect()
 }
@@ -402,7 +395,7 @@ impl Devices {
     async fn info(&self, d: DeviceRecord) -> Result<DeviceInfo> {
         let mut newest: BTreeMap<String, StatusReport> = BTreeMap::new();
         for r in self.db.device_update_states(&d.id).await? {
-            let Some(state) = report_state(&r.state) else { continue };
+            let Some(state) = ReportState::parse(&r.state) else { continue };
             let report = StatusReport {
                 id: r.id,
                 target: r.target.clone(),
