@@ -16,7 +16,7 @@ use ringfence_proto::limits::MAX_ROOT_BYTES;
 use ringfence_proto::tuf::{ApprovalAction, ApprovalCustom, PublishedCustom, TargetFile, Timestamp};
 use ringfence_trust::client::TrustedSet;
 use ringfence_trust::policy::{self, Lookup};
-use ringfence_trust::precedence::{self, Decision};
+use ringfence_trust::precedence::{self, Decision, Listing};
 use ringfence_trust::workflow::{Fetched, target_file_name, verify_target};
 
 use crate::fetch::Fetcher;
@@ -344,8 +344,9 @@ impl Cycle<'_> {
 
     /// What governs each published file for this device (`ringfence_trust::precedence`): the
     /// approvals of its groups and of their ancestors, as top-level targets signs the
-    /// hierarchy. A group whose approval role is refused is reported and counts as listing
-    /// nothing.
+    /// hierarchy. When any of those approval roles is refused, it is reported and nothing is
+    /// acted on this cycle (what is installed stays).
+    /// A file one of the lineages lists in a way that was refused is left alone.
     fn decisions(&mut self, set: &mut TrustedSet, groups: &[GroupName]) -> Vec<Decision<Listed>> {
         let top = match policy::top_level_targets(set) {
             Ok(top) => top.clone(),
@@ -355,8 +356,8 @@ impl Cycle<'_> {
             }
         };
         let lineages: Vec<Vec<GroupName>> = groups.iter().map(|g| policy::lineage(&top, g)).collect();
-        // Per group, per published file: its decision, or `None` when its entry was refused.
-        let mut listed: BTreeMap<GroupName, BTreeMap<String, Option<Decision<Listed>>>> = BTreeMap::new();
+        // Per group, per published file: what it says.
+        let mut listed: BTreeMap<GroupName, BTreeMap<String, Listing<Listed>>> = BTreeMap::new();
         for group in lineages.iter().flatten() {
             if listed.contains_key(group) {
                 continue;
@@ -364,8 +365,10 @@ impl Cycle<'_> {
             let entries = match self.group_approvals(set, group) {
                 Ok(entries) => entries,
                 Err(e) => {
+                    // A role that cannot be trusted hides what its group decided, overrides
+                    // of its ancestors' approvals included: act on nothing this cycle.
                     self.report(group.approval_role().as_str(), ReportState::Refused, Some(format!("{e:#}")), None);
-                    Vec::new()
+                    return Vec::new();
                 }
             };
             let depth = policy::depth(&top, group);
@@ -373,12 +376,12 @@ impl Cycle<'_> {
             for (path, entry) in entries {
                 match listed_decision(group, depth, &path, entry) {
                     Ok((published, decision)) => {
-                        by_file.insert(published, Some(decision));
+                        by_file.insert(published, Listing::Decides(decision));
                     }
                     Err(why) => {
                         let published = TargetPath::parse(&path).ok().and_then(|p| p.split_approval()).map(|(_, p)| p);
                         if let Some(published) = published {
-                            by_file.insert(published.to_string(), None);
+                            by_file.insert(published.to_string(), Listing::Refused);
                         }
                         self.report(&path, ReportState::Refused, Some(why), None);
                     }
@@ -419,13 +422,9 @@ impl Cycle<'_> {
             {
                 return;
             }
-            ApprovalAction::Uninstall if recorded.as_deref() != Some("installed") => {
-                if recorded.is_none() {
-                    self.report(path, ReportState::NotApplicable, Some("not installed".into()), None);
-                    self.remember(published.as_str(), &listed_sha, "", "not_installed");
-                }
-                return;
-            }
+            // Not installed (with these bytes): nothing to remove. Nothing is written either: the
+            // entry is not verified yet, and what the device recorded stays as it is.
+            ApprovalAction::Uninstall if recorded.as_deref() != Some("installed") => return,
             _ => {}
         }
         let group = decision.group.clone();

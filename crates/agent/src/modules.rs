@@ -99,29 +99,34 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
         bail!("module name {:?} is not a-z, 0-9, '-'", job.module);
     }
     match job.module {
-        "file" => {
-            let Some(dest) = job.arguments.first() else { bail!("module file needs a destination argument") };
-            let dest = PathBuf::from(dest);
-            let current = match std::fs::read(&dest) {
-                Ok(bytes) => bytes,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Installed),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", dest.display())),
-            };
-            if ringfence_trust::sha256_hex(&current) != installed_sha256 {
-                return Ok(Outcome::Failed {
-                    exit_code: None,
-                    reason: format!("{} changed since it was installed; left alone", dest.display()),
-                });
-            }
-            std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
-            Ok(Outcome::Installed)
-        }
+        "file" => uninstall_file(job, installed_sha256),
         "script" => bail!("the script module cannot uninstall"),
         "deb" => {
-            let field = Command::new("dpkg-deb").arg("--field").arg(job.file).arg("Package").output()?;
-            let package = String::from_utf8_lossy(&field.stdout).trim().to_owned();
-            if !field.status.success() || package.is_empty() || package.starts_with('-') {
-                bail!("dpkg-deb could not read the package name");
+            let field = |name: &str| -> anyhow::Result<String> {
+                let out = Command::new("dpkg-deb").arg("--field").arg(job.file).arg(name).output()?;
+                let value = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                let plain = value.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.:~".contains(&b));
+                if !out.status.success() || value.is_empty() || value.starts_with('-') || !plain {
+                    bail!("dpkg-deb could not read the {name} field");
+                }
+                Ok(value)
+            };
+            let (package, version) = (field("Package")?, field("Version")?);
+            // Only the version this update installed is removed, not a later one.
+            let mut query = Command::new("dpkg-query");
+            if let Some(root) = std::env::var_os("RINGFENCE_DPKG_ROOT") {
+                query.arg(format!("--admindir={}", PathBuf::from(root).join("var/lib/dpkg").display()));
+            }
+            let installed = query.args(["--show", "--showformat=${Version}"]).arg(&package).output()?;
+            let installed = String::from_utf8_lossy(&installed.stdout).trim().to_owned();
+            if installed.is_empty() {
+                return Ok(Outcome::Installed);
+            }
+            if installed != version {
+                return Ok(Outcome::Failed {
+                    exit_code: None,
+                    reason: format!("{package} {installed} is installed, not this update's {version}; left alone"),
+                });
             }
             let status = dpkg().arg("-r").arg(&package).status().context("running dpkg")?;
             Ok(exit_outcome(status, "dpkg -r"))
@@ -141,6 +146,45 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
             Ok(exit_outcome(status, &format!("module {name} uninstall")))
         }
     }
+}
+
+/// `DEST` as `file` accepts it: absolute, without `..`.
+fn file_destination(job: &Job) -> anyhow::Result<PathBuf> {
+    let Some(dest) = job.arguments.first() else { bail!("module file needs a destination argument") };
+    let dest = PathBuf::from(dest);
+    if !dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        bail!("module file: destination must be absolute, without '..'");
+    }
+    Ok(dest)
+}
+
+/// Remove `DEST` only while it is a regular file (not a link) holding exactly the installed
+/// bytes; a missing `DEST` counts as removed.
+fn uninstall_file(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
+    use std::os::unix::fs::MetadataExt;
+    let dest = file_destination(job)?;
+    let before = match std::fs::symlink_metadata(&dest) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Outcome::Installed),
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", dest.display())),
+    };
+    let left_alone =
+        |why: &str| Outcome::Failed { exit_code: None, reason: format!("{} {why}; left alone", dest.display()) };
+    if !before.file_type().is_file() {
+        return Ok(left_alone("is not a regular file"));
+    }
+    let mut file = std::fs::File::open(&dest).with_context(|| format!("opening {}", dest.display()))?;
+    let opened = file.metadata()?;
+    if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+        return Ok(left_alone("changed while it was checked"));
+    }
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", dest.display()))?;
+    if hex::encode(sha2::Digest::finalize(hasher)) != installed_sha256 {
+        return Ok(left_alone("changed since it was installed"));
+    }
+    std::fs::remove_file(&dest).with_context(|| format!("removing {}", dest.display()))?;
+    Ok(Outcome::Installed)
 }
 
 fn env(job: &Job) -> Vec<(&'static str, String)> {
@@ -169,11 +213,7 @@ fn dpkg() -> Command {
 /// `file DEST [MODE]`: place the file at DEST (absolute), with MODE in octal (default 0644).
 fn install_file(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(dest) = job.arguments.first() else { bail!("module file needs a destination argument") };
-    let dest = PathBuf::from(dest);
-    if !dest.is_absolute() || dest.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        bail!("module file: destination must be absolute, without '..'");
-    }
+    let dest = file_destination(job)?;
     let mode = match job.arguments.get(1) {
         Some(m) => u32::from_str_radix(m, 8).context("module file: mode is octal, like 0644")?,
         None => 0o644,
@@ -232,5 +272,54 @@ pub fn health_check(command: &[String]) -> Result<(), (Option<i32>, String)> {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err((s.code(), format!("health check {program} exited with {s}"))),
         Err(e) => Err((None, format!("health check {program} could not run: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod uninstall_tests {
+    use super::*;
+
+    fn job<'a>(dest: &'a [String], file: &'a Path) -> Job<'a> {
+        Job {
+            module: "file",
+            arguments: dest,
+            file,
+            update_id: "u",
+            target: "approvals/g/acme/f",
+            modules_dir: file,
+            backup_dir: file,
+        }
+    }
+
+    #[test]
+    fn file_uninstall_removes_only_the_bytes_it_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("app.txt");
+        let args = vec![dest.display().to_string()];
+        let installed = ringfence_trust::sha256_hex(b"v1");
+        std::fs::write(&dest, b"v1").unwrap();
+        // Changed since: left alone.
+        std::fs::write(&dest, b"edited by hand").unwrap();
+        assert!(matches!(uninstall(&job(&args, dir.path()), &installed).unwrap(), Outcome::Failed { .. }));
+        assert!(dest.exists());
+        // A link is not followed, whatever it points at.
+        std::fs::remove_file(&dest).unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"v1").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dest).unwrap();
+        assert!(matches!(uninstall(&job(&args, dir.path()), &installed).unwrap(), Outcome::Failed { .. }));
+        assert!(elsewhere.exists() && dest.exists());
+        // The installed bytes: removed; then missing counts as removed.
+        std::fs::remove_file(&dest).unwrap();
+        std::fs::write(&dest, b"v1").unwrap();
+        assert_eq!(uninstall(&job(&args, dir.path()), &installed).unwrap(), Outcome::Installed);
+        assert!(!dest.exists());
+        assert_eq!(uninstall(&job(&args, dir.path()), &installed).unwrap(), Outcome::Installed);
+        // A relative destination is refused before anything is touched.
+        let relative = vec!["app.txt".to_owned()];
+        assert!(uninstall(&job(&relative, dir.path()), &installed).is_err());
+        // The script module cannot uninstall.
+        let script = Job { module: "script", ..job(&args, dir.path()) };
+        assert!(uninstall(&script, &installed).is_err());
     }
 }

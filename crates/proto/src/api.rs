@@ -266,6 +266,10 @@ pub struct GroupInfo {
     /// Whether the server's online auto-approver key meets the threshold (it then approves
     /// by rules without waiting for people).
     pub auto_approve: bool,
+    /// The nearest ancestor the server approves for online, if any: what it approves there,
+    /// this group inherits unless it overrides it.
+    #[serde(default)]
+    pub inherits_auto_approval_from: Option<GroupName>,
 }
 
 /// Signatures over the pending version of a role, made offline.

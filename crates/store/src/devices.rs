@@ -1,7 +1,11 @@
 //! Devices: enrollment, sessions, check-ins and status reports.
 
+use std::collections::BTreeMap;
+
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+
+use crate::compliance::Bucket;
 
 use crate::sqlite::{conflict_or, count_from_row, from_bigint, join_names, refused, split_names, to_bigint};
 use crate::{Result, SqliteStore, StoreError};
@@ -232,6 +236,9 @@ async fn insert_device_row(conn: &mut sqlx::SqliteConnection, d: &DeviceRecord, 
     .execute(&mut *conn)
     .await
     .map_err(|e| conflict_or(e, || "a device with this key or id exists".into()))?;
+    if d.state == DeviceState::Accepted {
+        crate::compliance::adjust_group_devices(conn, &d.groups, 1).await?;
+    }
     Ok(())
 }
 
@@ -347,13 +354,23 @@ impl DeviceStore for SqliteStore {
 
     async fn set_device_state(&self, id: &str, state: DeviceState) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let done = sqlx::query("UPDATE devices SET state = $1 WHERE id = $2")
+        // The write lock first, then the state it leaves (for the per-group counts).
+        let done =
+            sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let row = sqlx::query("SELECT state, groups FROM devices WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+        let was_accepted = row.try_get::<String, _>("state")? == DeviceState::Accepted.as_str();
+        let groups = split_names(&row.try_get::<String, _>("groups")?);
+        sqlx::query("UPDATE devices SET state = $1 WHERE id = $2")
             .bind(state.as_str())
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound);
+        let is_accepted = state == DeviceState::Accepted;
+        if was_accepted != is_accepted {
+            crate::compliance::adjust_group_devices(&mut tx, &groups, if is_accepted { 1 } else { -1 }).await?;
         }
         if state != DeviceState::Accepted {
             sqlx::query("DELETE FROM device_sessions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
@@ -522,6 +539,8 @@ impl DeviceStore for SqliteStore {
             .try_get("n")?;
         let mut targets = targets as u64;
         let mut accepted = 0;
+        // The batch's net change to the compliance counts, written once at the end.
+        let mut deltas: BTreeMap<(String, Bucket), i64> = BTreeMap::new();
         for r in reports {
             let done = sqlx::query(
                 "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at, seq) \
@@ -543,13 +562,19 @@ impl DeviceStore for SqliteStore {
             }
             seq += 1;
             accepted += 1;
-            let known = sqlx::query("SELECT 1 AS one FROM device_update_states WHERE device_id = $1 AND target = $2")
-                .bind(device_id)
-                .bind(&r.target)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            if !known {
+            let previous: Option<String> =
+                sqlx::query("SELECT state FROM device_update_states WHERE device_id = $1 AND target = $2")
+                    .bind(device_id)
+                    .bind(&r.target)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| row.try_get("state"))
+                    .transpose()?;
+            if let Some(previous) = &previous {
+                *deltas.entry((r.target.clone(), Bucket::of_state(previous))).or_insert(0) -= 1;
+            }
+            *deltas.entry((r.target.clone(), Bucket::of_state(&r.state))).or_insert(0) += 1;
+            if previous.is_none() {
                 targets += 1;
                 if targets > limits.max_targets {
                     tx.rollback().await?;
@@ -577,6 +602,7 @@ impl DeviceStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
+        crate::compliance::apply_compliance_deltas(&mut tx, &deltas).await?;
         // Retention: the oldest reports beyond the history go (by index).
         let keep = to_bigint(limits.history.max(1), "history")?;
         sqlx::query("DELETE FROM status_reports WHERE device_id = $1 AND seq <= $2")

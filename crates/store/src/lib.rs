@@ -6,10 +6,12 @@
 //! implementation of the same trait is a drop-in.
 
 mod blob;
+mod compliance;
 mod devices;
 mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
+pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted,
@@ -141,8 +143,9 @@ pub trait Store: Send + Sync + 'static {
     /// Length of the blob, if it is known.
     async fn blob_length(&self, sha256: &str) -> Result<Option<u64>>;
 
-    /// Insert an update and its files atomically; `Conflict` if the id or a target path exists.
-    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord]) -> Result<()>;
+    /// Insert an update, its files and the CVEs it fixes atomically; `Conflict` if the id or a
+    /// target path exists.
+    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord], cves: &[String]) -> Result<()>;
     /// Updates ordered by id, after `after`, at most `limit`.
     async fn list_updates(&self, after: &str, limit: u64) -> Result<Vec<UpdateRecord>>;
     async fn update_files(&self, update_id: &str) -> Result<Vec<UpdateFileRecord>>;
@@ -158,6 +161,6 @@ pub trait Store: Send + Sync + 'static {
 
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
-pub trait Database: Store + DeviceStore {}
+pub trait Database: Store + DeviceStore + ComplianceStore {}
 
-impl<T: Store + DeviceStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore> Database for T {}

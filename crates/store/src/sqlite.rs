@@ -32,6 +32,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial", include_str!("../migrations/0001_initial.sql")),
     (2, "devices", include_str!("../migrations/0002_devices.sql")),
     (3, "device abuse bounds", include_str!("../migrations/0003_device_abuse_bounds.sql")),
+    (4, "compliance", include_str!("../migrations/0004_compliance.sql")),
 ];
 
 #[derive(Debug)]
@@ -362,7 +363,7 @@ impl Store for SqliteStore {
             .transpose()
     }
 
-    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord]) -> Result<()> {
+    async fn insert_update(&self, update: &UpdateRecord, files: &[UpdateFileRecord], cves: &[String]) -> Result<()> {
         if let Some(stray) = files.iter().find(|f| f.update_id != update.id) {
             return Err(refused(format!(
                 "file {} names update {}, not {}",
@@ -387,6 +388,16 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(|err| conflict_or(err, || format!("target path {} already exists", file.target_path)))?;
+        }
+        let mut cves: Vec<String> = cves.iter().map(|c| c.to_ascii_uppercase()).collect();
+        cves.sort();
+        cves.dedup();
+        for cve in &cves {
+            sqlx::query("INSERT INTO update_cves (cve, update_id) VALUES ($1, $2)")
+                .bind(cve)
+                .bind(update.id.as_str())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -614,14 +625,14 @@ mod tests {
         let (_dir, store) = open().await;
         let first = update("u1", 10);
         let files = [file("u1", "acme/b.bin"), file("u1", "acme/a.bin")];
-        store.insert_update(&first, &files).await.unwrap();
+        store.insert_update(&first, &files, &["CVE-2025-59287".into()]).await.unwrap();
 
         // Same id, fresh paths.
-        let err = store.insert_update(&update("u1", 11), &[file("u1", "acme/c.bin")]).await.unwrap_err();
+        let err = store.insert_update(&update("u1", 11), &[file("u1", "acme/c.bin")], &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
         // Fresh id, one path taken.
         let err = store
-            .insert_update(&update("u2", 12), &[file("u2", "acme/d.bin"), file("u2", "acme/a.bin")])
+            .insert_update(&update("u2", 12), &[file("u2", "acme/d.bin"), file("u2", "acme/a.bin")], &[])
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");

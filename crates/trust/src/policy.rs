@@ -106,7 +106,9 @@ fn check_hierarchy(delegations: &ringfence_proto::tuf::Delegations) -> Result<()
             return refuse(format!("{} names parent {parent:?}, which is not a group delegated here", d.name));
         }
     }
-    let parent_of = |name: &str| delegations.roles.iter().find(|r| r.name == name).and_then(|r| r.parent.clone());
+    let parents: BTreeMap<&str, &str> =
+        delegations.roles.iter().filter_map(|r| Some((r.name.as_str(), r.parent.as_deref()?))).collect();
+    let parent_of = |name: &str| parents.get(name).map(|p| (*p).to_owned());
     for d in &delegations.roles {
         let mut seen = vec![d.name.clone()];
         let mut at = d.name.clone();

@@ -31,15 +31,19 @@ pub struct Decision<T> {
     pub item: T,
 }
 
+/// What one group's approval role says about one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listing<T> {
+    Decides(Decision<T>),
+    /// The group lists the file in a way that was refused (or its role could not be trusted):
+    /// nobody may guess what it meant.
+    Refused,
+}
+
 /// For one device group's lineage (nearest first): what the first group that lists the file
-/// says. `listing` answers `None` when a group does not list it, `Some(None)` when it lists
-/// it in a way that was refused: that group still decides (nothing), and no ancestor's
-/// decision comes through in its place.
-pub fn nearest<T>(
-    lineage: &[GroupName],
-    listing: impl FnMut(&GroupName) -> Option<Option<Decision<T>>>,
-) -> Option<Decision<T>> {
-    lineage.iter().find_map(listing).flatten()
+/// says. `listing` answers `None` when a group does not list it.
+pub fn nearest<T>(lineage: &[GroupName], listing: impl FnMut(&GroupName) -> Option<Listing<T>>) -> Option<Listing<T>> {
+    lineage.iter().find_map(listing)
 }
 
 fn action_rank(action: ApprovalAction) -> u8 {
@@ -50,8 +54,17 @@ fn action_rank(action: ApprovalAction) -> u8 {
     }
 }
 
-/// The decision that governs, among those of the device's groups (see the module's rules).
-pub fn governing<T>(decisions: Vec<Decision<T>>) -> Option<Decision<T>> {
+/// The decision that governs, among what the device's groups' lineages say (see the module's
+/// rules). None when any of them was refused: a withheld or broken override must not let a
+/// broader approval through in its place.
+pub fn governing<T>(listings: Vec<Listing<T>>) -> Option<Decision<T>> {
+    let mut decisions = Vec::with_capacity(listings.len());
+    for listing in listings {
+        match listing {
+            Listing::Decides(d) => decisions.push(d),
+            Listing::Refused => return None,
+        }
+    }
     decisions.into_iter().min_by(|a, b| {
         let key = |d: &Decision<T>| {
             (Reverse(d.depth), action_rank(d.action), d.deadline.unwrap_or(i64::MAX), d.group.as_str().to_owned())
@@ -86,23 +99,25 @@ mod tests {
     fn the_nearest_group_in_a_lineage_decides() {
         let lineage = [g("eu-web"), g("production"), g("all")];
         let listed = |group: &GroupName| match group.as_str() {
-            "production" => Some(Some(d("production", 1, Decline, None))),
-            "all" => Some(Some(d("all", 0, Install, None))),
+            "production" => Some(Listing::Decides(d("production", 1, Decline, None))),
+            "all" => Some(Listing::Decides(d("all", 0, Install, None))),
             _ => None,
         };
-        assert_eq!(nearest(&lineage, listed).map(|x| x.group), Some(g("production")));
-        assert_eq!(nearest(&lineage, |_| None::<Option<Decision<()>>>), None);
-        // A refused listing in the child decides nothing, and the parent's install does not
-        // come through in its place.
+        assert_eq!(nearest(&lineage, listed), Some(Listing::Decides(d("production", 1, Decline, None))));
+        assert_eq!(nearest(&lineage, |_| None::<Listing<()>>), None);
+        // A refused listing in the child stands: the parent's install does not come through.
         let refused_child = |group: &GroupName| match group.as_str() {
-            "eu-web" => Some(None),
-            _ => Some(Some(d(group.as_str(), 0, Install, None))),
+            "eu-web" => Some(Listing::Refused),
+            _ => Some(Listing::Decides(d(group.as_str(), 0, Install, None))),
         };
-        assert_eq!(nearest(&lineage, refused_child), None);
+        assert_eq!(nearest(&lineage, refused_child), Some(Listing::Refused));
+        // And it stops the other groups' decisions too.
+        assert_eq!(governing(vec![Listing::Decides(d("all", 0, Install, None)), Listing::Refused]), None);
     }
 
     #[test]
     fn deeper_then_install_then_earlier_deadline() {
+        let governing = |all: Vec<Decision<()>>| governing(all.into_iter().map(Listing::Decides).collect());
         // The deeper group's uninstall beats a shallower install.
         let won = governing(vec![d("all", 0, Install, None), d("eu-web", 2, Uninstall, None)]).unwrap();
         assert_eq!((won.group.as_str(), won.action), ("eu-web", Uninstall));
@@ -115,7 +130,7 @@ mod tests {
         let won =
             governing(vec![d("a", 1, Install, None), d("b", 1, Install, Some(200)), d("c", 1, Install, Some(100))]);
         assert_eq!(won.unwrap().deadline, Some(100));
-        assert_eq!(governing(Vec::<Decision<()>>::new()), None);
+        assert_eq!(governing(Vec::new()), None);
     }
 
     #[test]
@@ -138,9 +153,10 @@ mod tests {
         /// above it by the documented rules.
         #[test]
         fn governing_is_order_free_and_maximal(mut all in proptest::collection::vec(decision(), 1..8)) {
-            let won = governing(all.clone()).unwrap();
+            let listings = |all: &Vec<Decision<()>>| all.iter().cloned().map(Listing::Decides).collect();
+            let won = governing(listings(&all)).unwrap();
             all.reverse();
-            prop_assert_eq!(governing(all.clone()).unwrap(), won.clone());
+            prop_assert_eq!(governing(listings(&all)).unwrap(), won.clone());
             for other in &all {
                 prop_assert!(other.depth <= won.depth);
                 if other.depth == won.depth {

@@ -39,7 +39,11 @@ pub fn run(command: GroupCommand) -> anyhow::Result<()> {
                     g.parent.as_ref().map_or("-".to_owned(), |p| p.to_string()),
                     approvers.join(","),
                     g.threshold.to_string(),
-                    if g.auto_approve { "yes" } else { "no" }.to_owned(),
+                    match (&g.auto_approve, &g.inherits_auto_approval_from) {
+                        (true, _) => "yes".to_owned(),
+                        (false, Some(from)) => format!("inherited from {from}"),
+                        (false, None) => "no".to_owned(),
+                    },
                 ]);
             }
             table.print();

@@ -138,6 +138,14 @@ fn a_child_group_inherits_overrides_and_withdraws_and_the_server_cannot_reparent
     check_ok(&agent);
     assert!(!other.exists(), "declined for production-eu");
 
+    // The server replaces the child's role (the decline) with a version only it signed: the
+    // agent acts on nothing rather than let the parent's install through in its place.
+    server.forge_role("approvals.production-eu", |_| {});
+    let (code, out) = agent.check();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("approvals.production-eu"), "{out}");
+    assert!(!other.exists(), "{out}");
+
     // The server re-parents the group under pilot, which it approves for online, and approves
     // the declined update there: the agent refuses the forged top-level targets.
     server.forge_role("targets", |t| {

@@ -15,18 +15,31 @@ impl Repository {
     /// whether the server's online keys may approve for it.
     pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
         let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
-        let Some(delegations) = top.signed.delegations else { return Ok(Vec::new()) };
+        let Some(delegations) = &top.signed.delegations else { return Ok(Vec::new()) };
         let online = self.keys.delegated_signers();
+        let auto: std::collections::BTreeSet<&str> = delegations
+            .roles
+            .iter()
+            .filter(|d| {
+                let online_count = d.keyids.iter().filter(|id| online.contains_key(*id)).count() as u64;
+                d.threshold > 0 && online_count >= d.threshold
+            })
+            .map(|d| d.name.as_str())
+            .collect();
         let mut out = Vec::new();
         for d in &delegations.roles {
             let Some(name) = d.name.strip_prefix("approvals.").and_then(|g| GroupName::parse(g).ok()) else { continue };
-            let online_count = d.keyids.iter().filter(|id| online.contains_key(*id)).count() as u64;
+            let inherits_auto_approval_from = ringfence_trust::policy::lineage(&top.signed, &name)
+                .into_iter()
+                .skip(1)
+                .find(|ancestor| auto.contains(ancestor.approval_role().as_str()));
             out.push(GroupInfo {
-                name,
                 parent: d.parent.as_deref().and_then(|p| GroupName::parse(p).ok()),
                 approvers: d.keyids.clone(),
                 threshold: d.threshold,
-                auto_approve: d.threshold > 0 && online_count >= d.threshold,
+                auto_approve: auto.contains(d.name.as_str()),
+                inherits_auto_approval_from,
+                name,
             });
         }
         Ok(out)

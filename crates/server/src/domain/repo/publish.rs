@@ -111,6 +111,7 @@ impl Repository {
                     created_at: now,
                 },
                 &files,
+                &manifest.cves,
             )
             .await?;
 

@@ -1,0 +1,252 @@
+//! Compliance, kept up to date as reports arrive: per approval path, how many devices' newest
+//! report falls in each [`Bucket`]; accepted devices per group; the CVEs each update fixes.
+//! Reports read these aggregates and never scan the fleet.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use crate::sqlite::{SqliteStore, from_bigint, to_bigint};
+use crate::{Result, StoreError};
+
+/// Where a device's newest report on an approval path counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bucket {
+    Installed,
+    /// On its way: downloading, downloaded, installing, waiting for a reboot.
+    Needed,
+    /// Failed, rolled back, or refused by the device.
+    Failed,
+    NotApplicable,
+    /// Removed, as an uninstall approval asked.
+    Uninstalled,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 5] =
+        [Bucket::Installed, Bucket::Needed, Bucket::Failed, Bucket::NotApplicable, Bucket::Uninstalled];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bucket::Installed => "installed",
+            Bucket::Needed => "needed",
+            Bucket::Failed => "failed",
+            Bucket::NotApplicable => "not_applicable",
+            Bucket::Uninstalled => "uninstalled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
+    }
+
+    /// The bucket of a report state (the migration's backfill says the same in SQL).
+    pub fn of_state(state: &str) -> Bucket {
+        match state {
+            "installed" => Bucket::Installed,
+            "not_applicable" => Bucket::NotApplicable,
+            "uninstalled" => Bucket::Uninstalled,
+            "failed" | "rolled_back" | "refused" => Bucket::Failed,
+            _ => Bucket::Needed,
+        }
+    }
+}
+
+/// How many devices' newest report on `target` is in each bucket (absent buckets are 0).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetCounts {
+    pub target: String,
+    /// The update the approved file belongs to, if it is in the catalog.
+    pub update_id: Option<String>,
+    pub counts: BTreeMap<Bucket, u64>,
+}
+
+/// A device's newest report on one approval path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceTargetState {
+    pub device_id: String,
+    pub hostname: String,
+    pub target: String,
+    pub state: String,
+    pub at: i64,
+}
+
+/// A device as the stale-device report lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenDevice {
+    pub id: String,
+    pub hostname: String,
+    pub groups: Vec<String>,
+    pub last_checkin: Option<i64>,
+}
+
+#[async_trait::async_trait]
+pub trait ComplianceStore: Send + Sync + 'static {
+    /// Counts per approval path for every path starting with `prefix` (say
+    /// `approvals/production/`), ordered by path.
+    async fn compliance_by_prefix(&self, prefix: &str) -> Result<Vec<TargetCounts>>;
+    /// Accepted devices enrolled in each of `groups`.
+    async fn group_devices(&self, groups: &[String]) -> Result<BTreeMap<String, u64>>;
+    /// The updates whose manifests list `cve` (compared upper-case).
+    async fn updates_fixing(&self, cve: &str) -> Result<Vec<String>>;
+    /// Accepted devices whose newest report on any of the approval paths `targets` is in a
+    /// bucket other than installed, not applicable or uninstalled: still exposed. Ordered by
+    /// device id, after `after`, at most `limit` rows.
+    async fn devices_not_done(&self, targets: &[String], after: &str, limit: u64) -> Result<Vec<DeviceTargetState>>;
+    /// Accepted devices whose last check-in is before `before` (or that never checked in),
+    /// ordered by id, after `after`, at most `limit`.
+    async fn devices_not_seen_since(&self, before: i64, after: &str, limit: u64) -> Result<Vec<SeenDevice>>;
+}
+
+/// Add `delta` to each group's accepted-device count, in the caller's transaction.
+pub(crate) async fn adjust_group_devices(
+    conn: &mut sqlx::SqliteConnection,
+    groups: &[String],
+    delta: i64,
+) -> Result<()> {
+    for group in groups {
+        sqlx::query(
+            "INSERT INTO group_devices (group_name, devices) VALUES ($1, $2) \
+             ON CONFLICT (group_name) DO UPDATE SET devices = group_devices.devices + excluded.devices",
+        )
+        .bind(group)
+        .bind(delta)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Apply the net change of one batch of reports to the counts, in the caller's transaction.
+pub(crate) async fn apply_compliance_deltas(
+    conn: &mut sqlx::SqliteConnection,
+    deltas: &BTreeMap<(String, Bucket), i64>,
+) -> Result<()> {
+    for ((target, bucket), delta) in deltas {
+        if *delta == 0 {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO compliance_counts (target, bucket, devices) VALUES ($1, $2, $3) \
+             ON CONFLICT (target, bucket) DO UPDATE SET devices = compliance_counts.devices + excluded.devices",
+        )
+        .bind(target)
+        .bind(bucket.as_str())
+        .bind(delta)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// The first string after every string starting with `prefix` (for a range scan).
+fn prefix_end(prefix: &str) -> String {
+    let mut end = prefix.to_owned();
+    end.push(char::MAX);
+    end
+}
+
+#[async_trait::async_trait]
+impl ComplianceStore for SqliteStore {
+    async fn compliance_by_prefix(&self, prefix: &str) -> Result<Vec<TargetCounts>> {
+        let rows = sqlx::query(
+            "SELECT c.target AS target, c.bucket AS bucket, c.devices AS devices, f.update_id AS update_id \
+             FROM compliance_counts c \
+             LEFT JOIN update_files f ON f.target_path = substr(c.target, length($1) + 1) \
+             WHERE c.target >= $1 AND c.target < $2 ORDER BY c.target",
+        )
+        .bind(prefix)
+        .bind(prefix_end(prefix))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<TargetCounts> = Vec::new();
+        for row in rows {
+            let target: String = row.try_get("target")?;
+            let bucket: String = row.try_get("bucket")?;
+            let bucket = Bucket::parse(&bucket).ok_or_else(|| StoreError::Refused(format!("bucket {bucket:?}")))?;
+            let devices = from_bigint(row.try_get::<i64, _>("devices")?.max(0), "devices")?;
+            if out.last().is_none_or(|last| last.target != target) {
+                out.push(TargetCounts { target, update_id: row.try_get("update_id")?, counts: BTreeMap::new() });
+            }
+            if let Some(last) = out.last_mut() {
+                last.counts.insert(bucket, devices);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn group_devices(&self, groups: &[String]) -> Result<BTreeMap<String, u64>> {
+        let mut out = BTreeMap::new();
+        for group in groups {
+            let row = sqlx::query("SELECT devices FROM group_devices WHERE group_name = $1")
+                .bind(group)
+                .fetch_optional(&self.pool)
+                .await?;
+            let n = match row {
+                Some(row) => from_bigint(row.try_get::<i64, _>("devices")?.max(0), "devices")?,
+                None => 0,
+            };
+            out.insert(group.clone(), n);
+        }
+        Ok(out)
+    }
+
+    async fn updates_fixing(&self, cve: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT update_id FROM update_cves WHERE cve = $1 ORDER BY update_id")
+            .bind(cve.to_ascii_uppercase())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("update_id")?)).collect()
+    }
+
+    async fn devices_not_done(&self, targets: &[String], after: &str, limit: u64) -> Result<Vec<DeviceTargetState>> {
+        let mut out = Vec::new();
+        for target in targets {
+            let rows = sqlx::query(
+                "SELECT s.device_id AS device_id, d.hostname AS hostname, s.target AS target, s.state AS state, \
+                 s.at AS at FROM device_update_states s JOIN devices d ON d.id = s.device_id \
+                 WHERE s.target = $1 AND s.state NOT IN ('installed', 'not_applicable', 'uninstalled') \
+                 AND s.device_id > $2 AND d.state = 'accepted' ORDER BY s.device_id LIMIT $3",
+            )
+            .bind(target)
+            .bind(after)
+            .bind(to_bigint(limit, "limit")?)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                out.push(DeviceTargetState {
+                    device_id: row.try_get("device_id")?,
+                    hostname: row.try_get("hostname")?,
+                    target: row.try_get("target")?,
+                    state: row.try_get("state")?,
+                    at: row.try_get("at")?,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.device_id, &a.target).cmp(&(&b.device_id, &b.target)));
+        out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(out)
+    }
+
+    async fn devices_not_seen_since(&self, before: i64, after: &str, limit: u64) -> Result<Vec<SeenDevice>> {
+        let rows = sqlx::query(
+            "SELECT id, hostname, groups, last_checkin FROM devices WHERE state = 'accepted' \
+             AND (last_checkin IS NULL OR last_checkin < $1) AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(before)
+        .bind(after)
+        .bind(to_bigint(limit, "limit")?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(SeenDevice {
+                    id: row.try_get("id")?,
+                    hostname: row.try_get("hostname")?,
+                    groups: crate::sqlite::split_names(&row.try_get::<String, _>("groups")?),
+                    last_checkin: row.try_get("last_checkin")?,
+                })
+            })
+            .collect()
+    }
+}
