@@ -1,7 +1,7 @@
 -- Compliance, maintained as reports arrive, so a report never scans the fleet.
 
--- Per approval path (approvals/<group>/<publisher>/<file>) and bucket, how many devices'
--- newest report on that path falls in the bucket (see compliance.rs for the buckets).
+-- Per approval path (approvals/<group>/<publisher>/<file>) and bucket, how many accepted
+-- devices' newest report on that path falls in the bucket (see compliance.rs for the buckets).
 CREATE TABLE compliance_counts (
     target  TEXT   NOT NULL,
     bucket  TEXT   NOT NULL,
@@ -21,6 +21,7 @@ SELECT target,
        END,
        COUNT(*)
 FROM device_update_states
+WHERE device_id IN (SELECT id FROM devices WHERE state = 'accepted')
 GROUP BY 1, 2;
 
 -- Accepted devices per group they were enrolled in.

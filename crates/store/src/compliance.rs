@@ -250,3 +250,113 @@ impl ComplianceStore for SqliteStore {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+
+    const STATES: [&str; 8] =
+        ["downloading", "installing", "installed", "failed", "rolled_back", "not_applicable", "uninstalled", "refused"];
+
+    fn device(i: usize) -> DeviceRecord {
+        DeviceRecord {
+            id: format!("d{i}"),
+            public_key: format!("{i:064x}"),
+            state: DeviceState::Accepted,
+            groups: vec!["pilot".into(), format!("g{}", i % 2)],
+            hostname: format!("h{i}"),
+            inventory: "{}".into(),
+            enrolled_at: 0,
+            last_checkin: None,
+            timestamp_version: None,
+        }
+    }
+
+    /// One event of a fleet's life.
+    #[derive(Debug, Clone)]
+    enum Event {
+        /// Device, then (target, state) per report in one batch.
+        Reports(usize, Vec<(usize, usize)>),
+        /// Device leaves or re-enters `accepted`.
+        State(usize, bool),
+    }
+
+    fn event() -> impl Strategy<Value = Event> {
+        prop_oneof![
+            4 => (0usize..4, prop::collection::vec((0usize..3, 0usize..STATES.len()), 1..6))
+                .prop_map(|(d, reports)| Event::Reports(d, reports)),
+            1 => (0usize..4, any::<bool>()).prop_map(|(d, accepted)| Event::State(d, accepted)),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// After any sequence of report batches and device state changes, the maintained
+        /// counts equal a recount of the devices' newest reports, and the group counts a
+        /// recount of the accepted devices.
+        #[test]
+        fn maintained_counts_equal_a_recount(events in prop::collection::vec(event(), 1..30)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                for i in 0..4 {
+                    store.insert_device(&device(i)).await.unwrap();
+                }
+                let limits = ReportLimits { history: 1000, max_targets: 100 };
+                let mut next_id = 0;
+                let mut accepted = [true; 4];
+                for e in &events {
+                    match e {
+                        Event::Reports(d, reports) => {
+                            let records: Vec<ReportRecord> = reports
+                                .iter()
+                                .map(|(t, s)| {
+                                    next_id += 1;
+                                    ReportRecord {
+                                        id: format!("r{next_id}"),
+                                        target: format!("approvals/pilot/acme/f{t}"),
+                                        state: STATES[*s].into(),
+                                        reason: None,
+                                        exit_code: None,
+                                        at: next_id,
+                                    }
+                                })
+                                .collect();
+                            store.insert_reports(&format!("d{d}"), &records, 1, limits).await.unwrap();
+                        }
+                        Event::State(d, to_accepted) => {
+                            let state = if *to_accepted { DeviceState::Accepted } else { DeviceState::Revoked };
+                            store.set_device_state(&format!("d{d}"), state).await.unwrap();
+                            accepted[*d] = *to_accepted;
+                        }
+                    }
+                }
+                // The recount, from each accepted device's newest reports.
+                let mut expected: BTreeMap<(String, Bucket), u64> = BTreeMap::new();
+                for i in (0..4).filter(|i| accepted[*i]) {
+                    for r in store.device_update_states(&format!("d{i}")).await.unwrap() {
+                        *expected.entry((r.target, Bucket::of_state(&r.state))).or_insert(0) += 1;
+                    }
+                }
+                let mut maintained = BTreeMap::new();
+                for t in store.compliance_by_prefix("approvals/pilot/").await.unwrap() {
+                    for (bucket, n) in t.counts {
+                        if n > 0 {
+                            maintained.insert((t.target.clone(), bucket), n);
+                        }
+                    }
+                }
+                assert_eq!(maintained, expected);
+                let groups = store.group_devices(&["pilot".into(), "g0".into(), "g1".into()]).await.unwrap();
+                let count = |f: &dyn Fn(usize) -> bool| (0..4).filter(|i| accepted[*i] && f(*i)).count() as u64;
+                assert_eq!(groups["pilot"], count(&|_| true));
+                assert_eq!(groups["g0"], count(&|i| i % 2 == 0));
+                assert_eq!(groups["g1"], count(&|i| i % 2 == 1));
+            });
+        }
+    }
+}

@@ -370,7 +370,19 @@ impl DeviceStore for SqliteStore {
             .await?;
         let is_accepted = state == DeviceState::Accepted;
         if was_accepted != is_accepted {
-            crate::compliance::adjust_group_devices(&mut tx, &groups, if is_accepted { 1 } else { -1 }).await?;
+            // Only accepted devices count: in their groups, and in compliance.
+            let delta = if is_accepted { 1 } else { -1 };
+            crate::compliance::adjust_group_devices(&mut tx, &groups, delta).await?;
+            let rows = sqlx::query("SELECT target, state FROM device_update_states WHERE device_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut deltas: BTreeMap<(String, Bucket), i64> = BTreeMap::new();
+            for row in rows {
+                let state: String = row.try_get("state")?;
+                *deltas.entry((row.try_get("target")?, Bucket::of_state(&state))).or_insert(0) += delta;
+            }
+            crate::compliance::apply_compliance_deltas(&mut tx, &deltas).await?;
         }
         if state != DeviceState::Accepted {
             sqlx::query("DELETE FROM device_sessions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
@@ -527,6 +539,15 @@ impl DeviceStore for SqliteStore {
         // The write lock first (see the module docs; a column no foreign key points at), then
         // the newest sequence number by index.
         sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(device_id).execute(&mut *tx).await?;
+        // Only an accepted device counts in compliance (one revoked since its session was
+        // checked still has its reports kept; they count again if it is accepted again).
+        let counts = sqlx::query("SELECT state FROM devices WHERE id = $1")
+            .bind(device_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<String, _>("state"))
+            .transpose()?
+            .is_some_and(|state| state == DeviceState::Accepted.as_str());
         let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM status_reports WHERE device_id = $1")
             .bind(device_id)
             .fetch_one(&mut *tx)
@@ -602,7 +623,9 @@ impl DeviceStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        crate::compliance::apply_compliance_deltas(&mut tx, &deltas).await?;
+        if counts {
+            crate::compliance::apply_compliance_deltas(&mut tx, &deltas).await?;
+        }
         // Retention: the oldest reports beyond the history go (by index).
         let keep = to_bigint(limits.history.max(1), "history")?;
         sqlx::query("DELETE FROM status_reports WHERE device_id = $1 AND seq <= $2")
