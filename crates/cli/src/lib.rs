@@ -96,6 +96,9 @@ pub enum Command {
     /// Computer groups: their parents, approvers and whether the server approves for them.
     #[command(subcommand)]
     Group(commands::groups::GroupCommand),
+    /// Reports: compliance per group, CVE exposure, devices not seen.
+    #[command(subcommand)]
+    Report(commands::reports::ReportCommand),
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(commands::pending::PendingCommand),
@@ -162,6 +165,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             repository::withdraw(&server, update, &group, target, &sign, json)
         }
         Command::Group(command) => commands::groups::run(command),
+        Command::Report(command) => commands::reports::run(command),
         Command::Pending(command) => commands::pending::run(command),
         Command::Token(command) => commands::tokens::run(command),
         Command::Device(command) => commands::devices::run(command),

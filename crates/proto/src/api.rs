@@ -369,3 +369,93 @@ pub fn parse_body_limited<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Resu
     deserializer.end().map_err(|e| BodyError::Invalid(e.to_string()))?;
     Ok(value)
 }
+
+/// One approved file's compliance in one group: how many of the group's devices (its own and
+/// its descendants') report it in each state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceRow {
+    /// The published path, `<publisher>/<file>`.
+    pub target: TargetPath,
+    #[serde(default)]
+    pub update_id: Option<String>,
+    /// What the group's published approval says (none when it was withdrawn and reports
+    /// remain).
+    #[serde(default)]
+    pub action: Option<ApprovalAction>,
+    #[serde(default)]
+    pub deadline: Option<String>,
+    pub installed: u64,
+    pub needed: u64,
+    pub failed: u64,
+    pub not_applicable: u64,
+    pub uninstalled: u64,
+    /// Devices of the group that have not reported on it.
+    pub no_status: u64,
+}
+
+/// A page of a group's compliance, by published path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceReport {
+    pub group: GroupName,
+    /// Accepted devices enrolled in the group or one of its descendants.
+    pub devices: u64,
+    pub rows: Vec<ComplianceRow>,
+}
+
+/// Where a CVE stands in one group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CveGroup {
+    pub group: GroupName,
+    /// Whether the group's approvals install an update that fixes it.
+    pub approved: bool,
+    /// Devices of the group (and descendants) that reported a fixing update installed.
+    pub installed: u64,
+    pub devices: u64,
+}
+
+/// A device still exposed: its newest report on a fixing update is not `installed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExposedDevice {
+    pub device_id: String,
+    pub hostname: String,
+    /// The approval path it reported on.
+    pub target: String,
+    pub state: String,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CveReport {
+    pub cve: String,
+    /// The updates whose manifests say they fix it.
+    pub updates: Vec<String>,
+    pub groups: Vec<CveGroup>,
+    /// A page of exposed devices, by device id.
+    pub exposed: Vec<ExposedDevice>,
+}
+
+/// A device not seen for a while.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaleDevice {
+    pub id: String,
+    pub hostname: String,
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub last_checkin: Option<i64>,
+}
+
+/// A CVE id as `CVE-YYYY-NNNN…` (upper-case), at most 32 characters.
+pub fn parse_cve(s: &str) -> Option<String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let mut parts = upper.splitn(3, '-');
+    let ok = parts.next() == Some("CVE")
+        && parts.next().is_some_and(|y| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()))
+        && parts.next().is_some_and(|n| (4..=19).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()));
+    ok.then_some(upper)
+}

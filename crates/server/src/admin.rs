@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/metadata/{role}/{version}", get(metadata_version))
         .route("/api/v1/audit", get(audit))
         .merge(crate::admin_devices::routes())
+        .merge(crate::admin_reports::routes())
         // Bodies are read by the handlers with their own limits, after authentication.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admin_devices;
+pub mod admin_reports;
 pub mod caller;
 pub mod config;
 pub mod device;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub tokens: domain::tokens::Tokens,
     pub devices: domain::devices::Devices,
     pub audit: domain::audit::Audit,
+    pub reports: domain::reports::Reports,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
     /// Device API bodies being read at once, for callers without a session (enroll,
@@ -77,6 +79,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let audit = domain::audit::Audit::new(db.clone());
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
+    let reports = domain::reports::Reports::new(db.clone());
     let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
@@ -91,6 +94,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         tokens,
         devices: fleet,
         audit,
+        reports,
         device_permits,
         anonymous_body_permits,
         session_body_permits,

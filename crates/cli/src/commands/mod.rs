@@ -5,5 +5,6 @@ pub mod groups;
 pub mod keys;
 pub mod metadata;
 pub mod pending;
+pub mod reports;
 pub mod repository;
 pub mod tokens;

@@ -156,3 +156,123 @@ fn a_child_group_inherits_overrides_and_withdraws_and_the_server_cannot_reparent
     assert!(!other.exists(), "{out}");
     assert!(app.exists(), "nothing installed is touched: {out}");
 }
+
+/// Publish update `id` fixing `cves`: a script that records its run in the agent's directory
+/// and exits `exit`.
+fn publish_script(server: &Server, id: &str, cves: &[&str], exit: i32) {
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join(format!("{id}.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n")).unwrap();
+    let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = id.into();
+    m["cves"] = json!(cves);
+    m["installer"] = json!({"module": "script"});
+    m["applicability"] = json!({});
+    let manifest = work.join(format!("{id}.json"));
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
+    server.sign_all("publisher-acme");
+}
+
+fn report(server: &Server, args: &[&str]) -> Value {
+    let mut all = vec!["report"];
+    all.extend_from_slice(args);
+    all.push("--json");
+    serde_json::from_str(&run_ok(server.cli().args(&all))).unwrap()
+}
+
+/// The row of `file` in a compliance report, as (installed, needed, failed, no_status).
+fn counts(report: &Value, file: &str) -> Option<(u64, u64, u64, u64)> {
+    let row = report["rows"].as_array().unwrap().iter().find(|r| r["target"] == file)?;
+    let n = |k: &str| row[k].as_u64().unwrap();
+    Some((n("installed"), n("needed"), n("failed"), n("no_status")))
+}
+
+#[test]
+fn reports_follow_a_patch_tuesday_from_pilot_to_production() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let pilot = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
+    let production_token = token(&server, "production", 2);
+    let prod = enroll(&server, &root, "prod-1", "production", &production_token);
+    let _never_seen = enroll(&server, &root, "prod-2", "production", &production_token);
+
+    publish_script(&server, "kb-1", &["CVE-2025-59287"], 0);
+    publish_script(&server, "kb-2", &["cve-2025-0001"], 1);
+    for update in ["kb-1", "kb-2"] {
+        assert!(run_ok(server.cli().args(["approve", update, "--group", "pilot"])).contains("is published"));
+    }
+    let (code, out) = pilot.check();
+    assert_eq!(code, 3, "kb-2's script fails: {out}");
+    check_ok(&prod);
+
+    // Pilot: kb-1 installed on its one device, kb-2 failed.
+    let pilot_report = report(&server, &["compliance", "--group", "pilot"]);
+    assert_eq!(pilot_report["devices"], 1);
+    assert_eq!(counts(&pilot_report, "acme/kb-1.sh"), Some((1, 0, 0, 0)));
+    assert_eq!(counts(&pilot_report, "acme/kb-2.sh"), Some((0, 0, 1, 0)));
+    let table = run_ok(server.cli().args(["report", "compliance", "--group", "pilot"]));
+    assert!(table.lines().any(|l| l.starts_with("acme/kb-1.sh") && l.contains("kb-1")), "{table}");
+    // Production has approved nothing yet: no rows, two devices.
+    let production_report = report(&server, &["compliance", "--group", "production"]);
+    assert_eq!(
+        (production_report["devices"].as_u64(), production_report["rows"].as_array().map(Vec::len)),
+        (Some(2), Some(0))
+    );
+
+    // The CVE report: fixed by kb-1, approved and installed in pilot only.
+    let cve = report(&server, &["cve", "CVE-2025-59287"]);
+    assert_eq!(cve["updates"], json!(["kb-1"]));
+    let group = |name: &str| cve["groups"].as_array().unwrap().iter().find(|g| g["group"] == name).unwrap().clone();
+    assert_eq!((group("pilot")["approved"].as_bool(), group("pilot")["installed"].as_u64()), (Some(true), Some(1)));
+    assert_eq!(
+        (group("production")["approved"].as_bool(), group("production")["devices"].as_u64()),
+        (Some(false), Some(2))
+    );
+    let text = run_ok(server.cli().args(["report", "cve", "CVE-2025-59287"]));
+    assert!(text.contains("not approved in: production"), "{text}");
+    // The failed fix leaves pilot-1 exposed to the other CVE (ids compare upper-case).
+    let cve2 = report(&server, &["cve", "CVE-2025-0001"]);
+    let exposed = cve2["exposed"].as_array().unwrap();
+    assert_eq!(exposed.len(), 1, "{cve2}");
+    assert_eq!((exposed[0]["hostname"].as_str().is_some(), exposed[0]["state"].as_str()), (true, Some("failed")));
+
+    // Production approves kb-1 with a deadline; its checked-in device installs it, the other
+    // has no status.
+    let out = signed(
+        &server,
+        "approve",
+        "kb-1",
+        "production",
+        "production-approver-1",
+        &["--deadline", "2030-01-01T00:00:00Z"],
+    );
+    assert!(out.contains("1 of 2"), "{out}");
+    server.sign("approvals.production", "production-approver-2");
+    check_ok(&prod);
+    let production_report = report(&server, &["compliance", "--group", "production"]);
+    assert_eq!(counts(&production_report, "acme/kb-1.sh"), Some((1, 0, 0, 1)));
+    let row = &production_report["rows"][0];
+    assert_eq!((row["action"].as_str(), row["deadline"].as_str()), (Some("install"), Some("2030-01-01T00:00:00Z")));
+
+    // CSV from the admin API, for spreadsheets.
+    let csv = server.admin().get("/api/v1/reports/compliance?group=production&format=csv").unwrap();
+    assert_eq!(csv.header("content-type"), Some("text/csv; charset=utf-8"));
+    let text = csv.text();
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("group,target,update_id,action,deadline,installed"));
+    assert_eq!(lines.next(), Some("production,acme/kb-1.sh,kb-1,install,2030-01-01T00:00:00Z,1,0,0,0,0,1"));
+    for bad in ["", "?group=Nope", "?group=production&format=xml", "?group=production&limit=0"] {
+        let answer = server.admin().get(&format!("/api/v1/reports/compliance{bad}")).unwrap();
+        assert_eq!(answer.status, 400, "{bad}: {}", answer.text());
+    }
+    assert_eq!(server.admin().get("/api/v1/reports/compliance?group=nowhere").unwrap().status, 404);
+    assert_eq!(server.admin().get("/api/v1/reports/cve/not-a-cve").unwrap().status, 400);
+
+    // prod-2 enrolled and never checked in: a stale device.
+    let stale = report(&server, &["stale", "--days", "1"]);
+    let stale = stale.as_array().unwrap();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(stale[0]["last_checkin"].is_null());
+}

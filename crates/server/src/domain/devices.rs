@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
+use ringfence_proto::api::StaleDevice;
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
     EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportState,
@@ -426,6 +427,21 @@ impl Devices {
             timestamp_version: d.timestamp_version,
             updates: newest.into_values().collect(),
         })
+    }
+
+    /// Accepted devices whose last check-in is more than `days` days before `now` (or that
+    /// never checked in), by id. Check-ins still buffered are written first, so a device that
+    /// just checked in is never listed.
+    pub async fn stale(&self, days: u64, now: i64, after: &str, limit: u64) -> Result<Vec<StaleDevice>> {
+        self.flush_checkins().await?;
+        let before = now.saturating_sub(i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX));
+        Ok(self
+            .db
+            .devices_not_seen_since(before, after, limit)
+            .await?
+            .into_iter()
+            .map(|d| StaleDevice { id: d.id, hostname: d.hostname, groups: d.groups, last_checkin: d.last_checkin })
+            .collect())
     }
 
     // ---- background work ----

@@ -4,6 +4,8 @@
 
 use ringfence_proto::api::{ApprovalRequest, ApprovalSubject, GroupInfo, MAX_REASON, RoleState, WithdrawalRequest};
 use ringfence_proto::tuf::{ApprovalCustom, TargetFile, Targets};
+use std::collections::BTreeMap;
+
 use ringfence_proto::{GroupName, TargetPath};
 use ringfence_trust::{expiry, writer};
 
@@ -41,6 +43,24 @@ impl Repository {
                 inherits_auto_approval_from,
                 name,
             });
+        }
+        Ok(out)
+    }
+
+    /// The published approvals of `group`: per published path, the approval's fields.
+    pub async fn approvals_of(&self, group: &GroupName) -> Result<BTreeMap<String, ApprovalCustom>> {
+        let Some(role) = self.latest::<Targets>(group.approval_role().as_str()).await? else {
+            return Ok(BTreeMap::new());
+        };
+        let mut out = BTreeMap::new();
+        for (path, entry) in role.signed.targets {
+            let Some(published) = TargetPath::parse(&path).ok().and_then(|p| p.split_approval()).map(|(_, p)| p) else {
+                continue;
+            };
+            let Some(custom) = entry.custom else { continue };
+            if let Ok(custom) = serde_json::from_value::<ApprovalCustom>(custom) {
+                out.insert(published.to_string(), custom);
+            }
         }
         Ok(out)
     }
