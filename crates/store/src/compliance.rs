@@ -360,3 +360,59 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod concurrency {
+    use super::*;
+    use crate::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+
+    /// Two writers at once, for different devices: every batch lands (none fails busy) and
+    /// every device counts once per file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_batches_of_different_devices_all_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        for i in 0..200 {
+            let d = DeviceRecord {
+                id: format!("d{i}"),
+                public_key: format!("{i:064x}"),
+                state: DeviceState::Accepted,
+                groups: vec!["pilot".into()],
+                hostname: "h".into(),
+                inventory: "{}".into(),
+                enrolled_at: 0,
+                last_checkin: None,
+                timestamp_version: None,
+            };
+            store.insert_device(&d).await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for part in 0..2 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in (part..200).step_by(2) {
+                    let reports: Vec<ReportRecord> = (0..64)
+                        .map(|k| ReportRecord {
+                            id: format!("r{k}"),
+                            target: format!("approvals/pilot/acme/f{}", k % 16),
+                            state: "installed".into(),
+                            reason: None,
+                            exit_code: None,
+                            at: 0,
+                        })
+                        .collect();
+                    store
+                        .insert_reports(&format!("d{i}"), &reports, 0, ReportLimits { history: 1000, max_targets: 100 })
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let counts = store.compliance_by_prefix("approvals/pilot/").await.unwrap();
+        assert_eq!(counts.len(), 16);
+        assert!(counts.iter().all(|t| t.counts == BTreeMap::from([(Bucket::Installed, 200)])), "{counts:?}");
+    }
+}
