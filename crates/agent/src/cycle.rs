@@ -237,6 +237,8 @@ struct Cycle<'a> {
     now: i64,
     problems: Vec<String>,
     installed: BTreeMap<String, Installed>,
+    /// Installs that waited for a prerequisite: tried once more at the end of the cycle.
+    deferred: Vec<Decision<Listed>>,
 }
 
 impl Cycle<'_> {
@@ -446,6 +448,17 @@ impl Cycle<'_> {
             self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
         }
+        let installed_ids: Vec<&str> =
+            self.installed.values().filter(|i| i.state == "installed").map(|i| i.update_id.as_str()).collect();
+        if let Some(missing) = how.prerequisites.iter().find(|p| !installed_ids.contains(&p.as_str())).cloned() {
+            // Said once, and tried again at the end of this cycle and in the next ones.
+            if recorded.as_deref() != Some("waiting") {
+                self.report(path, ReportState::Waiting, Some(format!("waits for prerequisite {missing}")), None);
+                self.remember(&key, &sha, &how.update_id, "waiting");
+            }
+            self.deferred.push(decision.clone());
+            return;
+        }
         self.report(path, ReportState::Downloading, None, None);
         let file = match self.download(set, &published, &signed) {
             Ok(f) => f,
@@ -649,7 +662,15 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         metadata_url: format!("{}/repo/metadata/", config.server),
         fetcher,
     };
-    let mut cycle = Cycle { state, config: &config, client, now, problems: Vec::new(), installed: state.installed() };
+    let mut cycle = Cycle {
+        state,
+        config: &config,
+        client,
+        now,
+        problems: Vec::new(),
+        installed: state.installed(),
+        deferred: Vec::new(),
+    };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,
         Err(e) => {
@@ -659,6 +680,10 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         }
     };
     for decision in cycle.decisions(&mut set, &config.groups) {
+        cycle.act(&mut set, decision, &inventory);
+    }
+    // A prerequisite installed in this cycle lets what waited for it go on now.
+    for decision in std::mem::take(&mut cycle.deferred) {
         cycle.act(&mut set, decision, &inventory);
     }
     let _ = flush_reports(state, &config, &cycle.client.fetcher);

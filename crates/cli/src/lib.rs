@@ -99,6 +99,9 @@ pub enum Command {
     /// Reports: compliance per group, CVE exposure, devices not seen.
     #[command(subcommand)]
     Report(commands::reports::ReportCommand),
+    /// Automatic approval rules.
+    #[command(subcommand)]
+    Rule(commands::rules::RuleCommand),
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(commands::pending::PendingCommand),
@@ -166,6 +169,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Group(command) => commands::groups::run(command),
         Command::Report(command) => commands::reports::run(command),
+        Command::Rule(command) => commands::rules::run(command),
         Command::Pending(command) => commands::pending::run(command),
         Command::Token(command) => commands::tokens::run(command),
         Command::Device(command) => commands::devices::run(command),

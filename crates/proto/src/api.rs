@@ -96,6 +96,32 @@ pub enum Classification {
     Tool,
 }
 
+impl Classification {
+    pub const ALL: [Classification; 6] = [
+        Classification::Security,
+        Classification::Critical,
+        Classification::Feature,
+        Classification::Bugfix,
+        Classification::Driver,
+        Classification::Tool,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Classification::Security => "security",
+            Classification::Critical => "critical",
+            Classification::Feature => "feature",
+            Classification::Bugfix => "bugfix",
+            Classification::Driver => "driver",
+            Classification::Tool => "tool",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
@@ -104,6 +130,25 @@ pub enum Severity {
     Moderate,
     Low,
     Unspecified,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 5] =
+        [Severity::Critical, Severity::Important, Severity::Moderate, Severity::Low, Severity::Unspecified];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Important => "important",
+            Severity::Moderate => "moderate",
+            Severity::Low => "low",
+            Severity::Unspecified => "unspecified",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 }
 
 /// Where an update applies; evaluated by the agent. Empty lists mean "any".
@@ -458,4 +503,43 @@ pub fn parse_cve(s: &str) -> Option<String> {
         && parts.next().is_some_and(|y| y.len() == 4 && y.bytes().all(|b| b.is_ascii_digit()))
         && parts.next().is_some_and(|n| (4..=19).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()));
     ok.then_some(upper)
+}
+
+/// An automatic approval rule: updates that match are approved for `group` (signed at once when
+/// the server's auto-approver key meets the group's threshold, otherwise prepared for its
+/// approvers). Empty lists match anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRequest {
+    pub group: GroupName,
+    #[serde(default)]
+    pub products: Vec<String>,
+    #[serde(default)]
+    pub classifications: Vec<Classification>,
+    #[serde(default)]
+    pub severities: Vec<Severity>,
+    /// Only once the update succeeded on another group for a while.
+    #[serde(default)]
+    pub after: Option<RuleAfter>,
+    /// The approval's deadline, this many days after the rule approves.
+    #[serde(default)]
+    pub deadline_days: Option<u32>,
+}
+
+/// "N days after it succeeded on group X with at most F % failures".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleAfter {
+    pub group: GroupName,
+    pub days: u32,
+    pub max_failure_percent: u8,
+}
+
+/// A stored rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleInfo {
+    pub id: String,
+    pub rule: RuleRequest,
+    pub created_at: i64,
 }

@@ -154,10 +154,12 @@ pub enum ReportState {
     Refused,
     /// Removed, as an uninstall approval asked.
     Uninstalled,
+    /// Approved, but waiting for a prerequisite update to be installed first.
+    Waiting,
 }
 
 impl ReportState {
-    pub const ALL: [ReportState; 10] = [
+    pub const ALL: [ReportState; 11] = [
         ReportState::Downloading,
         ReportState::Downloaded,
         ReportState::Installing,
@@ -168,6 +170,7 @@ impl ReportState {
         ReportState::NotApplicable,
         ReportState::Refused,
         ReportState::Uninstalled,
+        ReportState::Waiting,
     ];
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -186,6 +189,7 @@ impl ReportState {
             ReportState::NotApplicable => "not_applicable",
             ReportState::Refused => "refused",
             ReportState::Uninstalled => "uninstalled",
+            ReportState::Waiting => "waiting",
         }
     }
 }

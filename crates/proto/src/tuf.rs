@@ -163,6 +163,9 @@ pub struct PublishedCustom {
     pub installer: crate::api::Installer,
     #[serde(default)]
     pub applicability: crate::api::Applicability,
+    /// Updates (by id) that must be installed first: the agent waits, and says so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prerequisites: Vec<String>,
 }
 
 /// The `custom` object Ringfence puts on an approval target entry.

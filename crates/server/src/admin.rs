@@ -32,6 +32,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/approvals", post(approve))
         .route("/api/v1/withdrawals", post(withdraw))
         .route("/api/v1/groups", get(list_groups))
+        .route("/api/v1/rules", post(add_rule).get(list_rules))
+        .route("/api/v1/rules/{id}", axum::routing::delete(remove_rule))
         .route("/api/v1/pending", get(list_pending))
         .route("/api/v1/pending/{role}", get(get_pending).put(propose))
         .route("/api/v1/pending/{role}/signatures", post(add_signatures))
@@ -106,8 +108,33 @@ async fn upload_content(State(state): Shared, caller: Caller, headers: HeaderMap
 async fn publish_update(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
     caller.require(&[Scope::Publish])?;
     let manifest = json_body(body).await?;
-    let outcome = state.repo.publish_update(manifest, &caller.actor(), crate::unix_now()).await?;
+    let now = crate::unix_now();
+    let outcome = state.repo.publish_update(manifest, &caller.actor(), now).await?;
+    // Rules approve what they match at once where the publisher's key signed online.
+    if outcome.pending.is_empty() {
+        apply_rules(&state, now).await;
+    }
     Ok((StatusCode::CREATED, Json(outcome)).into_response())
+}
+
+async fn add_rule(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
+    let rule = json_body(body).await?;
+    let now = crate::unix_now();
+    let added = state.rules.add(&state.repo, rule, &caller.actor(), now).await?;
+    apply_rules(&state, now).await;
+    Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+async fn list_rules(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Approve])?;
+    Ok(Json(state.rules.list().await?).into_response())
+}
+
+async fn remove_rule(State(state): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
+    state.rules.remove(&id, &caller.actor(), crate::unix_now()).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `?limit=N&after=KEY`: a page of a listing. `after` is the last key of the previous page.
@@ -201,8 +228,21 @@ async fn add_signatures(
     caller.require(&[Scope::Approve, Scope::Publish])?;
     let role = role_name(&role)?;
     let upload = json_body(body).await?;
-    let outcome = state.repo.add_signatures(&role, upload, &caller.actor(), crate::unix_now()).await?;
+    let now = crate::unix_now();
+    let outcome = state.repo.add_signatures(&role, upload, &caller.actor(), now).await?;
+    // A publisher's bin just published: rules may approve what it lists.
+    if outcome.published && matches!(role.kind(), ringfence_proto::names::RoleKind::PublisherBin(..)) {
+        apply_rules(&state, now).await;
+    }
     Ok(Json(outcome).into_response())
+}
+
+/// Let the approval rules approve what they match now; a failure is logged (the periodic pass
+/// tries again).
+async fn apply_rules(state: &AppState, now: i64) {
+    if let Err(e) = state.rules.run(&state.repo, &state.reports, now).await {
+        tracing::error!(error = %crate::domain::error::chain(&e), "applying approval rules");
+    }
 }
 
 async fn latest_metadata(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {

@@ -27,6 +27,29 @@ pub struct Config {
     pub keys: KeysConfig,
     #[serde(default)]
     pub devices: DevicesConfig,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// What the server does to approvals by itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Decline a superseded update in a group once the update superseding it is approved
+    /// there, every device that reported on the new one finished it, and none still needs the
+    /// old one (see docs/TRUST-LAYOUT.md, "Supersedence").
+    #[serde(default = "yes")]
+    pub decline_superseded: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self { decline_superseded: true }
+    }
 }
 
 /// The device API: sessions, polling, load shedding.
@@ -312,6 +335,7 @@ impl Config {
             expiry: ExpiryPolicy::default(),
             keys: KeysConfig::default(),
             devices: DevicesConfig::default(),
+            approvals: ApprovalsConfig::default(),
         }
     }
 

@@ -25,6 +25,18 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             Ok(_) => {}
             Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
         }
+        match state.rules.run(&state.repo, &state.reports, now).await {
+            Ok(n) if n > 0 => tracing::info!(approvals = n, "approval rules approved updates"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %chain(&e), "applying approval rules failed"),
+        }
+        if state.config.approvals.decline_superseded {
+            match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
+                Ok(n) if n > 0 => tracing::info!(declined = n, "declined superseded updates"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %chain(&e), "declining superseded updates failed"),
+            }
+        }
         if let Ok(health) = state.repo.health(now).await {
             for w in &health.warnings {
                 if !warned.contains(w) {

@@ -40,6 +40,7 @@ pub struct AppState {
     pub devices: domain::devices::Devices,
     pub audit: domain::audit::Audit,
     pub reports: domain::reports::Reports,
+    pub rules: domain::rules::Rules,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
     /// Device API bodies being read at once, for callers without a session (enroll,
@@ -80,6 +81,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let reports = domain::reports::Reports::new(db.clone());
+    let rules = domain::rules::Rules::new(db.clone(), audit.clone());
     let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
@@ -95,6 +97,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         devices: fleet,
         audit,
         reports,
+        rules,
         device_permits,
         anonymous_body_permits,
         session_body_permits,

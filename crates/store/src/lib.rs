@@ -8,6 +8,7 @@
 mod blob;
 mod compliance;
 mod devices;
+mod rules;
 mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
@@ -16,6 +17,7 @@ pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted,
 };
+pub use rules::{RuleRecord, RuleStore};
 pub use sqlite::SqliteStore;
 
 /// A stored, published metadata document: the exact bytes served to clients.
@@ -161,6 +163,6 @@ pub trait Store: Send + Sync + 'static {
 
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
-pub trait Database: Store + DeviceStore + ComplianceStore {}
+pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore {}
 
-impl<T: Store + DeviceStore + ComplianceStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore + RuleStore> Database for T {}

@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "devices", include_str!("../migrations/0002_devices.sql")),
     (3, "device abuse bounds", include_str!("../migrations/0003_device_abuse_bounds.sql")),
     (4, "compliance", include_str!("../migrations/0004_compliance.sql")),
+    (5, "rules", include_str!("../migrations/0005_rules.sql")),
 ];
 
 #[derive(Debug)]

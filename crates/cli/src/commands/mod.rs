@@ -7,4 +7,5 @@ pub mod metadata;
 pub mod pending;
 pub mod reports;
 pub mod repository;
+pub mod rules;
 pub mod tokens;

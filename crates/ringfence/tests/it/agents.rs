@@ -266,6 +266,7 @@ fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
         update_id: "evil".into(),
         installer: serde_json::from_value(json!({"module": "script"})).unwrap(),
         applicability: Default::default(),
+        prerequisites: Vec::new(),
     };
     let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(script)).unwrap();
     let entry =

@@ -160,15 +160,20 @@ fn a_child_group_inherits_overrides_and_withdraws_and_the_server_cannot_reparent
 /// Publish update `id` fixing `cves`: a script that records its run in the agent's directory
 /// and exits `exit`.
 fn publish_script(server: &Server, id: &str, cves: &[&str], exit: i32) {
+    publish_with(server, id, exit, |m| m["cves"] = json!(cves));
+}
+
+/// Publish update `id` (a script exiting `exit`), its manifest changed by `edit` first.
+fn publish_with(server: &Server, id: &str, exit: i32, edit: impl FnOnce(&mut Value)) {
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = work.join(format!("{id}.sh"));
     std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n")).unwrap();
     let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
     m["id"] = id.into();
-    m["cves"] = json!(cves);
     m["installer"] = json!({"module": "script"});
     m["applicability"] = json!({});
+    edit(&mut m);
     let manifest = work.join(format!("{id}.json"));
     std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
@@ -275,4 +280,125 @@ fn reports_follow_a_patch_tuesday_from_pilot_to_production() {
     let stale = stale.as_array().unwrap();
     assert_eq!(stale.len(), 1, "{stale:?}");
     assert!(stale[0]["last_checkin"].is_null());
+}
+
+/// The published approval of `file` in `group`: (action, reason, deadline).
+fn approval(server: &Server, group: &str, file: &str) -> Option<(String, Option<String>, Option<String>)> {
+    let role = server.published(&format!("approvals.{group}"));
+    let custom = role.targets.get(&format!("approvals/{group}/{file}"))?.custom.clone()?;
+    let text = |k: &str| custom[k].as_str().map(str::to_owned);
+    Some((text("action")?, text("reason"), text("deadline")))
+}
+
+#[test]
+fn rules_approve_supersedence_declines_and_prerequisites_wait() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let pilot = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
+    let prod = enroll(&server, &root, "prod-1", "production", &token(&server, "production", 1));
+    let run = |args: &[&str]| run_ok(server.cli().args(args));
+    let rule: Value =
+        serde_json::from_str(&run(&["rule", "add", "--group", "pilot", "--classification", "security", "--json"]))
+            .unwrap();
+    let pilot_rule = rule["id"].as_str().unwrap().to_owned();
+    let out = run(&[
+        "rule",
+        "add",
+        "--group",
+        "production",
+        "--classification",
+        "security",
+        "--after-group",
+        "pilot",
+        "--after-days",
+        "2",
+        "--max-failure-percent",
+        "0",
+        "--deadline-days",
+        "7",
+    ]);
+    assert!(out.contains("2 day(s) after success on pilot"), "{out}");
+    assert_eq!(serde_json::from_str::<Vec<Value>>(&run(&["rule", "list", "--json"])).unwrap().len(), 2);
+
+    // Patch Tuesday: the security update is approved for pilot as it is published.
+    publish_with(&server, "kb-1", 0, |m| m["classification"] = json!("security"));
+    let (action, reason, _) = approval(&server, "pilot", "acme/kb-1.sh").expect("approved by the rule");
+    assert_eq!((action.as_str(), reason), ("install", Some(format!("rule {pilot_rule}"))));
+    assert!(approval(&server, "production", "acme/kb-1.sh").is_none());
+    check_ok(&pilot);
+    check_ok(&prod);
+    assert!(!prod.dir.join("ran-kb-1").exists(), "production has not approved it");
+
+    // Production's rule waits two days after pilot's success, then prepares the approval for
+    // production's approvers, with its deadline.
+    let now = ringfence_server::unix_now();
+    let rules = |at: i64| {
+        server.runtime.block_on(server.state.rules.run(&server.state.repo, &server.state.reports, at)).unwrap()
+    };
+    assert_eq!(rules(now), 0, "pilot's success has just been seen");
+    assert_eq!(rules(now + 86_400), 0, "one day is not two");
+    assert_eq!(rules(now + 2 * 86_400 + 60), 1);
+    let pending = run(&["pending", "list"]);
+    assert!(pending.lines().any(|l| l.starts_with("approvals.production ")), "{pending}");
+    server.sign("approvals.production", "production-approver-1");
+    server.sign("approvals.production", "production-approver-2");
+    let (action, _, deadline) = approval(&server, "production", "acme/kb-1.sh").unwrap();
+    assert_eq!(action, "install");
+    assert!(deadline.is_some_and(|d| d.starts_with("20")), "a deadline 7 days on");
+    check_ok(&prod);
+    assert!(prod.dir.join("ran-kb-1").exists());
+
+    // A new revision supersedes kb-1: approved by the same rule, installed on pilot, and then
+    // kb-1 is declined in pilot (published at once: the server signs pilot's approvals).
+    publish_with(&server, "kb-1.1", 0, |m| {
+        m["classification"] = json!("security");
+        m["supersedes"] = json!(["kb-1"]);
+    });
+    assert!(approval(&server, "pilot", "acme/kb-1.1.sh").is_some());
+    let decline = || {
+        server
+            .runtime
+            .block_on(server.state.rules.decline_superseded(
+                &server.state.repo,
+                &server.state.reports,
+                ringfence_server::unix_now(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(decline(), 0, "kb-1.1 is not installed anywhere yet");
+    check_ok(&pilot);
+    assert_eq!(decline(), 1);
+    let (action, reason, _) = approval(&server, "pilot", "acme/kb-1.sh").unwrap();
+    assert_eq!((action.as_str(), reason.as_deref()), ("decline", Some("superseded by kb-1.1")));
+    assert_eq!(decline(), 0, "declined once");
+
+    // Prerequisites: kb-3 needs kb-2 (both approved by the rule): in one cycle kb-3 waits,
+    // kb-2 installs, kb-3 follows. kb-5 needs kb-4, which no rule approves: it waits and says so.
+    publish_with(&server, "kb-3", 0, |m| {
+        m["classification"] = json!("security");
+        m["prerequisites"] = json!(["kb-2"]);
+    });
+    publish_with(&server, "kb-2", 0, |m| m["classification"] = json!("security"));
+    publish_with(&server, "kb-4", 0, |m| m["classification"] = json!("feature"));
+    publish_with(&server, "kb-5", 0, |m| {
+        m["classification"] = json!("security");
+        m["prerequisites"] = json!(["kb-4"]);
+    });
+    check_ok(&pilot);
+    assert!(pilot.dir.join("ran-kb-2").exists() && pilot.dir.join("ran-kb-3").exists());
+    assert!(!pilot.dir.join("ran-kb-5").exists(), "its prerequisite is not installed");
+    let device = devices(&server).into_iter().find(|d| d.groups == ["pilot"]).unwrap();
+    let state =
+        |file: &str| device.updates.iter().find(|u| u.target == format!("approvals/pilot/acme/{file}")).cloned();
+    assert_eq!(state("kb-3.sh").map(|u| u.state.as_str().to_owned()).as_deref(), Some("installed"));
+    let waiting = state("kb-5.sh").unwrap();
+    assert_eq!((waiting.state.as_str(), waiting.reason.as_deref()), ("waiting", Some("waits for prerequisite kb-4")));
+    check_ok(&pilot);
+    assert!(!pilot.dir.join("ran-kb-5").exists());
+
+    // Removing a rule stops it; what it approved stays.
+    run(&["rule", "remove", &pilot_rule]);
+    publish_with(&server, "kb-6", 0, |m| m["classification"] = json!("security"));
+    assert!(approval(&server, "pilot", "acme/kb-6.sh").is_none());
+    assert!(approval(&server, "pilot", "acme/kb-2.sh").is_some());
 }

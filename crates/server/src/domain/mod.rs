@@ -6,6 +6,7 @@
 //!   signatures, renewal, health).
 //! - [`tokens::Tokens`]: admin API tokens.
 //! - [`devices::Devices`]: enrollment, sessions, check-ins, reports, the device list.
+//! - [`rules::Rules`]: automatic approval rules.
 //! - [`reports::Reports`]: compliance per group, CVE exposure, stale devices.
 //! - [`audit::Audit`]: the audit trail, written in one place.
 
@@ -15,6 +16,7 @@ pub mod devices;
 pub mod error;
 pub mod repo;
 pub mod reports;
+pub mod rules;
 pub mod tokens;
 
 pub use error::{Error, Result};

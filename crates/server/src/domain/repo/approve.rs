@@ -52,17 +52,13 @@ impl Repository {
         let Some(role) = self.latest::<Targets>(group.approval_role().as_str()).await? else {
             return Ok(BTreeMap::new());
         };
-        let mut out = BTreeMap::new();
-        for (path, entry) in role.signed.targets {
-            let Some(published) = TargetPath::parse(&path).ok().and_then(|p| p.split_approval()).map(|(_, p)| p) else {
-                continue;
-            };
-            let Some(custom) = entry.custom else { continue };
-            if let Ok(custom) = serde_json::from_value::<ApprovalCustom>(custom) {
-                out.insert(published.to_string(), custom);
-            }
-        }
-        Ok(out)
+        Ok(approval_fields(role.signed))
+    }
+
+    /// The approvals of `group`'s version waiting for signatures, if there is one.
+    pub async fn pending_approvals_of(&self, group: &GroupName) -> Result<Option<BTreeMap<String, ApprovalCustom>>> {
+        let Some(pending) = self.db.pending(group.approval_role().as_str()).await? else { return Ok(None) };
+        Ok(Some(approval_fields(super::parse::<Targets>(&pending.bytes)?.signed)))
     }
 
     /// The published paths an approval or withdrawal is about.
@@ -179,6 +175,21 @@ impl Repository {
         self.audit.record(actor, "withdraw", &detail, now).await?;
         Ok(state)
     }
+}
+
+/// Per published path, the fields of each approval entry of an approval role.
+fn approval_fields(role: Targets) -> BTreeMap<String, ApprovalCustom> {
+    let mut out = BTreeMap::new();
+    for (path, entry) in role.targets {
+        let Some(published) = TargetPath::parse(&path).ok().and_then(|p| p.split_approval()).map(|(_, p)| p) else {
+            continue;
+        };
+        let Some(custom) = entry.custom else { continue };
+        if let Ok(custom) = serde_json::from_value::<ApprovalCustom>(custom) {
+            out.insert(published.to_string(), custom);
+        }
+    }
+    out
 }
 
 fn unknown_group(e: Error, group: &GroupName) -> Error {

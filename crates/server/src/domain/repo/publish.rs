@@ -120,6 +120,7 @@ impl Repository {
             update_id: manifest.id.clone(),
             installer: manifest.installer.clone(),
             applicability: manifest.applicability.clone(),
+            prerequisites: manifest.prerequisites.clone(),
         })
         .map_err(Error::internal)?;
         let mut outcome = PublishOutcome {
