@@ -178,8 +178,15 @@ fn session(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher, now: i64) 
 /// Send queued reports; each is removed once the server acknowledged the batch.
 fn flush_reports(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher) -> anyhow::Result<()> {
     let queued = state.queued_reports();
+    if queued.is_empty() {
+        return Ok(());
+    }
+    let key = state.device_key()?;
     for chunk in queued.chunks(ringfence_proto::device::MAX_REPORTS) {
-        let batch = ReportBatch { reports: chunk.iter().map(|(_, r)| r.clone()).collect() };
+        let reports: Vec<StatusReport> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        // Signed with the device key: the server keeps the signature as evidence.
+        let message = ringfence_proto::device::report_batch_message(&config.device_id, &reports);
+        let batch = ReportBatch { reports, signature: hex::encode(key.sign(&message)) };
         let answer = fetcher.post_json(&format!("{}/device/v1/reports", config.server), &batch)?;
         if answer.status != 200 {
             bail!("reports: HTTP {}", answer.status);

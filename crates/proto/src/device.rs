@@ -215,12 +215,39 @@ pub struct StatusReport {
 #[serde(deny_unknown_fields)]
 pub struct ReportBatch {
     pub reports: Vec<StatusReport>,
+    /// Hex ed25519 signature by the device key over [`report_batch_message`]: the server keeps
+    /// it with the reports, so what a device claimed can be checked against its key later.
+    pub signature: String,
+}
+
+/// The first line of what a device signs for a report batch.
+const REPORT_BATCH_HEADER: &str = "ringfence device reports v1";
+
+/// What a device signs for a batch: a header line, its id, then the reports as JSON (their
+/// serialization by this type, which both the agent and the server use).
+pub fn report_batch_message(device_id: &str, reports: &[StatusReport]) -> Vec<u8> {
+    let mut out = format!("{REPORT_BATCH_HEADER}\n{device_id}\n").into_bytes();
+    // Serializing these plain structs cannot fail; an empty list stands in if it ever did.
+    out.extend(serde_json::to_vec(reports).unwrap_or_else(|_| b"[]".to_vec()));
+    out
+}
+
+/// The device id and reports a signed batch message holds (for checking evidence).
+pub fn parse_report_batch_message(message: &[u8]) -> Option<(String, Vec<StatusReport>)> {
+    let text = std::str::from_utf8(message).ok()?;
+    let rest = text.strip_prefix(REPORT_BATCH_HEADER)?.strip_prefix('\n')?;
+    let (device_id, json) = rest.split_once('\n')?;
+    let reports = crate::api::parse_body_limited(json.as_bytes(), MAX_DEVICE_BODY).ok()?;
+    Some((device_id.to_owned(), reports))
 }
 
 impl ReportBatch {
     pub fn validate(&self) -> Result<(), String> {
         if self.reports.len() > MAX_REPORTS {
             return Err(format!("reports: at most {MAX_REPORTS} per batch"));
+        }
+        if self.signature.len() != 128 || !self.signature.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("signature: 128 hex characters".into());
         }
         for r in &self.reports {
             let id_ok =
@@ -283,4 +310,18 @@ pub struct DeviceInfo {
     pub timestamp_version: Option<u64>,
     /// The newest report per target.
     pub updates: Vec<StatusReport>,
+}
+
+/// What the server kept for a device's newest report on one approval path: the report, and
+/// the batch message and signature it arrived in, to check against the device's key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportEvidence {
+    pub device_id: String,
+    /// The device's public key (hex ed25519), as enrolled.
+    pub public_key: String,
+    pub report: StatusReport,
+    /// The signed batch message, exactly as signed ([`report_batch_message`]).
+    pub message: String,
+    pub signature: String,
 }

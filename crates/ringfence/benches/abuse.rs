@@ -60,14 +60,18 @@ fn main() {
         while stored < milestone {
             let d = device(1_000_000 + filler);
             runtime.block_on(store.insert_device(&d)).expect("device");
-            runtime.block_on(store.insert_reports(&d.id, &batch("fill", 1000), now, limits)).expect("fill");
+            runtime
+                .block_on(store.insert_reports(&d.id, &batch("fill", 1000), &common::unsigned_batch(), now, limits))
+                .expect("fill");
             stored += 1000;
             filler += 1;
         }
         let started = Instant::now();
         for _ in 0..40 {
             let records = batch(&format!("p{probe_batches}"), 256);
-            runtime.block_on(store.insert_reports(&probe.id, &records, now, limits)).expect("reports");
+            runtime
+                .block_on(store.insert_reports(&probe.id, &records, &common::unsigned_batch(), now, limits))
+                .expect("reports");
             probe_batches += 1;
         }
         let per_second = 40.0 / started.elapsed().as_secs_f64();
@@ -180,7 +184,15 @@ impl Attack {
                                 .map(|i| serde_json::json!({"id": format!("f{t}-{n}-{i}"),
                                     "target": format!("approvals/pilot/acme/f{}", i % 16), "state": "installed", "at": i}))
                                 .collect();
-                            let _ = client.send_json("POST", "/device/v1/reports", &serde_json::json!({"reports": reports}));
+                            // Signed by device 0, whose session this is: the flood is of batches
+                            // the server must verify and store, not ones it refuses cheaply.
+                            let parsed: Vec<ringfence_proto::device::StatusReport> =
+                                serde_json::from_value(serde_json::json!(reports)).expect("reports");
+                            let message =
+                                ringfence_proto::device::report_batch_message(&format!("{:032x}", 0), &parsed);
+                            let signature = hex(&Bench::device_key(0).sign(&message));
+                            let batch = serde_json::json!({"reports": reports, "signature": signature});
+                            let _ = client.send_json("POST", "/device/v1/reports", &batch);
                             n += 1;
                         }
                     })

@@ -236,7 +236,7 @@ fn main() {
                 let part = part.to_vec();
                 tasks.push(tokio::spawn(async move {
                     for (device, reports) in part {
-                        store.insert_reports(&device, &reports, now, limits).await.unwrap();
+                        store.insert_reports(&device, &reports, &common::unsigned_batch(), now, limits).await.unwrap();
                     }
                 }));
             }

@@ -25,6 +25,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
         .route("/api/v1/devices", get(list_devices).post(preauthorize))
         .route("/api/v1/devices/{id}/{action}", post(change_state))
+        .route("/api/v1/devices/{id}/evidence", get(evidence))
 }
 
 async fn create_enrollment_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
@@ -78,4 +79,23 @@ async fn change_state(
     let action = DeviceAction::parse(&action).ok_or(ApiError::NotFound)?;
     let device = state.devices.change_state(&id, action, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(device).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceQuery {
+    target: String,
+}
+
+/// `GET /api/v1/devices/{id}/evidence?target=approvals/...`: the device's newest report on the
+/// approval path, with the batch it signed it in.
+async fn evidence(
+    State(state): Shared,
+    caller: Caller,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<EvidenceQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    caller.require(&[Scope::Read])?;
+    let query = crate::admin::query(query)?;
+    Ok(Json(state.devices.evidence(&id, &query.target).await?).into_response())
 }

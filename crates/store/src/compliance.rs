@@ -326,7 +326,7 @@ mod tests {
                                     }
                                 })
                                 .collect();
-                            store.insert_reports(&format!("d{d}"), &records, 1, limits).await.unwrap();
+                            store.insert_reports(&format!("d{d}"), &records, &crate::devices::test_batch(), 1, limits).await.unwrap();
                         }
                         Event::State(d, to_accepted) => {
                             let state = if *to_accepted { DeviceState::Accepted } else { DeviceState::Revoked };
@@ -402,7 +402,13 @@ mod concurrency {
                         })
                         .collect();
                     store
-                        .insert_reports(&format!("d{i}"), &reports, 0, ReportLimits { history: 1000, max_targets: 100 })
+                        .insert_reports(
+                            &format!("d{i}"),
+                            &reports,
+                            &crate::devices::test_batch(),
+                            0,
+                            ReportLimits { history: 1000, max_targets: 100 },
+                        )
                         .await
                         .unwrap();
                 }

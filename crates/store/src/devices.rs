@@ -119,6 +119,20 @@ pub struct DevicePage {
     pub state: Option<DeviceState>,
 }
 
+/// A report batch exactly as the device signed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedBatch {
+    pub message: Vec<u8>,
+    /// Hex ed25519 signature by the device key over `message`.
+    pub signature: String,
+}
+
+/// A batch for store tests, whose signatures nobody checks here (the server does).
+#[cfg(test)]
+pub(crate) fn test_batch() -> SignedBatch {
+    SignedBatch { message: b"test".to_vec(), signature: "00".repeat(64) }
+}
+
 /// What the server keeps about devices. Implemented next to [`crate::Store`] by the same
 /// backends.
 #[async_trait::async_trait]
@@ -171,9 +185,12 @@ pub trait DeviceStore: Send + Sync + 'static {
         &self,
         device_id: &str,
         reports: &[ReportRecord],
+        batch: &SignedBatch,
         received_at: i64,
         limits: ReportLimits,
     ) -> Result<ReportsAccepted>;
+    /// The device's newest report on `target`, with the signed batch it came in.
+    async fn report_evidence(&self, device_id: &str, target: &str) -> Result<Option<(ReportRecord, SignedBatch)>>;
     /// The device's retained reports in the order they arrived.
     async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>>;
     /// The newest report of each target the device reported on, by target.
@@ -532,6 +549,7 @@ impl DeviceStore for SqliteStore {
         &self,
         device_id: &str,
         reports: &[ReportRecord],
+        batch: &SignedBatch,
         received_at: i64,
         limits: ReportLimits,
     ) -> Result<ReportsAccepted> {
@@ -560,12 +578,19 @@ impl DeviceStore for SqliteStore {
             .try_get("n")?;
         let mut targets = targets as u64;
         let mut accepted = 0;
+        // The batch's number for this device; stored below only if a report of it is new.
+        let batch_seq: i64 =
+            sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM report_batches WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("seq")?;
         // The batch's net change to the compliance counts, written once at the end.
         let mut deltas: BTreeMap<(String, Bucket), i64> = BTreeMap::new();
         for r in reports {
             let done = sqlx::query(
-                "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO status_reports (device_id, id, target, state, reason, exit_code, at, received_at, seq, \
+                 batch_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&r.id)
@@ -576,6 +601,7 @@ impl DeviceStore for SqliteStore {
             .bind(r.at)
             .bind(received_at)
             .bind(seq + 1)
+            .bind(batch_seq)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 0 {
@@ -606,11 +632,11 @@ impl DeviceStore for SqliteStore {
                 }
             }
             sqlx::query(
-                "INSERT INTO device_update_states (device_id, target, report_id, state, reason, exit_code, at, seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO device_update_states (device_id, target, report_id, state, reason, exit_code, at, seq, \
+                 batch_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (device_id, target) DO UPDATE SET report_id = excluded.report_id, \
                  state = excluded.state, reason = excluded.reason, exit_code = excluded.exit_code, \
-                 at = excluded.at, seq = excluded.seq",
+                 at = excluded.at, seq = excluded.seq, batch_seq = excluded.batch_seq",
             )
             .bind(device_id)
             .bind(&r.target)
@@ -620,6 +646,19 @@ impl DeviceStore for SqliteStore {
             .bind(r.exit_code)
             .bind(r.at)
             .bind(seq)
+            .bind(batch_seq)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if accepted > 0 {
+            sqlx::query(
+                "INSERT INTO report_batches (device_id, seq, message, signature, received_at) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(device_id)
+            .bind(batch_seq)
+            .bind(&batch.message)
+            .bind(&batch.signature)
+            .bind(received_at)
             .execute(&mut *tx)
             .await?;
         }
@@ -628,13 +667,42 @@ impl DeviceStore for SqliteStore {
         }
         // Retention: the oldest reports beyond the history go (by index).
         let keep = to_bigint(limits.history.max(1), "history")?;
-        sqlx::query("DELETE FROM status_reports WHERE device_id = $1 AND seq <= $2")
+        let dropped = sqlx::query("DELETE FROM status_reports WHERE device_id = $1 AND seq <= $2")
             .bind(device_id)
             .bind(seq - keep)
             .execute(&mut *tx)
             .await?;
+        // A batch goes with the last retained report that came in it.
+        if dropped.rows_affected() > 0 {
+            sqlx::query(
+                "DELETE FROM report_batches WHERE device_id = $1 \
+                 AND seq NOT IN (SELECT batch_seq FROM status_reports WHERE device_id = $1 AND batch_seq IS NOT NULL) \
+                 AND seq NOT IN (SELECT batch_seq FROM device_update_states WHERE device_id = $1 AND batch_seq IS NOT NULL)",
+            )
+            .bind(device_id)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(ReportsAccepted { accepted, duplicates: reports.len() as u64 - accepted })
+    }
+
+    async fn report_evidence(&self, device_id: &str, target: &str) -> Result<Option<(ReportRecord, SignedBatch)>> {
+        let row = sqlx::query(
+            "SELECT s.report_id AS report_id, s.target AS target, s.state AS state, s.reason AS reason, \
+             s.exit_code AS exit_code, s.at AS at, b.message AS message, b.signature AS signature \
+             FROM device_update_states s JOIN report_batches b ON b.device_id = s.device_id AND b.seq = s.batch_seq \
+             WHERE s.device_id = $1 AND s.target = $2",
+        )
+        .bind(device_id)
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let report = report_from_row(&row, "report_id")?;
+            Ok((report, SignedBatch { message: row.try_get("message")?, signature: row.try_get("signature")? }))
+        })
+        .transpose()
     }
 
     async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>> {
@@ -713,7 +781,7 @@ mod tests {
                                 at: i64::from(*i),
                             })
                             .collect();
-                        tasks.push(tokio::spawn(async move { store.insert_reports("d", &records, 1, limits).await }));
+                        tasks.push(tokio::spawn(async move { store.insert_reports("d", &records, &test_batch(), 1, limits).await }));
                     }
                 }
                 let mut accepted = 0;

@@ -15,7 +15,7 @@ pub use blob::{BlobStore, BlobWriter};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
-    PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted,
+    PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
 };
 pub use rules::{RuleRecord, RuleStore};
 pub use sqlite::SqliteStore;

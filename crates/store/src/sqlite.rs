@@ -34,6 +34,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "device abuse bounds", include_str!("../migrations/0003_device_abuse_bounds.sql")),
     (4, "compliance", include_str!("../migrations/0004_compliance.sql")),
     (5, "rules", include_str!("../migrations/0005_rules.sql")),
+    (6, "signed reports", include_str!("../migrations/0006_signed_reports.sql")),
 ];
 
 #[derive(Debug)]

@@ -56,6 +56,18 @@ pub enum DeviceCommand {
         server: ServerArgs,
         id: String,
     },
+    /// Check a device's newest report on an approval path against the device's own key.
+    Evidence {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        /// The approval path, e.g. approvals/production/acme/hello.txt.
+        #[arg(long)]
+        target: String,
+        /// Print JSON (for scripts), after the check.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(command: DeviceCommand) -> anyhow::Result<()> {
@@ -82,6 +94,7 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Accept { server, id } => change(&server, &id, "accept", "is accepted: it may open sessions")?,
         DeviceCommand::Reject { server, id } => change(&server, &id, "reject", "is rejected")?,
         DeviceCommand::Revoke { server, id } => change(&server, &id, "revoke", "is revoked: its sessions ended")?,
+        DeviceCommand::Evidence { server, id, target, json } => evidence(&server, &id, &target, json)?,
     }
     Ok(())
 }
@@ -162,5 +175,51 @@ fn print_devices(devices: &[DeviceInfo], header: bool) {
 fn change(server: &ServerArgs, id: &str, action: &str, outcome: &str) -> anyhow::Result<()> {
     client(server)?.send("POST", &format!("/api/v1/devices/{id}/{action}"), b"", "application/json")?.ok()?;
     println!("device {id} {outcome}");
+    Ok(())
+}
+
+/// Fetch what the server kept for a device's newest report on `target` and check it here:
+/// the device's key signed the batch, the batch names the device, and holds that report.
+fn evidence(server: &ServerArgs, id: &str, target: &str, json: bool) -> anyhow::Result<()> {
+    use ringfence_proto::device::{ReportEvidence, parse_report_batch_message};
+    let mut path = format!("/api/v1/devices/{id}/evidence?target=");
+    // The target goes into a query string: percent-encode all but plain characters.
+    for b in target.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            path.push(char::from(b));
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    let evidence: ReportEvidence = serde_json::from_slice(&client(server)?.get(&path)?.ok()?)?;
+    let key = ringfence_trust::PublicKey::from_tuf(&ringfence_proto::tuf::Key {
+        keytype: "ed25519".into(),
+        scheme: "ed25519".into(),
+        keyval: ringfence_proto::tuf::KeyVal { public: evidence.public_key.clone(), unrecognized: Default::default() },
+        unrecognized: Default::default(),
+    })?;
+    let signature = hex::decode(&evidence.signature)?;
+    key.verify(evidence.message.as_bytes(), &signature).map_err(|_| {
+        anyhow::anyhow!("the signature does not verify with device {id}'s key: do not trust this report")
+    })?;
+    let (signer, reports) = parse_report_batch_message(evidence.message.as_bytes())
+        .ok_or_else(|| anyhow::anyhow!("the signed message is not a report batch"))?;
+    anyhow::ensure!(signer == evidence.device_id && signer == id, "the batch was signed for device {signer}, not {id}");
+    anyhow::ensure!(
+        reports.contains(&evidence.report),
+        "the signed batch does not hold the report the server shows: do not trust it"
+    );
+    if json {
+        return output::json(&evidence);
+    }
+    let r = &evidence.report;
+    println!(
+        "verified: device {id} (key {}) signed at {} that {} was {}{}",
+        evidence.public_key,
+        output::time(r.at),
+        r.target,
+        r.state.as_str(),
+        r.reason.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
+    );
     Ok(())
 }

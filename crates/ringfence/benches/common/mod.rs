@@ -54,10 +54,17 @@ impl Bench {
     }
 
     /// An accepted device numbered `i` in `group`.
+    /// Device `i`'s key (from a seed, so benches can sign as any device).
+    pub fn device_key(i: usize) -> ringfence_trust::SigningKey {
+        let mut seed = [7u8; 32];
+        seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        ringfence_trust::SigningKey::from_seed(seed)
+    }
+
     pub fn device(i: usize, group: &str, now: i64) -> DeviceRecord {
         DeviceRecord {
             id: format!("{i:032x}"),
-            public_key: format!("{i:064x}"),
+            public_key: Self::device_key(i).public().to_tuf().keyval.public,
             state: DeviceState::Accepted,
             groups: vec![group.into()],
             hostname: format!("host-{i}"),
@@ -104,4 +111,11 @@ impl Bench {
     pub fn ca(&self) -> PathBuf {
         self.data.join("tls/cert.pem")
     }
+}
+
+/// A report batch for benches that call the store directly: the server checks signatures, the
+/// store keeps what it is given.
+#[allow(dead_code)] // only the benches that call the store directly
+pub fn unsigned_batch() -> ringfence_store::SignedBatch {
+    ringfence_store::SignedBatch { message: b"bench".to_vec(), signature: "00".repeat(64) }
 }

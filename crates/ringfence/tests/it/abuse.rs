@@ -131,6 +131,13 @@ struct GoodDevice {
 }
 
 impl GoodDevice {
+    /// A report batch signed with this device's key.
+    fn signed(&self, reports: Value) -> Value {
+        let parsed: Vec<ringfence_proto::device::StatusReport> = serde_json::from_value(reports.clone()).unwrap();
+        let message = ringfence_proto::device::report_batch_message(&self.id, &parsed);
+        json!({"reports": reports, "signature": hex(&self.key.sign(&message))})
+    }
+
     fn enroll(server: &Server) -> GoodDevice {
         let token = run_ok(server.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]));
         let client = device_client(server);
@@ -335,7 +342,7 @@ fn one_device_reporting_without_end_stays_bounded() {
                 "state": "installed", "at": batch * 1000 + i})
             })
             .collect();
-        let answer = client.send_json("POST", "/device/v1/reports", &json!({"reports": reports})).unwrap();
+        let answer = client.send_json("POST", "/device/v1/reports", &noisy.signed(json!(reports))).unwrap();
         assert_eq!(answer.status, 200, "{}", answer.text());
         if batch % 10 == 0 {
             assert_eq!(good.session_and_checkin(), (200, 200, 200));
@@ -354,7 +361,7 @@ fn one_device_reporting_without_end_stays_bounded() {
     let wide: Vec<Value> = (0..30)
         .map(|i| json!({"id": format!("w{i}"), "target": format!("approvals/pilot/acme/w{i}"), "state": "installed", "at": 1}))
         .collect();
-    let answer = client.send_json("POST", "/device/v1/reports", &json!({"reports": wide})).unwrap();
+    let answer = client.send_json("POST", "/device/v1/reports", &noisy.signed(json!(wide))).unwrap();
     assert_eq!(answer.status, 400);
     assert!(answer.text().contains("at most 20 targets"), "{}", answer.text());
     assert_eq!(server.runtime.block_on(store.device_update_states(&noisy.id)).unwrap().len(), 10, "nothing kept");
@@ -367,7 +374,7 @@ fn one_device_reporting_without_end_stays_bounded() {
         })
         .collect();
     let ack: Value = serde_json::from_slice(
-        &client.send_json("POST", "/device/v1/reports", &json!({"reports": again})).unwrap().ok().unwrap(),
+        &client.send_json("POST", "/device/v1/reports", &noisy.signed(json!(again))).unwrap().ok().unwrap(),
     )
     .unwrap();
     assert_eq!((ack["accepted"].as_u64(), ack["duplicates"].as_u64()), (Some(0), Some(256)));
@@ -442,7 +449,8 @@ fn enrollment_attempts_per_source_and_report_batches_per_device_are_rate_bounded
 
     let batch = |device: &GoodDevice, n: usize| {
         let client = device.client.with_token(&device.session());
-        let report = json!({"reports": [{"id": format!("x{n}"), "target": "repository", "state": "refused", "at": 1}]});
+        let report =
+            device.signed(json!([{"id": format!("x{n}"), "target": "repository", "state": "refused", "at": 1}]));
         client.send_json("POST", "/device/v1/reports", &report).unwrap()
     };
     let statuses: Vec<u16> = (0..4).map(|n| batch(&noisy, n).status).collect();

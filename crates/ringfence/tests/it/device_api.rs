@@ -52,6 +52,13 @@ fn enroll(
     (answer.status, Device { key, id }, value)
 }
 
+/// A report batch signed by the device's key, as the agent sends it.
+fn signed_reports(d: &Device, reports: Value) -> Value {
+    let parsed: Vec<ringfence_proto::device::StatusReport> = serde_json::from_value(reports.clone()).unwrap();
+    let signature = hex(&d.key.sign(&ringfence_proto::device::report_batch_message(&d.id, &parsed)));
+    json!({"reports": reports, "signature": signature})
+}
+
 fn open_session(device: &ringfence_cli::http::Client, d: &Device) -> String {
     let challenge: ChallengeResponse = serde_json::from_slice(
         &device.send_json("POST", "/device/v1/challenge", &json!({"device_id": d.id})).unwrap().ok().unwrap(),
@@ -168,15 +175,39 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.body.len() < 100, "a check-in answer is tiny: {}", answer.text());
     let report = json!({"id": "r1", "target": "approvals/production/acme/x", "state": "installed", "at": 1});
-    let answer = authed.send_json("POST", "/device/v1/reports", &json!({"reports": [report, report]})).unwrap();
+    // A batch the device's key did not sign is refused whole: signed by another key, or
+    // changed after signing.
+    let mut forged = signed_reports(&pending, json!([report]));
+    let parsed: Vec<ringfence_proto::device::StatusReport> = serde_json::from_value(json!([report])).unwrap();
+    forged["signature"] =
+        json!(hex(&other.key.sign(&ringfence_proto::device::report_batch_message(&pending.id, &parsed))));
+    assert_eq!(authed.send_json("POST", "/device/v1/reports", &forged).unwrap().status, 403);
+    let mut tampered = signed_reports(&pending, json!([report]));
+    tampered["reports"][0]["state"] = json!("failed");
+    assert_eq!(authed.send_json("POST", "/device/v1/reports", &tampered).unwrap().status, 403);
+    assert!(server.runtime.block_on(store.device_reports(&pending.id)).unwrap().is_empty(), "nothing stored");
+    let batch = signed_reports(&pending, json!([report, report]));
+    let answer = authed.send_json("POST", "/device/v1/reports", &batch).unwrap();
     assert_eq!(answer.text(), r#"{"accepted":1,"duplicates":1}"#);
-    let answer = authed.send_json("POST", "/device/v1/reports", &json!({"reports": [report]})).unwrap();
+    let answer = authed.send_json("POST", "/device/v1/reports", &signed_reports(&pending, json!([report]))).unwrap();
     assert_eq!(answer.text(), r#"{"accepted":0,"duplicates":1}"#, "a repeated batch is stored once");
+    // The evidence: what the device signed, checked by the CLI against the device's key.
+    let out = crate::common::run_ok(server.cli().args([
+        "device",
+        "evidence",
+        &pending.id,
+        "--target",
+        "approvals/production/acme/x",
+    ]));
+    assert!(out.contains("verified") && out.contains("installed"), "{out}");
+    let no_sig = "00".repeat(64);
     for bad in [
-        json!({"reports": [{"id": "../x", "target": "t", "state": "installed", "at": 1}]}),
-        json!({"reports": [{"id": "r2", "target": "t", "state": "pwned", "at": 1}]}),
-        json!({"reports": [{"id": "r2", "target": "t", "state": "installed", "at": "now"}]}),
-        json!({"reports": (0..300).map(|i| json!({"id": format!("b{i}"), "target": "t", "state": "installed", "at": 1})).collect::<Vec<_>>()}),
+        json!({"reports": [{"id": "../x", "target": "t", "state": "installed", "at": 1}], "signature": no_sig}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "pwned", "at": 1}], "signature": no_sig}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "installed", "at": "now"}], "signature": no_sig}),
+        json!({"reports": (0..300).map(|i| json!({"id": format!("b{i}"), "target": "t", "state": "installed", "at": 1})).collect::<Vec<_>>(), "signature": no_sig}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "installed", "at": 1}]}),
+        json!({"reports": [{"id": "r2", "target": "t", "state": "installed", "at": 1}], "signature": "zz"}),
     ] {
         let answer = authed.send_json("POST", "/device/v1/reports", &bad).unwrap();
         assert_eq!(answer.status, 400, "{}", answer.text());

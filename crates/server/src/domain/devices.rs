@@ -15,13 +15,14 @@ use rand_core::{OsRng, RngCore};
 use ringfence_proto::api::StaleDevice;
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
-    EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportState,
-    ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, session_message,
+    EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportEvidence,
+    ReportState, ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, report_batch_message,
+    session_message,
 };
 use ringfence_proto::{GroupName, RoleName};
 use ringfence_store::{
     CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
-    ReportLimits, ReportRecord,
+    ReportLimits, ReportRecord, SignedBatch,
 };
 
 pub use ringfence_store::DeviceState;
@@ -52,6 +53,8 @@ pub fn random_hex(bytes: usize) -> String {
 #[derive(Debug, Clone)]
 pub struct SessionDevice {
     pub id: String,
+    /// Its public key (hex), which signs its report batches.
+    pub public_key: String,
 }
 
 /// What an administrator does to a device.
@@ -252,7 +255,7 @@ impl Devices {
         }
         let hash = ringfence_trust::sha256_hex(secret.as_bytes());
         let device = self.db.session_device(&hash, now).await?.ok_or(Error::Unauthenticated)?;
-        Ok(SessionDevice { id: device.id })
+        Ok(SessionDevice { id: device.id, public_key: device.public_key })
     }
 
     /// Whether any device is accepted (the repository then needs a session to read, when
@@ -288,9 +291,15 @@ impl Devices {
         })
     }
 
-    /// Store a batch of status reports; a report id already stored counts as a duplicate.
+    /// Store a batch of status reports signed by the device's key (kept with them); a report
+    /// id already stored counts as a duplicate. A batch the key did not sign is refused whole.
     pub async fn report(&self, device: &SessionDevice, batch: &ReportBatch, now: i64) -> Result<ReportsAck> {
         batch.validate().map_err(Error::Invalid)?;
+        let message = report_batch_message(&device.id, &batch.reports);
+        let key = parse_public_key(&device.public_key)?;
+        verify(&key, &message, &batch.signature)
+            .map_err(|_| Error::Forbidden("the report batch is not signed by this device's key".into()))?;
+        let signed = SignedBatch { message, signature: batch.signature.to_ascii_lowercase() };
         let records: Vec<ReportRecord> = batch
             .reports
             .iter()
@@ -309,8 +318,29 @@ impl Devices {
             history: self.config.report_history.max(ringfence_proto::device::MAX_REPORTS as u64),
             max_targets: self.config.max_targets_per_device,
         };
-        let done = self.db.insert_reports(&device.id, &records, now, limits).await?;
+        let done = self.db.insert_reports(&device.id, &records, &signed, now, limits).await?;
         Ok(ReportsAck { accepted: done.accepted, duplicates: done.duplicates })
+    }
+
+    /// What the server kept for a device's newest report on `target`: the report and the
+    /// batch the device signed it in, with the device's key, for anyone to check.
+    pub async fn evidence(&self, id: &str, target: &str) -> Result<ReportEvidence> {
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || target.len() > 512 {
+            return Err(Error::NotFound);
+        }
+        let device = self.db.device(id).await?.ok_or(Error::NotFound)?;
+        let (r, batch) = self.db.report_evidence(id, target).await?.ok_or(Error::NotFound)?;
+        let state = ReportState::parse(&r.state).ok_or_else(|| Error::internal(format!("stored state {}", r.state)))?;
+        let report =
+            StatusReport { id: r.id, target: r.target, state, reason: r.reason, exit_code: r.exit_code, at: r.at };
+        let message = String::from_utf8(batch.message).map_err(Error::internal)?;
+        Ok(ReportEvidence {
+            device_id: device.id,
+            public_key: device.public_key,
+            report,
+            message,
+            signature: batch.signature,
+        })
     }
 
     // ---- administration ----
