@@ -102,6 +102,20 @@ pub enum Command {
     /// Automatic approval rules.
     #[command(subcommand)]
     Rule(commands::rules::RuleCommand),
+    /// Remove content no approval needs (uploads never published, updates declined where
+    /// they were approved) and, with --devices-not-seen-days, devices gone quiet.
+    Cleanup {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Say what would go, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        devices_not_seen_days: Option<u32>,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Role versions waiting for signatures.
     #[command(subcommand)]
     Pending(commands::pending::PendingCommand),
@@ -170,6 +184,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Group(command) => commands::groups::run(command),
         Command::Report(command) => commands::reports::run(command),
         Command::Rule(command) => commands::rules::run(command),
+        Command::Cleanup { server, dry_run, devices_not_seen_days, json } => {
+            commands::cleanup::run(&server, dry_run, devices_not_seen_days, json)
+        }
         Command::Pending(command) => commands::pending::run(command),
         Command::Token(command) => commands::tokens::run(command),
         Command::Device(command) => commands::devices::run(command),

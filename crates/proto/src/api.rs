@@ -543,3 +543,43 @@ pub struct RuleInfo {
     pub rule: RuleRequest,
     pub created_at: i64,
 }
+
+/// What a cleanup should do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupRequest {
+    /// Report what would be removed, and remove nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Also forget devices (any state but pending) not seen for this many days.
+    #[serde(default)]
+    pub devices_not_seen_days: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemovedContent {
+    pub sha256: String,
+    pub length: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForgottenDevice {
+    pub id: String,
+    pub hostname: String,
+    pub state: String,
+    /// Its last check-in, or its enrollment if it never checked in.
+    pub last_seen: i64,
+}
+
+/// What a cleanup removed (or, dry, would remove).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupReport {
+    pub dry_run: bool,
+    pub content: Vec<RemovedContent>,
+    pub content_bytes: u64,
+    pub devices: Vec<ForgottenDevice>,
+}

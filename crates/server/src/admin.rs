@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/rules", post(add_rule).get(list_rules))
         .route("/api/v1/rules/{id}", axum::routing::delete(remove_rule))
+        .route("/api/v1/cleanup", post(cleanup))
         .route("/api/v1/pending", get(list_pending))
         .route("/api/v1/pending/{role}", get(get_pending).put(propose))
         .route("/api/v1/pending/{role}/signatures", post(add_signatures))
@@ -124,6 +125,38 @@ async fn add_rule(State(state): Shared, caller: Caller, body: Body) -> ApiResult
     let added = state.rules.add(&state.repo, rule, &caller.actor(), now).await?;
     apply_rules(&state, now).await;
     Ok((StatusCode::CREATED, Json(added)).into_response())
+}
+
+/// Remove content no approval needs and, when asked, devices not seen for a long time; with
+/// `dry_run`, only say what would go.
+async fn cleanup(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
+    let request: ringfence_proto::api::CleanupRequest = json_body(body).await?;
+    if request.devices_not_seen_days.is_some_and(|d| d == 0 || d > 3650) {
+        return Err(ApiError::BadRequest("devices_not_seen_days: 1 to 3650".into()));
+    }
+    let now = crate::unix_now();
+    let content = state.repo.removable_content(now).await?;
+    let devices = match request.devices_not_seen_days {
+        Some(days) => state.devices.forgettable(days, now).await?,
+        None => Vec::new(),
+    };
+    if !request.dry_run {
+        let actor = caller.actor();
+        for c in &content {
+            state.repo.remove_content(&c.sha256).await?;
+        }
+        for d in &devices {
+            state.devices.forget(&d.id, &actor, now).await?;
+        }
+        let bytes: u64 = content.iter().map(|c| c.length).sum();
+        let detail =
+            format!("removed {} content file(s) ({bytes} bytes) and {} device(s)", content.len(), devices.len());
+        state.audit.record(&actor, "cleanup", &detail, now).await?;
+    }
+    let content_bytes = content.iter().map(|c| c.length).sum();
+    Ok(Json(ringfence_proto::api::CleanupReport { dry_run: request.dry_run, content, content_bytes, devices })
+        .into_response())
 }
 
 async fn list_rules(State(state): Shared, caller: Caller) -> ApiResult<Response> {

@@ -117,6 +117,15 @@ impl BlobStore {
         }
     }
 
+    /// Delete the blob; a blob that is not stored is already deleted.
+    pub async fn delete(&self, sha256: &str) -> Result<()> {
+        let key = BlobKey::parse(sha256)?;
+        match self.objects.delete(&key.location()).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// The whole blob in memory; `NotFound` if it is not stored.
     pub async fn read_all(&self, sha256: &str) -> Result<Bytes> {
         let key = BlobKey::parse(sha256)?;

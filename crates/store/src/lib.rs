@@ -6,12 +6,14 @@
 //! implementation of the same trait is a drop-in.
 
 mod blob;
+mod cleanup;
 mod compliance;
 mod devices;
 mod rules;
 mod sqlite;
 
 pub use blob::{BlobStore, BlobWriter};
+pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
@@ -163,6 +165,6 @@ pub trait Store: Send + Sync + 'static {
 
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
-pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore {}
+pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore {}
 
-impl<T: Store + DeviceStore + ComplianceStore + RuleStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore> Database for T {}

@@ -402,3 +402,62 @@ fn rules_approve_supersedence_declines_and_prerequisites_wait() {
     assert!(approval(&server, "pilot", "acme/kb-6.sh").is_none());
     assert!(approval(&server, "pilot", "acme/kb-2.sh").is_some());
 }
+
+#[test]
+fn cleanup_removes_only_what_no_approval_needs() {
+    let server = Server::start(|_| {});
+    let run = |args: &[&str]| run_ok(server.cli().args(args));
+    publish_script(&server, "kb-a", &[], 0);
+    publish_script(&server, "kb-b", &[], 0);
+    for update in ["kb-a", "kb-b"] {
+        run(&["approve", update, "--group", "pilot"]);
+    }
+    run(&["approve", "kb-a", "--group", "pilot", "--action", "decline"]);
+    let sha_of = |id: &str| {
+        let script = server.dir.path().join("work").join(format!("{id}.sh"));
+        ringfence_trust::sha256_hex(&std::fs::read(script).unwrap())
+    };
+    let orphan = server.dir.path().join("orphan.bin");
+    std::fs::write(&orphan, b"uploaded and forgotten").unwrap();
+    run(&["upload", orphan.to_str().unwrap()]);
+    let root = server.dir.path().join("agents");
+    let quiet = enroll(&server, &root, "quiet-1", "pilot", &token(&server, "pilot", 1));
+
+    // A dry run lists kb-a's file (declined where it was approved), not kb-b's (approved), not
+    // the upload (a day's grace), not the device (enrolled just now); it removes nothing.
+    let dry: Value =
+        serde_json::from_str(&run(&["cleanup", "--dry-run", "--devices-not-seen-days", "1", "--json"])).unwrap();
+    let listed: Vec<&str> = dry["content"].as_array().unwrap().iter().map(|c| c["sha256"].as_str().unwrap()).collect();
+    assert_eq!(listed, [sha_of("kb-a").as_str()], "{dry}");
+    assert!(dry["content"][0]["reason"].as_str().unwrap().contains("kb-a"));
+    assert!(dry["devices"].as_array().unwrap().is_empty());
+    assert!(server.blobs.path_of(&sha_of("kb-a")).unwrap().exists(), "a dry run removes nothing");
+    // Two days on, the upload and the quiet device would go too.
+    let later = ringfence_server::unix_now() + 2 * 86_400;
+    let content = server.runtime.block_on(server.state.repo.removable_content(later)).unwrap();
+    assert_eq!(content.len(), 2, "{content:?}");
+    assert!(content.iter().any(|c| c.reason == "uploaded, never published"));
+    let quiet_ones = server.runtime.block_on(server.state.devices.forgettable(1, later)).unwrap();
+    assert_eq!(quiet_ones.len(), 1);
+
+    // For real: kb-a's file is gone and no longer served; kb-b's stays.
+    let out = run(&["cleanup"]);
+    assert!(out.starts_with("removed 1 content file(s)"), "{out}");
+    assert!(!server.blobs.path_of(&sha_of("kb-a")).unwrap().exists());
+    assert!(server.blobs.path_of(&sha_of("kb-b")).unwrap().exists());
+    let served = |id: &str| {
+        let path = ringfence_proto::TargetPath::parse(&format!("acme/{id}.sh")).unwrap();
+        let sha = ringfence_proto::Sha256Hex::parse(&sha_of(id)).unwrap();
+        server.runtime.block_on(server.state.repo.served_content(&path, &sha)).unwrap()
+    };
+    assert_eq!(served("kb-a"), None, "no longer served");
+    assert!(served("kb-b").is_some());
+
+    // Forgetting the quiet device takes it out of its group's count.
+    assert_eq!(report(&server, &["compliance", "--group", "pilot"])["devices"], 1);
+    server.runtime.block_on(server.state.devices.forget(&quiet_ones[0].id, "test", later)).unwrap();
+    assert_eq!(report(&server, &["compliance", "--group", "pilot"])["devices"], 0);
+    assert!(devices(&server).is_empty());
+    let (code, out) = quiet.check();
+    assert_ne!(code, 0, "a forgotten device must enroll again: {out}");
+}

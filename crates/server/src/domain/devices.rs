@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ringfence_proto::api::StaleDevice;
+use ringfence_proto::api::{ForgottenDevice, StaleDevice};
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
     EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportEvidence,
@@ -472,6 +472,26 @@ impl Devices {
             .into_iter()
             .map(|d| StaleDevice { id: d.id, hostname: d.hostname, groups: d.groups, last_checkin: d.last_checkin })
             .collect())
+    }
+
+    /// Devices (any state but pending) last seen more than `days` days before `now`: a
+    /// cleanup forgets them and everything kept about them (a device that comes back enrolls
+    /// again).
+    pub async fn forgettable(&self, days: u32, now: i64) -> Result<Vec<ForgottenDevice>> {
+        self.flush_checkins().await?;
+        let before = now - i64::from(days) * 86_400;
+        Ok(self
+            .db
+            .devices_last_seen_before(before, 10_000)
+            .await?
+            .into_iter()
+            .map(|d| ForgottenDevice { id: d.id, hostname: d.hostname, state: d.state, last_seen: d.last_seen })
+            .collect())
+    }
+
+    pub async fn forget(&self, id: &str, actor: &str, now: i64) -> Result<()> {
+        self.db.delete_device(id).await?;
+        self.audit.record(actor, "forget", &format!("device {id}"), now).await
     }
 
     // ---- background work ----

@@ -11,6 +11,7 @@
 //! (pending versions, proposals, offline signatures) build on them.
 
 mod approve;
+mod cleanup;
 mod lifecycle;
 mod publish;
 mod signatures;
