@@ -143,6 +143,8 @@ fn main() -> ExitCode {
             let config = state.config()?;
             let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();
             println!("device {} at {}, groups {}", config.device_id, config.server, groups.join(", "));
+            // For checking this device's reports on the server: `ringfence device evidence --device-key`.
+            println!("device key {}", state.device_key()?.public().to_tuf().keyval.public);
             for (path, i) in state.installed() {
                 println!("  {path}: {} ({}, sha256 {})", i.state, i.update_id, i.sha256);
             }

@@ -512,6 +512,9 @@ pub fn parse_cve(s: &str) -> Option<String> {
 #[serde(deny_unknown_fields)]
 pub struct RuleRequest {
     pub group: GroupName,
+    /// Only updates of these publishers.
+    #[serde(default)]
+    pub publishers: Vec<PublisherName>,
     #[serde(default)]
     pub products: Vec<String>,
     #[serde(default)]

@@ -268,6 +268,13 @@ impl ReportBatch {
 pub struct ReportsAck {
     pub accepted: u64,
     pub duplicates: u64,
+    /// Reports on approval paths of groups this device does not follow: not kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ignored: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Admin: create an enrollment token scoped to groups.

@@ -141,5 +141,6 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     }
     let batch: ReportBatch = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
-    Ok(Json(state.devices.report(&device, &batch, now).await?).into_response())
+    let follows = state.repo.followed_groups(&device.groups).await?;
+    Ok(Json(state.devices.report(&device, &batch, &follows, now).await?).into_response())
 }

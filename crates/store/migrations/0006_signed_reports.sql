@@ -4,6 +4,8 @@ CREATE TABLE report_batches (
     device_id   TEXT   NOT NULL REFERENCES devices (id),
     seq         BIGINT NOT NULL,
     message     BLOB   NOT NULL,
+    -- length(message), so a device's total is summed without reading the messages.
+    bytes       BIGINT NOT NULL,
     signature   TEXT   NOT NULL,
     received_at BIGINT NOT NULL,
     PRIMARY KEY (device_id, seq)

@@ -306,7 +306,7 @@ mod tests {
                 for i in 0..4 {
                     store.insert_device(&device(i)).await.unwrap();
                 }
-                let limits = ReportLimits { history: 1000, max_targets: 100 };
+                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
                 let mut next_id = 0;
                 let mut accepted = [true; 4];
                 for e in &events {
@@ -407,7 +407,7 @@ mod concurrency {
                             &reports,
                             &crate::devices::test_batch(),
                             0,
-                            ReportLimits { history: 1000, max_targets: 100 },
+                            ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 },
                         )
                         .await
                         .unwrap();

@@ -95,6 +95,8 @@ pub struct ReportLimits {
     pub history: u64,
     /// Distinct targets a device may report on.
     pub max_targets: u64,
+    /// Bytes of signed batches kept per device (they go with their last retained report).
+    pub max_batch_bytes: u64,
 }
 
 /// Bounds on pending (token-less) enrollments.
@@ -273,8 +275,11 @@ fn report_from_row(row: &SqliteRow, id_column: &str) -> Result<ReportRecord> {
 #[async_trait::async_trait]
 impl DeviceStore for SqliteStore {
     async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        insert_device_row(&mut conn, d, None).await
+        // The device and its groups' counts together.
+        let mut tx = self.pool.begin().await?;
+        insert_device_row(&mut tx, d, None).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn device(&self, id: &str) -> Result<Option<DeviceRecord>> {
@@ -651,12 +656,27 @@ impl DeviceStore for SqliteStore {
             .await?;
         }
         if accepted > 0 {
+            let held: i64 = sqlx::query("SELECT COALESCE(SUM(bytes), 0) AS n FROM report_batches WHERE device_id = $1")
+                .bind(device_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            let size = batch.message.len() as u64;
+            if u64::try_from(held).unwrap_or(0).saturating_add(size) > limits.max_batch_bytes {
+                tx.rollback().await?;
+                return Err(StoreError::Refused(format!(
+                    "reports: the signed batches kept for this device would pass {} bytes",
+                    limits.max_batch_bytes
+                )));
+            }
             sqlx::query(
-                "INSERT INTO report_batches (device_id, seq, message, signature, received_at) VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO report_batches (device_id, seq, message, bytes, signature, received_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(device_id)
             .bind(batch_seq)
             .bind(&batch.message)
+            .bind(to_bigint(size, "bytes")?)
             .bind(&batch.signature)
             .bind(received_at)
             .execute(&mut *tx)
@@ -765,7 +785,7 @@ mod tests {
                 let dir = tempfile::tempdir().unwrap();
                 let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
                 store.insert_device(&device()).await.unwrap();
-                let limits = ReportLimits { history: 1000, max_targets: 100 };
+                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
                 let mut tasks = Vec::new();
                 for _ in 0..retries {
                     for batch in &batches {

@@ -26,6 +26,8 @@ pub trait RuleStore: Send + Sync + 'static {
     async fn rule_progress(&self, rule_id: &str, update_id: &str) -> Result<Option<i64>>;
     /// Record that it holds since `since` (kept if already recorded).
     async fn set_rule_progress(&self, rule_id: &str, update_id: &str, since: i64) -> Result<()>;
+    /// Forget that it held (it no longer does).
+    async fn clear_rule_progress(&self, rule_id: &str, update_id: &str) -> Result<()>;
     /// One update of the catalog.
     async fn update(&self, id: &str) -> Result<Option<UpdateRecord>>;
     /// Updates recorded at or after `since`, oldest first, at most `limit`.
@@ -86,6 +88,15 @@ impl RuleStore for SqliteStore {
         .bind(since)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn clear_rule_progress(&self, rule_id: &str, update_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rule_progress WHERE rule_id = $1 AND update_id = $2")
+            .bind(rule_id)
+            .bind(update_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

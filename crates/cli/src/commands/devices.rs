@@ -64,6 +64,11 @@ pub enum DeviceCommand {
         /// The approval path, e.g. approvals/production/acme/hello.txt.
         #[arg(long)]
         target: String,
+        /// The device's public key as the device itself shows it (`ringfence-agent status`,
+        /// "device key"). Without it the check uses the key the server reports, which proves
+        /// nothing against a server that lies.
+        #[arg(long)]
+        device_key: Option<String>,
         /// Print JSON (for scripts), after the check.
         #[arg(long)]
         json: bool,
@@ -94,7 +99,9 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Accept { server, id } => change(&server, &id, "accept", "is accepted: it may open sessions")?,
         DeviceCommand::Reject { server, id } => change(&server, &id, "reject", "is rejected")?,
         DeviceCommand::Revoke { server, id } => change(&server, &id, "revoke", "is revoked: its sessions ended")?,
-        DeviceCommand::Evidence { server, id, target, json } => evidence(&server, &id, &target, json)?,
+        DeviceCommand::Evidence { server, id, target, device_key, json } => {
+            evidence(&server, &id, &target, device_key.as_deref(), json)?
+        }
     }
     Ok(())
 }
@@ -180,7 +187,7 @@ fn change(server: &ServerArgs, id: &str, action: &str, outcome: &str) -> anyhow:
 
 /// Fetch what the server kept for a device's newest report on `target` and check it here:
 /// the device's key signed the batch, the batch names the device, and holds that report.
-fn evidence(server: &ServerArgs, id: &str, target: &str, json: bool) -> anyhow::Result<()> {
+fn evidence(server: &ServerArgs, id: &str, target: &str, pinned: Option<&str>, json: bool) -> anyhow::Result<()> {
     use ringfence_proto::device::{ReportEvidence, parse_report_batch_message};
     let mut path = format!("/api/v1/devices/{id}/evidence?target=");
     // The target goes into a query string: percent-encode all but plain characters.
@@ -192,6 +199,13 @@ fn evidence(server: &ServerArgs, id: &str, target: &str, json: bool) -> anyhow::
         }
     }
     let evidence: ReportEvidence = serde_json::from_slice(&client(server)?.get(&path)?.ok()?)?;
+    if let Some(pinned) = pinned {
+        anyhow::ensure!(
+            pinned.trim().eq_ignore_ascii_case(&evidence.public_key),
+            "the server reports key {} for device {id}, not the device's own {pinned}: do not trust this report",
+            evidence.public_key
+        );
+    }
     let key = ringfence_trust::PublicKey::from_tuf(&ringfence_proto::tuf::Key {
         keytype: "ed25519".into(),
         scheme: "ed25519".into(),
@@ -213,8 +227,13 @@ fn evidence(server: &ServerArgs, id: &str, target: &str, json: bool) -> anyhow::
         return output::json(&evidence);
     }
     let r = &evidence.report;
+    let whose = if pinned.is_some() {
+        "the device's own key"
+    } else {
+        "the key the SERVER reports (pass --device-key to pin it)"
+    };
     println!(
-        "verified: device {id} (key {}) signed at {} that {} was {}{}",
+        "verified with {whose}: device {id} (key {}) signed at {} that {} was {}{}",
         evidence.public_key,
         output::time(r.at),
         r.target,

@@ -16,6 +16,9 @@ pub enum RuleCommand {
         server: ServerArgs,
         #[arg(long)]
         group: String,
+        /// Only this publisher's updates (repeat for several; any when absent).
+        #[arg(long = "publisher")]
+        publishers: Vec<String>,
         /// Only this product (repeat for several; any when absent).
         #[arg(long = "product")]
         products: Vec<String>,
@@ -58,7 +61,8 @@ pub enum RuleCommand {
 fn describe(rule: &RuleRequest) -> String {
     let list = |items: Vec<&str>| if items.is_empty() { "any".to_owned() } else { items.join(",") };
     let mut text = format!(
-        "product {}, classification {}, severity {}",
+        "publisher {}, product {}, classification {}, severity {}",
+        list(rule.publishers.iter().map(|p| p.as_str()).collect()),
         list(rule.products.iter().map(String::as_str).collect()),
         list(rule.classifications.iter().map(|c| c.as_str()).collect()),
         list(rule.severities.iter().map(|s| s.as_str()).collect()),
@@ -80,6 +84,7 @@ pub fn run(command: RuleCommand) -> anyhow::Result<()> {
         RuleCommand::Add {
             server,
             group,
+            publishers,
             products,
             classifications,
             severities,
@@ -101,8 +106,11 @@ pub fn run(command: RuleCommand) -> anyhow::Result<()> {
                 (Some(g), Some(days)) => Some(RuleAfter { group: GroupName::parse(&g)?, days, max_failure_percent }),
                 _ => None,
             };
+            let publishers =
+                publishers.iter().map(|p| ringfence_proto::PublisherName::parse(p)).collect::<Result<Vec<_>, _>>()?;
             let rule = RuleRequest {
                 group: GroupName::parse(&group)?,
+                publishers,
                 products,
                 classifications,
                 severities,

@@ -191,15 +191,26 @@ fn device_endpoints_refuse_bad_input_and_change_nothing() {
     assert_eq!(answer.text(), r#"{"accepted":1,"duplicates":1}"#);
     let answer = authed.send_json("POST", "/device/v1/reports", &signed_reports(&pending, json!([report]))).unwrap();
     assert_eq!(answer.text(), r#"{"accepted":0,"duplicates":1}"#, "a repeated batch is stored once");
+    // A production device does not speak for pilot's approvals: such reports are not kept.
+    let elsewhere = json!({"id": "r9", "target": "approvals/pilot/acme/x", "state": "failed", "at": 2});
+    let answer = authed.send_json("POST", "/device/v1/reports", &signed_reports(&pending, json!([elsewhere]))).unwrap();
+    assert_eq!(answer.text(), r#"{"accepted":0,"duplicates":0,"ignored":1}"#);
     // The evidence: what the device signed, checked by the CLI against the device's key.
-    let out = crate::common::run_ok(server.cli().args([
-        "device",
-        "evidence",
-        &pending.id,
-        "--target",
-        "approvals/production/acme/x",
-    ]));
-    assert!(out.contains("verified") && out.contains("installed"), "{out}");
+    let evidence = |key: &str| {
+        server
+            .cli()
+            .args(["device", "evidence", &pending.id, "--target", "approvals/production/acme/x", "--device-key", key])
+            .output()
+            .unwrap()
+    };
+    let out = evidence(&public_hex(&pending.key));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("verified with the device's own key"), "{text}");
+    assert!(text.contains("installed"), "{text}");
+    // A key other than the device's own is not accepted as evidence.
+    let out = evidence(&public_hex(&other.key));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not trust"), "{}", String::from_utf8_lossy(&out.stderr));
     let no_sig = "00".repeat(64);
     for bad in [
         json!({"reports": [{"id": "../x", "target": "t", "state": "installed", "at": 1}], "signature": no_sig}),

@@ -372,6 +372,15 @@ fn rules_approve_supersedence_declines_and_prerequisites_wait() {
     assert_eq!((action.as_str(), reason.as_deref()), ("decline", Some("superseded by kb-1.1")));
     assert_eq!(decline(), 0, "declined once");
 
+    // An update supersedes only updates of its own publisher that exist.
+    let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = json!("kb-x");
+    m["supersedes"] = json!(["no-such-update"]);
+    m["files"] = json!([{"name": "kb-x.sh", "sha256": "ab".repeat(32), "length": 1}]);
+    let answer = server.admin().send_json("POST", "/api/v1/updates", &m).unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("supersedes: no update no-such-update"), "{}", answer.text());
+
     // Prerequisites: kb-3 needs kb-2 (both approved by the rule): in one cycle kb-3 waits,
     // kb-2 installs, kb-3 follows. kb-5 needs kb-4, which no rule approves: it waits and says so.
     publish_with(&server, "kb-3", 0, |m| {

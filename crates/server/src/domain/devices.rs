@@ -40,6 +40,10 @@ pub const ENROLLMENT_PREFIX: &str = "rfet_";
 /// Longest an enrollment token may live.
 const MAX_ENROLLMENT_TOKEN_SECS: u64 = 90 * 86_400;
 
+/// Signed report batches kept per device: many times what a device's retained reports take
+/// (about 200 bytes each), far below what batches padded with duplicates could make it hold.
+const MAX_BATCH_BYTES: u64 = 8 << 20;
+
 /// Seconds a caller over a storage bound is told to wait.
 const RETRY_LATER_SECS: u64 = 60;
 
@@ -55,6 +59,8 @@ pub struct SessionDevice {
     pub id: String,
     /// Its public key (hex), which signs its report batches.
     pub public_key: String,
+    /// The groups it enrolled in (the server's record).
+    pub groups: Vec<String>,
 }
 
 /// What an administrator does to a device.
@@ -255,7 +261,7 @@ impl Devices {
         }
         let hash = ringfence_trust::sha256_hex(secret.as_bytes());
         let device = self.db.session_device(&hash, now).await?.ok_or(Error::Unauthenticated)?;
-        Ok(SessionDevice { id: device.id, public_key: device.public_key })
+        Ok(SessionDevice { id: device.id, public_key: device.public_key, groups: device.groups })
     }
 
     /// Whether any device is accepted (the repository then needs a session to read, when
@@ -293,16 +299,30 @@ impl Devices {
 
     /// Store a batch of status reports signed by the device's key (kept with them); a report
     /// id already stored counts as a duplicate. A batch the key did not sign is refused whole.
-    pub async fn report(&self, device: &SessionDevice, batch: &ReportBatch, now: i64) -> Result<ReportsAck> {
+    /// Reports on approval paths of groups outside `follows` (the device's groups and their
+    /// ancestors) are not kept: a device only speaks for approvals it follows.
+    pub async fn report(
+        &self,
+        device: &SessionDevice,
+        batch: &ReportBatch,
+        follows: &std::collections::BTreeSet<String>,
+        now: i64,
+    ) -> Result<ReportsAck> {
         batch.validate().map_err(Error::Invalid)?;
         let message = report_batch_message(&device.id, &batch.reports);
         let key = parse_public_key(&device.public_key)?;
         verify(&key, &message, &batch.signature)
             .map_err(|_| Error::Forbidden("the report batch is not signed by this device's key".into()))?;
         let signed = SignedBatch { message, signature: batch.signature.to_ascii_lowercase() };
+        let followed = |target: &str| match target.strip_prefix("approvals/") {
+            Some(rest) => rest.split('/').next().is_some_and(|group| follows.contains(group)),
+            None => true,
+        };
+        let ignored = batch.reports.iter().filter(|r| !followed(&r.target)).count() as u64;
         let records: Vec<ReportRecord> = batch
             .reports
             .iter()
+            .filter(|r| followed(&r.target))
             .map(|r| ReportRecord {
                 id: r.id.clone(),
                 target: r.target.clone(),
@@ -317,9 +337,10 @@ impl Devices {
             // every report of it and stores nothing twice.
             history: self.config.report_history.max(ringfence_proto::device::MAX_REPORTS as u64),
             max_targets: self.config.max_targets_per_device,
+            max_batch_bytes: MAX_BATCH_BYTES,
         };
         let done = self.db.insert_reports(&device.id, &records, &signed, now, limits).await?;
-        Ok(ReportsAck { accepted: done.accepted, duplicates: done.duplicates })
+        Ok(ReportsAck { accepted: done.accepted, duplicates: done.duplicates, ignored })
     }
 
     /// What the server kept for a device's newest report on `target`: the report and the

@@ -32,15 +32,19 @@ pub struct Rules {
 
 /// Whether `rule` matches the update's product, classification and severity.
 pub fn matches(rule: &RuleRequest, m: &UpdateManifest) -> bool {
-    (rule.products.is_empty() || rule.products.contains(&m.product))
+    (rule.publishers.is_empty() || rule.publishers.contains(&m.publisher))
+        && (rule.products.is_empty() || rule.products.contains(&m.product))
         && (rule.classifications.is_empty() || rule.classifications.contains(&m.classification))
         && (rule.severities.is_empty() || rule.severities.contains(&m.severity))
 }
 
-/// Whether an update succeeded on a group: installed somewhere, and failures at most `percent`
-/// of the devices that finished (installed or failed).
-pub fn succeeded(installed: u64, failed: u64, percent: u8) -> bool {
-    installed > 0 && failed.saturating_mul(100) <= u64::from(percent).saturating_mul(installed + failed)
+/// Whether an update succeeded on a group of `devices`: at least half of them finished it
+/// (installed or failed), and failures are at most `percent` of those that finished.
+pub fn succeeded(installed: u64, failed: u64, devices: u64, percent: u8) -> bool {
+    let finished = installed + failed;
+    installed > 0
+        && finished.saturating_mul(2) >= devices
+        && failed.saturating_mul(100) <= u64::from(percent).saturating_mul(finished)
 }
 
 fn rule_name(id: &str) -> String {
@@ -127,11 +131,13 @@ impl Rules {
         }
         let reason = rule_name(id);
         let approvals = repo.approvals_of(&rule.group).await?;
-        Ok(approvals.values().any(|a| {
+        let superseded_by_rule = approvals.values().any(|a| {
             a.action == ApprovalAction::Install
                 && a.reason.as_deref() == Some(reason.as_str())
                 && m.supersedes.contains(&a.update_id)
-        }))
+        });
+        // Still only from the rule's publishers, if it names any.
+        Ok(superseded_by_rule && (rule.publishers.is_empty() || rule.publishers.contains(&m.publisher)))
     }
 
     async fn approve(&self, repo: &Repository, id: &str, rule: &RuleRequest, update: &str, now: i64) -> Result<bool> {
@@ -167,76 +173,113 @@ impl Rules {
         }
         let mut made = 0;
         let updates = self.db.updates_since(now - RECENT_SECS, MAX_RECENT).await?;
-        // The other groups' compliance, per group, by update: (installed, failed).
-        let mut outcomes: BTreeMap<String, BTreeMap<String, (u64, u64)>> = BTreeMap::new();
+        // The other groups' figures, per group: by update, and the group's device count.
+        let mut seen: BTreeMap<String, (BTreeMap<String, Figures>, u64)> = BTreeMap::new();
         for update in &updates {
             let Ok(m) = serde_json::from_str::<UpdateManifest>(&update.manifest) else { continue };
             for info in &rules {
-                let (id, rule) = (&info.id, &info.rule);
-                let wanted = matches(rule, &m) || self.revision_of_rule_approved(repo, id, rule, &m).await?;
-                if !wanted || self.already(repo, &rule.group, &m.id).await? {
-                    continue;
-                }
-                if let Some(after) = &rule.after {
-                    if !outcomes.contains_key(after.group.as_str()) {
-                        let report = reports.compliance(repo, &after.group, "", u64::MAX).await?;
-                        let mut by_update: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-                        for row in report.rows {
-                            if let Some(u) = row.update_id {
-                                let e = by_update.entry(u).or_default();
-                                e.0 += row.installed;
-                                e.1 += row.failed;
-                            }
-                        }
-                        outcomes.insert(after.group.to_string(), by_update);
-                    }
-                    let (installed, failed) =
-                        outcomes.get(after.group.as_str()).and_then(|o| o.get(&m.id)).copied().unwrap_or_default();
-                    if !succeeded(installed, failed, after.max_failure_percent) {
-                        continue;
-                    }
-                    let since = match self.db.rule_progress(id, &m.id).await? {
-                        Some(since) => since,
-                        None => {
-                            self.db.set_rule_progress(id, &m.id, now).await?;
-                            now
-                        }
-                    };
-                    if now - since < i64::from(after.days) * 86_400 {
-                        continue;
-                    }
-                }
-                if self.approve(repo, id, rule, &m.id, now).await? {
-                    made += 1;
+                // One rule or update that cannot be handled (a group removed since, say) does
+                // not stop the others.
+                match self.apply(repo, reports, info, &m, &mut seen, now).await {
+                    Ok(true) => made += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(rule = info.id, update = m.id, error = %super::error::chain(&e), "rule"),
                 }
             }
         }
         Ok(made)
     }
+
+    /// One rule on one update: whether it approved it now.
+    async fn apply(
+        &self,
+        repo: &Repository,
+        reports: &Reports,
+        info: &RuleInfo,
+        m: &UpdateManifest,
+        seen: &mut BTreeMap<String, (BTreeMap<String, Figures>, u64)>,
+        now: i64,
+    ) -> Result<bool> {
+        let (id, rule) = (&info.id, &info.rule);
+        let wanted = matches(rule, m) || self.revision_of_rule_approved(repo, id, rule, m).await?;
+        if !wanted || self.already(repo, &rule.group, &m.id).await? {
+            return Ok(false);
+        }
+        if let Some(after) = &rule.after {
+            if !seen.contains_key(after.group.as_str()) {
+                seen.insert(after.group.to_string(), outcomes(reports, repo, &after.group).await?);
+            }
+            let (installed, failed, devices) = match seen.get(after.group.as_str()) {
+                Some((by_update, devices)) => {
+                    let f = by_update.get(&m.id).copied().unwrap_or_default();
+                    (f.installed, f.failed, *devices)
+                }
+                None => (0, 0, 0),
+            };
+            if !succeeded(installed, failed, devices, after.max_failure_percent) {
+                // The days count from a success that still holds.
+                self.db.clear_rule_progress(id, &m.id).await?;
+                return Ok(false);
+            }
+            let since = match self.db.rule_progress(id, &m.id).await? {
+                Some(since) => since,
+                None => {
+                    self.db.set_rule_progress(id, &m.id, now).await?;
+                    now
+                }
+            };
+            if now - since < i64::from(after.days) * 86_400 {
+                return Ok(false);
+            }
+        }
+        self.approve(repo, id, rule, &m.id, now).await
+    }
 }
 
-/// A file's figures in a group, summed per update: (installed, needed, failed).
-type Outcomes = BTreeMap<String, (u64, u64, u64)>;
+/// An update's figures in a group, summed over its files the group approves for install.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Figures {
+    pub installed: u64,
+    pub needed: u64,
+    pub failed: u64,
+    pub no_status: u64,
+}
 
-async fn outcomes(reports: &Reports, repo: &Repository, group: &ringfence_proto::GroupName) -> Result<Outcomes> {
-    let mut by_update: Outcomes = BTreeMap::new();
-    for row in reports.compliance(repo, group, "", u64::MAX).await?.rows {
+/// Per update, the group's figures (only files the group approves for install count: reports
+/// on anything else say nothing about this group's approval), and the group's device count.
+async fn outcomes(
+    reports: &Reports,
+    repo: &Repository,
+    group: &ringfence_proto::GroupName,
+) -> Result<(BTreeMap<String, Figures>, u64)> {
+    let mut by_update: BTreeMap<String, Figures> = BTreeMap::new();
+    let report = reports.compliance(repo, group, "", u64::MAX).await?;
+    for row in report.rows {
+        if row.action != Some(ApprovalAction::Install) {
+            continue;
+        }
         if let Some(u) = row.update_id {
             let e = by_update.entry(u).or_default();
-            e.0 += row.installed;
-            e.1 += row.needed;
-            e.2 += row.failed;
+            e.installed += row.installed;
+            e.needed += row.needed;
+            e.failed += row.failed;
+            e.no_status += row.no_status;
         }
     }
-    Ok(by_update)
+    Ok((by_update, report.devices))
 }
 
 /// Whether the superseded update `old` may be declined in a group where `new` supersedes it:
-/// `new` finished wherever it was reported (installed somewhere, nothing needed or failed) and
-/// no device still needs `old`.
-pub fn may_decline(new: (u64, u64, u64), old: (u64, u64, u64)) -> bool {
-    let (new_installed, new_needed, new_failed) = new;
-    new_installed > 0 && new_needed == 0 && new_failed == 0 && old.1 == 0
+/// every device of the group reported on `new` and none still needs it or failed it, it is
+/// installed on at least as many devices as had `old` installed or needed, and no device still
+/// needs `old`.
+pub fn may_decline(new: Figures, old: Figures) -> bool {
+    new.installed > 0
+        && new.needed == 0
+        && new.failed == 0
+        && new.no_status == 0
+        && new.installed >= old.installed + old.needed
+        && old.needed == 0
 }
 
 impl Rules {
@@ -256,18 +299,25 @@ impl Rules {
                 continue;
             }
             let pending = repo.pending_approvals_of(&group.name).await?.unwrap_or_default();
-            let mut figures: Option<Outcomes> = None;
+            let mut figures: Option<BTreeMap<String, Figures>> = None;
             for new in &installing {
                 let Some(record) = self.db.update(new).await? else { continue };
                 let Ok(m) = serde_json::from_str::<UpdateManifest>(&record.manifest) else { continue };
+                // Only a publisher's own updates supersede each other (the server checks this
+                // at publish; checked again here for updates published before).
                 for old in m.supersedes.iter().filter(|o| installing.contains(o.as_str())) {
+                    let same_publisher =
+                        self.db.update(old).await?.is_some_and(|o| o.publisher == m.publisher.as_str());
+                    if !same_publisher {
+                        continue;
+                    }
                     let declining =
                         pending.values().any(|a| &a.update_id == old && a.action == ApprovalAction::Decline);
                     if declining {
                         continue;
                     }
                     if figures.is_none() {
-                        figures = Some(outcomes(reports, repo, &group.name).await?);
+                        figures = Some(outcomes(reports, repo, &group.name).await?.0);
                     }
                     let get = |u: &str| figures.as_ref().and_then(|f| f.get(u)).copied().unwrap_or_default();
                     if !may_decline(get(new), get(old)) {
@@ -299,21 +349,26 @@ mod tests {
 
     #[test]
     fn a_superseded_update_is_declined_only_when_nothing_needs_it() {
-        assert!(may_decline((10, 0, 0), (3, 0, 0)));
-        assert!(!may_decline((0, 0, 0), (3, 0, 0)), "the new one installed nowhere yet");
-        assert!(!may_decline((10, 1, 0), (3, 0, 0)), "the new one still on its way somewhere");
-        assert!(!may_decline((10, 0, 1), (3, 0, 0)), "the new one failed somewhere");
-        assert!(!may_decline((10, 0, 0), (3, 2, 0)), "a device still needs the old one");
-        assert!(may_decline((10, 0, 0), (0, 0, 4)), "the old one failing does not keep it");
+        let f = |installed, needed, failed, no_status| Figures { installed, needed, failed, no_status };
+        assert!(may_decline(f(10, 0, 0, 0), f(3, 0, 0, 7)));
+        assert!(!may_decline(f(0, 0, 0, 10), f(3, 0, 0, 7)), "the new one installed nowhere yet");
+        assert!(!may_decline(f(9, 1, 0, 0), f(3, 0, 0, 7)), "the new one still on its way somewhere");
+        assert!(!may_decline(f(9, 0, 1, 0), f(3, 0, 0, 7)), "the new one failed somewhere");
+        assert!(!may_decline(f(9, 0, 0, 1), f(3, 0, 0, 7)), "a device has not reported on the new one");
+        assert!(!may_decline(f(10, 0, 0, 0), f(3, 2, 0, 5)), "a device still needs the old one");
+        assert!(!may_decline(f(2, 0, 0, 0), f(3, 0, 0, 0)), "fewer have the new one than had the old");
+        assert!(may_decline(f(10, 0, 0, 0), f(0, 0, 4, 6)), "the old one failing does not keep it");
     }
 
     #[test]
-    fn success_allows_at_most_the_failure_share() {
-        assert!(!succeeded(0, 0, 100), "nothing installed is no success");
-        assert!(succeeded(95, 5, 5));
-        assert!(!succeeded(94, 6, 5));
-        assert!(succeeded(1, 0, 0));
-        assert!(!succeeded(1, 1, 0));
+    fn success_allows_at_most_the_failure_share_of_at_least_half_the_group() {
+        assert!(!succeeded(0, 0, 0, 100), "nothing installed is no success");
+        assert!(succeeded(95, 5, 100, 5));
+        assert!(!succeeded(94, 6, 100, 5));
+        assert!(succeeded(1, 0, 1, 0));
+        assert!(!succeeded(1, 1, 2, 0));
+        assert!(!succeeded(1, 0, 3, 100), "one of three devices is not half the group");
+        assert!(succeeded(2, 0, 4, 0));
     }
 
     #[test]
@@ -326,6 +381,7 @@ mod tests {
         .unwrap();
         let any = RuleRequest {
             group: ringfence_proto::GroupName::parse("pilot").unwrap(),
+            publishers: vec![],
             products: vec![],
             classifications: vec![],
             severities: vec![],
@@ -342,6 +398,8 @@ mod tests {
         };
         assert!(!matches(&critical_tools, &m));
         m.product = "office".into();
-        assert!(!matches(&RuleRequest { products: vec!["os".into()], ..any }, &m));
+        assert!(!matches(&RuleRequest { products: vec!["os".into()], ..any.clone() }, &m));
+        let globex = ringfence_proto::PublisherName::parse("globex").unwrap();
+        assert!(!matches(&RuleRequest { publishers: vec![globex], ..any }, &m));
     }
 }

@@ -47,6 +47,25 @@ impl Repository {
         Ok(out)
     }
 
+    /// `groups` and every ancestor top-level targets gives them: whose approvals a device of
+    /// those groups follows.
+    pub async fn followed_groups(&self, groups: &[String]) -> Result<std::collections::BTreeSet<String>> {
+        let top = self.latest::<Targets>("targets").await?;
+        let mut out = std::collections::BTreeSet::new();
+        for g in groups {
+            let Ok(group) = GroupName::parse(g) else { continue };
+            match &top {
+                Some(top) => {
+                    out.extend(ringfence_trust::policy::lineage(&top.signed, &group).iter().map(|g| g.to_string()))
+                }
+                None => {
+                    out.insert(group.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The published approvals of `group`: per published path, the approval's fields.
     pub async fn approvals_of(&self, group: &GroupName) -> Result<BTreeMap<String, ApprovalCustom>> {
         let Some(role) = self.latest::<Targets>(group.approval_role().as_str()).await? else {

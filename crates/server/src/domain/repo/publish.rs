@@ -72,6 +72,15 @@ impl Repository {
     pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> Result<PublishOutcome> {
         validate_manifest(&manifest)?;
         let _guard = self.write_lock.lock().await;
+        // An update supersedes only its own publisher's updates: supersedence declines the old
+        // one, and no publisher decides that for another's.
+        for old in &manifest.supersedes {
+            match self.db.update(old).await? {
+                Some(u) if u.publisher == manifest.publisher.as_str() => {}
+                Some(_) => return Err(bad(format!("supersedes: {old} is another publisher's update"))),
+                None => return Err(bad(format!("supersedes: no update {old}"))),
+            }
+        }
         let prefix_len = self.bin_prefix_len(&manifest.publisher).await?;
 
         let mut files = Vec::new();
