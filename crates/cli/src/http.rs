@@ -106,15 +106,60 @@ impl Client {
     }
 
     /// Stream a file as the request body.
+    /// Upload a file; on a terminal, its progress is shown on standard error.
     pub fn put_file(&self, path: &str, file: &std::path::Path) -> anyhow::Result<Answer> {
         let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let total = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut req = self.agent.put(self.url(path)).header("content-type", "application/octet-stream");
         if let Some(a) = self.auth() {
             req = req.header("authorization", a);
         }
-        finish(req.send(ureq::SendBody::from_owned_reader(f)))
+        let shown = std::io::IsTerminal::is_terminal(&std::io::stderr()) && total >= PROGRESS_FROM;
+        let reader = Progress { inner: f, name, total, done: 0, shown, last: 0 };
+        finish(req.send(ureq::SendBody::from_owned_reader(reader)))
     }
 }
+
+/// Files smaller than this upload without a progress line.
+const PROGRESS_FROM: u64 = 4 << 20;
+
+/// A reader that shows how much of a file was read, as a line redrawn on standard error.
+struct Progress<R> {
+    inner: R,
+    name: String,
+    total: u64,
+    done: u64,
+    shown: bool,
+    /// Percent last drawn.
+    last: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if self.shown {
+            let percent = (self.done * 100).checked_div(self.total).unwrap_or(100).min(100);
+            if percent != self.last || n == 0 {
+                self.last = percent;
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                eprint!(
+                    "\ruploading {}: {percent:>3}% ({:.1} of {:.1} MiB)",
+                    self.name,
+                    mib(self.done),
+                    mib(self.total)
+                );
+                if n == 0 {
+                    eprintln!();
+                    self.shown = false;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
 
 fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
     let mut response = result?;
@@ -126,4 +171,20 @@ fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyh
         .collect();
     let body = response.body_mut().with_config().limit(64 * 1024 * 1024).read_to_vec()?;
     Ok(Answer { status, body, headers })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    #[test]
+    fn progress_passes_every_byte_through() {
+        let data = vec![7u8; 10_000];
+        let mut p =
+            super::Progress { inner: &data[..], name: "f".into(), total: 10_000, done: 0, shown: false, last: 0 };
+        let mut out = Vec::new();
+        p.read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(p.done, 10_000);
+    }
 }
