@@ -160,7 +160,6 @@ impl<R: std::io::Read> std::io::Read for Progress<R> {
     }
 }
 
-
 fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyhow::Result<Answer> {
     let mut response = result?;
     let status = response.status().as_u16();

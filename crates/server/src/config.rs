@@ -40,6 +40,16 @@ pub struct ApprovalsConfig {
     /// old one (see docs/TRUST-LAYOUT.md, "Supersedence").
     #[serde(default = "yes")]
     pub decline_superseded: bool,
+    /// Where to tell approvers that an approval waits for them (see `notify.rs`):
+    /// `https://host[:port]/path`, or `http://` to a loopback address.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// The CA certificate (PEM) the webhook's HTTPS server must chain to.
+    #[serde(default)]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// A file holding the secret (at least 16 bytes) each event is HMAC-SHA256-signed with.
+    #[serde(default)]
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -48,7 +58,7 @@ fn yes() -> bool {
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
-        Self { decline_superseded: true }
+        Self { decline_superseded: true, webhook_url: None, webhook_ca_file: None, webhook_secret_file: None }
     }
 }
 

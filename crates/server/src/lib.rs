@@ -19,6 +19,7 @@ pub mod device_api;
 pub mod domain;
 pub mod error;
 pub mod jobs;
+pub mod notify;
 pub mod online_keys;
 pub mod throttle;
 pub mod tls;
@@ -81,7 +82,15 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let reports = domain::reports::Reports::new(db.clone());
-    let rules = domain::rules::Rules::new(db.clone(), audit.clone());
+    let events = match notify::Webhook::from_config(&config.approvals).context("the approvals webhook")? {
+        Some(webhook) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(notify::QUEUE);
+            tokio::spawn(notify::deliver(webhook, rx));
+            domain::events::Events::new(Some(tx))
+        }
+        None => domain::events::Events::default(),
+    };
+    let rules = domain::rules::Rules::new(db.clone(), audit.clone(), events);
     let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));

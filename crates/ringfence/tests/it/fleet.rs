@@ -290,9 +290,49 @@ fn approval(server: &Server, group: &str, file: &str) -> Option<(String, Option<
     Some((text("action")?, text("reason"), text("deadline")))
 }
 
+/// A loopback HTTP listener that answers `200` to one request and hands it over whole.
+fn one_request_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).unwrap_or(0);
+            request.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                let length = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                body.len() >= length
+            });
+            if n == 0 || complete {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
+    });
+    (port, rx)
+}
+
 #[test]
 fn rules_approve_supersedence_declines_and_prerequisites_wait() {
-    let server = Server::start(|_| {});
+    let (port, webhook) = one_request_listener();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("webhook.secret");
+    std::fs::write(&secret, "sixteen or more bytes of secret").unwrap();
+    let server = Server::start(|c| {
+        c.approvals.webhook_url = Some(format!("http://127.0.0.1:{port}/ringfence"));
+        c.approvals.webhook_secret_file = Some(secret.clone());
+    });
     let root = server.dir.path().join("agents");
     let pilot = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
     let prod = enroll(&server, &root, "prod-1", "production", &token(&server, "production", 1));
@@ -340,6 +380,23 @@ fn rules_approve_supersedence_declines_and_prerequisites_wait() {
     assert_eq!(rules(now + 2 * 86_400 + 60), 1);
     let pending = run(&["pending", "list"]);
     assert!(pending.lines().any(|l| l.starts_with("approvals.production ")), "{pending}");
+    // Production's approvers were told, in a POST signed with the shared secret (checked here
+    // with Python's hmac, not ours).
+    let request = webhook.recv_timeout(std::time::Duration::from_secs(10)).expect("the webhook was called");
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /ringfence HTTP/1.1"), "{head}");
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        (event["event"].as_str(), event["group"].as_str(), event["update"].as_str()),
+        (Some("approval_pending"), Some("production"), Some("kb-1"))
+    );
+    let signature = head.lines().find_map(|l| l.strip_prefix("X-Ringfence-Signature: sha256=")).unwrap();
+    let expected = std::process::Command::new(crate::common::python())
+        .args(["-c", "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())"])
+        .args(["sixteen or more bytes of secret", body])
+        .output()
+        .unwrap();
+    assert_eq!(signature, String::from_utf8_lossy(&expected.stdout).trim());
     server.sign("approvals.production", "production-approver-1");
     server.sign("approvals.production", "production-approver-2");
     let (action, _, deadline) = approval(&server, "production", "acme/kb-1.sh").unwrap();

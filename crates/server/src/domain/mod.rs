@@ -14,6 +14,7 @@ pub mod audit;
 pub mod checkins;
 pub mod devices;
 pub mod error;
+pub mod events;
 pub mod repo;
 pub mod reports;
 pub mod rules;

@@ -15,6 +15,7 @@ use ringfence_store::{Database, RuleRecord};
 
 use super::audit::Audit;
 use super::error::{Error, Result};
+use super::events::{Event, Events};
 use super::repo::Repository;
 use super::reports::Reports;
 
@@ -28,6 +29,32 @@ const MAX_RULES: usize = 256;
 pub struct Rules {
     db: Arc<dyn Database>,
     audit: Audit,
+    events: Events,
+}
+
+/// Tell the group's approvers when an approval waits for them.
+fn pending_event(
+    events: &Events,
+    state: &ringfence_proto::api::RoleState,
+    request: &ApprovalRequest,
+    by: &str,
+    now: i64,
+) {
+    if state.published {
+        return;
+    }
+    events.emit(Event {
+        event: "approval_pending",
+        group: request.group.to_string(),
+        role: state.role.to_string(),
+        version: state.version,
+        update: request.update.clone().unwrap_or_default(),
+        action: request.action.as_str().to_owned(),
+        by: by.to_owned(),
+        valid_signatures: state.valid_signatures,
+        threshold: state.threshold,
+        at: now,
+    });
 }
 
 /// Whether `rule` matches the update's product, classification and severity.
@@ -52,8 +79,8 @@ fn rule_name(id: &str) -> String {
 }
 
 impl Rules {
-    pub fn new(db: Arc<dyn Database>, audit: Audit) -> Self {
-        Self { db, audit }
+    pub fn new(db: Arc<dyn Database>, audit: Audit, events: Events) -> Self {
+        Self { db, audit, events }
     }
 
     /// Store a rule after checking it names groups top-level targets defines.
@@ -150,8 +177,9 @@ impl Rules {
             deadline,
             reason: Some(rule_name(id)),
         };
-        match repo.approve(request, &rule_name(id), now).await {
+        match repo.approve(request.clone(), &rule_name(id), now).await {
             Ok(state) => {
+                pending_event(&self.events, &state, &request, &rule_name(id), now);
                 tracing::info!(rule = id, update, group = %rule.group, published = state.published, "rule approved");
                 Ok(true)
             }
@@ -331,7 +359,8 @@ impl Rules {
                         deadline: None,
                         reason: Some(format!("superseded by {new}")),
                     };
-                    let state = repo.approve(request, "supersedence", now).await?;
+                    let state = repo.approve(request.clone(), "supersedence", now).await?;
+                    pending_event(&self.events, &state, &request, "supersedence", now);
                     tracing::info!(group = %group.name, old, new, published = state.published, "declined a superseded update");
                     made += 1;
                 }
