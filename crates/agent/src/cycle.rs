@@ -476,16 +476,7 @@ impl Cycle<'_> {
         };
         self.report(path, ReportState::Downloaded, None, None);
         self.report(path, ReportState::Installing, None, None);
-        let job = Job {
-            module: &how.installer.module,
-            arguments: &how.installer.arguments,
-            file: &file,
-            update_id: &how.update_id,
-            target: path,
-            modules_dir: &self.state.modules_dir(),
-            backup_dir: &self.state.root.join("backup"),
-        };
-        let (outcome, undo) = match modules::install(&job) {
+        let (outcome, undo) = match self.with_job(&how, &file, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
                 self.report(path, ReportState::Failed, Some(format!("{e:#}")), None);
@@ -529,6 +520,20 @@ impl Cycle<'_> {
         }
     }
 
+    /// Run `f` on the module job for the verified `file`: the publisher's module and arguments.
+    fn with_job<T>(&self, how: &PublishedCustom, file: &Path, target: &str, f: impl FnOnce(&Job) -> T) -> T {
+        let (modules_dir, backup_dir) = (self.state.modules_dir(), self.state.root.join("backup"));
+        f(&Job {
+            module: &how.installer.module,
+            arguments: &how.installer.arguments,
+            file,
+            update_id: &how.update_id,
+            target,
+            modules_dir: &modules_dir,
+            backup_dir: &backup_dir,
+        })
+    }
+
     /// Remove an installed update as its module can, from the verified file.
     fn uninstall(
         &mut self,
@@ -546,16 +551,7 @@ impl Cycle<'_> {
                 return;
             }
         };
-        let job = Job {
-            module: &how.installer.module,
-            arguments: &how.installer.arguments,
-            file: &file,
-            update_id: &how.update_id,
-            target: path,
-            modules_dir: &self.state.modules_dir(),
-            backup_dir: &self.state.root.join("backup"),
-        };
-        match modules::uninstall(&job, &sha) {
+        match self.with_job(how, &file, path, |job| modules::uninstall(job, &sha)) {
             Ok(Outcome::Installed | Outcome::RebootRequired) => {
                 self.report(path, ReportState::Uninstalled, None, None);
                 self.remember(published.as_str(), &sha, &how.update_id, "uninstalled");

@@ -527,3 +527,35 @@ fn cleanup_removes_only_what_no_approval_needs() {
     let (code, out) = quiet.check();
     assert_ne!(code, 0, "a forgotten device must enroll again: {out}");
 }
+
+#[test]
+fn a_device_in_two_groups_follows_the_documented_precedence() {
+    let server = Server::start(|_| {});
+    let token = run_ok(server.cli().args(["device", "enrollment-token", "--group", "pilot", "--group", "production"]));
+    let dir = server.dir.path().join("agents/both");
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = Agent { dir: dir.clone() };
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let out = run_ok(
+        agent
+            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--token", token.trim()])
+            .args(["--group", "pilot", "--group", "production"])
+            .arg("--ca")
+            .arg(&server.ca),
+    );
+    assert!(out.contains("pilot, production"), "{out}");
+    let app = dir.join("app.txt");
+    publish_file(&server, "app-m", &app);
+
+    // Both groups at depth 0: pilot's install beats production's uninstall.
+    run_ok(server.cli().args(["approve", "app-m", "--group", "pilot"]));
+    signed(&server, "approve", "app-m", "production", "production-approver-1", &["--action", "uninstall"]);
+    server.sign("approvals.production", "production-approver-2");
+    check_ok(&agent);
+    assert!(app.exists(), "install beats uninstall");
+    // Pilot withdraws: production's uninstall governs now.
+    run_ok(server.cli().args(["withdraw", "app-m", "--group", "pilot"]));
+    check_ok(&agent);
+    assert!(!app.exists(), "production's uninstall");
+}
