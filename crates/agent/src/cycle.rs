@@ -206,6 +206,8 @@ struct Listed {
     approval_path: TargetPath,
     published: TargetPath,
     entry: TargetFile,
+    /// Which of the device's groups' lineages the decision came through (its windows apply).
+    lineage: usize,
 }
 
 /// Read an entry of `group`'s approval role into a decision: its path must be in that group,
@@ -232,9 +234,20 @@ fn listed_decision(
         depth,
         action: custom.action,
         deadline,
-        item: Listed { approval_path, published: published.clone(), entry },
+        item: Listed { approval_path, published: published.clone(), entry, lineage: 0 },
     };
     Ok((published.to_string(), decision))
+}
+
+/// A group's approval entries, and its maintenance windows if it has any.
+type GroupApprovals = (Vec<(String, TargetFile)>, Option<Vec<ringfence_proto::tuf::Window>>);
+
+/// Install attempts with the same bytes before the agent stops trying.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
+fn backoff(attempts: u32) -> i64 {
+    (300i64 << attempts.saturating_sub(1).min(10)).min(86_400)
 }
 
 struct Cycle<'a> {
@@ -246,6 +259,9 @@ struct Cycle<'a> {
     installed: BTreeMap<String, Installed>,
     /// Installs that waited for a prerequisite: tried once more at the end of the cycle.
     deferred: Vec<Decision<Listed>>,
+    /// Per lineage of the device's groups, the maintenance windows of its nearest group that
+    /// has any (empty: no windows, install any time).
+    windows: Vec<Vec<ringfence_trust::windows::Checked>>,
 }
 
 impl Cycle<'_> {
@@ -266,19 +282,18 @@ impl Cycle<'_> {
         }
     }
 
-    fn group_approvals(
-        &mut self,
-        set: &mut TrustedSet,
-        group: &GroupName,
-    ) -> anyhow::Result<Vec<(String, TargetFile)>> {
+    /// A group's approval entries and maintenance windows.
+    fn group_approvals(&mut self, set: &mut TrustedSet, group: &GroupName) -> anyhow::Result<GroupApprovals> {
         // Only through targets → approvals.<g>, checked against the layout (policy).
-        let approvals = self.client.lookup(set, |set| {
+        let (entries, windows) = self.client.lookup(set, |set| {
             Ok(match policy::approvals(set, group)? {
-                Lookup::Done(doc) => Lookup::Done(doc.map(|d| d.targets.clone()).unwrap_or_default()),
+                Lookup::Done(doc) => {
+                    Lookup::Done(doc.map(|d| (d.targets.clone(), d.windows.clone())).unwrap_or_default())
+                }
                 Lookup::Load { role, delegator } => Lookup::Load { role, delegator },
             })
         })?;
-        Ok(approvals.into_iter().collect())
+        Ok((entries.into_iter().collect(), windows))
     }
 
     /// The decision rule (`ringfence_trust::policy`): the approval is in this group's
@@ -365,14 +380,20 @@ impl Cycle<'_> {
             }
         };
         let lineages: Vec<Vec<GroupName>> = groups.iter().map(|g| policy::lineage(&top, g)).collect();
-        // Per group, per published file: what it says.
+        // Per group, per published file: what it says; and the group's windows.
         let mut listed: BTreeMap<GroupName, BTreeMap<String, Listing<Listed>>> = BTreeMap::new();
+        let mut windows_of: BTreeMap<GroupName, Vec<ringfence_proto::tuf::Window>> = BTreeMap::new();
         for group in lineages.iter().flatten() {
             if listed.contains_key(group) {
                 continue;
             }
             let entries = match self.group_approvals(set, group) {
-                Ok(entries) => entries,
+                Ok((entries, windows)) => {
+                    if let Some(windows) = windows {
+                        windows_of.insert(group.clone(), windows);
+                    }
+                    entries
+                }
                 Err(e) => {
                     // A role that cannot be trusted hides what its group decided, overrides
                     // of its ancestors' approvals included: act on nothing this cycle.
@@ -398,14 +419,31 @@ impl Cycle<'_> {
             }
             listed.insert(group.clone(), by_file);
         }
+        // Windows were checked with the role's layout; each lineage takes its nearest group's.
+        self.windows = lineages
+            .iter()
+            .map(|lineage| {
+                let nearest = lineage.iter().find_map(|g| windows_of.get(g));
+                nearest.and_then(|w| ringfence_trust::windows::check_all(w).ok()).unwrap_or_default()
+            })
+            .collect();
         let files: std::collections::BTreeSet<String> = listed.values().flat_map(|m| m.keys().cloned()).collect();
         files
             .iter()
             .filter_map(|file| {
                 let per_group = lineages
                     .iter()
-                    .filter_map(|lineage| {
-                        precedence::nearest(lineage, |g| listed.get(g).and_then(|m| m.get(file)).cloned())
+                    .enumerate()
+                    .filter_map(|(i, lineage)| {
+                        let listing =
+                            precedence::nearest(lineage, |g| listed.get(g).and_then(|m| m.get(file)).cloned());
+                        listing.map(|l| match l {
+                            Listing::Decides(mut d) => {
+                                d.item.lineage = i;
+                                Listing::Decides(d)
+                            }
+                            Listing::Refused => Listing::Refused,
+                        })
                     })
                     .collect();
                 precedence::governing(per_group)
@@ -415,9 +453,10 @@ impl Cycle<'_> {
 
     /// Carry out the governing decision for one file.
     fn act(&mut self, set: &mut TrustedSet, decision: Decision<Listed>, inventory: &Inventory) {
-        let Listed { approval_path, published, entry } = &decision.item;
+        let Listed { approval_path, published, entry, .. } = &decision.item;
         let path = approval_path.as_str();
         let listed_sha = entry.hashes.get("sha256").cloned().unwrap_or_default();
+        let retry_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.retry_at);
         let recorded =
             self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.state.clone());
         match decision.action {
@@ -428,6 +467,12 @@ impl Cycle<'_> {
                 if recorded
                     .as_deref()
                     .is_some_and(|s| matches!(s, "installed" | "reboot_required" | "not_applicable")) =>
+            {
+                return;
+            }
+            // Failed before: not again until its backoff ends (or, attempts used up, at all).
+            ApprovalAction::Install
+                if recorded.as_deref() == Some("failed") && retry_at.is_some_and(|t| self.now < t) =>
             {
                 return;
             }
@@ -446,13 +491,32 @@ impl Cycle<'_> {
         };
         let sha = signed.hashes.get("sha256").cloned().unwrap_or_default();
         let key = published.to_string();
+        // Outside every maintenance window, nothing is installed or removed unless the
+        // deadline has passed; the file is downloaded meanwhile.
+        let windows = self.windows.get(decision.item.lineage).map(Vec::as_slice).unwrap_or_default();
+        let in_window = ringfence_trust::windows::open(windows, self.now)
+            || precedence::deadline_passed(decision.deadline, self.now);
         if decision.action == ApprovalAction::Uninstall {
-            self.uninstall(set, path, &published, &signed, &how);
+            if in_window {
+                self.uninstall(set, path, &published, &signed, &how);
+            }
             return;
         }
         if let Err(why) = self.applicable(&how.applicability, inventory) {
             self.report(path, ReportState::NotApplicable, Some(why), None);
             self.remember(&key, &sha, &how.update_id, "not_applicable");
+            return;
+        }
+        if !in_window {
+            if let Err(e) = self.download(set, &published, &signed) {
+                self.report(path, ReportState::Failed, Some(format!("download: {e:#}")), None);
+                return;
+            }
+            if recorded.as_deref() != Some("window") {
+                let why = "downloaded; waits for a maintenance window (or its deadline)".to_owned();
+                self.report(path, ReportState::Waiting, Some(why), None);
+                self.remember(&key, &sha, &how.update_id, "window");
+            }
             return;
         }
         let installed_ids: Vec<&str> =
@@ -479,14 +543,15 @@ impl Cycle<'_> {
         let (outcome, undo) = match self.with_job(&how, &file, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
-                self.report(path, ReportState::Failed, Some(format!("{e:#}")), None);
+                self.install_failed(&key, &sha, &how.update_id, path, ReportState::Failed, format!("{e:#}"), None);
                 return;
             }
         };
         let needs_reboot = outcome == Outcome::RebootRequired || how.installer.reboot_required;
         match outcome {
             Outcome::Failed { exit_code, reason } => {
-                self.report(path, ReportState::Failed, Some(reason), exit_code.map(i64::from));
+                let code = exit_code.map(i64::from);
+                self.install_failed(&key, &sha, &how.update_id, path, ReportState::Failed, reason, code);
             }
             Outcome::Installed | Outcome::RebootRequired if needs_reboot => {
                 // Finished by `finish_reboots` in the first cycle after the device booted again.
@@ -511,12 +576,48 @@ impl Cycle<'_> {
                         self.remember(&key, &sha, &how.update_id, "installed");
                         let _ = std::fs::remove_file(&file);
                     }
-                    Err((code, reason)) => match modules::roll_back(undo) {
-                        Ok(true) => self.report(path, ReportState::RolledBack, Some(reason), code.map(i64::from)),
-                        _ => self.report(path, ReportState::Failed, Some(reason), code.map(i64::from)),
-                    },
+                    Err((code, reason)) => {
+                        let state = match modules::roll_back(undo) {
+                            Ok(true) => ReportState::RolledBack,
+                            _ => ReportState::Failed,
+                        };
+                        self.install_failed(&key, &sha, &how.update_id, path, state, reason, code.map(i64::from));
+                    }
                 }
             }
+        }
+    }
+
+    /// An install that failed: reported with its attempt count, and not tried again with the
+    /// same bytes before its backoff ends; after [`MAX_ATTEMPTS`], not at all.
+    #[allow(clippy::too_many_arguments)]
+    fn install_failed(
+        &mut self,
+        key: &str,
+        sha: &str,
+        update_id: &str,
+        path: &str,
+        state: ReportState,
+        reason: String,
+        exit_code: Option<i64>,
+    ) {
+        let before =
+            self.installed.get(key).filter(|i| i.sha256 == sha && i.state == "failed").map_or(0, |i| i.attempts);
+        let attempts = before + 1;
+        let (retry_at, next) = if attempts >= MAX_ATTEMPTS {
+            (i64::MAX, "no more attempts with these bytes".to_owned())
+        } else {
+            let at = self.now + backoff(attempts);
+            (at, format!("next not before {}", ringfence_trust::expiry::format(at)))
+        };
+        self.report(path, state, Some(format!("attempt {attempts} of {MAX_ATTEMPTS} ({next}): {reason}")), exit_code);
+        self.remember(key, sha, update_id, "failed");
+        if let Some(entry) = self.installed.get_mut(key) {
+            entry.attempts = attempts;
+            entry.retry_at = retry_at;
+        }
+        if let Err(e) = self.state.save_installed(&self.installed) {
+            self.problems.push(format!("saving installed.json: {e:#}"));
         }
     }
 
@@ -575,6 +676,8 @@ impl Cycle<'_> {
                 approval: String::new(),
                 boot_id: None,
                 health_check: Vec::new(),
+                attempts: 0,
+                retry_at: 0,
             },
         );
         if let Err(e) = self.state.save_installed(&self.installed) {
@@ -599,6 +702,11 @@ fn finish_reboots(state: &StateDir, now: i64) -> anyhow::Result<()> {
         };
         entry.state = if report_state == ReportState::Installed { "installed" } else { "failed" }.into();
         entry.at = now;
+        if report_state == ReportState::Failed {
+            // Counted like a failed install: not tried again before the backoff.
+            entry.attempts += 1;
+            entry.retry_at = if entry.attempts >= MAX_ATTEMPTS { i64::MAX } else { now + backoff(entry.attempts) };
+        }
         changed = true;
         let report = StatusReport {
             id: random_id(),
@@ -673,6 +781,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         problems: Vec::new(),
         installed: state.installed(),
         deferred: Vec::new(),
+        windows: Vec::new(),
     };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,

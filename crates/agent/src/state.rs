@@ -46,6 +46,12 @@ pub struct Installed {
     pub boot_id: Option<String>,
     #[serde(default)]
     pub health_check: Vec<String>,
+    /// For `failed`: install attempts made with these bytes, and the earliest time to try again
+    /// (`i64::MAX` once the attempts are used up).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub retry_at: i64,
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`, or the file `RINGFENCE_BOOT_ID_FILE`

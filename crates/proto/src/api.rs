@@ -315,6 +315,9 @@ pub struct GroupInfo {
     /// this group inherits unless it overrides it.
     #[serde(default)]
     pub inherits_auto_approval_from: Option<GroupName>,
+    /// Its maintenance windows, as its published approval role has them.
+    #[serde(default)]
+    pub windows: Vec<crate::tuf::Window>,
 }
 
 /// Signatures over the pending version of a role, made offline.
@@ -585,4 +588,12 @@ pub struct CleanupReport {
     pub content: Vec<RemovedContent>,
     pub content_bytes: u64,
     pub devices: Vec<ForgottenDevice>,
+}
+
+/// A group's maintenance windows, set by its approvers (a new version of its approval role).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowsRequest {
+    /// Empty: no windows (install any time).
+    pub windows: Vec<crate::tuf::Window>,
 }

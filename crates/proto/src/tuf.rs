@@ -114,8 +114,24 @@ pub struct Targets {
     pub targets: BTreeMap<String, TargetFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delegations: Option<Delegations>,
+    /// Ringfence's maintenance windows, on a group's approval role only (signed by its
+    /// approvers): devices of the group install only inside one, unless a deadline passed.
+    /// An extension field other TUF clients keep in the signed bytes and ignore.
+    #[serde(rename = "x-ringfence-windows", default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<Window>>,
     #[serde(flatten)]
     pub unrecognized: Unrecognized,
+}
+
+/// A recurring maintenance window: on `days` (`mon` … `sun`), from `start` to `end` (`HH:MM`,
+/// local time in `tz`, an IANA time zone name; an `end` before `start` runs past midnight).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    pub days: Vec<String>,
+    pub start: String,
+    pub end: String,
+    pub tz: String,
 }
 
 /// An entry of snapshot or timestamp `meta`.

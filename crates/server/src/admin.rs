@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/approvals", post(approve))
         .route("/api/v1/withdrawals", post(withdraw))
         .route("/api/v1/groups", get(list_groups))
+        .route("/api/v1/groups/{group}/windows", put(set_windows))
         .route("/api/v1/rules", post(add_rule).get(list_rules))
         .route("/api/v1/rules/{id}", axum::routing::delete(remove_rule))
         .route("/api/v1/cleanup", post(cleanup))
@@ -225,6 +226,19 @@ async fn withdraw(State(state): Shared, caller: Caller, body: Body) -> ApiResult
     caller.require(&[Scope::Approve])?;
     let request = json_body(body).await?;
     let outcome = state.repo.withdraw(request, &caller.actor(), crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn set_windows(
+    State(state): Shared,
+    caller: Caller,
+    Path(group): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(&[Scope::Approve])?;
+    let group = ringfence_proto::GroupName::parse(&group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let request: ringfence_proto::api::WindowsRequest = json_body(body).await?;
+    let outcome = state.repo.set_windows(&group, request.windows, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }
 

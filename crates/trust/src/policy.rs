@@ -43,6 +43,7 @@ pub mod rule {
     pub const APPROVAL_FILES: &str = "an approval role lists only approvals/<group>/<publisher>/<file> of its group";
     pub const ROLE_NAME: &str = "only Ringfence role names are signed";
     pub const APPROVAL: &str = "an approval carries the length, hashes and entry digest its publisher signed";
+    pub const WINDOWS: &str = "only a group's approval role has maintenance windows, and they are valid";
     pub const GROUP_PARENT: &str =
         "only a group names a parent: another group targets delegates, without cycles, at most 8 deep";
 }
@@ -69,6 +70,9 @@ pub const MAX_BIN_PREFIX_LEN: usize = 4;
 /// Check top-level `targets`.
 pub fn check_top_level(doc: &Targets) -> Result<(), LayoutError> {
     const ROLE: &str = "targets";
+    if doc.windows.is_some() {
+        return Err(broken(ROLE, rule::WINDOWS, "top-level targets has windows"));
+    }
     if !doc.targets.is_empty() {
         return Err(broken(ROLE, rule::NO_FILES, format!("it lists {} files", doc.targets.len())));
     }
@@ -192,6 +196,9 @@ pub fn check_publisher(
     delegating_keys: &BTreeMap<String, Key>,
 ) -> Result<usize, LayoutError> {
     let role = publisher.role();
+    if doc.windows.is_some() {
+        return Err(broken(role.as_str(), rule::WINDOWS, "a publisher role has windows"));
+    }
     let role = role.as_str();
     if !doc.targets.is_empty() {
         return Err(broken(role, rule::NO_FILES, format!("it lists {} files", doc.targets.len())));
@@ -252,6 +259,9 @@ pub fn check_leaf(role: &RoleName, doc: &Targets) -> Result<(), LayoutError> {
     }
     match role.kind() {
         RoleKind::PublisherBin(publisher, prefix) => {
+            if doc.windows.is_some() {
+                return Err(broken(name, rule::WINDOWS, "a bin has windows"));
+            }
             for path in doc.targets.keys() {
                 let ok = TargetPath::parse(path).ok().and_then(|p| p.publisher()).as_ref() == Some(&publisher)
                     && bin_prefix_of(path, prefix.len()) == prefix;
@@ -261,6 +271,9 @@ pub fn check_leaf(role: &RoleName, doc: &Targets) -> Result<(), LayoutError> {
             }
         }
         RoleKind::Approval(group) => {
+            if let Some(windows) = &doc.windows {
+                crate::windows::check_all(windows).map_err(|e| broken(name, rule::WINDOWS, e))?;
+            }
             for path in doc.targets.keys() {
                 let ok = TargetPath::parse(path).ok().and_then(|p| p.split_approval()).is_some_and(|(g, _)| g == group);
                 if !ok {

@@ -67,6 +67,7 @@ pub fn targets(version: u64, expires: i64) -> Targets {
         expires: crate::expiry::format(expires),
         targets: BTreeMap::new(),
         delegations: None,
+        windows: None,
         unrecognized: BTreeMap::new(),
     }
 }

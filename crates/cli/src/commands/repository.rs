@@ -96,7 +96,13 @@ pub fn withdraw(
 }
 
 /// Print the approval role's state; sign it first when a key was given and it waits.
-fn settled(client: &http::Client, group: &GroupName, answer: &[u8], sign: &SignNow, json: bool) -> anyhow::Result<()> {
+pub(crate) fn settled(
+    client: &http::Client,
+    group: &GroupName,
+    answer: &[u8],
+    sign: &SignNow,
+    json: bool,
+) -> anyhow::Result<()> {
     let mut state: RoleState = serde_json::from_slice(answer)?;
     if !state.published
         && let Some(signer) = sign.signer()

@@ -559,3 +559,74 @@ fn a_device_in_two_groups_follows_the_documented_precedence() {
     check_ok(&agent);
     assert!(!app.exists(), "production's uninstall");
 }
+
+#[test]
+fn windows_hold_installs_deadlines_override_them_and_failures_back_off() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
+    let run = |args: &[&str]| run_ok(server.cli().args(args));
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    // 1970-01-01 was a Thursday (3 days after a Monday).
+    let today = ((ringfence_server::unix_now().div_euclid(86_400) + 3) % 7) as usize;
+    let other_day = DAYS[(today + 3) % 7];
+
+    // Pilot's approvers (the server, for pilot) set a window on another day.
+    let out = run(&["group", "windows", "--group", "pilot", "--window", &format!("{other_day} 00:00-23:59 UTC")]);
+    assert!(out.contains("is published"), "{out}");
+    let groups = run(&["group", "list"]);
+    assert!(groups.contains(&format!("{other_day} 00:00-23:59 UTC")), "{groups}");
+    assert!(server.published("approvals.pilot").windows.is_some());
+    for bad in ["someday 01:00-02:00 UTC", "sat 01:00 UTC", "sat 01:00-02:00 Mars/Base"] {
+        let out = server.cli().args(["group", "windows", "--group", "pilot", "--window", bad]).output().unwrap();
+        assert!(!out.status.success(), "{bad}");
+    }
+
+    // Outside the window: downloaded, not installed, and said once.
+    publish_script(&server, "kb-w", &[], 0);
+    run(&["approve", "kb-w", "--group", "pilot"]);
+    check_ok(&agent);
+    assert!(!agent.dir.join("ran-kb-w").exists(), "outside the window");
+    let sha = ringfence_trust::sha256_hex(&std::fs::read(server.dir.path().join("work/kb-w.sh")).unwrap());
+    assert!(agent.state().join("downloads").join(&sha).exists(), "downloaded meanwhile");
+    let state = |file: &str| {
+        let device = devices(&server).into_iter().next().unwrap();
+        device.updates.into_iter().find(|u| u.target == format!("approvals/pilot/acme/{file}"))
+    };
+    let waiting = state("kb-w.sh").unwrap();
+    assert_eq!(waiting.state.as_str(), "waiting");
+    assert!(waiting.reason.unwrap_or_default().contains("maintenance window"));
+    // A deadline that has passed overrides the window.
+    run(&["approve", "kb-w", "--group", "pilot", "--deadline", "2020-01-01T00:00:00Z"]);
+    check_ok(&agent);
+    assert!(agent.dir.join("ran-kb-w").exists(), "the deadline passed");
+
+    // A window that is open now lets installs through at once.
+    run(&[
+        "group",
+        "windows",
+        "--group",
+        "pilot",
+        "--window",
+        &format!("{} 00:00-23:59 UTC", DAYS[today]),
+        "--window",
+        &format!("{other_day} 00:00-23:59 UTC"),
+    ]);
+    publish_script(&server, "kb-n", &[], 0);
+    run(&["approve", "kb-n", "--group", "pilot"]);
+    check_ok(&agent);
+    assert!(agent.dir.join("ran-kb-n").exists(), "inside the window");
+
+    // A failing install is not retried every cycle: attempt 1 of 5, then a backoff.
+    run(&["group", "windows", "--group", "pilot"]);
+    assert!(server.published("approvals.pilot").windows.is_none(), "no windows: any time");
+    publish_script(&server, "kb-f", &[], 1);
+    run(&["approve", "kb-f", "--group", "pilot"]);
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    let failed = state("kb-f.sh").unwrap();
+    assert!(failed.reason.unwrap_or_default().starts_with("attempt 1 of 5"), "{out}");
+    check_ok(&agent);
+    let runs = std::fs::read_to_string(agent.dir.join("ran-kb-f")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "not tried again before its backoff");
+}

@@ -172,6 +172,7 @@ mod tests {
             threshold: 1,
             auto_approve: false,
             inherits_auto_approval_from: None,
+            windows: Vec::new(),
         }
     }
 

@@ -35,7 +35,13 @@ impl Repository {
                 .into_iter()
                 .skip(1)
                 .find(|ancestor| auto.contains(ancestor.approval_role().as_str()));
+            let windows = self
+                .latest::<Targets>(name.approval_role().as_str())
+                .await?
+                .and_then(|role| role.signed.windows)
+                .unwrap_or_default();
             out.push(GroupInfo {
+                windows,
                 parent: d.parent.as_deref().and_then(|p| GroupName::parse(p).ok()),
                 approvers: d.keyids.clone(),
                 threshold: d.threshold,
@@ -64,6 +70,35 @@ impl Repository {
             }
         }
         Ok(out)
+    }
+
+    /// Set a group's maintenance windows (none: install any time): a new version of its
+    /// approval role, for its approvers to sign unless the server signs for the group.
+    pub async fn set_windows(
+        &self,
+        group: &GroupName,
+        windows: Vec<ringfence_proto::tuf::Window>,
+        actor: &str,
+        now: i64,
+    ) -> Result<RoleState> {
+        ringfence_trust::windows::check_all(&windows).map_err(|e| bad(format!("windows: {e}")))?;
+        let _guard = self.write_lock.lock().await;
+        let detail = if windows.is_empty() {
+            format!("no maintenance windows for {group}")
+        } else {
+            let texts: Vec<String> =
+                windows.iter().map(|w| format!("{} {}-{} {}", w.days.join(","), w.start, w.end, w.tz)).collect();
+            format!("maintenance windows for {group}: {}", texts.join("; "))
+        };
+        let state = self
+            .change_delegated(&group.approval_role(), now, move |t| {
+                t.windows = if windows.is_empty() { None } else { Some(windows) };
+                Ok(())
+            })
+            .await
+            .map_err(|e| unknown_group(e, group))?;
+        self.audit.record(actor, "windows", &detail, now).await?;
+        Ok(state)
     }
 
     /// The published approvals of `group`: per published path, the approval's fields.
