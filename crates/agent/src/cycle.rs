@@ -260,8 +260,8 @@ struct Cycle<'a> {
     /// Installs that waited for a prerequisite: tried once more at the end of the cycle.
     deferred: Vec<Decision<Listed>>,
     /// Per lineage of the device's groups, the maintenance windows of its nearest group that
-    /// has any (empty: no windows, install any time).
-    windows: Vec<Vec<ringfence_trust::windows::Checked>>,
+    /// has any (`None`: no windows, install any time; `Some` and empty: never).
+    windows: Vec<Option<Vec<ringfence_trust::windows::Checked>>>,
 }
 
 impl Cycle<'_> {
@@ -424,7 +424,8 @@ impl Cycle<'_> {
             .iter()
             .map(|lineage| {
                 let nearest = lineage.iter().find_map(|g| windows_of.get(g));
-                nearest.and_then(|w| ringfence_trust::windows::check_all(w).ok()).unwrap_or_default()
+                // Windows that do not check (the layout check refuses them first) never open.
+                nearest.map(|w| ringfence_trust::windows::check_all(w).unwrap_or_default())
             })
             .collect();
         let files: std::collections::BTreeSet<String> = listed.values().flat_map(|m| m.keys().cloned()).collect();
@@ -493,9 +494,12 @@ impl Cycle<'_> {
         let key = published.to_string();
         // Outside every maintenance window, nothing is installed or removed unless the
         // deadline has passed; the file is downloaded meanwhile.
-        let windows = self.windows.get(decision.item.lineage).map(Vec::as_slice).unwrap_or_default();
-        let in_window = ringfence_trust::windows::open(windows, self.now)
-            || precedence::deadline_passed(decision.deadline, self.now);
+        let open_now = match self.windows.get(decision.item.lineage) {
+            Some(Some(windows)) => windows.iter().any(|w| w.is_open(self.now)),
+            Some(None) => true,
+            None => false,
+        };
+        let in_window = open_now || precedence::deadline_passed(decision.deadline, self.now);
         if decision.action == ApprovalAction::Uninstall {
             if in_window {
                 self.uninstall(set, path, &published, &signed, &how);
