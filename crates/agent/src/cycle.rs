@@ -260,8 +260,11 @@ struct Cycle<'a> {
     /// Installs that waited for a prerequisite: tried once more at the end of the cycle.
     deferred: Vec<Decision<Listed>>,
     /// Per lineage of the device's groups, the maintenance windows of its nearest group that
-    /// has any (`None`: no windows, install any time; `Some` and empty: never).
-    windows: Vec<Option<Vec<ringfence_trust::windows::Checked>>>,
+    /// has any, with that group's place in the lineage (`None`: no windows, install any time;
+    /// `Some` with no windows: never).
+    windows: Vec<Option<(usize, Vec<ringfence_trust::windows::Checked>)>>,
+    /// The device's groups' lineages, nearest first.
+    lineages: Vec<Vec<GroupName>>,
 }
 
 impl Cycle<'_> {
@@ -419,13 +422,14 @@ impl Cycle<'_> {
             }
             listed.insert(group.clone(), by_file);
         }
+        self.lineages = lineages.clone();
         // Windows were checked with the role's layout; each lineage takes its nearest group's.
         self.windows = lineages
             .iter()
             .map(|lineage| {
-                let nearest = lineage.iter().find_map(|g| windows_of.get(g));
+                let nearest = lineage.iter().enumerate().find_map(|(i, g)| windows_of.get(g).map(|w| (i, w)));
                 // Windows that do not check (the layout check refuses them first) never open.
-                nearest.map(|w| ringfence_trust::windows::check_all(w).unwrap_or_default())
+                nearest.map(|(i, w)| (i, ringfence_trust::windows::check_all(w).unwrap_or_default()))
             })
             .collect();
         let files: std::collections::BTreeSet<String> = listed.values().flat_map(|m| m.keys().cloned()).collect();
@@ -494,12 +498,18 @@ impl Cycle<'_> {
         let key = published.to_string();
         // Outside every maintenance window, nothing is installed or removed unless the
         // deadline has passed; the file is downloaded meanwhile.
-        let open_now = match self.windows.get(decision.item.lineage) {
-            Some(Some(windows)) => windows.iter().any(|w| w.is_open(self.now)),
-            Some(None) => true,
-            None => false,
+        let lineage = decision.item.lineage;
+        let (open_now, windows_at) = match self.windows.get(lineage) {
+            Some(Some((at, windows))) => (windows.iter().any(|w| w.is_open(self.now)), *at),
+            Some(None) => (true, usize::MAX),
+            None => (false, 0),
         };
-        let in_window = open_now || precedence::deadline_passed(decision.deadline, self.now);
+        // A deadline overrides the windows only when it comes from the group that set them or
+        // one below it: an ancestor's deadline (which an auto-approver may sign) does not
+        // reach past a descendant's windows.
+        let deciding_at = self.lineages.get(lineage).and_then(|l| l.iter().position(|g| *g == decision.group));
+        let deadline_counts = deciding_at.is_some_and(|at| at <= windows_at);
+        let in_window = open_now || (deadline_counts && precedence::deadline_passed(decision.deadline, self.now));
         if decision.action == ApprovalAction::Uninstall {
             if in_window {
                 self.uninstall(set, path, &published, &signed, &how);
@@ -605,8 +615,7 @@ impl Cycle<'_> {
         reason: String,
         exit_code: Option<i64>,
     ) {
-        let before =
-            self.installed.get(key).filter(|i| i.sha256 == sha && i.state == "failed").map_or(0, |i| i.attempts);
+        let before = self.installed.get(key).filter(|i| i.sha256 == sha).map_or(0, |i| i.attempts);
         let attempts = before + 1;
         let (retry_at, next) = if attempts >= MAX_ATTEMPTS {
             (i64::MAX, "no more attempts with these bytes".to_owned())
@@ -670,6 +679,12 @@ impl Cycle<'_> {
     }
 
     fn remember(&mut self, key: &str, sha: &str, update_id: &str, state: &str) {
+        // Install attempts with these bytes carry over (waiting for a window or a reboot does
+        // not reset them); only an installed update starts from nothing.
+        let (attempts, retry_at) = match self.installed.get(key) {
+            Some(i) if i.sha256 == sha && state != "installed" => (i.attempts, i.retry_at),
+            _ => (0, 0),
+        };
         self.installed.insert(
             key.into(),
             Installed {
@@ -680,8 +695,8 @@ impl Cycle<'_> {
                 approval: String::new(),
                 boot_id: None,
                 health_check: Vec::new(),
-                attempts: 0,
-                retry_at: 0,
+                attempts,
+                retry_at,
             },
         );
         if let Err(e) = self.state.save_installed(&self.installed) {
@@ -786,6 +801,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         installed: state.installed(),
         deferred: Vec::new(),
         windows: Vec::new(),
+        lineages: Vec::new(),
     };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,

@@ -4,8 +4,8 @@
 //!
 //! A window's span belongs to the day it starts on: `sat 23:00-02:00` is open from Saturday
 //! 23:00 to Sunday 02:00 local time. Local times a daylight-saving change skips do not exist,
-//! so a window that starts in the gap opens when the clocks resume; a window over a repeated
-//! hour is open through both of its passes.
+//! so a window that starts in the gap opens when the clocks resume (one that lies wholly in the
+//! gap does not open that day); a window over a repeated hour is open through both passes.
 
 use jiff::Timestamp;
 use jiff::civil::{Time, Weekday};
@@ -90,11 +90,6 @@ impl Checked {
     }
 }
 
-/// Whether any window is open at `now`; no windows means always.
-pub fn open(windows: &[Checked], now: i64) -> bool {
-    windows.is_empty() || windows.iter().any(|w| w.is_open(now))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +165,5 @@ mod tests {
         assert!(bad(&["sat"], "01:00", "24:00", "UTC").starts_with("end"));
         assert!(bad(&["sat"], "01:00", "01:00", "UTC").contains("length"));
         assert!(bad(&["sat"], "01:00", "02:00", "Mars/Olympus").starts_with("tz"));
-        assert!(open(&[], 0), "no windows: always");
     }
 }

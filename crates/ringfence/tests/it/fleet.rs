@@ -630,3 +630,36 @@ fn windows_hold_installs_deadlines_override_them_and_failures_back_off() {
     let runs = std::fs::read_to_string(agent.dir.join("ran-kb-f")).unwrap();
     assert_eq!(runs.lines().count(), 1, "not tried again before its backoff");
 }
+
+#[test]
+fn an_ancestors_deadline_does_not_reach_past_a_childs_windows() {
+    let server = Server::start(|_| {});
+    // pilot-eu under pilot (which the server approves for online), with its own approver and
+    // a window on another day, signed by that approver.
+    add_child_group(&server, "pilot-eu", "pilot", "eu-approver");
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today = ((ringfence_server::unix_now().div_euclid(86_400) + 3) % 7) as usize;
+    let window = format!("{} 00:00-23:59 UTC", DAYS[(today + 3) % 7]);
+    let out = run_ok(
+        server
+            .cli()
+            .args(["group", "windows", "--group", "pilot-eu", "--window", &window, "--yes", "--key"])
+            .arg(server.key("eu-approver"))
+            .arg("--trusted-root")
+            .arg(server.keys.join("1.root.json")),
+    );
+    assert!(out.contains("approvals.pilot-eu version 2 is published"), "{out}");
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "eu-1", "pilot-eu", &token(&server, "pilot-eu", 1));
+
+    // The server approves in pilot with a deadline long past: pilot-eu inherits the approval,
+    // but not the power to install outside pilot-eu's window.
+    publish_script(&server, "kb-d", &[], 0);
+    run_ok(server.cli().args(["approve", "kb-d", "--group", "pilot", "--deadline", "2020-01-01T00:00:00Z"]));
+    check_ok(&agent);
+    assert!(!agent.dir.join("ran-kb-d").exists(), "an ancestor's deadline does not override the child's window");
+    // pilot-eu's own approver sets the deadline: now it overrides the window.
+    signed(&server, "approve", "kb-d", "pilot-eu", "eu-approver", &["--deadline", "2020-01-01T00:00:00Z"]);
+    check_ok(&agent);
+    assert!(agent.dir.join("ran-kb-d").exists());
+}
