@@ -487,7 +487,7 @@ impl Cycle<'_> {
             _ => {}
         }
         let group = decision.group.clone();
-        let (published, signed, _, how) = match self.decide(set, &group, path, entry) {
+        let (published, signed, approval, how) = match self.decide(set, &group, path, entry) {
             Ok(d) => d,
             Err(e) => {
                 self.report(path, ReportState::Refused, Some(format!("{e:#}")), None);
@@ -520,6 +520,28 @@ impl Cycle<'_> {
             self.report(path, ReportState::NotApplicable, Some(why), None);
             self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
+        }
+        // A staged rollout the approvers signed: this device's place, from its own key.
+        if let Some(stages) = &approval.rollout {
+            let public = match self.state.device_key() {
+                Ok(key) => key.public().to_tuf().keyval.public,
+                Err(e) => {
+                    self.problems.push(format!("reading the device key: {e:#}"));
+                    return;
+                }
+            };
+            let place = ringfence_trust::rollout::place(&public, &how.update_id);
+            if let Err(from) = ringfence_trust::rollout::admits(stages, place, self.now) {
+                if recorded.as_deref() != Some("rollout") {
+                    let when = from.map_or("no stage of this rollout".to_owned(), |t| {
+                        format!("its stage, from {}", ringfence_trust::expiry::format(t))
+                    });
+                    let why = format!("staged rollout: this device (place {place} of 10000) waits for {when}");
+                    self.report(path, ReportState::Waiting, Some(why), None);
+                    self.remember(&key, &sha, &how.update_id, "rollout");
+                }
+                return;
+            }
         }
         if !in_window {
             if let Err(e) = self.download(set, &published, &signed) {

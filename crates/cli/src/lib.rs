@@ -70,6 +70,9 @@ pub enum Command {
         /// Why (a change ticket): signed with the approval.
         #[arg(long)]
         reason: Option<String>,
+        /// A rollout stage, PERCENT@TIME (e.g. 10@2026-12-01T00:00:00Z); repeat for each.
+        #[arg(long = "stage")]
+        stages: Vec<String>,
         #[command(flatten)]
         sign: commands::pending::SignNow,
         /// Print JSON (for scripts).
@@ -174,8 +177,8 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Metadata(command) => commands::metadata::run(command),
         Command::Upload { server, file, json } => repository::upload(&server, &file, json),
         Command::Publish { server, manifest, files, json } => repository::publish(&server, &manifest, &files, json),
-        Command::Approve { server, update, group, target, action, deadline, reason, sign, json } => {
-            let approval = Approval { update, group, target, action, deadline, reason };
+        Command::Approve { server, update, group, target, action, deadline, reason, stages, sign, json } => {
+            let approval = Approval { update, group, target, action, deadline, reason, stages };
             repository::approve(&server, approval, &sign, json)
         }
         Command::Withdraw { server, update, group, target, sign, json } => {

@@ -250,6 +250,10 @@ pub struct ApprovalRequest {
     /// approval.
     #[serde(default)]
     pub reason: Option<String>,
+    /// A staged rollout: which share of the group may install from when (signed with the
+    /// approval; devices take their place from their own key).
+    #[serde(default)]
+    pub rollout: Option<Vec<crate::tuf::RolloutStage>>,
 }
 
 /// Longest approval reason.

@@ -195,12 +195,25 @@ pub struct ApprovalCustom {
     /// Why, in the approvers' words (a change ticket), signed with the approval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A staged rollout the approvers signed: which share of the group's devices may install
+    /// from when. No schedule: every device at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Vec<RolloutStage>>,
     /// The update this file belongs to.
     pub update_id: String,
     /// SHA-256 of the canonical JSON of the publisher's whole target entry (length, hashes,
     /// and its `custom`: installer, arguments, health check, applicability). Approvers sign
     /// how the file is installed, not only its bytes.
     pub published_entry_sha256: String,
+}
+
+/// A stage of a signed rollout: from `not_before` (RFC 3339 UTC), `percent` of the group's
+/// devices (by a stable hash of each device's key and the update) may install.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStage {
+    pub percent: u8,
+    pub not_before: String,
 }
 
 /// What an approval tells the devices of its group to do with the file.

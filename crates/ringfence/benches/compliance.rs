@@ -98,6 +98,7 @@ fn main() {
                 action: ApprovalAction::Install,
                 deadline: None,
                 reason: None,
+                rollout: None,
             };
             assert!(state.repo.approve(request, "bench", now).await.unwrap().published);
         }

@@ -13,6 +13,7 @@ pub mod paths;
 pub mod policy;
 pub mod precedence;
 pub mod review;
+pub mod rollout;
 pub mod windows;
 pub mod workflow;
 pub mod writer;

@@ -704,6 +704,7 @@ mod tests {
             action: ringfence_proto::tuf::ApprovalAction::Install,
             deadline: None,
             reason: None,
+            rollout: None,
             update_id: "u".into(),
             published_entry_sha256: writer::entry_digest(&published),
         };

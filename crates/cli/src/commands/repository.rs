@@ -58,6 +58,8 @@ pub struct Approval {
     pub action: String,
     pub deadline: Option<String>,
     pub reason: Option<String>,
+    /// `PERCENT@TIME` each.
+    pub stages: Vec<String>,
 }
 
 /// Approve, and with `--key` review and sign the resulting version at once.
@@ -65,6 +67,21 @@ pub fn approve(server: &ServerArgs, approval: Approval, sign: &SignNow, json: bo
     let action = ApprovalAction::parse(&approval.action)
         .with_context(|| format!("--action: install, uninstall or decline, not {}", approval.action))?;
     let group = GroupName::parse(&approval.group)?;
+    let rollout = if approval.stages.is_empty() {
+        None
+    } else {
+        let stages = approval
+            .stages
+            .iter()
+            .map(|s| {
+                let (percent, at) = s.split_once('@').context("--stage: PERCENT@TIME, like 10@2026-12-01T00:00:00Z")?;
+                let percent = percent.trim_end_matches('%').parse().context("--stage: a percent from 1 to 100")?;
+                Ok(ringfence_proto::tuf::RolloutStage { percent, not_before: at.to_owned() })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        ringfence_trust::rollout::check(&stages).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Some(stages)
+    };
     let request = ApprovalRequest {
         group: group.clone(),
         update: approval.update,
@@ -72,6 +89,7 @@ pub fn approve(server: &ServerArgs, approval: Approval, sign: &SignNow, json: bo
         action,
         deadline: approval.deadline,
         reason: approval.reason,
+        rollout,
     };
     let client = client(server)?;
     let answer = client.send_json("POST", "/api/v1/approvals", &request)?.ok()?;

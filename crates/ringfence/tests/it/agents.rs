@@ -279,6 +279,7 @@ fn a_delegation_hidden_in_a_publisher_role_does_not_make_agents_install() {
         action: ApprovalAction::Install,
         deadline: None,
         reason: None,
+        rollout: None,
         update_id: "evil".into(),
         published_entry_sha256: ringfence_trust::writer::entry_digest(&entry),
     };

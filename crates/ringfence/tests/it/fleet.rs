@@ -663,3 +663,64 @@ fn an_ancestors_deadline_does_not_reach_past_a_childs_windows() {
     check_ok(&agent);
     assert!(agent.dir.join("ran-kb-d").exists());
 }
+
+#[test]
+fn a_signed_rollout_admits_devices_by_their_place_and_time() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let token = token(&server, "pilot", 4);
+    // Four devices: the first and the last in line share a percent with odds of one in a million.
+    let agents: Vec<Agent> = (1..=4).map(|i| enroll(&server, &root, &format!("r-{i}"), "pilot", &token)).collect();
+    let key_of = |agent: &Agent| {
+        let status = run_ok(&mut agent.command(&["status"]));
+        status.lines().find_map(|l| l.strip_prefix("device key ")).unwrap().trim().to_owned()
+    };
+    publish_script(&server, "kb-r", &[], 0);
+    let mut places: Vec<(u32, &Agent)> =
+        agents.iter().map(|a| (ringfence_trust::rollout::place(&key_of(a), "kb-r"), a)).collect();
+    places.sort_by_key(|(p, _)| *p);
+    let (first, second) = (places[0], places[3]);
+    assert_ne!(first.0 / 100, second.0 / 100, "the first and last of four devices in one percent (one in a million)");
+
+    // The first stage (now) admits the device with the lower place only; the rest waits for a
+    // stage next year.
+    let share = (first.0 / 100 + 1).to_string();
+    run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot"]).args([
+        "--stage",
+        &format!("{share}@2020-01-01T00:00:00Z"),
+        "--stage",
+        "100@2099-01-01T00:00:00Z",
+    ]));
+    for (_, agent) in [first, second] {
+        check_ok(agent);
+    }
+    assert!(first.1.dir.join("ran-kb-r").exists(), "its stage has come");
+    assert!(!second.1.dir.join("ran-kb-r").exists(), "its stage has not");
+    let waiting: Vec<_> = devices(&server)
+        .into_iter()
+        .flat_map(|d| d.updates)
+        .filter(|u| u.target == "approvals/pilot/acme/kb-r.sh" && u.state.as_str() == "waiting")
+        .collect();
+    assert!(!waiting.is_empty());
+    assert!(waiting.iter().all(|u| u.reason.as_deref().unwrap_or("").contains("2099-01-01T00:00:00Z")), "{waiting:?}");
+    // A schedule whose shares shrink is refused before anything is signed.
+    let out = server
+        .cli()
+        .args([
+            "approve",
+            "kb-r",
+            "--group",
+            "pilot",
+            "--stage",
+            "50@2020-01-01T00:00:00Z",
+            "--stage",
+            "10@2021-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // The approvers move the last stage to now: everyone installs.
+    run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot", "--stage", "100@2020-01-01T00:00:00Z"]));
+    check_ok(second.1);
+    assert!(second.1.dir.join("ran-kb-r").exists());
+}

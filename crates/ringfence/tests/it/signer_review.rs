@@ -99,6 +99,7 @@ fn an_older_repository_shown_as_current_is_refused() {
         action: ringfence_proto::tuf::ApprovalAction::Install,
         deadline: None,
         reason: None,
+        rollout: None,
         update_id: "acme-harmless.bin".into(),
         published_entry_sha256: writer::entry_digest(&entry),
     };

@@ -176,6 +176,7 @@ impl Rules {
             action: ApprovalAction::Install,
             deadline,
             reason: Some(rule_name(id)),
+            rollout: None,
         };
         match repo.approve(request.clone(), &rule_name(id), now).await {
             Ok(state) => {
@@ -358,6 +359,7 @@ impl Rules {
                         action: ApprovalAction::Decline,
                         deadline: None,
                         reason: Some(format!("superseded by {new}")),
+                        rollout: None,
                     };
                     let state = repo.approve(request.clone(), "supersedence", now).await?;
                     pending_event(&self.events, &state, &request, "supersedence", now);

@@ -159,6 +159,9 @@ impl Repository {
                 return Err(bad(format!("reason: 1 to {MAX_REASON} printable characters")));
             }
         }
+        if let Some(stages) = &request.rollout {
+            ringfence_trust::rollout::check(stages).map_err(bad)?;
+        }
         let subject = request.subject().map_err(bad)?;
         let _guard = self.write_lock.lock().await;
         let mut entries = Vec::new();
@@ -173,6 +176,7 @@ impl Repository {
                 action: request.action,
                 deadline: request.deadline.clone(),
                 reason: request.reason.clone(),
+                rollout: request.rollout.clone(),
                 update_id: file.update_id.clone(),
                 published_entry_sha256: writer::entry_digest(&signed_entry),
             };
