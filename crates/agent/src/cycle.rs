@@ -322,11 +322,23 @@ impl Cycle<'_> {
         let how: PublishedCustom =
             serde_json::from_value(signed.custom.clone().context("published file without installer")?)
                 .context("publisher custom")?;
+        // Both name the same update (the approval's digest pins the publisher's entry; this
+        // says so plainly).
+        if action.update_id != how.update_id {
+            bail!("the approval is for update {}, the publisher's entry for {}", action.update_id, how.update_id);
+        }
         Ok((published, signed, action, how))
     }
 
     fn applicable(&self, rules: &Applicability, inventory: &Inventory) -> Result<(), String> {
-        let installed_ids: Vec<&str> = self.installed.values().map(|i| i.update_id.as_str()).collect();
+        // Only updates on the device: one waiting (for a stage, a window, a prerequisite) or
+        // failed is not installed.
+        let installed_ids: Vec<&str> = self
+            .installed
+            .values()
+            .filter(|i| matches!(i.state.as_str(), "installed" | "reboot_required"))
+            .map(|i| i.update_id.as_str())
+            .collect();
         applicable(rules, inventory, &installed_ids)
     }
 
@@ -804,7 +816,12 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let last_clean = state.last_cycle().is_some_and(|c| c.starts_with(UP_TO_DATE));
     let margin = 2 * config.poll_seconds.min(86_400) as i64;
     let same = !checkin.changed && checkin.timestamp_version == timestamp_version;
-    if same && last_clean && fresh_until.is_some_and(|until| until > now + margin) {
+    // Something that waits for time (a rollout stage, a window, a prerequisite, a retry) is
+    // looked at again every cycle, whatever the server says.
+    let waits = state.installed().values().any(|i| {
+        matches!(i.state.as_str(), "rollout" | "window" | "waiting") || (i.state == "failed" && i.retry_at <= now)
+    });
+    if same && last_clean && !waits && fresh_until.is_some_and(|until| until > now + margin) {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();
         return Ok(CycleResult::UpToDate { installed });
     }

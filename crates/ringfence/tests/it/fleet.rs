@@ -719,6 +719,17 @@ fn a_signed_rollout_admits_devices_by_their_place_and_time() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // Only an install is rolled out in stages.
+    let out = server
+        .cli()
+        .args(["approve", "kb-r", "--group", "pilot", "--action", "uninstall", "--stage", "10@2020-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only an install"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The approvers move the last stage to now: everyone installs.
     run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot", "--stage", "100@2020-01-01T00:00:00Z"]));
     check_ok(second.1);

@@ -160,6 +160,9 @@ impl Repository {
             }
         }
         if let Some(stages) = &request.rollout {
+            if request.action != ringfence_proto::tuf::ApprovalAction::Install {
+                return Err(bad("rollout: only an install is rolled out in stages"));
+            }
             ringfence_trust::rollout::check(stages).map_err(bad)?;
         }
         let subject = request.subject().map_err(bad)?;
