@@ -91,7 +91,7 @@ pub trait ComplianceStore: Send + Sync + 'static {
     async fn updates_fixing(&self, cve: &str) -> Result<Vec<String>>;
     /// Accepted devices whose newest report on any of the approval paths `targets` is in a
     /// bucket other than installed, not applicable or uninstalled: still exposed. Ordered by
-    /// device id, after `after`, at most `limit` rows.
+    /// device id, after `after`, at most `limit` devices, each with all its rows.
     async fn devices_not_done(&self, targets: &[String], after: &str, limit: u64) -> Result<Vec<DeviceTargetState>>;
     /// Accepted devices whose last check-in is before `before` (or that never checked in),
     /// ordered by id, after `after`, at most `limit`.
@@ -224,7 +224,17 @@ impl ComplianceStore for SqliteStore {
             }
         }
         out.sort_by(|a, b| (&a.device_id, &a.target).cmp(&(&b.device_id, &b.target)));
-        out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        // A page is `limit` devices with every one of their rows (each target's query returned
+        // its first `limit` devices, so these are complete), never a device cut in two.
+        let mut devices = 0u64;
+        let mut last: Option<String> = None;
+        out.retain(|row| {
+            if last.as_deref() != Some(row.device_id.as_str()) {
+                devices += 1;
+                last = Some(row.device_id.clone());
+            }
+            devices <= limit
+        });
         Ok(out)
     }
 
@@ -420,5 +430,62 @@ mod concurrency {
         let counts = store.compliance_by_prefix("approvals/pilot/").await.unwrap();
         assert_eq!(counts.len(), 16);
         assert!(counts.iter().all(|t| t.counts == BTreeMap::from([(Bucket::Installed, 200)])), "{counts:?}");
+    }
+}
+
+#[cfg(test)]
+mod cve_pages {
+    use super::*;
+    use crate::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+
+    /// A page holds whole devices: a device exposed on two files is never cut at a page edge.
+    #[tokio::test]
+    async fn pages_hold_whole_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let targets = ["approvals/pilot/acme/a", "approvals/pilot/acme/b"];
+        for i in 0..5 {
+            let d = DeviceRecord {
+                id: format!("d{i}"),
+                public_key: format!("{i:064x}"),
+                state: DeviceState::Accepted,
+                groups: vec!["pilot".into()],
+                hostname: "h".into(),
+                inventory: "{}".into(),
+                enrolled_at: 0,
+                last_checkin: None,
+                timestamp_version: None,
+            };
+            store.insert_device(&d).await.unwrap();
+            let reports: Vec<ReportRecord> = targets
+                .iter()
+                .enumerate()
+                .map(|(k, t)| ReportRecord {
+                    id: format!("r{k}"),
+                    target: (*t).into(),
+                    state: "failed".into(),
+                    reason: None,
+                    exit_code: None,
+                    at: 1,
+                })
+                .collect();
+            let limits = ReportLimits { history: 100, max_targets: 10, max_batch_bytes: 1 << 20 };
+            store.insert_reports(&d.id, &reports, &crate::devices::test_batch(), 1, limits).await.unwrap();
+        }
+        let targets: Vec<String> = targets.iter().map(|t| (*t).to_owned()).collect();
+        let mut after = String::new();
+        let mut seen = Vec::new();
+        loop {
+            let page = store.devices_not_done(&targets, &after, 2).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            let mut ids: Vec<String> = page.iter().map(|r| r.device_id.clone()).collect();
+            ids.dedup();
+            assert!(ids.len() <= 2 && page.len() == ids.len() * 2, "{page:?}");
+            after = ids.last().unwrap().clone();
+            seen.extend(ids);
+        }
+        assert_eq!(seen, ["d0", "d1", "d2", "d3", "d4"]);
     }
 }

@@ -116,7 +116,9 @@ fn cve_report(client: &http::Client, cve: &str, json: bool) -> anyhow::Result<()
             path.push_str(&format!("&after={}", last.device_id));
         }
         let page: CveReport = serde_json::from_slice(&client.get(&path)?.ok()?)?;
-        let full = page.exposed.len() as u64 == PAGE;
+        let mut devices: Vec<&str> = page.exposed.iter().map(|d| d.device_id.as_str()).collect();
+        devices.dedup();
+        let full = devices.len() as u64 == PAGE;
         match &mut report {
             Some(r) => r.exposed.extend(page.exposed),
             None => report = Some(page),

@@ -117,7 +117,8 @@ impl Reports {
 
     /// Where `cve` stands: the updates that fix it, per group whether one is approved for
     /// install and how many devices installed it, and a page of devices still exposed (their
-    /// newest report on a fixing file is neither installed nor not applicable), by device id.
+    /// newest report on a fixing file is neither installed nor not applicable), by device id,
+    /// each with every fixing file it is exposed on.
     pub async fn cve(&self, repo: &Repository, cve: &str, after: &str, limit: u64) -> Result<CveReport> {
         let updates = self.db.updates_fixing(cve).await?;
         let mut published = Vec::new();
