@@ -265,6 +265,8 @@ struct Cycle<'a> {
     windows: Vec<Option<(usize, Vec<ringfence_trust::windows::Checked>)>>,
     /// The device's groups' lineages, nearest first.
     lineages: Vec<Vec<GroupName>>,
+    /// The server's signed holds on rollouts, per approval path (percent).
+    holds: BTreeMap<String, u8>,
 }
 
 impl Cycle<'_> {
@@ -468,6 +470,41 @@ impl Cycle<'_> {
             .collect()
     }
 
+    /// The server's holds on rollouts, if it serves a document signed by the root's timestamp
+    /// keys, fresh, and not older than one seen before; otherwise none (holds only narrow, so a
+    /// missing document widens nothing beyond what the approvers signed).
+    fn rollout_holds(&mut self, set: &TrustedSet) -> BTreeMap<String, u8> {
+        use ringfence_proto::tuf::RolloutHolds;
+        let url = format!("{}/repo/rollouts.json", self.config.server);
+        let bytes = match self.client.fetcher.fetch(&url, 1 << 22) {
+            Ok(Fetched::Bytes(b)) => b,
+            Ok(Fetched::NotFound) => return BTreeMap::new(),
+            Err(e) => {
+                self.problems.push(format!("rollout holds: {e:#}"));
+                return BTreeMap::new();
+            }
+        };
+        let root = &set.root().signed;
+        let checked = ringfence_trust::Envelope::<RolloutHolds>::parse(&bytes, 1 << 22).ok().filter(|env| {
+            let Some(role) = root.roles.get("timestamp") else { return false };
+            let signed = env.count_valid(&root.keys, &role.keyids) >= role.threshold && role.threshold > 0;
+            let fresh = ringfence_trust::expiry::parse(&env.signed.expires).is_ok_and(|e| e > self.now);
+            signed && fresh && env.signed.type_ == "ringfence-rollouts"
+        });
+        let Some(env) = checked else {
+            self.problems.push("rollout holds: not signed by the timestamp keys, or expired".into());
+            return BTreeMap::new();
+        };
+        let seen_file = self.state.root.join("rollouts-version");
+        let seen: u64 = std::fs::read_to_string(&seen_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        if env.signed.version < seen {
+            self.problems.push(format!("rollout holds: version {} is older than {seen}", env.signed.version));
+            return BTreeMap::new();
+        }
+        let _ = write_atomic(&seen_file, env.signed.version.to_string().as_bytes());
+        env.signed.holds
+    }
+
     /// Carry out the governing decision for one file.
     fn act(&mut self, set: &mut TrustedSet, decision: Decision<Listed>, inventory: &Inventory) {
         let Listed { approval_path, published, entry, .. } = &decision.item;
@@ -533,8 +570,13 @@ impl Cycle<'_> {
             self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
         }
-        // A staged rollout the approvers signed: this device's place, from its own key.
-        if let Some(stages) = &approval.rollout {
+        // A staged rollout: the share the approvers signed (all without stages), held back
+        // further by the server's signed holds; this device's place comes from its own key.
+        let hold = self.holds.get(path).copied();
+        if approval.rollout.is_some() || hold.is_some() {
+            let stages = approval.rollout.clone().unwrap_or_else(|| {
+                vec![ringfence_proto::tuf::RolloutStage { percent: 100, not_before: "1970-01-01T00:00:00Z".into() }]
+            });
             let public = match self.state.device_key() {
                 Ok(key) => key.public().to_tuf().keyval.public,
                 Err(e) => {
@@ -543,11 +585,15 @@ impl Cycle<'_> {
                 }
             };
             let place = ringfence_trust::rollout::place(&public, &how.update_id);
-            if let Err(from) = ringfence_trust::rollout::admits(stages, place, self.now) {
+            let held = hold.is_some_and(|h| place >= u32::from(h) * 100);
+            let admitted = ringfence_trust::rollout::admits(&stages, place, self.now);
+            if held || admitted.is_err() {
                 if recorded.as_deref() != Some("rollout") {
-                    let when = from.map_or("no stage of this rollout".to_owned(), |t| {
-                        format!("its stage, from {}", ringfence_trust::expiry::format(t))
-                    });
+                    let when = match admitted {
+                        _ if held => "the server to release its hold on this rollout".to_owned(),
+                        Err(Some(t)) => format!("its stage, from {}", ringfence_trust::expiry::format(t)),
+                        _ => "no stage of this rollout".to_owned(),
+                    };
                     let why = format!("staged rollout: this device (place {place} of 10000) waits for {when}");
                     self.report(path, ReportState::Waiting, Some(why), None);
                     self.remember(&key, &sha, &how.update_id, "rollout");
@@ -841,6 +887,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         deferred: Vec::new(),
         windows: Vec::new(),
         lineages: Vec::new(),
+        holds: BTreeMap::new(),
     };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,
@@ -850,6 +897,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
             return Ok(CycleResult::Problems(cycle.problems));
         }
     };
+    cycle.holds = cycle.rollout_holds(&set);
     for decision in cycle.decisions(&mut set, &config.groups) {
         cycle.act(&mut set, decision, &inventory);
     }

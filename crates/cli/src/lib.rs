@@ -105,6 +105,9 @@ pub enum Command {
     /// Automatic approval rules.
     #[command(subcommand)]
     Rule(commands::rules::RuleCommand),
+    /// Rollouts the server watches and may hold back (pause, stop, halt on failures).
+    #[command(subcommand)]
+    Rollout(commands::rollouts::RolloutCommand),
     /// Remove content no approval needs (uploads never published, updates declined where
     /// they were approved) and, with --devices-not-seen-days, devices gone quiet.
     Cleanup {
@@ -187,6 +190,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Group(command) => commands::groups::run(command),
         Command::Report(command) => commands::reports::run(command),
         Command::Rule(command) => commands::rules::run(command),
+        Command::Rollout(command) => commands::rollouts::run(command),
         Command::Cleanup { server, dry_run, devices_not_seen_days, json } => {
             commands::cleanup::run(&server, dry_run, devices_not_seen_days, json)
         }

@@ -601,3 +601,41 @@ pub struct WindowsRequest {
     /// Empty: no windows (install any time).
     pub windows: Vec<crate::tuf::Window>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+/// Start a rollout the server runs on top of an approval (it may hold it back, never widen it).
+pub struct StartRollout {
+    pub group: GroupName,
+    pub update: String,
+    /// Halt when more devices than this failed (or were stuck).
+    #[serde(default)]
+    pub max_failures: Option<u64>,
+    /// Halt when failures pass this share of the devices that finished or are stuck.
+    #[serde(default)]
+    pub max_failure_percent: Option<u8>,
+    /// A device on its way (downloading … installing) longer than this counts as failed.
+    #[serde(default)]
+    pub stuck_hours: Option<u32>,
+}
+
+/// A rollout as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutStatus {
+    pub group: GroupName,
+    pub update: String,
+    pub state: String,
+    /// The share the approvers' schedule allows now.
+    pub approved_share: u8,
+    /// The share the server lets install now (never more than the approvers').
+    pub share: u8,
+    pub installed: u64,
+    pub failed: u64,
+    pub stuck: u64,
+    pub needed: u64,
+    pub reason: String,
+    pub max_failures: u64,
+    pub max_failure_percent: u8,
+    pub stuck_hours: u64,
+}

@@ -243,3 +243,17 @@ impl ApprovalAction {
             .find(|a| a.as_str() == s)
     }
 }
+
+/// The server's live hold on rollouts, signed with the online timestamp key and served beside
+/// the repository (`/repo/rollouts.json`): per approval path, the largest share (percent) of
+/// the group's devices it lets install now. Agents take the smaller of this and what the
+/// approvers signed, so the server can hold a rollout back, never widen it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutHolds {
+    #[serde(rename = "_type")]
+    pub type_: String,
+    pub version: u64,
+    pub expires: String,
+    pub holds: BTreeMap<String, u8>,
+}

@@ -36,6 +36,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/rules", post(add_rule).get(list_rules))
         .route("/api/v1/rules/{id}", axum::routing::delete(remove_rule))
         .route("/api/v1/cleanup", post(cleanup))
+        .route("/api/v1/rollouts", post(start_rollout).get(rollouts))
+        .route("/api/v1/rollouts/{group}/{update}/{action}", post(rollout_action))
         .route("/api/v1/pending", get(list_pending))
         .route("/api/v1/pending/{role}", get(get_pending).put(propose))
         .route("/api/v1/pending/{role}/signatures", post(add_signatures))
@@ -158,6 +160,32 @@ async fn cleanup(State(state): Shared, caller: Caller, body: Body) -> ApiResult<
     let content_bytes = content.iter().map(|c| c.length).sum();
     Ok(Json(ringfence_proto::api::CleanupReport { dry_run: request.dry_run, content, content_bytes, devices })
         .into_response())
+}
+
+async fn start_rollout(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Approve])?;
+    let request = json_body(body).await?;
+    let status = state.rollouts.start(&state.repo, request, &caller.actor(), crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(status)).into_response())
+}
+
+async fn rollouts(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Approve])?;
+    Ok(Json(state.rollouts.status(&state.repo, crate::unix_now()).await?).into_response())
+}
+
+async fn rollout_action(
+    State(state): Shared,
+    caller: Caller,
+    Path((group, update, action)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    caller.require(&[Scope::Approve])?;
+    let group = ringfence_proto::GroupName::parse(&group).map_err(|_| ApiError::NotFound)?;
+    if update.len() > 64 {
+        return Err(ApiError::NotFound);
+    }
+    let status = state.rollouts.act(&state.repo, &group, &update, &action, &caller.actor(), crate::unix_now()).await?;
+    Ok(Json(status).into_response())
 }
 
 async fn list_rules(State(state): Shared, caller: Caller) -> ApiResult<Response> {

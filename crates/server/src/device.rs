@@ -23,6 +23,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/repo/metadata/{file}", get(metadata))
         .route("/repo/targets/{*path}", get(target))
+        .route("/repo/rollouts.json", get(rollout_holds))
         .merge(crate::device_api::routes())
         .with_state(state)
 }
@@ -72,6 +73,16 @@ async fn metadata(
         h.insert(header::ETAG, v);
     }
     Ok(response)
+}
+
+/// The server's signed rollout holds (see `domain::rollouts`); `404` until a rollout exists.
+async fn rollout_holds(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    check_access(&state, &headers, false).await?;
+    let bytes = state.repo.holds_document().await?.ok_or(ApiError::NotFound)?;
+    let mut r = Response::new(Body::from(bytes));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, cache_control(&state, false));
+    Ok(r)
 }
 
 fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {

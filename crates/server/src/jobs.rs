@@ -30,6 +30,11 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
             Ok(_) => {}
             Err(e) => tracing::error!(error = %chain(&e), "applying approval rules failed"),
         }
+        match state.rollouts.tick(&state.repo, now).await {
+            Ok(n) if n > 0 => tracing::warn!(halted = n, "rollouts halted"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %chain(&e), "checking rollouts failed"),
+        }
         if state.config.approvals.decline_superseded {
             match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
                 Ok(n) if n > 0 => tracing::info!(declined = n, "declined superseded updates"),

@@ -42,6 +42,7 @@ pub struct AppState {
     pub audit: domain::audit::Audit,
     pub reports: domain::reports::Reports,
     pub rules: domain::rules::Rules,
+    pub rollouts: domain::rollouts::Rollouts,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
     /// Device API bodies being read at once, for callers without a session (enroll,
@@ -90,6 +91,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         }
         None => domain::events::Events::default(),
     };
+    let rollouts = domain::rollouts::Rollouts::new(db.clone(), audit.clone(), events.clone());
     let rules = domain::rules::Rules::new(db.clone(), audit.clone(), events);
     let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
@@ -107,6 +109,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         audit,
         reports,
         rules,
+        rollouts,
         device_permits,
         anonymous_body_permits,
         session_body_permits,

@@ -9,6 +9,7 @@ mod blob;
 mod cleanup;
 mod compliance;
 mod devices;
+mod rollouts;
 mod rules;
 mod sqlite;
 
@@ -19,6 +20,7 @@ pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
 };
+pub use rollouts::{RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
 pub use sqlite::SqliteStore;
 
@@ -165,6 +167,6 @@ pub trait Store: Send + Sync + 'static {
 
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
-pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore {}
+pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore {}
 
-impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore> Database for T {}

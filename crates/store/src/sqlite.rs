@@ -35,6 +35,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "compliance", include_str!("../migrations/0004_compliance.sql")),
     (5, "rules", include_str!("../migrations/0005_rules.sql")),
     (6, "signed reports", include_str!("../migrations/0006_signed_reports.sql")),
+    (7, "rollouts", include_str!("../migrations/0007_rollouts.sql")),
 ];
 
 #[derive(Debug)]

@@ -80,6 +80,7 @@ metadata_type!(ringfence_proto::tuf::Root, "root");
 metadata_type!(ringfence_proto::tuf::Targets, "targets");
 metadata_type!(ringfence_proto::tuf::Snapshot, "snapshot");
 metadata_type!(ringfence_proto::tuf::Timestamp, "timestamp");
+metadata_type!(ringfence_proto::tuf::RolloutHolds, "ringfence-rollouts");
 
 impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
     /// Parse a document of at most `max_len` bytes.

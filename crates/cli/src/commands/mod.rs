@@ -8,5 +8,6 @@ pub mod metadata;
 pub mod pending;
 pub mod reports;
 pub mod repository;
+pub mod rollouts;
 pub mod rules;
 pub mod tokens;

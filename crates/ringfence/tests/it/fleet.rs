@@ -168,7 +168,12 @@ fn publish_with(server: &Server, id: &str, exit: i32, edit: impl FnOnce(&mut Val
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = work.join(format!("{id}.sh"));
-    std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n")).unwrap();
+    // A `fail` file in the agent's directory makes any of these scripts fail there.
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n[ -e fail ] && exit 1\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n"),
+    )
+    .unwrap();
     let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
     m["id"] = id.into();
     m["installer"] = json!({"module": "script"});
@@ -734,4 +739,47 @@ fn a_signed_rollout_admits_devices_by_their_place_and_time() {
     run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot", "--stage", "100@2020-01-01T00:00:00Z"]));
     check_ok(second.1);
     assert!(second.1.dir.join("ran-kb-r").exists());
+}
+
+#[test]
+fn a_rollout_halts_itself_on_failures_and_resumes() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let token = token(&server, "pilot", 2);
+    let (first, second) =
+        (enroll(&server, &root, "h-1", "pilot", &token), enroll(&server, &root, "h-2", "pilot", &token));
+    // The update fails where a `fail` file lies: on the first device.
+    std::fs::write(first.dir.join("fail"), "").unwrap();
+    publish_with(&server, "kb-h", 0, |_| {});
+    let run = |args: &[&str]| run_ok(server.cli().args(args));
+    run(&["rollout", "start", "kb-h", "--group", "pilot", "--max-failures", "0"]);
+    run(&["approve", "kb-h", "--group", "pilot"]);
+    let status = |server: &Server| -> Value {
+        let all: Vec<Value> =
+            serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
+        all.into_iter().next().unwrap()
+    };
+    assert_eq!(status(&server)["state"], "running");
+    let tick = || {
+        server.runtime.block_on(server.state.rollouts.tick(&server.state.repo, ringfence_server::unix_now())).unwrap()
+    };
+    assert_eq!(tick(), 0);
+    let _ = first.check();
+    assert_eq!(tick(), 1, "the first device's failure halts the rollout");
+    let halted = status(&server);
+    assert_eq!((halted["state"].as_str(), halted["share"].as_u64()), (Some("halted"), Some(0)), "{halted}");
+    assert!(halted["reason"].as_str().unwrap().contains("1 failed"), "{halted}");
+    let table = run(&["rollout", "status"]);
+    assert!(table.contains("halted") && table.contains("1 failed"), "{table}");
+    // Held: the second device does not install, and says why.
+    check_ok(&second);
+    assert!(!second.dir.join("ran-kb-h").exists(), "held by the halted rollout");
+    let waiting: Vec<_> =
+        devices(&server).into_iter().flat_map(|d| d.updates).filter(|u| u.state.as_str() == "waiting").collect();
+    assert!(waiting.iter().any(|u| u.reason.as_deref().unwrap_or("").contains("hold")), "{waiting:?}");
+    // The operator resumes: the hold is lifted and the second device installs.
+    run(&["rollout", "resume", "kb-h", "--group", "pilot"]);
+    assert_eq!(status(&server)["state"], "running");
+    check_ok(&second);
+    assert!(second.dir.join("ran-kb-h").exists());
 }

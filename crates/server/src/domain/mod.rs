@@ -7,6 +7,7 @@
 //! - [`tokens::Tokens`]: admin API tokens.
 //! - [`devices::Devices`]: enrollment, sessions, check-ins, reports, the device list.
 //! - [`rules::Rules`]: automatic approval rules.
+//! - [`rollouts::Rollouts`]: rollouts the server may hold back, never widen.
 //! - [`reports::Reports`]: compliance per group, CVE exposure, stale devices.
 //! - [`audit::Audit`]: the audit trail, written in one place.
 
@@ -17,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod repo;
 pub mod reports;
+pub mod rollouts;
 pub mod rules;
 pub mod tokens;
 

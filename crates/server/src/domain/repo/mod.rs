@@ -12,6 +12,7 @@
 
 mod approve;
 mod cleanup;
+mod holds;
 mod lifecycle;
 mod publish;
 mod signatures;

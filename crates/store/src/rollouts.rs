@@ -1,0 +1,166 @@
+//! Rollouts the server runs, and the signed document of its holds.
+
+use sqlx::Row;
+
+use crate::sqlite::{SqliteStore, from_bigint, to_bigint};
+use crate::{Result, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutRecord {
+    pub group: String,
+    pub update_id: String,
+    /// `running`, `paused`, `halted` or `stopped`.
+    pub state: String,
+    /// The share (percent) held to while not running.
+    pub hold: u8,
+    pub max_failures: u64,
+    pub max_failure_percent: u8,
+    pub stuck_secs: u64,
+    pub reason: String,
+    pub started_at: i64,
+    pub changed_at: i64,
+}
+
+#[async_trait::async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
+    /// Start (or restart) a rollout; `Conflict` if one runs for that group and update.
+    async fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<()>;
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>>;
+    async fn set_rollout_state(
+        &self,
+        group: &str,
+        update_id: &str,
+        state: &str,
+        hold: u8,
+        reason: &str,
+        at: i64,
+    ) -> Result<()>;
+    /// Devices whose newest report on any of `targets` is still on its way (downloading,
+    /// downloaded, installing, waiting for a reboot) since before `before`.
+    async fn stuck_devices(&self, targets: &[String], before: i64) -> Result<u64>;
+    /// The signed holds document and its version.
+    async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>>;
+    async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()>;
+}
+
+fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
+    Ok(RolloutRecord {
+        group: r.try_get("group_name")?,
+        update_id: r.try_get("update_id")?,
+        state: r.try_get("state")?,
+        hold: u8::try_from(r.try_get::<i64, _>("hold")?).unwrap_or(0),
+        max_failures: from_bigint(r.try_get("max_failures")?, "max_failures")?,
+        max_failure_percent: u8::try_from(r.try_get::<i64, _>("max_failure_percent")?).unwrap_or(0),
+        stuck_secs: from_bigint(r.try_get("stuck_secs")?, "stuck_secs")?,
+        reason: r.try_get("reason")?,
+        started_at: r.try_get("started_at")?,
+        changed_at: r.try_get("changed_at")?,
+    })
+}
+
+#[async_trait::async_trait]
+impl RolloutStore for SqliteStore {
+    async fn insert_rollout(&self, r: &RolloutRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let running = sqlx::query("SELECT state FROM rollouts WHERE group_name = $1 AND update_id = $2")
+            .bind(&r.group)
+            .bind(&r.update_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<String, _>("state"))
+            .transpose()?;
+        if running.as_deref() == Some("running") {
+            return Err(StoreError::Conflict(format!("a rollout of {} runs in {}", r.update_id, r.group)));
+        }
+        sqlx::query("DELETE FROM rollouts WHERE group_name = $1 AND update_id = $2")
+            .bind(&r.group)
+            .bind(&r.update_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO rollouts (group_name, update_id, state, hold, max_failures, max_failure_percent, \
+             stuck_secs, reason, started_at, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&r.group)
+        .bind(&r.update_id)
+        .bind(&r.state)
+        .bind(i64::from(r.hold))
+        .bind(to_bigint(r.max_failures, "max_failures")?)
+        .bind(i64::from(r.max_failure_percent))
+        .bind(to_bigint(r.stuck_secs, "stuck_secs")?)
+        .bind(&r.reason)
+        .bind(r.started_at)
+        .bind(r.changed_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let rows = sqlx::query("SELECT * FROM rollouts ORDER BY group_name, update_id").fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn set_rollout_state(
+        &self,
+        group: &str,
+        update_id: &str,
+        state: &str,
+        hold: u8,
+        reason: &str,
+        at: i64,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET state = $1, hold = $2, reason = $3, changed_at = $4 \
+             WHERE group_name = $5 AND update_id = $6",
+        )
+        .bind(state)
+        .bind(i64::from(hold))
+        .bind(reason)
+        .bind(at)
+        .bind(group)
+        .bind(update_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn stuck_devices(&self, targets: &[String], before: i64) -> Result<u64> {
+        let mut n = 0;
+        for target in targets {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n FROM device_update_states s JOIN devices d ON d.id = s.device_id \
+                 WHERE s.target = $1 AND s.state IN ('downloading', 'downloaded', 'installing', 'reboot_required') \
+                 AND s.at < $2 AND d.state = 'accepted'",
+            )
+            .bind(target)
+            .bind(before)
+            .fetch_one(&self.pool)
+            .await?;
+            n += from_bigint(row.try_get("n")?, "n")?;
+        }
+        Ok(n)
+    }
+
+    async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let row =
+            sqlx::query("SELECT version, bytes FROM rollout_holds WHERE id = 1").fetch_optional(&self.pool).await?;
+        row.map(|r| Ok((from_bigint(r.try_get("version")?, "version")?, r.try_get("bytes")?))).transpose()
+    }
+
+    async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO rollout_holds (id, version, bytes) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes",
+        )
+        .bind(to_bigint(version, "version")?)
+        .bind(bytes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
