@@ -478,7 +478,14 @@ impl Cycle<'_> {
         let url = format!("{}/repo/rollouts.json", self.config.server);
         let bytes = match self.client.fetcher.fetch(&url, 1 << 22) {
             Ok(Fetched::Bytes(b)) => b,
-            Ok(Fetched::NotFound) => return BTreeMap::new(),
+            Ok(Fetched::NotFound) => {
+                // Gone after one was seen: said, since a hold may have been dropped with it.
+                let seen = std::fs::read_to_string(self.state.root.join("rollouts-version")).unwrap_or_default();
+                if !seen.trim().is_empty() && seen.trim() != "0" {
+                    self.problems.push("rollout holds: the server no longer serves them".into());
+                }
+                return BTreeMap::new();
+            }
             Err(e) => {
                 self.problems.push(format!("rollout holds: {e:#}"));
                 return BTreeMap::new();

@@ -38,6 +38,11 @@ pub trait RolloutStore: Send + Sync + 'static {
     /// Devices whose newest report on any of `targets` is still on its way (downloading,
     /// downloaded, installing, waiting for a reboot) since before `before`.
     async fn stuck_devices(&self, targets: &[String], before: i64) -> Result<u64>;
+    /// Accepted devices whose newest report on any of `targets` came at or after `since`, by
+    /// report state.
+    async fn states_since(&self, targets: &[String], since: i64) -> Result<std::collections::BTreeMap<String, u64>>;
+    /// Count a rollout's failures from `at` on (a resume starts afresh).
+    async fn restart_rollout_clock(&self, group: &str, update_id: &str, at: i64) -> Result<()>;
     /// The signed holds document and its version.
     async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>>;
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()>;
@@ -144,6 +149,34 @@ impl RolloutStore for SqliteStore {
             n += from_bigint(row.try_get("n")?, "n")?;
         }
         Ok(n)
+    }
+
+    async fn states_since(&self, targets: &[String], since: i64) -> Result<std::collections::BTreeMap<String, u64>> {
+        let mut out = std::collections::BTreeMap::new();
+        for target in targets {
+            let rows = sqlx::query(
+                "SELECT s.state AS state, COUNT(*) AS n FROM device_update_states s JOIN devices d ON d.id = s.device_id \
+                 WHERE s.target = $1 AND s.at >= $2 AND d.state = 'accepted' GROUP BY s.state",
+            )
+            .bind(target)
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                *out.entry(row.try_get::<String, _>("state")?).or_insert(0) += from_bigint(row.try_get("n")?, "n")?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn restart_rollout_clock(&self, group: &str, update_id: &str, at: i64) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET started_at = $1 WHERE group_name = $2 AND update_id = $3")
+            .bind(at)
+            .bind(group)
+            .bind(update_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>> {

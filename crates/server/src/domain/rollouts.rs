@@ -29,11 +29,13 @@ pub struct Rollouts {
     db: Arc<dyn Database>,
     audit: Audit,
     events: Events,
+    /// One change at a time: state changes and the holds document they publish stay in step.
+    lock: tokio::sync::Mutex<()>,
 }
 
 impl Rollouts {
     pub fn new(db: Arc<dyn Database>, audit: Audit, events: Events) -> Self {
-        Self { db, audit, events }
+        Self { db, audit, events, lock: tokio::sync::Mutex::new(()) }
     }
 
     /// The share the approvers' schedule of `group`'s approval of `update` allows at `now`:
@@ -76,12 +78,16 @@ impl Rollouts {
         if pct > 100 || request.stuck_hours.is_some_and(|h| h == 0 || h > 24 * 30) {
             return Err(Error::invalid("max_failure_percent: 0 to 100; stuck_hours: 1 to 720"));
         }
+        if request.max_failures.is_some_and(|n| n > 1_000_000_000) {
+            return Err(Error::invalid("max_failures: 0 to 1000000000"));
+        }
+        let _one = self.lock.lock().await;
         let record = RolloutRecord {
             group: request.group.to_string(),
             update_id: request.update.clone(),
             state: "running".into(),
             hold: 100,
-            max_failures: request.max_failures.unwrap_or(u64::MAX / 2),
+            max_failures: request.max_failures.unwrap_or(1_000_000_000),
             max_failure_percent: pct,
             stuck_secs: u64::from(request.stuck_hours.unwrap_or(24)) * 3600,
             reason: "started".into(),
@@ -94,7 +100,8 @@ impl Rollouts {
         self.status_of(repo, &record, now).await
     }
 
-    /// Pause (hold at the share reached), resume, or stop (hold at none).
+    /// Pause, resume, or stop. Paused, halted and stopped rollouts hold at none: no device that
+    /// has not installed yet starts; a resumed one counts its failures afresh.
     pub async fn act(
         &self,
         repo: &Repository,
@@ -104,6 +111,7 @@ impl Rollouts {
         actor: &str,
         now: i64,
     ) -> Result<RolloutStatus> {
+        let _one = self.lock.lock().await;
         let record = self
             .db
             .rollouts()
@@ -111,9 +119,8 @@ impl Rollouts {
             .into_iter()
             .find(|r| r.group == group.as_str() && r.update_id == update)
             .ok_or(Error::NotFound)?;
-        let share = self.approved_share(repo, group, update, now).await?;
         let (state, hold, reason) = match action {
-            "pause" => ("paused", share, format!("paused by {actor}")),
+            "pause" => ("paused", 0, format!("paused by {actor}")),
             "resume" => ("running", 100, format!("resumed by {actor}")),
             "stop" => ("stopped", 0, format!("stopped by {actor}")),
             _ => return Err(Error::NotFound),
@@ -122,6 +129,12 @@ impl Rollouts {
             return Err(Error::Conflict("a stopped rollout is started again, not resumed".into()));
         }
         self.db.set_rollout_state(group.as_str(), update, state, hold, &reason, now).await?;
+        let mut record = record;
+        if action == "resume" {
+            // Failures before the resume were seen and acted on: counted afresh from now.
+            self.db.restart_rollout_clock(group.as_str(), update, now).await?;
+            record.started_at = now;
+        }
         self.audit.record(actor, "rollout", &format!("{action} {update} in {group}"), now).await?;
         self.publish(repo, now).await?;
         let record = RolloutRecord { state: state.into(), hold, reason, changed_at: now, ..record };
@@ -132,14 +145,10 @@ impl Rollouts {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
         let approved_share = self.approved_share(repo, &group, &r.update_id, now).await?;
         let targets = self.targets(&group, &r.update_id).await?;
-        let prefix = format!("approvals/{group}/");
+        // Reports since the rollout (re)started: a resume does not count old failures again.
         let mut counts: BTreeMap<Bucket, u64> = BTreeMap::new();
-        for t in self.db.compliance_by_prefix(&prefix).await? {
-            if targets.contains(&t.target) {
-                for (b, n) in t.counts {
-                    *counts.entry(b).or_insert(0) += n;
-                }
-            }
+        for (state, n) in self.db.states_since(&targets, r.started_at).await? {
+            *counts.entry(Bucket::of_state(&state)).or_insert(0) += n;
         }
         let stuck = self.db.stuck_devices(&targets, now - i64::try_from(r.stuck_secs).unwrap_or(i64::MAX)).await?;
         let get = |b: Bucket| counts.get(&b).copied().unwrap_or(0);
@@ -188,9 +197,17 @@ impl Rollouts {
     /// The job: halt running rollouts whose failures passed their bounds, and keep the signed
     /// holds fresh. Returns the rollouts halted.
     pub async fn tick(&self, repo: &Repository, now: i64) -> Result<usize> {
+        let _one = self.lock.lock().await;
         let mut halted = 0;
         for r in self.db.rollouts().await?.into_iter().filter(|r| r.state == "running") {
-            let status = self.status_of(repo, &r, now).await?;
+            // One rollout that cannot be checked does not stop the others, nor the refresh.
+            let status = match self.status_of(repo, &r, now).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout");
+                    continue;
+                }
+            };
             if !must_halt(status.failed, status.stuck, status.installed, r.max_failures, r.max_failure_percent) {
                 continue;
             }
@@ -202,10 +219,8 @@ impl Rollouts {
                 r.max_failures,
                 r.max_failure_percent
             );
-            // Held to the share that failed: devices already admitted keep what they have,
-            // no further stage opens.
-            let hold = if status.approved_share >= 100 { 0 } else { status.approved_share };
-            self.db.set_rollout_state(&r.group, &r.update_id, "halted", hold, &reason, now).await?;
+            // No device that has not installed it yet starts; those that did keep it.
+            self.db.set_rollout_state(&r.group, &r.update_id, "halted", 0, &reason, now).await?;
             self.audit.record("server", "rollout", &format!("{} in {}: {reason}", r.update_id, r.group), now).await?;
             self.events.emit(Event {
                 event: "rollout_halted",
