@@ -783,3 +783,45 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     check_ok(&second);
     assert!(second.dir.join("ran-kb-h").exists());
 }
+
+#[test]
+fn a_device_stuck_past_the_timeout_halts_a_rollout() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let _agent = enroll(&server, &root, "s-1", "pilot", &token(&server, "pilot", 1));
+    publish_script(&server, "kb-s", &[], 0);
+    run_ok(server.cli().args(["approve", "kb-s", "--group", "pilot"]));
+    run_ok(server.cli().args([
+        "rollout",
+        "start",
+        "kb-s",
+        "--group",
+        "pilot",
+        "--max-failures",
+        "0",
+        "--stuck-hours",
+        "1",
+    ]));
+    let now = ringfence_server::unix_now();
+    let tick = |at: i64| server.runtime.block_on(server.state.rollouts.tick(&server.state.repo, at)).unwrap();
+    assert_eq!(tick(now), 0);
+    // The device said it was installing, and then nothing (as a bricked device would).
+    let device = devices(&server).into_iter().next().unwrap();
+    let report = ringfence_store::ReportRecord {
+        id: "r-stuck".into(),
+        target: "approvals/pilot/acme/kb-s.sh".into(),
+        state: "installing".into(),
+        reason: None,
+        exit_code: None,
+        at: now,
+    };
+    let batch = ringfence_store::SignedBatch { message: b"test".to_vec(), signature: "00".repeat(64) };
+    let limits = ringfence_store::ReportLimits { history: 100, max_targets: 10, max_batch_bytes: 1 << 20 };
+    use ringfence_store::DeviceStore;
+    server.runtime.block_on(server.db.insert_reports(&device.id, &[report], &batch, now, limits)).unwrap();
+    assert_eq!(tick(now + 1800), 0, "half an hour on its way is not stuck");
+    assert_eq!(tick(now + 2 * 3600), 1, "two hours is");
+    let status: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
+    assert_eq!(status[0]["state"], "halted");
+    assert!(status[0]["reason"].as_str().unwrap().contains("1 stuck"), "{}", status[0]);
+}
