@@ -272,17 +272,7 @@ mod tests {
         ["downloading", "installing", "installed", "failed", "rolled_back", "not_applicable", "uninstalled", "refused"];
 
     fn device(i: usize) -> DeviceRecord {
-        DeviceRecord {
-            id: format!("d{i}"),
-            public_key: format!("{i:064x}"),
-            state: DeviceState::Accepted,
-            groups: vec!["pilot".into(), format!("g{}", i % 2)],
-            hostname: format!("h{i}"),
-            inventory: "{}".into(),
-            enrolled_at: 0,
-            last_checkin: None,
-            timestamp_version: None,
-        }
+        crate::devices::test_device(i, &["pilot", if i.is_multiple_of(2) { "g0" } else { "g1" }])
     }
 
     /// One event of a fleet's life.
@@ -374,7 +364,7 @@ mod tests {
 #[cfg(test)]
 mod concurrency {
     use super::*;
-    use crate::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+    use crate::{DeviceStore, ReportLimits, ReportRecord};
 
     /// Two writers at once, for different devices: every batch lands (none fails busy) and
     /// every device counts once per file.
@@ -383,17 +373,7 @@ mod concurrency {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         for i in 0..200 {
-            let d = DeviceRecord {
-                id: format!("d{i}"),
-                public_key: format!("{i:064x}"),
-                state: DeviceState::Accepted,
-                groups: vec!["pilot".into()],
-                hostname: "h".into(),
-                inventory: "{}".into(),
-                enrolled_at: 0,
-                last_checkin: None,
-                timestamp_version: None,
-            };
+            let d = crate::devices::test_device(i, &["pilot"]);
             store.insert_device(&d).await.unwrap();
         }
         let mut tasks = Vec::new();
@@ -436,7 +416,7 @@ mod concurrency {
 #[cfg(test)]
 mod cve_pages {
     use super::*;
-    use crate::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
+    use crate::{DeviceStore, ReportLimits, ReportRecord};
 
     /// A page holds whole devices: a device exposed on two files is never cut at a page edge.
     #[tokio::test]
@@ -445,17 +425,7 @@ mod cve_pages {
         let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         let targets = ["approvals/pilot/acme/a", "approvals/pilot/acme/b"];
         for i in 0..5 {
-            let d = DeviceRecord {
-                id: format!("d{i}"),
-                public_key: format!("{i:064x}"),
-                state: DeviceState::Accepted,
-                groups: vec!["pilot".into()],
-                hostname: "h".into(),
-                inventory: "{}".into(),
-                enrolled_at: 0,
-                last_checkin: None,
-                timestamp_version: None,
-            };
+            let d = crate::devices::test_device(i, &["pilot"]);
             store.insert_device(&d).await.unwrap();
             let reports: Vec<ReportRecord> = targets
                 .iter()

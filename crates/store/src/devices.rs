@@ -135,6 +135,22 @@ pub(crate) fn test_batch() -> SignedBatch {
     SignedBatch { message: b"test".to_vec(), signature: "00".repeat(64) }
 }
 
+/// Accepted device `d<i>` of `groups`, for store tests.
+#[cfg(test)]
+pub(crate) fn test_device(i: usize, groups: &[&str]) -> DeviceRecord {
+    DeviceRecord {
+        id: format!("d{i}"),
+        public_key: format!("{i:064x}"),
+        state: DeviceState::Accepted,
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        hostname: format!("h{i}"),
+        inventory: "{}".into(),
+        enrolled_at: 0,
+        last_checkin: None,
+        timestamp_version: None,
+    }
+}
+
 /// What the server keeps about devices. Implemented next to [`crate::Store`] by the same
 /// backends.
 #[async_trait::async_trait]
@@ -757,17 +773,7 @@ mod tests {
     use super::*;
 
     fn device() -> DeviceRecord {
-        DeviceRecord {
-            id: "d".into(),
-            public_key: "00".repeat(32),
-            state: DeviceState::Accepted,
-            groups: vec!["pilot".into()],
-            hostname: "h".into(),
-            inventory: "{}".into(),
-            enrolled_at: 0,
-            last_checkin: None,
-            timestamp_version: None,
-        }
+        DeviceRecord { id: "d".into(), ..test_device(0, &["pilot"]) }
     }
 
     proptest! {

@@ -2,23 +2,32 @@
 //! delivers them). Emitting never waits: with no listener configured, or the queue full, an
 //! event is dropped (and logged).
 
-/// An approval prepared for a group's approvers, which the server cannot sign.
+/// Something people outside the server should hear of: `approval_pending` (an approval
+/// prepared for a group's approvers, which the server cannot sign) or `rollout_halted`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Event {
-    /// `approval_pending`.
     pub event: &'static str,
     pub group: String,
-    /// The role waiting for signatures and its version.
+    pub update: String,
+    /// `install` or `decline` (approvals), `halt` (rollouts).
+    pub action: String,
+    /// Who caused it: `rule <id>`, `supersedence`, `server`.
+    pub by: String,
+    pub at: i64,
+    /// For `approval_pending`: the role and version waiting, and its signatures so far.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingRole>,
+    /// For `rollout_halted`: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PendingRole {
     pub role: String,
     pub version: u64,
-    pub update: String,
-    /// `install` or `decline`.
-    pub action: String,
-    /// Who prepared it: `rule <id>` or `supersedence`.
-    pub by: String,
     pub valid_signatures: u64,
     pub threshold: u64,
-    pub at: i64,
 }
 
 impl Event {
@@ -27,14 +36,17 @@ impl Event {
         Event {
             event: "approval_pending",
             group: "production".into(),
-            role: "approvals.production".into(),
-            version: 3,
             update: "kb-1".into(),
             action: "install".into(),
             by: "rule 00".into(),
-            valid_signatures: 0,
-            threshold: 2,
             at: 1,
+            pending: Some(PendingRole {
+                role: "approvals.production".into(),
+                version: 3,
+                valid_signatures: 0,
+                threshold: 2,
+            }),
+            reason: None,
         }
     }
 }
@@ -54,5 +66,22 @@ impl Events {
         if tx.try_send(event).is_err() {
             tracing::warn!("webhook queue full or closed: an event was dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_event_carries_only_its_own_fields() {
+        let pending = serde_json::to_value(Event::test()).unwrap();
+        assert_eq!((pending["role"].as_str(), pending["threshold"].as_u64()), (Some("approvals.production"), Some(2)));
+        assert!(pending.get("reason").is_none());
+        let halted =
+            Event { event: "rollout_halted", pending: None, reason: Some("halted: 1 failed".into()), ..Event::test() };
+        let halted = serde_json::to_value(halted).unwrap();
+        assert_eq!(halted["reason"], "halted: 1 failed");
+        assert!(halted.get("role").is_none() && halted.get("version").is_none());
     }
 }

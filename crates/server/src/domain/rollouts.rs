@@ -225,14 +225,12 @@ impl Rollouts {
             self.events.emit(Event {
                 event: "rollout_halted",
                 group: r.group.clone(),
-                role: format!("approvals.{}", r.group),
-                version: 0,
                 update: r.update_id.clone(),
                 action: "halt".into(),
-                by: reason.clone(),
-                valid_signatures: 0,
-                threshold: 0,
+                by: "server".into(),
                 at: now,
+                pending: None,
+                reason: Some(reason.clone()),
             });
             halted += 1;
         }

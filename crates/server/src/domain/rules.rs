@@ -15,7 +15,7 @@ use ringfence_store::{Database, RuleRecord};
 
 use super::audit::Audit;
 use super::error::{Error, Result};
-use super::events::{Event, Events};
+use super::events::{Event, Events, PendingRole};
 use super::repo::Repository;
 use super::reports::Reports;
 
@@ -46,14 +46,17 @@ fn pending_event(
     events.emit(Event {
         event: "approval_pending",
         group: request.group.to_string(),
-        role: state.role.to_string(),
-        version: state.version,
         update: request.update.clone().unwrap_or_default(),
         action: request.action.as_str().to_owned(),
         by: by.to_owned(),
-        valid_signatures: state.valid_signatures,
-        threshold: state.threshold,
         at: now,
+        pending: Some(PendingRole {
+            role: state.role.to_string(),
+            version: state.version,
+            valid_signatures: state.valid_signatures,
+            threshold: state.threshold,
+        }),
+        reason: None,
     });
 }
 
