@@ -267,6 +267,8 @@ struct Cycle<'a> {
     lineages: Vec<Vec<GroupName>>,
     /// The server's signed holds on rollouts, per approval path (percent).
     holds: BTreeMap<String, u8>,
+    /// The retries operators asked for, per approval path (a count).
+    retries: BTreeMap<String, u64>,
 }
 
 impl Cycle<'_> {
@@ -473,7 +475,7 @@ impl Cycle<'_> {
     /// The server's holds on rollouts, if it serves a document signed by the root's timestamp
     /// keys, fresh, and not older than one seen before; otherwise none (holds only narrow, so a
     /// missing document widens nothing beyond what the approvers signed).
-    fn rollout_holds(&mut self, set: &TrustedSet) -> BTreeMap<String, u8> {
+    fn rollout_holds(&mut self, set: &TrustedSet) -> (BTreeMap<String, u8>, BTreeMap<String, u64>) {
         use ringfence_proto::tuf::RolloutHolds;
         let url = format!("{}/repo/rollouts.json", self.config.server);
         let bytes = match self.client.fetcher.fetch(&url, 1 << 22) {
@@ -484,11 +486,11 @@ impl Cycle<'_> {
                 if !seen.trim().is_empty() && seen.trim() != "0" {
                     self.problems.push("rollout holds: the server no longer serves them".into());
                 }
-                return BTreeMap::new();
+                return Default::default();
             }
             Err(e) => {
                 self.problems.push(format!("rollout holds: {e:#}"));
-                return BTreeMap::new();
+                return Default::default();
             }
         };
         let root = &set.root().signed;
@@ -500,16 +502,16 @@ impl Cycle<'_> {
         });
         let Some(env) = checked else {
             self.problems.push("rollout holds: not signed by the timestamp keys, or expired".into());
-            return BTreeMap::new();
+            return Default::default();
         };
         let seen_file = self.state.root.join("rollouts-version");
         let seen: u64 = std::fs::read_to_string(&seen_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
         if env.signed.version < seen {
             self.problems.push(format!("rollout holds: version {} is older than {seen}", env.signed.version));
-            return BTreeMap::new();
+            return Default::default();
         }
         let _ = write_atomic(&seen_file, env.signed.version.to_string().as_bytes());
-        env.signed.holds
+        (env.signed.holds, env.signed.retries)
     }
 
     /// Carry out the governing decision for one file.
@@ -517,6 +519,18 @@ impl Cycle<'_> {
         let Listed { approval_path, published, entry, .. } = &decision.item;
         let path = approval_path.as_str();
         let listed_sha = entry.hashes.get("sha256").cloned().unwrap_or_default();
+        // An operator asked the devices that failed this rollout to try again: once per retry,
+        // the attempts start afresh (the stage, hold and window checks below still apply).
+        let asked = self.retries.get(path).copied().unwrap_or(0);
+        if let Some(failed) = self
+            .installed
+            .get_mut(published.as_str())
+            .filter(|i| i.sha256 == listed_sha && i.state == "failed" && i.retried < asked)
+        {
+            failed.attempts = 0;
+            failed.retry_at = 0;
+            failed.retried = asked;
+        }
         let retry_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.retry_at);
         let recorded =
             self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.state.clone());
@@ -772,6 +786,7 @@ impl Cycle<'_> {
             Some(i) if i.sha256 == sha && state != "installed" => (i.attempts, i.retry_at),
             _ => (0, 0),
         };
+        let retried = self.installed.get(key).filter(|i| i.sha256 == sha).map_or(0, |i| i.retried);
         self.installed.insert(
             key.into(),
             Installed {
@@ -784,6 +799,7 @@ impl Cycle<'_> {
                 health_check: Vec::new(),
                 attempts,
                 retry_at,
+                retried,
             },
         );
         if let Err(e) = self.state.save_installed(&self.installed) {
@@ -871,8 +887,15 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let same = !checkin.changed && checkin.timestamp_version == timestamp_version;
     // Something that waits for time (a rollout stage, a window, a prerequisite, a retry) is
     // looked at again every cycle, whatever the server says.
+    // So is a failure once the server signed new holds: an operator may have asked for a retry.
+    let holds_seen: u64 = std::fs::read_to_string(state.root.join("rollouts-version"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let new_holds = checkin.rollouts_version > holds_seen;
     let waits = state.installed().values().any(|i| {
-        matches!(i.state.as_str(), "rollout" | "window" | "waiting") || (i.state == "failed" && i.retry_at <= now)
+        matches!(i.state.as_str(), "rollout" | "window" | "waiting")
+            || (i.state == "failed" && (i.retry_at <= now || new_holds))
     });
     if same && last_clean && !waits && fresh_until.is_some_and(|until| until > now + margin) {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();
@@ -895,6 +918,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         windows: Vec::new(),
         lineages: Vec::new(),
         holds: BTreeMap::new(),
+        retries: BTreeMap::new(),
     };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,
@@ -904,7 +928,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
             return Ok(CycleResult::Problems(cycle.problems));
         }
     };
-    cycle.holds = cycle.rollout_holds(&set);
+    (cycle.holds, cycle.retries) = cycle.rollout_holds(&set);
     for decision in cycle.decisions(&mut set, &config.groups) {
         cycle.act(&mut set, decision, &inventory);
     }

@@ -52,6 +52,10 @@ pub struct Installed {
     pub attempts: u32,
     #[serde(default)]
     pub retry_at: i64,
+    /// The operator's retries of this update's rollout this device has acted on (each starts
+    /// its attempts afresh once).
+    #[serde(default)]
+    pub retried: u64,
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`, or the file `RINGFENCE_BOOT_ID_FILE`

@@ -617,6 +617,26 @@ pub struct StartRollout {
     /// A device on its way (downloading … installing) longer than this counts as failed.
     #[serde(default)]
     pub stuck_hours: Option<u32>,
+    /// The server's own stages (growing shares ending at 100): each holds the rollout to its
+    /// share until its devices succeeded and its soak time passed. None: one stage of 100.
+    #[serde(default)]
+    pub stages: Option<Vec<u8>>,
+    /// Least time a stage runs before the next may start (default 24).
+    #[serde(default)]
+    pub soak_hours: Option<u32>,
+    /// The share of a stage's devices that must have installed it to go on (default 95).
+    #[serde(default)]
+    pub success_percent: Option<u8>,
+}
+
+/// One stage of a server-run rollout: the devices whose place falls in it and how they fared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageCount {
+    pub percent: u8,
+    pub devices: u64,
+    pub installed: u64,
+    pub failed: u64,
 }
 
 /// A rollout as the status shows it.
@@ -638,4 +658,12 @@ pub struct RolloutStatus {
     pub max_failures: u64,
     pub max_failure_percent: u8,
     pub stuck_hours: u64,
+    /// The server's stages, the one it holds to (an index), and since when.
+    pub stages: Vec<StageCount>,
+    pub stage: usize,
+    pub stage_since: String,
+    pub soak_hours: u64,
+    pub success_percent: u8,
+    /// Times an operator asked the failed devices to try again.
+    pub retries: u64,
 }

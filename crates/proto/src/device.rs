@@ -138,6 +138,10 @@ pub struct CheckinResponse {
     pub timestamp_version: u64,
     /// Seconds until the next check-in, before jitter.
     pub poll_seconds: u64,
+    /// The version of the signed rollout holds the server serves now (0: none). Only a hint
+    /// to look again (a device that failed an update may have been asked to retry it).
+    #[serde(default)]
+    pub rollouts_version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

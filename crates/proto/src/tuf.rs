@@ -256,4 +256,9 @@ pub struct RolloutHolds {
     pub version: u64,
     pub expires: String,
     pub holds: BTreeMap<String, u8>,
+    /// Per approval path, how many times an operator asked devices that failed it to try
+    /// again: a device whose failure predates the count it saw starts its attempts afresh
+    /// (the same approved bytes, only on a device the rollout already admitted).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub retries: BTreeMap<String, u64>,
 }

@@ -20,7 +20,7 @@ pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
 };
-pub use rollouts::{RolloutRecord, RolloutStore};
+pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
 pub use sqlite::SqliteStore;
 

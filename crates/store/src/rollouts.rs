@@ -19,6 +19,23 @@ pub struct RolloutRecord {
     pub reason: String,
     pub started_at: i64,
     pub changed_at: i64,
+    /// The server's stages (growing percents ending at 100), the one held to, since when.
+    pub stages: Vec<u8>,
+    pub stage: u8,
+    pub stage_started_at: i64,
+    pub soak_secs: u64,
+    pub success_percent: u8,
+    /// Times an operator asked the devices that failed to try again.
+    pub retries: u64,
+    /// Since when the group no longer approves the update for install.
+    pub unapproved_since: Option<i64>,
+}
+
+/// An accepted device of a rollout's groups: its key and its newest state per approval path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutDevice {
+    pub public_key: String,
+    pub states: std::collections::BTreeMap<String, String>,
 }
 
 #[async_trait::async_trait]
@@ -43,9 +60,22 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn states_since(&self, targets: &[String], since: i64) -> Result<std::collections::BTreeMap<String, u64>>;
     /// Count a rollout's failures from `at` on (a resume starts afresh).
     async fn restart_rollout_clock(&self, group: &str, update_id: &str, at: i64) -> Result<()>;
+    /// Move a rollout to stage `stage` (an index into its stages) from `at`; hold to `hold`.
+    async fn set_rollout_stage(&self, group: &str, update_id: &str, stage: u8, hold: u8, at: i64) -> Result<()>;
+    /// Ask the failed devices to try again: one more retry, failures counted afresh from `at`.
+    async fn retry_rollout(&self, group: &str, update_id: &str, at: i64) -> Result<u64>;
+    /// Note since when the group no longer approves the update for install (none: it does).
+    async fn set_rollout_unapproved(&self, group: &str, update_id: &str, since: Option<i64>) -> Result<()>;
+    /// Forget a rollout (its record stays in the audit trail).
+    async fn delete_rollout(&self, group: &str, update_id: &str) -> Result<()>;
+    /// Accepted devices enrolled in any of `groups`, with their newest state on each of
+    /// `targets` they reported on.
+    async fn rollout_devices(&self, groups: &[String], targets: &[String]) -> Result<Vec<RolloutDevice>>;
     /// The signed holds document and its version.
     async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>>;
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()>;
+    /// The version of the holds document (0: none yet).
+    async fn rollout_holds_version(&self) -> Result<u64>;
 }
 
 fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
@@ -60,7 +90,29 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
         reason: r.try_get("reason")?,
         started_at: r.try_get("started_at")?,
         changed_at: r.try_get("changed_at")?,
+        stages: r
+            .try_get::<String, _>("stages")?
+            .split(',')
+            .map(|p| {
+                p.parse::<u8>().map_err(|_| {
+                    StoreError::Database(sqlx::Error::ColumnDecode {
+                        index: "stages".into(),
+                        source: format!("not a percent: {p:?}").into(),
+                    })
+                })
+            })
+            .collect::<Result<_>>()?,
+        stage: u8::try_from(r.try_get::<i64, _>("stage")?).unwrap_or(0),
+        stage_started_at: r.try_get("stage_started_at")?,
+        soak_secs: from_bigint(r.try_get("soak_secs")?, "soak_secs")?,
+        success_percent: u8::try_from(r.try_get::<i64, _>("success_percent")?).unwrap_or(100),
+        retries: from_bigint(r.try_get("retries")?, "retries")?,
+        unapproved_since: r.try_get("unapproved_since")?,
     })
+}
+
+fn stages_text(stages: &[u8]) -> String {
+    stages.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
 }
 
 #[async_trait::async_trait]
@@ -84,7 +136,9 @@ impl RolloutStore for SqliteStore {
             .await?;
         sqlx::query(
             "INSERT INTO rollouts (group_name, update_id, state, hold, max_failures, max_failure_percent, \
-             stuck_secs, reason, started_at, changed_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             stuck_secs, reason, started_at, changed_at, stages, stage, stage_started_at, soak_secs, \
+             success_percent, retries) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&r.group)
         .bind(&r.update_id)
@@ -96,6 +150,12 @@ impl RolloutStore for SqliteStore {
         .bind(&r.reason)
         .bind(r.started_at)
         .bind(r.changed_at)
+        .bind(stages_text(&r.stages))
+        .bind(i64::from(r.stage))
+        .bind(r.stage_started_at)
+        .bind(to_bigint(r.soak_secs, "soak_secs")?)
+        .bind(i64::from(r.success_percent))
+        .bind(to_bigint(r.retries, "retries")?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -179,10 +239,97 @@ impl RolloutStore for SqliteStore {
         Ok(())
     }
 
+    async fn set_rollout_stage(&self, group: &str, update_id: &str, stage: u8, hold: u8, at: i64) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE rollouts SET stage = $1, hold = $2, stage_started_at = $3, changed_at = $3 \
+             WHERE group_name = $4 AND update_id = $5",
+        )
+        .bind(i64::from(stage))
+        .bind(i64::from(hold))
+        .bind(at)
+        .bind(group)
+        .bind(update_id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn retry_rollout(&self, group: &str, update_id: &str, at: i64) -> Result<u64> {
+        let row = sqlx::query(
+            "UPDATE rollouts SET retries = retries + 1, started_at = $1, changed_at = $1 \
+             WHERE group_name = $2 AND update_id = $3 RETURNING retries",
+        )
+        .bind(at)
+        .bind(group)
+        .bind(update_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        from_bigint(row.try_get("retries")?, "retries")
+    }
+
+    async fn set_rollout_unapproved(&self, group: &str, update_id: &str, since: Option<i64>) -> Result<()> {
+        sqlx::query("UPDATE rollouts SET unapproved_since = $1 WHERE group_name = $2 AND update_id = $3")
+            .bind(since)
+            .bind(group)
+            .bind(update_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_rollout(&self, group: &str, update_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rollouts WHERE group_name = $1 AND update_id = $2")
+            .bind(group)
+            .bind(update_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn rollout_devices(&self, groups: &[String], targets: &[String]) -> Result<Vec<RolloutDevice>> {
+        let mut out: std::collections::BTreeMap<String, RolloutDevice> = std::collections::BTreeMap::new();
+        for group in groups {
+            // `groups` is a comma-separated list: match one whole name.
+            let rows = sqlx::query(
+                "SELECT id, public_key FROM devices WHERE state = 'accepted' \
+                 AND (',' || groups || ',') LIKE ('%,' || $1 || ',%')",
+            )
+            .bind(group)
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let public_key: String = row.try_get("public_key")?;
+                out.entry(id).or_insert(RolloutDevice { public_key, states: Default::default() });
+            }
+        }
+        for target in targets {
+            let rows = sqlx::query("SELECT device_id, state FROM device_update_states WHERE target = $1")
+                .bind(target)
+                .fetch_all(&self.pool)
+                .await?;
+            for row in rows {
+                if let Some(device) = out.get_mut(&row.try_get::<String, _>("device_id")?) {
+                    device.states.insert(target.clone(), row.try_get("state")?);
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
     async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>> {
         let row =
             sqlx::query("SELECT version, bytes FROM rollout_holds WHERE id = 1").fetch_optional(&self.pool).await?;
         row.map(|r| Ok((from_bigint(r.try_get("version")?, "version")?, r.try_get("bytes")?))).transpose()
+    }
+
+    async fn rollout_holds_version(&self) -> Result<u64> {
+        let row = sqlx::query("SELECT version FROM rollout_holds WHERE id = 1").fetch_optional(&self.pool).await?;
+        row.map_or(Ok(0), |r| from_bigint(r.try_get("version")?, "version"))
     }
 
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()> {

@@ -36,6 +36,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "rules", include_str!("../migrations/0005_rules.sql")),
     (6, "signed reports", include_str!("../migrations/0006_signed_reports.sql")),
     (7, "rollouts", include_str!("../migrations/0007_rollouts.sql")),
+    (8, "rollout stages", include_str!("../migrations/0008_rollout_stages.sql")),
 ];
 
 #[derive(Debug)]

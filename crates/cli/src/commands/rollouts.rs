@@ -25,6 +25,16 @@ pub enum RolloutCommand {
         /// A device on its way longer than this counts as failed (default 24).
         #[arg(long)]
         stuck_hours: Option<u32>,
+        /// The server's stages, growing percents ending at 100 (for example `5,25,100`): it
+        /// holds the rollout to each until enough of its devices installed. Default: `100`.
+        #[arg(long, value_delimiter = ',')]
+        stages: Option<Vec<u8>>,
+        /// Least hours a stage runs before the next (default 24).
+        #[arg(long)]
+        soak_hours: Option<u32>,
+        /// Share of the devices admitted so far that must have installed to go on (default 95).
+        #[arg(long)]
+        success_percent: Option<u8>,
     },
     /// Hold at the share reached.
     Pause {
@@ -42,6 +52,14 @@ pub enum RolloutCommand {
         #[arg(long)]
         group: String,
     },
+    /// Ask the devices that failed to try again (after fixing what made them fail).
+    Retry {
+        #[command(flatten)]
+        server: ServerArgs,
+        update: String,
+        #[arg(long)]
+        group: String,
+    },
     /// No device that has not installed it yet will.
     Stop {
         #[command(flatten)]
@@ -50,7 +68,7 @@ pub enum RolloutCommand {
         #[arg(long)]
         group: String,
     },
-    /// Every rollout with its state, shares, counts and the reason of a halt.
+    /// Every rollout with its state, shares, stages, counts and the reason of a halt.
     Status {
         #[command(flatten)]
         server: ServerArgs,
@@ -92,17 +110,57 @@ fn print(statuses: &[RolloutStatus]) {
         ]);
     }
     table.print();
+    for s in statuses {
+        println!();
+        println!(
+            "{} in {}: stage {} of {} since {} (soak {} h, goes on at {} % installed; retries {})",
+            s.update,
+            s.group,
+            s.stage + 1,
+            s.stages.len(),
+            s.stage_since,
+            s.soak_hours,
+            s.success_percent,
+            s.retries
+        );
+        let mut stages = output::Table::new(&["STAGE", "UP TO", "DEVICES", "INSTALLED", "FAILED", ""]);
+        for (i, c) in s.stages.iter().enumerate() {
+            let mark = if i == s.stage { "<- held here" } else { "" };
+            stages.row(vec![
+                (i + 1).to_string(),
+                format!("{} %", c.percent),
+                c.devices.to_string(),
+                c.installed.to_string(),
+                c.failed.to_string(),
+                mark.to_owned(),
+            ]);
+        }
+        stages.print();
+    }
 }
 
 pub fn run(command: RolloutCommand) -> anyhow::Result<()> {
     let (server, update, group, action) = match command {
-        RolloutCommand::Start { server, update, group, max_failures, max_failure_percent, stuck_hours } => {
+        RolloutCommand::Start {
+            server,
+            update,
+            group,
+            max_failures,
+            max_failure_percent,
+            stuck_hours,
+            stages,
+            soak_hours,
+            success_percent,
+        } => {
             let request = StartRollout {
                 group: GroupName::parse(&group)?,
                 update,
                 max_failures,
                 max_failure_percent,
                 stuck_hours,
+                stages,
+                soak_hours,
+                success_percent,
             };
             let answer = client(&server)?.send_json("POST", "/api/v1/rollouts", &request)?.ok()?;
             print(&[serde_json::from_slice(&answer)?]);
@@ -120,6 +178,7 @@ pub fn run(command: RolloutCommand) -> anyhow::Result<()> {
         RolloutCommand::Pause { server, update, group } => (server, update, group, "pause"),
         RolloutCommand::Resume { server, update, group } => (server, update, group, "resume"),
         RolloutCommand::Stop { server, update, group } => (server, update, group, "stop"),
+        RolloutCommand::Retry { server, update, group } => (server, update, group, "retry"),
     };
     let group = GroupName::parse(&group)?;
     let path = format!("/api/v1/rollouts/{group}/{update}/{action}");

@@ -669,6 +669,20 @@ fn an_ancestors_deadline_does_not_reach_past_a_childs_windows() {
     assert!(agent.dir.join("ran-kb-d").exists());
 }
 
+/// The key a device shows (`ringfence-agent status`), from which its place in line comes.
+fn device_key(agent: &Agent) -> String {
+    let status = run_ok(&mut agent.command(&["status"]));
+    status.lines().find_map(|l| l.strip_prefix("device key ")).unwrap().trim().to_owned()
+}
+
+/// `agents` in line for `update`: each with its place, lowest first.
+fn in_line<'a>(agents: &'a [Agent], update: &str) -> Vec<(u32, &'a Agent)> {
+    let mut places: Vec<(u32, &Agent)> =
+        agents.iter().map(|a| (ringfence_trust::rollout::place(&device_key(a), update), a)).collect();
+    places.sort_by_key(|(p, _)| *p);
+    places
+}
+
 #[test]
 fn a_signed_rollout_admits_devices_by_their_place_and_time() {
     let server = Server::start(|_| {});
@@ -676,14 +690,8 @@ fn a_signed_rollout_admits_devices_by_their_place_and_time() {
     let token = token(&server, "pilot", 4);
     // Four devices: the first and the last in line share a percent with odds of one in a million.
     let agents: Vec<Agent> = (1..=4).map(|i| enroll(&server, &root, &format!("r-{i}"), "pilot", &token)).collect();
-    let key_of = |agent: &Agent| {
-        let status = run_ok(&mut agent.command(&["status"]));
-        status.lines().find_map(|l| l.strip_prefix("device key ")).unwrap().trim().to_owned()
-    };
     publish_script(&server, "kb-r", &[], 0);
-    let mut places: Vec<(u32, &Agent)> =
-        agents.iter().map(|a| (ringfence_trust::rollout::place(&key_of(a), "kb-r"), a)).collect();
-    places.sort_by_key(|(p, _)| *p);
+    let places = in_line(&agents, "kb-r");
     let (first, second) = (places[0], places[3]);
     assert_ne!(first.0 / 100, second.0 / 100, "the first and last of four devices in one percent (one in a million)");
 
@@ -782,6 +790,22 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     assert_eq!(status(&server)["state"], "running");
     check_ok(&second);
     assert!(second.dir.join("ran-kb-h").exists());
+
+    // The first device waits out its backoff, also once the cause is fixed ...
+    check_ok(&first);
+    std::fs::remove_file(first.dir.join("fail")).unwrap();
+    check_ok(&first);
+    assert!(!first.dir.join("ran-kb-h").exists(), "not again before its backoff ends");
+    // ... until the operator asks the failed devices to try again.
+    let out = run(&["rollout", "retry", "kb-h", "--group", "pilot"]);
+    assert!(out.contains("retries 1"), "{out}");
+    check_ok(&first);
+    assert!(first.dir.join("ran-kb-h").exists(), "retried at once");
+    // Once per retry: what the device acted on is not acted on again.
+    check_ok(&first);
+    assert_eq!(std::fs::read_to_string(first.dir.join("ran-kb-h")).unwrap().lines().count(), 1);
+    let status = status(&server);
+    assert_eq!((status["retries"].as_u64(), status["failed"].as_u64()), (Some(1), Some(0)), "{status}");
 }
 
 #[test]
@@ -824,4 +848,172 @@ fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     let status: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
     assert_eq!(status[0]["state"], "halted");
     assert!(status[0]["reason"].as_str().unwrap().contains("1 stuck"), "{}", status[0]);
+
+    // Kept while the group approves the update, however old; archived a week after it no longer does.
+    let week = 7 * 86_400;
+    tick(now + 3 * week);
+    assert!(run_ok(server.cli().args(["rollout", "status"])).contains("kb-s"));
+    run_ok(server.cli().args(["withdraw", "kb-s", "--group", "pilot"]));
+    tick(now + 3 * week);
+    tick(now + 4 * week);
+    assert!(run_ok(server.cli().args(["rollout", "status"])).contains("kb-s"), "a week, not yet more");
+    tick(now + 4 * week + 1);
+    let out = run_ok(server.cli().args(["rollout", "status"]));
+    assert!(out.contains("no rollouts"), "{out}");
+}
+
+/// The first rollout's status, as `ringfence rollout status --json` prints it.
+fn rollout_status(server: &Server) -> Value {
+    let all: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
+    all.into_iter().next().unwrap()
+}
+
+#[test]
+fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let token = token(&server, "pilot", 4);
+    let agents: Vec<Agent> = (1..=3).map(|i| enroll(&server, &root, &format!("a-{i}"), "pilot", &token)).collect();
+    publish_script(&server, "kb-a", &[], 0);
+    let places = in_line(&agents, "kb-a");
+    let (first, last) = (places[0], places[2]);
+    assert_ne!(first.0 / 100, last.0 / 100, "the first and last of three devices in one percent (odds 3 in 10,000)");
+    // The server's first stage admits the first device in line (and any sharing its percent).
+    let share = first.0 / 100 + 1;
+    run_ok(server.cli().args(["approve", "kb-a", "--group", "pilot"]));
+    let stages = format!("{share},100");
+    let started = run_ok(server.cli().args([
+        "rollout",
+        "start",
+        "kb-a",
+        "--group",
+        "pilot",
+        "--stages",
+        &stages,
+        "--soak-hours",
+        "1",
+        "--success-percent",
+        "100",
+    ]));
+    assert!(started.contains("stage 1 of 2"), "{started}");
+    let now = ringfence_server::unix_now();
+    let tick = |at: i64| server.runtime.block_on(server.state.rollouts.tick(&server.state.repo, at)).unwrap();
+    for (_, agent) in &places {
+        check_ok(agent);
+    }
+    let admitted = places.iter().filter(|(p, _)| *p < share * 100).count() as u64;
+    for (place, agent) in &places {
+        assert_eq!(agent.dir.join("ran-kb-a").exists(), *place < share * 100, "place {place}, stage at {share} %");
+    }
+    let status = rollout_status(&server);
+    assert_eq!((status["stage"].as_u64(), status["share"].as_u64()), (Some(0), Some(u64::from(share))), "{status}");
+    assert_eq!(status["stages"][0]["devices"].as_u64(), Some(admitted), "{status}");
+    assert_eq!(status["stages"][0]["installed"].as_u64(), Some(admitted), "{status}");
+    assert_eq!(status["stages"][1]["devices"].as_u64(), Some(3 - admitted), "{status}");
+    let table = run_ok(server.cli().args(["rollout", "status"]));
+    assert!(table.contains("<- held here"), "{table}");
+
+    // Every admitted device installed, but the stage has not soaked: it holds.
+    tick(now + 60);
+    assert_eq!(rollout_status(&server)["stage"].as_u64(), Some(0));
+
+    // A device joins mid-rollout: its place comes from its own key, as the server counts it.
+    let newcomer = enroll(&server, &root, "a-4", "pilot", &token);
+    let place = ringfence_trust::rollout::place(&device_key(&newcomer), "kb-a");
+    check_ok(&newcomer);
+    assert_eq!(newcomer.dir.join("ran-kb-a").exists(), place < share * 100, "place {place}, stage at {share} %");
+    let status = rollout_status(&server);
+    let in_first = u64::from(place < share * 100);
+    assert_eq!(status["stages"][0]["devices"].as_u64(), Some(admitted + in_first), "{status}");
+    assert_eq!(status["stages"][1]["devices"].as_u64(), Some(3 - admitted + 1 - in_first), "{status}");
+
+    // Soaked and successful: the next stage (all devices) begins, and the rest install.
+    tick(now + 3601);
+    let status = rollout_status(&server);
+    assert_eq!((status["stage"].as_u64(), status["share"].as_u64()), (Some(1), Some(100)), "{status}");
+    for agent in agents.iter().chain([&newcomer]) {
+        check_ok(agent);
+        assert!(agent.dir.join("ran-kb-a").exists());
+    }
+    let audit = String::from_utf8(server.admin().get("/api/v1/audit?limit=50").unwrap().ok().unwrap()).unwrap();
+    assert!(audit.contains("stage 2 (100 %) begins"), "{audit}");
+}
+
+#[test]
+fn a_lying_server_cannot_widen_a_rollout_move_a_stage_or_drop_a_window() {
+    let server = Server::start(|_| {});
+    add_child_group(&server, "production-eu", "production", "eu-approver");
+    let root = server.dir.path().join("agents");
+    let token_prod = token(&server, "production", 3);
+    let agents: Vec<Agent> =
+        (1..=3).map(|i| enroll(&server, &root, &format!("l-{i}"), "production", &token_prod)).collect();
+    let eu = enroll(&server, &root, "l-eu", "production-eu", &token(&server, "production-eu", 1));
+    publish_script(&server, "kb-l", &[], 0);
+    let places = in_line(&agents, "kb-l");
+    let (first, last) = (places[0], places[2]);
+    assert_ne!(first.0 / 100, last.0 / 100, "the first and last of three devices in one percent (odds 3 in 10,000)");
+
+    // Production's approvers sign a first stage now and the rest next century.
+    let share = first.0 / 100 + 1;
+    let stage = format!("{share}@2020-01-01T00:00:00Z");
+    signed(
+        &server,
+        "approve",
+        "kb-l",
+        "production",
+        "production-approver-1",
+        &["--stage", &stage, "--stage", "100@2099-01-01T00:00:00Z"],
+    );
+    server.sign("approvals.production", "production-approver-2");
+    // The EU group's approver sets a window on another day and approves it there.
+    const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let today = ((ringfence_server::unix_now().div_euclid(86_400) + 3) % 7) as usize;
+    let window = format!("{} 00:00-23:59 UTC", DAYS[(today + 3) % 7]);
+    run_ok(
+        server
+            .cli()
+            .args(["group", "windows", "--group", "production-eu", "--window", &window, "--yes", "--key"])
+            .arg(server.key("eu-approver"))
+            .arg("--trusted-root")
+            .arg(server.keys.join("1.root.json")),
+    );
+    signed(&server, "approve", "kb-l", "production-eu", "eu-approver", &[]);
+
+    // The server signs holds that let everyone in at once and asks every device to retry:
+    // the approvers' stages still decide who installs.
+    let path = "approvals/production/acme/kb-l.sh";
+    let now = ringfence_server::unix_now();
+    let holds = std::collections::BTreeMap::from([(path.to_owned(), 100u8)]);
+    let retries = std::collections::BTreeMap::from([(path.to_owned(), 7u64)]);
+    server.runtime.block_on(server.state.repo.publish_holds(holds, retries, now)).unwrap();
+    for agent in agents.iter().chain([&eu]) {
+        check_ok(agent);
+    }
+    for (place, agent) in &places {
+        assert_eq!(agent.dir.join("ran-kb-l").exists(), *place < share * 100, "place {place}, stage at {share} %");
+    }
+    assert!(!last.1.dir.join("ran-kb-l").exists());
+    assert!(!eu.dir.join("ran-kb-l").exists(), "outside its window");
+
+    // The server drops the EU window and signs a passed deadline itself: refused, nothing runs.
+    server.forge_role("approvals.production-eu", |t| {
+        t.windows = None;
+        let entry = t.targets.get_mut("approvals/production-eu/acme/kb-l.sh").unwrap();
+        entry.custom.as_mut().unwrap()["deadline"] = json!("2020-01-01T00:00:00Z");
+    });
+    let (code, out) = eu.check();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("approvals.production-eu"), "{out}");
+    assert!(!eu.dir.join("ran-kb-l").exists(), "{out}");
+
+    // The server moves production's last stage to now (starting it early, skipping the wait):
+    // refused, the last device in line still waits.
+    server.forge_role("approvals.production", |t| {
+        let entry = t.targets.get_mut(path).unwrap();
+        entry.custom.as_mut().unwrap()["rollout"] = json!([{"percent": 100, "not_before": "2020-01-01T00:00:00Z"}]);
+    });
+    let (code, out) = last.1.check();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("approvals.production"), "{out}");
+    assert!(!last.1.dir.join("ran-kb-l").exists(), "{out}");
 }

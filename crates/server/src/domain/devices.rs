@@ -294,6 +294,7 @@ impl Devices {
             changed: current_timestamp > request.timestamp_version,
             timestamp_version: current_timestamp,
             poll_seconds: self.config.poll_seconds,
+            rollouts_version: self.db.rollout_holds_version().await?,
         })
     }
 

@@ -1,16 +1,20 @@
 //! Rollouts the server runs on top of approvals. The approvers' signed schedule (stages) is the
-//! most a rollout may reach; the server can only hold it back: pause, stop, or halt by itself
-//! when failures pass a count or a share, a device stuck on its way past a timeout counting as
-//! failed. What it holds to is published signed (`Repository::publish_holds`) and agents take
-//! the smaller of that and the approvers' schedule.
+//! most a rollout may reach; the server can only hold it back: its own stages (a share it
+//! advances once the devices admitted so far installed and the stage soaked), pause, stop, or
+//! halt by itself when failures pass a count or a share, a device stuck on its way past a
+//! timeout counting as failed. What it holds to is published signed
+//! (`Repository::publish_holds`) and agents take the smaller of that and the approvers'
+//! schedule. A device's place in line is a hash of its own key and the update
+//! (`ringfence_trust::rollout::place`), so the server counts stages exactly as agents place
+//! themselves, devices that join mid-rollout included.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ringfence_proto::GroupName;
-use ringfence_proto::api::{RolloutStatus, StartRollout};
+use ringfence_proto::api::{RolloutStatus, StageCount, StartRollout};
 use ringfence_proto::tuf::ApprovalAction;
-use ringfence_store::{Bucket, Database, RolloutRecord};
+use ringfence_store::{Bucket, Database, RolloutDevice, RolloutRecord};
 
 use super::audit::Audit;
 use super::error::{Error, Result};
@@ -23,6 +27,65 @@ pub fn must_halt(failed: u64, stuck: u64, installed: u64, max_failures: u64, max
     let bad = failed + stuck;
     let seen = installed + bad;
     bad > max_failures || (seen > 0 && bad.saturating_mul(100) > u64::from(max_percent).saturating_mul(seen))
+}
+
+/// Rollouts whose group has not approved the update for install for this long are archived
+/// (their record stays in the audit trail).
+pub const ARCHIVE_AFTER_SECS: i64 = 7 * 86_400;
+
+/// Check the server's stages: 1 to 16 growing shares from 1 to 100, the last 100.
+pub fn check_stages(stages: &[u8]) -> Result<()> {
+    let growing = stages.iter().zip(stages.iter().skip(1)).all(|(a, b)| a < b);
+    let bounded = stages.len() <= ringfence_trust::rollout::MAX_STAGES;
+    if !growing || !bounded || stages.first().is_none_or(|p| *p == 0) || stages.last() != Some(&100) {
+        return Err(Error::invalid("stages: 1 to 16 growing percents from 1, the last 100"));
+    }
+    Ok(())
+}
+
+/// How the devices admitted so far fared, and each stage's devices (by place).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StageTally {
+    pub stages: Vec<StageCount>,
+    /// Devices whose place is below the share held to, and those of them that installed.
+    pub admitted: u64,
+    pub succeeded: u64,
+}
+
+/// Count `devices` into `stages` by their place for `update`. A device succeeded when every
+/// approval path it reported on is installed (or does not apply) and it reported on all of
+/// `targets`; it failed when any path failed.
+pub fn tally(devices: &[RolloutDevice], update: &str, targets: &[String], stages: &[u8], hold: u8) -> StageTally {
+    let mut out = StageTally {
+        stages: stages.iter().map(|p| StageCount { percent: *p, devices: 0, installed: 0, failed: 0 }).collect(),
+        ..StageTally::default()
+    };
+    for device in devices {
+        let place = ringfence_trust::rollout::place(&device.public_key, update);
+        let bucket = |t: &String| device.states.get(t).map(|s| Bucket::of_state(s));
+        let failed = targets.iter().any(|t| bucket(t) == Some(Bucket::Failed));
+        let installed = !targets.is_empty()
+            && targets.iter().all(|t| matches!(bucket(t), Some(Bucket::Installed | Bucket::NotApplicable)));
+        if let Some(stage) = out.stages.iter_mut().find(|s| place < u32::from(s.percent) * 100) {
+            stage.devices += 1;
+            stage.installed += u64::from(installed);
+            stage.failed += u64::from(failed);
+        }
+        if place < u32::from(hold) * 100 {
+            out.admitted += 1;
+            out.succeeded += u64::from(installed);
+        }
+    }
+    out
+}
+
+/// Whether a running rollout moves on from its stage: not the last, soaked, and at least
+/// `success_percent` of the devices admitted so far installed (none admitted: nothing failed).
+pub fn may_advance(r: &RolloutRecord, tally: &StageTally, now: i64) -> bool {
+    let last = usize::from(r.stage) + 1 >= r.stages.len();
+    let soaked = now.saturating_sub(r.stage_started_at) >= i64::try_from(r.soak_secs).unwrap_or(i64::MAX);
+    let succeeded = tally.succeeded.saturating_mul(100) >= u64::from(r.success_percent).saturating_mul(tally.admitted);
+    !last && soaked && succeeded
 }
 
 pub struct Rollouts {
@@ -39,15 +102,32 @@ impl Rollouts {
     }
 
     /// The share the approvers' schedule of `group`'s approval of `update` allows at `now`:
-    /// 100 without a schedule, 0 when the group does not approve it for install.
-    async fn approved_share(&self, repo: &Repository, group: &GroupName, update: &str, now: i64) -> Result<u8> {
+    /// 100 without a schedule, none when the group does not approve it for install.
+    async fn approved_share(&self, repo: &Repository, group: &GroupName, update: &str, now: i64) -> Result<Option<u8>> {
         let approvals = repo.approvals_of(group).await?;
         let mut share = None;
         for a in approvals.values().filter(|a| a.update_id == update && a.action == ApprovalAction::Install) {
             let s = a.rollout.as_deref().map_or(100, |stages| ringfence_trust::rollout::share(stages, now));
             share = Some(share.map_or(s, |x: u8| x.min(s)));
         }
-        Ok(share.unwrap_or(0))
+        Ok(share)
+    }
+
+    /// `group` and the groups below it: their devices follow its approvals unless they
+    /// override them.
+    async fn subtree(&self, repo: &Repository, group: &GroupName) -> Result<Vec<String>> {
+        let groups = repo.groups().await?;
+        let mut out = vec![group.to_string()];
+        // Parents are checked acyclic and at most 8 deep: 8 passes find every descendant.
+        for _ in 0..8 {
+            for g in &groups {
+                if g.parent.as_ref().is_some_and(|p| out.contains(&p.to_string())) && !out.contains(&g.name.to_string())
+                {
+                    out.push(g.name.to_string());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The group's approval paths of the update.
@@ -81,18 +161,31 @@ impl Rollouts {
         if request.max_failures.is_some_and(|n| n > 1_000_000_000) {
             return Err(Error::invalid("max_failures: 0 to 1000000000"));
         }
+        let success = request.success_percent.unwrap_or(95);
+        if success > 100 || request.soak_hours.is_some_and(|h| h > 24 * 30) {
+            return Err(Error::invalid("success_percent: 0 to 100; soak_hours: 0 to 720"));
+        }
+        let stages = request.stages.unwrap_or_else(|| vec![100]);
+        check_stages(&stages)?;
         let _one = self.lock.lock().await;
         let record = RolloutRecord {
             group: request.group.to_string(),
             update_id: request.update.clone(),
             state: "running".into(),
-            hold: 100,
+            hold: stages.first().copied().unwrap_or(100),
             max_failures: request.max_failures.unwrap_or(1_000_000_000),
             max_failure_percent: pct,
             stuck_secs: u64::from(request.stuck_hours.unwrap_or(24)) * 3600,
             reason: "started".into(),
             started_at: now,
             changed_at: now,
+            stages,
+            stage: 0,
+            stage_started_at: now,
+            soak_secs: u64::from(request.soak_hours.unwrap_or(24)) * 3600,
+            success_percent: success,
+            retries: 0,
+            unapproved_since: None,
         };
         self.db.insert_rollout(&record).await?;
         self.audit.record(actor, "rollout", &format!("started {} in {}", request.update, request.group), now).await?;
@@ -100,8 +193,10 @@ impl Rollouts {
         self.status_of(repo, &record, now).await
     }
 
-    /// Pause, resume, or stop. Paused, halted and stopped rollouts hold at none: no device that
-    /// has not installed yet starts; a resumed one counts its failures afresh.
+    /// Pause, resume, stop, or retry the failed. Paused, halted and stopped rollouts hold at
+    /// none: no device that has not installed yet starts; a resumed one goes on from the stage
+    /// it reached and counts its failures afresh. A retry asks the devices that failed to try
+    /// again (signed in the holds document) and counts failures afresh; it changes no state.
     pub async fn act(
         &self,
         repo: &Repository,
@@ -119,17 +214,25 @@ impl Rollouts {
             .into_iter()
             .find(|r| r.group == group.as_str() && r.update_id == update)
             .ok_or(Error::NotFound)?;
+        let stage_share = record.stages.get(usize::from(record.stage)).copied().unwrap_or(0);
         let (state, hold, reason) = match action {
             "pause" => ("paused", 0, format!("paused by {actor}")),
-            "resume" => ("running", 100, format!("resumed by {actor}")),
+            "resume" => ("running", stage_share, format!("resumed by {actor}")),
             "stop" => ("stopped", 0, format!("stopped by {actor}")),
+            "retry" => (record.state.as_str(), record.hold, format!("{actor} asked the failed devices to try again")),
             _ => return Err(Error::NotFound),
         };
+        let (state, reason) = (state.to_owned(), reason);
         if record.state == "stopped" && action != "stop" {
-            return Err(Error::Conflict("a stopped rollout is started again, not resumed".into()));
+            return Err(Error::Conflict("a stopped rollout is started again, not resumed or retried".into()));
         }
-        self.db.set_rollout_state(group.as_str(), update, state, hold, &reason, now).await?;
         let mut record = record;
+        if action == "retry" {
+            // Failures before the retry were seen and acted on: counted afresh from now.
+            record.retries = self.db.retry_rollout(group.as_str(), update, now).await?;
+            record.started_at = now;
+        }
+        self.db.set_rollout_state(group.as_str(), update, &state, hold, &reason, now).await?;
         if action == "resume" {
             // Failures before the resume were seen and acted on: counted afresh from now.
             self.db.restart_rollout_clock(group.as_str(), update, now).await?;
@@ -137,14 +240,22 @@ impl Rollouts {
         }
         self.audit.record(actor, "rollout", &format!("{action} {update} in {group}"), now).await?;
         self.publish(repo, now).await?;
-        let record = RolloutRecord { state: state.into(), hold, reason, changed_at: now, ..record };
+        let record = RolloutRecord { state, hold, reason, changed_at: now, ..record };
         self.status_of(repo, &record, now).await
+    }
+
+    /// The stage counts of a rollout: its groups' devices placed by their keys.
+    async fn tally_of(&self, repo: &Repository, r: &RolloutRecord, targets: &[String]) -> Result<StageTally> {
+        let group = GroupName::parse(&r.group).map_err(Error::internal)?;
+        let devices = self.db.rollout_devices(&self.subtree(repo, &group).await?, targets).await?;
+        Ok(tally(&devices, &r.update_id, targets, &r.stages, r.hold))
     }
 
     async fn status_of(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<RolloutStatus> {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
-        let approved_share = self.approved_share(repo, &group, &r.update_id, now).await?;
+        let approved_share = self.approved_share(repo, &group, &r.update_id, now).await?.unwrap_or(0);
         let targets = self.targets(&group, &r.update_id).await?;
+        let tally = self.tally_of(repo, r, &targets).await?;
         // Reports since the rollout (re)started: a resume does not count old failures again.
         let mut counts: BTreeMap<Bucket, u64> = BTreeMap::new();
         for (state, n) in self.db.states_since(&targets, r.started_at).await? {
@@ -152,7 +263,7 @@ impl Rollouts {
         }
         let stuck = self.db.stuck_devices(&targets, now - i64::try_from(r.stuck_secs).unwrap_or(i64::MAX)).await?;
         let get = |b: Bucket| counts.get(&b).copied().unwrap_or(0);
-        let share = if r.state == "running" { approved_share } else { approved_share.min(r.hold) };
+        let share = approved_share.min(r.hold);
         Ok(RolloutStatus {
             group,
             update: r.update_id.clone(),
@@ -167,6 +278,12 @@ impl Rollouts {
             max_failures: r.max_failures,
             max_failure_percent: r.max_failure_percent,
             stuck_hours: r.stuck_secs / 3600,
+            stages: tally.stages,
+            stage: usize::from(r.stage),
+            stage_since: ringfence_trust::expiry::format(r.stage_started_at),
+            soak_hours: r.soak_secs / 3600,
+            success_percent: r.success_percent,
+            retries: r.retries,
         })
     }
 
@@ -178,27 +295,47 @@ impl Rollouts {
         Ok(out)
     }
 
-    /// Sign and publish what the server holds to: every rollout not running, per approval path.
+    /// Sign and publish what the server holds to (every rollout held below 100 %, per approval
+    /// path) and the retries operators asked for.
     async fn publish(&self, repo: &Repository, now: i64) -> Result<()> {
-        let mut holds = BTreeMap::new();
+        let (mut holds, mut retries) = (BTreeMap::new(), BTreeMap::new());
         for r in self.db.rollouts().await? {
-            if r.state == "running" {
-                continue;
-            }
             let group = GroupName::parse(&r.group).map_err(Error::internal)?;
             for target in self.targets(&group, &r.update_id).await? {
-                holds.insert(target, r.hold);
+                if r.hold < 100 {
+                    holds.insert(target.clone(), r.hold);
+                }
+                if r.retries > 0 {
+                    retries.insert(target, r.retries);
+                }
             }
         }
-        repo.publish_holds(holds, now).await?;
+        repo.publish_holds(holds, retries, now).await?;
         Ok(())
     }
 
-    /// The job: halt running rollouts whose failures passed their bounds, and keep the signed
-    /// holds fresh. Returns the rollouts halted.
+    /// The job: halt running rollouts whose failures passed their bounds, advance those whose
+    /// stage succeeded and soaked, archive those no longer approved, and keep the signed holds
+    /// fresh. Returns the rollouts halted.
     pub async fn tick(&self, repo: &Repository, now: i64) -> Result<usize> {
         let _one = self.lock.lock().await;
-        let mut halted = 0;
+        let (mut halted, mut changed) = (0, false);
+        for r in self.db.rollouts().await? {
+            let group = GroupName::parse(&r.group).map_err(Error::internal)?;
+            let approved = self.approved_share(repo, &group, &r.update_id, now).await?.is_some();
+            match (approved, r.unapproved_since) {
+                (true, Some(_)) => self.db.set_rollout_unapproved(&r.group, &r.update_id, None).await?,
+                (false, None) => self.db.set_rollout_unapproved(&r.group, &r.update_id, Some(now)).await?,
+                (false, Some(since)) if now.saturating_sub(since) > ARCHIVE_AFTER_SECS => {
+                    self.db.delete_rollout(&r.group, &r.update_id).await?;
+                    let what =
+                        format!("archived {} in {}: not approved for install there for a week", r.update_id, r.group);
+                    self.audit.record("server", "rollout", &what, now).await?;
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
         for r in self.db.rollouts().await?.into_iter().filter(|r| r.state == "running") {
             // One rollout that cannot be checked does not stop the others, nor the refresh.
             let status = match self.status_of(repo, &r, now).await {
@@ -209,6 +346,12 @@ impl Rollouts {
                 }
             };
             if !must_halt(status.failed, status.stuck, status.installed, r.max_failures, r.max_failure_percent) {
+                match self.advance(repo, &r, now).await {
+                    Ok(moved) => changed |= moved,
+                    Err(e) => {
+                        tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout stage");
+                    }
+                }
                 continue;
             }
             let reason = format!(
@@ -241,10 +384,32 @@ impl Rollouts {
                 .and_then(|e| ringfence_trust::expiry::parse(&e.signed.expires).ok())
                 .is_none_or(|expires| expires - now < repo.holds_lifetime() / 2),
         };
-        if halted > 0 || stale {
+        if halted > 0 || changed || stale {
             self.publish(repo, now).await?;
         }
         Ok(halted)
+    }
+
+    /// Move a running rollout to its next stage when its devices succeeded and it soaked.
+    async fn advance(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<bool> {
+        let group = GroupName::parse(&r.group).map_err(Error::internal)?;
+        let tally = self.tally_of(repo, r, &self.targets(&group, &r.update_id).await?).await?;
+        if !may_advance(r, &tally, now) {
+            return Ok(false);
+        }
+        let next = r.stage + 1;
+        let share = r.stages.get(usize::from(next)).copied().ok_or_else(|| Error::internal("stage past the last"))?;
+        self.db.set_rollout_stage(&r.group, &r.update_id, next, share, now).await?;
+        let what = format!(
+            "{} in {}: {} of {} admitted devices installed; stage {} ({share} %) begins",
+            r.update_id,
+            r.group,
+            tally.succeeded,
+            tally.admitted,
+            next + 1
+        );
+        self.audit.record("server", "rollout", &what, now).await?;
+        Ok(true)
     }
 }
 
@@ -259,5 +424,79 @@ mod tests {
         assert!(must_halt(0, 1, 10, 0, 50), "a stuck device counts as failed");
         assert!(!must_halt(1, 0, 99, 5, 1), "1 of 100 is within 1 %");
         assert!(must_halt(2, 0, 98, 5, 1), "2 of 100 is over 1 %");
+    }
+
+    #[test]
+    fn stages_grow_to_all() {
+        for good in [vec![100], vec![1, 100], vec![5, 25, 50, 100]] {
+            assert!(check_stages(&good).is_ok(), "{good:?}");
+        }
+        for bad in [vec![], vec![50], vec![0, 100], vec![50, 50, 100], vec![60, 40, 100], vec![1; 17]] {
+            assert!(check_stages(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn record(stages: Vec<u8>, stage: u8, success_percent: u8) -> RolloutRecord {
+        RolloutRecord {
+            group: "pilot".into(),
+            update_id: "kb-1".into(),
+            state: "running".into(),
+            hold: stages[usize::from(stage)],
+            max_failures: 10,
+            max_failure_percent: 50,
+            stuck_secs: 3600,
+            reason: String::new(),
+            started_at: 0,
+            changed_at: 0,
+            stages,
+            stage,
+            stage_started_at: 1000,
+            soak_secs: 3600,
+            success_percent,
+            retries: 0,
+            unapproved_since: None,
+        }
+    }
+
+    fn device(i: u32, states: &[(&str, &str)]) -> RolloutDevice {
+        RolloutDevice {
+            public_key: format!("{:064x}", u64::from(i) * 7919),
+            states: states.iter().map(|(t, s)| ((*t).to_owned(), (*s).to_owned())).collect(),
+        }
+    }
+
+    #[test]
+    fn devices_are_counted_in_the_stage_their_place_gives() {
+        let targets = vec!["approvals/pilot/acme/a".to_owned(), "approvals/pilot/acme/b".to_owned()];
+        let devices: Vec<RolloutDevice> = (0..200)
+            .map(|i| match i % 4 {
+                0 => device(i, &[("approvals/pilot/acme/a", "installed"), ("approvals/pilot/acme/b", "installed")]),
+                1 => device(i, &[("approvals/pilot/acme/a", "installed")]),
+                2 => device(i, &[("approvals/pilot/acme/a", "installed"), ("approvals/pilot/acme/b", "failed")]),
+                _ => device(i, &[]),
+            })
+            .collect();
+        let t = tally(&devices, "kb-1", &targets, &[20, 100], 20);
+        let placed = |d: &RolloutDevice| ringfence_trust::rollout::place(&d.public_key, "kb-1");
+        let first: Vec<(usize, &RolloutDevice)> =
+            devices.iter().enumerate().filter(|(_, d)| placed(d) < 2000).collect();
+        assert_eq!(t.stages[0].devices, first.len() as u64);
+        assert_eq!(t.stages[1].devices, 200 - first.len() as u64);
+        // Only a device with every path installed succeeded; one failed path fails it.
+        assert_eq!(t.stages[0].installed, first.iter().filter(|(i, _)| i % 4 == 0).count() as u64);
+        assert_eq!(t.stages[0].failed, first.iter().filter(|(i, _)| i % 4 == 2).count() as u64);
+        assert_eq!((t.admitted, t.succeeded), (t.stages[0].devices, t.stages[0].installed));
+        assert_eq!(t.stages.iter().map(|s| s.devices).sum::<u64>(), 200);
+    }
+
+    #[test]
+    fn a_stage_advances_only_soaked_successful_and_not_past_the_last() {
+        let r = record(vec![10, 50, 100], 0, 90);
+        let tally = |admitted, succeeded| StageTally { stages: Vec::new(), admitted, succeeded };
+        assert!(!may_advance(&r, &tally(10, 10), 1000 + 3599), "not soaked");
+        assert!(may_advance(&r, &tally(10, 9), 1000 + 3600), "90 % of 10");
+        assert!(!may_advance(&r, &tally(10, 8), 1000 + 3600), "80 % of 10");
+        assert!(may_advance(&r, &tally(0, 0), 1000 + 3600), "none admitted: nothing failed");
+        assert!(!may_advance(&record(vec![10, 50, 100], 2, 0), &tally(10, 10), i64::MAX), "the last stage");
     }
 }

@@ -12,13 +12,19 @@ use crate::domain::error::{Error, Result};
 
 impl Repository {
     /// Sign and store the next holds document; it expires with the timestamp policy.
-    pub async fn publish_holds(&self, holds: BTreeMap<String, u8>, now: i64) -> Result<u64> {
+    pub async fn publish_holds(
+        &self,
+        holds: BTreeMap<String, u8>,
+        retries: BTreeMap<String, u64>,
+        now: i64,
+    ) -> Result<u64> {
         let version = self.db.rollout_holds().await?.map_or(0, |(v, _)| v) + 1;
         let doc = RolloutHolds {
             type_: "ringfence-rollouts".into(),
             version,
             expires: expiry::format(now + self.policy.timestamp_secs),
             holds,
+            retries,
         };
         let mut env = Envelope::new(doc).map_err(Error::internal)?;
         env.sign(&self.keys.timestamp);
