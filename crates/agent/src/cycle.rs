@@ -245,6 +245,11 @@ type GroupApprovals = (Vec<(String, TargetFile)>, Option<Vec<ringfence_proto::tu
 /// Install attempts with the same bytes before the agent stops trying.
 pub const MAX_ATTEMPTS: u32 = 5;
 
+/// Operator retries (signed in the server's holds) a device acts on per update bytes: each
+/// starts the attempts afresh at once, so a server cannot make a failing install run more than
+/// `(1 + MAX_OPERATOR_RETRIES) * MAX_ATTEMPTS` times.
+pub const MAX_OPERATOR_RETRIES: u32 = 3;
+
 /// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
 fn backoff(attempts: u32) -> i64 {
     (300i64 << attempts.saturating_sub(1).min(10)).min(86_400)
@@ -520,16 +525,19 @@ impl Cycle<'_> {
         let path = approval_path.as_str();
         let listed_sha = entry.hashes.get("sha256").cloned().unwrap_or_default();
         // An operator asked the devices that failed this rollout to try again: once per retry,
-        // the attempts start afresh (the stage, hold and window checks below still apply).
+        // at most MAX_OPERATOR_RETRIES times for these bytes, the attempts start afresh (the
+        // stage, hold and window checks below still apply).
         let asked = self.retries.get(path).copied().unwrap_or(0);
-        if let Some(failed) = self
-            .installed
-            .get_mut(published.as_str())
-            .filter(|i| i.sha256 == listed_sha && i.state == "failed" && i.retried < asked)
-        {
+        if let Some(failed) = self.installed.get_mut(published.as_str()).filter(|i| {
+            i.sha256 == listed_sha
+                && i.state == "failed"
+                && i.retried < asked
+                && i.operator_retries < MAX_OPERATOR_RETRIES
+        }) {
             failed.attempts = 0;
             failed.retry_at = 0;
             failed.retried = asked;
+            failed.operator_retries += 1;
         }
         let retry_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.retry_at);
         let recorded =
@@ -786,7 +794,8 @@ impl Cycle<'_> {
             Some(i) if i.sha256 == sha && state != "installed" => (i.attempts, i.retry_at),
             _ => (0, 0),
         };
-        let retried = self.installed.get(key).filter(|i| i.sha256 == sha).map_or(0, |i| i.retried);
+        let (retried, operator_retries) =
+            self.installed.get(key).filter(|i| i.sha256 == sha).map_or((0, 0), |i| (i.retried, i.operator_retries));
         self.installed.insert(
             key.into(),
             Installed {
@@ -800,6 +809,7 @@ impl Cycle<'_> {
                 attempts,
                 retry_at,
                 retried,
+                operator_retries,
             },
         );
         if let Err(e) = self.state.save_installed(&self.installed) {

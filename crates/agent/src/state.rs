@@ -56,6 +56,9 @@ pub struct Installed {
     /// its attempts afresh once).
     #[serde(default)]
     pub retried: u64,
+    /// How many of those this device acted on for these bytes (bounded).
+    #[serde(default)]
+    pub operator_retries: u32,
 }
 
 /// This boot's id (`/proc/sys/kernel/random/boot_id`, or the file `RINGFENCE_BOOT_ID_FILE`

@@ -140,7 +140,7 @@ pub struct CheckinResponse {
     pub poll_seconds: u64,
     /// The version of the signed rollout holds the server serves now (0: none). Only a hint
     /// to look again (a device that failed an update may have been asked to retry it).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub rollouts_version: u64,
 }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 pub use config::Config;
-use ringfence_store::{BlobStore, Database, SqliteStore};
+use ringfence_store::{BlobStore, Database, SqlStore};
 
 /// Shared state of both listeners.
 pub struct AppState {
@@ -76,7 +76,7 @@ pub fn unix_now() -> i64 {
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> =
-        Arc::new(SqliteStore::open(&config.database_path()).await.context("opening the database")?);
+        Arc::new(SqlStore::open(&config.database_path()).await.context("opening the database")?);
     let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());

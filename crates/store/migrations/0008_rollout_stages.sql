@@ -9,4 +9,7 @@ ALTER TABLE rollouts ADD COLUMN stage_started_at BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rollouts ADD COLUMN soak_secs BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rollouts ADD COLUMN success_percent INTEGER NOT NULL DEFAULT 95;
 ALTER TABLE rollouts ADD COLUMN retries BIGINT NOT NULL DEFAULT 0;
+-- What devices see of the newest retry: the holds version it was published in, which only grows
+-- (a restarted rollout counts its retries from 0 again, its mark does not).
+ALTER TABLE rollouts ADD COLUMN retry_mark BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE rollouts ADD COLUMN unapproved_since BIGINT;

@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use crate::compliance::{Bucket, adjust_group_devices, apply_compliance_deltas};
-use crate::sqlite::{SqliteStore, from_bigint, split_names, to_bigint};
+use crate::sql::{SqlStore, from_bigint, split_names, to_bigint};
 use crate::{DeviceState, Result};
 
 /// Stored content, by hash.
@@ -40,7 +40,7 @@ pub trait CleanupStore: Send + Sync + 'static {
     async fn delete_device(&self, id: &str) -> Result<()>;
 }
 
-fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRecord> {
+fn blob_from_row(row: &sqlx::any::AnyRow) -> Result<BlobRecord> {
     Ok(BlobRecord {
         sha256: row.try_get("sha256")?,
         length: from_bigint(row.try_get("length")?, "length")?,
@@ -49,7 +49,7 @@ fn blob_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<BlobRecord> {
 }
 
 #[async_trait::async_trait]
-impl CleanupStore for SqliteStore {
+impl CleanupStore for SqlStore {
     async fn orphan_blobs(&self, before: i64, limit: u64) -> Result<Vec<BlobRecord>> {
         let rows = sqlx::query(
             "SELECT sha256, length, created_at FROM blobs b WHERE created_at < $1 \

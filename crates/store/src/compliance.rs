@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use crate::sqlite::{SqliteStore, from_bigint, to_bigint};
+use crate::sql::{SqlStore, from_bigint, to_bigint};
 use crate::{Result, StoreError};
 
 /// Where a device's newest report on an approval path counts.
@@ -99,11 +99,7 @@ pub trait ComplianceStore: Send + Sync + 'static {
 }
 
 /// Add `delta` to each group's accepted-device count, in the caller's transaction.
-pub(crate) async fn adjust_group_devices(
-    conn: &mut sqlx::SqliteConnection,
-    groups: &[String],
-    delta: i64,
-) -> Result<()> {
+pub(crate) async fn adjust_group_devices(conn: &mut sqlx::AnyConnection, groups: &[String], delta: i64) -> Result<()> {
     for group in groups {
         sqlx::query(
             "INSERT INTO group_devices (group_name, devices) VALUES ($1, $2) \
@@ -119,7 +115,7 @@ pub(crate) async fn adjust_group_devices(
 
 /// Apply the net change of one batch of reports to the counts, in the caller's transaction.
 pub(crate) async fn apply_compliance_deltas(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     deltas: &BTreeMap<(String, Bucket), i64>,
 ) -> Result<()> {
     for ((target, bucket), delta) in deltas {
@@ -147,7 +143,7 @@ fn prefix_end(prefix: &str) -> String {
 }
 
 #[async_trait::async_trait]
-impl ComplianceStore for SqliteStore {
+impl ComplianceStore for SqlStore {
     async fn compliance_by_prefix(&self, prefix: &str) -> Result<Vec<TargetCounts>> {
         let rows = sqlx::query(
             "SELECT c.target AS target, c.bucket AS bucket, c.devices AS devices, f.update_id AS update_id \
@@ -253,7 +249,7 @@ impl ComplianceStore for SqliteStore {
                 Ok(SeenDevice {
                     id: row.try_get("id")?,
                     hostname: row.try_get("hostname")?,
-                    groups: crate::sqlite::split_names(&row.try_get::<String, _>("groups")?),
+                    groups: crate::sql::split_names(&row.try_get::<String, _>("groups")?),
                     last_checkin: row.try_get("last_checkin")?,
                 })
             })
@@ -302,7 +298,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
                 for i in 0..4 {
                     store.insert_device(&device(i)).await.unwrap();
                 }
@@ -371,7 +367,7 @@ mod concurrency {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_batches_of_different_devices_all_count() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         for i in 0..200 {
             let d = crate::devices::test_device(i, &["pilot"]);
             store.insert_device(&d).await.unwrap();
@@ -422,7 +418,7 @@ mod cve_pages {
     #[tokio::test]
     async fn pages_hold_whole_devices() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         let targets = ["approvals/pilot/acme/a", "approvals/pilot/acme/b"];
         for i in 0..5 {
             let d = crate::devices::test_device(i, &["pilot"]);

@@ -3,12 +3,12 @@
 use std::collections::BTreeMap;
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use crate::compliance::Bucket;
 
-use crate::sqlite::{conflict_or, count_from_row, from_bigint, join_names, refused, split_names, to_bigint};
-use crate::{Result, SqliteStore, StoreError};
+use crate::sql::{conflict_or, count_from_row, from_bigint, join_names, refused, split_names, to_bigint};
+use crate::{Result, SqlStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceState {
@@ -218,7 +218,7 @@ pub trait DeviceStore: Send + Sync + 'static {
 const DEVICE_COLUMNS: &str =
     "id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, timestamp_version";
 
-fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
+fn device_from_row(row: &AnyRow) -> Result<DeviceRecord> {
     let state: String = row.try_get("state")?;
     let timestamp_version: Option<i64> = row.try_get("timestamp_version")?;
     Ok(DeviceRecord {
@@ -234,7 +234,7 @@ fn device_from_row(row: &SqliteRow) -> Result<DeviceRecord> {
     })
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<EnrollmentTokenRecord> {
+fn token_from_row(row: &AnyRow) -> Result<EnrollmentTokenRecord> {
     Ok(EnrollmentTokenRecord {
         id: row.try_get("id")?,
         secret_sha256: row.try_get("secret_sha256")?,
@@ -246,14 +246,14 @@ fn token_from_row(row: &SqliteRow) -> Result<EnrollmentTokenRecord> {
     })
 }
 
-impl SqliteStore {
+impl SqlStore {
     async fn one_device(&self, column: &str, value: &str) -> Result<Option<DeviceRecord>> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE {column} = $1");
         sqlx::query(&sql).bind(value).fetch_optional(&self.pool).await?.map(|r| device_from_row(&r)).transpose()
     }
 }
 
-async fn insert_device_row(conn: &mut sqlx::SqliteConnection, d: &DeviceRecord, source: Option<&str>) -> Result<()> {
+async fn insert_device_row(conn: &mut sqlx::AnyConnection, d: &DeviceRecord, source: Option<&str>) -> Result<()> {
     sqlx::query(
         "INSERT INTO devices (id, public_key, state, groups, hostname, inventory, enrolled_at, last_checkin, \
          timestamp_version, source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -277,7 +277,7 @@ async fn insert_device_row(conn: &mut sqlx::SqliteConnection, d: &DeviceRecord, 
     Ok(())
 }
 
-fn report_from_row(row: &SqliteRow, id_column: &str) -> Result<ReportRecord> {
+fn report_from_row(row: &AnyRow, id_column: &str) -> Result<ReportRecord> {
     Ok(ReportRecord {
         id: row.try_get(id_column)?,
         target: row.try_get("target")?,
@@ -289,7 +289,7 @@ fn report_from_row(row: &SqliteRow, id_column: &str) -> Result<ReportRecord> {
 }
 
 #[async_trait::async_trait]
-impl DeviceStore for SqliteStore {
+impl DeviceStore for SqlStore {
     async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
         // The device and its groups' counts together.
         let mut tx = self.pool.begin().await?;
@@ -789,7 +789,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let (accepted, stored, states) = rt.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
-                let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
                 store.insert_device(&device()).await.unwrap();
                 let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
                 let mut tasks = Vec::new();

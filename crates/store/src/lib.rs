@@ -11,7 +11,7 @@ mod compliance;
 mod devices;
 mod rollouts;
 mod rules;
-mod sqlite;
+mod sql;
 
 pub use blob::{BlobStore, BlobWriter};
 pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
@@ -22,7 +22,7 @@ pub use devices::{
 };
 pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
-pub use sqlite::SqliteStore;
+pub use sql::SqlStore;
 
 /// A stored, published metadata document: the exact bytes served to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]

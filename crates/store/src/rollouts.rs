@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use crate::sqlite::{SqliteStore, from_bigint, to_bigint};
+use crate::sql::{SqlStore, from_bigint, to_bigint};
 use crate::{Result, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +25,10 @@ pub struct RolloutRecord {
     pub stage_started_at: i64,
     pub soak_secs: u64,
     pub success_percent: u8,
-    /// Times an operator asked the devices that failed to try again.
+    /// Times an operator asked the devices that failed to try again, and the mark devices see
+    /// of the newest (the holds version it was published in).
     pub retries: u64,
+    pub retry_mark: u64,
     /// Since when the group no longer approves the update for install.
     pub unapproved_since: Option<i64>,
 }
@@ -52,9 +54,9 @@ pub trait RolloutStore: Send + Sync + 'static {
         reason: &str,
         at: i64,
     ) -> Result<()>;
-    /// Devices whose newest report on any of `targets` is still on its way (downloading,
-    /// downloaded, installing, waiting for a reboot) since before `before`.
-    async fn stuck_devices(&self, targets: &[String], before: i64) -> Result<u64>;
+    /// Devices whose newest report on any of `targets`, made at or after `since`, is still on
+    /// its way (downloading, downloaded, installing, waiting for a reboot) since before `before`.
+    async fn stuck_devices(&self, targets: &[String], since: i64, before: i64) -> Result<u64>;
     /// Accepted devices whose newest report on any of `targets` came at or after `since`, by
     /// report state.
     async fn states_since(&self, targets: &[String], since: i64) -> Result<std::collections::BTreeMap<String, u64>>;
@@ -62,8 +64,9 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn restart_rollout_clock(&self, group: &str, update_id: &str, at: i64) -> Result<()>;
     /// Move a rollout to stage `stage` (an index into its stages) from `at`; hold to `hold`.
     async fn set_rollout_stage(&self, group: &str, update_id: &str, stage: u8, hold: u8, at: i64) -> Result<()>;
-    /// Ask the failed devices to try again: one more retry, failures counted afresh from `at`.
-    async fn retry_rollout(&self, group: &str, update_id: &str, at: i64) -> Result<u64>;
+    /// Ask the failed devices to try again: one more retry marked `mark`, failures counted
+    /// afresh from `at`. Returns the number of retries.
+    async fn retry_rollout(&self, group: &str, update_id: &str, mark: u64, at: i64) -> Result<u64>;
     /// Note since when the group no longer approves the update for install (none: it does).
     async fn set_rollout_unapproved(&self, group: &str, update_id: &str, since: Option<i64>) -> Result<()>;
     /// Forget a rollout (its record stays in the audit trail).
@@ -78,7 +81,7 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn rollout_holds_version(&self) -> Result<u64>;
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
+fn from_row(r: &sqlx::any::AnyRow) -> Result<RolloutRecord> {
     Ok(RolloutRecord {
         group: r.try_get("group_name")?,
         update_id: r.try_get("update_id")?,
@@ -107,6 +110,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<RolloutRecord> {
         soak_secs: from_bigint(r.try_get("soak_secs")?, "soak_secs")?,
         success_percent: u8::try_from(r.try_get::<i64, _>("success_percent")?).unwrap_or(100),
         retries: from_bigint(r.try_get("retries")?, "retries")?,
+        retry_mark: from_bigint(r.try_get("retry_mark")?, "retry_mark")?,
         unapproved_since: r.try_get("unapproved_since")?,
     })
 }
@@ -116,7 +120,7 @@ fn stages_text(stages: &[u8]) -> String {
 }
 
 #[async_trait::async_trait]
-impl RolloutStore for SqliteStore {
+impl RolloutStore for SqlStore {
     async fn insert_rollout(&self, r: &RolloutRecord) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let running = sqlx::query("SELECT state FROM rollouts WHERE group_name = $1 AND update_id = $2")
@@ -137,8 +141,8 @@ impl RolloutStore for SqliteStore {
         sqlx::query(
             "INSERT INTO rollouts (group_name, update_id, state, hold, max_failures, max_failure_percent, \
              stuck_secs, reason, started_at, changed_at, stages, stage, stage_started_at, soak_secs, \
-             success_percent, retries) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             success_percent, retries, retry_mark) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(&r.group)
         .bind(&r.update_id)
@@ -156,6 +160,7 @@ impl RolloutStore for SqliteStore {
         .bind(to_bigint(r.soak_secs, "soak_secs")?)
         .bind(i64::from(r.success_percent))
         .bind(to_bigint(r.retries, "retries")?)
+        .bind(to_bigint(r.retry_mark, "retry_mark")?)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -194,15 +199,16 @@ impl RolloutStore for SqliteStore {
         Ok(())
     }
 
-    async fn stuck_devices(&self, targets: &[String], before: i64) -> Result<u64> {
+    async fn stuck_devices(&self, targets: &[String], since: i64, before: i64) -> Result<u64> {
         let mut n = 0;
         for target in targets {
             let row = sqlx::query(
                 "SELECT COUNT(*) AS n FROM device_update_states s JOIN devices d ON d.id = s.device_id \
                  WHERE s.target = $1 AND s.state IN ('downloading', 'downloaded', 'installing', 'reboot_required') \
-                 AND s.at < $2 AND d.state = 'accepted'",
+                 AND s.at >= $2 AND s.at < $3 AND d.state = 'accepted'",
             )
             .bind(target)
+            .bind(since)
             .bind(before)
             .fetch_one(&self.pool)
             .await?;
@@ -257,14 +263,15 @@ impl RolloutStore for SqliteStore {
         Ok(())
     }
 
-    async fn retry_rollout(&self, group: &str, update_id: &str, at: i64) -> Result<u64> {
+    async fn retry_rollout(&self, group: &str, update_id: &str, mark: u64, at: i64) -> Result<u64> {
         let row = sqlx::query(
-            "UPDATE rollouts SET retries = retries + 1, started_at = $1, changed_at = $1 \
+            "UPDATE rollouts SET retries = retries + 1, retry_mark = $4, started_at = $1, changed_at = $1 \
              WHERE group_name = $2 AND update_id = $3 RETURNING retries",
         )
         .bind(at)
         .bind(group)
         .bind(update_id)
+        .bind(to_bigint(mark, "retry_mark")?)
         .fetch_optional(&self.pool)
         .await?
         .ok_or(StoreError::NotFound)?;

@@ -3,7 +3,7 @@
 
 use sqlx::Row;
 
-use crate::sqlite::{SqliteStore, conflict_or};
+use crate::sql::{SqlStore, conflict_or};
 use crate::{Result, StoreError, UpdateRecord};
 
 /// A stored rule.
@@ -35,7 +35,7 @@ pub trait RuleStore: Send + Sync + 'static {
 }
 
 #[async_trait::async_trait]
-impl RuleStore for SqliteStore {
+impl RuleStore for SqlStore {
     async fn insert_rule(&self, rule: &RuleRecord) -> Result<()> {
         sqlx::query("INSERT INTO approval_rules (id, body, created_at) VALUES ($1, $2, $3)")
             .bind(&rule.id)
@@ -106,7 +106,7 @@ impl RuleStore for SqliteStore {
              ORDER BY created_at, id LIMIT $2",
         )
         .bind(since)
-        .bind(crate::sqlite::to_bigint(limit, "limit")?)
+        .bind(crate::sql::to_bigint(limit, "limit")?)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ringfence_server::{AppState, BoundAddrs, Config};
-use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, SqliteStore};
+use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, SqlStore};
 
 pub struct Bench {
     pub runtime: tokio::runtime::Runtime,
     pub state: Arc<AppState>,
     /// The database opened on its own, to set up fleets faster than the API would.
-    pub db: SqliteStore,
+    pub db: SqlStore,
     pub data: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -48,7 +48,7 @@ impl Bench {
         let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let db = runtime.block_on(SqliteStore::open(&config.database_path())).expect("database");
+        let db = runtime.block_on(SqlStore::open(&config.database_path())).expect("database");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
         Bench { runtime, state, db, data, _dir: dir }
     }

@@ -22,7 +22,7 @@ pub struct Server {
     /// The database and content store opened on their own, as someone with the server's disk
     /// has them: what tests that play the attacker (or inspect the result) use. The server
     /// itself reaches them only through its domain layer.
-    pub db: ringfence_store::SqliteStore,
+    pub db: ringfence_store::SqlStore,
     pub blobs: ringfence_store::BlobStore,
     pub runtime: tokio::runtime::Runtime,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -204,7 +204,7 @@ impl Server {
         adjust(&mut config);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let db = runtime.block_on(ringfence_store::SqliteStore::open(&config.database_path())).expect("database");
+        let db = runtime.block_on(ringfence_store::SqlStore::open(&config.database_path())).expect("database");
         let blobs = ringfence_store::BlobStore::open(&config.blob_dir()).expect("content store");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

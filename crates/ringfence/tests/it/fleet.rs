@@ -791,21 +791,34 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     check_ok(&second);
     assert!(second.dir.join("ran-kb-h").exists());
 
-    // The first device waits out its backoff, also once the cause is fixed ...
+    // The first device waits out its backoff.
     check_ok(&first);
-    std::fs::remove_file(first.dir.join("fail")).unwrap();
-    check_ok(&first);
-    assert!(!first.dir.join("ran-kb-h").exists(), "not again before its backoff ends");
-    // ... until the operator asks the failed devices to try again.
+    assert_eq!(installed_entry(&first, "kb-h")["attempts"], 1, "not again before its backoff ends");
+    // The operator asks the failed devices to try again: one attempt at once (it fails again),
+    // then the backoff as before; once per retry.
     let out = run(&["rollout", "retry", "kb-h", "--group", "pilot"]);
     assert!(out.contains("retries 1"), "{out}");
+    let (code, out) = first.check();
+    assert_eq!(code, 3, "{out}");
+    check_ok(&first);
+    let entry = installed_entry(&first, "kb-h");
+    assert_eq!((entry["attempts"].as_u64(), entry["operator_retries"].as_u64()), (Some(1), Some(1)), "{entry}");
+    // Fixed, and retried again: it installs at once.
+    std::fs::remove_file(first.dir.join("fail")).unwrap();
+    check_ok(&first);
+    assert!(!first.dir.join("ran-kb-h").exists(), "not before the next retry");
+    let out = run(&["rollout", "retry", "kb-h", "--group", "pilot"]);
+    assert!(out.contains("retries 2"), "{out}");
     check_ok(&first);
     assert!(first.dir.join("ran-kb-h").exists(), "retried at once");
-    // Once per retry: what the device acted on is not acted on again.
-    check_ok(&first);
-    assert_eq!(std::fs::read_to_string(first.dir.join("ran-kb-h")).unwrap().lines().count(), 1);
     let status = status(&server);
-    assert_eq!((status["retries"].as_u64(), status["failed"].as_u64()), (Some(1), Some(0)), "{status}");
+    assert_eq!((status["retries"].as_u64(), status["failed"].as_u64()), (Some(2), Some(0)), "{status}");
+}
+
+/// The agent's own record of an update (its `installed.json` entry).
+fn installed_entry(agent: &Agent, update: &str) -> Value {
+    let all: Value = serde_json::from_slice(&std::fs::read(agent.state().join("installed.json")).unwrap()).unwrap();
+    all.as_object().unwrap().values().find(|e| e["update_id"] == update).cloned().unwrap_or(Value::Null)
 }
 
 #[test]
@@ -849,15 +862,22 @@ fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     assert_eq!(status[0]["state"], "halted");
     assert!(status[0]["reason"].as_str().unwrap().contains("1 stuck"), "{}", status[0]);
 
-    // Kept while the group approves the update, however old; archived a week after it no longer does.
+    // Kept while the group approves the update, however old, and while it holds the rollout
+    // (a halt survives the update being approved again); archived a week after the group no
+    // longer approves it and nothing holds it.
     let week = 7 * 86_400;
     tick(now + 3 * week);
     assert!(run_ok(server.cli().args(["rollout", "status"])).contains("kb-s"));
     run_ok(server.cli().args(["withdraw", "kb-s", "--group", "pilot"]));
     tick(now + 3 * week);
-    tick(now + 4 * week);
-    assert!(run_ok(server.cli().args(["rollout", "status"])).contains("kb-s"), "a week, not yet more");
     tick(now + 4 * week + 1);
+    assert!(run_ok(server.cli().args(["rollout", "status"])).contains("halted"), "held, kept");
+    // Resumed (so holding nothing back): the stuck report came before the resume and is not
+    // counted again, and the rollout goes.
+    let pilot = ringfence_proto::GroupName::parse("pilot").unwrap();
+    let resume = server.state.rollouts.act(&server.state.repo, &pilot, "kb-s", "resume", "test", now + 4 * week + 2);
+    server.runtime.block_on(resume).unwrap();
+    assert_eq!(tick(now + 4 * week + 2), 0, "not halted again on what was seen before the resume");
     let out = run_ok(server.cli().args(["rollout", "status"]));
     assert!(out.contains("no rollouts"), "{out}");
 }
@@ -952,6 +972,8 @@ fn a_lying_server_cannot_widen_a_rollout_move_a_stage_or_drop_a_window() {
     let places = in_line(&agents, "kb-l");
     let (first, last) = (places[0], places[2]);
     assert_ne!(first.0 / 100, last.0 / 100, "the first and last of three devices in one percent (odds 3 in 10,000)");
+    // The first device in line fails the update until this file is gone.
+    std::fs::write(first.1.dir.join("fail"), "").unwrap();
 
     // Production's approvers sign a first stage now and the rest next century.
     let share = first.0 / 100 + 1;
@@ -987,13 +1009,39 @@ fn a_lying_server_cannot_widen_a_rollout_move_a_stage_or_drop_a_window() {
     let retries = std::collections::BTreeMap::from([(path.to_owned(), 7u64)]);
     server.runtime.block_on(server.state.repo.publish_holds(holds, retries, now)).unwrap();
     for agent in agents.iter().chain([&eu]) {
-        check_ok(agent);
+        let _ = agent.check();
     }
-    for (place, agent) in &places {
+    for (place, agent) in &places[1..] {
         assert_eq!(agent.dir.join("ran-kb-l").exists(), *place < share * 100, "place {place}, stage at {share} %");
     }
     assert!(!last.1.dir.join("ran-kb-l").exists());
     assert!(!eu.dir.join("ran-kb-l").exists(), "outside its window");
+    assert_eq!(installed_entry(first.1, "kb-l")["state"], "failed");
+
+    // A retry does not pass a hold: the first device, fixed and asked to retry while the
+    // server holds the rollout at none, waits.
+    std::fs::remove_file(first.1.dir.join("fail")).unwrap();
+    let publish = |holds: &[(&str, u8)], retry: u64| {
+        let holds = holds.iter().map(|(p, h)| ((*p).to_owned(), *h)).collect();
+        let retries = std::collections::BTreeMap::from([(path.to_owned(), retry)]);
+        server.runtime.block_on(server.state.repo.publish_holds(holds, retries, ringfence_server::unix_now())).unwrap();
+    };
+    publish(&[(path, 0)], 8);
+    check_ok(first.1);
+    assert!(!first.1.dir.join("ran-kb-l").exists(), "held");
+    // Failing again once the hold is gone, the server's retries start its attempts afresh at
+    // most three times for these bytes, however often it asks.
+    std::fs::write(first.1.dir.join("fail"), "").unwrap();
+    publish(&[], 8);
+    let _ = first.1.check();
+    for retry in 9..14 {
+        publish(&[], retry);
+        let _ = first.1.check();
+    }
+    let entry = installed_entry(first.1, "kb-l");
+    assert_eq!((entry["state"].as_str(), entry["operator_retries"].as_u64()), (Some("failed"), Some(3)), "{entry}");
+    // Acted on: 8 (while held), 9 and 10; not 11 to 13.
+    assert_eq!(entry["retried"].as_u64(), Some(10), "{entry}");
 
     // The server drops the EU window and signs a passed deadline itself: refused, nothing runs.
     server.forge_role("approvals.production-eu", |t| {

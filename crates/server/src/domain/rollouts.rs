@@ -185,6 +185,7 @@ impl Rollouts {
             soak_secs: u64::from(request.soak_hours.unwrap_or(24)) * 3600,
             success_percent: success,
             retries: 0,
+            retry_mark: 0,
             unapproved_since: None,
         };
         self.db.insert_rollout(&record).await?;
@@ -229,7 +230,11 @@ impl Rollouts {
         let mut record = record;
         if action == "retry" {
             // Failures before the retry were seen and acted on: counted afresh from now.
-            record.retries = self.db.retry_rollout(group.as_str(), update, now).await?;
+            // Devices act on a retry mark they have not seen: the holds version it is published
+            // in, which only grows (a restarted rollout's count starts again, its mark does not).
+            let mark = self.db.rollout_holds_version().await? + 1;
+            record.retries = self.db.retry_rollout(group.as_str(), update, mark, now).await?;
+            record.retry_mark = mark;
             record.started_at = now;
         }
         self.db.set_rollout_state(group.as_str(), update, &state, hold, &reason, now).await?;
@@ -252,6 +257,11 @@ impl Rollouts {
     }
 
     async fn status_of(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<RolloutStatus> {
+        Ok(self.evaluate(repo, r, now).await?.0)
+    }
+
+    /// A rollout's status and the tally its stages advance on (one read of its devices).
+    async fn evaluate(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<(RolloutStatus, StageTally)> {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
         let approved_share = self.approved_share(repo, &group, &r.update_id, now).await?.unwrap_or(0);
         let targets = self.targets(&group, &r.update_id).await?;
@@ -261,10 +271,11 @@ impl Rollouts {
         for (state, n) in self.db.states_since(&targets, r.started_at).await? {
             *counts.entry(Bucket::of_state(&state)).or_insert(0) += n;
         }
-        let stuck = self.db.stuck_devices(&targets, now - i64::try_from(r.stuck_secs).unwrap_or(i64::MAX)).await?;
+        let before = now.saturating_sub(i64::try_from(r.stuck_secs).unwrap_or(i64::MAX));
+        let stuck = self.db.stuck_devices(&targets, r.started_at, before).await?;
         let get = |b: Bucket| counts.get(&b).copied().unwrap_or(0);
         let share = approved_share.min(r.hold);
-        Ok(RolloutStatus {
+        let status = RolloutStatus {
             group,
             update: r.update_id.clone(),
             state: r.state.clone(),
@@ -278,13 +289,14 @@ impl Rollouts {
             max_failures: r.max_failures,
             max_failure_percent: r.max_failure_percent,
             stuck_hours: r.stuck_secs / 3600,
-            stages: tally.stages,
+            stages: tally.stages.clone(),
             stage: usize::from(r.stage),
             stage_since: ringfence_trust::expiry::format(r.stage_started_at),
             soak_hours: r.soak_secs / 3600,
             success_percent: r.success_percent,
             retries: r.retries,
-        })
+        };
+        Ok((status, tally))
     }
 
     pub async fn status(&self, repo: &Repository, now: i64) -> Result<Vec<RolloutStatus>> {
@@ -305,8 +317,8 @@ impl Rollouts {
                 if r.hold < 100 {
                     holds.insert(target.clone(), r.hold);
                 }
-                if r.retries > 0 {
-                    retries.insert(target, r.retries);
+                if r.retry_mark > 0 {
+                    retries.insert(target, r.retry_mark);
                 }
             }
         }
@@ -320,25 +332,17 @@ impl Rollouts {
     pub async fn tick(&self, repo: &Repository, now: i64) -> Result<usize> {
         let _one = self.lock.lock().await;
         let (mut halted, mut changed) = (0, false);
+        // One rollout that cannot be checked does not stop the others, nor the refresh.
         for r in self.db.rollouts().await? {
-            let group = GroupName::parse(&r.group).map_err(Error::internal)?;
-            let approved = self.approved_share(repo, &group, &r.update_id, now).await?.is_some();
-            match (approved, r.unapproved_since) {
-                (true, Some(_)) => self.db.set_rollout_unapproved(&r.group, &r.update_id, None).await?,
-                (false, None) => self.db.set_rollout_unapproved(&r.group, &r.update_id, Some(now)).await?,
-                (false, Some(since)) if now.saturating_sub(since) > ARCHIVE_AFTER_SECS => {
-                    self.db.delete_rollout(&r.group, &r.update_id).await?;
-                    let what =
-                        format!("archived {} in {}: not approved for install there for a week", r.update_id, r.group);
-                    self.audit.record("server", "rollout", &what, now).await?;
-                    changed = true;
+            match self.archive(repo, &r, now).await {
+                Ok(gone) => changed |= gone,
+                Err(e) => {
+                    tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout archive");
                 }
-                _ => {}
             }
         }
         for r in self.db.rollouts().await?.into_iter().filter(|r| r.state == "running") {
-            // One rollout that cannot be checked does not stop the others, nor the refresh.
-            let status = match self.status_of(repo, &r, now).await {
+            let (status, tally) = match self.evaluate(repo, &r, now).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout");
@@ -346,7 +350,7 @@ impl Rollouts {
                 }
             };
             if !must_halt(status.failed, status.stuck, status.installed, r.max_failures, r.max_failure_percent) {
-                match self.advance(repo, &r, now).await {
+                match self.advance(&r, &tally, now).await {
                     Ok(moved) => changed |= moved,
                     Err(e) => {
                         tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout stage");
@@ -390,11 +394,33 @@ impl Rollouts {
         Ok(halted)
     }
 
-    /// Move a running rollout to its next stage when its devices succeeded and it soaked.
-    async fn advance(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<bool> {
+    /// Note when a rollout's group stopped approving its update, and archive a rollout a week
+    /// after that, when nothing an operator set holds it back: only one running at its last
+    /// stage. A paused, halted or stopped one (or one held to an earlier stage) stays, so its
+    /// hold survives the update being approved again.
+    async fn archive(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<bool> {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
-        let tally = self.tally_of(repo, r, &self.targets(&group, &r.update_id).await?).await?;
-        if !may_advance(r, &tally, now) {
+        let approved = self.approved_share(repo, &group, &r.update_id, now).await?.is_some();
+        match (approved, r.unapproved_since) {
+            (true, Some(_)) => self.db.set_rollout_unapproved(&r.group, &r.update_id, None).await?,
+            (false, None) => self.db.set_rollout_unapproved(&r.group, &r.update_id, Some(now)).await?,
+            (false, Some(since))
+                if now.saturating_sub(since) > ARCHIVE_AFTER_SECS && r.state == "running" && r.hold == 100 =>
+            {
+                self.db.delete_rollout(&r.group, &r.update_id).await?;
+                let what =
+                    format!("archived {} in {}: not approved for install there for a week", r.update_id, r.group);
+                self.audit.record("server", "rollout", &what, now).await?;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        Ok(false)
+    }
+
+    /// Move a running rollout to its next stage when its devices succeeded and it soaked.
+    async fn advance(&self, r: &RolloutRecord, tally: &StageTally, now: i64) -> Result<bool> {
+        if !may_advance(r, tally, now) {
             return Ok(false);
         }
         let next = r.stage + 1;
@@ -454,6 +480,7 @@ mod tests {
             soak_secs: 3600,
             success_percent,
             retries: 0,
+            retry_mark: 0,
             unapproved_since: None,
         }
     }

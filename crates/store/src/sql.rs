@@ -1,52 +1,98 @@
-//! [`Store`] over SQLite through sqlx.
+//! [`Store`] over SQL through sqlx's `Any` driver: the embedded default SQLite (one file) or
+//! PostgreSQL, chosen by the URL, with one set of queries.
 //!
-//! Every statement uses `$n` placeholders and SQL that PostgreSQL accepts as written, so a
-//! PostgreSQL store can reuse the queries unchanged. Each transaction starts with a write, so
-//! SQLite takes the write lock up front (waiting up to the busy timeout) rather than failing
-//! to upgrade a read transaction that another writer overtook.
+//! Every statement uses `$n` placeholders and SQL both engines accept as written; only the
+//! schema migrations differ (`migrations/` for SQLite, `migrations/postgres/` for PostgreSQL,
+//! the same versions and descriptions). Each transaction starts with a write, so SQLite takes
+//! the write lock up front (waiting up to the busy timeout) rather than failing to upgrade a
+//! read transaction that another writer overtook.
 
 use std::borrow::Cow;
 use std::path::Path;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
+use sqlx::AnyPool;
 use sqlx::Row;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow};
 
 use crate::{
     AuditRecord, MetadataRecord, PendingRecord, Result, Store, StoreError, TokenRecord, UpdateFileRecord, UpdateRecord,
 };
 
-const MAX_CONNECTIONS: u32 = 4;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections per node: SQLite has one writer anyway; PostgreSQL is shared by every node.
+const SQLITE_CONNECTIONS: u32 = 4;
+const POSTGRES_CONNECTIONS: u32 = 8;
 
-/// The schema migrations as (version, description, SQL), in version order.
+/// The schema migrations as (version, description, SQLite SQL, PostgreSQL SQL), in version order.
 ///
 /// Listed here rather than through `sqlx::migrate!`, which needs sqlx's `macros` feature and so
 /// a host build of sqlx and SQLite for the proc macro. Versions, descriptions and checksums are
 /// what sqlx derives from the file names, so switching to the macro later is a no-op for
-/// existing databases; a test checks this list against the directory.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "initial", include_str!("../migrations/0001_initial.sql")),
-    (2, "devices", include_str!("../migrations/0002_devices.sql")),
-    (3, "device abuse bounds", include_str!("../migrations/0003_device_abuse_bounds.sql")),
-    (4, "compliance", include_str!("../migrations/0004_compliance.sql")),
-    (5, "rules", include_str!("../migrations/0005_rules.sql")),
-    (6, "signed reports", include_str!("../migrations/0006_signed_reports.sql")),
-    (7, "rollouts", include_str!("../migrations/0007_rollouts.sql")),
-    (8, "rollout stages", include_str!("../migrations/0008_rollout_stages.sql")),
+/// existing databases; a test checks this list against the directories.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../migrations/0001_initial.sql"),
+        include_str!("../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "devices",
+        include_str!("../migrations/0002_devices.sql"),
+        include_str!("../migrations/postgres/0002_devices.sql"),
+    ),
+    (
+        3,
+        "device abuse bounds",
+        include_str!("../migrations/0003_device_abuse_bounds.sql"),
+        include_str!("../migrations/postgres/0003_device_abuse_bounds.sql"),
+    ),
+    (
+        4,
+        "compliance",
+        include_str!("../migrations/0004_compliance.sql"),
+        include_str!("../migrations/postgres/0004_compliance.sql"),
+    ),
+    (5, "rules", include_str!("../migrations/0005_rules.sql"), include_str!("../migrations/postgres/0005_rules.sql")),
+    (
+        6,
+        "signed reports",
+        include_str!("../migrations/0006_signed_reports.sql"),
+        include_str!("../migrations/postgres/0006_signed_reports.sql"),
+    ),
+    (
+        7,
+        "rollouts",
+        include_str!("../migrations/0007_rollouts.sql"),
+        include_str!("../migrations/postgres/0007_rollouts.sql"),
+    ),
+    (
+        8,
+        "rollout stages",
+        include_str!("../migrations/0008_rollout_stages.sql"),
+        include_str!("../migrations/postgres/0008_rollout_stages.sql"),
+    ),
 ];
 
+/// The database engine behind a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Debug)]
-struct EmbeddedMigrations;
+struct EmbeddedMigrations(Engine);
 
 impl MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(self) -> BoxFuture<'static, Result<Vec<Migration>, BoxDynError>> {
         let migrations = MIGRATIONS
             .iter()
-            .map(|&(version, description, sql)| {
+            .map(|&(version, description, sqlite, postgres)| {
+                let sql = if self.0 == Engine::Postgres { postgres } else { sqlite };
                 Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, Cow::Borrowed(sql), false)
             })
             .collect();
@@ -54,28 +100,72 @@ impl MigrationSource<'static> for EmbeddedMigrations {
     }
 }
 
-/// The server's database in one SQLite file.
+/// The server's database: one SQLite file, or a PostgreSQL database.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    pub(crate) pool: SqlitePool,
+pub struct SqlStore {
+    pub(crate) pool: AnyPool,
+    engine: Engine,
 }
 
-impl SqliteStore {
-    /// Open the database at `path`, creating the file if it is missing, and bring its schema up
-    /// to date.
-    pub async fn open(path: &Path) -> Result<SqliteStore> {
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            // 16 MiB of page cache per connection (SQLite's default is 2 MiB): indexes of a
-            // large fleet's reports stay in memory.
-            .pragma("cache_size", "-16384");
-        let pool = SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS).connect_with(options).await?;
-        Migrator::new(EmbeddedMigrations).await?.run(&pool).await?;
-        Ok(SqliteStore { pool })
+impl SqlStore {
+    /// Open the SQLite database at `path`, creating the file if it is missing, and bring its
+    /// schema up to date.
+    pub async fn open(path: &Path) -> Result<SqlStore> {
+        // Percent-encoded, so that `?` or `#` in a path stay part of the file name.
+        let encoded: String = path
+            .to_string_lossy()
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'.' | b'_' | b'-' => char::from(b).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        Self::connect(&format!("sqlite://{encoded}?mode=rwc")).await
+    }
+
+    /// Open the database a URL names (`sqlite://PATH?mode=rwc` or `postgres://…`) and bring its
+    /// schema up to date.
+    pub async fn connect(url: &str) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let options: AnyConnectOptions = url.parse()?;
+        let engine = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Engine::Postgres
+        } else if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                "the database URL starts with sqlite:// or postgres://".into(),
+            )));
+        };
+        let pool = match engine {
+            Engine::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_CONNECTIONS)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers go on while one writes; 16 MiB of page cache per
+                            // connection (SQLite's default is 2 MiB) keeps a large fleet's report
+                            // indexes in memory. sqlx's SQLite defaults add foreign keys and a 5 s
+                            // busy timeout.
+                            sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                            sqlx::query("PRAGMA cache_size = -16384").execute(&mut *conn).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Engine::Postgres => {
+                AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect_with(options).await?
+            }
+        };
+        Migrator::new(EmbeddedMigrations(engine)).await?.run(&pool).await?;
+        Ok(SqlStore { pool, engine })
+    }
+
+    /// Which engine this store runs on.
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Wait for in-flight queries and close every connection (for a clean shutdown).
@@ -126,7 +216,7 @@ pub(crate) fn split_names(text: &str) -> Vec<String> {
     if text.is_empty() { Vec::new() } else { text.split(',').map(str::to_owned).collect() }
 }
 
-fn metadata_from_row(row: &SqliteRow) -> Result<MetadataRecord> {
+fn metadata_from_row(row: &AnyRow) -> Result<MetadataRecord> {
     Ok(MetadataRecord {
         role: row.try_get("role")?,
         version: from_bigint(row.try_get("version")?, "version")?,
@@ -135,7 +225,7 @@ fn metadata_from_row(row: &SqliteRow) -> Result<MetadataRecord> {
     })
 }
 
-fn pending_from_row(row: &SqliteRow) -> Result<PendingRecord> {
+fn pending_from_row(row: &AnyRow) -> Result<PendingRecord> {
     Ok(PendingRecord {
         role: row.try_get("role")?,
         version: from_bigint(row.try_get("version")?, "version")?,
@@ -144,7 +234,7 @@ fn pending_from_row(row: &SqliteRow) -> Result<PendingRecord> {
     })
 }
 
-fn token_from_row(row: &SqliteRow) -> Result<TokenRecord> {
+fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
     let scopes: String = row.try_get("scopes")?;
     Ok(TokenRecord {
         id: row.try_get("id")?,
@@ -152,11 +242,12 @@ fn token_from_row(row: &SqliteRow) -> Result<TokenRecord> {
         secret_sha256: row.try_get("secret_sha256")?,
         scopes: split_names(&scopes),
         created_at: row.try_get("created_at")?,
-        revoked: row.try_get("revoked")?,
+        // As a number: sqlx's `Any` driver reads no SQLite booleans.
+        revoked: row.try_get::<i64, _>("revoked")? != 0,
     })
 }
 
-fn update_from_row(row: &SqliteRow) -> Result<UpdateRecord> {
+fn update_from_row(row: &AnyRow) -> Result<UpdateRecord> {
     Ok(UpdateRecord {
         id: row.try_get("id")?,
         publisher: row.try_get("publisher")?,
@@ -165,7 +256,7 @@ fn update_from_row(row: &SqliteRow) -> Result<UpdateRecord> {
     })
 }
 
-fn update_file_from_row(row: &SqliteRow) -> Result<UpdateFileRecord> {
+fn update_file_from_row(row: &AnyRow) -> Result<UpdateFileRecord> {
     Ok(UpdateFileRecord {
         update_id: row.try_get("update_id")?,
         target_path: row.try_get("target_path")?,
@@ -174,7 +265,7 @@ fn update_file_from_row(row: &SqliteRow) -> Result<UpdateFileRecord> {
     })
 }
 
-fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
+fn audit_from_row(row: &AnyRow) -> Result<AuditRecord> {
     Ok(AuditRecord {
         at: row.try_get("at")?,
         actor: row.try_get("actor")?,
@@ -183,12 +274,12 @@ fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord> {
     })
 }
 
-pub(crate) fn count_from_row(row: &SqliteRow) -> Result<u64> {
+pub(crate) fn count_from_row(row: &AnyRow) -> Result<u64> {
     from_bigint(row.try_get("n")?, "n")
 }
 
 #[async_trait::async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn latest_metadata(&self, role: &str) -> Result<Option<MetadataRecord>> {
         sqlx::query("SELECT role, version, expires, bytes FROM metadata WHERE role = $1 ORDER BY version DESC LIMIT 1")
             .bind(role)
@@ -306,7 +397,8 @@ impl Store for SqliteStore {
 
     async fn token_by_secret_sha256(&self, secret_sha256: &str) -> Result<Option<TokenRecord>> {
         sqlx::query(
-            "SELECT id, name, secret_sha256, scopes, created_at, revoked FROM api_tokens WHERE secret_sha256 = $1",
+            "SELECT id, name, secret_sha256, scopes, created_at, \
+             CASE WHEN revoked THEN 1 ELSE 0 END AS revoked FROM api_tokens WHERE secret_sha256 = $1",
         )
         .bind(secret_sha256)
         .fetch_optional(&self.pool)
@@ -317,7 +409,8 @@ impl Store for SqliteStore {
 
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
         let rows = sqlx::query(
-            "SELECT id, name, secret_sha256, scopes, created_at, revoked FROM api_tokens ORDER BY created_at, id",
+            "SELECT id, name, secret_sha256, scopes, created_at, \
+             CASE WHEN revoked THEN 1 ELSE 0 END AS revoked FROM api_tokens ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -472,9 +565,9 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
-    async fn open() -> (tempfile::TempDir, SqliteStore) {
+    async fn open() -> (tempfile::TempDir, SqlStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
         (dir, store)
     }
 
@@ -500,22 +593,28 @@ mod tests {
     }
 
     #[test]
-    fn embedded_migrations_match_the_directory() {
+    fn embedded_migrations_match_the_directories() {
+        let on_disk = |dir: &Path| {
+            let mut out: Vec<(i64, String, String)> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.ends_with(".sql"))
+                .map(|name| {
+                    let (version, rest) = name.split_once('_').unwrap();
+                    let description = rest.strip_suffix(".sql").unwrap().replace('_', " ");
+                    let sql = std::fs::read_to_string(dir.join(&name)).unwrap();
+                    (version.parse().unwrap(), description, sql)
+                })
+                .collect();
+            out.sort();
+            out
+        };
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        let mut on_disk: Vec<(i64, String, String)> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|entry| {
-                let name = entry.unwrap().file_name().into_string().unwrap();
-                let (version, rest) = name.split_once('_').unwrap();
-                let description = rest.strip_suffix(".sql").unwrap().replace('_', " ");
-                let sql = std::fs::read_to_string(dir.join(&name)).unwrap();
-                (version.parse().unwrap(), description, sql)
-            })
-            .collect();
-        on_disk.sort();
-        let embedded: Vec<(i64, String, String)> =
-            MIGRATIONS.iter().map(|&(v, d, s)| (v, d.to_owned(), s.to_owned())).collect();
-        assert_eq!(embedded, on_disk);
+        let embedded = |postgres: bool| -> Vec<(i64, String, String)> {
+            MIGRATIONS.iter().map(|m| (m.0, m.1.to_owned(), (if postgres { m.3 } else { m.2 }).to_owned())).collect()
+        };
+        assert_eq!(embedded(false), on_disk(&dir));
+        assert_eq!(embedded(true), on_disk(&dir.join("postgres")));
     }
 
     #[tokio::test]
@@ -673,10 +772,10 @@ mod tests {
     async fn reopening_keeps_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ringfence.db");
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqlStore::open(&path).await.unwrap();
         store.publish(&[meta("root", 1)], &[]).await.unwrap();
         store.close().await;
-        let store = SqliteStore::open(&path).await.unwrap();
+        let store = SqlStore::open(&path).await.unwrap();
         assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", 1)));
     }
 }
