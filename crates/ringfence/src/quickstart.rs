@@ -30,6 +30,10 @@ pub struct Options {
     /// Set up only; do not start the server.
     #[arg(long)]
     no_serve: bool,
+    /// Keep the database in PostgreSQL (`postgres://user@host:port/name`, an empty database)
+    /// instead of the SQLite file in the data directory.
+    #[arg(long)]
+    database: Option<String>,
 }
 
 const YEAR: i64 = 365 * 86_400;
@@ -70,6 +74,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
         admin_addr: options.admin_addr.clone(),
         tls_names: options.tls_names.clone(),
         auto_approver: true,
+        database: options.database.clone(),
     })?;
     let auto_approver = online.auto_approver.context("auto-approver key")?;
 

@@ -25,6 +25,10 @@ pub struct InitOptions {
     /// Also create an online auto-approver key, for groups whose owners choose automatic approval.
     #[arg(long)]
     pub auto_approver: bool,
+    /// Keep the database in PostgreSQL (`postgres://user@host:port/name`, an empty database)
+    /// instead of the SQLite file in the data directory.
+    #[arg(long)]
+    pub database: Option<String>,
 }
 
 /// What `init` made that the offline ceremony needs: the online keys' public halves.
@@ -43,6 +47,13 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     let mut config = Config::with_data_dir(std::path::absolute(data_dir)?);
     config.device_listener.addr = options.device_addr.clone();
     config.admin_listener.addr = options.admin_addr.clone();
+    if let Some(url) = &options.database {
+        anyhow::ensure!(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "--database: a postgres:// URL"
+        );
+        config.database.url = Some(url.clone());
+    }
 
     let online_dir = config.online_key_dir();
     std::fs::create_dir_all(&online_dir)?;
@@ -71,13 +82,17 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
 }
 
 fn config_text(config: &Config) -> String {
-    format!(
+    let mut text = format!(
         "# Ringfence server configuration; every setting is described in docs/ringfence.example.toml\n\
          data_dir = {:?}\n\n[device_listener]\naddr = {:?}\n\n[admin_listener]\naddr = {:?}\n\n[repository]\naccess = \"devices\"\n",
         config.data_dir.display().to_string(),
         config.device_listener.addr,
         config.admin_listener.addr
-    )
+    );
+    if let Some(url) = &config.database.url {
+        text.push_str(&format!("\n[database]\nurl = {url:?}\n"));
+    }
+    text
 }
 
 #[derive(Debug, clap::Args)]

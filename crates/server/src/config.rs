@@ -29,6 +29,18 @@ pub struct Config {
     pub devices: DevicesConfig,
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+}
+
+/// Where the database lives: the embedded SQLite file in the data directory by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// A PostgreSQL database (`postgres://user@host:port/name`) instead of the SQLite file.
+    /// Every node of one installation names the same one.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 /// What the server does to approvals by itself.
@@ -346,6 +358,7 @@ impl Config {
             keys: KeysConfig::default(),
             devices: DevicesConfig::default(),
             approvals: ApprovalsConfig::default(),
+            database: DatabaseConfig::default(),
         }
     }
 
@@ -360,6 +373,12 @@ impl Config {
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = var("RINGFENCE_DATA_DIR") {
             self.data_dir = v.into();
+        }
+        if let Some(v) = var("RINGFENCE_DATABASE_URL") {
+            if !v.starts_with("postgres://") && !v.starts_with("postgresql://") {
+                anyhow::bail!("RINGFENCE_DATABASE_URL must be a postgres:// URL");
+            }
+            self.database.url = Some(v);
         }
         if let Some(v) = var("RINGFENCE_DEVICE_ADDR") {
             self.device_listener.addr = v;

@@ -73,10 +73,19 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// Open the database: PostgreSQL when `[database] url` is set, else the SQLite file in the
+/// data directory.
+pub async fn open_database(config: &Config) -> anyhow::Result<SqlStore> {
+    Ok(match &config.database.url {
+        // The URL may carry a password: it is not repeated in the message.
+        Some(url) => SqlStore::connect(url).await.context("opening the PostgreSQL database")?,
+        None => SqlStore::open(&config.database_path()).await.context("opening the database")?,
+    })
+}
+
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
-    let db: Arc<dyn Database> =
-        Arc::new(SqlStore::open(&config.database_path()).await.context("opening the database")?);
+    let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);
     let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());

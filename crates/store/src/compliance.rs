@@ -297,8 +297,7 @@ mod tests {
         fn maintained_counts_equal_a_recount(events in prop::collection::vec(event(), 1..30)) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                let (_dir, store) = crate::sql::test_store().await;
                 for i in 0..4 {
                     store.insert_device(&device(i)).await.unwrap();
                 }
@@ -366,8 +365,7 @@ mod concurrency {
     /// every device counts once per file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_batches_of_different_devices_all_count() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let (_dir, store) = crate::sql::test_store().await;
         for i in 0..200 {
             let d = crate::devices::test_device(i, &["pilot"]);
             store.insert_device(&d).await.unwrap();
@@ -417,8 +415,7 @@ mod cve_pages {
     /// A page holds whole devices: a device exposed on two files is never cut at a page edge.
     #[tokio::test]
     async fn pages_hold_whole_devices() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        let (_dir, store) = crate::sql::test_store().await;
         let targets = ["approvals/pilot/acme/a", "approvals/pilot/acme/b"];
         for i in 0..5 {
             let d = crate::devices::test_device(i, &["pilot"]);

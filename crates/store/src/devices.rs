@@ -672,11 +672,13 @@ impl DeviceStore for SqlStore {
             .await?;
         }
         if accepted > 0 {
-            let held: i64 = sqlx::query("SELECT COALESCE(SUM(bytes), 0) AS n FROM report_batches WHERE device_id = $1")
-                .bind(device_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
+            let held: i64 = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) AS n FROM report_batches WHERE device_id = $1",
+            )
+            .bind(device_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
             let size = batch.message.len() as u64;
             if u64::try_from(held).unwrap_or(0).saturating_add(size) > limits.max_batch_bytes {
                 tx.rollback().await?;
@@ -788,8 +790,7 @@ mod tests {
         ) {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             let (accepted, stored, states) = rt.block_on(async {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+                let (_dir, store) = crate::sql::test_store().await;
                 store.insert_device(&device()).await.unwrap();
                 let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
                 let mut tasks = Vec::new();

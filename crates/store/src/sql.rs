@@ -561,14 +561,35 @@ impl Store for SqlStore {
     }
 }
 
+/// A fresh, empty store for a test: a SQLite file in a temporary directory, or, when
+/// `RINGFENCE_TEST_DATABASE=postgres`, a new database in the PostgreSQL server
+/// `RINGFENCE_TEST_POSTGRES` names (`scripts/test` starts one for the whole run).
+#[cfg(test)]
+pub(crate) async fn test_store() -> (tempfile::TempDir, SqlStore) {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var("RINGFENCE_TEST_DATABASE").as_deref() != Ok("postgres") {
+        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
+        return (dir, store);
+    }
+    use sqlx::Connection;
+    let server = std::env::var("RINGFENCE_TEST_POSTGRES").expect("RINGFENCE_TEST_POSTGRES: the test server's URL");
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("store_{}_{n}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&format!("{server}/postgres")).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+    let store = SqlStore::connect(&format!("{server}/{name}")).await.unwrap();
+    (dir, store)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     async fn open() -> (tempfile::TempDir, SqlStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqlStore::open(&dir.path().join("ringfence.db")).await.unwrap();
-        (dir, store)
+        test_store().await
     }
 
     fn meta(role: &str, version: u64) -> MetadataRecord {

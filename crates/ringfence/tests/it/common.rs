@@ -180,19 +180,12 @@ impl Server {
     /// Quickstart into a temporary directory, adjust the configuration, serve.
     pub fn start(adjust: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        run_ok(
-            Command::new(BIN)
-                .args([
-                    "quickstart",
-                    "--no-serve",
-                    "--device-addr",
-                    "127.0.0.1:0",
-                    "--admin-addr",
-                    "127.0.0.1:0",
-                    "--dir",
-                ])
-                .arg(dir.path()),
-        );
+        let mut quickstart = Command::new(BIN);
+        quickstart.args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+        if let Some(url) = test_postgres_database() {
+            quickstart.args(["--database", &url]);
+        }
+        run_ok(quickstart.arg("--dir").arg(dir.path()));
         let keys = dir.path().join("ringfence-keys");
         let data = dir.path().join("ringfence-data");
         Self::serve(dir, keys, data, adjust)
@@ -204,7 +197,7 @@ impl Server {
         adjust(&mut config);
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-        let db = runtime.block_on(ringfence_store::SqlStore::open(&config.database_path())).expect("database");
+        let db = runtime.block_on(ringfence_server::open_database(&config)).expect("database");
         let blobs = ringfence_store::BlobStore::open(&config.blob_dir()).expect("content store");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -406,8 +399,37 @@ pub fn agent_tuf(
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
-/// The attacker edits the database directly.
+/// With `RINGFENCE_TEST_DATABASE=postgres`: a new, empty database in the PostgreSQL server
+/// `RINGFENCE_TEST_POSTGRES` names (`scripts/test` starts one for the whole run), for one
+/// server of one test; otherwise none (the SQLite file in the data directory).
+pub fn test_postgres_database() -> Option<String> {
+    if std::env::var("RINGFENCE_TEST_DATABASE").as_deref() != Ok("postgres") {
+        return None;
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let server = std::env::var("RINGFENCE_TEST_POSTGRES").expect("RINGFENCE_TEST_POSTGRES: the test server's URL");
+    let name = format!("it_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {name}"));
+    psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}"));
+    Some(format!("{server}/{name}"))
+}
+
+/// Run one SQL statement with `psql`, returning what it prints (unaligned, tuples only).
+fn psql(url: &str, statement: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", statement])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The attacker edits the database directly (with the engine's own client, not our code).
 pub fn sql(server: &Server, statement: &str) {
+    if let Some(url) = &server.state.config.database.url {
+        psql(url, statement);
+        return;
+    }
     let out = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
@@ -425,6 +447,9 @@ pub fn sql_number(server: &Server, query: &str) -> i64 {
 
 /// The first column of every row a database query returns.
 pub fn sql_column(server: &Server, query: &str) -> Vec<String> {
+    if let Some(url) = &server.state.config.database.url {
+        return psql(url, query).lines().map(str::to_owned).collect();
+    }
     let out = Command::new("python3")
         .arg("-c")
         .arg("import sqlite3,sys; [print(r[0]) for r in sqlite3.connect(sys.argv[1]).execute(sys.argv[2])]")
