@@ -34,6 +34,10 @@ pub struct Options {
     /// instead of the SQLite file in the data directory.
     #[arg(long)]
     database: Option<String>,
+    /// Keep update content in an S3-compatible bucket (`s3://bucket`) instead of the data
+    /// directory; endpoint, region and credentials come from the `AWS_*` environment.
+    #[arg(long)]
+    content: Option<String>,
 }
 
 const YEAR: i64 = 365 * 86_400;
@@ -75,6 +79,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
         tls_names: options.tls_names.clone(),
         auto_approver: true,
         database: options.database.clone(),
+        content: options.content.clone(),
     })?;
     let auto_approver = online.auto_approver.context("auto-approver key")?;
 

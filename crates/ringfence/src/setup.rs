@@ -29,6 +29,10 @@ pub struct InitOptions {
     /// instead of the SQLite file in the data directory.
     #[arg(long)]
     pub database: Option<String>,
+    /// Keep update content in an S3-compatible bucket (`s3://bucket`) instead of the data
+    /// directory; endpoint, region and credentials come from the `AWS_*` environment.
+    #[arg(long)]
+    pub content: Option<String>,
 }
 
 /// What `init` made that the offline ceremony needs: the online keys' public halves.
@@ -53,6 +57,10 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
             "--database: a postgres:// URL"
         );
         config.database.url = Some(url.clone());
+    }
+    if let Some(url) = &options.content {
+        anyhow::ensure!(url.starts_with("s3://"), "--content: an s3:// URL");
+        config.content.url = Some(url.clone());
     }
 
     let online_dir = config.online_key_dir();
@@ -91,6 +99,9 @@ fn config_text(config: &Config) -> String {
     );
     if let Some(url) = &config.database.url {
         text.push_str(&format!("\n[database]\nurl = {url:?}\n"));
+    }
+    if let Some(url) = &config.content.url {
+        text.push_str(&format!("\n[content]\nurl = {url:?}\n"));
     }
     text
 }

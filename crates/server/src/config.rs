@@ -31,6 +31,26 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub database: DatabaseConfig,
+    #[serde(default)]
+    pub content: ContentConfig,
+}
+
+/// Where update content lives: `content/` in the data directory by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContentConfig {
+    /// An S3-compatible bucket (`s3://bucket`) instead of the local directory. Credentials
+    /// come from `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` in the environment.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The S3 endpoint (`https://s3.example.net`; default: AWS, or `AWS_ENDPOINT_URL`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Plain HTTP to the endpoint: only for an endpoint on loopback or a private network.
+    #[serde(default)]
+    pub allow_http: bool,
 }
 
 /// Where the database lives: the embedded SQLite file in the data directory by default.
@@ -359,6 +379,7 @@ impl Config {
             devices: DevicesConfig::default(),
             approvals: ApprovalsConfig::default(),
             database: DatabaseConfig::default(),
+            content: ContentConfig::default(),
         }
     }
 
@@ -379,6 +400,12 @@ impl Config {
                 anyhow::bail!("RINGFENCE_DATABASE_URL must be a postgres:// URL");
             }
             self.database.url = Some(v);
+        }
+        if let Some(v) = var("RINGFENCE_CONTENT_URL") {
+            if !v.starts_with("s3://") {
+                anyhow::bail!("RINGFENCE_CONTENT_URL must be an s3:// URL");
+            }
+            self.content.url = Some(v);
         }
         if let Some(v) = var("RINGFENCE_DEVICE_ADDR") {
             self.device_listener.addr = v;

@@ -83,10 +83,27 @@ pub async fn open_database(config: &Config) -> anyhow::Result<SqlStore> {
     })
 }
 
+/// Open the content store: the S3 bucket `[content] url` names, else `content/` in the data
+/// directory. Uploads are spooled in the data directory either way.
+pub fn open_content(config: &Config) -> anyhow::Result<BlobStore> {
+    Ok(match &config.content.url {
+        Some(url) => {
+            let location = ringfence_store::S3Location {
+                url: url.clone(),
+                endpoint: config.content.endpoint.clone(),
+                region: config.content.region.clone(),
+                allow_http: config.content.allow_http,
+            };
+            BlobStore::open_s3(&location, &config.blob_dir().join("tmp")).context("opening the S3 content store")?
+        }
+        None => BlobStore::open(&config.blob_dir()).context("opening the content store")?,
+    })
+}
+
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);
-    let blobs = BlobStore::open(&config.blob_dir()).context("opening the content store")?;
+    let blobs = open_content(&config)?;
     let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());

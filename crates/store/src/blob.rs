@@ -1,8 +1,11 @@
-//! Content-addressed blobs on local disk through `object_store`.
+//! Content-addressed blobs through `object_store`: on local disk (the embedded default) or in
+//! an S3-compatible bucket.
 //!
-//! Objects live at `blobs/<first two hex digits>/<sha256 hex>` under the store directory.
-//! An upload is streamed into a file under `tmp/`, hashed on the way, and renamed into place
-//! only once it is complete and verified, so a reader never sees a partial object.
+//! Objects live at `blobs/<first two hex digits>/<sha256 hex>` under the store directory (or
+//! the bucket). An upload is streamed into a file under `tmp/`, hashed on the way, and only
+//! once it is complete and verified renamed into place (local disk) or sent to the bucket as
+//! a multipart upload, which S3 makes visible only when complete; so a reader never sees a
+//! partial object.
 //!
 //! **Invariant:** no filesystem path is built from a hash that has not been checked to be
 //! exactly 64 lower-case hex digits.
@@ -18,7 +21,7 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore};
+use object_store::{GetOptions, GetRange, ObjectStore, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -62,10 +65,30 @@ fn read_error(err: object_store::Error) -> StoreError {
     }
 }
 
-/// Content-addressed blob storage in a local directory. Cheap to clone.
+/// Parts of a multipart upload to S3 (S3 takes 5 MiB to 5 GiB, at most 10,000 parts: 80 GiB).
+const PART_SIZE: usize = 8 << 20;
+/// Parts in flight at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Where an S3-compatible content store is. Credentials are not here: they come from the
+/// environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`), as do defaults for the rest
+/// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`).
+#[derive(Debug, Clone, Default)]
+pub struct S3Location {
+    /// `s3://bucket`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// Plain HTTP to the endpoint (a server on loopback or a private network only).
+    pub allow_http: bool,
+}
+
+/// Content-addressed blob storage in a local directory or an S3 bucket. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
-    objects: Arc<LocalFileSystem>,
+    objects: Arc<dyn ObjectStore>,
+    /// The local directory's store, when the objects are on local disk.
+    local: Option<Arc<LocalFileSystem>>,
     temp_dir: PathBuf,
 }
 
@@ -77,9 +100,32 @@ impl BlobStore {
         // Absolute from here on, like the paths `LocalFileSystem` derives, so that a later
         // change of working directory cannot split uploads from objects.
         let dir = std::fs::canonicalize(dir)?;
-        let objects = LocalFileSystem::new_with_prefix(&dir)?;
+        let objects = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
         let temp_dir = dir.join(TEMP_DIR);
-        Ok(BlobStore { objects: Arc::new(objects), temp_dir })
+        Ok(BlobStore { objects: objects.clone(), local: Some(objects), temp_dir })
+    }
+
+    /// Open the S3 bucket `location` names; uploads are spooled in `spool_dir` (created) while
+    /// they are hashed.
+    pub fn open_s3(location: &S3Location, spool_dir: &Path) -> Result<BlobStore> {
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(&location.url);
+        if let Some(endpoint) = &location.endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Some(region) = &location.region {
+            builder = builder.with_region(region);
+        }
+        if location.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let objects: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        std::fs::create_dir_all(spool_dir)?;
+        Ok(BlobStore { objects, local: None, temp_dir: std::fs::canonicalize(spool_dir)? })
+    }
+
+    /// Whether the objects are in a bucket (not on local disk).
+    pub fn is_remote(&self) -> bool {
+        self.local.is_none()
     }
 
     /// Start an upload of at most `max_len` bytes.
@@ -98,6 +144,7 @@ impl BlobStore {
         };
         Ok(BlobWriter {
             objects: Arc::clone(&self.objects),
+            local: self.local.clone(),
             temp_path,
             file: Some(tokio::fs::File::from_std(file)),
             hasher: Sha256::new(),
@@ -172,11 +219,16 @@ impl BlobStore {
         Ok(result.into_stream().map_err(read_error).boxed())
     }
 
-    /// Where the blob is (or would be) on disk, or `None` for a malformed address. For tests
-    /// that tamper with stored blobs.
+    /// Where the blob is (or would be) on local disk, or `None` for a malformed address or a
+    /// bucket. For tests that tamper with stored blobs.
     pub fn path_of(&self, sha256: &str) -> Option<PathBuf> {
         let key = BlobKey::parse(sha256).ok()?;
-        self.objects.path_to_filesystem(&key.location()).ok()
+        self.local.as_ref()?.path_to_filesystem(&key.location()).ok()
+    }
+
+    /// The object's key in the bucket (or under the directory): `blobs/<2 hex>/<sha256>`.
+    pub fn key_of(sha256: &str) -> Option<String> {
+        Some(BlobKey::parse(sha256).ok()?.location().to_string())
     }
 
     async fn check_range(&self, key: &BlobKey<'_>, range: &Range<u64>) -> Result<()> {
@@ -195,7 +247,8 @@ impl BlobStore {
 /// only through [`BlobWriter::finish`]. Dropping an unfinished writer removes the temporary
 /// file.
 pub struct BlobWriter {
-    objects: Arc<LocalFileSystem>,
+    objects: Arc<dyn ObjectStore>,
+    local: Option<Arc<LocalFileSystem>>,
     temp_path: PathBuf,
     /// `None` once the upload has failed; every later call fails too.
     file: Option<tokio::fs::File>,
@@ -269,7 +322,11 @@ impl BlobWriter {
             return Err(StoreError::HashMismatch { expected: expected.to_owned(), actual });
         }
         let key = BlobKey::parse(&actual)?;
-        let destination = self.objects.path_to_filesystem(&key.location())?;
+        let Some(local) = &self.local else {
+            self.upload(&key).await?;
+            return Ok(actual);
+        };
+        let destination = local.path_to_filesystem(&key.location())?;
         let parent = destination.parent().ok_or_else(|| invalid_input("blob path has no parent".to_owned()))?;
         tokio::fs::create_dir_all(parent).await?;
         // Same name means same content, so replacing an existing object is harmless.
@@ -279,6 +336,48 @@ impl BlobWriter {
         #[cfg(unix)]
         tokio::fs::File::open(parent).await?.sync_all().await?;
         Ok(actual)
+    }
+
+    /// Send the verified spool file to the bucket as a multipart upload (skipped when an
+    /// object of that name and length is there: same name, same content), then remove it.
+    async fn upload(&mut self, key: &BlobKey<'_>) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let location = key.location();
+        let present = match self.objects.head(&location).await {
+            Ok(meta) => meta.size == self.len,
+            Err(object_store::Error::NotFound { .. }) => false,
+            Err(err) => return Err(err.into()),
+        };
+        if !present {
+            let mut file = tokio::fs::File::open(&self.temp_path).await?;
+            let upload = self.objects.put_multipart(&location).await?;
+            let mut parts = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut buffer = vec![0u8; 1 << 20];
+            let sent: Result<()> = async {
+                loop {
+                    let n = file.read(&mut buffer).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    parts.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+                    parts.write(buffer.get(..n).unwrap_or_default());
+                }
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    parts.finish().await?;
+                }
+                Err(err) => {
+                    // The bucket keeps no parts of an upload that did not complete.
+                    let _ = parts.abort().await;
+                    return Err(err);
+                }
+            }
+        }
+        tokio::fs::remove_file(&self.temp_path).await?;
+        self.temp_exists = false;
+        Ok(())
     }
 
     async fn discard(&mut self) {
@@ -352,6 +451,48 @@ mod tests {
 
         let empty = put(&store, b"").await;
         assert_eq!(store.read_all(&empty).await.unwrap(), &b""[..]);
+    }
+
+    /// In an S3 bucket (the server `scripts/test` starts for its second pass): a file of three
+    /// multipart parts arrives whole, ranges come back exact, a bad hash stores nothing, and
+    /// the spool is empty afterwards. On the first pass (no server) there is nothing to test.
+    #[tokio::test]
+    async fn s3_multipart_round_trip() {
+        let Some(root) = std::env::var_os("RINGFENCE_TEST_S3_ROOT") else { return };
+        let bucket = format!("store-{}", std::process::id());
+        std::fs::create_dir_all(Path::new(&root).join(&bucket)).unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let location = S3Location { url: format!("s3://{bucket}"), ..S3Location::default() };
+        let store = BlobStore::open_s3(&location, spool.path()).unwrap();
+        assert!(store.is_remote() && store.path_of(&"a".repeat(64)).is_none());
+        let data: Vec<u8> = (0..(2 * PART_SIZE + 12_345)).map(|i| (i * 7 % 251) as u8).collect();
+        let put_big = |data: Vec<u8>| {
+            let store = store.clone();
+            async move {
+                let mut writer = store.writer(data.len() as u64).unwrap();
+                for chunk in data.chunks(64 << 10) {
+                    writer.write(chunk).await.unwrap();
+                }
+                writer.finish(Some(&sha256_hex(&data))).await.unwrap().0
+            }
+        };
+        let sha256 = put_big(data.clone()).await;
+        let on_server = Path::new(&root).join(&bucket).join(BlobStore::key_of(&sha256).unwrap());
+        assert_eq!(std::fs::read(on_server).unwrap(), data, "stored whole under its hash");
+        assert_eq!(store.len(&sha256).await.unwrap(), Some(data.len() as u64));
+        let far = PART_SIZE as u64 - 5..PART_SIZE as u64 + 5;
+        assert_eq!(store.get_range(&sha256, far).await.unwrap(), &data[PART_SIZE - 5..PART_SIZE + 5]);
+        let streamed: Vec<Bytes> = store.get_stream(&sha256, None).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(streamed.concat(), data);
+        // Stored again: the same address.
+        assert_eq!(put_big(data.clone()).await, sha256);
+        let mut writer = store.writer(3).unwrap();
+        writer.write(b"abc").await.unwrap();
+        assert!(matches!(writer.finish(Some(&"0".repeat(64))).await, Err(StoreError::HashMismatch { .. })));
+        assert_eq!(store.len(&sha256_hex(b"abc")).await.unwrap(), None);
+        assert_eq!(std::fs::read_dir(spool.path()).unwrap().count(), 0, "nothing left in the spool");
+        store.delete(&sha256).await.unwrap();
+        assert_eq!(store.len(&sha256).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ mod rollouts;
 mod rules;
 mod sql;
 
-pub use blob::{BlobStore, BlobWriter};
+pub use blob::{BlobStore, BlobWriter, S3Location};
 pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
 pub use devices::{

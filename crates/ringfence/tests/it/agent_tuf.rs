@@ -45,7 +45,7 @@ fn agent_tuf_client_downloads_lazily_and_does_not_refetch() {
     // Already there with the right hash: not fetched again (the blob is now broken on the
     // server, so a fetch would fail).
     let sha = ringfence_trust::sha256_hex(content);
-    std::fs::write(server.blobs.path_of(&sha).unwrap(), vec![0u8; content.len()]).unwrap();
+    std::fs::write(crate::common::blob_file(&server, &sha), vec![0u8; content.len()]).unwrap();
     let (ok, err) = agent_tuf(&server, &md, &["download"], &[APPROVED], &out);
     assert!(ok, "{err}");
     // A new client cannot fetch it any more: arbitrary package refused, nothing written.
@@ -74,7 +74,7 @@ fn agent_refuses_rollback_freeze_endless_data_and_unapproved_targets() {
 
     // Endless data: the attacker grows the blob and its recorded length.
     let sha = ringfence_trust::sha256_hex(content);
-    std::fs::write(server.blobs.path_of(&sha).unwrap(), vec![b'x'; 1 << 20]).unwrap();
+    std::fs::write(crate::common::blob_file(&server, &sha), vec![b'x'; 1 << 20]).unwrap();
     sql(&server, &format!("UPDATE blobs SET length = {} WHERE sha256 = '{sha}'", 1 << 20));
     let (ok, err) = agent_tuf(&server, &md, &["download"], &[APPROVED], &out);
     assert!(!ok);

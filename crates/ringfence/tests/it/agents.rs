@@ -210,7 +210,7 @@ fn a_stolen_server_cannot_make_installed_agents_install_anything() {
     let sha = ringfence_trust::sha256_hex(&script);
     let mut evil_bytes = script.clone();
     evil_bytes.iter_mut().rev().take(2).for_each(|b| *b = b'#');
-    std::fs::write(server.blobs.path_of(&sha).unwrap(), &evil_bytes).unwrap();
+    std::fs::write(crate::common::blob_file(&server, &sha), &evil_bytes).unwrap();
     let (code, out) = agent.check();
     assert_eq!(code, 3, "{out}");
     assert_eq!(agent.installs("good-2"), 0);
@@ -467,7 +467,7 @@ fn a_stolen_server_freezing_or_flooding_agents_is_refused_and_reported() {
     server.approve("pilot", "acme/flood-1.sh");
     let script = std::fs::read(server.dir.path().join("work/flood-1.sh")).unwrap();
     let sha = ringfence_trust::sha256_hex(&script);
-    std::fs::write(server.blobs.path_of(&sha).unwrap(), vec![b'#'; 4 << 20]).unwrap();
+    std::fs::write(crate::common::blob_file(&server, &sha), vec![b'#'; 4 << 20]).unwrap();
     sql(&server, &format!("UPDATE blobs SET length = {} WHERE sha256 = '{sha}'", 4 << 20));
     let (code, out) = agent.check();
     assert_eq!(code, 3, "{out}");

@@ -185,6 +185,9 @@ impl Server {
         if let Some(url) = test_postgres_database() {
             quickstart.args(["--database", &url]);
         }
+        if let Some(url) = test_bucket() {
+            quickstart.args(["--content", &url]);
+        }
         run_ok(quickstart.arg("--dir").arg(dir.path()));
         let keys = dir.path().join("ringfence-keys");
         let data = dir.path().join("ringfence-data");
@@ -198,7 +201,7 @@ impl Server {
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let db = runtime.block_on(ringfence_server::open_database(&config)).expect("database");
-        let blobs = ringfence_store::BlobStore::open(&config.blob_dir()).expect("content store");
+        let blobs = ringfence_server::open_content(&config).expect("content store");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("open state");
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -412,6 +415,30 @@ pub fn test_postgres_database() -> Option<String> {
     psql(&format!("{server}/postgres"), &format!("DROP DATABASE IF EXISTS {name}"));
     psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}"));
     Some(format!("{server}/{name}"))
+}
+
+/// With `RINGFENCE_TEST_S3_ROOT` set (the directory of the S3-compatible server `scripts/test`
+/// starts, `AWS_*` in the environment pointing at it): a new, empty bucket for one server of
+/// one test; otherwise none (content in the data directory).
+pub fn test_bucket() -> Option<String> {
+    let root = std::env::var_os("RINGFENCE_TEST_S3_ROOT")?;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let name = format!("it-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    // The server keeps a bucket as a directory under its root.
+    std::fs::create_dir_all(Path::new(&root).join(&name)).unwrap();
+    Some(format!("s3://{name}"))
+}
+
+/// Where a stored blob's bytes are on disk, for tests that tamper with them as the owner of
+/// the storage would: in the data directory, or in the S3 server's directory.
+pub fn blob_file(server: &Server, sha256: &str) -> PathBuf {
+    match (&server.state.config.content.url, std::env::var_os("RINGFENCE_TEST_S3_ROOT")) {
+        (Some(url), Some(root)) => {
+            let bucket = url.strip_prefix("s3://").unwrap();
+            Path::new(&root).join(bucket).join(ringfence_store::BlobStore::key_of(sha256).unwrap())
+        }
+        _ => server.blobs.path_of(sha256).unwrap(),
+    }
 }
 
 /// Run one SQL statement with `psql`, returning what it prints (unaligned, tuples only).

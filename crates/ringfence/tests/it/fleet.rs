@@ -502,7 +502,7 @@ fn cleanup_removes_only_what_no_approval_needs() {
     assert_eq!(listed, [sha_of("kb-a").as_str()], "{dry}");
     assert!(dry["content"][0]["reason"].as_str().unwrap().contains("kb-a"));
     assert!(dry["devices"].as_array().unwrap().is_empty());
-    assert!(server.blobs.path_of(&sha_of("kb-a")).unwrap().exists(), "a dry run removes nothing");
+    assert!(crate::common::blob_file(&server, &sha_of("kb-a")).exists(), "a dry run removes nothing");
     // Two days on, the upload and the quiet device would go too.
     let later = ringfence_server::unix_now() + 2 * 86_400;
     let content = server.runtime.block_on(server.state.repo.removable_content(later)).unwrap();
@@ -514,8 +514,8 @@ fn cleanup_removes_only_what_no_approval_needs() {
     // For real: kb-a's file is gone and no longer served; kb-b's stays.
     let out = run(&["cleanup"]);
     assert!(out.starts_with("removed 1 content file(s)"), "{out}");
-    assert!(!server.blobs.path_of(&sha_of("kb-a")).unwrap().exists());
-    assert!(server.blobs.path_of(&sha_of("kb-b")).unwrap().exists());
+    assert!(!crate::common::blob_file(&server, &sha_of("kb-a")).exists());
+    assert!(crate::common::blob_file(&server, &sha_of("kb-b")).exists());
     let served = |id: &str| {
         let path = ringfence_proto::TargetPath::parse(&format!("acme/{id}.sh")).unwrap();
         let sha = ringfence_proto::Sha256Hex::parse(&sha_of(id)).unwrap();

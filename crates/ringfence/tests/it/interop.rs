@@ -90,7 +90,7 @@ fn tampered_blob_and_expired_timestamp_are_refused() {
     let out = server.dir.path().join("out");
     // Swap the stored bytes for others of the same length.
     let sha = ringfence_trust::sha256_hex(content);
-    let path = server.blobs.path_of(&sha).expect("blob path");
+    let path = crate::common::blob_file(&server, &sha);
     std::fs::write(&path, b"PAYLOAD-V2").unwrap();
     let (ok, answer) = tuf_client(
         &server,
