@@ -1,5 +1,8 @@
 //! Background work: renew online metadata before it expires, warn about offline roles, delete
-//! expired device sessions and challenges.
+//! expired device sessions and challenges, apply approval rules, run rollouts. Of the nodes
+//! sharing one database only the one holding the jobs lease does it (`domain::cluster`); every
+//! node tries to take or keep the lease every few seconds, so the work moves within seconds of
+//! its leader dying.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,10 +11,33 @@ use crate::AppState;
 use crate::domain::error::chain;
 
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let interval = Duration::from_secs(state.config.expiry.check_interval_secs.max(1));
-    let mut warned: Vec<String> = Vec::new();
+    let interval = i64::try_from(state.config.expiry.check_interval_secs.max(1)).unwrap_or(i64::MAX);
+    let mut last_run: Option<i64> = None;
     loop {
         let now = crate::unix_now();
+        let leading = match state.cluster.lead(now).await {
+            Ok(leading) => leading,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "taking the jobs lease failed");
+                false
+            }
+        };
+        if !leading {
+            last_run = None;
+        } else if last_run.is_none_or(|at| now - at >= interval) {
+            last_run = Some(now);
+            run_jobs(&state, now).await;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(crate::domain::cluster::RENEW_SECS)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One pass of every background job (on the leading node).
+async fn run_jobs(state: &AppState, now: i64) {
+    {
         match state.repo.renew(now).await {
             Ok(renewed) if !renewed.is_empty() => {
                 let names: Vec<String> = renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
@@ -44,15 +70,8 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
         }
         if let Ok(health) = state.repo.health(now).await {
             for w in &health.warnings {
-                if !warned.contains(w) {
-                    tracing::warn!(warning = %w, "metadata expiry");
-                }
+                tracing::warn!(warning = %w, "metadata expiry");
             }
-            warned = health.warnings;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = stop.changed() => return,
         }
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub reports: domain::reports::Reports,
     pub rules: domain::rules::Rules,
     pub rollouts: domain::rollouts::Rollouts,
+    /// This node among the nodes sharing the database (who runs the background jobs).
+    pub cluster: domain::cluster::Cluster,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
     pub device_permits: tokio::sync::Semaphore,
     /// Device API bodies being read at once, for callers without a session (enroll,
@@ -119,6 +121,15 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     };
     let rollouts = domain::rollouts::Rollouts::new(db.clone(), audit.clone(), events.clone());
     let rules = domain::rules::Rules::new(db.clone(), audit.clone(), events);
+    let mut random = [0u8; 4];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
+    let node = format!(
+        "{}-{}-{}",
+        std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim(),
+        std::process::id(),
+        hex::encode(random)
+    );
+    let cluster = domain::cluster::Cluster::new(db.clone(), node);
     let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
@@ -132,6 +143,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         repo,
         tokens,
         devices: fleet,
+        cluster,
         audit,
         reports,
         rules,

@@ -7,6 +7,7 @@
 
 mod blob;
 mod cleanup;
+mod cluster;
 mod compliance;
 mod devices;
 mod rollouts;
@@ -15,6 +16,7 @@ mod sql;
 
 pub use blob::{BlobStore, BlobWriter, S3Location};
 pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
+pub use cluster::{ClusterStore, ExclusiveGuard, Section};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
@@ -22,7 +24,7 @@ pub use devices::{
 };
 pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
-pub use sql::SqlStore;
+pub use sql::{Engine, SqlStore};
 
 /// A stored, published metadata document: the exact bytes served to clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +169,9 @@ pub trait Store: Send + Sync + 'static {
 
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
-pub trait Database: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore {}
+pub trait Database:
+    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore
+{
+}
 
-impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore> Database for T {}

@@ -75,6 +75,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0008_rollout_stages.sql"),
         include_str!("../migrations/postgres/0008_rollout_stages.sql"),
     ),
+    (
+        9,
+        "cluster",
+        include_str!("../migrations/0009_cluster.sql"),
+        include_str!("../migrations/postgres/0009_cluster.sql"),
+    ),
 ];
 
 /// The database engine behind a store.

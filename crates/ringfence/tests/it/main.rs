@@ -17,6 +17,7 @@ mod freshness;
 mod installation;
 mod interop;
 mod layering;
+mod scale_out;
 mod signer_review;
 mod stolen_server;
 mod tough_interop;

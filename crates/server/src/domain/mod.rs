@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod checkins;
+pub mod cluster;
 pub mod devices;
 pub mod error;
 pub mod events;

@@ -167,7 +167,7 @@ impl Rollouts {
         }
         let stages = request.stages.unwrap_or_else(|| vec![100]);
         check_stages(&stages)?;
-        let _one = self.lock.lock().await;
+        let _one = (self.lock.lock().await, self.db.exclusive(ringfence_store::Section::Rollouts).await?);
         let record = RolloutRecord {
             group: request.group.to_string(),
             update_id: request.update.clone(),
@@ -207,7 +207,7 @@ impl Rollouts {
         actor: &str,
         now: i64,
     ) -> Result<RolloutStatus> {
-        let _one = self.lock.lock().await;
+        let _one = (self.lock.lock().await, self.db.exclusive(ringfence_store::Section::Rollouts).await?);
         let record = self
             .db
             .rollouts()
@@ -330,7 +330,7 @@ impl Rollouts {
     /// stage succeeded and soaked, archive those no longer approved, and keep the signed holds
     /// fresh. Returns the rollouts halted.
     pub async fn tick(&self, repo: &Repository, now: i64) -> Result<usize> {
-        let _one = self.lock.lock().await;
+        let _one = (self.lock.lock().await, self.db.exclusive(ringfence_store::Section::Rollouts).await?);
         let (mut halted, mut changed) = (0, false);
         // One rollout that cannot be checked does not stop the others, nor the refresh.
         for r in self.db.rollouts().await? {

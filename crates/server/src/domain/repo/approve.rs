@@ -82,7 +82,7 @@ impl Repository {
         now: i64,
     ) -> Result<RoleState> {
         ringfence_trust::windows::check_all(&windows).map_err(|e| bad(format!("windows: {e}")))?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         let detail = if windows.is_empty() {
             format!("no maintenance windows for {group}")
         } else {
@@ -166,7 +166,7 @@ impl Repository {
             ringfence_trust::rollout::check(stages).map_err(bad)?;
         }
         let subject = request.subject().map_err(bad)?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         let mut entries = Vec::new();
         for path in self.subject_paths(&subject).await? {
             let file = self
@@ -213,7 +213,7 @@ impl Repository {
     /// one target). `Conflict` when the group has none of them.
     pub async fn withdraw(&self, request: WithdrawalRequest, actor: &str, now: i64) -> Result<RoleState> {
         let subject = request.subject().map_err(bad)?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         let paths: Vec<String> = self
             .subject_paths(&subject)
             .await?

@@ -19,7 +19,7 @@ impl Repository {
     /// Import a new repository: root version 1 and the offline-signed targets-type roles,
     /// each verified against the role that delegates it, then snapshot and timestamp 1.
     pub async fn bootstrap(&self, root_bytes: &[u8], roles: &[(RoleName, Vec<u8>)], now: i64) -> Result<()> {
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         if self.db.latest_metadata("root").await?.is_some() {
             return Err(Error::Conflict("the repository is already initialised".into()));
         }
@@ -149,7 +149,7 @@ impl Repository {
     /// Renew what the server signs before it expires: timestamp, snapshot, and delegated roles
     /// whose threshold the online keys meet. Returns the roles renewed.
     pub async fn renew(&self, now: i64) -> Result<Vec<RoleVersion>> {
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         let mut roles = Vec::new();
         for rec in self.db.latest_all().await? {
             let Ok(name) = RoleName::parse(&rec.role) else { continue };

@@ -93,6 +93,15 @@ impl Repository {
         Ok(record.map(|r| r.bytes))
     }
 
+    /// One writer of role versions at a time: in this node (a mutex) and across the nodes that
+    /// share the database (`Section::Repository`, a database lock on PostgreSQL), so two nodes
+    /// never prepare two different versions of one role with the same number.
+    async fn exclusive(&self) -> Result<(tokio::sync::MutexGuard<'_, ()>, ringfence_store::ExclusiveGuard)> {
+        let local = self.write_lock.lock().await;
+        let shared = self.db.exclusive(ringfence_store::Section::Repository).await?;
+        Ok((local, shared))
+    }
+
     pub fn online_keys(&self) -> &OnlineKeys {
         &self.keys
     }

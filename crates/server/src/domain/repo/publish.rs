@@ -71,7 +71,7 @@ impl Repository {
     /// Add an update's files to its publisher's hashed bins.
     pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> Result<PublishOutcome> {
         validate_manifest(&manifest)?;
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         // An update supersedes only its own publisher's updates: supersedence declines the old
         // one, and no publisher decides that for another's.
         for old in &manifest.supersedes {

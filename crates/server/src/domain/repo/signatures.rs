@@ -68,7 +68,7 @@ impl Repository {
     /// Propose a new version of an offline-signed role (root, targets, a publisher or
     /// approval role) as a whole document, with the signatures gathered so far.
     pub async fn propose(&self, role: &RoleName, bytes: &[u8], actor: &str, now: i64) -> Result<RoleState> {
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         match role.kind() {
             RoleKind::Root => {
                 let env = Envelope::<Root>::parse(bytes, MAX_UPLOADED_METADATA).map_err(bad)?;
@@ -133,7 +133,7 @@ impl Repository {
         actor: &str,
         now: i64,
     ) -> Result<RoleState> {
-        let _guard = self.write_lock.lock().await;
+        let _guard = self.exclusive().await?;
         let pending = self.db.pending(role.as_str()).await?.ok_or(Error::NotFound)?;
         if pending.version != upload.version {
             return Err(Error::Conflict(format!(

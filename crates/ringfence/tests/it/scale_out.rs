@@ -1,0 +1,316 @@
+//! Three `ringfence serve` processes on one PostgreSQL database and one S3 bucket behind nginx
+//! (TCP passthrough: TLS ends at the nodes). Agents and the CLI talk to nginx only. The node
+//! running the background jobs is killed with SIGKILL while updates are being published and
+//! approved; afterwards another node leads, nothing published is torn, duplicated or lost,
+//! every acknowledged report is kept, and python-tuf reads the repository through nginx.
+//!
+//! Runs on the second test pass only (PostgreSQL and S3; the first pass leaves `scale_out`
+//! out): `RINGFENCE_TEST_DATABASE=postgres` with a PostgreSQL server and an S3 server started.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{BIN, agent_bin, interop_script, python, run_ok, test_bucket, test_postgres_database};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process stopped when the test ends, however it ends: SIGTERM (so nginx stops its
+/// workers), SIGKILL if it is still there after a few seconds.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Node {
+    process: Process,
+    device: u16,
+    admin: u16,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    database: String,
+    config: PathBuf,
+    nodes: Vec<Node>,
+    nginx: Option<Process>,
+    device_port: u16,
+    admin_port: u16,
+}
+
+impl Cluster {
+    /// Start node `i`: `ringfence serve` with the installation's configuration on ports of its own.
+    fn node(&self, i: usize) -> Node {
+        let (device, admin) = (free_port(), free_port());
+        let log = std::fs::File::create(self.dir.path().join(format!("node-{i}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RINGFENCE_DEVICE_ADDR", format!("127.0.0.1:{device}"))
+            .env("RINGFENCE_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+            .env("RINGFENCE_ALLOW_ROOT", "1")
+            // The reference client reads the repository too (it has no device session).
+            .env("RINGFENCE_REPOSITORY_ACCESS", "public")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for_port(admin, "a node's admin listener");
+        wait_for_port(device, "a node's device listener");
+        Node { process: Process(child), device, admin }
+    }
+
+    /// The `ringfence` CLI, talking to the admin listeners through nginx.
+    fn cli(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("RINGFENCE_ADMIN_URL", format!("https://127.0.0.1:{}", self.admin_port))
+            .env("RINGFENCE_CA", self.data.join("tls/cert.pem"))
+            .env("RINGFENCE_TOKEN", std::fs::read_to_string(self.data.join("admin.token")).unwrap())
+            .env("RINGFENCE_SIGNER_STATE", self.dir.path().join("signer-state"));
+        c
+    }
+
+    fn sql(&self, query: &str) -> String {
+        let out = Command::new("psql").args(["-X", "-q", "-A", "-t", &self.database, "-c", query]).output().unwrap();
+        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The process id in the name of the node holding the jobs lease (`host-pid-random`).
+    fn leader_pid(&self) -> Option<u32> {
+        let holder = self.sql("SELECT holder FROM leases WHERE name = 'jobs'");
+        holder.rsplit('-').nth(1)?.parse().ok()
+    }
+
+    fn publish(&self, id: &str) -> bool {
+        let work = self.dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let script = work.join(format!("{id}.sh"));
+        std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\n")).unwrap();
+        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+        m["id"] = id.into();
+        m["installer"] = json!({"module": "script"});
+        m["applicability"] = json!({});
+        let manifest = work.join(format!("{id}.json"));
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let published = self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script).output().unwrap();
+        published.status.success()
+            && self.cli().args(["approve", id, "--group", "pilot"]).output().unwrap().status.success()
+    }
+}
+
+fn start_cluster() -> Cluster {
+    let database = test_postgres_database().expect("the scale-out test runs on PostgreSQL (RINGFENCE_TEST_DATABASE)");
+    let bucket = test_bucket().expect("the scale-out test runs on S3 (RINGFENCE_TEST_S3_ROOT)");
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(["--database", &database, "--content", &bucket, "--dir"])
+            .arg(dir.path()),
+    );
+    let (data, keys) = (dir.path().join("ringfence-data"), dir.path().join("ringfence-keys"));
+    // The publisher's key online too, so a publish signs at once (pilot's approver is online).
+    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+    let config = data.join("ringfence.toml");
+    let (device_port, admin_port) = (free_port(), free_port());
+    let mut cluster = Cluster { dir, data, database, config, nodes: Vec::new(), nginx: None, device_port, admin_port };
+    cluster.nodes = (0..3).map(|i| cluster.node(i)).collect();
+    let upstream = |port: fn(&Node) -> u16| -> String {
+        cluster.nodes.iter().map(|n| format!("server 127.0.0.1:{} max_fails=1 fail_timeout=2s; ", port(n))).collect()
+    };
+    let conf = cluster.dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+             daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             stream {{\n\
+               upstream devices {{ {devices} }}\n\
+               upstream admins {{ {admins} }}\n\
+               server {{ listen 127.0.0.1:{device_port}; proxy_pass devices; proxy_connect_timeout 1s; }}\n\
+               server {{ listen 127.0.0.1:{admin_port}; proxy_pass admins; proxy_connect_timeout 1s; }}\n\
+             }}\n",
+            dir = cluster.dir.path().display(),
+            devices = upstream(|n| n.device),
+            admins = upstream(|n| n.admin),
+        ),
+    )
+    .unwrap();
+    let nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(cluster.dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (scripts/test installs it)");
+    cluster.nginx = Some(Process(nginx));
+    wait_for_port(admin_port, "nginx");
+    wait_for_port(device_port, "nginx");
+    cluster
+}
+
+fn enroll(cluster: &Cluster, root: &Path, name: &str, token: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(cluster.data.join("1.root.json")).unwrap());
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args(["enroll", "--server", &format!("https://127.0.0.1:{}", cluster.device_port)])
+            .args(["--root-sha256", &root_sha, "--group", "pilot", "--token", token, "--ca"])
+            .arg(cluster.data.join("tls/cert.pem"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .current_dir(&dir),
+    );
+    assert!(out.contains("(accepted)"), "{out}");
+    dir
+}
+
+fn check(agent: &Path) -> (i32, String) {
+    let out = Command::new(agent_bin())
+        .args(["check", "--state-dir"])
+        .arg(agent.join("state"))
+        .current_dir(agent)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
+    let mut cluster = start_cluster();
+    let token = run_ok(cluster.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "3"]));
+    let root = cluster.dir.path().join("agents");
+    let agents: Vec<PathBuf> = (0..3).map(|i| enroll(&cluster, &root, &format!("agent-{i}"), token.trim())).collect();
+    assert!(cluster.publish("u-0"), "a publish through nginx");
+    for agent in &agents {
+        let (code, out) = check(agent);
+        assert_eq!(code, 0, "{out}");
+        assert!(agent.join("ran-u-0").exists(), "{out}");
+    }
+
+    // One node leads the jobs.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        if let Some(pid) = cluster.leader_pid() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no node took the jobs lease");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let leader_at =
+        cluster.nodes.iter().position(|n| n.process.0.id() == leader).expect("the leader is one of the nodes");
+
+    // Publish and approve while the leader is killed in the middle of it.
+    let ids: Vec<String> = (1..=6).map(|i| format!("u-{i}")).collect();
+    let published: Vec<(String, bool)> = std::thread::scope(|s| {
+        let publishing = s.spawn(|| ids.iter().map(|id| (id.clone(), cluster.publish(id))).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(1500));
+        run_ok(Command::new("kill").args(["-KILL", &leader.to_string()]));
+        publishing.join().unwrap()
+    });
+    let mut killed = cluster.nodes.remove(leader_at);
+    let status = killed.process.0.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by SIGKILL");
+
+    // Another node takes the jobs within seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        match cluster.leader_pid() {
+            Some(pid) if pid != leader => break pid,
+            _ => assert!(Instant::now() < deadline, "no node took over the jobs"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(cluster.nodes.iter().any(|n| n.process.0.id() == next), "the new leader is a live node");
+
+    // Whatever failed at the kill goes through now (no lock was left held).
+    let mut done: Vec<String> = vec!["u-0".into()];
+    for (id, ok) in published {
+        assert!(ok || cluster.publish(&id), "{id} after the kill");
+        done.push(id);
+    }
+
+    // Nothing torn or duplicated: each role's versions run 1, 2, 3 ... without a gap, once each.
+    let rows = cluster.sql("SELECT role || ' ' || COUNT(*) || ' ' || COUNT(DISTINCT version) || ' ' || MAX(version) FROM metadata GROUP BY role");
+    for row in rows.lines() {
+        let f: Vec<&str> = row.split(' ').collect();
+        assert!(f[1] == f[2] && f[2] == f[3], "role {} has versions {row}", f[0]);
+    }
+    // Nothing lost: every agent installs every update, and reports it.
+    for agent in &agents {
+        let (code, out) = check(agent);
+        assert_eq!(code, 0, "{out}");
+        for id in &done {
+            assert!(agent.join(format!("ran-{id}")).exists(), "{id} on {}: {out}", agent.display());
+        }
+        let outbox = agent.join("state/outbox");
+        let pending = std::fs::read_dir(&outbox).map_or(0, |d| d.count());
+        assert_eq!(pending, 0, "every report acknowledged");
+    }
+    let installed: i64 =
+        cluster.sql("SELECT COUNT(*) FROM device_update_states WHERE state = 'installed'").parse().unwrap();
+    assert_eq!(installed, (agents.len() * done.len()) as i64, "every acknowledged report is kept");
+
+    // The reference client reads the repository through nginx, verifying every signature.
+    let md = cluster.dir.path().join("python-tuf");
+    let out = Command::new(python())
+        .arg(interop_script("tuf_client.py"))
+        .args(["--metadata-url", &format!("https://127.0.0.1:{}/repo/metadata/", cluster.device_port)])
+        .args(["--targets-url", &format!("https://127.0.0.1:{}/repo/targets/", cluster.device_port)])
+        .arg("--root")
+        .arg(cluster.data.join("1.root.json"))
+        .arg("--metadata-dir")
+        .arg(&md)
+        .arg("--ca-cert")
+        .arg(cluster.data.join("tls/cert.pem"))
+        .args(["download", "--target", "approvals/pilot/acme/u-6.sh", "--out-dir"])
+        .arg(cluster.dir.path().join("python-tuf-out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // A node started now serves nothing older than what clients trust already.
+    let fresh = cluster.node(9);
+    let newest: u64 = cluster.sql("SELECT MAX(version) FROM metadata WHERE role = 'timestamp'").parse().unwrap();
+    let trusted: Value = serde_json::from_slice(&std::fs::read(md.join("timestamp.json")).unwrap()).unwrap();
+    let served = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(cluster.data.join("tls/cert.pem"))
+        .arg(format!("https://127.0.0.1:{}/repo/metadata/timestamp.json", fresh.device))
+        .output()
+        .unwrap();
+    let served: Value = serde_json::from_slice(&served.stdout).unwrap();
+    let version = served["signed"]["version"].as_u64().unwrap();
+    assert!(version >= trusted["signed"]["version"].as_u64().unwrap() && version == newest, "{version} vs {newest}");
+}

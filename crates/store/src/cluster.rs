@@ -1,0 +1,115 @@
+//! What several server nodes sharing one database agree through it: one writer at a time for
+//! what is sequenced (repository versions, rollout holds), and one leader for background jobs.
+
+use sqlx::Row;
+
+use crate::Result;
+use crate::sql::{Engine, SqlStore};
+
+/// What an exclusive section writes: each has its own lock, so holding one never waits for
+/// another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Repository role versions (publish, approve, sign, renew).
+    Repository = 1,
+    /// Rollout state and the signed holds document.
+    Rollouts = 2,
+}
+
+/// Held while a node writes what `Section` names. On PostgreSQL this is a session advisory lock
+/// on a connection of its own; dropping the guard closes that connection, which releases the
+/// lock even if the node stops mid-way (its session ends with it). On SQLite (one node) it
+/// holds nothing.
+pub struct ExclusiveGuard {
+    conn: Option<sqlx::AnyConnection>,
+}
+
+impl Drop for ExclusiveGuard {
+    fn drop(&mut self) {
+        // Closing (not returning to the pool) is what releases the lock: a connection back in
+        // the pool would keep it.
+        drop(self.conn.take());
+    }
+}
+
+#[async_trait::async_trait]
+pub trait ClusterStore: Send + Sync + 'static {
+    /// Wait until no other node writes `section`, and hold it until the guard is dropped.
+    async fn exclusive(&self, section: Section) -> Result<ExclusiveGuard>;
+    /// Take or keep the lease `name` for `holder` until `until`: granted when it is free, has
+    /// expired by `now`, or is already `holder`'s. Returns whether `holder` holds it.
+    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    /// Who holds lease `name` and until when, if anyone ever did.
+    async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>>;
+}
+
+#[async_trait::async_trait]
+impl ClusterStore for SqlStore {
+    async fn exclusive(&self, section: Section) -> Result<ExclusiveGuard> {
+        if self.engine() != Engine::Postgres {
+            return Ok(ExclusiveGuard { conn: None });
+        }
+        let mut conn = self.pool.acquire().await?.detach();
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(section as i64).execute(&mut conn).await?;
+        Ok(ExclusiveGuard { conn: Some(conn) })
+    }
+
+    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+        let row = sqlx::query(
+            "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE leases.holder = excluded.holder OR leases.expires_at < $4 \
+             RETURNING holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(until)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
+    }
+
+    async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query("SELECT holder, expires_at FROM leases WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("holder")?, r.try_get("expires_at")?))).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lease_has_one_holder_until_it_expires() {
+        let (_dir, store) = crate::sql::test_store().await;
+        assert!(store.lease("jobs", "a", 100, 110).await.unwrap(), "free");
+        assert!(!store.lease("jobs", "b", 105, 115).await.unwrap(), "held by a");
+        assert!(store.lease("jobs", "a", 108, 118).await.unwrap(), "a renews");
+        assert!(!store.lease("jobs", "b", 118, 128).await.unwrap(), "not expired at its end");
+        assert!(store.lease("jobs", "b", 119, 129).await.unwrap(), "expired: b takes it");
+        assert!(!store.lease("jobs", "a", 120, 130).await.unwrap(), "a lost it");
+        assert_eq!(store.lease_holder("jobs").await.unwrap(), Some(("b".to_owned(), 129)));
+        assert!(store.lease("other", "a", 120, 130).await.unwrap(), "leases are independent");
+    }
+
+    #[tokio::test]
+    async fn one_writer_at_a_time_across_connections() {
+        let (_dir, store) = crate::sql::test_store().await;
+        if store.engine() != Engine::Postgres {
+            return; // One node: nothing to exclude.
+        }
+        let first = store.exclusive(Section::Repository).await.unwrap();
+        // Another section is free meanwhile.
+        drop(store.exclusive(Section::Rollouts).await.unwrap());
+        let other = store.clone();
+        let waiting = tokio::spawn(async move { other.exclusive(Section::Repository).await.map(|_| ()) });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a second writer waits while the first holds the lock");
+        drop(first);
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.unwrap().unwrap().unwrap();
+    }
+}
