@@ -32,6 +32,20 @@ enum Command {
         #[arg(long, default_value = "ringfence-data/ringfence.toml")]
         config: PathBuf,
     },
+    /// Move a stopped embedded installation to PostgreSQL (and its content to S3), verified,
+    /// and point its configuration there.
+    Migrate {
+        #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+        config: PathBuf,
+        /// An empty PostgreSQL database: `postgres://user@host:port/name`.
+        #[arg(long)]
+        to: String,
+        /// An empty S3-compatible bucket for the content: `s3://bucket` (endpoint, region and
+        /// credentials from the `AWS_*` environment). Without it content stays in the data
+        /// directory (one node only).
+        #[arg(long)]
+        blobs: Option<String>,
+    },
     #[command(flatten)]
     Admin(Box<ringfence_cli::Command>),
 }
@@ -72,6 +86,42 @@ fn main() -> anyhow::Result<()> {
             let config = ringfence_server::Config::load(&config)?;
             ringfence_server::check_not_root(&config)?;
             runtime()?.block_on(serve(config))
+        }
+        Command::Migrate { config, to, blobs } => {
+            anyhow::ensure!(
+                to.starts_with("postgres://") || to.starts_with("postgresql://"),
+                "--to: a postgres:// URL"
+            );
+            anyhow::ensure!(blobs.as_deref().is_none_or(|b| b.starts_with("s3://")), "--blobs: an s3:// URL");
+            let loaded = ringfence_server::Config::load(&config)?;
+            let text = std::fs::read_to_string(&config)?;
+            anyhow::ensure!(
+                !text.contains("[database]") && !text.contains("[content]"),
+                "{} has a [database] or [content] section: move by hand (docs/SCALE-OUT.md)",
+                config.display()
+            );
+            let done = runtime()?.block_on(ringfence_server::migrate(&loaded, &to, blobs.as_deref()))?;
+            for (table, rows) in done.rows.iter().filter(|(_, n)| *n > 0) {
+                println!("  {table}: {rows} rows");
+            }
+            println!(
+                "Copied {} tables and {} blobs ({} bytes), each checked.",
+                done.rows.len(),
+                done.blobs,
+                done.bytes
+            );
+            // Point the configuration at the copy; the old one is kept beside it.
+            let backup = config.with_extension("toml.before-migrate");
+            std::fs::write(&backup, &text)?;
+            let mut next = format!("{}\n[database]\nurl = {to:?}\n", text.trim_end());
+            if let Some(bucket) = &blobs {
+                next.push_str(&format!("\n[content]\nurl = {bucket:?}\n"));
+            }
+            // Owner-only: the database URL may carry a password.
+            ringfence_server::tls::write_private(&config, next.as_bytes())?;
+            println!("{} now names them (the previous configuration is {}).", config.display(), backup.display());
+            println!("Start the nodes with `ringfence serve --config {}` (docs/SCALE-OUT.md).", config.display());
+            Ok(())
         }
         Command::Admin(command) => ringfence_cli::run(*command),
     }

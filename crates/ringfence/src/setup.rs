@@ -85,7 +85,8 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     }
     names.extend(options.tls_names.iter().cloned());
     tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
-    std::fs::write(&config_path, config_text(&config))?;
+    // Owner-only: a database URL may carry a password.
+    tls::write_private(&config_path, config_text(&config).as_bytes())?;
     Ok(Initialised { config_path, timestamp, snapshot, auto_approver })
 }
 

@@ -35,6 +35,13 @@ pub struct Config {
     pub content: ContentConfig,
 }
 
+impl std::fmt::Debug for DatabaseConfig {
+    /// Without the URL, which may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig").field("url", &self.url.as_ref().map(|_| "…")).finish()
+    }
+}
+
 /// Where update content lives: `content/` in the data directory by default.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,7 +61,7 @@ pub struct ContentConfig {
 }
 
 /// Where the database lives: the embedded SQLite file in the data directory by default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// A PostgreSQL database (`postgres://user@host:port/name`) instead of the SQLite file.

@@ -12,66 +12,90 @@ use crate::domain::error::chain;
 
 pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let interval = i64::try_from(state.config.expiry.check_interval_secs.max(1)).unwrap_or(i64::MAX);
-    let mut last_run: Option<i64> = None;
+    // The lease is kept in a task of its own, so a long pass of jobs never lets it lapse.
+    take_lease(&state).await;
+    tokio::spawn(keep_lease(state.clone(), stop.clone()));
+    let (mut last_run, mut warned): (Option<i64>, Vec<String>) = (None, Vec::new());
     loop {
         let now = crate::unix_now();
-        let leading = match state.cluster.lead(now).await {
-            Ok(leading) => leading,
-            Err(e) => {
-                tracing::error!(error = %chain(&e), "taking the jobs lease failed");
-                false
-            }
-        };
-        if !leading {
+        if !state.cluster.leading() {
             last_run = None;
         } else if last_run.is_none_or(|at| now - at >= interval) {
             last_run = Some(now);
-            run_jobs(&state, now).await;
+            run_jobs(&state, now, &mut warned).await;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(crate::domain::cluster::RENEW_SECS)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => return,
         }
     }
 }
 
-/// One pass of every background job (on the leading node).
-async fn run_jobs(state: &AppState, now: i64) {
-    {
-        match state.repo.renew(now).await {
-            Ok(renewed) if !renewed.is_empty() => {
-                let names: Vec<String> = renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
-                tracing::info!(renewed = ?names, "renewed online metadata");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %chain(&e), "renewing online metadata failed"),
+async fn take_lease(state: &AppState) {
+    if let Err(e) = state.cluster.lead().await {
+        tracing::error!(error = %chain(&e), "taking the jobs lease failed");
+    }
+}
+
+/// Take or keep the jobs lease every few seconds, on every node.
+async fn keep_lease(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(crate::domain::cluster::RENEW_SECS)) => {}
+            _ = stop.changed() => return,
         }
-        match state.devices.sweep(now).await {
-            Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
+        take_lease(&state).await;
+    }
+}
+
+/// One pass of every background job (on the leading node); each step only while this node
+/// still leads.
+async fn run_jobs(state: &AppState, now: i64, warned: &mut Vec<String>) {
+    for step in 0..6 {
+        if !state.cluster.leading() {
+            return;
         }
-        match state.rules.run(&state.repo, &state.reports, now).await {
-            Ok(n) if n > 0 => tracing::info!(approvals = n, "approval rules approved updates"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %chain(&e), "applying approval rules failed"),
-        }
-        match state.rollouts.tick(&state.repo, now).await {
-            Ok(n) if n > 0 => tracing::warn!(halted = n, "rollouts halted"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %chain(&e), "checking rollouts failed"),
-        }
-        if state.config.approvals.decline_superseded {
-            match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
-                Ok(n) if n > 0 => tracing::info!(declined = n, "declined superseded updates"),
+        match step {
+            0 => match state.repo.renew(now).await {
+                Ok(renewed) if !renewed.is_empty() => {
+                    let names: Vec<String> = renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
+                    tracing::info!(renewed = ?names, "renewed online metadata");
+                }
                 Ok(_) => {}
-                Err(e) => tracing::error!(error = %chain(&e), "declining superseded updates failed"),
+                Err(e) => tracing::error!(error = %chain(&e), "renewing online metadata failed"),
+            },
+            1 => match state.devices.sweep(now).await {
+                Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
+            },
+            2 => match state.rules.run(&state.repo, &state.reports, now).await {
+                Ok(n) if n > 0 => tracing::info!(approvals = n, "approval rules approved updates"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %chain(&e), "applying approval rules failed"),
+            },
+            3 => match state.rollouts.tick(&state.repo, now).await {
+                Ok(n) if n > 0 => tracing::warn!(halted = n, "rollouts halted"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %chain(&e), "checking rollouts failed"),
+            },
+            4 if state.config.approvals.decline_superseded => {
+                match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
+                    Ok(n) if n > 0 => tracing::info!(declined = n, "declined superseded updates"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %chain(&e), "declining superseded updates failed"),
+                }
             }
-        }
-        if let Ok(health) = state.repo.health(now).await {
-            for w in &health.warnings {
-                tracing::warn!(warning = %w, "metadata expiry");
+            5 => {
+                // Each warning once, while it lasts.
+                if let Ok(health) = state.repo.health(now).await {
+                    for w in health.warnings.iter().filter(|w| !warned.contains(w)) {
+                        tracing::warn!(warning = %w, "metadata expiry");
+                    }
+                    *warned = health.warnings;
+                }
             }
+            _ => {}
         }
     }
 }

@@ -102,6 +102,51 @@ pub fn open_content(config: &Config) -> anyhow::Result<BlobStore> {
     })
 }
 
+/// What `ringfence migrate` copied.
+#[derive(Debug)]
+pub struct Migrated {
+    /// Rows per table, counted again in the target.
+    pub rows: Vec<(String, u64)>,
+    /// Blobs copied into the bucket (each hash-checked on arrival) and their bytes.
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Copy the embedded installation `config` describes (SQLite, and local content) into an empty
+/// PostgreSQL database and, if given, an empty S3 bucket; every blob is re-hashed as it
+/// arrives, and every table is counted on both sides. The server must be stopped meanwhile.
+pub async fn migrate(config: &Config, database_url: &str, bucket: Option<&str>) -> anyhow::Result<Migrated> {
+    anyhow::ensure!(config.database.url.is_none(), "this installation is on PostgreSQL already");
+    anyhow::ensure!(config.content.url.is_none() || bucket.is_none(), "this installation's content is in S3 already");
+    let source = SqlStore::open(&config.database_path()).await.context("opening the SQLite database")?;
+    let target = SqlStore::connect(database_url).await.context("opening the PostgreSQL database")?;
+    anyhow::ensure!(
+        target.row_counts().await?.iter().all(|(_, n)| *n == 0),
+        "the PostgreSQL database already holds data: give an empty one"
+    );
+    let (mut blobs, mut bytes) = (0, 0);
+    if let Some(bucket) = bucket {
+        let from = open_content(config)?;
+        let location = ringfence_store::S3Location { url: bucket.to_owned(), ..Default::default() };
+        let to = BlobStore::open_s3(&location, &config.blob_dir().join("tmp")).context("opening the bucket")?;
+        anyhow::ensure!(to.is_empty().await?, "the bucket already holds content: give an empty one");
+        for (sha256, length) in source.blob_records().await? {
+            use futures::TryStreamExt;
+            let mut chunks = from.get_stream(&sha256, None).await.with_context(|| format!("reading blob {sha256}"))?;
+            let mut writer = to.writer(length)?;
+            while let Some(chunk) = chunks.try_next().await? {
+                writer.write(&chunk).await?;
+            }
+            let (_, written) = writer.finish(Some(&sha256)).await.with_context(|| format!("blob {sha256}"))?;
+            anyhow::ensure!(written == length, "blob {sha256}: {written} bytes, the catalog says {length}");
+            blobs += 1;
+            bytes += length;
+        }
+    }
+    let rows = source.copy_into(&target).await.context("copying the database")?;
+    Ok(Migrated { rows, blobs, bytes })
+}
+
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);

@@ -123,6 +123,12 @@ impl BlobStore {
         Ok(BlobStore { objects, local: None, temp_dir: std::fs::canonicalize(spool_dir)? })
     }
 
+    /// Whether the store holds no blob.
+    pub async fn is_empty(&self) -> Result<bool> {
+        let mut listing = self.objects.list(Some(&ObjectPath::from(OBJECTS_DIR)));
+        Ok(listing.next().await.transpose()?.is_none())
+    }
+
     /// Whether the objects are in a bucket (not on local disk).
     pub fn is_remote(&self) -> bool {
         self.local.is_none()
@@ -364,6 +370,11 @@ impl BlobWriter {
                 }
             }
             .await;
+            // Every part but the last sent, so a failed part is aborted below too.
+            let sent = match sent {
+                Ok(()) => parts.wait_for_capacity(0).await.map_err(StoreError::from),
+                Err(err) => Err(err),
+            };
             match sent {
                 Ok(()) => {
                     parts.finish().await?;

@@ -6,6 +6,15 @@ use sqlx::Row;
 use crate::Result;
 use crate::sql::{Engine, SqlStore};
 
+/// The first key of every PostgreSQL advisory lock Ringfence takes ("RFNC"), so its locks never
+/// meet another application's in a shared database.
+pub(crate) const LOCK_NAMESPACE: i32 = 0x5246_4e43;
+/// The second key of the lock pending enrollments are counted under.
+pub(crate) const PENDING_ENROLLMENT_LOCK: i32 = 100;
+/// How long a node waits for a section before the request fails (rather than hanging behind a
+/// node that froze while holding it).
+const LOCK_WAIT: &str = "60s";
+
 /// What an exclusive section writes: each has its own lock, so holding one never waits for
 /// another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,9 +45,12 @@ impl Drop for ExclusiveGuard {
 pub trait ClusterStore: Send + Sync + 'static {
     /// Wait until no other node writes `section`, and hold it until the guard is dropped.
     async fn exclusive(&self, section: Section) -> Result<ExclusiveGuard>;
-    /// Take or keep the lease `name` for `holder` until `until`: granted when it is free, has
-    /// expired by `now`, or is already `holder`'s. Returns whether `holder` holds it.
-    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool>;
+    /// Take or keep the lease `name` for `holder` for `seconds` from the database's clock:
+    /// granted when it is free, has expired, or is already `holder`'s. Returns whether `holder`
+    /// holds it.
+    async fn lease(&self, name: &str, holder: &str, seconds: i64) -> Result<bool>;
+    /// Seconds since 1970 by the database's clock.
+    async fn database_now(&self) -> Result<i64>;
     /// Who holds lease `name` and until when, if anyone ever did.
     async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>>;
 }
@@ -50,11 +62,28 @@ impl ClusterStore for SqlStore {
             return Ok(ExclusiveGuard { conn: None });
         }
         let mut conn = self.pool.acquire().await?.detach();
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(section as i64).execute(&mut conn).await?;
+        // A holder whose machine froze or dropped off the network is noticed within about 25 s
+        // (its session ends, and the lock with it), and nobody waits longer than LOCK_WAIT.
+        for setting in [
+            "SET tcp_keepalives_idle = 10".to_owned(),
+            "SET tcp_keepalives_interval = 5".to_owned(),
+            "SET tcp_keepalives_count = 3".to_owned(),
+            format!("SET lock_timeout = '{LOCK_WAIT}'"),
+        ] {
+            sqlx::query(&setting).execute(&mut conn).await?;
+        }
+        sqlx::query("SELECT pg_advisory_lock($1, $2)")
+            .bind(LOCK_NAMESPACE)
+            .bind(section as i32)
+            .execute(&mut conn)
+            .await?;
         Ok(ExclusiveGuard { conn: Some(conn) })
     }
 
-    async fn lease(&self, name: &str, holder: &str, now: i64, until: i64) -> Result<bool> {
+    async fn lease(&self, name: &str, holder: &str, seconds: i64) -> Result<bool> {
+        // The database's clock, not the node's: nodes whose clocks disagree agree on leases.
+        let now = self.database_now().await?;
+        let until = now.saturating_add(seconds);
         let row = sqlx::query(
             "INSERT INTO leases (name, holder, expires_at) VALUES ($1, $2, $3) \
              ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
@@ -68,6 +97,14 @@ impl ClusterStore for SqlStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
+    }
+
+    async fn database_now(&self) -> Result<i64> {
+        let query = match self.engine() {
+            Engine::Postgres => "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT) AS now",
+            Engine::Sqlite => "SELECT CAST(strftime('%s', 'now') AS BIGINT) AS now",
+        };
+        Ok(sqlx::query(query).fetch_one(&self.pool).await?.try_get("now")?)
     }
 
     async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>> {
@@ -86,14 +123,18 @@ mod tests {
     #[tokio::test]
     async fn a_lease_has_one_holder_until_it_expires() {
         let (_dir, store) = crate::sql::test_store().await;
-        assert!(store.lease("jobs", "a", 100, 110).await.unwrap(), "free");
-        assert!(!store.lease("jobs", "b", 105, 115).await.unwrap(), "held by a");
-        assert!(store.lease("jobs", "a", 108, 118).await.unwrap(), "a renews");
-        assert!(!store.lease("jobs", "b", 118, 128).await.unwrap(), "not expired at its end");
-        assert!(store.lease("jobs", "b", 119, 129).await.unwrap(), "expired: b takes it");
-        assert!(!store.lease("jobs", "a", 120, 130).await.unwrap(), "a lost it");
-        assert_eq!(store.lease_holder("jobs").await.unwrap(), Some(("b".to_owned(), 129)));
-        assert!(store.lease("other", "a", 120, 130).await.unwrap(), "leases are independent");
+        assert!(store.lease("jobs", "a", 60).await.unwrap(), "free");
+        assert!(!store.lease("jobs", "b", 60).await.unwrap(), "held by a");
+        assert!(store.lease("jobs", "a", 60).await.unwrap(), "a renews");
+        // a's last renewal ends before now (as if a stopped renewing long ago).
+        assert!(store.lease("jobs", "a", -5).await.unwrap());
+        assert!(store.lease("jobs", "b", 60).await.unwrap(), "expired: b takes it");
+        assert!(!store.lease("jobs", "a", 60).await.unwrap(), "a lost it");
+        let (holder, until) = store.lease_holder("jobs").await.unwrap().unwrap();
+        let now = store.database_now().await.unwrap();
+        assert_eq!(holder, "b");
+        assert!((now + 55..=now + 60).contains(&until), "by the database's clock: {until} vs {now}");
+        assert!(store.lease("other", "a", 60).await.unwrap(), "leases are independent");
     }
 
     #[tokio::test]

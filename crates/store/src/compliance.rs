@@ -100,6 +100,10 @@ pub trait ComplianceStore: Send + Sync + 'static {
 
 /// Add `delta` to each group's accepted-device count, in the caller's transaction.
 pub(crate) async fn adjust_group_devices(conn: &mut sqlx::AnyConnection, groups: &[String], delta: i64) -> Result<()> {
+    // In one order everywhere, so two transactions never wait for each other's rows.
+    let mut groups: Vec<&String> = groups.iter().collect();
+    groups.sort();
+    groups.dedup();
     for group in groups {
         sqlx::query(
             "INSERT INTO group_devices (group_name, devices) VALUES ($1, $2) \

@@ -328,8 +328,16 @@ impl DeviceStore for SqlStore {
         limits: PendingLimits,
     ) -> Result<Result<(), PendingRefusal>> {
         let mut tx = self.pool.begin().await?;
-        // A write first, so SQLite takes the write lock before counting (no two floods pass
-        // the same count).
+        // One pending enrollment at a time, so no two floods pass the same count: PostgreSQL
+        // takes a transaction lock for it first (on every node); SQLite takes its write lock
+        // with the first write.
+        if self.engine() == crate::sql::Engine::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                .bind(crate::cluster::LOCK_NAMESPACE)
+                .bind(crate::cluster::PENDING_ENROLLMENT_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         insert_device_row(&mut tx, d, Some(source)).await?;
         let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE state = 'pending'")
             .fetch_one(&mut *tx)
@@ -446,17 +454,24 @@ impl DeviceStore for SqlStore {
 
     async fn record_checkins(&self, checkins: &[CheckinRecord]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for c in checkins {
+        // Rows in one order on every node (no two batches wait for each other), and a newer
+        // check-in another node wrote is never overwritten by an older one.
+        let mut ordered: Vec<&CheckinRecord> = checkins.iter().collect();
+        ordered.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        for c in ordered {
             // A version beyond the column's range is stored as the largest it holds: one
             // device's value can never fail the batch of every other device.
             let version = i64::try_from(c.timestamp_version).unwrap_or(i64::MAX);
-            sqlx::query("UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 WHERE id = $4")
-                .bind(c.at)
-                .bind(version)
-                .bind(&c.inventory)
-                .bind(&c.device_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE devices SET last_checkin = $1, timestamp_version = $2, inventory = $3 \
+                 WHERE id = $4 AND (last_checkin IS NULL OR last_checkin <= $1)",
+            )
+            .bind(c.at)
+            .bind(version)
+            .bind(&c.inventory)
+            .bind(&c.device_id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -9,6 +9,7 @@ mod blob;
 mod cleanup;
 mod cluster;
 mod compliance;
+mod copy;
 mod devices;
 mod rollouts;
 mod rules;

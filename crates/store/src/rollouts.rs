@@ -340,14 +340,22 @@ impl RolloutStore for SqlStore {
     }
 
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()> {
-        sqlx::query(
+        // Only forward: a node that signed an older or the same version (its lock lost, say)
+        // cannot replace what another node published.
+        let done = sqlx::query(
             "INSERT INTO rollout_holds (id, version, bytes) VALUES (1, $1, $2) \
-             ON CONFLICT (id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes",
+             ON CONFLICT (id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes \
+             WHERE rollout_holds.version < excluded.version",
         )
         .bind(to_bigint(version, "version")?)
         .bind(bytes)
         .execute(&self.pool)
         .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "rollout holds version {version} is not newer than the stored one"
+            )));
+        }
         Ok(())
     }
 }

@@ -165,6 +165,20 @@ impl SqlStore {
                 AnyPoolOptions::new().max_connections(POSTGRES_CONNECTIONS).connect_with(options).await?
             }
         };
+        if engine == Engine::Postgres {
+            // Keys and paths are compared and paged in byte order, as SQLite does: a database
+            // that sorts text by a language's rules would page and match prefixes differently.
+            let row = sqlx::query("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+                .fetch_one(&pool)
+                .await?;
+            let collation: String = row.try_get("datcollate")?;
+            if !matches!(collation.as_str(), "C" | "POSIX" | "C.UTF-8" | "C.utf8") {
+                return Err(StoreError::Refused(format!(
+                    "the database sorts text as {collation}; Ringfence needs byte order: \
+                     CREATE DATABASE … TEMPLATE template0 LOCALE 'C'"
+                )));
+            }
+        }
         Migrator::new(EmbeddedMigrations(engine)).await?.run(&pool).await?;
         Ok(SqlStore { pool, engine })
     }

@@ -237,6 +237,11 @@ impl Server {
         }
     }
 
+    /// Stop serving and hand back the installation's directory (kept, not deleted).
+    pub fn stop(mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     pub fn client(&self, token: Option<&str>) -> Client {
         Client::new(&self.admin_url, token.map(str::to_owned), &self.ca).expect("client")
     }

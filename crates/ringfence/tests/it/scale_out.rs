@@ -314,3 +314,90 @@ fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
     let version = served["signed"]["version"].as_u64().unwrap();
     assert!(version >= trusted["signed"]["version"].as_u64().unwrap() && version == newest, "{version} vs {newest}");
 }
+
+#[test]
+fn an_embedded_installation_moves_to_postgres_and_s3_and_goes_on() {
+    use crate::agents::{enroll, token};
+    use crate::common::Server;
+    // An embedded installation (SQLite, local content) with an enrolled device and an update.
+    let dir = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(BIN)
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
+            .arg(dir.path()),
+    );
+    let (keys, data) = (dir.path().join("ringfence-keys"), dir.path().join("ringfence-data"));
+    let server = Server::serve(dir, keys.clone(), data.clone(), |_| {});
+    assert!(server.state.config.database.url.is_none(), "embedded");
+    let agent = enroll(&server, &server.dir.path().join("agents"), "m-1", "pilot", &token(&server, "pilot", 1));
+    server.publish_signed("before.txt", b"published before the move\n");
+    assert!(server.approve("pilot", "acme/before.txt").contains("is published"));
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "{out}");
+    let (device, admin) = (
+        server.repo_url.trim_start_matches("https://").trim_end_matches("/repo").to_owned(),
+        server.admin_url.trim_start_matches("https://").to_owned(),
+    );
+    let dir = server.stop();
+
+    // Moved, with verification; the configuration now names PostgreSQL and the bucket.
+    let database = test_postgres_database().expect("runs on the PostgreSQL pass");
+    let bucket = test_bucket().expect("runs on the S3 pass");
+    let config = data.join("ringfence.toml");
+    let migrate = |to: &str, blobs: &str| {
+        Command::new(BIN)
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .args(["--to", to, "--blobs", blobs])
+            .output()
+            .unwrap()
+    };
+    let out = migrate(&database, &bucket);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("metadata:") && said.contains("blobs"), "{said}");
+    assert!(std::fs::read_to_string(&config).unwrap().contains(&database));
+    // A second move into a database that holds data is refused.
+    std::fs::copy(config.with_extension("toml.before-migrate"), &config).unwrap();
+    let out = migrate(&database, &test_bucket().unwrap());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds data"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = migrate(&test_postgres_database().unwrap(), &bucket);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds content"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[database]\nurl = {database:?}\n\n[content]\nurl = {bucket:?}\n",
+            std::fs::read_to_string(&config).unwrap().trim_end()
+        ),
+    )
+    .unwrap();
+
+    // Served from there on the same addresses: the device goes on, and installs what is new.
+    let server = Server::serve(dir, keys, data, |c| {
+        c.device_listener.addr = device.clone();
+        c.admin_listener.addr = admin.clone();
+    });
+    assert_eq!(server.state.config.database.url.as_deref(), Some(database.as_str()));
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "{out}");
+    server.publish_signed("after.txt", b"published after the move\n");
+    assert!(server.approve("pilot", "acme/after.txt").contains("is published"));
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "{out}");
+    let states: Vec<String> = crate::agents::devices(&server)
+        .into_iter()
+        .flat_map(|d| d.updates)
+        .map(|u| format!("{} {}", u.target, u.state.as_str()))
+        .collect();
+    assert!(states.contains(&"approvals/pilot/acme/before.txt installed".to_owned()), "{states:?}");
+    assert!(states.contains(&"approvals/pilot/acme/after.txt installed".to_owned()), "{states:?}");
+}

@@ -31,9 +31,16 @@ impl Cluster {
         &self.node
     }
 
-    /// Take or keep the jobs lease; whether this node leads now.
-    pub async fn lead(&self, now: i64) -> Result<bool> {
-        let leading = self.db.lease("jobs", &self.node, now, now + LEASE_SECS).await?;
+    /// Take or keep the jobs lease (by the database's clock, so nodes whose clocks disagree
+    /// still agree on it); whether this node leads now. An error counts as not leading.
+    pub async fn lead(&self) -> Result<bool> {
+        let leading = match self.db.lease("jobs", &self.node, LEASE_SECS).await {
+            Ok(leading) => leading,
+            Err(e) => {
+                self.leading.store(false, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         let was = self.leading.swap(leading, Ordering::Relaxed);
         if leading != was {
             if leading {
