@@ -10,10 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use ringfence_proto::device::{CheckinRequest, Inventory};
+use std::time::Duration;
 
 mod common;
 use common::Bench;
@@ -35,8 +32,8 @@ fn main() {
     let mut baseline = Vec::new();
     let mut checkins = Vec::new();
     for _ in 0..ROUNDS {
-        baseline.push(round(&base, &ca, &tokens, false));
-        checkins.push(round(&base, &ca, &tokens, true));
+        baseline.push(common::round(std::slice::from_ref(&base), &ca, &tokens, THREADS, ROUND, false));
+        checkins.push(common::round(std::slice::from_ref(&base), &ca, &tokens, THREADS, ROUND, true));
     }
     baseline.sort_by(f64::total_cmp);
     checkins.sort_by(f64::total_cmp);
@@ -47,48 +44,4 @@ fn main() {
     println!("| POST /device/v1/checkin, {DEVICES} devices | {c:.0} | {checkins:.0?} |");
     println!("check-in / baseline: {:.2}", c / b);
     drop(server);
-}
-
-/// Requests per second over one bounded round.
-fn round(base: &str, ca: &std::path::Path, tokens: &Arc<Vec<String>>, checkin: bool) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + ROUND;
-    let started = Instant::now();
-    let workers: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let client = ringfence_cli::http::Client::new(base, None, ca).expect("client");
-            let done = done.clone();
-            let tokens = tokens.clone();
-            std::thread::spawn(move || {
-                let body = CheckinRequest {
-                    inventory: Inventory {
-                        hostname: "bench".into(),
-                        os: "linux".into(),
-                        os_version: "12".into(),
-                        architecture: "x86_64".into(),
-                        agent_version: "bench".into(),
-                        installed: vec![],
-                    },
-                    timestamp_version: 1,
-                };
-                let mut i = t;
-                while Instant::now() < deadline {
-                    let ok = if checkin {
-                        let token = &tokens[i % tokens.len()];
-                        let c = client.with_token(token);
-                        c.send_json("POST", "/device/v1/checkin", &body).map(|a| a.status == 200).unwrap_or(false)
-                    } else {
-                        client.get("/healthz").map(|a| a.status == 200).unwrap_or(false)
-                    };
-                    assert!(ok, "request failed");
-                    done.fetch_add(1, Ordering::Relaxed);
-                    i += THREADS;
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("worker");
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }

@@ -37,18 +37,25 @@ impl Drop for Running {
 impl Bench {
     /// Quickstart into a temporary directory, adjust the configuration, open the state.
     pub fn quickstart(adjust: impl FnOnce(&mut Config)) -> Bench {
+        Self::quickstart_with(&[], adjust)
+    }
+
+    /// [`Bench::quickstart`] with more `quickstart` arguments (`--database URL`, say).
+    pub fn quickstart_with(args: &[&str], adjust: impl FnOnce(&mut Config)) -> Bench {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
-            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(args)
+            .arg("--dir")
             .arg(dir.path())
             .output()
             .expect("quickstart");
-        assert!(status.status.success());
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
         let data = dir.path().join("ringfence-data");
         let mut config = Config::load(&data.join("ringfence.toml")).expect("config");
         adjust(&mut config);
         let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-        let db = runtime.block_on(SqlStore::open(&config.database_path())).expect("database");
+        let db = runtime.block_on(ringfence_server::open_database(&config)).expect("database");
         let state = runtime.block_on(ringfence_server::open_state(config)).expect("state");
         Bench { runtime, state, db, data, _dir: dir }
     }
@@ -111,6 +118,82 @@ impl Bench {
     pub fn ca(&self) -> PathBuf {
         self.data.join("tls/cert.pem")
     }
+
+    /// One more node on the same database and content: its own state, its own listeners.
+    #[allow(dead_code)] // only the benches that run several nodes
+    pub fn another_node(&self, adjust: impl FnOnce(&mut Config)) -> (Arc<AppState>, Running) {
+        let mut config = Config::load(&self.data.join("ringfence.toml")).expect("config");
+        adjust(&mut config);
+        let state = self.runtime.block_on(ringfence_server::open_state(config)).expect("state");
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = state.clone();
+        let handle = self.runtime.handle().clone();
+        let thread = std::thread::spawn(move || {
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            handle.block_on(ringfence_server::serve(serving, stopped, Some(ready_tx))).expect("serve");
+        });
+        let addrs = self.runtime.block_on(ready_rx).expect("ready");
+        (state, Running { addrs, stop: Some(stop_tx), thread: Some(thread) })
+    }
+}
+
+/// Requests per second over one round of `length`: `threads` clients, each on its own
+/// kept-alive connection to one of `bases` (in turn), posting check-ins for rotating devices
+/// (`checkin`) or getting `/healthz`.
+#[allow(dead_code)] // only the check-in benches
+pub fn round(
+    bases: &[String],
+    ca: &std::path::Path,
+    tokens: &Arc<Vec<String>>,
+    threads: usize,
+    length: std::time::Duration,
+    checkin: bool,
+) -> f64 {
+    use ringfence_proto::device::{CheckinRequest, Inventory};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = std::time::Instant::now() + length;
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let client = ringfence_cli::http::Client::new(&bases[t % bases.len()], None, ca).expect("client");
+            let done = done.clone();
+            let tokens = tokens.clone();
+            std::thread::spawn(move || {
+                let body = CheckinRequest {
+                    inventory: Inventory {
+                        hostname: "bench".into(),
+                        os: "linux".into(),
+                        os_version: "12".into(),
+                        architecture: "x86_64".into(),
+                        agent_version: "bench".into(),
+                        installed: vec![],
+                    },
+                    timestamp_version: 1,
+                };
+                let mut i = t;
+                while std::time::Instant::now() < deadline {
+                    let ok = if checkin {
+                        let token = &tokens[i % tokens.len()];
+                        let c = client.with_token(token);
+                        c.send_json("POST", "/device/v1/checkin", &body).map(|a| a.status == 200).unwrap_or(false)
+                    } else {
+                        client.get("/healthz").map(|a| a.status == 200).unwrap_or(false)
+                    };
+                    assert!(ok, "request failed");
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += threads;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// A report batch for benches that call the store directly: the server checks signatures, the
