@@ -64,7 +64,9 @@ fn random_id() -> String {
 /// TLS sessions) are reused from cycle to cycle.
 pub fn fetcher(state: &StateDir) -> anyhow::Result<Fetcher> {
     let ca = std::fs::read(state.ca_file()).ok();
-    Fetcher::new(ca.as_deref())
+    let mut fetcher = Fetcher::new(ca.as_deref())?;
+    fetcher.http_redirects_to_loopback = state.config().is_ok_and(|c| c.http_content_redirects_to_loopback);
+    Ok(fetcher)
 }
 
 pub fn local_inventory(state: &StateDir) -> Inventory {
@@ -135,6 +137,7 @@ pub fn enroll(
         groups,
         poll_seconds: 300,
         health_check: Vec::new(),
+        http_content_redirects_to_loopback: false,
     })?;
     Ok(enrolled.state)
 }

@@ -8,8 +8,20 @@ use ringfence_trust::workflow::Fetched;
 #[derive(Clone)]
 pub struct Fetcher {
     agent: ureq::Agent,
-    /// Device session token sent with every request, when the repository needs one.
+    /// For content the server redirects elsewhere (a pre-signed bucket URL): HTTPS trusting the
+    /// public web PKI, never the device's session token. What arrives is checked against the
+    /// signed length and hashes like anything else.
+    elsewhere: ureq::Agent,
+    /// Device session token sent with every request to the server, when it needs one.
     pub bearer: Option<String>,
+    /// Also follow plain-HTTP content redirects, to loopback addresses only.
+    pub http_redirects_to_loopback: bool,
+}
+
+/// Whether `host` (from a URL) is this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Fetcher {
@@ -27,10 +39,20 @@ impl Fetcher {
         if let Some(pem) = ca_pem {
             builder = builder.tls_config(ringfence_client_net::pinned_tls(pem)?);
         }
-        Ok(Self { agent: builder.build().into(), bearer: None })
+        let elsewhere = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
+            .timeout_recv_body(Some(std::time::Duration::from_secs(300)))
+            .max_redirects(0)
+            .timeout_global(Some(std::time::Duration::from_secs(3 * 3600)))
+            .tls_config(ringfence_client_net::web_pki_tls())
+            .build()
+            .into();
+        Ok(Self { agent: builder.build().into(), elsewhere, bearer: None, http_redirects_to_loopback: false })
     }
 
     /// GET `url`, reading at most `max_length` bytes; more is an error (endless data).
+    /// (Metadata: redirects are never followed.)
     pub fn fetch(&self, url: &str, max_length: u64) -> anyhow::Result<Fetched> {
         let mut request = self.agent.get(url);
         if let Some(token) = &self.bearer {
@@ -74,6 +96,11 @@ impl Fetcher {
             request = request.header("range", format!("bytes={offset}-"));
         }
         let mut response = request.call().with_context(|| format!("fetching {url}"))?;
+        if matches!(response.status().as_u16(), 302 | 303 | 307 | 308) {
+            let location = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let location = location.to_owned();
+            response = self.redirected(url, &location, offset)?;
+        }
         let status = response.status().as_u16();
         match (status, offset) {
             (200, 0) | (206, _) => {}
@@ -88,6 +115,25 @@ impl Fetcher {
             bail!("{url} is longer than its metadata allows (endless data)");
         }
         Ok(written)
+    }
+}
+
+impl Fetcher {
+    /// Follow one redirect of a content download to `location`: HTTPS (web PKI), or plain HTTP
+    /// to loopback when allowed; without the session token; no further redirect.
+    fn redirected(&self, url: &str, location: &str, offset: u64) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        let uri: ureq::http::Uri = location.parse().with_context(|| format!("{url}: a redirect to a bad URL"))?;
+        let host = uri.host().unwrap_or_default();
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if self.http_redirects_to_loopback && is_loopback(host) => {}
+            _ => bail!("{url}: a redirect to {location} is not followed (HTTPS only)"),
+        }
+        let mut request = self.elsewhere.get(location);
+        if offset > 0 {
+            request = request.header("range", format!("bytes={offset}-"));
+        }
+        request.call().with_context(|| format!("fetching {url} from {host}"))
     }
 }
 
@@ -111,5 +157,33 @@ impl Fetcher {
             response.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
         let body = response.body_mut().with_config().limit(64 * 1024).read_to_vec()?;
         Ok(ApiAnswer { status, retry_after, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_is_loopback() {
+        for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["", "10.0.0.1", "example.net", "localhost.example.net", "[::2]", "128.0.0.1"] {
+            assert!(!is_loopback(host), "{host}");
+        }
+    }
+
+    #[test]
+    fn redirects_elsewhere_are_https_unless_loopback_is_allowed() {
+        let mut fetcher = Fetcher::new(None).unwrap();
+        let refused = |f: &Fetcher, to: &str| f.redirected("https://server/t", to, 0).unwrap_err().to_string();
+        assert!(refused(&fetcher, "http://127.0.0.1:1/x").contains("not followed"));
+        assert!(refused(&fetcher, "ftp://example.net/x").contains("not followed"));
+        assert!(refused(&fetcher, "/relative").contains("not followed"));
+        fetcher.http_redirects_to_loopback = true;
+        assert!(refused(&fetcher, "http://10.0.0.1:1/x").contains("not followed"), "loopback only");
+        // Allowed: it is fetched (nothing listens on port 1, so the fetch itself fails).
+        assert!(!refused(&fetcher, "http://127.0.0.1:1/x").contains("not followed"));
     }
 }

@@ -27,6 +27,10 @@ pub struct AgentConfig {
     /// Health check run after every install, in addition to the update's own.
     #[serde(default)]
     pub health_check: Vec<String>,
+    /// Follow a plain-HTTP redirect of a download when it points at this machine's loopback
+    /// (a test or lab bucket). Off by default: content redirects are followed over HTTPS only.
+    #[serde(default)]
+    pub http_content_redirects_to_loopback: bool,
 }
 
 /// One installed update, by approval-independent published path.

@@ -24,6 +24,16 @@ pub fn pinned_tls(ca_pem: &[u8]) -> anyhow::Result<TlsConfig> {
         .build())
 }
 
+/// HTTPS trusting the public web PKI (Mozilla's roots, compiled in): for content the server
+/// redirects to a bucket, whose bytes are checked against signed hashes anyway.
+pub fn web_pki_tls() -> TlsConfig {
+    TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::WebPki)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

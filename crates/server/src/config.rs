@@ -58,6 +58,11 @@ pub struct ContentConfig {
     /// Plain HTTP to the endpoint: only for an endpoint on loopback or a private network.
     #[serde(default)]
     pub allow_http: bool,
+    /// Answer downloads with a redirect to a short-lived pre-signed URL of the bucket, so the
+    /// bytes flow from S3 to devices without passing through a node. Devices check every
+    /// byte against the signed hashes either way; they must reach the bucket's endpoint.
+    #[serde(default)]
+    pub redirect_downloads: bool,
 }
 
 /// Where the database lives: the embedded SQLite file in the data directory by default.

@@ -87,6 +87,8 @@ pub struct S3Location {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     objects: Arc<dyn ObjectStore>,
+    /// The bucket, when the objects are in one: it signs download URLs.
+    bucket: Option<Arc<object_store::aws::AmazonS3>>,
     /// The local directory's store, when the objects are on local disk.
     local: Option<Arc<LocalFileSystem>>,
     temp_dir: PathBuf,
@@ -102,7 +104,7 @@ impl BlobStore {
         let dir = std::fs::canonicalize(dir)?;
         let objects = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
         let temp_dir = dir.join(TEMP_DIR);
-        Ok(BlobStore { objects: objects.clone(), local: Some(objects), temp_dir })
+        Ok(BlobStore { objects: objects.clone(), bucket: None, local: Some(objects), temp_dir })
     }
 
     /// Open the S3 bucket `location` names; uploads are spooled in `spool_dir` (created) while
@@ -118,9 +120,19 @@ impl BlobStore {
         if location.allow_http {
             builder = builder.with_allow_http(true);
         }
-        let objects: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let bucket = Arc::new(builder.build()?);
         std::fs::create_dir_all(spool_dir)?;
-        Ok(BlobStore { objects, local: None, temp_dir: std::fs::canonicalize(spool_dir)? })
+        let objects: Arc<dyn ObjectStore> = bucket.clone();
+        Ok(BlobStore { objects, bucket: Some(bucket), local: None, temp_dir: std::fs::canonicalize(spool_dir)? })
+    }
+
+    /// A URL that lets whoever holds it GET the blob from the bucket for `valid` (AWS SigV4
+    /// query parameters), or `None` when the blobs are on local disk.
+    pub async fn signed_download(&self, sha256: &str, valid: std::time::Duration) -> Result<Option<String>> {
+        use object_store::signer::Signer;
+        let key = BlobKey::parse(sha256)?;
+        let Some(bucket) = &self.bucket else { return Ok(None) };
+        Ok(Some(bucket.signed_url(http::Method::GET, &key.location(), valid).await?.to_string()))
     }
 
     /// Whether the store holds no blob.

@@ -401,3 +401,70 @@ fn an_embedded_installation_moves_to_postgres_and_s3_and_goes_on() {
     assert!(states.contains(&"approvals/pilot/acme/before.txt installed".to_owned()), "{states:?}");
     assert!(states.contains(&"approvals/pilot/acme/after.txt installed".to_owned()), "{states:?}");
 }
+
+#[test]
+fn downloads_can_come_straight_from_the_bucket_and_are_still_checked() {
+    use crate::agents::{enroll, token};
+    use crate::common::Server;
+    let server = Server::start(|c| {
+        c.content.redirect_downloads = true;
+        // The reference client and curl below read without a device session.
+        c.repository.access = ringfence_server::config::RepositoryAccess::Public;
+    });
+    assert!(server.state.config.content.url.is_some(), "runs on the S3 pass");
+    let root = server.dir.path().join("agents");
+    let token = token(&server, "pilot", 2);
+    let (lab, strict) =
+        (enroll(&server, &root, "r-1", "pilot", &token), enroll(&server, &root, "r-2", "pilot", &token));
+    // The test's bucket is plain HTTP on loopback: one device allows that, the other does not.
+    let config = lab.state().join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["http_content_redirects_to_loopback"] = true.into();
+    std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
+
+    let publish = |id: &str| -> String {
+        let work = server.dir.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        let script = work.join(format!("{id}.sh"));
+        std::fs::write(&script, format!("#!/bin/sh\necho ran >> ran-{id}\n")).unwrap();
+        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+        m["id"] = id.into();
+        m["installer"] = json!({"module": "script"});
+        m["applicability"] = json!({});
+        let manifest = work.join(format!("{id}.json"));
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
+        server.sign_all("publisher-acme");
+        run_ok(server.cli().args(["approve", id, "--group", "pilot"]));
+        ringfence_trust::sha256_hex(&std::fs::read(&script).unwrap())
+    };
+    let sha = publish("direct");
+
+    // The node answers a download with a redirect to a pre-signed URL of the bucket.
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "--cacert"])
+        .arg(&server.ca)
+        .arg(format!("{}/targets/approvals/pilot/acme/{sha}.direct.sh", server.repo_url))
+        .output()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout).into_owned();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap();
+    assert!(answer.starts_with("307 ") && answer.contains(&endpoint) && answer.contains("X-Amz-Signature"), "{answer}");
+
+    // The device that may follow it installs from the bucket; the other refuses plain HTTP.
+    let (code, out) = lab.check();
+    assert_eq!(code, 0, "{out}");
+    assert!(lab.dir.join("ran-direct").exists(), "{out}");
+    let (code, out) = strict.check();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("not followed"), "{out}");
+    assert!(!strict.dir.join("ran-direct").exists());
+
+    // Bytes changed in the bucket are refused: the signed hash decides, wherever they come from.
+    let sha = publish("second");
+    std::fs::write(crate::common::blob_file(&server, &sha), "#!/bin/sh\necho evil >> ran-second\n").unwrap();
+    let (code, out) = lab.check();
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("download"), "{out}");
+    assert!(!lab.dir.join("ran-second").exists(), "{out}");
+}
