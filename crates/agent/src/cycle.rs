@@ -65,7 +65,7 @@ fn random_id() -> String {
 pub fn fetcher(state: &StateDir) -> anyhow::Result<Fetcher> {
     let ca = std::fs::read(state.ca_file()).ok();
     let mut fetcher = Fetcher::new(ca.as_deref())?;
-    fetcher.http_redirects_to_loopback = state.config().is_ok_and(|c| c.http_content_redirects_to_loopback);
+    fetcher.content_origins = state.config().map(|c| c.content_origins).unwrap_or_default();
     Ok(fetcher)
 }
 
@@ -98,8 +98,16 @@ pub fn enroll(
     ca: Option<&Path>,
     root_sha256: &str,
     groups: Vec<GroupName>,
+    content_origins: Vec<String>,
 ) -> anyhow::Result<EnrollState> {
     let server = server.trim_end_matches('/').to_owned();
+    let content_origins = content_origins
+        .iter()
+        .map(|o| {
+            crate::fetch::origin_of(o)
+                .with_context(|| format!("--content-origin {o}: https://host[:port], or http:// on a loopback address"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if let Some(ca) = ca {
         std::fs::copy(ca, state.ca_file()).with_context(|| format!("copying {}", ca.display()))?;
     }
@@ -137,7 +145,7 @@ pub fn enroll(
         groups,
         poll_seconds: 300,
         health_check: Vec::new(),
-        http_content_redirects_to_loopback: false,
+        content_origins,
     })?;
     Ok(enrolled.state)
 }

@@ -14,14 +14,30 @@ pub struct Fetcher {
     elsewhere: ureq::Agent,
     /// Device session token sent with every request to the server, when it needs one.
     pub bearer: Option<String>,
-    /// Also follow plain-HTTP content redirects, to loopback addresses only.
-    pub http_redirects_to_loopback: bool,
+    /// Origins (`scheme://host:port`, from [`origin_of`]) a content download may be redirected
+    /// to; empty: none.
+    pub content_origins: Vec<String>,
 }
 
-/// Whether `host` (from a URL) is this machine: `localhost`, 127.0.0.0/8 or `[::1]`.
+/// Whether `host` (from a URL) is a loopback address literal: 127.0.0.0/8 or `[::1]` (not a
+/// name, which a resolver could point elsewhere).
 fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The origin of `url` as `scheme://host:port`: HTTPS anywhere, plain HTTP only on a loopback
+/// address; `None` for anything else.
+pub fn origin_of(url: &str) -> Option<String> {
+    let uri: ureq::http::Uri = url.parse().ok()?;
+    let host = uri.host()?.to_ascii_lowercase();
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let port = match (scheme.as_str(), uri.port_u16()) {
+        ("https", port) => port.unwrap_or(443),
+        ("http", port) if is_loopback(&host) => port.unwrap_or(80),
+        _ => return None,
+    };
+    Some(format!("{scheme}://{host}:{port}"))
 }
 
 impl Fetcher {
@@ -48,7 +64,7 @@ impl Fetcher {
             .tls_config(ringfence_client_net::web_pki_tls())
             .build()
             .into();
-        Ok(Self { agent: builder.build().into(), elsewhere, bearer: None, http_redirects_to_loopback: false })
+        Ok(Self { agent: builder.build().into(), elsewhere, bearer: None, content_origins: Vec::new() })
     }
 
     /// GET `url`, reading at most `max_length` bytes; more is an error (endless data).
@@ -119,21 +135,24 @@ impl Fetcher {
 }
 
 impl Fetcher {
-    /// Follow one redirect of a content download to `location`: HTTPS (web PKI), or plain HTTP
-    /// to loopback when allowed; without the session token; no further redirect.
+    /// Follow one redirect of a content download to `location`, only to an origin this device
+    /// was configured with (HTTPS with the web PKI, or plain HTTP on loopback); without the
+    /// session token; no further redirect. Errors name the origin, never the whole URL (a
+    /// pre-signed URL carries credentials).
     fn redirected(&self, url: &str, location: &str, offset: u64) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
-        let uri: ureq::http::Uri = location.parse().with_context(|| format!("{url}: a redirect to a bad URL"))?;
-        let host = uri.host().unwrap_or_default();
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if self.http_redirects_to_loopback && is_loopback(host) => {}
-            _ => bail!("{url}: a redirect to {location} is not followed (HTTPS only)"),
-        }
+        let origin = origin_of(location).filter(|o| self.content_origins.contains(o));
+        let Some(origin) = origin else {
+            bail!(
+                "{url}: the server redirected the download to a place this device does not fetch from (its --content-origin)"
+            );
+        };
         let mut request = self.elsewhere.get(location);
         if offset > 0 {
             request = request.header("range", format!("bytes={offset}-"));
         }
-        request.call().with_context(|| format!("fetching {url} from {host}"))
+        request
+            .call()
+            .map_err(|e| anyhow::anyhow!("fetching {url} from {origin}: {}", e.to_string().replace(location, "…")))
     }
 }
 
@@ -165,25 +184,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_this_machine_is_loopback() {
-        for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1"] {
+    fn only_loopback_address_literals_are_loopback() {
+        for host in ["127.0.0.1", "127.9.9.9", "[::1]", "::1"] {
             assert!(is_loopback(host), "{host}");
         }
-        for host in ["", "10.0.0.1", "example.net", "localhost.example.net", "[::2]", "128.0.0.1"] {
+        for host in ["", "localhost", "10.0.0.1", "0.0.0.0", "example.net", "[::2]", "128.0.0.1", "[::ffff:127.0.0.1]"]
+        {
             assert!(!is_loopback(host), "{host}");
         }
     }
 
     #[test]
-    fn redirects_elsewhere_are_https_unless_loopback_is_allowed() {
+    fn origins_are_https_or_http_on_loopback() {
+        assert_eq!(
+            origin_of("https://S3.Example.net/bucket/key?X-Amz-Signature=1").as_deref(),
+            Some("https://s3.example.net:443")
+        );
+        assert_eq!(origin_of("HTTPS://s3.example.net:9000").as_deref(), Some("https://s3.example.net:9000"));
+        assert_eq!(origin_of("http://127.0.0.1:9000/b").as_deref(), Some("http://127.0.0.1:9000"));
+        for bad in [
+            "http://s3.example.net/b",
+            "http://localhost:9000/",
+            "http://127.0.0.1@evil.example/",
+            "ftp://h/x",
+            "/relative",
+            "",
+        ] {
+            assert_eq!(origin_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_redirect_is_followed_only_to_a_configured_origin_and_never_repeated_in_full() {
         let mut fetcher = Fetcher::new(None).unwrap();
         let refused = |f: &Fetcher, to: &str| f.redirected("https://server/t", to, 0).unwrap_err().to_string();
-        assert!(refused(&fetcher, "http://127.0.0.1:1/x").contains("not followed"));
-        assert!(refused(&fetcher, "ftp://example.net/x").contains("not followed"));
-        assert!(refused(&fetcher, "/relative").contains("not followed"));
-        fetcher.http_redirects_to_loopback = true;
-        assert!(refused(&fetcher, "http://10.0.0.1:1/x").contains("not followed"), "loopback only");
-        // Allowed: it is fetched (nothing listens on port 1, so the fetch itself fails).
-        assert!(!refused(&fetcher, "http://127.0.0.1:1/x").contains("not followed"));
+        let signed = "http://127.0.0.1:1/b/k?X-Amz-Signature=secret";
+        let said = refused(&fetcher, signed);
+        assert!(said.contains("does not fetch from") && !said.contains("secret"), "{said}");
+        fetcher.content_origins = vec![origin_of("http://127.0.0.1:1").unwrap()];
+        assert!(refused(&fetcher, "http://127.0.0.1:2/x").contains("does not fetch from"), "another port");
+        assert!(refused(&fetcher, "https://evil.example/x").contains("does not fetch from"));
+        // The configured origin is fetched (nothing listens on port 1, so the fetch fails), and
+        // the error names the origin, not the pre-signed URL.
+        let said = refused(&fetcher, signed);
+        assert!(
+            !said.contains("does not fetch from") && !said.contains("secret") && said.contains("127.0.0.1:1"),
+            "{said}"
+        );
     }
 }

@@ -40,6 +40,11 @@ enum Command {
         /// among the token's groups.
         #[arg(long = "group", required = true)]
         groups: Vec<String>,
+        /// Where the server may send this device for update content (its S3 bucket's endpoint,
+        /// `https://host[:port]`); repeat for several. Without one, redirected downloads are
+        /// not followed. The bytes are checked against the signed hashes wherever they come from.
+        #[arg(long = "content-origin")]
+        content_origins: Vec<String>,
     },
     /// One cycle, then exit: 0 up to date, 1 error, 2 enrollment pending, 3 something was
     /// refused or failed, 4 server busy.
@@ -106,10 +111,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tuf(args) => tuf(args).map(|()| ExitCode::SUCCESS),
-        Command::Enroll { state, server, token, ca, root_sha256, groups } => (|| {
+        Command::Enroll { state, server, token, ca, root_sha256, groups, content_origins } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
             let groups = groups.iter().map(|g| ringfence_proto::GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
-            let enrolled = cycle::enroll(&state, &server, token, ca.as_deref(), &root_sha256, groups)?;
+            let enrolled = cycle::enroll(&state, &server, token, ca.as_deref(), &root_sha256, groups, content_origins)?;
             let config = state.config()?;
             let state_word = match enrolled {
                 ringfence_proto::device::EnrollState::Accepted => "accepted",

@@ -27,10 +27,11 @@ pub struct AgentConfig {
     /// Health check run after every install, in addition to the update's own.
     #[serde(default)]
     pub health_check: Vec<String>,
-    /// Follow a plain-HTTP redirect of a download when it points at this machine's loopback
-    /// (a test or lab bucket). Off by default: content redirects are followed over HTTPS only.
+    /// Where a download may be redirected to (the bucket the server's content is in):
+    /// `https://host[:port]` origins, or `http://` on a loopback address (labs, tests). Empty,
+    /// the default: a redirected download is not followed.
     #[serde(default)]
-    pub http_content_redirects_to_loopback: bool,
+    pub content_origins: Vec<String>,
 }
 
 /// One installed update, by approval-independent published path.

@@ -59,13 +59,13 @@ impl Repository {
         Ok(self.db.blob_length(sha256.as_str()).await?)
     }
 
-    /// The content of `sha256`, or bytes `range` of it, as a stream of chunks.
     /// A pre-signed URL of the bucket for content `sha256`, valid for five minutes; `None`
     /// when content is on local disk.
     pub async fn content_url(&self, sha256: &Sha256Hex) -> Result<Option<String>> {
         Ok(self.blobs.signed_download(sha256.as_str(), std::time::Duration::from_secs(300)).await?)
     }
 
+    /// The content of `sha256`, or bytes `range` of it, as a stream of chunks.
     pub async fn content_stream(
         &self,
         sha256: &Sha256Hex,
