@@ -25,8 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::Bench;
-use ringfence_proto::PublisherName;
-use ringfence_proto::api::{Applicability, Classification, Installer, Severity, UpdateFile, UpdateManifest};
+use ringfence_proto::api::UpdateFile;
 
 const SAMPLES: usize = 21;
 const DEVICES: usize = 2_000;
@@ -93,32 +92,8 @@ fn publish(bench: &Bench, state: &ringfence_server::AppState) -> (f64, f64, f64)
     bench.runtime.block_on(state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now)).unwrap();
     let mut times: Vec<f64> = (0..SAMPLES)
         .map(|i| {
-            let manifest = UpdateManifest {
-                id: format!("backend-{i}"),
-                publisher: PublisherName::parse("acme").unwrap(),
-                title: "bench".into(),
-                description: String::new(),
-                product: "bench".into(),
-                classification: Classification::Bugfix,
-                severity: Severity::Low,
-                kb: vec![],
-                cves: vec![],
-                release_date: "2026-11-26".into(),
-                supersedes: vec![],
-                prerequisites: vec![],
-                applicability: Applicability::default(),
-                installer: Installer {
-                    module: "file".into(),
-                    arguments: vec![],
-                    reboot_required: false,
-                    health_check: vec![],
-                },
-                files: vec![UpdateFile {
-                    name: format!("b-{i}.bin"),
-                    sha256: sha.clone(),
-                    length: content.len() as u64,
-                }],
-            };
+            let file = UpdateFile { name: format!("b-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 };
+            let manifest = common::manifest(format!("backend-{i}"), vec![file]);
             let started = Instant::now();
             bench.runtime.block_on(state.repo.publish_update(manifest, "bench", now)).unwrap();
             started.elapsed().as_secs_f64() * 1000.0

@@ -23,11 +23,9 @@ mod common;
 use std::time::Instant;
 
 use common::Bench;
-use ringfence_proto::api::{
-    Applicability, ApprovalRequest, Classification, Installer, Severity, UpdateFile, UpdateManifest,
-};
+use ringfence_proto::api::{ApprovalRequest, Classification, Severity, UpdateFile};
 use ringfence_proto::tuf::ApprovalAction;
-use ringfence_proto::{GroupName, PublisherName, Sha256Hex};
+use ringfence_proto::{GroupName, Sha256Hex};
 use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
 
 const UPDATES: usize = 16;
@@ -67,28 +65,10 @@ fn main() {
                     length: content.len() as u64,
                 })
                 .collect();
-            let manifest = UpdateManifest {
-                id: format!("kb-{u}"),
-                publisher: PublisherName::parse("acme").unwrap(),
-                title: "bench".into(),
-                description: String::new(),
-                product: "bench".into(),
-                classification: Classification::Security,
-                severity: Severity::Critical,
-                kb: vec![],
-                cves: vec![format!("CVE-2026-{:04}", 1000 + u)],
-                release_date: "2026-11-26".into(),
-                supersedes: vec![],
-                prerequisites: vec![],
-                applicability: Applicability::default(),
-                installer: Installer {
-                    module: "file".into(),
-                    arguments: vec![],
-                    reboot_required: false,
-                    health_check: vec![],
-                },
-                files,
-            };
+            let mut manifest = common::manifest(format!("kb-{u}"), files);
+            manifest.classification = Classification::Security;
+            manifest.severity = Severity::Critical;
+            manifest.cves = vec![format!("CVE-2026-{:04}", 1000 + u)];
             let outcome = state.repo.publish_update(manifest, "bench", now).await.unwrap();
             assert!(outcome.pending.is_empty(), "the publisher key is online");
             let request = ApprovalRequest {

@@ -140,6 +140,29 @@ impl Bench {
     }
 }
 
+/// A bench update of `acme`'s: a low-severity bug fix whose `files` the `file` module places.
+#[allow(dead_code)] // only the benches that publish
+pub fn manifest(id: String, files: Vec<ringfence_proto::api::UpdateFile>) -> ringfence_proto::api::UpdateManifest {
+    use ringfence_proto::api::{Applicability, Classification, Installer, Severity, UpdateManifest};
+    UpdateManifest {
+        id,
+        publisher: ringfence_proto::PublisherName::parse("acme").expect("name"),
+        title: "bench".into(),
+        description: String::new(),
+        product: "bench".into(),
+        classification: Classification::Bugfix,
+        severity: Severity::Low,
+        kb: vec![],
+        cves: vec![],
+        release_date: "2026-11-26".into(),
+        supersedes: vec![],
+        prerequisites: vec![],
+        applicability: Applicability::default(),
+        installer: Installer { module: "file".into(), arguments: vec![], reboot_required: false, health_check: vec![] },
+        files,
+    }
+}
+
 /// Requests per second over one round of `length`: `threads` clients, each on its own
 /// kept-alive connection to one of `bases` (in turn), posting check-ins for rotating devices
 /// (`checkin`) or getting `/healthz`.

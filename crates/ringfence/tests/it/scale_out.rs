@@ -107,20 +107,26 @@ impl Cluster {
     }
 
     fn publish(&self, id: &str) -> bool {
-        let work = self.dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let script = work.join(format!("{id}.sh"));
-        std::fs::write(&script, format!("#!/bin/sh\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\n")).unwrap();
-        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
-        m["id"] = id.into();
-        m["installer"] = json!({"module": "script"});
-        m["applicability"] = json!({});
-        let manifest = work.join(format!("{id}.json"));
-        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let (manifest, script) = script_update(&self.dir.path().join("work"), id);
         let published = self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script).output().unwrap();
         published.status.success()
             && self.cli().args(["approve", id, "--group", "pilot"]).output().unwrap().status.success()
     }
+}
+
+/// Update `id` in `work`: a script that appends a line to `ran-<id>` where it runs, and its
+/// manifest. Returns (manifest, script).
+fn script_update(work: &Path, id: &str) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(work).unwrap();
+    let script = work.join(format!("{id}.sh"));
+    std::fs::write(&script, format!("#!/bin/sh\necho ran >> ran-{id}\n")).unwrap();
+    let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = id.into();
+    m["installer"] = json!({"module": "script"});
+    m["applicability"] = json!({});
+    let manifest = work.join(format!("{id}.json"));
+    std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+    (manifest, script)
 }
 
 fn start_cluster() -> Cluster {
@@ -426,16 +432,7 @@ fn downloads_can_come_straight_from_the_bucket_and_are_still_checked() {
     std::fs::write(&config, serde_json::to_vec(&c).unwrap()).unwrap();
 
     let publish = |id: &str| -> String {
-        let work = server.dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let script = work.join(format!("{id}.sh"));
-        std::fs::write(&script, format!("#!/bin/sh\necho ran >> ran-{id}\n")).unwrap();
-        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
-        m["id"] = id.into();
-        m["installer"] = json!({"module": "script"});
-        m["applicability"] = json!({});
-        let manifest = work.join(format!("{id}.json"));
-        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let (manifest, script) = script_update(&server.dir.path().join("work"), id);
         run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
         server.sign_all("publisher-acme");
         run_ok(server.cli().args(["approve", id, "--group", "pilot"]));
