@@ -133,8 +133,26 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: ringfence_server::Config) -> anyhow::Result<()> {
     let state = ringfence_server::open_state(config).await?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+    ringfence_server::serve(state, stopped(), None).await
+}
+
+/// Ctrl-C or SIGTERM (what systemd and container runtimes send): either stops the server
+/// gracefully (requests in flight finish, buffered check-ins are written).
+pub async fn stopped() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
     };
-    ringfence_server::serve(state, shutdown, None).await
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("stopping");
 }

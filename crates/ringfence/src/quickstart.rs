@@ -62,10 +62,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let state = ringfence_server::open_state(config).await?;
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    ringfence_server::serve(state, shutdown, None).await
+    ringfence_server::serve(state, crate::stopped(), None).await
 }
 
 async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path: &Path) -> anyhow::Result<()> {

@@ -319,6 +319,12 @@ fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
     let served: Value = serde_json::from_slice(&served.stdout).unwrap();
     let version = served["signed"]["version"].as_u64().unwrap();
     assert!(version >= trusted["signed"]["version"].as_u64().unwrap() && version == newest, "{version} vs {newest}");
+
+    // SIGTERM (what systemd sends) stops a node gracefully: it exits 0.
+    let mut node = fresh.process;
+    run_ok(Command::new("kill").args(["-TERM", &node.0.id().to_string()]));
+    let status = node.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
 }
 
 #[test]
