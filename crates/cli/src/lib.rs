@@ -108,6 +108,20 @@ pub enum Command {
     /// Rollouts the server watches and may hold back (pause, stop, halt on failures).
     #[command(subcommand)]
     Rollout(commands::rollouts::RolloutCommand),
+    /// The audit trail: who changed what, newest first.
+    Audit {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Records per page (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u64,
+        /// Records older than this sequence number (the next page).
+        #[arg(long)]
+        before: Option<i64>,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove content no approval needs (uploads never published, updates declined where
     /// they were approved) and, with --devices-not-seen-days, devices gone quiet.
     Cleanup {
@@ -191,6 +205,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(command) => commands::reports::run(command),
         Command::Rule(command) => commands::rules::run(command),
         Command::Rollout(command) => commands::rollouts::run(command),
+        Command::Audit { server, limit, before, json } => commands::audit::run(&server, limit, before, json),
         Command::Cleanup { server, dry_run, devices_not_seen_days, json } => {
             commands::cleanup::run(&server, dry_run, devices_not_seen_days, json)
         }

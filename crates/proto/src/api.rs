@@ -667,3 +667,14 @@ pub struct RolloutStatus {
     /// Times an operator asked the failed devices to try again.
     pub retries: u64,
 }
+
+/// One record of the audit trail with its sequence number (newer records have larger ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEntry {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}

@@ -1,5 +1,6 @@
 //! One module per command family.
 
+pub mod audit;
 pub mod cleanup;
 pub mod devices;
 pub mod groups;

@@ -257,6 +257,19 @@ fn the_audit_trail_names_who_did_what() {
     assert_eq!(tokens.last().map(String::as_str), Some("setup"), "{tokens:?}");
     assert!(tokens[..tokens.len() - 1].iter().all(|a| a.contains("(token ")), "{tokens:?}");
     assert!(tokens.len() >= 2, "{tokens:?}");
+    // The same trail for people, a page at a time.
+    let page = crate::common::run_ok(server.cli().args(["audit", "--limit", "2"]));
+    assert!(
+        page.contains("ACTOR") && page.contains("approve") && page.contains("next: ringfence audit --before"),
+        "{page}"
+    );
+    let before = page.lines().last().unwrap().rsplit(' ').next().unwrap().to_owned();
+    let older = crate::common::run_ok(server.cli().args(["audit", "--limit", "2", "--before", &before]));
+    let seqs = |text: &str| -> Vec<i64> {
+        text.lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+    };
+    assert!(seqs(&older).iter().all(|s| *s < before.parse::<i64>().unwrap()), "{older}");
+    assert_eq!(seqs(&older).len(), 2, "{older}");
 }
 
 #[test]

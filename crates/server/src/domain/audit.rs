@@ -8,15 +8,7 @@ use ringfence_store::{AuditRecord, Database};
 
 use super::error::Result;
 
-/// One record of the trail with its sequence number (newer records have larger ones).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct AuditEntry {
-    pub seq: i64,
-    pub at: i64,
-    pub actor: String,
-    pub action: String,
-    pub detail: String,
-}
+pub use ringfence_proto::api::AuditEntry;
 
 #[derive(Clone)]
 pub struct Audit {
