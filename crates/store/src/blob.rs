@@ -35,6 +35,33 @@ const TEMP_NAME_ATTEMPTS: u32 = 64;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Uploads spooled longer ago than this were left by a process that stopped mid-upload: removed
+/// when a store is opened (an upload in progress is far younger; several nodes may share the
+/// directory).
+const STALE_SPOOL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Remove spool files older than [`STALE_SPOOL`]; returns how many.
+fn sweep_spool(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age > STALE_SPOOL);
+        if name.to_string_lossy().starts_with("upload-") && stale && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, dir = %dir.display(), "removed uploads left by a stopped process");
+    }
+    removed
+}
+
 fn invalid_input(message: String) -> StoreError {
     StoreError::Io(std::io::Error::new(ErrorKind::InvalidInput, message))
 }
@@ -104,6 +131,7 @@ impl BlobStore {
         let dir = std::fs::canonicalize(dir)?;
         let objects = Arc::new(LocalFileSystem::new_with_prefix(&dir)?);
         let temp_dir = dir.join(TEMP_DIR);
+        sweep_spool(&temp_dir);
         Ok(BlobStore { objects: objects.clone(), bucket: None, local: Some(objects), temp_dir })
     }
 
@@ -122,6 +150,7 @@ impl BlobStore {
         }
         let bucket = Arc::new(builder.build()?);
         std::fs::create_dir_all(spool_dir)?;
+        sweep_spool(spool_dir);
         let objects: Arc<dyn ObjectStore> = bucket.clone();
         Ok(BlobStore { objects, bucket: Some(bucket), local: None, temp_dir: std::fs::canonicalize(spool_dir)? })
     }
@@ -446,6 +475,25 @@ mod tests {
         let (sha256, len) = writer.finish(Some(&sha256_hex(data))).await.unwrap();
         assert_eq!(len, data.len() as u64);
         sha256
+    }
+
+    #[test]
+    fn uploads_left_behind_are_removed_when_the_store_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        let tmp = dir.path().join(TEMP_DIR);
+        let (old, fresh, other) = (tmp.join("upload-1-0"), tmp.join("upload-2-0"), tmp.join("keep-me"));
+        for path in [&old, &fresh, &other] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        let two_days_ago = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        for path in [&old, &other] {
+            std::fs::File::options().write(true).open(path).unwrap().set_modified(two_days_ago).unwrap();
+        }
+        BlobStore::open(dir.path()).unwrap();
+        assert!(!old.exists(), "an old upload is removed");
+        assert!(fresh.exists(), "one that may be in progress stays");
+        assert!(other.exists(), "only upload spool files are touched");
     }
 
     #[tokio::test]
