@@ -38,17 +38,11 @@ fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
 }
 
 fn main() {
-    // The publisher's key online, so publishing signs at once (pilot's approver is online).
-    let bench = Bench::quickstart(|c| {
-        let keys = c.data_dir.parent().unwrap().join("ringfence-keys");
-        std::fs::copy(keys.join("publisher-acme.key"), c.data_dir.join("online-keys/publisher-acme.key")).unwrap();
-    });
+    let bench = Bench::publishing();
     let (runtime, state) = (&bench.runtime, &bench.state);
     let pilot = GroupName::parse("pilot").unwrap();
     let now = ringfence_server::unix_now();
-    let pool = runtime
-        .block_on(sqlx::SqlitePool::connect(&format!("sqlite://{}", bench.data.join("ringfence.db").display())))
-        .unwrap();
+    let pool = bench.sqlite_pool();
     let sql = |statement: String| runtime.block_on(sqlx::query(&statement).execute(&pool)).unwrap();
 
     // 1,024 approved files.

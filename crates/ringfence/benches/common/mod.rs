@@ -60,6 +60,25 @@ impl Bench {
         Bench { runtime, state, db, data, _dir: dir }
     }
 
+    /// A quickstart whose publisher key is online too, so a publish signs at once (pilot's
+    /// approver is online already).
+    #[allow(dead_code)] // only the benches that publish
+    pub fn publishing() -> Bench {
+        Self::quickstart(|c| {
+            let keys = c.data_dir.parent().expect("dir").join("ringfence-keys");
+            std::fs::copy(keys.join("publisher-acme.key"), c.data_dir.join("online-keys/publisher-acme.key"))
+                .expect("publisher key");
+        })
+    }
+
+    /// The SQLite database on a pool of its own, to write fleets faster than the API would.
+    #[allow(dead_code)] // only the benches that write rows directly
+    pub fn sqlite_pool(&self) -> sqlx::SqlitePool {
+        self.runtime
+            .block_on(sqlx::SqlitePool::connect(&format!("sqlite://{}", self.data.join("ringfence.db").display())))
+            .expect("pool")
+    }
+
     /// An accepted device numbered `i` in `group`.
     /// Device `i`'s key (from a seed, so benches can sign as any device).
     pub fn device_key(i: usize) -> ringfence_trust::SigningKey {
