@@ -1065,3 +1065,24 @@ fn a_lying_server_cannot_widen_a_rollout_move_a_stage_or_drop_a_window() {
     assert!(out.contains("approvals.production"), "{out}");
     assert!(!last.1.dir.join("ran-kb-l").exists(), "{out}");
 }
+
+#[test]
+fn a_rollout_counts_the_devices_of_child_groups_that_follow_it_and_not_those_that_decide_themselves() {
+    let server = Server::start(|_| {});
+    add_child_group(&server, "production-eu", "production", "eu-approver");
+    let root = server.dir.path().join("agents");
+    let _parent = enroll(&server, &root, "c-1", "production", &token(&server, "production", 1));
+    let _child = enroll(&server, &root, "c-2", "production-eu", &token(&server, "production-eu", 1));
+    publish_script(&server, "kb-c", &[], 0);
+    signed(&server, "approve", "kb-c", "production", "production-approver-1", &[]);
+    server.sign("approvals.production", "production-approver-2");
+    run_ok(server.cli().args(["rollout", "start", "kb-c", "--group", "production"]));
+    let placed = |server: &Server| -> u64 {
+        let status = rollout_status(server);
+        status["stages"].as_array().unwrap().iter().map(|s| s["devices"].as_u64().unwrap()).sum()
+    };
+    assert_eq!(placed(&server), 2, "the child group inherits production's approval");
+    // The child decides for itself: its device is not production's rollout's any more.
+    signed(&server, "approve", "kb-c", "production-eu", "eu-approver", &["--action", "decline"]);
+    assert_eq!(placed(&server), 1);
+}

@@ -113,17 +113,21 @@ impl Rollouts {
         Ok(share)
     }
 
-    /// `group` and the groups below it: their devices follow its approvals unless they
-    /// override them.
-    async fn subtree(&self, repo: &Repository, group: &GroupName) -> Result<Vec<String>> {
+    /// `group` and the groups below it whose devices follow its decision on `update`: a group
+    /// that lists the update itself (install, uninstall or decline) decides for itself and
+    /// for the groups below it, as the agents' precedence rule says, so its devices are not
+    /// this rollout's.
+    async fn subtree(&self, repo: &Repository, group: &GroupName, update: &str) -> Result<Vec<String>> {
         let groups = repo.groups().await?;
         let mut out = vec![group.to_string()];
-        // Parents are checked acyclic and at most 8 deep: 8 passes find every descendant.
-        for _ in 0..8 {
-            for g in &groups {
-                if g.parent.as_ref().is_some_and(|p| out.contains(&p.to_string())) && !out.contains(&g.name.to_string())
-                {
-                    out.push(g.name.to_string());
+        let mut next = vec![group.clone()];
+        // Parents are checked acyclic and at most 8 deep.
+        while let Some(parent) = next.pop() {
+            for child in groups.iter().filter(|g| g.parent.as_ref() == Some(&parent)) {
+                let decides = repo.approvals_of(&child.name).await?.values().any(|a| a.update_id == update);
+                if !decides && !out.contains(&child.name.to_string()) {
+                    out.push(child.name.to_string());
+                    next.push(child.name.clone());
                 }
             }
         }
@@ -252,7 +256,7 @@ impl Rollouts {
     /// The stage counts of a rollout: its groups' devices placed by their keys.
     async fn tally_of(&self, repo: &Repository, r: &RolloutRecord, targets: &[String]) -> Result<StageTally> {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
-        let devices = self.db.rollout_devices(&self.subtree(repo, &group).await?, targets).await?;
+        let devices = self.db.rollout_devices(&self.subtree(repo, &group, &r.update_id).await?, targets).await?;
         Ok(tally(&devices, &r.update_id, targets, &r.stages, r.hold))
     }
 
