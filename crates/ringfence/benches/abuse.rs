@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringfence_proto::device::{CheckinRequest, Inventory};
 use ringfence_store::{DeviceStore, ReportLimits, ReportRecord};
 
 mod common;
@@ -257,17 +256,7 @@ fn round(base: &str, ca: &std::path::Path, tokens: &Arc<Vec<String>>) -> f64 {
             let client = ringfence_cli::http::Client::new(base, None, ca).expect("client");
             let (done, failed, tokens) = (done.clone(), failed.clone(), tokens.clone());
             std::thread::spawn(move || {
-                let body = CheckinRequest {
-                    inventory: Inventory {
-                        hostname: "bench".into(),
-                        os: "linux".into(),
-                        os_version: "12".into(),
-                        architecture: "x86_64".into(),
-                        agent_version: "bench".into(),
-                        installed: vec![],
-                    },
-                    timestamp_version: 1,
-                };
+                let body = common::checkin_body();
                 // Device 0 is the report flooder's; the well-behaved ones start at 1.
                 let mut i = t + 1;
                 while Instant::now() < deadline {

@@ -87,9 +87,7 @@ fn main() {
 fn publish(bench: &Bench, state: &ringfence_server::AppState) -> (f64, f64, f64) {
     let now = ringfence_server::unix_now();
     let content = b"backends bench";
-    let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(content)).unwrap();
-    let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
-    bench.runtime.block_on(state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now)).unwrap();
+    let sha = bench.upload(content);
     let mut times: Vec<f64> = (0..SAMPLES)
         .map(|i| {
             let file = UpdateFile { name: format!("b-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 };

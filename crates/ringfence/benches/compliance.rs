@@ -23,9 +23,9 @@ mod common;
 use std::time::Instant;
 
 use common::Bench;
+use ringfence_proto::GroupName;
 use ringfence_proto::api::{ApprovalRequest, Classification, Severity, UpdateFile};
 use ringfence_proto::tuf::ApprovalAction;
-use ringfence_proto::{GroupName, Sha256Hex};
 use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
 
 const UPDATES: usize = 16;
@@ -47,10 +47,8 @@ fn main() {
 
     // 1,024 approved files.
     let content = b"compliance bench";
-    let sha = Sha256Hex::parse(&ringfence_trust::sha256_hex(content)).unwrap();
+    let sha = bench.upload(content);
     runtime.block_on(async {
-        let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
-        state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now).await.unwrap();
         for u in 0..UPDATES {
             let files = (0..FILES)
                 .map(|i| UpdateFile {

@@ -14,9 +14,9 @@ mod common;
 use std::time::Instant;
 
 use common::Bench;
+use ringfence_proto::GroupName;
 use ringfence_proto::api::{ApprovalRequest, StartRollout, UpdateFile};
 use ringfence_proto::tuf::ApprovalAction;
-use ringfence_proto::{GroupName, Sha256Hex};
 
 const SAMPLES: usize = 11;
 
@@ -29,10 +29,8 @@ fn main() {
     let sql = |statement: String| runtime.block_on(sqlx::query(&statement).execute(&pool)).unwrap();
 
     let content = b"rollout bench";
-    let sha = Sha256Hex::parse(&ringfence_trust::sha256_hex(content)).unwrap();
+    let sha = bench.upload(content);
     runtime.block_on(async {
-        let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
-        state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now).await.unwrap();
         let file = UpdateFile { name: "kb-r.bin".into(), sha256: sha.clone(), length: content.len() as u64 };
         state.repo.publish_update(common::manifest("kb-r".into(), vec![file]), "bench", now).await.unwrap();
         let request = ApprovalRequest {

@@ -71,6 +71,18 @@ impl Bench {
         })
     }
 
+    /// Upload `content` to the content store; its SHA-256.
+    #[allow(dead_code)] // only the benches that publish
+    pub fn upload(&self, content: &'static [u8]) -> ringfence_proto::Sha256Hex {
+        let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(content)).expect("sha");
+        let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
+        let now = ringfence_server::unix_now();
+        self.runtime
+            .block_on(self.state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now))
+            .expect("upload");
+        sha
+    }
+
     /// The SQLite database on a pool of its own, to write fleets faster than the API would.
     #[allow(dead_code)] // only the benches that write rows directly
     pub fn sqlite_pool(&self) -> sqlx::SqlitePool {
@@ -182,6 +194,22 @@ pub fn manifest(id: String, files: Vec<ringfence_proto::api::UpdateFile>) -> rin
     }
 }
 
+/// The check-in a bench device sends.
+#[allow(dead_code)] // only the check-in benches
+pub fn checkin_body() -> ringfence_proto::device::CheckinRequest {
+    ringfence_proto::device::CheckinRequest {
+        inventory: ringfence_proto::device::Inventory {
+            hostname: "bench".into(),
+            os: "linux".into(),
+            os_version: "12".into(),
+            architecture: "x86_64".into(),
+            agent_version: "bench".into(),
+            installed: vec![],
+        },
+        timestamp_version: 1,
+    }
+}
+
 /// Requests per second over one round of `length`: `threads` clients, each on its own
 /// kept-alive connection to one of `bases` (in turn), posting check-ins for rotating devices
 /// (`checkin`) or getting `/healthz`.
@@ -194,7 +222,6 @@ pub fn round(
     length: std::time::Duration,
     checkin: bool,
 ) -> f64 {
-    use ringfence_proto::device::{CheckinRequest, Inventory};
     use std::sync::atomic::{AtomicU64, Ordering};
     let done = Arc::new(AtomicU64::new(0));
     let deadline = std::time::Instant::now() + length;
@@ -205,17 +232,7 @@ pub fn round(
             let done = done.clone();
             let tokens = tokens.clone();
             std::thread::spawn(move || {
-                let body = CheckinRequest {
-                    inventory: Inventory {
-                        hostname: "bench".into(),
-                        os: "linux".into(),
-                        os_version: "12".into(),
-                        architecture: "x86_64".into(),
-                        agent_version: "bench".into(),
-                        installed: vec![],
-                    },
-                    timestamp_version: 1,
-                };
+                let body = checkin_body();
                 let mut i = t;
                 while std::time::Instant::now() < deadline {
                     let ok = if checkin {

@@ -901,6 +901,19 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
     // The server's first stage admits the first device in line (and any sharing its percent).
     let share = first.0 / 100 + 1;
     run_ok(server.cli().args(["approve", "kb-a", "--group", "pilot"]));
+    // Stages that shrink, do not end at 100 or start at 0, and shares over 100 are refused,
+    // and nothing is started.
+    for bad in [
+        &["--stages", "50,40,100"][..],
+        &["--stages", "10,50"],
+        &["--stages", "0,100"],
+        &["--success-percent", "101"],
+        &["--soak-hours", "100000"],
+    ] {
+        let out = server.cli().args(["rollout", "start", "kb-a", "--group", "pilot"]).args(bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?}");
+    }
+    assert!(run_ok(server.cli().args(["rollout", "status"])).contains("no rollouts"));
     let stages = format!("{share},100");
     let started = run_ok(server.cli().args([
         "rollout",
