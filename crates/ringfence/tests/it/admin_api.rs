@@ -317,3 +317,83 @@ fn token_commands_print_tables_for_people_and_json_for_scripts() {
     assert!(devices.is_empty(), "{devices:?}");
     assert_eq!(run(&["device", "list"]).trim(), "no devices");
 }
+
+#[test]
+fn publishing_an_update_again_finishes_an_interrupted_publish_and_changes_nothing_else() {
+    let server = Server::start(|_| {});
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let publish = |id: &str, title: &str| {
+        std::fs::write(work.join(format!("{id}.txt")), id.as_bytes()).unwrap();
+        let mut m = manifest("unused", &"0".repeat(64), 1);
+        m.as_object_mut().unwrap().remove("files");
+        m["id"] = json!(id);
+        m["title"] = json!(title);
+        std::fs::write(work.join(format!("{id}.json")), serde_json::to_vec(&m).unwrap()).unwrap();
+        server
+            .cli()
+            .args(["publish", "--json", "--manifest"])
+            .arg(work.join(format!("{id}.json")))
+            .arg(work.join(format!("{id}.txt")))
+            .output()
+            .unwrap()
+    };
+    let outcome = |out: &std::process::Output| -> Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // The answer to a publish was lost: the same manifest again is answered with the same
+    // pending version, and no new version is made.
+    let first = outcome(&publish("acme-note", "Note"));
+    assert_eq!(counts(&server), (1, 1));
+    let again = outcome(&publish("acme-note", "Note"));
+    assert_eq!(again["pending"], first["pending"], "{again}");
+    assert_eq!(again["targets"], first["targets"], "{again}");
+    assert_eq!(counts(&server), (1, 1), "nothing new");
+
+    // Another manifest under a taken id is refused, and changes nothing.
+    let other = publish("acme-note", "Another note");
+    assert!(!other.status.success());
+    assert!(String::from_utf8_lossy(&other.stderr).contains("already exists with another manifest"));
+    assert_eq!(counts(&server), (1, 1));
+
+    // A node died after recording an update and before signing its bin (simulated by recording
+    // it directly): publishing it again puts it into its bin.
+    std::fs::write(work.join("acme-torn.txt"), b"torn").unwrap();
+    let sha = ringfence_trust::sha256_hex(b"torn");
+    let mut m = manifest("acme-torn.txt", &sha, 4);
+    m["id"] = json!("acme-torn");
+    let parsed: ringfence_proto::api::UpdateManifest = serde_json::from_value(m.clone()).unwrap();
+    let record = ringfence_store::UpdateRecord {
+        id: "acme-torn".into(),
+        publisher: "acme".into(),
+        manifest: serde_json::to_string(&parsed).unwrap(),
+        created_at: 0,
+    };
+    let file = ringfence_store::UpdateFileRecord {
+        update_id: "acme-torn".into(),
+        target_path: "acme/acme-torn.txt".into(),
+        sha256: sha.clone(),
+        length: 4,
+    };
+    let db = &server.db;
+    server.runtime.block_on(async {
+        db.insert_blob(&sha, 4, 0).await.unwrap();
+        db.insert_update(&record, &[file], &[]).await.unwrap();
+    });
+    std::fs::write(work.join("acme-torn.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = server
+        .cli()
+        .args(["publish", "--json", "--manifest"])
+        .arg(work.join("acme-torn.json"))
+        .arg(work.join("acme-torn.txt"))
+        .output()
+        .unwrap();
+    let finished = outcome(&out);
+    assert_eq!(finished["targets"], json!(["acme/acme-torn.txt"]), "{finished}");
+    let role = finished["pending"][0]["role"].as_str().unwrap().to_owned();
+    let pending = server.runtime.block_on(db.pending(&role)).unwrap().expect("the bin waits for a signature");
+    let doc: Value = serde_json::from_slice(&pending.bytes).unwrap();
+    assert_eq!(doc["signed"]["targets"]["acme/acme-torn.txt"]["hashes"]["sha256"], json!(sha), "{doc}");
+}

@@ -9,7 +9,8 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use ringfence_proto::api::{BlobUploaded, PublishOutcome, RoleVersion, UpdateManifest};
 use ringfence_proto::limits::{MAX_FILES_PER_UPDATE, MAX_LIST, MAX_TEXT};
-use ringfence_proto::{Sha256Hex, TargetPath};
+use ringfence_proto::tuf::Targets;
+use ringfence_proto::{RoleName, Sha256Hex, TargetPath};
 use ringfence_store::{UpdateFileRecord, UpdateRecord};
 use ringfence_trust::writer;
 
@@ -75,9 +76,22 @@ impl Repository {
     }
 
     /// Add an update's files to its publisher's hashed bins.
+    ///
+    /// Publishing the same manifest again finishes what an interrupted publish left (a node
+    /// that died after recording the update, before its bins were signed; or an answer lost on
+    /// the way) and changes nothing when it is all there; another manifest under a taken id is
+    /// refused.
     pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> Result<PublishOutcome> {
         validate_manifest(&manifest)?;
         let _guard = self.exclusive().await?;
+        let manifest_json = serde_json::to_string(&manifest).map_err(Error::internal)?;
+        let again = match self.db.update(&manifest.id).await? {
+            Some(u) if u.manifest == manifest_json => true,
+            Some(_) => {
+                return Err(Error::Conflict(format!("update {} already exists with another manifest", manifest.id)));
+            }
+            None => false,
+        };
         // An update supersedes only its own publisher's updates: supersedence declines the old
         // one, and no publisher decides that for another's.
         for old in &manifest.supersedes {
@@ -103,8 +117,11 @@ impl Repository {
                 }
                 None => return Err(bad(format!("{}: no uploaded content with sha256 {}", f.name, f.sha256))),
             }
-            if self.db.file_by_target_path(path.as_str()).await?.is_some() {
-                return Err(Error::Conflict(format!("target {path} is already published")));
+            match self.db.file_by_target_path(path.as_str()).await? {
+                Some(rec) if again && rec.update_id == manifest.id && rec.sha256 == f.sha256.as_str() => {}
+                Some(_) => return Err(Error::Conflict(format!("target {path} is already published"))),
+                None if again => return Err(Error::internal(format!("update {} lacks its file {path}", manifest.id))),
+                None => {}
             }
             let rec = UpdateFileRecord {
                 update_id: manifest.id.clone(),
@@ -116,19 +133,20 @@ impl Repository {
             by_bin.entry(prefix).or_default().push((path, rec.clone()));
             files.push(rec);
         }
-        let manifest_json = serde_json::to_string(&manifest).map_err(Error::internal)?;
-        self.db
-            .insert_update(
-                &UpdateRecord {
-                    id: manifest.id.clone(),
-                    publisher: manifest.publisher.to_string(),
-                    manifest: manifest_json,
-                    created_at: now,
-                },
-                &files,
-                &manifest.cves,
-            )
-            .await?;
+        if !again {
+            self.db
+                .insert_update(
+                    &UpdateRecord {
+                        id: manifest.id.clone(),
+                        publisher: manifest.publisher.to_string(),
+                        manifest: manifest_json,
+                        created_at: now,
+                    },
+                    &files,
+                    &manifest.cves,
+                )
+                .await?;
+        }
 
         // Signed by the publisher with the bytes: how to install and where it applies.
         let custom = serde_json::to_value(ringfence_proto::tuf::PublishedCustom {
@@ -146,6 +164,16 @@ impl Repository {
         };
         for (prefix, entries) in by_bin {
             let bin = manifest.publisher.bin_role(&prefix);
+            if again && let Some((version, published)) = self.bin_holds(&bin, &entries).await? {
+                outcome.targets.extend(entries.into_iter().map(|(p, _)| p));
+                let rv = RoleVersion { role: bin, version };
+                if published {
+                    outcome.published.push(rv)
+                } else {
+                    outcome.pending.push(rv)
+                }
+                continue;
+            }
             let state = self
                 .change_delegated(&bin, now, |t| {
                     for (path, rec) in &entries {
@@ -159,8 +187,32 @@ impl Repository {
             let rv = RoleVersion { role: state.role, version: state.version };
             if state.published { outcome.published.push(rv) } else { outcome.pending.push(rv) }
         }
-        self.audit.record(actor, "publish", &format!("update {} ({} files)", manifest.id, files.len()), now).await?;
+        let what = if again { "publish (again)" } else { "publish" };
+        self.audit.record(actor, what, &format!("update {} ({} files)", manifest.id, files.len()), now).await?;
         Ok(outcome)
+    }
+
+    /// Whether `bin`'s newest version (pending, else published) lists every entry with its
+    /// hash: that version and whether it is published.
+    async fn bin_holds(
+        &self,
+        bin: &RoleName,
+        entries: &[(TargetPath, UpdateFileRecord)],
+    ) -> Result<Option<(u64, bool)>> {
+        let (targets, published) = match self.db.pending(bin.as_str()).await? {
+            Some(p) => (super::parse::<Targets>(&p.bytes)?.signed, false),
+            None => match self.latest::<Targets>(bin.as_str()).await? {
+                Some(env) => (env.signed, true),
+                None => return Ok(None),
+            },
+        };
+        let holds = entries.iter().all(|(path, rec)| {
+            targets
+                .targets
+                .get(path.as_str())
+                .is_some_and(|t| t.length == rec.length && t.hashes.get("sha256").is_some_and(|h| h == &rec.sha256))
+        });
+        Ok(holds.then_some((targets.version, published)))
     }
 }
 
