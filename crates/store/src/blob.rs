@@ -266,6 +266,22 @@ impl BlobStore {
         Ok(result.into_stream().map_err(read_error).boxed())
     }
 
+    /// Keep a tile of the transparency log (C2SP `tlog-tiles` path `tile/…`) under `log/`. A
+    /// tile's bytes never change for its path, so writing one again is harmless.
+    pub async fn put_tile(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.objects.put(&tile_location(path)?, bytes.into()).await?;
+        Ok(())
+    }
+
+    /// A tile of the transparency log, or `None` when there is none at `path`.
+    pub async fn get_tile(&self, path: &str) -> Result<Option<Bytes>> {
+        match self.objects.get(&tile_location(path)?).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(read_error)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
     /// Where the blob is (or would be) on local disk, or `None` for a malformed address or a
     /// bucket. For tests that tamper with stored blobs.
     pub fn path_of(&self, sha256: &str) -> Option<PathBuf> {
@@ -288,6 +304,23 @@ impl BlobStore {
         }
         Ok(())
     }
+}
+
+/// The object a tile path names: `log/tile/…`, for paths of the C2SP shape only (digits, `x`,
+/// `.p`, `entries`, at most 64 bytes).
+fn tile_location(path: &str) -> Result<ObjectPath> {
+    let ok = path.len() <= 64
+        && path.starts_with("tile/")
+        && path.bytes().all(|b| {
+            b.is_ascii_digit()
+                || matches!(b, b'/' | b'.' | b'x' | b'p' | b'e' | b'n' | b't' | b'r' | b'i' | b's' | b'l')
+        })
+        && !path.contains("..")
+        && !path.contains("//");
+    if !ok {
+        return Err(invalid_input(format!("not a tile path: {path:?}")));
+    }
+    Ok(ObjectPath::from(format!("log/{path}")))
 }
 
 /// An upload in progress: bytes are hashed and spooled to a temporary file, and become a blob

@@ -32,6 +32,12 @@ pub const TABLES: &[&str] = &[
     "rollouts",
     "rollout_holds",
     "leases",
+    "log_queue",
+    "log_entries",
+    "log_hashes",
+    "log_metadata",
+    "log_checkpoints",
+    "log_witnesses",
 ];
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
@@ -113,12 +119,16 @@ impl SqlStore {
             insert(&mut tx, table, &names, batch).await?;
             copied.push(((*table).to_owned(), n));
         }
-        // The identity column goes on after the copied ids.
-        sqlx::query(
-            "SELECT setval(pg_get_serial_sequence('audit_log', 'id'), COALESCE((SELECT MAX(id) FROM audit_log), 0) + 1, false)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        // The log's tiles are not copied with the blobs: the sequencer writes them again from
+        // the copied entries and hashes before it serves a checkpoint.
+        sqlx::query("UPDATE log_checkpoints SET tiles_written = 0").execute(&mut *tx).await?;
+        // The identity columns go on after the copied ids.
+        for table in ["audit_log", "log_queue"] {
+            let sql = format!(
+                "SELECT setval(pg_get_serial_sequence('{table}', 'id'), COALESCE((SELECT MAX(id) FROM {table}), 0) + 1, false)"
+            );
+            sqlx::query(&sql).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         let counted = target.row_counts().await?;
         if counted != copied {

@@ -11,6 +11,7 @@ mod cluster;
 mod compliance;
 mod copy;
 mod devices;
+mod log;
 mod rollouts;
 mod rules;
 mod sql;
@@ -23,6 +24,7 @@ pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
 };
+pub use log::{CheckpointRecord, LogBatch, LogStore, QueuedEntry};
 pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
 pub use sql::{Engine, SqlStore};
@@ -126,14 +128,16 @@ pub trait Store: Send + Sync + 'static {
     async fn metadata_version(&self, role: &str, version: u64) -> Result<Option<MetadataRecord>>;
     /// The latest version of every role (one record per role name).
     async fn latest_all(&self) -> Result<Vec<MetadataRecord>>;
-    /// Insert every record and delete the pending entries named in `clear_pending`, atomically.
-    /// Fails with `Conflict` (and changes nothing) if any (role, version) already exists.
-    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> Result<()>;
+    /// Insert every record, delete the pending entries named in `clear_pending` and queue the
+    /// transparency-log entries `log`, atomically. Fails with `Conflict` (and changes nothing)
+    /// if any (role, version) already exists.
+    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String], log: &[Vec<u8>]) -> Result<()>;
 
     async fn pending(&self, role: &str) -> Result<Option<PendingRecord>>;
     async fn list_pending(&self) -> Result<Vec<PendingRecord>>;
-    /// Insert or replace the pending version of a role (at most one pending version per role).
-    async fn put_pending(&self, record: &PendingRecord) -> Result<()>;
+    /// Insert or replace the pending version of a role (at most one pending version per role)
+    /// and queue the transparency-log entries `log`, atomically.
+    async fn put_pending(&self, record: &PendingRecord, log: &[Vec<u8>]) -> Result<()>;
     async fn delete_pending(&self, role: &str) -> Result<()>;
 
     async fn insert_token(&self, token: &TokenRecord) -> Result<()>;
@@ -171,8 +175,11 @@ pub trait Store: Send + Sync + 'static {
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
 pub trait Database:
-    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore
+    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore
 {
 }
 
-impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore> Database for T {}
+impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore>
+    Database for T
+{
+}

@@ -81,6 +81,7 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0009_cluster.sql"),
         include_str!("../migrations/postgres/0009_cluster.sql"),
     ),
+    (10, "log", include_str!("../migrations/0010_log.sql"), include_str!("../migrations/postgres/0010_log.sql")),
 ];
 
 /// The database engine behind a store.
@@ -338,8 +339,9 @@ impl Store for SqlStore {
         .collect()
     }
 
-    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String]) -> Result<()> {
+    async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String], log: &[Vec<u8>]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        crate::log::queue_in(&mut tx, log).await?;
         for record in records {
             sqlx::query("INSERT INTO metadata (role, version, expires, bytes) VALUES ($1, $2, $3, $4)")
                 .bind(record.role.as_str())
@@ -377,7 +379,9 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn put_pending(&self, record: &PendingRecord) -> Result<()> {
+    async fn put_pending(&self, record: &PendingRecord, log: &[Vec<u8>]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        crate::log::queue_in(&mut tx, log).await?;
         sqlx::query(
             "INSERT INTO pending_metadata (role, version, bytes, created_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (role) DO UPDATE \
@@ -387,8 +391,9 @@ impl Store for SqlStore {
         .bind(to_bigint(record.version, "version")?)
         .bind(record.bytes.as_slice())
         .bind(record.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -664,10 +669,10 @@ mod tests {
         assert_eq!(store.latest_metadata("root").await.unwrap(), None);
         assert!(store.latest_all().await.unwrap().is_empty());
 
-        store.put_pending(&pending("targets", 2)).await.unwrap();
-        store.publish(&[meta("root", 1), meta("targets", 1)], &[]).await.unwrap();
-        store.publish(&[meta("root", 2), meta("targets", 2)], &["targets".to_owned()]).await.unwrap();
-        store.publish(&[meta("root", 10)], &[]).await.unwrap();
+        store.put_pending(&pending("targets", 2), &[]).await.unwrap();
+        store.publish(&[meta("root", 1), meta("targets", 1)], &[], &[]).await.unwrap();
+        store.publish(&[meta("root", 2), meta("targets", 2)], &["targets".to_owned()], &[]).await.unwrap();
+        store.publish(&[meta("root", 10)], &[], &[]).await.unwrap();
 
         assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", 10)));
         assert_eq!(store.metadata_version("root", 2).await.unwrap(), Some(meta("root", 2)));
@@ -679,10 +684,11 @@ mod tests {
     #[tokio::test]
     async fn publish_conflict_changes_nothing() {
         let (_dir, store) = open().await;
-        store.publish(&[meta("root", 1)], &[]).await.unwrap();
-        store.put_pending(&pending("targets", 1)).await.unwrap();
+        store.publish(&[meta("root", 1)], &[], &[]).await.unwrap();
+        store.put_pending(&pending("targets", 1), &[]).await.unwrap();
 
-        let err = store.publish(&[meta("targets", 1), meta("root", 1)], &["targets".to_owned()]).await.unwrap_err();
+        let err =
+            store.publish(&[meta("targets", 1), meta("root", 1)], &["targets".to_owned()], &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 
         assert_eq!(store.latest_metadata("targets").await.unwrap(), None);
@@ -690,7 +696,7 @@ mod tests {
         assert_eq!(store.latest_all().await.unwrap(), vec![meta("root", 1)]);
 
         // A duplicate inside one batch is a conflict too.
-        let err = store.publish(&[meta("snapshot", 1), meta("snapshot", 1)], &[]).await.unwrap_err();
+        let err = store.publish(&[meta("snapshot", 1), meta("snapshot", 1)], &[], &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
         assert_eq!(store.latest_metadata("snapshot").await.unwrap(), None);
     }
@@ -699,22 +705,22 @@ mod tests {
     async fn versions_beyond_bigint_are_refused() {
         let (_dir, store) = open().await;
         let too_big = i64::MAX as u64 + 1;
-        let err = store.publish(&[meta("root", 1), meta("targets", too_big)], &[]).await.unwrap_err();
+        let err = store.publish(&[meta("root", 1), meta("targets", too_big)], &[], &[]).await.unwrap_err();
         assert!(matches!(err, StoreError::Database(sqlx::Error::Encode(_))), "{err:?}");
         assert!(store.latest_all().await.unwrap().is_empty());
-        assert!(store.put_pending(&pending("root", u64::MAX)).await.is_err());
+        assert!(store.put_pending(&pending("root", u64::MAX), &[]).await.is_err());
         assert_eq!(store.metadata_version("root", u64::MAX).await.unwrap(), None);
 
-        store.publish(&[meta("root", i64::MAX as u64)], &[]).await.unwrap();
+        store.publish(&[meta("root", i64::MAX as u64)], &[], &[]).await.unwrap();
         assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", i64::MAX as u64)));
     }
 
     #[tokio::test]
     async fn pending_upserts_by_role() {
         let (_dir, store) = open().await;
-        store.put_pending(&pending("targets", 1)).await.unwrap();
-        store.put_pending(&pending("targets", 2)).await.unwrap();
-        store.put_pending(&pending("root", 2)).await.unwrap();
+        store.put_pending(&pending("targets", 1), &[]).await.unwrap();
+        store.put_pending(&pending("targets", 2), &[]).await.unwrap();
+        store.put_pending(&pending("root", 2), &[]).await.unwrap();
         assert_eq!(store.pending("targets").await.unwrap(), Some(pending("targets", 2)));
         assert_eq!(store.list_pending().await.unwrap(), vec![pending("root", 2), pending("targets", 2)]);
         store.delete_pending("targets").await.unwrap();
@@ -814,7 +820,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ringfence.db");
         let store = SqlStore::open(&path).await.unwrap();
-        store.publish(&[meta("root", 1)], &[]).await.unwrap();
+        store.publish(&[meta("root", 1)], &[], &[]).await.unwrap();
         store.close().await;
         let store = SqlStore::open(&path).await.unwrap();
         assert_eq!(store.latest_metadata("root").await.unwrap(), Some(meta("root", 1)));

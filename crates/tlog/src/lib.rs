@@ -7,12 +7,18 @@
 //!   tiles `tile/<L>/<N>[.p/<W>]` and entry bundles `tile/entries/<N>[.p/<W>]`.
 //! - [`checkpoint`]: C2SP `tlog-checkpoint` checkpoints in the `signed-note` format, signed with
 //!   an ed25519 log key, and their verification.
+//! - [`witness`]: C2SP `tlog-cosignature` cosignatures and the `tlog-witness` `add-checkpoint`
+//!   request and decision.
+//! - [`proof`]: the log's identity (published in signed metadata), the proof bundle served
+//!   beside each metadata version, and the client's check of it.
 //!
 //! Only the math and the formats live here: storing the tree, sequencing entries under the
 //! database lock and serving tiles are the server's.
 
 pub mod checkpoint;
 pub mod entry;
+pub mod proof;
 pub mod tree;
+pub mod witness;
 
 pub use tlog_tiles::Hash;

@@ -99,6 +99,10 @@ impl Tree {
         if old > size {
             return Err(TreeError::Invalid(format!("a tree of {old} is not a prefix of one of {size}")));
         }
+        // The empty tree and the tree itself are prefixes that need no proof.
+        if old == 0 || old == size {
+            return Ok(Vec::new());
+        }
         Ok(tlog_tiles::prove_tree(size, old, self)?)
     }
 
