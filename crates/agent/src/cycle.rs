@@ -927,6 +927,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         metadata_dir: state.metadata_dir(),
         metadata_url: format!("{}/repo/metadata/", config.server),
         fetcher,
+        log: Some(crate::log::LogCheck { base_url: format!("{}/log", config.server), state_dir: state.root.clone() }),
     };
     let mut cycle = Cycle {
         state,

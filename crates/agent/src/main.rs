@@ -2,6 +2,7 @@
 
 mod cycle;
 mod fetch;
+mod log;
 mod modules;
 mod state;
 mod tuf_client;
@@ -155,6 +156,7 @@ fn main() -> ExitCode {
             }
             println!("queued reports: {}", state.queued_reports().len());
             println!("last cycle: {}", state.last_cycle().unwrap_or_else(|| "none yet".into()));
+            println!("transparency log checkpoint: {}", log::describe(&state.root));
             Ok(ExitCode::SUCCESS)
         })(),
     };
@@ -221,6 +223,7 @@ fn tuf(args: TufArgs) -> anyhow::Result<()> {
         metadata_dir: args.metadata_dir.clone(),
         metadata_url: args.metadata_url.clone().context("--metadata-url is required")?,
         fetcher: fetch::Fetcher::new(ca.as_deref())?,
+        log: None,
     };
     match args.action {
         TufAction::Init { .. } => Ok(()),

@@ -48,6 +48,8 @@ pub struct Client {
     pub metadata_dir: PathBuf,
     pub metadata_url: String,
     pub fetcher: Fetcher,
+    /// The transparency-log check for delegated roles (the agent's; not the test harness's).
+    pub log: Option<crate::log::LogCheck>,
 }
 
 fn join_url(base: &str, file: &str) -> String {
@@ -127,10 +129,26 @@ impl Client {
         let Some(meta) = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{role}.json")).cloned()) else {
             return Ok(false);
         };
+        // Once top-level targets names a transparency log, a delegated role's version is
+        // trusted only when it is on that log: checked before the role joins the trusted set.
+        let log = match &self.log {
+            Some(check) => crate::log::identity(set)?.map(|identity| (check, identity)),
+            None => None,
+        };
         if let Some(cached) = self.read(&format!("{}.json", encode_name(role)))
-            && set.update_delegated_targets(&cached, role, delegator).is_ok()
+            && let Ok(version) =
+                ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&cached, MAX_METADATA_BYTES as usize)
+                    .map(|e| e.signed.version)
+            && version == meta.version
         {
-            return Ok(true);
+            if let Some((check, identity)) = &log
+                && !check.already_checked(role, &cached)
+            {
+                check.check(&self.fetcher, identity, role, version, &cached)?;
+            }
+            if set.update_delegated_targets(&cached, role, delegator).is_ok() {
+                return Ok(true);
+            }
         }
         let file = if set.root().signed.consistent_snapshot {
             format!("{}.{}.json", meta.version, encode_name(role))
@@ -141,6 +159,9 @@ impl Client {
         let Fetched::Bytes(bytes) = self.fetcher.fetch(&join_url(&self.metadata_url, &file), max)? else {
             bail!("{file} is missing on the server");
         };
+        if let Some((check, identity)) = &log {
+            check.check(&self.fetcher, identity, role, meta.version, &bytes)?;
+        }
         set.update_delegated_targets(&bytes, role, delegator).with_context(|| format!("{file} refused"))?;
         self.store(role, &bytes)?;
         Ok(true)

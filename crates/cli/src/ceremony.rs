@@ -87,6 +87,20 @@ pub fn add_publisher(targets: &mut Targets, publisher: &PublisherName, keys: &Ro
 }
 
 /// Delegate `approvals/<group>/*/*` to the group's approval role.
+/// Publish the transparency log's identity in top-level targets (the one file it may list):
+/// agents then check every approval and publisher version they act on against that log.
+pub fn set_log_identity(targets: &mut Targets, identity: &ringfence_tlog::proof::LogIdentity) -> anyhow::Result<()> {
+    identity.check()?;
+    let bytes = serde_json::to_vec(identity)?;
+    let sha = ringfence_proto::Sha256Hex::parse(&ringfence_trust::sha256_hex(&bytes))?;
+    let custom = serde_json::to_value(identity)?;
+    targets.targets.insert(
+        ringfence_tlog::proof::IDENTITY_TARGET.to_owned(),
+        writer::target_file(bytes.len() as u64, &sha, Some(custom)),
+    );
+    Ok(())
+}
+
 pub fn add_group(targets: &mut Targets, group: &GroupName, keys: &RoleKeySet) {
     writer::set_delegation(
         targets,

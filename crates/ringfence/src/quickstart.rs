@@ -116,6 +116,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     ceremony::add_publisher(&mut targets, &acme, &one(&publisher_key));
     ceremony::add_group(&mut targets, &pilot, &one(&auto_approver));
     ceremony::add_group(&mut targets, &production, &production_keys);
+    ceremony::set_log_identity(&mut targets, &online.log)?;
     let mut targets = ringfence_trust::Envelope::new(targets)?;
     targets.sign(&targets_key);
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use ringfence_proto::RoleName;
 use ringfence_proto::api::{Scope, TokenRequest};
-use ringfence_server::online_keys::{AUTO_APPROVER_FILE, SNAPSHOT_FILE, TIMESTAMP_FILE};
+use ringfence_server::online_keys::{AUTO_APPROVER_FILE, LOG_FILE, SNAPSHOT_FILE, TIMESTAMP_FILE};
 use ringfence_server::{Config, tls};
 use ringfence_trust::SigningKey;
 
@@ -41,6 +41,8 @@ pub struct Initialised {
     pub timestamp: SigningKey,
     pub snapshot: SigningKey,
     pub auto_approver: Option<SigningKey>,
+    /// The transparency log's identity (no witnesses yet), for top-level targets.
+    pub log: ringfence_tlog::proof::LogIdentity,
 }
 
 pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
@@ -75,6 +77,20 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     let timestamp = write_online(TIMESTAMP_FILE)?;
     let snapshot = write_online(SNAPSHOT_FILE)?;
     let auto_approver = if options.auto_approver { Some(write_online(AUTO_APPROVER_FILE)?) } else { None };
+    // The transparency log's key, and the origin its checkpoints carry: a name of its own per
+    // installation (witnesses keep state per origin), from the key.
+    let log_key = write_online(LOG_FILE)?;
+    let id = log_key.key_id().to_string();
+    let origin = format!("ringfence.log/{}", id.get(..16).unwrap_or(&id));
+    let log_key = ringfence_tlog::checkpoint::LogKey::new(&origin, log_key)?;
+    let log = ringfence_tlog::proof::LogIdentity {
+        origin: origin.clone(),
+        key: log_key.verifier_key(),
+        witnesses: Vec::new(),
+        quorum: 0,
+    };
+    std::fs::write(online_dir.join("log-identity.json"), serde_json::to_vec_pretty(&log)?)?;
+    config.log.origin = Some(origin);
 
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
@@ -87,7 +103,7 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
     // Owner-only: a database URL may carry a password.
     tls::write_private(&config_path, config_text(&config).as_bytes())?;
-    Ok(Initialised { config_path, timestamp, snapshot, auto_approver })
+    Ok(Initialised { config_path, timestamp, snapshot, auto_approver, log })
 }
 
 fn config_text(config: &Config) -> String {
@@ -98,6 +114,9 @@ fn config_text(config: &Config) -> String {
         config.device_listener.addr,
         config.admin_listener.addr
     );
+    if let Some(origin) = &config.log.origin {
+        text.push_str(&format!("\n[log]\norigin = {origin:?}\n"));
+    }
     if let Some(url) = &config.database.url {
         text.push_str(&format!("\n[database]\nurl = {url:?}\n"));
     }

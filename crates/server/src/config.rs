@@ -33,6 +33,35 @@ pub struct Config {
     pub database: DatabaseConfig,
     #[serde(default)]
     pub content: ContentConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// The transparency log: its origin (the name its checkpoints carry; set by `init`), and the
+/// witnesses the server asks to cosign each checkpoint. The log key is `online-keys/log.key`;
+/// without it the server keeps no log.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub origin: Option<String>,
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+}
+
+/// A witness the server sends checkpoints to (C2SP `tlog-witness`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The witness's name, as in its verifier key.
+    pub name: String,
+    /// Its `add-checkpoint` URL.
+    pub url: String,
+    /// Its `cosignature/v1` verifier key.
+    pub key: String,
+    /// A CA certificate (PEM) for its TLS, when it is not in the system's roots.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for DatabaseConfig {
@@ -392,6 +421,7 @@ impl Config {
             approvals: ApprovalsConfig::default(),
             database: DatabaseConfig::default(),
             content: ContentConfig::default(),
+            log: LogConfig::default(),
         }
     }
 

@@ -24,6 +24,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/repo/metadata/{file}", get(metadata))
         .route("/repo/targets/{*path}", get(target))
         .route("/repo/rollouts.json", get(rollout_holds))
+        .route("/log/checkpoint", get(log_checkpoint))
+        .route("/log/tile/{*path}", get(log_tile))
+        .route("/log/proof/{role}/{version}/{old}", get(log_proof))
         .merge(crate::device_api::routes())
         .with_state(state)
 }
@@ -73,6 +76,47 @@ async fn metadata(
         h.insert(header::ETAG, v);
     }
     Ok(response)
+}
+
+fn log_answer(bytes: impl Into<Body>, content_type: &'static str, cache: &'static str) -> Response {
+    let mut r = Response::new(bytes.into());
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    r
+}
+
+/// The transparency log's newest checkpoint (with witness cosignatures), cached for a second.
+/// The log is public like a certificate transparency log: auditors read it without a session.
+async fn log_checkpoint(State(state): State<Arc<AppState>>) -> ApiResult<Response> {
+    let note = state.log.checkpoint().await?.ok_or(ApiError::NotFound)?;
+    Ok(log_answer(note, "text/plain; charset=utf-8", "public, max-age=1"))
+}
+
+/// A tile or entry bundle (C2SP `tlog-tiles`): immutable once written.
+async fn log_tile(State(state): State<Arc<AppState>>, Path(path): Path<String>) -> ApiResult<Response> {
+    let path = format!("tile/{path}");
+    if !ringfence_tlog::tree::is_tile_path(&path) {
+        return Err(ApiError::NotFound);
+    }
+    let bytes = state.log.tile(&path).await?.ok_or(ApiError::NotFound)?;
+    Ok(log_answer(bytes, "application/octet-stream", "public, max-age=31536000, immutable"))
+}
+
+/// The proof bundle of a metadata version against the newest checkpoint, with the consistency
+/// proof from the tree size `old` the client trusts.
+async fn log_proof(
+    State(state): State<Arc<AppState>>,
+    Path((role, version, old)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let role = RoleName::parse(&role).map_err(|_| ApiError::NotFound)?;
+    let number = |s: &str| -> ApiResult<u64> {
+        if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ApiError::NotFound);
+        }
+        s.parse().map_err(|_| ApiError::NotFound)
+    };
+    let bytes = state.log.proof(role.as_str(), number(&version)?, number(&old)?).await?;
+    Ok(log_answer(bytes, "application/json", "public, max-age=1"))
 }
 
 /// The server's signed rollout holds (see `domain::rollouts`); `404` until a rollout exists.

@@ -100,6 +100,40 @@ async fn run_jobs(state: &AppState, now: i64, warned: &mut Vec<String>) {
     }
 }
 
+/// How often the sequencer looks for queued log entries: a new checkpoint at least every
+/// second while there are any.
+const SEQUENCE_EVERY: Duration = Duration::from_millis(500);
+
+/// Integrate queued transparency-log entries, on the node that leads the jobs (and under the
+/// database's `Log` lock, so that two nodes can never both sequence).
+pub async fn sequence_log(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    if !state.log.enabled() {
+        return;
+    }
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(SEQUENCE_EVERY) => false,
+            _ = stop.changed() => true,
+        };
+        if state.cluster.leading() {
+            // A full batch is followed by the next at once.
+            loop {
+                match state.log.integrate(crate::unix_now()).await {
+                    Ok(Some(_)) if !stopping => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "integrating log entries failed; tried again shortly");
+                        break;
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
 /// Write buffered check-ins every second, and once more when the server stops.
 pub async fn flush_checkins(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {

@@ -43,6 +43,8 @@ pub struct AppState {
     pub reports: domain::reports::Reports,
     pub rules: domain::rules::Rules,
     pub rollouts: domain::rollouts::Rollouts,
+    /// The transparency log.
+    pub log: domain::log::Log,
     /// This node among the nodes sharing the database (who runs the background jobs).
     pub cluster: domain::cluster::Cluster,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
@@ -151,8 +153,16 @@ pub async fn migrate(config: &Config, database_url: &str, bucket: Option<&str>) 
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);
     let blobs = open_content(&config)?;
-    let keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
+    let mut keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());
+    let log = domain::log::Log::new(
+        db.clone(),
+        blobs.clone(),
+        keys.log.take(),
+        config.log.origin.as_deref(),
+        &config.log.witnesses,
+    )
+    .context("the transparency log")?;
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let reports = domain::reports::Reports::new(db.clone());
@@ -193,6 +203,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         reports,
         rules,
         rollouts,
+        log,
         device_permits,
         anonymous_body_permits,
         session_body_permits,
@@ -263,13 +274,14 @@ pub async fn serve(
         stop_rx.clone(),
     ));
     let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx.clone()));
+    let sequencer = tokio::spawn(jobs::sequence_log(state.clone(), stop_rx.clone()));
     let checkins = tokio::spawn(jobs::flush_checkins(state.clone(), stop_rx));
     if let Some(ready) = ready {
         let _ = ready.send(addrs);
     }
     shutdown.await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(device, admin, jobs, checkins);
+    let _ = tokio::join!(device, admin, jobs, sequencer, checkins);
     Ok(())
 }
 

@@ -108,16 +108,7 @@ impl Webhook {
         }
         let tls = if endpoint.tls {
             let ca = config.webhook_ca_file.as_ref().context("webhook_ca_file: required for https")?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
-                roots.add(cert?)?;
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let client = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Some(Arc::new(client))
+            Some(client_tls(ca)?)
         } else {
             None
         };
@@ -128,41 +119,72 @@ impl Webhook {
     pub async fn post(&self, event: &Event) -> anyhow::Result<u16> {
         let body = serde_json::to_vec(event)?;
         let signature = hex::encode(hmac_sha256(&self.secret, &body));
-        let e = &self.endpoint;
-        let host_header =
-            if e.host.contains(':') { format!("[{}]:{}", e.host, e.port) } else { format!("{}:{}", e.host, e.port) };
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host_header}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             X-Ringfence-Signature: sha256={signature}\r\nUser-Agent: ringfence\r\nConnection: close\r\n\r\n",
-            e.path,
-            body.len()
-        );
-        let exchange = async {
-            let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port)).await?;
-            let mut answer = Vec::new();
-            match &self.tls {
-                Some(config) => {
-                    let name = ServerName::try_from(e.host.clone())?;
-                    let mut stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?;
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(&body).await?;
-                    stream.flush().await?;
-                    (&mut stream).take(8192).read_to_end(&mut answer).await?;
-                }
-                None => {
-                    let mut stream = tcp;
-                    stream.write_all(head.as_bytes()).await?;
-                    stream.write_all(&body).await?;
-                    (&mut stream).take(8192).read_to_end(&mut answer).await?;
-                }
-            }
-            anyhow::Ok(answer)
-        };
-        let answer = tokio::time::timeout(TIMEOUT, exchange).await.context("webhook: no answer in 10 s")??;
-        let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
-        let status = std::str::from_utf8(line).ok().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok());
-        status.context("webhook: not an HTTP answer")
+        let headers = format!("Content-Type: application/json\r\nX-Ringfence-Signature: sha256={signature}\r\n");
+        let (status, _) = post(&self.endpoint, self.tls.as_ref(), &headers, &body).await.context("webhook")?;
+        Ok(status)
     }
+}
+
+/// A TLS client configuration trusting the certificates in the PEM file `ca`.
+pub fn client_tls(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(client))
+}
+
+/// POST `body` to `endpoint` (one request, `Connection: close`) with the extra header lines
+/// `headers` (each ending in CRLF); the status and at most 8 KiB of the answer's body, within
+/// ten seconds.
+pub async fn post(
+    e: &Endpoint,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    headers: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let host_header =
+        if e.host.contains(':') { format!("[{}]:{}", e.host, e.port) } else { format!("{}:{}", e.host, e.port) };
+    let head = format!(
+        "POST {} HTTP/1.1\r\nHost: {host_header}\r\nContent-Length: {}\r\n{headers}User-Agent: ringfence\r\nConnection: close\r\n\r\n",
+        e.path,
+        body.len()
+    );
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((e.host.as_str(), e.port)).await?;
+        let mut answer = Vec::new();
+        match tls {
+            Some(config) => {
+                let name = ServerName::try_from(e.host.clone())?;
+                let mut stream = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await?;
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body).await?;
+                stream.flush().await?;
+                (&mut stream).take(8192 + 4096).read_to_end(&mut answer).await?;
+            }
+            None => {
+                let mut stream = tcp;
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body).await?;
+                (&mut stream).take(8192 + 4096).read_to_end(&mut answer).await?;
+            }
+        }
+        anyhow::Ok(answer)
+    };
+    let answer = tokio::time::timeout(TIMEOUT, exchange).await.context("no answer in 10 s")??;
+    let line = answer.split(|b| *b == b'\n').next().unwrap_or_default();
+    let status = std::str::from_utf8(line).ok().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok());
+    let status = status.context("not an HTTP answer")?;
+    let body = match answer.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(at) => answer.get(at + 4..).unwrap_or_default().to_vec(),
+        None => Vec::new(),
+    };
+    Ok((status, body))
 }
 
 /// Deliver events until the channel closes.

@@ -12,11 +12,14 @@ use crate::Config;
 pub const TIMESTAMP_FILE: &str = "timestamp.key";
 pub const SNAPSHOT_FILE: &str = "snapshot.key";
 pub const AUTO_APPROVER_FILE: &str = "auto-approver.key";
+/// The transparency log's key (signs checkpoints); without it the server keeps no log.
+pub const LOG_FILE: &str = "log.key";
 
 pub struct OnlineKeys {
     pub timestamp: SigningKey,
     pub snapshot: SigningKey,
     pub auto_approver: Option<SigningKey>,
+    pub log: Option<SigningKey>,
     /// Online publisher keys by key id.
     pub publishers: Vec<SigningKey>,
 }
@@ -50,6 +53,7 @@ impl OnlineKeys {
             timestamp: load(TIMESTAMP_FILE)?,
             snapshot: load(SNAPSHOT_FILE)?,
             auto_approver: optional(AUTO_APPROVER_FILE)?,
+            log: optional(LOG_FILE)?,
             publishers,
         })
     }

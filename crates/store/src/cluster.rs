@@ -23,6 +23,8 @@ pub enum Section {
     Repository = 1,
     /// Rollout state and the signed holds document.
     Rollouts = 2,
+    /// The transparency log's sequencer.
+    Log = 3,
 }
 
 /// Held while a node writes what `Section` names. On PostgreSQL this is a session advisory lock

@@ -58,7 +58,7 @@ pub trait LogStore: Send + Sync + 'static {
     /// Entries `from..to` (each integrated one exactly once, in order).
     async fn log_entries(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>>;
     /// Integrate `batch` in one transaction; `Conflict` (nothing written) unless the log has
-    /// exactly `batch.first` entries.
+    /// exactly `batch.first` entries. A batch without entries only drops its queue rows.
     async fn integrate_log(&self, batch: &LogBatch) -> Result<()>;
     /// Checkpoints whose tiles are not written yet, smallest first.
     async fn unwritten_checkpoints(&self) -> Result<Vec<CheckpointRecord>>;
@@ -162,6 +162,14 @@ impl LogStore for SqlStore {
 
     async fn integrate_log(&self, batch: &LogBatch) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        if batch.entries.is_empty() {
+            // Only queue rows to drop (entries already on the log): no new checkpoint.
+            for id in &batch.queue_ids {
+                sqlx::query("DELETE FROM log_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            return Ok(());
+        }
         let row = sqlx::query("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM log_entries").fetch_one(&mut *tx).await?;
         let size = count_from_row(&row)?;
         if size != batch.first {

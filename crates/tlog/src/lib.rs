@@ -22,3 +22,5 @@ pub mod tree;
 pub mod witness;
 
 pub use tlog_tiles::Hash;
+/// The crates underneath, for callers that store the tree themselves.
+pub use {signed_note, tlog_tiles};

@@ -15,7 +15,7 @@ use crate::tree;
 use crate::witness::CosignatureVerifier;
 
 /// The target path under which top-level targets publishes the log's identity.
-pub const IDENTITY_TARGET: &str = "ringfence/log.json";
+pub const IDENTITY_TARGET: &str = ringfence_trust::policy::LOG_IDENTITY_TARGET;
 /// Largest proof bundle accepted.
 pub const MAX_BUNDLE_BYTES: usize = 32 * 1024;
 /// Most hashes in one proof (a tree of 2^63 entries needs 63).

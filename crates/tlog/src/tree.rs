@@ -37,6 +37,44 @@ pub fn tile_path(level: Option<u8>, index: u64, width: u32) -> String {
     format!("tile/{level}/{digits}{partial}")
 }
 
+/// Whether `path` is a tile path exactly as [`tile_path`] writes one (level 0 to 63 or
+/// `entries`, width 1 to 256): all a server parses of a tile request.
+pub fn is_tile_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("tile/") else { return false };
+    let Some((level, rest)) = rest.split_once('/') else { return false };
+    let level = match level {
+        "entries" => None,
+        l if l.len() <= 2 && l.bytes().all(|b| b.is_ascii_digit()) => match l.parse::<u8>() {
+            Ok(n) if n < 64 => Some(n),
+            _ => return false,
+        },
+        _ => return false,
+    };
+    let (digits, width) = match rest.split_once(".p/") {
+        Some((d, w)) if w.len() <= 3 && w.bytes().all(|b| b.is_ascii_digit()) => match w.parse::<u32>() {
+            Ok(w) if (1..1 << TILE_HEIGHT).contains(&w) => (d, w),
+            _ => return false,
+        },
+        Some(_) => return false,
+        None => (rest, 1 << TILE_HEIGHT),
+    };
+    if digits.len() > 32 {
+        return false;
+    }
+    let mut index: u64 = 0;
+    for group in digits.split('/') {
+        let group = group.strip_prefix('x').unwrap_or(group);
+        if group.len() != 3 || !group.bytes().all(|b| b.is_ascii_digit()) {
+            return false;
+        }
+        let Ok(n) = group.parse::<u64>() else { return false };
+        let Some(next) = index.checked_mul(1000).and_then(|v| v.checked_add(n)) else { return false };
+        index = next;
+    }
+    // One spelling only: what tile_path writes for that tile.
+    tile_path(level, index, width) == path
+}
+
 /// A tree held in memory: its stored hashes and records. (The server keeps the same in its
 /// database and content store; this is the reference the tests and tools use.)
 #[derive(Debug, Default, Clone)]
@@ -121,13 +159,8 @@ impl Tree {
                 // The records under this level-0 tile, each with its two-byte length.
                 let start = usize::try_from(tile.level_index() << TILE_HEIGHT).unwrap_or(usize::MAX);
                 let width = usize::try_from(tile.width()).unwrap_or(0);
-                let mut bundle = Vec::new();
-                for record in self.records.iter().skip(start).take(width) {
-                    let len = u16::try_from(record.len()).map_err(|_| TreeError::Invalid("record too long".into()))?;
-                    bundle.extend_from_slice(&len.to_be_bytes());
-                    bundle.extend_from_slice(record);
-                }
-                out.push((tile_path(None, tile.level_index(), tile.width()), bundle));
+                let records: Vec<&[u8]> = self.records.iter().skip(start).take(width).map(Vec::as_slice).collect();
+                out.push((tile_path(None, tile.level_index(), tile.width()), entry_bundle(&records)?));
             }
         }
         Ok(out)
@@ -139,6 +172,40 @@ impl Tree {
         }
         Ok(())
     }
+}
+
+/// An entry bundle: each record prefixed by its length (two bytes, big-endian).
+pub fn entry_bundle(records: &[&[u8]]) -> Result<Vec<u8>, TreeError> {
+    let mut bundle = Vec::new();
+    for record in records {
+        let len = u16::try_from(record.len()).map_err(|_| TreeError::Invalid("record too long".into()))?;
+        bundle.extend_from_slice(&len.to_be_bytes());
+        bundle.extend_from_slice(record);
+    }
+    Ok(bundle)
+}
+
+/// The records of an entry bundle; refused unless it is exactly length-prefixed records.
+pub fn split_entry_bundle(bundle: &[u8]) -> Result<Vec<&[u8]>, TreeError> {
+    let mut out = Vec::new();
+    let mut rest = bundle;
+    while !rest.is_empty() {
+        let (Some(&hi), Some(&lo)) = (rest.first(), rest.get(1)) else {
+            return Err(TreeError::Invalid("an entry bundle ends inside a length".into()));
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        let record =
+            rest.get(2..2 + len).ok_or_else(|| TreeError::Invalid("an entry bundle ends inside a record".into()))?;
+        out.push(record);
+        rest = rest.get(2 + len..).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// The stored-hash indexes of the complete subtrees on the right edge of a tree of `size`
+/// records: all an append (and the root) needs besides the hashes it makes itself.
+pub fn frontier(size: u64) -> Vec<u64> {
+    (0..64u8).filter(|l| (size >> l) & 1 == 1).map(|l| tlog_tiles::stored_hash_index(l, (size >> l) - 1)).collect()
 }
 
 /// Check that `proof` shows record hash `leaf` at `index` in the tree of `size` with `root`.
@@ -160,6 +227,30 @@ pub fn leaf_hash(record: &[u8]) -> Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tile_paths_parse_in_their_one_spelling_only() {
+        for (level, index, width) in [(Some(0), 0, 256), (Some(1), 1234, 7), (None, 1_234_567, 256), (None, 5, 1)] {
+            assert!(is_tile_path(&tile_path(level, index, width)), "{}", tile_path(level, index, width));
+        }
+        assert_eq!(tile_path(Some(0), 1_234_067, 256), "tile/0/x001/x234/067");
+        for bad in [
+            "tile/0/1",
+            "tile/0/0001",
+            "tile/0/001.p/256",
+            "tile/0/001.p/0",
+            "tile/0/001.p/07",
+            "tile/64/000",
+            "tile/entries/x001",
+            "tile/0/001/002",
+            "tile/0/x001/../002",
+            "tile/00/001",
+            "tiles/0/001",
+            "tile/0/-01",
+        ] {
+            assert!(!is_tile_path(bad), "{bad}");
+        }
+    }
     use ct_merkle::mem_backed_tree::MemoryBackedTree;
 
     type Reference = MemoryBackedTree<sha2_next::Sha256, Vec<u8>>;

@@ -34,7 +34,8 @@ pub mod rule {
     pub const TOP_LEVEL_DELEGATES: &str = "targets delegates only publisher.<p> and approvals.<g> roles";
     pub const TOP_LEVEL_PATHS: &str = "a top-level delegation has exactly the layout's path pattern";
     pub const UNIQUE: &str = "each role is delegated once";
-    pub const NO_FILES: &str = "targets and publisher roles list no files";
+    pub const NO_FILES: &str =
+        "targets and publisher roles list no files (top-level targets only the log's identity, ringfence/log.json)";
     pub const BINS: &str = "a publisher role delegates exactly its 16^n hashed bins";
     pub const BIN_KEYS: &str = "every bin has the publisher's keys and threshold";
     pub const BIN_TERMINATING: &str = "every bin delegation is terminating";
@@ -67,13 +68,21 @@ fn broken(role: &str, rule: &'static str, detail: impl Into<String>) -> LayoutEr
 /// The longest bin prefix accepted: 65,536 bins.
 pub const MAX_BIN_PREFIX_LEN: usize = 4;
 
+/// Where top-level targets publishes the transparency log's identity (origin, log key,
+/// witnesses and quorum) in the target's `custom`.
+pub const LOG_IDENTITY_TARGET: &str = "ringfence/log.json";
+
 /// Check top-level `targets`.
 pub fn check_top_level(doc: &Targets) -> Result<(), LayoutError> {
     const ROLE: &str = "targets";
     if doc.windows.is_some() {
         return Err(broken(ROLE, rule::WINDOWS, "top-level targets has windows"));
     }
-    if !doc.targets.is_empty() {
+    // The one file top-level targets may list is the transparency log's identity, carried in
+    // its `custom` (checked by the log's own code, which this crate does not depend on).
+    let others =
+        doc.targets.iter().filter(|(path, file)| path.as_str() != LOG_IDENTITY_TARGET || file.custom.is_none());
+    if others.count() > 0 {
         return Err(broken(ROLE, rule::NO_FILES, format!("it lists {} files", doc.targets.len())));
     }
     let Some(delegations) = &doc.delegations else { return Ok(()) };

@@ -32,7 +32,7 @@ impl Agent {
     }
 
     /// Lines the installer script appended in this agent's directory.
-    fn installs(&self, update: &str) -> usize {
+    pub(crate) fn installs(&self, update: &str) -> usize {
         std::fs::read_to_string(self.dir.join(format!("installed-{update}"))).map_or(0, |s| s.lines().count())
     }
 }
@@ -60,7 +60,7 @@ pub(crate) fn enroll(server: &Server, root: &Path, name: &str, group: &str, toke
 
 /// Publish an update whose installer is a script appending a line to `installed-<id>` in the
 /// agent's working directory.
-fn publish_script(server: &Server, id: &str) {
+pub(crate) fn publish_script(server: &Server, id: &str) {
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = work.join(format!("{id}.sh"));
@@ -328,7 +328,7 @@ fn publish_for_pilot(server: &Server, id: &str, file: &Path, installer: serde_js
     assert!(server.approve("pilot", &format!("acme/{name}")).contains("is published"));
 }
 
-fn last_report(server: &Server, target: &str) -> ringfence_proto::device::StatusReport {
+pub(crate) fn last_report(server: &Server, target: &str) -> ringfence_proto::device::StatusReport {
     let d = devices(server).into_iter().next().unwrap();
     d.updates.into_iter().find(|u| u.target == target).unwrap_or_else(|| panic!("no report for {target}"))
 }

@@ -83,11 +83,31 @@ impl Server {
     }
 
     /// Publish `docs` straight into the database, each signed with every online key and
-    /// `keys`, with a fresh snapshot and timestamp signed by the online keys.
+    /// `keys`, with a fresh snapshot and timestamp signed by the online keys — and on the
+    /// transparency log, as a thief holding the online log key would do to get past agents
+    /// (the other checks are what stop it then; the log keeps the evidence).
     pub fn forge_publish(
         &self,
         docs: Vec<(String, ringfence_proto::tuf::Targets)>,
         keys: &[&ringfence_trust::SigningKey],
+    ) {
+        self.forge(docs, keys, true);
+    }
+
+    /// [`Server::forge_publish`] without putting the forgery on the transparency log.
+    pub fn forge_publish_unlogged(
+        &self,
+        docs: Vec<(String, ringfence_proto::tuf::Targets)>,
+        keys: &[&ringfence_trust::SigningKey],
+    ) {
+        self.forge(docs, keys, false);
+    }
+
+    fn forge(
+        &self,
+        docs: Vec<(String, ringfence_proto::tuf::Targets)>,
+        keys: &[&ringfence_trust::SigningKey],
+        logged: bool,
     ) {
         use ringfence_proto::tuf::{Snapshot, Timestamp};
         use ringfence_store::{MetadataRecord, Store};
@@ -124,7 +144,24 @@ impl Server {
             |role: &str, version, bytes| MetadataRecord { role: role.into(), version, expires: now + 86_400, bytes };
         records.push(record("snapshot", snap.signed.version, snap_bytes));
         records.push(record("timestamp", ts_version, ts.to_bytes().unwrap()));
-        self.runtime.block_on(store.publish(&records, &[])).unwrap();
+        let log: Vec<Vec<u8>> = if logged {
+            records
+                .iter()
+                .map(|r| {
+                    ringfence_tlog::entry::Entry::Metadata {
+                        role: r.role.clone(),
+                        version: r.version,
+                        sha256: ringfence_trust::sha256_hex(&r.bytes),
+                        length: r.bytes.len() as u64,
+                    }
+                    .to_bytes()
+                    .unwrap()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.runtime.block_on(store.publish(&records, &[], &log)).unwrap();
     }
 
     /// A delegation of every path (`path_hash_prefixes: [""]`, not terminating) named `name`
@@ -150,7 +187,7 @@ impl Server {
         let bytes = ringfence_trust::Envelope::new(doc).unwrap().to_bytes().unwrap();
         let version = serde_json::from_slice::<Value>(&bytes).unwrap()["signed"]["version"].as_u64().unwrap();
         let record = PendingRecord { role: role.into(), version, bytes, created_at: ringfence_server::unix_now() };
-        self.runtime.block_on(self.db.put_pending(&record)).unwrap();
+        self.runtime.block_on(self.db.put_pending(&record, &[])).unwrap();
     }
 
     /// A key file from the keys directory (the attacker does not have these).
@@ -235,6 +272,34 @@ impl Server {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// Wait (at most 15 s) until everything queued is on the log and served.
+    pub fn wait_for_log(&self) -> u64 {
+        use ringfence_store::LogStore;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let (queued, size, served) = self.runtime.block_on(async {
+                (
+                    self.db.log_queue(1).await.unwrap().len(),
+                    self.db.log_size().await.unwrap(),
+                    self.db.latest_checkpoint().await.unwrap().map_or(0, |c| c.size),
+                )
+            });
+            if queued == 0 && size > 0 && served == size {
+                return size;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log did not catch up: {queued} queued, {served} of {size}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// A client of the device listener (no token).
+    pub fn device_client(&self) -> Client {
+        Client::new(self.repo_url.trim_end_matches("/repo"), None, &self.ca).expect("client")
     }
 
     /// Stop serving and hand back the installation's directory (kept, not deleted).

@@ -21,3 +21,4 @@ mod scale_out;
 mod signer_review;
 mod stolen_server;
 mod tough_interop;
+mod transparency;

@@ -139,7 +139,7 @@ fn a_root_review_shows_every_change_and_refuses_jumps_and_far_expiry() {
             bytes,
             created_at: ringfence_server::unix_now(),
         };
-        server.runtime.block_on(server.db.put_pending(&record)).unwrap();
+        server.runtime.block_on(server.db.put_pending(&record, &[])).unwrap();
     };
 
     // Version 2 that drops a role's entry, turns consistent snapshots off, carries a field

@@ -27,6 +27,8 @@ use ringfence_store::{
 
 pub use ringfence_store::DeviceState;
 
+use ringfence_tlog::entry::Entry;
+
 use super::audit::Audit;
 use super::checkins::CheckinBuffer;
 use super::error::{Error, Result};
@@ -217,6 +219,10 @@ impl Devices {
                 }
             }
         }
+        if device.state == DeviceState::Accepted {
+            let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
+            super::log::enqueue(&*self.db, &[entry]).await?;
+        }
         let detail = format!("{} ({}) groups {:?}", device.hostname, device.state.as_str(), groups);
         self.audit.record(&format!("device {}", device.id), "enroll", &detail, now).await?;
         let state = if device.state == DeviceState::Accepted { EnrollState::Accepted } else { EnrollState::Pending };
@@ -394,6 +400,13 @@ impl Devices {
             created_at: now,
         };
         self.db.insert_enrollment_token(&record).await?;
+        let entry = Entry::EnrollmentToken {
+            id: record.id.clone(),
+            groups: record.groups.clone(),
+            expires: record.expires_at,
+            uses: record.max_uses,
+        };
+        super::log::enqueue(&*self.db, &[entry]).await?;
         let detail = format!("{} for {:?}, {} uses", record.id, record.groups, record.max_uses);
         self.audit.record(actor, "enrollment-token", &detail, now).await?;
         Ok(EnrollmentTokenCreated { id: record.id, token, expires_at: record.expires_at })
@@ -424,6 +437,8 @@ impl Devices {
             timestamp_version: None,
         };
         self.db.insert_device(&device).await?;
+        let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
+        super::log::enqueue(&*self.db, &[entry]).await?;
         let detail = format!("device {} groups {:?}", device.id, device.groups);
         self.audit.record(actor, "preauthorize", &detail, now).await?;
         self.info(device).await
@@ -440,6 +455,16 @@ impl Devices {
             return Err(Error::Conflict(format!("device {id} is {}", device.state.as_str())));
         };
         self.db.set_device_state(id, next).await?;
+        let entry = match next {
+            DeviceState::Accepted => {
+                Some(Entry::DeviceAccepted { id: id.to_owned(), public_key: device.public_key.clone() })
+            }
+            DeviceState::Revoked => Some(Entry::DeviceRevoked { id: id.to_owned() }),
+            _ => None,
+        };
+        if let Some(entry) = entry {
+            super::log::enqueue(&*self.db, &[entry]).await?;
+        }
         self.audit.record(actor, action.as_str(), &format!("device {id}"), now).await?;
         let device = self.db.device(id).await?.ok_or(Error::NotFound)?;
         self.info(device).await

@@ -10,6 +10,7 @@
 //! - [`rollouts::Rollouts`]: rollouts the server may hold back, never widen.
 //! - [`reports::Reports`]: compliance per group, CVE exposure, stale devices.
 //! - [`audit::Audit`]: the audit trail, written in one place.
+//! - [`log::Log`]: the transparency log (sequencer, tiles, checkpoints, witnesses, proofs).
 
 pub mod audit;
 pub mod checkins;
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod log;
 pub mod repo;
 pub mod reports;
 pub mod rollouts;

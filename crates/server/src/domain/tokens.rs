@@ -7,6 +7,8 @@ use rand_core::{OsRng, RngCore};
 use ringfence_proto::api::{Scope, TokenCreated, TokenInfo, TokenRequest};
 use ringfence_store::{Database, TokenRecord};
 
+use ringfence_tlog::entry::Entry;
+
 use super::audit::Audit;
 use super::error::{Error, Result};
 
@@ -58,6 +60,15 @@ impl Tokens {
             revoked: false,
         };
         self.db.insert_token(&record).await?;
+        let entry =
+            Entry::AdminToken { id: record.id.clone(), name: record.name.clone(), scopes: record.scopes.clone() };
+        // A name outside the log's character set is logged by its id alone.
+        let entry = if entry.to_bytes().is_ok() {
+            entry
+        } else {
+            Entry::AdminToken { id: record.id.clone(), name: "-".into(), scopes: record.scopes.clone() }
+        };
+        super::log::enqueue(&*self.db, &[entry]).await?;
         let detail = format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes);
         self.audit.record(actor, "token", &detail, now).await?;
         Ok(TokenCreated { id: record.id, token, scopes: request.scopes.clone() })
@@ -86,6 +97,7 @@ impl Tokens {
             return Err(Error::NotFound);
         }
         self.db.revoke_token(id).await?;
+        super::log::enqueue(&*self.db, &[Entry::AdminTokenRevoked { id: id.to_owned() }]).await?;
         self.audit.record(actor, "token", &format!("revoked token {id}"), now).await
     }
 

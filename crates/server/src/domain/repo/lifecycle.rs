@@ -132,7 +132,8 @@ impl Repository {
                     } else {
                         let bytes = env.to_bytes().map_err(Error::internal)?;
                         let record = PendingRecord { role: name.to_string(), version: 1, bytes, created_at: now };
-                        self.db.put_pending(&record).await?;
+                        let log = [super::pending_entry(name.as_str(), 1, env.canonical_signed())?];
+                        self.db.put_pending(&record, &log).await?;
                         let detail = format!("{name} version 1 waits for its key holders");
                         self.audit.record(SERVER, "create", &detail, now).await?;
                     }

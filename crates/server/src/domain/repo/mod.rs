@@ -26,6 +26,7 @@ use ringfence_proto::names::RoleKind;
 use ringfence_proto::tuf::{Key, Root, Snapshot, Targets};
 use ringfence_proto::{PublisherName, RoleName};
 use ringfence_store::{BlobStore, Database, MetadataRecord, PendingRecord};
+use ringfence_tlog::entry::Entry;
 use ringfence_trust::envelope::MetadataType;
 use ringfence_trust::{Envelope, SigningKey, expiry, policy, writer};
 
@@ -77,6 +78,48 @@ where
         expires: expiry::parse(env.signed.expires()).map_err(Error::internal)?,
         bytes: env.to_bytes().map_err(Error::internal)?,
     })
+}
+
+/// A transparency-log entry as queued.
+pub(super) fn log_entry(entry: &Entry) -> Result<Vec<u8>> {
+    entry.to_bytes().map_err(Error::internal)
+}
+
+/// The entry of a published metadata version: role, version, SHA-256 and length of its bytes.
+fn metadata_entry(record: &MetadataRecord) -> Result<Vec<u8>> {
+    log_entry(&Entry::Metadata {
+        role: record.role.clone(),
+        version: record.version,
+        sha256: ringfence_trust::sha256_hex(&record.bytes),
+        length: record.bytes.len() as u64,
+    })
+}
+
+/// The entry of a pending version: role, version, SHA-256 of the bytes its signers sign.
+pub(super) fn pending_entry(role: &str, version: u64, canonical_signed: &[u8]) -> Result<Vec<u8>> {
+    log_entry(&Entry::Pending { role: role.to_owned(), version, sha256: ringfence_trust::sha256_hex(canonical_signed) })
+}
+
+/// The entries of signatures received for `role` version `version`.
+pub(super) fn signature_entries(
+    role: &str,
+    version: u64,
+    canonical_signed: &[u8],
+    signatures: &[ringfence_proto::tuf::Signature],
+) -> Result<Vec<Vec<u8>>> {
+    let signed_sha256 = ringfence_trust::sha256_hex(canonical_signed);
+    signatures
+        .iter()
+        .map(|s| {
+            log_entry(&Entry::Signature {
+                role: role.to_owned(),
+                version,
+                key_id: s.keyid.clone(),
+                signature: s.sig.clone(),
+                signed_sha256: signed_sha256.clone(),
+            })
+        })
+        .collect()
 }
 
 impl Repository {
@@ -141,11 +184,23 @@ impl Repository {
         }
     }
 
-    /// Write the changed roles plus a new snapshot and timestamp, atomically.
+    /// Write the changed roles plus a new snapshot and timestamp, atomically, with their log
+    /// entries.
     async fn commit(
         &self,
         roles: Vec<(RoleName, Envelope<Targets>)>,
         root: Option<Envelope<Root>>,
+        now: i64,
+    ) -> Result<Vec<RoleVersion>> {
+        self.commit_logged(roles, root, Vec::new(), now).await
+    }
+
+    /// [`Repository::commit`], queueing `log` (the entries of what led to it) too.
+    async fn commit_logged(
+        &self,
+        roles: Vec<(RoleName, Envelope<Targets>)>,
+        root: Option<Envelope<Root>>,
+        mut log: Vec<Vec<u8>>,
         now: i64,
     ) -> Result<Vec<RoleVersion>> {
         let previous = self.latest::<Snapshot>("snapshot").await?;
@@ -187,7 +242,10 @@ impl Repository {
         timestamp.sign(&self.keys.timestamp);
         records.push(snapshot_record);
         records.push(record("timestamp", &timestamp)?);
-        self.db.publish(&records, &clear).await?;
+        for r in &records {
+            log.push(metadata_entry(r)?);
+        }
+        self.db.publish(&records, &clear, &log).await?;
         Ok(published)
     }
 
@@ -257,7 +315,7 @@ impl Repository {
         for key in online {
             env.sign(key);
         }
-        self.settle(role, env, &authority, now).await
+        self.settle(role, env, &authority, Vec::new(), now).await
     }
 
     /// Publish `env` if its signatures meet the threshold, else hold it as pending.
@@ -266,19 +324,24 @@ impl Repository {
         role: &RoleName,
         env: Envelope<Targets>,
         authority: &Authority,
+        mut log: Vec<Vec<u8>>,
         now: i64,
     ) -> Result<RoleState> {
         let valid = env.count_valid(&authority.keys, &authority.keyids);
         let version = env.signed.version;
         let published = valid >= authority.threshold && authority.threshold > 0;
+        if self.db.pending(role.as_str()).await?.is_none_or(|p| p.version != version) {
+            log.insert(0, pending_entry(role.as_str(), version, env.canonical_signed())?);
+        }
         if published {
-            self.commit(vec![(role.clone(), env)], None, now).await?;
+            self.commit_logged(vec![(role.clone(), env)], None, log, now).await?;
             if matches!(role.kind(), RoleKind::Targets | RoleKind::Publisher(_)) {
                 self.create_missing_roles(now).await?;
             }
         } else {
             let bytes = env.to_bytes().map_err(Error::internal)?;
-            self.db.put_pending(&PendingRecord { role: role.to_string(), version, bytes, created_at: now }).await?;
+            let record = PendingRecord { role: role.to_string(), version, bytes, created_at: now };
+            self.db.put_pending(&record, &log).await?;
         }
         Ok(RoleState {
             role: role.clone(),

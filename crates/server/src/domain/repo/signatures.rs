@@ -11,7 +11,7 @@ use ringfence_proto::tuf::{Key, Root, Targets};
 use ringfence_store::PendingRecord;
 use ringfence_trust::{Envelope, policy};
 
-use super::{Authority, Repository, bad, parse};
+use super::{Authority, Repository, bad, parse, pending_entry, signature_entries};
 use crate::domain::error::{Error, Result};
 
 impl Repository {
@@ -75,7 +75,7 @@ impl Repository {
                 let current = self.latest_root().await?;
                 expect_next(role, current.signed.version, env.signed.version)?;
                 self.check_online_keys_listed(&env.signed)?;
-                self.settle_root(env, &current, actor, now).await
+                self.settle_root(env, &current, Vec::new(), actor, now).await
             }
             RoleKind::Snapshot | RoleKind::Timestamp => Err(bad("snapshot and timestamp are signed by the server")),
             _ => {
@@ -88,7 +88,9 @@ impl Repository {
                 let authority = self.authority(role).await?;
                 // Only valid signatures are kept, so a pending document never carries junk.
                 let env = keep_valid(env, &authority)?;
-                let state = self.settle(role, env, &authority, now).await?;
+                let log =
+                    signature_entries(role.as_str(), env.signed.version, env.canonical_signed(), &env.signatures)?;
+                let state = self.settle(role, env, &authority, log, now).await?;
                 let outcome = if state.published { "published" } else { "held for signatures" };
                 let detail = format!(
                     "{role} version {} with {} of {} signatures: {outcome}",
@@ -104,6 +106,7 @@ impl Repository {
         &self,
         env: Envelope<Root>,
         current: &Envelope<Root>,
+        mut log: Vec<Vec<u8>>,
         actor: &str,
         now: i64,
     ) -> Result<RoleState> {
@@ -114,12 +117,16 @@ impl Repository {
         let version = env.signed.version;
         let threshold = old.threshold.max(new.threshold);
         let published = by_old >= old.threshold && by_new >= new.threshold && new.threshold > 0;
+        if self.db.pending("root").await?.is_none_or(|p| p.version != version) {
+            log.insert(0, pending_entry("root", version, env.canonical_signed())?);
+        }
         if published {
-            self.commit(Vec::new(), Some(env), now).await?;
+            self.commit_logged(Vec::new(), Some(env), log, now).await?;
             self.audit.record(actor, "root", &format!("published root version {version}"), now).await?;
         } else {
             let bytes = env.to_bytes().map_err(Error::internal)?;
-            self.db.put_pending(&PendingRecord { role: "root".into(), version, bytes, created_at: now }).await?;
+            let record = PendingRecord { role: "root".into(), version, bytes, created_at: now };
+            self.db.put_pending(&record, &log).await?;
         }
         Ok(RoleState { role: RoleName::root(), version, published, valid_signatures: by_old.min(by_new), threshold })
     }
@@ -151,13 +158,15 @@ impl Repository {
             keyids.extend(env.signed.roles.get("root").map(|r| r.keyids.clone()).unwrap_or_default());
             check_each_signature(env.canonical_signed(), &upload.signatures, &keys, &keyids)?;
             env.add_signatures(&upload.signatures);
-            return self.settle_root(env, &current, actor, now).await;
+            let log = signature_entries("root", env.signed.version, env.canonical_signed(), &upload.signatures)?;
+            return self.settle_root(env, &current, log, actor, now).await;
         }
         let mut env = parse::<Targets>(&pending.bytes)?;
         let authority = self.authority(role).await?;
         check_each_signature(env.canonical_signed(), &upload.signatures, &authority.keys, &authority.keyids)?;
         env.add_signatures(&upload.signatures);
-        let state = self.settle(role, env, &authority, now).await?;
+        let log = signature_entries(role.as_str(), env.signed.version, env.canonical_signed(), &upload.signatures)?;
+        let state = self.settle(role, env, &authority, log, now).await?;
         let keyids: Vec<&str> = upload.signatures.iter().map(|s| s.keyid.as_str()).collect();
         let detail = format!("signatures by key ids {keyids:?} for {role} version {}", upload.version);
         self.audit.record(actor, "sign", &detail, now).await?;
