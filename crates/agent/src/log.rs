@@ -53,16 +53,11 @@ impl LogCheck {
     }
 
     /// The checkpoint this device trusts for the log of `identity` (none for a log it never
-    /// saw: a new origin starts afresh).
+    /// saw: another origin or log key starts afresh; both come only from offline-signed
+    /// top-level targets).
     pub fn trusted(&self, identity: &LogIdentity) -> anyhow::Result<Option<Trusted>> {
         let Ok(note) = std::fs::read(self.checkpoint_file()) else { return Ok(None) };
-        let origin = note.split(|b| *b == b'\n').next().unwrap_or_default();
-        if origin != identity.origin.as_bytes() {
-            return Ok(None);
-        }
-        Trusted::from_note(identity, &note)
-            .map(Some)
-            .context("the stored log checkpoint does not verify against the log's identity")
+        Ok(Trusted::from_note(identity, &note))
     }
 
     fn verified(&self) -> BTreeMap<String, String> {
@@ -70,8 +65,8 @@ impl LogCheck {
     }
 
     /// Whether `role`'s stored `bytes` were proven on the log already.
-    pub fn already_checked(&self, role: &str, bytes: &[u8]) -> bool {
-        self.verified().get(role).is_some_and(|sha| *sha == ringfence_trust::sha256_hex(bytes))
+    pub fn already_checked(&self, identity: &LogIdentity, role: &str, bytes: &[u8]) -> bool {
+        self.verified().get(&proven_key(identity, role)).is_some_and(|sha| *sha == ringfence_trust::sha256_hex(bytes))
     }
 
     /// Check that `role` version `version` with exactly `bytes` is on the log; then remember
@@ -124,10 +119,15 @@ impl LogCheck {
             write_atomic(&self.checkpoint_file(), &newer.note)?;
         }
         let mut verified = self.verified();
-        verified.insert(role.to_owned(), expected_sha(&expected));
+        verified.insert(proven_key(identity, role), expected_sha(&expected));
         write_atomic(&self.verified_file(), &serde_json::to_vec(&verified)?)?;
         Ok(())
     }
+}
+
+/// Roles are proven on one log: another log (origin and key) proves them again.
+fn proven_key(identity: &LogIdentity, role: &str) -> String {
+    format!("{} {} {role}", identity.origin, identity.key)
 }
 
 fn expected_sha(entry: &Entry) -> String {

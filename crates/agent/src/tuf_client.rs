@@ -142,7 +142,7 @@ impl Client {
             && version == meta.version
         {
             if let Some((check, identity)) = &log
-                && !check.already_checked(role, &cached)
+                && !check.already_checked(identity, role, &cached)
             {
                 check.check(&self.fetcher, identity, role, version, &cached)?;
             }

@@ -16,6 +16,7 @@ pub mod review;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use commands::repository::{self, Approval};
@@ -108,10 +109,13 @@ pub enum Command {
     /// Rollouts the server watches and may hold back (pause, stop, halt on failures).
     #[command(subcommand)]
     Rollout(commands::rollouts::RolloutCommand),
-    /// The audit trail: who changed what, newest first.
+    /// The audit trail: who changed what, newest first. With `--log URL --trusted-root FILE`:
+    /// an independent audit of the server's transparency log instead.
     Audit {
         #[command(flatten)]
-        server: ServerArgs,
+        server: OptionalServerArgs,
+        #[command(flatten)]
+        log: commands::audit_log::LogAuditArgs,
         /// Records per page (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: u64,
@@ -178,6 +182,30 @@ pub struct ServerArgs {
     pub ca: PathBuf,
 }
 
+/// [`ServerArgs`] for a command that needs them only in one of its modes.
+#[derive(Debug, clap::Args)]
+pub struct OptionalServerArgs {
+    /// Admin API URL.
+    #[arg(long, env = "RINGFENCE_ADMIN_URL", default_value = "https://127.0.0.1:8532")]
+    pub server: String,
+    /// API token.
+    #[arg(long, env = "RINGFENCE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) to trust for the admin listener.
+    #[arg(long, env = "RINGFENCE_CA")]
+    pub ca: Option<PathBuf>,
+}
+
+impl OptionalServerArgs {
+    fn required(self) -> anyhow::Result<ServerArgs> {
+        Ok(ServerArgs {
+            server: self.server,
+            token: self.token.context("--token (or RINGFENCE_TOKEN) is required")?,
+            ca: self.ca.context("--ca (or RINGFENCE_CA) is required")?,
+        })
+    }
+}
+
 fn client(server: &ServerArgs) -> anyhow::Result<http::Client> {
     http::Client::new(&server.server, Some(server.token.clone()), &server.ca)
 }
@@ -205,7 +233,26 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Report(command) => commands::reports::run(command),
         Command::Rule(command) => commands::rules::run(command),
         Command::Rollout(command) => commands::rollouts::run(command),
-        Command::Audit { server, limit, before, json } => commands::audit::run(&server, limit, before, json),
+        Command::Audit { server, log, limit, before, json } => {
+            if log.log.is_some() {
+                // Metadata through the admin API when a token is given, else the repository.
+                let source = match (&server.token, &server.ca) {
+                    (Some(token), Some(ca)) => commands::audit_log::MetadataSource::Admin(http::Client::new(
+                        &server.server,
+                        Some(token.clone()),
+                        ca,
+                    )?),
+                    _ => {
+                        let url = log.log.as_deref().unwrap_or_default().trim_end_matches('/');
+                        let ca = log.log_ca.as_ref().context("--log-ca")?;
+                        commands::audit_log::MetadataSource::Repository(http::Client::new(url, None, ca)?)
+                    }
+                };
+                return commands::audit_log::run(&log, source, json);
+            }
+            let server = server.required()?;
+            commands::audit::run(&server, limit, before, json)
+        }
         Command::Cleanup { server, dry_run, devices_not_seen_days, json } => {
             commands::cleanup::run(&server, dry_run, devices_not_seen_days, json)
         }

@@ -2,6 +2,7 @@
 
 mod quickstart;
 mod setup;
+mod witness;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,12 @@ enum Command {
         #[arg(long)]
         blobs: Option<String>,
     },
+    /// A witness for transparency logs (C2SP tlog-witness): cosigns checkpoints, only ever
+    /// forward.
+    Witness {
+        #[command(subcommand)]
+        command: witness::WitnessCommand,
+    },
     #[command(flatten)]
     Admin(Box<ringfence_cli::Command>),
 }
@@ -61,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         Command::Quickstart(options) => {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
+        }
+        Command::Witness { command } => {
+            init_logging();
+            witness::run(command)
         }
         Command::Init(options) => {
             let done = setup::init(&options)?;

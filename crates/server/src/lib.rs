@@ -282,6 +282,9 @@ pub async fn serve(
     shutdown.await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(device, admin, jobs, sequencer, checkins);
+    if let Err(e) = state.cluster.step_down().await {
+        tracing::warn!(error = %e, "giving up the jobs lease failed; another node takes it when it runs out");
+    }
     Ok(())
 }
 

@@ -55,6 +55,8 @@ pub trait ClusterStore: Send + Sync + 'static {
     async fn database_now(&self) -> Result<i64>;
     /// Who holds lease `name` and until when, if anyone ever did.
     async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>>;
+    /// Give lease `name` up if `holder` holds it (a node stopping), so another takes it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
 }
 
 #[async_trait::async_trait]
@@ -80,6 +82,15 @@ impl ClusterStore for SqlStore {
             .execute(&mut conn)
             .await?;
         Ok(ExclusiveGuard { conn: Some(conn) })
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {
+        sqlx::query("DELETE FROM leases WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn lease(&self, name: &str, holder: &str, seconds: i64) -> Result<bool> {

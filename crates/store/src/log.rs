@@ -64,6 +64,8 @@ pub trait LogStore: Send + Sync + 'static {
     async fn unwritten_checkpoints(&self) -> Result<Vec<CheckpointRecord>>;
     /// The largest checkpoint whose tiles are written.
     async fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>>;
+    /// The largest checkpoint whose tiles are written and that witnesses cosigned.
+    async fn latest_cosigned_checkpoint(&self) -> Result<Option<CheckpointRecord>>;
     async fn checkpoint_at(&self, size: u64) -> Result<Option<CheckpointRecord>>;
     async fn mark_tiles_written(&self, size: u64) -> Result<()>;
     /// Keep `note` (the checkpoint of `size` with cosignatures) and the size each named witness
@@ -162,11 +164,12 @@ impl LogStore for SqlStore {
 
     async fn integrate_log(&self, batch: &LogBatch) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // A write first (the queue rows taken), so SQLite takes the write lock up front.
+        for id in &batch.queue_ids {
+            sqlx::query("DELETE FROM log_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
+        }
         if batch.entries.is_empty() {
             // Only queue rows to drop (entries already on the log): no new checkpoint.
-            for id in &batch.queue_ids {
-                sqlx::query("DELETE FROM log_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
-            }
             tx.commit().await?;
             return Ok(());
         }
@@ -201,9 +204,6 @@ impl LogStore for SqlStore {
                 .await
                 .map_err(|e| crate::sql::conflict_or(e, || format!("{role} version {version} is logged already")))?;
         }
-        for id in &batch.queue_ids {
-            sqlx::query("DELETE FROM log_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
-        }
         let size = batch.first + batch.entries.len() as u64;
         sqlx::query("INSERT INTO log_checkpoints (size, note, created_at, tiles_written) VALUES ($1, $2, $3, 0)")
             .bind(to_bigint(size, "size")?)
@@ -224,6 +224,14 @@ impl LogStore for SqlStore {
     async fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>> {
         let sql = format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints WHERE tiles_written = 1 ORDER BY size DESC LIMIT 1"
+        );
+        sqlx::query(&sql).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn latest_cosigned_checkpoint(&self) -> Result<Option<CheckpointRecord>> {
+        let sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints WHERE tiles_written = 1 AND cosigned IS NOT NULL \
+             ORDER BY size DESC LIMIT 1"
         );
         sqlx::query(&sql).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_from_row).transpose()
     }

@@ -58,7 +58,9 @@ impl LogIdentity {
         if self.witnesses.len() > MAX_WITNESSES {
             return Err(invalid(format!("at most {MAX_WITNESSES} witnesses")));
         }
+        let log_public = log_public_key(&self.key)?;
         let mut names = std::collections::BTreeSet::new();
+        let mut publics = std::collections::BTreeSet::new();
         for w in &self.witnesses {
             let v = CosignatureVerifier::new(&w.key)?;
             if v.name() != w.name || !names.insert(&w.name) {
@@ -66,6 +68,11 @@ impl LogIdentity {
                     "witness {:?}: its key names it otherwise, or it is listed twice",
                     w.name
                 )));
+            }
+            // A witness is someone other than the log: not its name, not its key, and two
+            // names for one key are one witness.
+            if w.name == self.origin || v.public() == log_public || !publics.insert(v.public()) {
+                return Err(invalid(format!("witness {:?}: the log itself, or a key listed twice", w.name)));
             }
         }
         if self.quorum > self.witnesses.len() {
@@ -84,15 +91,21 @@ impl LogIdentity {
         let log = StandardVerifier::new(&self.key).map_err(invalid)?;
         let log_id = (log.name().to_owned(), log.key_id());
         let mut verifiers: Vec<Box<dyn Verifier>> = vec![Box::new(log)];
+        let mut witness_ids = std::collections::BTreeSet::new();
         for w in &self.witnesses {
-            verifiers.push(Box::new(CosignatureVerifier::new(&w.key)?));
+            let v = CosignatureVerifier::new(&w.key)?;
+            witness_ids.insert((v.name().to_owned(), v.key_id()));
+            verifiers.push(Box::new(v));
         }
         let parsed = Note::from_bytes(note).map_err(invalid)?;
         let (verified, _) = parsed.verify(&VerifierList::new(verifiers)).map_err(invalid)?;
         if !verified.iter().any(|s| (s.name().to_owned(), s.id()) == log_id) {
             return Err(invalid("the checkpoint is not signed by the log key"));
         }
-        let cosigners = verified.iter().filter(|s| self.witnesses.iter().any(|w| w.name == s.name())).count();
+        // Counted by (name, key id) of a listed witness: never the log's own signature.
+        let cosigners: std::collections::BTreeSet<(String, u32)> =
+            verified.iter().map(|s| (s.name().to_owned(), s.id())).filter(|id| witness_ids.contains(id)).collect();
+        let cosigners = cosigners.len();
         if cosigners < self.quorum {
             return Err(invalid(format!("cosigned by {cosigners} witnesses, the quorum is {}", self.quorum)));
         }
@@ -102,6 +115,13 @@ impl LogIdentity {
         }
         Ok(checkpoint)
     }
+}
+
+/// The public key bytes of a `signed-note` ed25519 verifier key.
+fn log_public_key(vkey: &str) -> Result<Vec<u8>, CheckpointError> {
+    let key64 = vkey.splitn(3, '+').nth(2).ok_or_else(|| invalid("the log key is not a verifier key"))?;
+    let key = BASE64.decode(key64).map_err(|_| invalid("the log key is not base64"))?;
+    Ok(key.get(1..).unwrap_or_default().to_vec())
 }
 
 fn invalid(message: impl std::fmt::Display) -> CheckpointError {
@@ -131,10 +151,13 @@ pub struct Trusted {
 }
 
 impl Trusted {
-    /// A stored note read back (verified again against `identity`).
-    pub fn from_note(identity: &LogIdentity, note: &[u8]) -> Result<Self, CheckpointError> {
-        let cp = identity.verify_checkpoint(note)?;
-        Ok(Self { size: cp.size(), root: *cp.hash(), note: note.to_vec() })
+    /// A stored note read back: verified again against the log key of `identity` (its
+    /// cosignatures were checked when it was stored; the witness list or quorum may have
+    /// changed since, the tree it names has not). `None` when the log key or origin is another
+    /// (a new log: the client starts afresh).
+    pub fn from_note(identity: &LogIdentity, note: &[u8]) -> Option<Self> {
+        let cp = crate::checkpoint::verify(note, &identity.key).ok()?;
+        (cp.origin() == identity.origin).then(|| Self { size: cp.size(), root: *cp.hash(), note: note.to_vec() })
     }
 }
 
@@ -309,6 +332,12 @@ mod tests {
         let older = log.bundle(7, 20, 0, 2).verify(&identity, &entry(7), Some(&next));
         assert_eq!(older, Err(ProofError::Older { served: 20, trusted: 40 }));
         assert_eq!(Trusted::from_note(&identity, &next.note).unwrap(), next);
+        // A witness named like the log, or listed twice under two names, is refused.
+        let mut twice = log.identity(1);
+        let mut copy = twice.witnesses[0].clone();
+        copy.name = "w-other.example.org".into();
+        twice.witnesses.push(copy);
+        assert!(twice.check().is_err());
     }
 
     #[test]

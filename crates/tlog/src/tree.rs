@@ -99,6 +99,11 @@ impl Tree {
         Self::default()
     }
 
+    /// Record `index`, if the tree has it.
+    pub fn record(&self, index: u64) -> Option<&[u8]> {
+        usize::try_from(index).ok().and_then(|i| self.records.get(i)).map(Vec::as_slice)
+    }
+
     /// Records in the tree.
     pub fn size(&self) -> u64 {
         self.records.len() as u64

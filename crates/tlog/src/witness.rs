@@ -108,6 +108,11 @@ pub struct CosignatureVerifier {
 }
 
 impl CosignatureVerifier {
+    /// The witness's public key bytes.
+    pub fn public(&self) -> Vec<u8> {
+        self.key.as_bytes().to_vec()
+    }
+
     /// From a verifier key `<name>+<id>+<base64(0x04 || key)>`.
     pub fn new(vkey: &str) -> Result<Self, CheckpointError> {
         let mut parts = vkey.splitn(3, '+');
@@ -261,7 +266,7 @@ pub fn decide(
     if request.old != held_size {
         return Err(Refusal::StaleSize(held_size));
     }
-    match held {
+    match held.filter(|h| h.size > 0) {
         None => {
             if !request.proof.is_empty() {
                 return Err(Refusal::BadProof("a proof from size 0 is empty".into()));

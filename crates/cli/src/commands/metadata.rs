@@ -93,6 +93,28 @@ pub enum MetadataCommand {
         #[arg(long, default_value_t = 365)]
         expires_days: i64,
     },
+    /// Publish the transparency log's identity in top-level targets: agents then trust no
+    /// approval or publisher version that is not on that log, in a checkpoint cosigned by
+    /// `--quorum` of the witnesses. Starts from `online-keys/log-identity.json` (made by
+    /// `ringfence init`) or the identity the file already carries.
+    SetLog {
+        file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// The log's identity file (`online-keys/log-identity.json`); default: keep the one in
+        /// the file.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        /// A witness's cosignature verifier key (`ringfence witness init` prints it);
+        /// repeatable. Replaces the witness list when given.
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
+        /// How many of the witnesses must cosign a checkpoint.
+        #[arg(long)]
+        quorum: Option<usize>,
+        #[arg(long, default_value_t = 365)]
+        expires_days: i64,
+    },
     /// Add this key's signature to a metadata file, in place.
     Sign {
         file: PathBuf,
@@ -220,6 +242,42 @@ pub fn run(command: MetadataCommand) -> anyhow::Result<()> {
             let publisher = PublisherName::parse(&publisher)?;
             let set = key_set(&keys, threshold)?;
             edit_targets(&file, &out, expires_days, |t| ceremony::add_publisher(t, &publisher, &set))?;
+        }
+        MetadataCommand::SetLog { file, out, identity, witnesses, quorum, expires_days } => {
+            let mut next = next_targets(&file, expires_days)?;
+            let current = next.targets.get(ringfence_tlog::proof::IDENTITY_TARGET).and_then(|t| t.custom.clone());
+            let mut log: ringfence_tlog::proof::LogIdentity = match (identity, current) {
+                (Some(path), _) => serde_json::from_slice(
+                    &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                )
+                .with_context(|| format!("parsing {}", path.display()))?,
+                (None, Some(custom)) => serde_json::from_value(custom).context("the log identity in the file")?,
+                (None, None) => {
+                    anyhow::bail!("the file names no log yet: give --identity online-keys/log-identity.json")
+                }
+            };
+            if !witnesses.is_empty() {
+                log.witnesses = witnesses
+                    .iter()
+                    .map(|vkey| {
+                        let name = vkey.split('+').next().unwrap_or_default().to_owned();
+                        ringfence_tlog::proof::WitnessIdentity { name, key: vkey.clone() }
+                    })
+                    .collect();
+            }
+            if let Some(quorum) = quorum {
+                log.quorum = quorum;
+            }
+            ceremony::set_log_identity(&mut next, &log)?;
+            ringfence_trust::policy::check_top_level(&next).map_err(|e| anyhow::anyhow!("{e}"))?;
+            write_envelope(&out, &Envelope::new(next)?)?;
+            println!(
+                "wrote {}: log {} with {} witness(es), quorum {}; sign it with the targets keys, then propose it",
+                out.display(),
+                log.origin,
+                log.witnesses.len(),
+                log.quorum
+            );
         }
         MetadataCommand::Sign { file, key, passphrase } => {
             let key = passphrase.load_key(&key)?;

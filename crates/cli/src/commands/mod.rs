@@ -1,6 +1,7 @@
 //! One module per command family.
 
 pub mod audit;
+pub mod audit_log;
 pub mod cleanup;
 pub mod devices;
 pub mod groups;

@@ -152,18 +152,13 @@ fn a_log_that_does_not_extend_what_an_agent_saw_is_refused() {
     assert_eq!(agent.installs("first-1"), 1);
     server.wait_for_log();
 
+    let state = server.dir.path().join("audit.state");
+    let (code, out) = audit(&server, &state, false);
+    assert_eq!(code, 0, "{out}");
+
     // The stolen server rewrites its log's history (one entry slipped in at the start) and
     // shows that log from now on: a split view against what this agent trusted.
-    for table in ["log_entries", "log_hashes", "log_metadata", "log_checkpoints"] {
-        sql(&server, &format!("DELETE FROM {table}"));
-    }
-    let slipped = Entry::DeviceAccepted { id: "f00d".into(), public_key: "ab".repeat(32) }.to_bytes().unwrap();
-    let literal = if server.state.config.database.url.is_some() {
-        format!("decode('{}', 'hex')", hex_of(&slipped))
-    } else {
-        format!("X'{}'", hex_of(&slipped))
-    };
-    sql(&server, &format!("INSERT INTO log_queue (id, entry) VALUES (-1, {literal})"));
+    rewrite_history(&server);
     server.wait_for_log();
     publish_script(&server, "second-1");
     server.approve("pilot", "acme/second-1.sh");
@@ -178,8 +173,238 @@ fn a_log_that_does_not_extend_what_an_agent_saw_is_refused() {
         reason.contains("consistency") || reason.contains("fork") || reason.contains("older"),
         "the agent names what is wrong: {reason}"
     );
+    // The auditor, against the checkpoint it kept: the log went back or forked, with both
+    // checkpoints as the evidence.
+    let (code, out) = audit(&server, &state, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("(rollback)") || out.contains("(fork)"), "{out}");
+    assert!(out.contains("evidence:"), "{out}");
+}
+
+/// What a thief with the database does to show another history: the log emptied and one
+/// entry slipped in first (the sequencer then logs the newest version of every role after it).
+fn rewrite_history(server: &Server) {
+    for table in ["log_entries", "log_hashes", "log_metadata", "log_checkpoints"] {
+        sql(server, &format!("DELETE FROM {table}"));
+    }
+    let slipped = Entry::DeviceAccepted { id: "f00d".into(), public_key: "ab".repeat(32) }.to_bytes().unwrap();
+    let literal = if server.state.config.database.url.is_some() {
+        format!("decode('{}', 'hex')", hex_of(&slipped))
+    } else {
+        format!("X'{}'", hex_of(&slipped))
+    };
+    sql(server, &format!("INSERT INTO log_queue (id, entry) VALUES (-1, {literal})"));
 }
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `ringfence witness serve` on a free loopback port, for the log `log_key`.
+struct WitnessProcess {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_witness(dir: &std::path::Path, log_key: &str, port: u16) -> WitnessProcess {
+    let child = std::process::Command::new(crate::common::BIN)
+        .args(["witness", "serve", "--dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--log", log_key])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the witness did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    WitnessProcess { child, url: format!("http://127.0.0.1:{port}/add-checkpoint") }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// POST an add-checkpoint body to a witness: (status, body).
+fn add_checkpoint(url: &str, body: &[u8]) -> (u16, String) {
+    let agent = ureq::Agent::config_builder().http_status_as_error(false).build().new_agent();
+    let mut answer = agent.post(url).send(body).unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.body_mut().read_to_string().unwrap_or_default())
+}
+
+/// `ringfence audit --log …` against `server`: (exit code, stdout).
+fn audit(server: &Server, state: &std::path::Path, json: bool) -> (i32, String) {
+    let mut c = server.cli();
+    c.args(["audit", "--log", server.repo_url.trim_end_matches("/repo"), "--trusted-root"])
+        .arg(server.data.join("1.root.json"))
+        .arg("--log-ca")
+        .arg(&server.ca)
+        .arg("--state")
+        .arg(state);
+    if json {
+        c.arg("--json");
+    }
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    )
+}
+
+#[test]
+fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log() {
+    let server = Server::start(|_| {});
+    let identity_file = server.data.join("online-keys/log-identity.json");
+    let log: LogIdentity = serde_json::from_slice(&std::fs::read(&identity_file).unwrap()).unwrap();
+
+    // A witness, and the server told about it (a restart on the same addresses).
+    let wdir = server.dir.path().join("witness");
+    let vkey = run_ok(
+        std::process::Command::new(crate::common::BIN)
+            .args(["witness", "init", "--name", "witness.test/w1", "--dir"])
+            .arg(&wdir),
+    );
+    let vkey = vkey.trim().to_owned();
+    let port = free_port();
+    let mut witness = start_witness(&wdir, &log.key, port);
+    let (device, admin) = (
+        server.repo_url.trim_start_matches("https://").trim_end_matches("/repo").to_owned(),
+        server.admin_url.trim_start_matches("https://").to_owned(),
+    );
+    let (keys, data) = (server.keys.clone(), server.data.clone());
+    let dir = server.stop();
+    let witness_url = witness.url.clone();
+    let wkey = vkey.clone();
+    let server = Server::serve(dir, keys, data, move |c| {
+        c.device_listener.addr = device;
+        c.admin_listener.addr = admin;
+        c.log.witnesses = vec![ringfence_server::config::WitnessConfig {
+            name: "witness.test/w1".into(),
+            url: witness_url,
+            key: wkey,
+            ca: None,
+        }];
+    });
+
+    // The offline targets key holders add the witness to the log's identity, quorum 1.
+    let work = server.dir.path().join("ceremony");
+    std::fs::create_dir_all(&work).unwrap();
+    let (current, draft) = (work.join("targets.json"), work.join("targets.next.json"));
+    run_ok(server.cli().args(["fetch", "targets", "--out"]).arg(&current));
+    run_ok(server.cli().args(["metadata", "set-log"]).arg(&current).arg("--out").arg(&draft).args([
+        "--witness",
+        &vkey,
+        "--quorum",
+        "1",
+    ]));
+    run_ok(server.cli().args(["metadata", "sign"]).arg(&draft).arg("--key").arg(server.key("targets")));
+    assert!(run_ok(server.cli().args(["propose", "targets"]).arg(&draft)).contains("is published"));
+    assert_eq!(identity(&server).quorum, 1);
+
+    // Agents install what is on the log and cosigned.
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot", "pilot", &token(&server, "pilot", 1));
+    publish_script(&server, "witnessed-1");
+    server.approve("pilot", "acme/witnessed-1.sh");
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(agent.installs("witnessed-1"), 1);
+    let status = run_ok(&mut agent.command(&["status"]));
+    assert!(status.contains("1 cosignature(s)"), "{status}");
+
+    // The witness refuses what does not extend what it cosigned: a fork of the same size
+    // signed with the log key (as a thief holding it could), a bad proof, an unknown log.
+    let held = server.wait_for_log();
+    let log_key = ringfence_tlog::checkpoint::LogKey::new(&log.origin, server.online_key("log.key")).unwrap();
+    let fork = log_key.sign(held, ringfence_tlog::Hash([7; 32])).unwrap();
+    let (status, _) = add_checkpoint(
+        &witness.url,
+        &ringfence_tlog::witness::AddCheckpoint { old: held, proof: vec![], note: fork }.to_bytes(),
+    );
+    assert_eq!(status, 409, "a fork of the size the witness holds");
+    let ahead = log_key.sign(held + 5, ringfence_tlog::Hash([7; 32])).unwrap();
+    let bad = ringfence_tlog::witness::AddCheckpoint {
+        old: held,
+        proof: vec![ringfence_tlog::Hash([1; 32])],
+        note: ahead.clone(),
+    };
+    assert_eq!(add_checkpoint(&witness.url, &bad.to_bytes()).0, 422, "a proof that does not prove");
+    let (status, body) = add_checkpoint(
+        &witness.url,
+        &ringfence_tlog::witness::AddCheckpoint { old: 1, proof: vec![], note: ahead }.to_bytes(),
+    );
+    assert_eq!((status, body.trim()), (409, held.to_string().as_str()), "a stale size is answered with the witness's");
+    let stranger =
+        ringfence_tlog::checkpoint::LogKey::new("other.test/log", ringfence_trust::SigningKey::generate()).unwrap();
+    let unknown = ringfence_tlog::witness::AddCheckpoint {
+        old: 0,
+        proof: vec![],
+        note: stranger.sign(1, ringfence_tlog::Hash([0; 32])).unwrap(),
+    };
+    assert_eq!(add_checkpoint(&witness.url, &unknown.to_bytes()).0, 404);
+
+    // The auditor replays the whole log: every version on it, every signature verified.
+    let state = server.dir.path().join("audit.state");
+    let (code, out) = audit(&server, &state, false);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no violation") && out.contains("1 cosignature(s)"), "{out}");
+
+    // The witness goes away: nothing newer is served to agents, who install nothing new.
+    drop(witness);
+    publish_script(&server, "unwitnessed-1");
+    server.approve("pilot", "acme/unwitnessed-1.sh");
+    let (code, out) = agent.check();
+    assert_ne!(code, 0, "{out}");
+    assert_eq!(agent.installs("unwitnessed-1"), 0);
+    // It comes back (its state kept on disk): the server asks again, and the agent goes on.
+    witness = start_witness(&wdir, &log.key, port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (code, out) = agent.check();
+        if code == 0 && agent.installs("unwitnessed-1") == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent did not go on: {out}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    drop(witness);
+
+    // A tampered database publishes a production approval below its threshold (one of two
+    // approvers), logged: the auditor names it and fails.
+    let one = server.offline_key("production-approver-1");
+    server.forge_role_signed("approvals.production", |_| {}, &[&one]);
+    server.wait_for_log();
+    let (code, out) = audit(&server, &state, true);
+    assert_eq!(code, 1, "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(out.lines().take_while(|l| !l.starts_with("Error")).collect::<Vec<_>>().join("\n").trim())
+            .unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["kind"] == "threshold" && f["detail"].as_str().unwrap().contains("approvals.production")),
+        "{report}"
+    );
+
+    // A rewritten history: the witness refuses to cosign it (it does not extend what the
+    // witness cosigned), so no client is ever served it.
+    rewrite_history(&server);
+    let _witness = start_witness(&wdir, &log.key, port);
+    server.wait_for_log();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(server.device_client().get("/log/checkpoint").unwrap().status, 404);
+    let cosigned =
+        crate::common::sql_number(&server, "SELECT COUNT(*) FROM log_checkpoints WHERE cosigned IS NOT NULL");
+    assert_eq!(cosigned, 0, "the witness cosigned a rewritten history");
 }

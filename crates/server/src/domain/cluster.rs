@@ -52,6 +52,13 @@ impl Cluster {
         Ok(leading)
     }
 
+    /// Stop leading (the node is stopping): the lease is given up, so another node (or this
+    /// one restarted) runs the jobs at once rather than after the lease runs out.
+    pub async fn step_down(&self) -> Result<()> {
+        self.leading.store(false, Ordering::Relaxed);
+        Ok(self.db.release_lease("jobs", &self.node).await?)
+    }
+
     /// Whether this node led at its last attempt.
     pub fn leading(&self) -> bool {
         self.leading.load(Ordering::Relaxed)

@@ -44,7 +44,12 @@ pub struct Log {
     blobs: BlobStore,
     key: Option<LogKey>,
     witnesses: Vec<Witness>,
+    /// When the witnesses were last asked again for the newest checkpoint.
+    last_retry: std::sync::Mutex<Option<i64>>,
 }
+
+/// How long apart the witnesses are asked again for a checkpoint none of them cosigned.
+const COSIGN_RETRY_SECS: i64 = 2;
 
 /// Hashes read so far; a read of one not here fails and is remembered, to be fetched.
 struct Known {
@@ -97,7 +102,7 @@ impl Log {
             CosignatureVerifier::new(&w.key).map_err(|e| anyhow::anyhow!("witness {}: {e}", w.name))?;
             list.push(Witness { name: w.name.clone(), endpoint, tls, key: w.key.clone() });
         }
-        Ok(Self { db, blobs, key, witnesses: list })
+        Ok(Self { db, blobs, key, witnesses: list, last_retry: std::sync::Mutex::new(None) })
     }
 
     /// Whether this server keeps a log (it has the log key).
@@ -154,6 +159,7 @@ impl Log {
         }
         let queued = self.db.log_queue(BATCH).await?;
         if queued.is_empty() {
+            self.cosign_again(now).await?;
             return Ok(None);
         }
         let frontier = tree::frontier(size);
@@ -264,6 +270,27 @@ impl Log {
         Ok(())
     }
 
+    /// The newest checkpoint without cosignatures (a witness was away): ask again, at most
+    /// every few seconds.
+    async fn cosign_again(&self, now: i64) -> Result<()> {
+        if self.witnesses.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut last = self.last_retry.lock().map_err(|_| Error::internal("poisoned"))?;
+            if last.is_some_and(|at| now - at < COSIGN_RETRY_SECS) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
+        if let Some(latest) = self.db.latest_checkpoint().await?
+            && latest.cosigned.is_none()
+        {
+            self.cosign(latest.size, &latest.note, now).await;
+        }
+        Ok(())
+    }
+
     /// Ask every witness to cosign the checkpoint of `size`; keep what comes back verified.
     async fn cosign(&self, size: u64, note: &[u8], now: i64) {
         let mut lines = Vec::new();
@@ -333,9 +360,19 @@ impl Log {
         Ok(sig.to_bytes())
     }
 
-    /// The newest checkpoint served: with its cosignatures when it has any.
+    /// The newest checkpoint served: with witnesses configured, the newest they cosigned (a
+    /// checkpoint clients could not accept yet is not served); else the newest.
+    async fn served(&self) -> Result<Option<CheckpointRecord>> {
+        Ok(if self.witnesses.is_empty() {
+            self.db.latest_checkpoint().await?
+        } else {
+            self.db.latest_cosigned_checkpoint().await?
+        })
+    }
+
+    /// The newest checkpoint served, with its cosignatures.
     pub async fn checkpoint(&self) -> Result<Option<Vec<u8>>> {
-        Ok(self.db.latest_checkpoint().await?.map(served_note))
+        Ok(self.served().await?.map(served_note))
     }
 
     /// The checkpoint of `size`, if one was signed for it.
@@ -352,7 +389,7 @@ impl Log {
     /// with the consistency proof from a tree of `old` (the client's).
     pub async fn proof(&self, role: &str, version: u64, old: u64) -> Result<Vec<u8>> {
         let index = self.db.log_index_of(role, version).await?.ok_or(Error::NotFound)?;
-        let checkpoint = self.db.latest_checkpoint().await?.ok_or(Error::NotFound)?;
+        let checkpoint = self.served().await?.ok_or(Error::NotFound)?;
         let size = checkpoint.size;
         if index >= size {
             return Err(Error::NotFound);
