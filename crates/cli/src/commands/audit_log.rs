@@ -74,7 +74,22 @@ pub struct AuditReport {
     pub metadata_versions: usize,
     pub role_versions_verified: usize,
     pub signatures_verified: u64,
+    /// Signature entries on the log (signatures received for pending versions).
+    pub signature_entries: u64,
+    /// Every approval decision, as its signed version says it (with the reason approvers gave).
+    pub approvals: Vec<Approval>,
     pub findings: Vec<Finding>,
+}
+
+/// One approval decision: a target added to or changed in a group's approval role.
+#[derive(Debug, Clone, Serialize)]
+pub struct Approval {
+    pub role: String,
+    pub version: u64,
+    pub target: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 fn violation(kind: &'static str, detail: String) -> Finding {
@@ -258,7 +273,7 @@ pub fn audit(
     }
     let cosignatures =
         note.split(|b| *b == b'\n').filter(|l| l.starts_with("\u{2014}".as_bytes())).count().saturating_sub(1);
-    let _ = signatures_logged;
+    let approvals = approvals(&versions)?;
     findings.sort();
     Ok(AuditReport {
         origin: identity.origin,
@@ -268,6 +283,8 @@ pub fn audit(
         metadata_versions,
         role_versions_verified,
         signatures_verified,
+        signature_entries: signatures_logged,
+        approvals,
         findings,
     })
 }
@@ -330,6 +347,33 @@ fn check_thresholds(
     Ok((checked, signatures))
 }
 
+/// Each approval role's decisions, version by version: what each version adds or changes.
+fn approvals(versions: &BTreeMap<String, Vec<Vec<u8>>>) -> anyhow::Result<Vec<Approval>> {
+    let mut out = Vec::new();
+    for (role, list) in versions.iter().filter(|(r, _)| r.starts_with("approvals.")) {
+        let mut before: BTreeMap<String, ringfence_proto::tuf::TargetFile> = BTreeMap::new();
+        for bytes in list {
+            let env = Envelope::<Targets>::parse(bytes, MAX_METADATA_BYTES as usize)?;
+            for (target, file) in &env.signed.targets {
+                if before.get(target) == Some(file) {
+                    continue;
+                }
+                let custom: Option<ringfence_proto::tuf::ApprovalCustom> =
+                    file.custom.clone().and_then(|c| serde_json::from_value(c).ok());
+                out.push(Approval {
+                    role: role.clone(),
+                    version: env.signed.version,
+                    target: target.clone(),
+                    action: custom.as_ref().map_or_else(|| "?".into(), |c| format!("{:?}", c.action).to_lowercase()),
+                    reason: custom.and_then(|c| c.reason),
+                });
+            }
+            before = env.signed.targets;
+        }
+    }
+    Ok(out)
+}
+
 /// Offline-role key changes: each root version after the first, and each top-level targets
 /// version whose delegations name other keys than the version before.
 fn key_changes(versions: &BTreeMap<String, Vec<Vec<u8>>>, findings: &mut Vec<Finding>) -> anyhow::Result<()> {
@@ -377,6 +421,11 @@ pub fn print(report: &AuditReport) {
         "{} metadata versions served, each checked against the log; {} delegated role versions, {} signatures verified",
         report.metadata_versions, report.role_versions_verified, report.signatures_verified
     );
+    println!("{} signature entries on the log", report.signature_entries);
+    for a in &report.approvals {
+        let reason = a.reason.as_deref().map(|r| format!(" (reason: {r})")).unwrap_or_default();
+        println!("  {} version {}: {} {}{reason}", a.role, a.version, a.action, a.target);
+    }
     let violations = report.findings.iter().filter(|f| f.severity == "violation").count();
     for f in &report.findings {
         println!("{}: {} ({})", f.severity.to_uppercase(), f.detail, f.kind);

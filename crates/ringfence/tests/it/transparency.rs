@@ -91,6 +91,13 @@ fn every_version_is_on_the_log_and_agents_check_it() {
         assert!(kinds.iter().any(|k| k == kind), "no {kind} entry");
     }
 
+    // An unchanged check-in asks nothing of the log: with every proof refused from now on
+    // (the server forgets where versions are), the agent's next cycle still succeeds.
+    sql(&server, "DELETE FROM log_metadata");
+    assert_eq!(server.device_client().get("/log/proof/approvals.pilot/2/0").unwrap().status, 404);
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "an unchanged check-in fetched from the log: {out}");
+
     // Malformed log paths are refused without touching storage.
     for bad in ["/log/tile/0/1", "/log/tile/entries/000.p/0", "/log/tile/../x", "/log/proof/approvals.pilot/x/0"] {
         assert_eq!(server.device_client().get(bad).unwrap().status, 404, "{bad}");
@@ -315,7 +322,15 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
     let root = server.dir.path().join("agents");
     let agent = enroll(&server, &root, "pilot", "pilot", &token(&server, "pilot", 1));
     publish_script(&server, "witnessed-1");
-    server.approve("pilot", "acme/witnessed-1.sh");
+    run_ok(server.cli().args([
+        "approve",
+        "--group",
+        "pilot",
+        "--target",
+        "acme/witnessed-1.sh",
+        "--reason",
+        "CHG-4711",
+    ]));
     let (code, out) = agent.check();
     assert_eq!(code, 0, "{out}");
     assert_eq!(agent.installs("witnessed-1"), 1);
@@ -358,6 +373,8 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
     let (code, out) = audit(&server, &state, false);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("no violation") && out.contains("1 cosignature(s)"), "{out}");
+    // The approvers' reason, signed inside the approval and bound by its logged hash.
+    assert!(out.contains("install approvals/pilot/acme/witnessed-1.sh (reason: CHG-4711)"), "{out}");
 
     // The witness goes away: nothing newer is served to agents, who install nothing new.
     drop(witness);
