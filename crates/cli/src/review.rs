@@ -453,10 +453,15 @@ pub fn review_and_sign(
             review_targets(&ctx, &mut set, role, &pending, &mine)?
         }
     };
-    let reviewed = match reviewed {
+    let mut reviewed = match reviewed {
         Ok(r) => r,
         Err(why) => return Ok(Signed::NotAuthorised(why)),
     };
+    // On the record before it is signed: the pending version's entry on the transparency log
+    // the signed top-level targets names, consistent with what this signer saw of that log.
+    if let Some(line) = check_logged(client, &set, state, role, reviewed.version, &reviewed.message)? {
+        reviewed.lines.push(line);
+    }
     println!("{role}, pending version {}:", reviewed.version);
     for line in &reviewed.lines {
         println!("  {line}");
@@ -478,6 +483,50 @@ pub fn review_and_sign(
     let answer = client.send_json("POST", &format!("/api/v1/pending/{role}/signatures"), &upload)?.ok()?;
     Ok(Signed::Signed(serde_json::from_slice(&answer)?))
 }
+
+/// The log check of a pending version: `None` when top-level targets names no log; else the
+/// line the signer is shown. Refused (nothing signed) when the version is not on the log, or
+/// the log does not extend what this signer saw.
+fn check_logged(
+    client: &Client,
+    set: &TrustedSet,
+    state: &SignerState,
+    role: &RoleName,
+    version: u64,
+    message: &[u8],
+) -> anyhow::Result<Option<String>> {
+    use ringfence_tlog::proof::{IDENTITY_TARGET, LogIdentity, ProofBundle};
+    let Some(top) = set.targets("targets") else { return Ok(None) };
+    let Some(target) = top.signed.targets.get(IDENTITY_TARGET) else { return Ok(None) };
+    let identity = LogIdentity::from_custom(target.custom.clone()).context("the log identity in top-level targets")?;
+    let stored = state.read(LOG_CHECKPOINT);
+    let old =
+        stored.as_deref().and_then(|n| ringfence_tlog::proof::Trusted::from_note(&identity, n)).map_or(0, |t| t.size);
+    let sha256 = ringfence_trust::sha256_hex(message);
+    let path = format!("/api/v1/log/pending/{role}/{version}/{sha256}/{old}");
+    // A version prepared a moment ago is on the log within a second or two.
+    let mut answer = client.get(&path)?;
+    for _ in 0..20 {
+        if answer.status != 404 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        answer = client.get(&path)?;
+    }
+    if answer.status == 404 {
+        bail!("{role} version {version} is not on the transparency log: not signed");
+    }
+    let expected = ringfence_tlog::entry::Entry::Pending { role: role.to_string(), version, sha256 };
+    let (bundle, newer, _) = ProofBundle::check(&answer.ok()?, &identity, &expected, stored.as_deref())
+        .with_context(|| format!("{role} version {version}: not signed"))?;
+    if newer.size > old {
+        state.write(LOG_CHECKPOINT, &newer.note)?;
+    }
+    Ok(Some(format!("on the transparency log {}: entry {} of {}", identity.origin, bundle.index, newer.size)))
+}
+
+/// The newest checkpoint of the transparency log this signer verified.
+const LOG_CHECKPOINT: &str = "log-checkpoint";
 
 /// What `review_and_sign` did.
 pub enum Signed {

@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/metadata/{role}", get(latest_metadata))
         .route("/api/v1/metadata/{role}/{version}", get(metadata_version))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/log/pending/{role}/{version}/{sha256}/{old}", get(pending_proof))
         .merge(crate::admin_devices::routes())
         .merge(crate::admin_reports::routes())
         // Bodies are read by the handlers with their own limits, after authentication.
@@ -334,6 +335,20 @@ async fn metadata_version(
     caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
     let role = role_name(&role)?;
     Ok(json_bytes(state.repo.metadata(&role, Some(version)).await?.ok_or(ApiError::NotFound)?))
+}
+
+/// The transparency-log proof of a pending version (its entry: role, version, SHA-256 of the
+/// signed bytes), against the newest checkpoint, consistent from `old`: what a signer checks
+/// before signing.
+async fn pending_proof(
+    State(state): Shared,
+    caller: Caller,
+    Path((role, version, sha256, old)): Path<(String, u64, String, u64)>,
+) -> ApiResult<Response> {
+    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    let role = role_name(&role)?;
+    let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(json_bytes(state.log.pending_proof(role.as_str(), version, sha256.as_str(), old).await?))
 }
 
 /// `?limit=N&before=SEQ`: audit records newest first; each carries its `seq`, and the `seq`

@@ -49,6 +49,15 @@ pub struct LogIdentity {
 }
 
 impl LogIdentity {
+    /// The identity from the `custom` of top-level targets' [`IDENTITY_TARGET`], checked.
+    pub fn from_custom(custom: Option<serde_json::Value>) -> Result<Self, CheckpointError> {
+        let custom = custom.ok_or_else(|| invalid("the log identity carries no custom"))?;
+        let identity: LogIdentity =
+            serde_json::from_value(custom).map_err(|e| invalid(format!("the log identity: {e}")))?;
+        identity.check()?;
+        Ok(identity)
+    }
+
     /// Refuse an identity no checkpoint could satisfy or that is malformed.
     pub fn check(&self) -> Result<(), CheckpointError> {
         let log = StandardVerifier::new(&self.key).map_err(|e| invalid(format!("log key: {e}")))?;
@@ -196,6 +205,21 @@ fn hashes(lines: &[String]) -> Result<Vec<Hash>, ProofError> {
 }
 
 impl ProofBundle {
+    /// Parse `bytes` and verify them for `expected` against the checkpoint a client kept
+    /// (`stored`, a note; `None`, or a note of another log: none). Returns the checkpoint to
+    /// keep from now on.
+    pub fn check(
+        bytes: &[u8],
+        identity: &LogIdentity,
+        expected: &Entry,
+        stored: Option<&[u8]>,
+    ) -> Result<(Self, Trusted, Option<Trusted>), ProofError> {
+        let bundle = Self::parse(bytes)?;
+        let trusted = stored.and_then(|note| Trusted::from_note(identity, note));
+        let newer = bundle.verify(identity, expected, trusted.as_ref())?;
+        Ok((bundle, newer, trusted))
+    }
+
     pub fn parse(bytes: &[u8]) -> Result<Self, ProofError> {
         if bytes.len() > MAX_BUNDLE_BYTES {
             return Err(proof_invalid(format!("a proof bundle of {} bytes, at most {MAX_BUNDLE_BYTES}", bytes.len())));

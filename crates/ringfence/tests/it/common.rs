@@ -181,13 +181,37 @@ impl Server {
         (auto.to_tuf(), role)
     }
 
-    /// The attacker writes a pending version straight into the database.
+    /// The signed part of the pending version of `role`.
+    pub fn pending_doc(&self, role: &str) -> ringfence_proto::tuf::Targets {
+        use ringfence_store::Store;
+        let record = self.runtime.block_on(self.db.pending(role)).unwrap().expect("a pending version");
+        ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&record.bytes, 1 << 24).unwrap().signed
+    }
+
+    /// The attacker writes a pending version straight into the database, and onto the
+    /// transparency log (it holds the online log key), as it would to get it signed.
     pub fn put_pending(&self, role: &str, doc: ringfence_proto::tuf::Targets) {
+        self.write_pending(role, doc, true);
+    }
+
+    /// [`Server::put_pending`] without a log entry.
+    pub fn put_pending_unlogged(&self, role: &str, doc: ringfence_proto::tuf::Targets) {
+        self.write_pending(role, doc, false);
+    }
+
+    fn write_pending(&self, role: &str, doc: ringfence_proto::tuf::Targets, logged: bool) {
         use ringfence_store::{PendingRecord, Store};
-        let bytes = ringfence_trust::Envelope::new(doc).unwrap().to_bytes().unwrap();
-        let version = serde_json::from_slice::<Value>(&bytes).unwrap()["signed"]["version"].as_u64().unwrap();
+        let env = ringfence_trust::Envelope::new(doc).unwrap();
+        let bytes = env.to_bytes().unwrap();
+        let version = env.signed.version;
+        let entry = ringfence_tlog::entry::Entry::Pending {
+            role: role.into(),
+            version,
+            sha256: ringfence_trust::sha256_hex(env.canonical_signed()),
+        };
+        let log = if logged { vec![entry.to_bytes().unwrap()] } else { Vec::new() };
         let record = PendingRecord { role: role.into(), version, bytes, created_at: ringfence_server::unix_now() };
-        self.runtime.block_on(self.db.put_pending(&record, &[])).unwrap();
+        self.runtime.block_on(self.db.put_pending(&record, &log)).unwrap();
     }
 
     /// A key file from the keys directory (the attacker does not have these).

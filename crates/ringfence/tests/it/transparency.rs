@@ -157,6 +157,8 @@ fn a_log_that_does_not_extend_what_an_agent_saw_is_refused() {
     let (code, out) = agent.check();
     assert_eq!(code, 0, "{out}");
     assert_eq!(agent.installs("first-1"), 1);
+    // Published and signed by its publisher now; approved for pilot (online) later.
+    publish_script(&server, "second-1");
     server.wait_for_log();
 
     let state = server.dir.path().join("audit.state");
@@ -167,8 +169,19 @@ fn a_log_that_does_not_extend_what_an_agent_saw_is_refused() {
     // shows that log from now on: a split view against what this agent trusted.
     rewrite_history(&server);
     server.wait_for_log();
-    publish_script(&server, "second-1");
     server.approve("pilot", "acme/second-1.sh");
+    // The publisher's signing tool saw the old history too: it refuses to sign on the new one.
+    let work = server.dir.path().join("work");
+    std::fs::write(work.join("third-1.sh"), "#!/bin/sh\n").unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = "third-1".into();
+    std::fs::write(work.join("third-1.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(work.join("third-1.json")).arg(work.join("third-1.sh")));
+    let bin = format!("publisher.acme.{}", ringfence_trust::paths::bin_prefix_of("acme/third-1.sh", 2));
+    let (ok, out, err) = server.try_sign(Some(&bin), "publisher-acme", &[]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("older than the trusted one") || err.contains("consistency"), "{err}");
 
     let (code, out) = agent.check();
     assert_ne!(code, 0, "{out}");
@@ -376,9 +389,10 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
     // The approvers' reason, signed inside the approval and bound by its logged hash.
     assert!(out.contains("install approvals/pilot/acme/witnessed-1.sh (reason: CHG-4711)"), "{out}");
 
-    // The witness goes away: nothing newer is served to agents, who install nothing new.
-    drop(witness);
+    // The witness goes away: nothing newer is served to agents, who install nothing new (nor
+    // will a signer sign anything that is not in a cosigned checkpoint).
     publish_script(&server, "unwitnessed-1");
+    drop(witness);
     server.approve("pilot", "acme/unwitnessed-1.sh");
     let (code, out) = agent.check();
     assert_ne!(code, 0, "{out}");
@@ -424,4 +438,30 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
     let cosigned =
         crate::common::sql_number(&server, "SELECT COUNT(*) FROM log_checkpoints WHERE cosigned IS NOT NULL");
     assert_eq!(cosigned, 0, "the witness cosigned a rewritten history");
+}
+
+#[test]
+fn a_signer_signs_only_a_pending_version_that_is_on_the_log() {
+    let server = Server::start(|_| {});
+    publish_script(&server, "signed-1");
+    let out = run_ok(server.cli().args(["approve", "--group", "production", "--target", "acme/signed-1.sh"]));
+    assert!(out.contains("waits for signatures"), "{out}");
+    let (ok, out, err) = server.try_sign(Some("approvals.production"), "production-approver-1", &[]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("on the transparency log {}: entry ", identity(&server).origin)), "{out}");
+
+    // The thief swaps the pending document for one of its own (same version, other content),
+    // without a log entry: the second approver's tool refuses to sign it.
+    let mut doc = server.pending_doc("approvals.production");
+    let entry = doc.targets.get_mut("approvals/production/acme/signed-1.sh").unwrap();
+    entry.custom.as_mut().unwrap()["reason"] = "swapped".into();
+    server.put_pending_unlogged("approvals.production", doc);
+    let second = server.dir.path().join("second-approver-state");
+    let (ok, out, err) = server.try_sign(
+        Some("approvals.production"),
+        "production-approver-2",
+        &["--state-dir", second.to_str().unwrap()],
+    );
+    assert!(!ok, "{out}");
+    assert!(err.contains("not on the transparency log: not signed"), "{err}");
 }

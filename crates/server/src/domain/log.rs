@@ -179,13 +179,19 @@ impl Log {
                     continue;
                 }
             };
-            if let Entry::Metadata { role, version, .. } = &entry {
-                // A version logged already (a backfill queued twice) is not logged again.
-                let logged = self.db.log_index_of(role, *version).await?.is_some();
-                if logged || !logged_here.insert((role.clone(), *version)) {
+            // Where metadata and pending versions are, for their proofs; one entry each (a
+            // version logged already, as a backfill queued twice, is not logged again).
+            let indexed = match &entry {
+                Entry::Metadata { role, version, .. } => Some((role.clone(), *version)),
+                Entry::Pending { role, version, sha256 } => Some((pending_key(role, sha256), *version)),
+                _ => None,
+            };
+            if let Some((key, version)) = indexed {
+                let logged = self.db.log_index_of(&key, version).await?.is_some();
+                if logged || !logged_here.insert((key.clone(), version)) {
                     continue;
                 }
-                batch.metadata.push((role.clone(), *version, size + batch.entries.len() as u64));
+                batch.metadata.push((key, version, size + batch.entries.len() as u64));
             }
             let index = size + batch.entries.len() as u64;
             let known = Known { hashes, missing: RefCell::new(Vec::new()) };
@@ -385,6 +391,12 @@ impl Log {
         Ok(self.blobs.get_tile(path).await?)
     }
 
+    /// The proof bundle of pending `role` version `version` whose signed bytes hash to
+    /// `sha256` (what a signer checks before signing).
+    pub async fn pending_proof(&self, role: &str, version: u64, sha256: &str, old: u64) -> Result<Vec<u8>> {
+        self.proof(&pending_key(role, sha256), version, old).await
+    }
+
     /// The proof bundle of metadata `role` version `version` against the newest checkpoint,
     /// with the consistency proof from a tree of `old` (the client's).
     pub async fn proof(&self, role: &str, version: u64, old: u64) -> Result<Vec<u8>> {
@@ -412,6 +424,12 @@ impl Log {
         };
         serde_json::to_vec(&bundle).map_err(Error::internal)
     }
+}
+
+/// How a pending version is indexed beside metadata versions (a space never occurs in a role
+/// name, so the two never meet).
+fn pending_key(role: &str, sha256: &str) -> String {
+    format!("pending {role} {sha256}")
 }
 
 fn served_note(c: CheckpointRecord) -> Vec<u8> {

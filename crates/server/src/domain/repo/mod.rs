@@ -80,6 +80,14 @@ where
     })
 }
 
+/// The SHA-256 of the canonical `signed` part of a stored metadata document of any type.
+fn parse_any_signed(bytes: &[u8]) -> Result<String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(Error::internal)?;
+    let signed = value.get("signed").ok_or_else(|| Error::internal("a document without signed"))?;
+    let canonical = ringfence_trust::canonical::encode(signed).map_err(Error::internal)?;
+    Ok(ringfence_trust::sha256_hex(&canonical))
+}
+
 /// A transparency-log entry as queued.
 pub(super) fn log_entry(entry: &Entry) -> Result<Vec<u8>> {
     entry.to_bytes().map_err(Error::internal)
@@ -182,6 +190,17 @@ impl Repository {
                 from_delegator(self.latest::<Targets>(publisher.role().as_str()).await?.ok_or(Error::NotFound)?)
             }
         }
+    }
+
+    /// Whether `role` version `version` with these signed bytes is a pending version not on
+    /// record yet (new, or its content changed since it was recorded): it gets a log entry.
+    pub(super) async fn pending_changes(&self, role: &str, version: u64, canonical_signed: &[u8]) -> Result<bool> {
+        Ok(match self.db.pending(role).await? {
+            Some(p) if p.version == version => {
+                parse_any_signed(&p.bytes)? != ringfence_trust::sha256_hex(canonical_signed)
+            }
+            _ => true,
+        })
     }
 
     /// Write the changed roles plus a new snapshot and timestamp, atomically, with their log
@@ -330,7 +349,7 @@ impl Repository {
         let valid = env.count_valid(&authority.keys, &authority.keyids);
         let version = env.signed.version;
         let published = valid >= authority.threshold && authority.threshold > 0;
-        if self.db.pending(role.as_str()).await?.is_none_or(|p| p.version != version) {
+        if self.pending_changes(role.as_str(), version, env.canonical_signed()).await? {
             log.insert(0, pending_entry(role.as_str(), version, env.canonical_signed())?);
         }
         if published {

@@ -117,7 +117,7 @@ impl Repository {
         let version = env.signed.version;
         let threshold = old.threshold.max(new.threshold);
         let published = by_old >= old.threshold && by_new >= new.threshold && new.threshold > 0;
-        if self.db.pending("root").await?.is_none_or(|p| p.version != version) {
+        if self.pending_changes("root", version, env.canonical_signed()).await? {
             log.insert(0, pending_entry("root", version, env.canonical_signed())?);
         }
         if published {
