@@ -54,7 +54,7 @@ impl LogCheck {
     /// top-level targets).
     pub fn trusted(&self, identity: &LogIdentity) -> anyhow::Result<Option<Trusted>> {
         let Ok(note) = std::fs::read(self.checkpoint_file()) else { return Ok(None) };
-        Ok(Trusted::from_note(identity, &note))
+        Trusted::from_note(identity, &note).context("the stored log checkpoint (log-checkpoint)")
     }
 
     fn verified(&self) -> BTreeMap<String, String> {

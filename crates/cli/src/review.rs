@@ -500,8 +500,13 @@ fn check_logged(
     let Some(target) = top.signed.targets.get(IDENTITY_TARGET) else { return Ok(None) };
     let identity = LogIdentity::from_custom(target.custom.clone()).context("the log identity in top-level targets")?;
     let stored = state.read(LOG_CHECKPOINT);
-    let old =
-        stored.as_deref().and_then(|n| ringfence_tlog::proof::Trusted::from_note(&identity, n)).map_or(0, |t| t.size);
+    let trusted = match stored.as_deref() {
+        Some(note) => {
+            ringfence_tlog::proof::Trusted::from_note(&identity, note).context("the stored log checkpoint")?
+        }
+        None => None,
+    };
+    let old = trusted.map_or(0, |t| t.size);
     let sha256 = ringfence_trust::sha256_hex(message);
     let path = format!("/api/v1/log/pending/{role}/{version}/{sha256}/{old}");
     // A version prepared a moment ago is on the log within a second or two.

@@ -68,6 +68,7 @@ pub fn run(command: WitnessCommand) -> anyhow::Result<()> {
                 let origin = vkey.split('+').next().unwrap_or_default().to_owned();
                 ringfence_tlog::signed_note::StandardVerifier::new(&vkey)
                     .map_err(|e| anyhow::anyhow!("--log {vkey}: {e}"))?;
+                anyhow::ensure!(!known.contains_key(&origin), "--log: two keys for the log {origin}");
                 known.insert(origin, vkey);
             }
             std::fs::create_dir_all(dir.join("state"))?;

@@ -28,6 +28,8 @@ pub struct CheckpointRecord {
     pub tiles_written: bool,
     /// The note with the witnesses' cosignatures added, once there are any.
     pub cosigned: Option<Vec<u8>>,
+    /// How many witnesses cosigned it.
+    pub cosigners: u64,
 }
 
 /// What one sequencer run adds: the entries from `first` on, the stored hashes they complete,
@@ -64,12 +66,13 @@ pub trait LogStore: Send + Sync + 'static {
     async fn unwritten_checkpoints(&self) -> Result<Vec<CheckpointRecord>>;
     /// The largest checkpoint whose tiles are written.
     async fn latest_checkpoint(&self) -> Result<Option<CheckpointRecord>>;
-    /// The largest checkpoint whose tiles are written and that witnesses cosigned.
-    async fn latest_cosigned_checkpoint(&self) -> Result<Option<CheckpointRecord>>;
+    /// The largest checkpoint whose tiles are written and that at least `quorum` witnesses
+    /// cosigned.
+    async fn latest_cosigned_checkpoint(&self, quorum: u64) -> Result<Option<CheckpointRecord>>;
     async fn checkpoint_at(&self, size: u64) -> Result<Option<CheckpointRecord>>;
     async fn mark_tiles_written(&self, size: u64) -> Result<()>;
-    /// Keep `note` (the checkpoint of `size` with cosignatures) and the size each named witness
-    /// cosigned.
+    /// Keep `note` (the checkpoint of `size` with the cosignatures of `witnesses`) and the size
+    /// each of them cosigned.
     async fn set_cosigned(&self, size: u64, note: &[u8], witnesses: &[String]) -> Result<()>;
     /// The size `witness` last cosigned (0 when never).
     async fn witness_size(&self, witness: &str) -> Result<u64>;
@@ -92,6 +95,7 @@ fn checkpoint_from_row(row: &sqlx::any::AnyRow) -> Result<CheckpointRecord> {
         created_at: row.try_get("created_at")?,
         tiles_written: row.try_get::<i32, _>("tiles_written")? != 0,
         cosigned: row.try_get("cosigned")?,
+        cosigners: u64::try_from(row.try_get::<i32, _>("cosigners")?).unwrap_or(0),
     })
 }
 
@@ -104,7 +108,7 @@ fn hash_of(bytes: &[u8]) -> Result<[u8; 32]> {
     })
 }
 
-const CHECKPOINT_COLUMNS: &str = "size, note, created_at, tiles_written, cosigned";
+const CHECKPOINT_COLUMNS: &str = "size, note, created_at, tiles_written, cosigned, cosigners";
 
 #[async_trait::async_trait]
 impl LogStore for SqlStore {
@@ -228,12 +232,13 @@ impl LogStore for SqlStore {
         sqlx::query(&sql).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_from_row).transpose()
     }
 
-    async fn latest_cosigned_checkpoint(&self) -> Result<Option<CheckpointRecord>> {
+    async fn latest_cosigned_checkpoint(&self, quorum: u64) -> Result<Option<CheckpointRecord>> {
         let sql = format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM log_checkpoints WHERE tiles_written = 1 AND cosigned IS NOT NULL \
-             ORDER BY size DESC LIMIT 1"
+             AND cosigners >= $1 ORDER BY size DESC LIMIT 1"
         );
-        sqlx::query(&sql).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_from_row).transpose()
+        let quorum = to_bigint(quorum, "quorum")?;
+        sqlx::query(&sql).bind(quorum).fetch_optional(&self.pool).await?.as_ref().map(checkpoint_from_row).transpose()
     }
 
     async fn checkpoint_at(&self, size: u64) -> Result<Option<CheckpointRecord>> {
@@ -253,8 +258,10 @@ impl LogStore for SqlStore {
     async fn set_cosigned(&self, size: u64, note: &[u8], witnesses: &[String]) -> Result<()> {
         let size = to_bigint(size, "size")?;
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE log_checkpoints SET cosigned = $1 WHERE size = $2")
+        let cosigners = i32::try_from(witnesses.len()).unwrap_or(i32::MAX);
+        sqlx::query("UPDATE log_checkpoints SET cosigned = $1, cosigners = $2 WHERE size = $3")
             .bind(note)
+            .bind(cosigners)
             .bind(size)
             .execute(&mut *tx)
             .await?;

@@ -164,9 +164,25 @@ impl Trusted {
     /// cosignatures were checked when it was stored; the witness list or quorum may have
     /// changed since, the tree it names has not). `None` when the log key or origin is another
     /// (a new log: the client starts afresh).
-    pub fn from_note(identity: &LogIdentity, note: &[u8]) -> Option<Self> {
-        let cp = crate::checkpoint::verify(note, &identity.key).ok()?;
-        (cp.origin() == identity.origin).then(|| Self { size: cp.size(), root: *cp.hash(), note: note.to_vec() })
+    ///
+    /// A note that is not a note, or whose signature by the log key does not verify, is an
+    /// error: kept state that went bad never silently starts afresh.
+    pub fn from_note(identity: &LogIdentity, note: &[u8]) -> Result<Option<Self>, CheckpointError> {
+        if note.len() > MAX_CHECKPOINT_BYTES {
+            return Err(invalid("the stored checkpoint is too long"));
+        }
+        let parsed = Note::from_bytes(note).map_err(|e| invalid(format!("the stored checkpoint: {e}")))?;
+        let cp = Checkpoint::from_bytes(parsed.text()).map_err(|e| invalid(format!("the stored checkpoint: {e}")))?;
+        if cp.origin() != identity.origin {
+            return Ok(None);
+        }
+        let log = StandardVerifier::new(&identity.key).map_err(invalid)?;
+        match parsed.verify(&VerifierList::new(vec![Box::new(log)])) {
+            Ok(_) => Ok(Some(Self { size: cp.size(), root: *cp.hash(), note: note.to_vec() })),
+            // Signed by another key of that origin: a new log key, a new log.
+            Err(signed_note::NoteError::UnverifiedNote) => Ok(None),
+            Err(e) => Err(invalid(format!("the stored checkpoint does not verify: {e}"))),
+        }
     }
 }
 
@@ -215,7 +231,10 @@ impl ProofBundle {
         stored: Option<&[u8]>,
     ) -> Result<(Self, Trusted, Option<Trusted>), ProofError> {
         let bundle = Self::parse(bytes)?;
-        let trusted = stored.and_then(|note| Trusted::from_note(identity, note));
+        let trusted = match stored {
+            Some(note) => Trusted::from_note(identity, note).map_err(proof_invalid)?,
+            None => None,
+        };
         let newer = bundle.verify(identity, expected, trusted.as_ref())?;
         Ok((bundle, newer, trusted))
     }
@@ -355,7 +374,16 @@ mod tests {
         assert_eq!(log.bundle(7, 40, 40, 2).verify(&identity, &entry(7), Some(&next)).unwrap(), next);
         let older = log.bundle(7, 20, 0, 2).verify(&identity, &entry(7), Some(&next));
         assert_eq!(older, Err(ProofError::Older { served: 20, trusted: 40 }));
-        assert_eq!(Trusted::from_note(&identity, &next.note).unwrap(), next);
+        assert_eq!(Trusted::from_note(&identity, &next.note).unwrap(), Some(next.clone()));
+        // Kept state that went bad is an error; a note of another log key starts afresh.
+        let mut bad = next.note.clone();
+        let line = String::from_utf8_lossy(&bad).find("\u{2014} example.org/log ").unwrap();
+        let at = line + "\u{2014} example.org/log ".len() + 20;
+        bad[at] = if bad[at] == b'A' { b'B' } else { b'A' };
+        assert!(Trusted::from_note(&identity, &bad).is_err());
+        let other = LogKey::new("example.org/log", SigningKey::from_seed([77; 32])).unwrap();
+        let elsewhere = other.sign(3, Hash([1; 32])).unwrap();
+        assert_eq!(Trusted::from_note(&identity, &elsewhere).unwrap(), None);
         // A witness named like the log, or listed twice under two names, is refused.
         let mut twice = log.identity(1);
         let mut copy = twice.witnesses[0].clone();

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ringfence_proto::limits::MAX_METADATA_BYTES;
+use ringfence_proto::names::RoleKind;
 use ringfence_proto::tuf::{Root, Targets};
 use ringfence_tlog::entry::Entry;
 use ringfence_tlog::proof::{IDENTITY_TARGET, LogIdentity};
@@ -150,24 +151,22 @@ struct Stored {
     note: String,
 }
 
-/// One audit.
-pub fn audit(
-    source: &MetadataSource,
-    log: &Client,
-    root: &[u8],
-    state: Option<&PathBuf>,
-    now: i64,
-) -> anyhow::Result<AuditReport> {
-    let mut findings = Vec::new();
-    let set = refresh(source, root, now)?;
-    let top = set.targets("targets").context("no top-level targets")?;
-    let identity: LogIdentity = match top.signed.targets.get(IDENTITY_TARGET).and_then(|t| t.custom.clone()) {
-        Some(custom) => serde_json::from_value(custom).context("the log identity in top-level targets")?,
-        None => anyhow::bail!("top-level targets names no transparency log"),
-    };
-    identity.check()?;
+/// The log as read: the tree, and what its entries say.
+struct Replay {
+    note: Vec<u8>,
+    size: u64,
+    root: ringfence_tlog::Hash,
+    tree: Tree,
+    /// (role, version) → (sha256, length, index) of each metadata entry.
+    metadata: BTreeMap<(String, u64), (String, u64, u64)>,
+    /// (role, version) → the SHA-256s of its pending entries.
+    pending: BTreeMap<(String, u64), BTreeSet<String>>,
+    /// (role, version, key id, signed sha256) of each signature entry.
+    signatures: Vec<(String, u64, String, String)>,
+}
 
-    // The newest checkpoint, and the tree it signs, from the tiles.
+/// Read the newest checkpoint and every entry, and rebuild the tree.
+fn read_log(log: &Client, identity: &LogIdentity, findings: &mut Vec<Finding>) -> anyhow::Result<Replay> {
     let note = log.get("/log/checkpoint")?.ok()?;
     let checkpoint = identity.verify_checkpoint(&note).context("the log's checkpoint")?;
     let size = checkpoint.size();
@@ -182,58 +181,41 @@ pub fn audit(
             tree.append(record)?;
         }
     }
-    let root_hash = tree.root(size)?;
-    if root_hash != *checkpoint.hash() {
+    let root = tree.root(size)?;
+    if root != *checkpoint.hash() {
         findings.push(violation("tiles", "the entries served do not make the tree the checkpoint signs".into()));
     }
-
-    // Against the checkpoint kept from the last audit: the same tree at its size, or a fork.
-    let note_text = String::from_utf8_lossy(&note).into_owned();
-    let mut keep = true;
-    if let Some(path) = state
-        && let Ok(bytes) = std::fs::read(path)
-    {
-        let stored: Stored = serde_json::from_slice(&bytes).context("the audit state")?;
-        let before = identity.verify_checkpoint(stored.note.as_bytes()).context("the stored checkpoint")?;
-        let evidence = vec![stored.note.clone(), note_text.clone()];
-        if before.size() > size {
-            findings.push(Finding {
-                evidence,
-                ..violation("rollback", format!("the log went back from {} to {size} entries", before.size()))
-            });
-            keep = false;
-        } else if tree.root(before.size())? != *before.hash() {
-            findings.push(Finding {
-                evidence,
-                ..violation("fork", format!("two different trees of {} entries: the log forked", before.size()))
-            });
-            keep = false;
-        }
-    }
-
-    // Replay: where each metadata version is, and what it hashes to.
-    let mut logged: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
-    let mut signatures_logged = 0u64;
+    let mut replay =
+        Replay { note, size, root, tree, metadata: BTreeMap::new(), pending: BTreeMap::new(), signatures: Vec::new() };
     for index in 0..size {
-        let record = tree_record(&tree, index)?;
+        let record = replay.tree.record(index).map(<[u8]>::to_vec).with_context(|| format!("no entry {index}"))?;
         match Entry::parse(&record) {
             Ok(Entry::Metadata { role, version, sha256, length }) => {
-                if let Some(old) = logged.insert((role.clone(), version), (sha256.clone(), length))
-                    && old != (sha256, length)
+                if let Some(old) = replay.metadata.get(&(role.clone(), version))
+                    && (&old.0, old.1) != (&sha256, length)
                 {
                     findings.push(violation(
                         "two-versions",
                         format!("{role} version {version} is logged twice, differently"),
                     ));
                 }
+                replay.metadata.entry((role, version)).or_insert((sha256, length, index));
             }
-            Ok(Entry::Signature { .. }) => signatures_logged += 1,
+            Ok(Entry::Pending { role, version, sha256 }) => {
+                replay.pending.entry((role, version)).or_default().insert(sha256);
+            }
+            Ok(Entry::Signature { role, version, key_id, signed_sha256, .. }) => {
+                replay.signatures.push((role, version, key_id, signed_sha256));
+            }
             Ok(_) => {}
             Err(e) => findings.push(violation("entry", format!("entry {index}: {e}"))),
         }
     }
+    Ok(replay)
+}
 
-    // Every version served is on the log, with its bytes; delegated roles carry their threshold.
+/// The newest version of every role a trusted set shows.
+fn newest(set: &TrustedSet) -> anyhow::Result<BTreeMap<String, u64>> {
     let snapshot = set.snapshot().context("no snapshot")?;
     let mut latest: BTreeMap<String, u64> = snapshot
         .signed
@@ -244,116 +226,237 @@ pub fn audit(
     latest.insert("root".into(), set.root().signed.version);
     latest.insert("snapshot".into(), snapshot.signed.version);
     latest.insert("timestamp".into(), set.timestamp().map_or(0, |t| t.signed.version));
-    let mut versions: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-    let mut metadata_versions = 0usize;
-    for (role, newest) in &latest {
-        for version in 1..=*newest {
-            let Some(bytes) = source.get(role, Some(version))? else { continue };
-            metadata_versions += 1;
-            let served = (ringfence_trust::sha256_hex(&bytes), bytes.len() as u64);
-            match logged.get(&(role.clone(), version)) {
-                None => findings
-                    .push(violation("unlogged", format!("{role} version {version} is served but not on the log"))),
-                Some(entry) if *entry != served => findings.push(violation(
-                    "mismatch",
-                    format!("{role} version {version} is served with other bytes than logged"),
-                )),
-                Some(_) => {}
+    Ok(latest)
+}
+
+/// One audit.
+pub fn audit(
+    source: &MetadataSource,
+    log: &Client,
+    root: &[u8],
+    state: Option<&PathBuf>,
+    now: i64,
+) -> anyhow::Result<AuditReport> {
+    let mut findings = Vec::new();
+    let set = refresh(source, root, now)?;
+    let top = set.targets("targets").context("no top-level targets")?;
+    let identity = match top.signed.targets.get(IDENTITY_TARGET) {
+        Some(file) => LogIdentity::from_custom(file.custom.clone()).context("the log identity in top-level targets")?,
+        None => anyhow::bail!("top-level targets names no transparency log"),
+    };
+    let shown = newest(&set)?;
+
+    // A version is published a moment before it is logged: one the server shows that is not
+    // on the log yet may be a second old. Read the log again (three times at most) first.
+    let mut replay = read_log(log, &identity, &mut findings)?;
+    for _ in 0..3 {
+        if shown.iter().all(|(role, v)| replay.metadata.contains_key(&(role.clone(), *v))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        findings.clear();
+        replay = read_log(log, &identity, &mut findings)?;
+    }
+    // What the server shows after the checkpoint was read: nothing on the log may be newer (a
+    // version logged but kept from the auditor was served to someone else).
+    let after = newest(&refresh(source, root, now)?)?;
+
+    // Against the checkpoint kept from the last audit: the same tree at its size, or a fork.
+    let note_text = String::from_utf8_lossy(&replay.note).into_owned();
+    let mut keep = true;
+    if let Some(path) = state
+        && let Ok(kept) = std::fs::read(path)
+    {
+        let stored = serde_json::from_slice::<Stored>(&kept)
+            .map_err(anyhow::Error::from)
+            .and_then(|s| Ok((ringfence_tlog::proof::Trusted::from_note(&identity, s.note.as_bytes())?, s)));
+        match stored {
+            Ok((None, _)) => {
+                findings.push(notice("new-log", "the kept checkpoint is of another log key; starting afresh".into()));
             }
-            if role != "timestamp" && role != "snapshot" {
-                versions.entry(role.clone()).or_default().push(bytes);
+            Ok((Some(before), stored)) => {
+                let evidence = vec![stored.note.clone(), note_text.clone()];
+                if before.size > replay.size {
+                    let detail = format!("the log went back from {} to {} entries", before.size, replay.size);
+                    findings.push(Finding { evidence, ..violation("rollback", detail) });
+                    keep = false;
+                } else if replay.tree.root(before.size)? != before.root {
+                    let detail = format!("two different trees of {} entries: the log forked", before.size);
+                    findings.push(Finding { evidence, ..violation("fork", detail) });
+                    keep = false;
+                }
+            }
+            Err(e) => {
+                findings.push(violation("state", format!("the kept checkpoint: {e:#}")));
+                keep = false;
             }
         }
     }
-    let (role_versions_verified, signatures_verified) = check_thresholds(&versions, &mut findings)?;
-    key_changes(&versions, &mut findings)?;
+
+    // Every version served and every version logged: the two must agree.
+    let mut wanted: BTreeSet<(String, u64)> = replay.metadata.keys().cloned().collect();
+    for (role, newest) in &after {
+        wanted.extend((1..=*newest).map(|v| (role.clone(), v)));
+    }
+    let mut versions = Versions::new();
+    let mut metadata_versions = 0usize;
+    for (role, version) in wanted {
+        let logged = replay.metadata.get(&(role.clone(), version));
+        let served = match source.get(&role, Some(version)) {
+            Ok(b) => b,
+            Err(e) => {
+                findings.push(violation("unreadable", format!("{role} version {version}: {e:#}")));
+                continue;
+            }
+        };
+        if let Some((_, _, index)) = logged
+            && after.get(&role).is_none_or(|newest| version > *newest)
+        {
+            let detail =
+                format!("{role} version {version} is on the log (entry {index}) but the server does not show it");
+            findings.push(violation("hidden", detail));
+        }
+        match (logged, served) {
+            (None, None) => {}
+            (Some((_, _, index)), None) => {
+                let detail =
+                    format!("{role} version {version} is on the log (entry {index}) but its bytes are not served");
+                findings.push(violation("withheld", detail));
+            }
+            (None, Some(_)) => {
+                findings.push(violation("unlogged", format!("{role} version {version} is served but not on the log")));
+            }
+            (Some((sha, len, index)), Some(b)) => {
+                metadata_versions += 1;
+                if (ringfence_trust::sha256_hex(&b), b.len() as u64) != (sha.clone(), *len) {
+                    let detail = format!("{role} version {version} is served with other bytes than logged");
+                    findings.push(violation("mismatch", detail));
+                } else if role != "timestamp" && role != "snapshot" {
+                    versions.entry(role).or_default().push((version, Some(*index), b));
+                }
+            }
+        }
+    }
+    let (role_versions_verified, signatures_verified) = check_thresholds(&versions, &mut findings);
+    key_changes(&versions, &mut findings);
+    // Every signature the server received was for bytes it had put on the record as pending.
+    for (role, version, key_id, signed) in &replay.signatures {
+        if !replay.pending.get(&(role.clone(), *version)).is_some_and(|shas| shas.contains(signed)) {
+            let detail =
+                format!("a signature by {key_id} for {role} version {version} is for bytes never logged as pending");
+            findings.push(violation("signature", detail));
+        }
+    }
 
     if keep && let Some(path) = state {
-        std::fs::write(path, serde_json::to_vec(&Stored { note: note_text })?)?;
+        write_atomic(path, &serde_json::to_vec(&Stored { note: note_text })?)?;
     }
     let cosignatures =
-        note.split(|b| *b == b'\n').filter(|l| l.starts_with("\u{2014}".as_bytes())).count().saturating_sub(1);
-    let approvals = approvals(&versions)?;
+        replay.note.split(|b| *b == b'\n').filter(|l| l.starts_with("\u{2014}".as_bytes())).count().saturating_sub(1);
+    let approvals = approvals(&versions);
     findings.sort();
+    findings.dedup();
     Ok(AuditReport {
         origin: identity.origin,
-        size,
-        root: hex::encode(root_hash.0),
+        size: replay.size,
+        root: hex::encode(replay.root.0),
         cosignatures,
         metadata_versions,
         role_versions_verified,
         signatures_verified,
-        signature_entries: signatures_logged,
+        signature_entries: replay.signatures.len() as u64,
         approvals,
         findings,
     })
 }
 
-fn tree_record(tree: &Tree, index: u64) -> anyhow::Result<Vec<u8>> {
-    tree.record(index).map(<[u8]>::to_vec).with_context(|| format!("no entry {index}"))
+/// Write through a temporary file, synced, then renamed: never half a state file.
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
-/// Every version of every delegated role checked against its delegator's versions: valid when
-/// the keys one version of the delegator names meet its threshold. (Root, targets, snapshot and
-/// timestamp are checked by the TUF chain itself.)
-fn check_thresholds(
-    versions: &BTreeMap<String, Vec<Vec<u8>>>,
-    findings: &mut Vec<Finding>,
-) -> anyhow::Result<(usize, u64)> {
-    let parse = |b: &[u8]| Envelope::<Targets>::parse(b, MAX_METADATA_BYTES as usize);
-    let delegators = |role: &str| -> Vec<Envelope<Targets>> {
-        let parent = match ringfence_proto::RoleName::parse(role).map(|r| r.kind()) {
-            Ok(ringfence_proto::names::RoleKind::PublisherBin(p, _)) => p.role().to_string(),
-            Ok(ringfence_proto::names::RoleKind::Publisher(_) | ringfence_proto::names::RoleKind::Approval(_)) => {
-                "targets".into()
-            }
-            _ => return Vec::new(),
-        };
-        versions.get(&parent).map(|v| v.iter().filter_map(|b| parse(b).ok()).collect()).unwrap_or_default()
-    };
+/// (version, log index, bytes) of every version of each role, in version order.
+type Versions = BTreeMap<String, Vec<(u64, Option<u64>, Vec<u8>)>>;
+
+fn parse_targets(bytes: &[u8]) -> Option<Envelope<Targets>> {
+    Envelope::<Targets>::parse(bytes, MAX_METADATA_BYTES as usize).ok()
+}
+
+/// The versions of `role` in force at log index `index`: the newest logged before it (for an
+/// installation that published before it had a log there is none: then every version).
+fn in_force(versions: &Versions, role: &str, index: Option<u64>) -> Vec<Vec<u8>> {
+    let Some(list) = versions.get(role) else { return Vec::new() };
+    let before =
+        index.and_then(|i| list.iter().filter(|(_, at, _)| at.is_some_and(|a| a < i)).max_by_key(|(_, at, _)| *at));
+    match before {
+        Some((_, _, bytes)) => vec![bytes.clone()],
+        None => list.iter().map(|(_, _, b)| b.clone()).collect(),
+    }
+}
+
+/// Every version of a delegated role (approvals, publishers, bins) against the version of its
+/// delegator in force when it was logged, and every top-level targets version against the root
+/// in force: the keys named must meet the threshold. (Root versions are checked by the TUF
+/// chain from the trusted root.)
+fn check_thresholds(versions: &Versions, findings: &mut Vec<Finding>) -> (usize, u64) {
     let (mut checked, mut signatures) = (0usize, 0u64);
     for (role, list) in versions {
-        let parents = delegators(role);
-        if parents.is_empty() {
-            continue;
-        }
-        for bytes in list {
-            let env = parse(bytes)?;
+        let delegator = match ringfence_proto::RoleName::parse(role).map(|r| r.kind()) {
+            Ok(RoleKind::PublisherBin(p, _)) => p.role().to_string(),
+            Ok(RoleKind::Publisher(_) | RoleKind::Approval(_)) => "targets".into(),
+            Ok(RoleKind::Targets) => "root".into(),
+            _ => continue,
+        };
+        for (version, index, bytes) in list {
+            let Some(env) = parse_targets(bytes) else {
+                findings.push(violation("malformed", format!("{role} version {version} does not parse")));
+                continue;
+            };
             checked += 1;
-            let best = parents
+            let authorities: Vec<(u64, u64)> = in_force(versions, &delegator, *index)
                 .iter()
-                .filter_map(|p| {
-                    let d = p.signed.delegations.as_ref()?;
-                    let entry = d.roles.iter().find(|r| r.name == *role)?;
-                    Some((env.count_valid(&d.keys, &entry.keyids), entry.threshold))
+                .filter_map(|b| {
+                    if delegator == "root" {
+                        let root = Envelope::<Root>::parse(b, MAX_METADATA_BYTES as usize).ok()?;
+                        let r = root.signed.roles.get("targets")?;
+                        Some((env.count_valid(&root.signed.keys, &r.keyids), r.threshold))
+                    } else {
+                        let d = parse_targets(b)?.signed.delegations?;
+                        let entry = d.roles.iter().find(|r| r.name == *role)?;
+                        Some((env.count_valid(&d.keys, &entry.keyids), entry.threshold))
+                    }
                 })
-                .max_by_key(|(valid, threshold)| (*valid >= *threshold, *valid));
+                .collect();
+            let best = authorities.into_iter().max_by_key(|(valid, threshold)| (*valid >= *threshold, *valid));
             match best {
                 Some((valid, threshold)) if valid >= threshold && threshold > 0 => signatures += valid,
                 Some((valid, threshold)) => findings.push(violation(
                     "threshold",
-                    format!(
-                        "{role} version {} carries {valid} valid signatures of the {threshold} its delegation needs",
-                        env.signed.version
-                    ),
+                    format!("{role} version {version} carries {valid} valid signatures of the {threshold} its delegation needs"),
                 )),
                 None => findings.push(violation(
                     "threshold",
-                    format!("{role} version {}: no version of its delegator delegates it", env.signed.version),
+                    format!("{role} version {version}: the {delegator} in force does not delegate it"),
                 )),
             }
         }
     }
-    Ok((checked, signatures))
+    (checked, signatures)
 }
 
 /// Each approval role's decisions, version by version: what each version adds or changes.
-fn approvals(versions: &BTreeMap<String, Vec<Vec<u8>>>) -> anyhow::Result<Vec<Approval>> {
+fn approvals(versions: &Versions) -> Vec<Approval> {
     let mut out = Vec::new();
     for (role, list) in versions.iter().filter(|(r, _)| r.starts_with("approvals.")) {
         let mut before: BTreeMap<String, ringfence_proto::tuf::TargetFile> = BTreeMap::new();
-        for bytes in list {
-            let env = Envelope::<Targets>::parse(bytes, MAX_METADATA_BYTES as usize)?;
+        for (_, _, bytes) in list {
+            let Some(env) = parse_targets(bytes) else { continue };
             for (target, file) in &env.signed.targets {
                 if before.get(target) == Some(file) {
                     continue;
@@ -371,19 +474,18 @@ fn approvals(versions: &BTreeMap<String, Vec<Vec<u8>>>) -> anyhow::Result<Vec<Ap
             before = env.signed.targets;
         }
     }
-    Ok(out)
+    out
 }
 
 /// Offline-role key changes: each root version after the first, and each top-level targets
 /// version whose delegations name other keys than the version before.
-fn key_changes(versions: &BTreeMap<String, Vec<Vec<u8>>>, findings: &mut Vec<Finding>) -> anyhow::Result<()> {
-    for bytes in versions.get("root").map(Vec::as_slice).unwrap_or_default().iter().skip(1) {
-        let root = Envelope::<Root>::parse(bytes, MAX_METADATA_BYTES as usize)?;
-        findings.push(notice("root-keys", format!("root version {}: the root of trust changed", root.signed.version)));
+fn key_changes(versions: &Versions, findings: &mut Vec<Finding>) {
+    for (version, _, _) in versions.get("root").map(Vec::as_slice).unwrap_or_default().iter().skip(1) {
+        findings.push(notice("root-keys", format!("root version {version}: the root of trust changed")));
     }
     let mut previous: Option<BTreeSet<String>> = None;
-    for bytes in versions.get("targets").map(Vec::as_slice).unwrap_or_default() {
-        let targets = Envelope::<Targets>::parse(bytes, MAX_METADATA_BYTES as usize)?;
+    for (_, _, bytes) in versions.get("targets").map(Vec::as_slice).unwrap_or_default() {
+        let Some(targets) = parse_targets(bytes) else { continue };
         let keys: BTreeSet<String> = targets
             .signed
             .delegations
@@ -410,7 +512,6 @@ fn key_changes(versions: &BTreeMap<String, Vec<Vec<u8>>>, findings: &mut Vec<Fin
         }
         previous = Some(keys);
     }
-    Ok(())
 }
 
 /// Print a report for people.
@@ -447,7 +548,23 @@ pub fn run(args: &LogAuditArgs, source: MetadataSource, json: bool) -> anyhow::R
     let log = Client::new(url.trim_end_matches('/'), None, ca)?;
     let mut seen: BTreeSet<Finding> = BTreeSet::new();
     loop {
-        let report = audit(&source, &log, &root, args.state.as_ref(), crate::now())?;
+        let report = match audit(&source, &log, &root, args.state.as_ref(), crate::now()) {
+            Ok(report) => report,
+            // Watching, a failed audit is a finding too (an answer withheld, a tile that does
+            // not parse), reported, and the watch goes on.
+            Err(e) if args.watch.is_some() => {
+                let finding = violation("audit-failed", format!("{e:#}"));
+                eprintln!("VIOLATION: {} (audit-failed)", finding.detail);
+                if let Some(hook) = &args.webhook
+                    && let Err(e) = post_finding(hook, url, &finding)
+                {
+                    eprintln!("webhook: {e:#}");
+                }
+                std::thread::sleep(std::time::Duration::from_secs(args.watch.unwrap_or(60).max(1)));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let new: Vec<Finding> = report.findings.iter().filter(|f| !seen.contains(*f)).cloned().collect();
         if json {
             crate::output::json(&report)?;

@@ -408,7 +408,6 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
         assert!(std::time::Instant::now() < deadline, "the agent did not go on: {out}");
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    drop(witness);
 
     // A tampered database publishes a production approval below its threshold (one of two
     // approvers), logged: the auditor names it and fails.
@@ -427,6 +426,51 @@ fn a_witness_cosigns_agents_need_its_cosignature_and_the_auditor_replays_the_log
             .any(|f| f["kind"] == "threshold" && f["detail"].as_str().unwrap().contains("approvals.production")),
         "{report}"
     );
+
+    // Watching, the auditor posts each new finding to a webhook.
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook_url = format!("http://{}/findings", hook.local_addr().unwrap());
+    let mut watcher = server
+        .cli()
+        .args(["audit", "--log", server.repo_url.trim_end_matches("/repo"), "--trusted-root"])
+        .arg(server.data.join("1.root.json"))
+        .arg("--log-ca")
+        .arg(&server.ca)
+        .args(["--watch", "1", "--webhook", &hook_url, "--json"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let posted = {
+        use std::io::{Read, Write};
+        hook.set_nonblocking(true).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut conn = loop {
+            match hook.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) => {
+                    assert!(std::time::Instant::now() < deadline, "the watching auditor posted nothing");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&request).contains("\"finding\"") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the webhook request ended early");
+            request.extend_from_slice(&buf[..n]);
+        }
+        conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap();
+        String::from_utf8_lossy(&request).into_owned()
+    };
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    assert!(posted.starts_with("POST /findings"), "{posted}");
+    assert!(posted.contains("\"severity\":\"violation\""), "{posted}");
+    drop(witness);
 
     // A rewritten history: the witness refuses to cosign it (it does not extend what the
     // witness cosigned), so no client is ever served it.

@@ -48,8 +48,11 @@ pub struct Log {
     last_retry: std::sync::Mutex<Option<i64>>,
 }
 
-/// How long apart the witnesses are asked again for a checkpoint none of them cosigned.
+/// How long apart the witnesses are asked again for a checkpoint some of them did not cosign.
 const COSIGN_RETRY_SECS: i64 = 2;
+/// How long a witness has to answer: agents and signers wait about five seconds for a version
+/// to be in a served checkpoint.
+const WITNESS_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Hashes read so far; a read of one not here fails and is remembered, to be fetched.
 struct Known {
@@ -149,6 +152,19 @@ impl Log {
     /// Integrate what is queued: one batch, under the `Log` lock, then its tiles, then the
     /// witnesses' cosignatures. Returns the new size when the log grew.
     pub async fn integrate(&self, now: i64) -> Result<Option<u64>> {
+        // The witnesses are asked after the lock is released, all at once: a slow one never
+        // holds the sequencer.
+        let integrated = self.integrate_locked(now).await?;
+        match &integrated {
+            Some((size, note)) if !self.witnesses.is_empty() => self.cosign(*size, note).await,
+            Some(_) => {}
+            None => self.cosign_again(now).await?,
+        }
+        Ok(integrated.map(|(size, _)| size))
+    }
+
+    /// One batch under the `Log` lock: the new size and its checkpoint note.
+    async fn integrate_locked(&self, now: i64) -> Result<Option<(u64, Vec<u8>)>> {
         let Some(key) = &self.key else { return Ok(None) };
         let _guard = self.db.exclusive(Section::Log).await?;
         // A batch integrated before a crash whose tiles were not written yet.
@@ -159,7 +175,6 @@ impl Log {
         }
         let queued = self.db.log_queue(BATCH).await?;
         if queued.is_empty() {
-            self.cosign_again(now).await?;
             return Ok(None);
         }
         let frontier = tree::frontier(size);
@@ -213,10 +228,7 @@ impl Log {
         batch.checkpoint_note = key.sign(new_size, root).map_err(Error::internal)?;
         self.db.integrate_log(&batch).await?;
         self.finish_tiles().await?;
-        if !self.witnesses.is_empty() {
-            self.cosign(new_size, &batch.checkpoint_note, now).await;
-        }
-        Ok(Some(new_size))
+        Ok(Some((new_size, batch.checkpoint_note)))
     }
 
     /// An installation that published before it kept a log: queue the entries of the newest
@@ -276,7 +288,7 @@ impl Log {
         Ok(())
     }
 
-    /// The newest checkpoint without cosignatures (a witness was away): ask again, at most
+    /// The newest checkpoint that some witness did not cosign (it was away): ask again, at most
     /// every few seconds.
     async fn cosign_again(&self, now: i64) -> Result<()> {
         if self.witnesses.is_empty() {
@@ -290,19 +302,24 @@ impl Log {
             *last = Some(now);
         }
         if let Some(latest) = self.db.latest_checkpoint().await?
-            && latest.cosigned.is_none()
+            && latest.cosigners < self.witnesses.len() as u64
         {
-            self.cosign(latest.size, &latest.note, now).await;
+            self.cosign(latest.size, &latest.note).await;
         }
         Ok(())
     }
 
-    /// Ask every witness to cosign the checkpoint of `size`; keep what comes back verified.
-    async fn cosign(&self, size: u64, note: &[u8], now: i64) {
+    /// Ask every witness at once to cosign the checkpoint of `size` (each within
+    /// [`WITNESS_WAIT`]); keep what comes back verified when it is more than was kept.
+    async fn cosign(&self, size: u64, note: &[u8]) {
+        let asks = self.witnesses.iter().map(|w| async move {
+            let answer = tokio::time::timeout(WITNESS_WAIT, self.ask(w, size, note)).await;
+            (w, answer.unwrap_or_else(|_| Err(Error::Invalid("no answer in time".into()))))
+        });
         let mut lines = Vec::new();
         let mut cosigned_by = Vec::new();
-        for witness in &self.witnesses {
-            match self.ask(witness, size, note).await {
+        for (witness, answer) in futures::future::join_all(asks).await {
+            match answer {
                 Ok(line) => {
                     lines.extend(line);
                     cosigned_by.push(witness.name.clone());
@@ -310,13 +327,14 @@ impl Log {
                 Err(e) => tracing::warn!(witness = %witness.name, size, error = %e, "no cosignature"),
             }
         }
-        if cosigned_by.is_empty() {
+        let kept = self.db.checkpoint_at(size).await.ok().flatten().map_or(0, |c| c.cosigners);
+        if cosigned_by.is_empty() || (cosigned_by.len() as u64) <= kept {
             return;
         }
         let mut cosigned = note.to_vec();
         cosigned.extend(lines);
         if let Err(e) = self.db.set_cosigned(size, &cosigned, &cosigned_by).await {
-            tracing::warn!(size, error = %e, at = now, "cosignatures not kept");
+            tracing::warn!(size, error = %e, "cosignatures not kept");
         }
     }
 
@@ -366,14 +384,27 @@ impl Log {
         Ok(sig.to_bytes())
     }
 
-    /// The newest checkpoint served: with witnesses configured, the newest they cosigned (a
-    /// checkpoint clients could not accept yet is not served); else the newest.
+    /// The newest checkpoint served: the newest that the quorum of witnesses the published
+    /// identity asks for cosigned (a checkpoint clients could not accept yet is not served).
     async fn served(&self) -> Result<Option<CheckpointRecord>> {
-        Ok(if self.witnesses.is_empty() {
+        let quorum = self.quorum().await?;
+        Ok(if quorum == 0 {
             self.db.latest_checkpoint().await?
         } else {
-            self.db.latest_cosigned_checkpoint().await?
+            self.db.latest_cosigned_checkpoint(quorum).await?
         })
+    }
+
+    /// The witness quorum of the log identity the published top-level targets names (0 when
+    /// it names none).
+    async fn quorum(&self) -> Result<u64> {
+        let Some(targets) = self.db.latest_metadata("targets").await? else { return Ok(0) };
+        let limit = ringfence_proto::limits::MAX_METADATA_BYTES as usize;
+        let targets = ringfence_trust::Envelope::<ringfence_proto::tuf::Targets>::parse(&targets.bytes, limit)
+            .map_err(Error::internal)?;
+        let Some(file) = targets.signed.targets.get(ringfence_tlog::proof::IDENTITY_TARGET) else { return Ok(0) };
+        let identity = ringfence_tlog::proof::LogIdentity::from_custom(file.custom.clone()).map_err(Error::internal)?;
+        Ok(identity.quorum as u64)
     }
 
     /// The newest checkpoint served, with its cosignatures.

@@ -32,7 +32,9 @@ CREATE TABLE log_checkpoints (
     note          BYTEA   NOT NULL,
     created_at    BIGINT  NOT NULL,
     tiles_written INTEGER NOT NULL,
-    cosigned      BYTEA
+    cosigned      BYTEA,
+    -- Witnesses whose cosignature `cosigned` carries.
+    cosigners     INTEGER NOT NULL DEFAULT 0
 );
 
 -- The size each witness last cosigned (what the next add-checkpoint proves consistency from).
