@@ -61,12 +61,12 @@ async fn metadata(
 ) -> ApiResult<Response> {
     let (role, version) = repo_path::metadata_file(&file).ok_or(ApiError::NotFound)?;
     check_access(&state, &headers, role.as_str() == RoleName::ROOT).await?;
-    let bytes = state.repo.metadata(&role, version).await?.ok_or(ApiError::NotFound)?;
-    let etag = format!("\"{}\"", ringfence_trust::sha256_hex(&bytes));
+    let served = state.repo.served_metadata(&role, version).await?.ok_or(ApiError::NotFound)?;
+    let etag = served.etag;
     let mut response = if if_none_match(&headers, &etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut r = Response::new(Body::from(bytes));
+        let mut r = Response::new(Body::from(served.bytes));
         r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         r
     };

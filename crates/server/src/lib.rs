@@ -163,7 +163,10 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         &config.log.witnesses,
     )
     .context("the transparency log")?;
-    let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone());
+    // The embedded database has one writer, this process: the newest metadata may be served
+    // from memory. With PostgreSQL other nodes commit too.
+    let one_writer = config.database.url.is_none();
+    let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone(), one_writer);
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let reports = domain::reports::Reports::new(db.clone());
     let events = match notify::Webhook::from_config(&config.approvals).context("the approvals webhook")? {

@@ -162,6 +162,8 @@ impl Server {
             Vec::new()
         };
         self.runtime.block_on(store.publish(&records, &[], &log)).unwrap();
+        // The thief owns the process too: what it serves from memory is what it wrote.
+        self.state.repo.metadata_changed_elsewhere();
     }
 
     /// A delegation of every path (`path_hash_prefixes: [""]`, not terminating) named `name`
@@ -549,16 +551,18 @@ fn psql(url: &str, statement: &str) -> String {
 pub fn sql(server: &Server, statement: &str) {
     if let Some(url) = &server.state.config.database.url {
         psql(url, statement);
-        return;
+    } else {
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
+            .arg(server.data.join("ringfence.db"))
+            .arg(statement)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()")
-        .arg(server.data.join("ringfence.db"))
-        .arg(statement)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The thief owns the process too: what it serves from memory is what it wrote.
+    server.state.repo.metadata_changed_elsewhere();
 }
 
 /// A number the attacker's database query returns (`SELECT COUNT(*) ...`).

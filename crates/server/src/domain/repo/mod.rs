@@ -15,6 +15,7 @@ mod cleanup;
 mod holds;
 mod lifecycle;
 mod publish;
+pub mod served;
 mod signatures;
 
 use std::collections::BTreeMap;
@@ -48,6 +49,7 @@ pub struct Repository {
     keys: OnlineKeys,
     policy: ExpiryPolicy,
     write_lock: tokio::sync::Mutex<()>,
+    served: served::ServedCache,
 }
 
 /// Who may sign a role, as the role that delegates it says.
@@ -131,8 +133,36 @@ pub(super) fn signature_entries(
 }
 
 impl Repository {
-    pub fn new(db: Arc<dyn Database>, blobs: BlobStore, audit: Audit, keys: OnlineKeys, policy: ExpiryPolicy) -> Self {
-        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()) }
+    /// `one_writer`: this node is the only one that commits (the embedded database), so the
+    /// newest metadata may be served from memory.
+    pub fn new(
+        db: Arc<dyn Database>,
+        blobs: BlobStore,
+        audit: Audit,
+        keys: OnlineKeys,
+        policy: ExpiryPolicy,
+        one_writer: bool,
+    ) -> Self {
+        let served = served::ServedCache::new(one_writer);
+        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()), served }
+    }
+
+    /// Metadata changed behind this server's back (a test playing a thief who writes the
+    /// database, a restore): forget the newest versions kept in memory.
+    pub fn metadata_changed_elsewhere(&self) {
+        self.served.committed();
+    }
+
+    /// A metadata file as the device listener serves it (from memory when it may be).
+    pub async fn served_metadata(&self, role: &RoleName, version: Option<u64>) -> Result<Option<served::Served>> {
+        if let Some(hit) = self.served.get(role.as_str(), version) {
+            return Ok(Some(hit));
+        }
+        let read_at = self.served.generation();
+        let Some(bytes) = self.metadata(role, version).await? else { return Ok(None) };
+        let served = served::Served::new(bytes);
+        self.served.put(role.as_str(), version, &served, read_at);
+        Ok(Some(served))
     }
 
     /// A published metadata file exactly as served: the given version, or the latest.
@@ -264,7 +294,10 @@ impl Repository {
         for r in &records {
             log.push(metadata_entry(r)?);
         }
-        self.db.publish(&records, &clear, &log).await?;
+        let committed = self.db.publish(&records, &clear, &log).await;
+        // Whatever happened, what was kept as newest may be old now.
+        self.served.committed();
+        committed?;
         Ok(published)
     }
 

@@ -1,0 +1,130 @@
+//! Metadata as the device listener serves it, from memory.
+//!
+//! A versioned file (`7.snapshot.json`) never changes once published, so it is kept once read,
+//! on every node. The newest version of a role (`timestamp.json`) changes with each commit: it
+//! is kept only when this node is the only writer (the embedded database), and dropped by every
+//! commit before the commit returns — so it is never older than what this server committed.
+//! With several nodes (PostgreSQL) the newest is read from the database each time: another node
+//! may have committed, and a client that saw a newer timestamp there must not be shown an older
+//! one here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use bytes::Bytes;
+
+/// Versioned files kept at most; past it the map starts afresh (the newest files are asked for
+/// most, and come back at once).
+const MAX_VERSIONED: usize = 4096;
+/// Larger files are not kept (the listing roles of a big catalog): read each time.
+const MAX_KEPT_BYTES: usize = 1 << 20;
+
+/// A file as served: its bytes and its strong entity tag (`"<sha256>"`).
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub bytes: Bytes,
+    pub etag: String,
+}
+
+impl Served {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let etag = format!("\"{}\"", ringfence_trust::sha256_hex(&bytes));
+        Self { bytes: Bytes::from(bytes), etag }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServedCache {
+    /// Whether the newest versions may be kept (one writer: this node).
+    keep_newest: bool,
+    versioned: Mutex<HashMap<(String, u64), Served>>,
+    newest: RwLock<HashMap<String, Served>>,
+    /// Commits so far: a newest version read before a commit is never kept after it.
+    generation: AtomicU64,
+}
+
+impl ServedCache {
+    pub fn new(keep_newest: bool) -> Self {
+        Self {
+            keep_newest,
+            versioned: Mutex::new(HashMap::new()),
+            newest: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// Taken before reading the database; [`ServedCache::put`] keeps a newest version only if
+    /// no commit came in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub fn get(&self, role: &str, version: Option<u64>) -> Option<Served> {
+        match version {
+            Some(v) => self.versioned.lock().ok()?.get(&(role.to_owned(), v)).cloned(),
+            None if self.keep_newest => self.newest.read().ok()?.get(role).cloned(),
+            None => None,
+        }
+    }
+
+    pub fn put(&self, role: &str, version: Option<u64>, served: &Served, read_at: u64) {
+        if served.bytes.len() > MAX_KEPT_BYTES {
+            return;
+        }
+        match version {
+            Some(v) => {
+                if let Ok(mut map) = self.versioned.lock() {
+                    if map.len() >= MAX_VERSIONED {
+                        map.clear();
+                    }
+                    map.insert((role.to_owned(), v), served.clone());
+                }
+            }
+            None if self.keep_newest => {
+                if let Ok(mut map) = self.newest.write()
+                    && self.generation() == read_at
+                {
+                    map.insert(role.to_owned(), served.clone());
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A commit changed the newest versions: forget them.
+    pub fn committed(&self) {
+        if let Ok(mut map) = self.newest.write() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            map.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_files_are_kept_and_the_newest_only_until_a_commit() {
+        let cache = ServedCache::new(true);
+        cache.put("snapshot", Some(3), &Served::new(b"three".to_vec()), cache.generation());
+        cache.put("timestamp", None, &Served::new(b"ts 9".to_vec()), cache.generation());
+        assert_eq!(cache.get("snapshot", Some(3)).unwrap().bytes, Bytes::from_static(b"three"));
+        assert_eq!(cache.get("timestamp", None).unwrap().bytes, Bytes::from_static(b"ts 9"));
+        cache.committed();
+        assert!(cache.get("timestamp", None).is_none(), "a commit drops the newest");
+        assert!(cache.get("snapshot", Some(3)).is_some(), "a versioned file stays");
+        // Read before a commit, kept after it: never.
+        let before = cache.generation();
+        cache.committed();
+        cache.put("timestamp", None, &Served::new(b"ts 9".to_vec()), before);
+        assert!(cache.get("timestamp", None).is_none(), "a newest read before a commit is not kept");
+
+        // With other writers the newest is never kept.
+        let shared = ServedCache::new(false);
+        shared.put("timestamp", None, &Served::new(b"ts 9".to_vec()), shared.generation());
+        assert!(shared.get("timestamp", None).is_none());
+        assert_eq!(Served::new(b"x".to_vec()).etag, format!("\"{}\"", ringfence_trust::sha256_hex(b"x")));
+    }
+}
