@@ -55,6 +55,9 @@ pub fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// How long "no device is accepted" is believed without asking the database again.
+const NONE_ACCEPTED_BELIEVED: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// An accepted device with a live session: what the device API acts for.
 #[derive(Debug, Clone)]
 pub struct SessionDevice {
@@ -130,11 +133,24 @@ pub struct Devices {
     config: DevicesConfig,
     /// Check-ins waiting to be written (every second, in one transaction).
     checkins: CheckinBuffer,
+    /// Once a device is accepted, the repository stays closed to callers without a session
+    /// (kept, so a read does not ask the database each time; stricter while it lasts).
+    accepted_seen: std::sync::atomic::AtomicBool,
+    /// When the database last said no device is accepted: believed for a second (a device this
+    /// node accepts closes the repository at once; one another node accepts, within a second).
+    none_accepted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Devices {
     pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig) -> Self {
-        Self { db, audit, config, checkins: CheckinBuffer::default() }
+        Self {
+            db,
+            audit,
+            config,
+            checkins: CheckinBuffer::default(),
+            accepted_seen: Default::default(),
+            none_accepted_at: Default::default(),
+        }
     }
 
     // ---- the device API ----
@@ -222,6 +238,7 @@ impl Devices {
         if device.state == DeviceState::Accepted {
             let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
             super::log::enqueue(&*self.db, &[entry]).await?;
+            self.accepted_one();
         }
         let detail = format!("{} ({}) groups {:?}", device.hostname, device.state.as_str(), groups);
         self.audit.record(&format!("device {}", device.id), "enroll", &detail, now).await?;
@@ -272,8 +289,30 @@ impl Devices {
 
     /// Whether any device is accepted (the repository then needs a session to read, when
     /// `repository.access = "devices"`).
+    ///
+    /// Once true it stays true for this process: a fleet whose every device was revoked keeps
+    /// needing sessions until a restart, which only refuses more.
     pub async fn any_accepted(&self) -> Result<bool> {
-        Ok(self.db.has_accepted_devices().await?)
+        use std::sync::atomic::Ordering;
+        if self.accepted_seen.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let recent = |at: &Option<std::time::Instant>| at.is_some_and(|t| t.elapsed() < NONE_ACCEPTED_BELIEVED);
+        if self.none_accepted_at.lock().is_ok_and(|at| recent(&at)) {
+            return Ok(false);
+        }
+        let any = self.db.has_accepted_devices().await?;
+        if any {
+            self.accepted_seen.store(true, Ordering::Relaxed);
+        } else if let Ok(mut at) = self.none_accepted_at.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+        Ok(any)
+    }
+
+    /// A device accepted here: the repository needs a session from now on.
+    fn accepted_one(&self) {
+        self.accepted_seen.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Record a check-in (written behind, see `checkins`: a check-in never waits for the
@@ -439,6 +478,7 @@ impl Devices {
         self.db.insert_device(&device).await?;
         let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
         super::log::enqueue(&*self.db, &[entry]).await?;
+        self.accepted_one();
         let detail = format!("device {} groups {:?}", device.id, device.groups);
         self.audit.record(actor, "preauthorize", &detail, now).await?;
         self.info(device).await
@@ -462,6 +502,9 @@ impl Devices {
             DeviceState::Revoked => Some(Entry::DeviceRevoked { id: id.to_owned() }),
             _ => None,
         };
+        if next == DeviceState::Accepted {
+            self.accepted_one();
+        }
         if let Some(entry) = entry {
             super::log::enqueue(&*self.db, &[entry]).await?;
         }
