@@ -129,7 +129,8 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let device = session_device(&state, &headers, now).await?;
     let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
-    Ok(Json(state.devices.check_in(&device, &request, now).await?).into_response())
+    let current = state.repo.served_version(&ringfence_proto::RoleName::timestamp()).await?;
+    Ok(Json(state.devices.check_in(&device, &request, current, now).await?).into_response())
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {

@@ -324,7 +324,10 @@ async fn local_stream(path: PathBuf, range: Option<Range<u64>>) -> Result<BoxStr
     let len = file.metadata().await?.len();
     let range = range.unwrap_or(0..len);
     if range.start > range.end || range.end > len {
-        return Err(invalid_input(format!("range {}..{} is not within the blob of {len} bytes", range.start, range.end)));
+        return Err(invalid_input(format!(
+            "range {}..{} is not within the blob of {len} bytes",
+            range.start, range.end
+        )));
     }
     file.seek(std::io::SeekFrom::Start(range.start)).await?;
     let left = range.end - range.start;

@@ -195,6 +195,8 @@ pub trait DeviceStore: Send + Sync + 'static {
     async fn insert_session(&self, secret_sha256: &str, device_id: &str, expires_at: i64) -> Result<()>;
     /// The accepted device a live session belongs to.
     async fn session_device(&self, secret_sha256: &str, now: i64) -> Result<Option<DeviceRecord>>;
+    /// [`DeviceStore::session_device`] with the session's expiry.
+    async fn session_device_until(&self, secret_sha256: &str, now: i64) -> Result<Option<(DeviceRecord, i64)>>;
 
     /// Store reports; ids already stored for the device count as duplicates, not errors.
     /// Keeps the newest report per target, and at most `limits.history` reports; a batch that
@@ -567,18 +569,19 @@ impl DeviceStore for SqlStore {
     }
 
     async fn session_device(&self, secret_sha256: &str, now: i64) -> Result<Option<DeviceRecord>> {
+        Ok(self.session_device_until(secret_sha256, now).await?.map(|(d, _)| d))
+    }
+
+    async fn session_device_until(&self, secret_sha256: &str, now: i64) -> Result<Option<(DeviceRecord, i64)>> {
         let sql = format!(
-            "SELECT {} FROM device_sessions s JOIN devices d ON d.id = s.device_id \
+            "SELECT {}, s.expires_at AS session_expires FROM device_sessions s JOIN devices d ON d.id = s.device_id \
              WHERE s.secret_sha256 = $1 AND s.expires_at > $2 AND d.state = 'accepted'",
             DEVICE_COLUMNS.split(", ").map(|c| format!("d.{c}")).collect::<Vec<_>>().join(", ")
         );
-        sqlx::query(&sql)
-            .bind(secret_sha256)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| device_from_row(&r))
-            .transpose()
+        let Some(row) = sqlx::query(&sql).bind(secret_sha256).bind(now).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        Ok(Some((device_from_row(&row)?, row.try_get("session_expires")?)))
     }
 
     async fn insert_reports(

@@ -563,6 +563,7 @@ pub fn sql(server: &Server, statement: &str) {
     }
     // The thief owns the process too: what it serves from memory is what it wrote.
     server.state.repo.metadata_changed_elsewhere();
+    server.state.devices.changed_elsewhere();
 }
 
 /// A number the attacker's database query returns (`SELECT COUNT(*) ...`).

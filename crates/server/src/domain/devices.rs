@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
+use ringfence_proto::GroupName;
 use ringfence_proto::api::{ForgottenDevice, StaleDevice};
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
@@ -19,7 +20,6 @@ use ringfence_proto::device::{
     ReportState, ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, report_batch_message,
     session_message,
 };
-use ringfence_proto::{GroupName, RoleName};
 use ringfence_store::{
     CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
     ReportLimits, ReportRecord, SignedBatch,
@@ -136,13 +136,17 @@ pub struct Devices {
     /// Once a device is accepted, the repository stays closed to callers without a session
     /// (kept, so a read does not ask the database each time; stricter while it lasts).
     accepted_seen: std::sync::atomic::AtomicBool,
+    /// Verified sessions (with one writer only).
+    sessions: super::sessions::SessionCache,
     /// When the database last said no device is accepted: believed for a second (a device this
     /// node accepts closes the repository at once; one another node accepts, within a second).
     none_accepted_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Devices {
-    pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig) -> Self {
+    /// `one_writer`: this node alone changes devices (the embedded database), so verified
+    /// sessions may be kept in memory.
+    pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig, one_writer: bool) -> Self {
         Self {
             db,
             audit,
@@ -150,6 +154,7 @@ impl Devices {
             checkins: CheckinBuffer::default(),
             accepted_seen: Default::default(),
             none_accepted_at: Default::default(),
+            sessions: super::sessions::SessionCache::new(one_writer),
         }
     }
 
@@ -278,13 +283,23 @@ impl Devices {
     }
 
     /// The accepted device whose live session `secret` is.
+    ///
+    /// With one writer (the embedded database) a verified session is kept in memory until it
+    /// expires; leaving `accepted` (revoke, reject) or being forgotten drops every kept session
+    /// at once, in the same call that changes the device.
     pub async fn session_device(&self, secret: &str, now: i64) -> Result<SessionDevice> {
         if secret.len() > 128 || !secret.starts_with(SESSION_PREFIX) {
             return Err(Error::Unauthenticated);
         }
         let hash = ringfence_trust::sha256_hex(secret.as_bytes());
-        let device = self.db.session_device(&hash, now).await?.ok_or(Error::Unauthenticated)?;
-        Ok(SessionDevice { id: device.id, public_key: device.public_key, groups: device.groups })
+        if let Some(kept) = self.sessions.get(&hash, now) {
+            return Ok(kept);
+        }
+        let read_at = self.sessions.generation();
+        let (device, until) = self.db.session_device_until(&hash, now).await?.ok_or(Error::Unauthenticated)?;
+        let device = SessionDevice { id: device.id, public_key: device.public_key, groups: device.groups };
+        self.sessions.put(hash, device.clone(), until, read_at);
+        Ok(device)
     }
 
     /// Whether any device is accepted (the repository then needs a session to read, when
@@ -310,6 +325,12 @@ impl Devices {
         Ok(any)
     }
 
+    /// Devices or sessions changed behind this server's back (a test playing a thief who writes
+    /// the database, a restore): forget the sessions kept in memory.
+    pub fn changed_elsewhere(&self) {
+        self.sessions.drop_all();
+    }
+
     /// A device accepted here: the repository needs a session from now on.
     fn accepted_one(&self) {
         self.accepted_seen.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -317,10 +338,12 @@ impl Devices {
 
     /// Record a check-in (written behind, see `checkins`: a check-in never waits for the
     /// database's write lock) and say whether the repository changed since the device's view.
+    /// `current_timestamp`: the newest timestamp version the repository serves.
     pub async fn check_in(
         &self,
         device: &SessionDevice,
         request: &CheckinRequest,
+        current_timestamp: u64,
         now: i64,
     ) -> Result<CheckinResponse> {
         if i64::try_from(request.timestamp_version).is_err() {
@@ -328,7 +351,6 @@ impl Devices {
         }
         request.inventory.validate().map_err(Error::Invalid)?;
         let inventory = serde_json::to_string(&request.inventory).map_err(Error::internal)?;
-        let current_timestamp = self.db.latest_metadata(RoleName::TIMESTAMP).await?.map_or(0, |t| t.version);
         self.checkins.record(CheckinRecord {
             device_id: device.id.clone(),
             at: now,
@@ -495,6 +517,8 @@ impl Devices {
             return Err(Error::Conflict(format!("device {id} is {}", device.state.as_str())));
         };
         self.db.set_device_state(id, next).await?;
+        // Revocation (or rejection) takes effect at once: no kept session outlives it.
+        self.sessions.drop_all();
         let entry = match next {
             DeviceState::Accepted => {
                 Some(Entry::DeviceAccepted { id: id.to_owned(), public_key: device.public_key.clone() })
@@ -581,6 +605,7 @@ impl Devices {
 
     pub async fn forget(&self, id: &str, actor: &str, now: i64) -> Result<()> {
         self.db.delete_device(id).await?;
+        self.sessions.drop_all();
         self.audit.record(actor, "forget", &format!("device {id}"), now).await
     }
 

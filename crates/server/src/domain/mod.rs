@@ -23,6 +23,7 @@ pub mod repo;
 pub mod reports;
 pub mod rollouts;
 pub mod rules;
+pub mod sessions;
 pub mod tokens;
 
 pub use error::{Error, Result};

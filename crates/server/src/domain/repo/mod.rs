@@ -153,6 +153,11 @@ impl Repository {
         self.served.committed();
     }
 
+    /// The newest version of `role` as served (0 when there is none).
+    pub async fn served_version(&self, role: &RoleName) -> Result<u64> {
+        Ok(self.served_metadata(role, None).await?.map_or(0, |s| s.version))
+    }
+
     /// A metadata file as the device listener serves it (from memory when it may be).
     pub async fn served_metadata(&self, role: &RoleName, version: Option<u64>) -> Result<Option<served::Served>> {
         if let Some(hit) = self.served.get(role.as_str(), version) {

@@ -25,12 +25,26 @@ const MAX_KEPT_BYTES: usize = 1 << 20;
 pub struct Served {
     pub bytes: Bytes,
     pub etag: String,
+    /// `signed.version` (0 when the document has none: never for what the server signed).
+    pub version: u64,
+}
+
+/// Only what serving needs of a document: its version.
+#[derive(serde::Deserialize)]
+struct Versioned {
+    signed: VersionOnly,
+}
+
+#[derive(serde::Deserialize)]
+struct VersionOnly {
+    version: u64,
 }
 
 impl Served {
     pub fn new(bytes: Vec<u8>) -> Self {
         let etag = format!("\"{}\"", ringfence_trust::sha256_hex(&bytes));
-        Self { bytes: Bytes::from(bytes), etag }
+        let version = serde_json::from_slice::<Versioned>(&bytes).map_or(0, |v| v.signed.version);
+        Self { bytes: Bytes::from(bytes), etag, version }
     }
 }
 
