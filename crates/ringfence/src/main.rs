@@ -47,6 +47,15 @@ enum Command {
         #[arg(long)]
         blobs: Option<String>,
     },
+    /// Write the current repository as plain files (`DIR/repo/metadata/…`, `DIR/repo/targets/…`)
+    /// that any web server or CDN can serve and any TUF client can read.
+    Export {
+        #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+        config: PathBuf,
+        /// The directory to write into (created; files already there are kept).
+        #[arg(long = "static")]
+        dir: PathBuf,
+    },
     /// A witness for transparency logs (C2SP tlog-witness): cosigns checkpoints, only ever
     /// forward.
     Witness {
@@ -68,6 +77,20 @@ fn main() -> anyhow::Result<()> {
         Command::Quickstart(options) => {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
+        }
+        Command::Export { config, dir } => {
+            let config = ringfence_server::Config::load(&config)?;
+            let done = runtime()?.block_on(async {
+                let state = ringfence_server::open_state(config).await?;
+                ringfence_server::export::export_static(&state, &dir).await
+            })?;
+            println!(
+                "Wrote {} metadata files and {} targets under {}; serve that directory (its repo/ is what devices read at /repo/).",
+                done.metadata,
+                done.targets,
+                dir.display()
+            );
+            Ok(())
         }
         Command::Witness { command } => {
             init_logging();

@@ -18,6 +18,7 @@ pub mod device;
 pub mod device_api;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod jobs;
 pub mod notify;
 pub mod online_keys;

@@ -111,3 +111,64 @@ fn tampered_blob_and_expired_timestamp_are_refused() {
     let cause = std::error::Error::source(&err).map(|c| c.to_string()).unwrap_or_default();
     assert!(cause.contains("timestamp expired"), "{err:?}: {cause}");
 }
+
+#[test]
+fn a_static_export_is_read_by_python_tuf_from_a_plain_web_server() {
+    let server = Server::start(|_| {});
+    let content = b"exported to a mirror\n";
+    server.publish_signed("mirror.txt", content);
+    assert!(server.approve("pilot", "acme/mirror.txt").contains("is published"));
+
+    let export = server.dir.path().join("mirror");
+    let out = run_ok(
+        Command::new(crate::common::BIN)
+            .args(["export", "--config"])
+            .arg(server.data.join("ringfence.toml"))
+            .arg("--static")
+            .arg(&export),
+    );
+    assert!(out.contains("metadata files"), "{out}");
+    // What the mirror holds is what the server serves, byte for byte.
+    let served = server.device_client().get("/repo/metadata/timestamp.json").unwrap().ok().unwrap();
+    assert_eq!(std::fs::read(export.join("repo/metadata/timestamp.json")).unwrap(), served);
+
+    // Python's own web server, plain HTTP on loopback, and python-tuf reading through it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut web = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
+        .arg(&export)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the web server did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let md = server.dir.path().join("mirror-client");
+    let got = server.dir.path().join("mirror-out");
+    let answer = Command::new(crate::common::python())
+        .arg(crate::common::interop_script("tuf_client.py"))
+        .args(["--metadata-url", &format!("http://127.0.0.1:{port}/repo/metadata/")])
+        .args(["--targets-url", &format!("http://127.0.0.1:{port}/repo/targets/")])
+        .arg("--root")
+        .arg(server.data.join("1.root.json"))
+        .arg("--metadata-dir")
+        .arg(&md)
+        .arg("--ca-cert")
+        .arg(&server.ca)
+        .args(["download", "--target", "approvals/pilot/acme/mirror.txt", "--out-dir"])
+        .arg(&got)
+        .output()
+        .unwrap();
+    let _ = web.kill();
+    let _ = web.wait();
+    assert!(
+        answer.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&answer.stdout),
+        String::from_utf8_lossy(&answer.stderr)
+    );
+    assert_eq!(std::fs::read(got.join("mirror.txt")).unwrap(), content);
+}

@@ -12,6 +12,7 @@
 
 mod approve;
 mod cleanup;
+pub mod export;
 mod holds;
 mod lifecycle;
 mod publish;
