@@ -310,10 +310,11 @@ impl BlobStore {
 }
 
 /// Bytes read per chunk from a local file (object_store's local reads take 8 KiB a time, one
-/// blocking task each: a quarter of what a disk and TLS carry).
-const LOCAL_CHUNK: usize = 1 << 20;
+/// blocking task each: a quarter of what a disk and TLS carry). A download in flight holds one
+/// or two chunks.
+const LOCAL_CHUNK: usize = 256 << 10;
 
-/// A local blob file, or bytes `range` of it (checked against its length), in 1 MiB chunks.
+/// A local blob file, or bytes `range` of it (checked against its length), in 256 KiB chunks.
 async fn local_stream(path: PathBuf, range: Option<Range<u64>>) -> Result<BoxStream<'static, Result<Bytes>>> {
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let mut file = match tokio::fs::File::open(&path).await {

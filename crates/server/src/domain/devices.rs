@@ -316,11 +316,12 @@ impl Devices {
         if self.none_accepted_at.lock().is_ok_and(|at| recent(&at)) {
             return Ok(false);
         }
+        let asked = std::time::Instant::now();
         let any = self.db.has_accepted_devices().await?;
         if any {
             self.accepted_seen.store(true, Ordering::Relaxed);
         } else if let Ok(mut at) = self.none_accepted_at.lock() {
-            *at = Some(std::time::Instant::now());
+            *at = Some(asked);
         }
         Ok(any)
     }
@@ -516,9 +517,11 @@ impl Devices {
         let Some(next) = action.transition(device.state) else {
             return Err(Error::Conflict(format!("device {id} is {}", device.state.as_str())));
         };
-        self.db.set_device_state(id, next).await?;
-        // Revocation (or rejection) takes effect at once: no kept session outlives it.
-        self.sessions.drop_all();
+        {
+            // Revocation (or rejection) takes effect at once: no kept session outlives it.
+            let _changing = self.sessions.changing();
+            self.db.set_device_state(id, next).await?;
+        }
         let entry = match next {
             DeviceState::Accepted => {
                 Some(Entry::DeviceAccepted { id: id.to_owned(), public_key: device.public_key.clone() })
@@ -604,8 +607,10 @@ impl Devices {
     }
 
     pub async fn forget(&self, id: &str, actor: &str, now: i64) -> Result<()> {
-        self.db.delete_device(id).await?;
-        self.sessions.drop_all();
+        {
+            let _changing = self.sessions.changing();
+            self.db.delete_device(id).await?;
+        }
         self.audit.record(actor, "forget", &format!("device {id}"), now).await
     }
 

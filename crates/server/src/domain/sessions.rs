@@ -56,12 +56,29 @@ impl SessionCache {
         }
     }
 
+    /// A guard that drops every kept session now and again when it goes: around a change that
+    /// ends a device's sessions, so it takes effect even if the change's future is dropped
+    /// half-way (a client gone) after the database changed.
+    pub fn changing(&self) -> Changing<'_> {
+        self.drop_all();
+        Changing(self)
+    }
+
     /// A device left `accepted` or was forgotten: no kept session survives it.
     pub fn drop_all(&self) {
         if let Ok(mut kept) = self.kept.lock() {
             self.generation.fetch_add(1, Ordering::SeqCst);
             kept.clear();
         }
+    }
+}
+
+/// See [`SessionCache::changing`].
+pub struct Changing<'a>(&'a SessionCache);
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        self.0.drop_all();
     }
 }
 

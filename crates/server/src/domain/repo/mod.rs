@@ -151,7 +151,7 @@ impl Repository {
     /// Metadata changed behind this server's back (a test playing a thief who writes the
     /// database, a restore): forget the newest versions kept in memory.
     pub fn metadata_changed_elsewhere(&self) {
-        self.served.committed();
+        self.served.forget_all();
     }
 
     /// The newest version of `role` as served (0 when there is none).
@@ -300,10 +300,10 @@ impl Repository {
         for r in &records {
             log.push(metadata_entry(r)?);
         }
-        let committed = self.db.publish(&records, &clear, &log).await;
-        // Whatever happened, what was kept as newest may be old now.
-        self.served.committed();
-        committed?;
+        // What was kept as newest may be old from here on, whatever happens (even if this
+        // future is dropped while the database commits).
+        let _committing = self.served.committing();
+        self.db.publish(&records, &clear, &log).await?;
         Ok(published)
     }
 

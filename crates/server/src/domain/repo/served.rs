@@ -14,9 +14,9 @@ use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
 
-/// Versioned files kept at most; past it the map starts afresh (the newest files are asked for
-/// most, and come back at once).
-const MAX_VERSIONED: usize = 4096;
+/// Bytes of versioned files kept at most; past it the map starts afresh (the newest files are
+/// asked for most, and come back at once).
+const MAX_VERSIONED_BYTES: usize = 64 << 20;
 /// Larger files are not kept (the listing roles of a big catalog): read each time.
 const MAX_KEPT_BYTES: usize = 1 << 20;
 
@@ -48,11 +48,15 @@ impl Served {
     }
 }
 
+/// Versioned files by (role, version).
+type VersionedFiles = HashMap<(String, u64), Served>;
+
 #[derive(Debug)]
 pub struct ServedCache {
     /// Whether the newest versions may be kept (one writer: this node).
     keep_newest: bool,
-    versioned: Mutex<HashMap<(String, u64), Served>>,
+    /// The files and their total size.
+    versioned: Mutex<(VersionedFiles, usize)>,
     newest: RwLock<HashMap<String, Served>>,
     /// Commits so far: a newest version read before a commit is never kept after it.
     generation: AtomicU64,
@@ -62,7 +66,7 @@ impl ServedCache {
     pub fn new(keep_newest: bool) -> Self {
         Self {
             keep_newest,
-            versioned: Mutex::new(HashMap::new()),
+            versioned: Mutex::new((HashMap::new(), 0)),
             newest: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
         }
@@ -76,7 +80,7 @@ impl ServedCache {
 
     pub fn get(&self, role: &str, version: Option<u64>) -> Option<Served> {
         match version {
-            Some(v) => self.versioned.lock().ok()?.get(&(role.to_owned(), v)).cloned(),
+            Some(v) => self.versioned.lock().ok()?.0.get(&(role.to_owned(), v)).cloned(),
             None if self.keep_newest => self.newest.read().ok()?.get(role).cloned(),
             None => None,
         }
@@ -88,21 +92,43 @@ impl ServedCache {
         }
         match version {
             Some(v) => {
-                if let Ok(mut map) = self.versioned.lock() {
-                    if map.len() >= MAX_VERSIONED {
+                if let Ok(mut kept) = self.versioned.lock() {
+                    let (map, bytes) = &mut *kept;
+                    if *bytes + served.bytes.len() > MAX_VERSIONED_BYTES {
                         map.clear();
+                        *bytes = 0;
                     }
-                    map.insert((role.to_owned(), v), served.clone());
+                    if map.insert((role.to_owned(), v), served.clone()).is_none() {
+                        *bytes += served.bytes.len();
+                    }
                 }
             }
             None if self.keep_newest => {
                 if let Ok(mut map) = self.newest.write()
                     && self.generation() == read_at
+                    // Never an older version over a newer one another reader put.
+                    && map.get(role).is_none_or(|kept| kept.version <= served.version)
                 {
                     map.insert(role.to_owned(), served.clone());
                 }
             }
             None => {}
+        }
+    }
+
+    /// A guard that forgets the newest versions when a commit starts and again when it ends —
+    /// also when the commit's future is dropped half-way (a client gone): a commit that lands
+    /// without its caller never leaves an older newest version in memory.
+    pub fn committing(&self) -> Committing<'_> {
+        self.committed();
+        Committing(self)
+    }
+
+    /// Metadata changed outside this server (a restore): forget everything kept.
+    pub fn forget_all(&self) {
+        self.committed();
+        if let Ok(mut kept) = self.versioned.lock() {
+            *kept = (HashMap::new(), 0);
         }
     }
 
@@ -112,6 +138,15 @@ impl ServedCache {
             self.generation.fetch_add(1, Ordering::SeqCst);
             map.clear();
         }
+    }
+}
+
+/// See [`ServedCache::committing`].
+pub struct Committing<'a>(&'a ServedCache);
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        self.0.committed();
     }
 }
 
