@@ -133,7 +133,7 @@ fn a_static_export_is_read_by_python_tuf_from_a_plain_web_server() {
     assert_eq!(std::fs::read(export.join("repo/metadata/timestamp.json")).unwrap(), served);
 
     // Python's own web server, plain HTTP on loopback, and python-tuf reading through it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = crate::common::free_port();
     let mut web = Command::new("python3")
         .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string(), "--directory"])
         .arg(&export)
@@ -141,11 +141,7 @@ fn a_static_export_is_read_by_python_tuf_from_a_plain_web_server() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the web server did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    crate::common::wait_for_port(port, "the web server");
     let md = server.dir.path().join("mirror-client");
     let got = server.dir.path().join("mirror-out");
     let answer = Command::new(crate::common::python())

@@ -13,19 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{BIN, agent_bin, interop_script, python, run_ok, test_bucket, test_postgres_database};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use crate::common::{
+    BIN, agent_bin, free_port, interop_script, python, run_ok, test_bucket, test_postgres_database, wait_for_port,
+};
 
 /// A child process stopped when the test ends, however it ends: SIGTERM (so nginx stops its
 /// workers), SIGKILL if it is still there after a few seconds.

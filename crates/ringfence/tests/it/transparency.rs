@@ -7,7 +7,7 @@ use ringfence_tlog::proof::{IDENTITY_TARGET, LogIdentity};
 use ringfence_tlog::tree::{TILE_HEIGHT, split_entry_bundle, tile_path};
 
 use crate::agents::{enroll, last_report, publish_script, token};
-use crate::common::{Server, run_ok, sql, sql_column};
+use crate::common::{Server, free_port, run_ok, sql, sql_column, wait_for_port};
 
 /// The log's identity as the signed top-level targets publishes it.
 fn identity(server: &Server) -> LogIdentity {
@@ -242,16 +242,8 @@ fn start_witness(dir: &std::path::Path, log_key: &str, port: u16) -> WitnessProc
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "the witness did not listen");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_port(port, "the witness");
     WitnessProcess { child, url: format!("http://127.0.0.1:{port}/add-checkpoint") }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// POST an add-checkpoint body to a witness: (status, body).
