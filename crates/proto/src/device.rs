@@ -306,6 +306,32 @@ pub struct PreauthorizeRequest {
     pub groups: Vec<GroupName>,
 }
 
+/// Most device keys accepted by one [`PreauthorizeBatch`] (about 100 bytes each, well inside
+/// the admin body limit).
+pub const MAX_PREAUTHORIZE: usize = 5_000;
+
+/// Admin: accept many device keys before they enroll (importing a fleet), all or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreauthorizeBatch {
+    pub devices: Vec<PreauthorizeRequest>,
+}
+
+/// One device of a [`PreauthorizeBatch`] as stored: the id it enrolls and opens sessions with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreauthorizedDevice {
+    pub id: String,
+    pub public_key: String,
+}
+
+/// The answer to a [`PreauthorizeBatch`], in the order of the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreauthorizedDevices {
+    pub devices: Vec<PreauthorizedDevice>,
+}
+
 /// Admin: a device as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

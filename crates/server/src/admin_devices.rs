@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ringfence_proto::api::Scope;
-use ringfence_proto::device::{EnrollmentTokenRequest, PreauthorizeRequest};
+use ringfence_proto::device::{EnrollmentTokenRequest, PreauthorizeBatch, PreauthorizeRequest};
 
 use crate::AppState;
 use crate::admin::json_body;
@@ -24,6 +24,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
     axum::Router::new()
         .route("/api/v1/enrollment-tokens", post(create_enrollment_token))
         .route("/api/v1/devices", get(list_devices).post(preauthorize))
+        .route("/api/v1/devices/preauthorize", post(preauthorize_many))
         .route("/api/v1/devices/{id}/{action}", post(change_state))
         .route("/api/v1/devices/{id}/evidence", get(evidence))
 }
@@ -68,6 +69,14 @@ async fn preauthorize(State(state): Shared, caller: Caller, body: Body) -> ApiRe
     let request: PreauthorizeRequest = json_body(body).await?;
     let device = state.devices.preauthorize(&request, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(device)).into_response())
+}
+
+/// Many device keys at once (importing a fleet): all accepted or none.
+async fn preauthorize_many(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
+    caller.require(&[Scope::Admin])?;
+    let batch: PreauthorizeBatch = json_body(body).await?;
+    let devices = state.devices.preauthorize_many(&batch, &caller.actor(), crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(devices)).into_response())
 }
 
 async fn change_state(

@@ -157,6 +157,9 @@ pub(crate) fn test_device(i: usize, groups: &[&str]) -> DeviceRecord {
 pub trait DeviceStore: Send + Sync + 'static {
     /// `Conflict` if a device with this key exists.
     async fn insert_device(&self, device: &DeviceRecord) -> Result<()>;
+    /// Store many devices and queue the log entries that record them, in one transaction:
+    /// `Conflict` (and nothing written) if any key or id exists.
+    async fn insert_devices(&self, devices: &[DeviceRecord], log_entries: &[Vec<u8>]) -> Result<()>;
     async fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
     async fn device_by_key(&self, public_key: &str) -> Result<Option<DeviceRecord>>;
     /// One page of devices, ordered by id.
@@ -296,6 +299,16 @@ impl DeviceStore for SqlStore {
         // The device and its groups' counts together.
         let mut tx = self.pool.begin().await?;
         insert_device_row(&mut tx, d, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_devices(&self, devices: &[DeviceRecord], log_entries: &[Vec<u8>]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for d in devices {
+            insert_device_row(&mut tx, d, None).await?;
+        }
+        crate::log::queue_in(&mut tx, log_entries).await?;
         tx.commit().await?;
         Ok(())
     }

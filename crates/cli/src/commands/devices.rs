@@ -38,6 +38,25 @@ pub enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Accept device keys before the devices enroll (importing a fleet): each key becomes an
+    /// accepted device in the groups given, and may open sessions at once. Keys are sent
+    /// 5,000 to a request, each request all or nothing. Prints each device's id and key.
+    Preauthorize {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[arg(long = "group", required = true)]
+        groups: Vec<String>,
+        /// A device's ed25519 public key (64 hex characters, as `ringfence-agent status` shows
+        /// it); repeat for more.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// A file of keys, one per line (blank lines and lines starting with '#' ignored).
+        #[arg(long)]
+        keys_file: Option<std::path::PathBuf>,
+        /// Print JSON (for scripts): one array of every device stored.
+        #[arg(long)]
+        json: bool,
+    },
     /// Accept a pending device.
     Accept {
         #[command(flatten)]
@@ -94,6 +113,9 @@ pub fn run(command: DeviceCommand) -> anyhow::Result<()> {
                 names.join(", "),
                 output::time(created.expires_at)
             );
+        }
+        DeviceCommand::Preauthorize { server, groups, keys, keys_file, json } => {
+            preauthorize(&server, &groups, keys, keys_file.as_deref(), json)?
         }
         DeviceCommand::List { server, state, limit, json } => list(&server, state.as_deref(), limit, json)?,
         DeviceCommand::Accept { server, id } => change(&server, &id, "accept", "is accepted: it may open sessions")?,
@@ -177,6 +199,46 @@ fn print_devices(devices: &[DeviceInfo], header: bool) {
             println!("    {}: {}{reason}", u.target, u.state.as_str());
         }
     }
+}
+
+fn preauthorize(
+    server: &ServerArgs,
+    groups: &[String],
+    mut keys: Vec<String>,
+    keys_file: Option<&std::path::Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use ringfence_proto::device::{MAX_PREAUTHORIZE, PreauthorizeBatch, PreauthorizeRequest, PreauthorizedDevices};
+    let groups = groups.iter().map(|g| GroupName::parse(g)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = keys_file {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        keys.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned));
+    }
+    anyhow::ensure!(!keys.is_empty(), "no keys: give --key or --keys-file");
+    let client = client(server)?;
+    let mut stored = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(MAX_PREAUTHORIZE) {
+        let devices =
+            chunk.iter().map(|k| PreauthorizeRequest { public_key: k.clone(), groups: groups.clone() }).collect();
+        let answer = client.send_json("POST", "/api/v1/devices/preauthorize", &PreauthorizeBatch { devices })?;
+        let body = answer.ok().map_err(|e| {
+            anyhow::anyhow!("{e} ({} devices stored before this request, none of its {})", stored.len(), chunk.len())
+        })?;
+        let batch: PreauthorizedDevices = serde_json::from_slice(&body)?;
+        stored.extend(batch.devices);
+    }
+    if json {
+        return output::json(&stored);
+    }
+    for d in &stored {
+        println!("{} {}", d.id, d.public_key);
+    }
+    eprintln!(
+        "{} devices accepted in {}",
+        stored.len(),
+        groups.iter().map(|g| g.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
 }
 
 fn change(server: &ServerArgs, id: &str, action: &str, outcome: &str) -> anyhow::Result<()> {

@@ -260,3 +260,79 @@ fn a_saturated_device_listener_answers_503_with_retry_after() {
     drop(held);
     assert_eq!(device.send_json("POST", "/device/v1/challenge", &json!({"device_id": "x"})).unwrap().status, 401);
 }
+
+#[test]
+fn preauthorized_keys_open_sessions_at_once_and_a_bad_batch_changes_nothing() {
+    let server = Server::start(|_| {});
+    let device = server.device_client();
+    let store = &server.db;
+    let count = || server.runtime.block_on(store.count_devices()).unwrap();
+    let keys: Vec<SigningKey> = (0..4).map(|_| SigningKey::generate()).collect();
+    let pubs: Vec<String> = keys.iter().map(public_hex).collect();
+
+    // Two keys on the command line, one from a file (comments and blank lines ignored).
+    let out = crate::common::run_ok(server.cli().args([
+        "device",
+        "preauthorize",
+        "--group",
+        "pilot",
+        "--json",
+        "--key",
+        &pubs[0],
+        "--key",
+        &pubs[1],
+    ]));
+    let first: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(first.len(), 2);
+    let file = server.dir.path().join("keys.txt");
+    std::fs::write(&file, format!("# the lab\n\n{}\n", pubs[2].to_uppercase())).unwrap();
+    let out = crate::common::run_ok(
+        server.cli().args(["device", "preauthorize", "--group", "pilot", "--keys-file"]).arg(&file),
+    );
+    let (id2, key2) = out.trim().split_once(' ').unwrap();
+    assert_eq!(key2, pubs[2], "stored in lower case");
+    assert_eq!(count(), 3);
+
+    // Each opens a session with its own key and checks in, without enrolling first.
+    let ids: Vec<String> = first.iter().map(|d| d["id"].as_str().unwrap().to_owned()).chain([id2.to_owned()]).collect();
+    for (d, key) in first.iter().zip(&pubs) {
+        assert_eq!(&d["public_key"], key);
+    }
+    let devices: Vec<Device> = keys.into_iter().zip(ids).map(|(key, id)| Device { key, id }).collect();
+    for d in &devices {
+        let token = open_session(&device, d);
+        let body = json!({"inventory": inventory(), "timestamp_version": 0});
+        assert_eq!(device.with_token(&token).send_json("POST", "/device/v1/checkin", &body).unwrap().status, 200);
+        let stored = server.runtime.block_on(store.device(&d.id)).unwrap().unwrap();
+        assert_eq!(stored.groups, vec!["pilot".to_owned()]);
+    }
+
+    // Refused batches are refused whole: a known key among new ones, a key twice, a bad key,
+    // none, too many, a bad group; the new key is not stored by any of them.
+    let admin = server.admin();
+    let new = pubs[3].clone();
+    let entry = |k: &str| json!({"public_key": k, "groups": ["pilot"]});
+    let too_many: Vec<Value> = (0..5_001).map(|_| entry(&"00".repeat(32))).collect();
+    let cases = [
+        (json!({"devices": [entry(&new), entry(&pubs[0])]}), 409, "exists"),
+        (json!({"devices": [entry(&new), entry(&new.to_uppercase())]}), 400, "devices[1].public_key: listed twice"),
+        (json!({"devices": [entry(&new), entry("zz")]}), 400, "devices[1]"),
+        (json!({"devices": []}), 400, "1 to 5000"),
+        (json!({"devices": too_many}), 400, "1 to 5000"),
+        (json!({"devices": [{"public_key": new, "groups": ["../x"]}]}), 400, "groups"),
+        (json!({"devices": [entry(&new)], "$type": "x"}), 400, "unknown field"),
+    ];
+    for (body, status, says) in cases {
+        let answer = admin.send_json("POST", "/api/v1/devices/preauthorize", &body).unwrap();
+        assert_eq!(answer.status, status, "{}", answer.text());
+        assert!(answer.text().contains(says), "{} does not say {says}", answer.text());
+        assert_eq!(count(), 3);
+        assert!(server.runtime.block_on(store.device_by_key(&new)).unwrap().is_none());
+    }
+    // Only an admin may; without a token nothing is read.
+    let anonymous = server.client(None);
+    let answer =
+        anonymous.send_json("POST", "/api/v1/devices/preauthorize", &json!({"devices": [entry(&new)]})).unwrap();
+    assert_eq!(answer.status, 401);
+    assert_eq!(count(), 3);
+}

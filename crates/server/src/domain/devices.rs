@@ -16,8 +16,9 @@ use ringfence_proto::GroupName;
 use ringfence_proto::api::{ForgottenDevice, StaleDevice};
 use ringfence_proto::device::{
     ChallengeResponse, CheckinRequest, CheckinResponse, DeviceInfo, EnrollRequest, EnrollResponse, EnrollState,
-    EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, PreauthorizeRequest, ReportBatch, ReportEvidence,
-    ReportState, ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, report_batch_message,
+    EnrollmentTokenCreated, EnrollmentTokenRequest, Inventory, MAX_PREAUTHORIZE, PreauthorizeBatch,
+    PreauthorizeRequest, PreauthorizedDevice, PreauthorizedDevices, ReportBatch, ReportEvidence, ReportState,
+    ReportsAck, SessionRequest, SessionResponse, StatusReport, enrollment_message, report_batch_message,
     session_message,
 };
 use ringfence_store::{
@@ -505,6 +506,55 @@ impl Devices {
         let detail = format!("device {} groups {:?}", device.id, device.groups);
         self.audit.record(actor, "preauthorize", &detail, now).await?;
         self.info(device).await
+    }
+
+    /// Register many device keys an administrator vouches for, all or none: at most
+    /// [`MAX_PREAUTHORIZE`], no key twice, none already known (`Conflict`, nothing stored).
+    /// The log entries that record them are queued in the same transaction; one audit record
+    /// names how many and the groups.
+    pub async fn preauthorize_many(
+        &self,
+        batch: &PreauthorizeBatch,
+        actor: &str,
+        now: i64,
+    ) -> Result<PreauthorizedDevices> {
+        if batch.devices.is_empty() || batch.devices.len() > MAX_PREAUTHORIZE {
+            return Err(Error::invalid(format!("devices: 1 to {MAX_PREAUTHORIZE} per request")));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut devices = Vec::with_capacity(batch.devices.len());
+        let mut entries = Vec::with_capacity(batch.devices.len());
+        let mut groups: BTreeMap<String, u64> = BTreeMap::new();
+        for (n, request) in batch.devices.iter().enumerate() {
+            parse_public_key(&request.public_key).map_err(|e| Error::invalid(format!("devices[{n}]: {e}")))?;
+            let public_key = request.public_key.to_ascii_lowercase();
+            if !seen.insert(public_key.clone()) {
+                return Err(Error::invalid(format!("devices[{n}].public_key: listed twice")));
+            }
+            for g in &request.groups {
+                *groups.entry(g.to_string()).or_default() += 1;
+            }
+            let device = DeviceRecord {
+                id: random_hex(16),
+                public_key,
+                state: DeviceState::Accepted,
+                groups: request.groups.iter().map(|g| g.to_string()).collect(),
+                hostname: String::new(),
+                inventory: "{}".into(),
+                enrolled_at: now,
+                last_checkin: None,
+                timestamp_version: None,
+            };
+            let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
+            entries.push(entry.to_bytes().map_err(Error::internal)?);
+            devices.push(device);
+        }
+        self.db.insert_devices(&devices, &entries).await?;
+        self.accepted_one();
+        let detail = format!("{} devices, groups {groups:?}", devices.len());
+        self.audit.record(actor, "preauthorize", &detail, now).await?;
+        let devices = devices.into_iter().map(|d| PreauthorizedDevice { id: d.id, public_key: d.public_key }).collect();
+        Ok(PreauthorizedDevices { devices })
     }
 
     /// Accept, reject or revoke a device; `Conflict` when its state does not allow it.
