@@ -31,6 +31,8 @@ fn crates_depend_only_on_what_the_layering_allows() {
         ("server", &["proto", "trust", "tlog", "store"][..]),
         ("cli", &["proto", "trust", "tlog", "client-net"][..]),
         ("agent", &["proto", "trust", "tlog", "client-net"][..]),
+        // The fleet simulator speaks to the server only as devices and an admin do.
+        ("bench", &["proto", "trust", "client-net"][..]),
         // The binary reaches the store only through the server (tests may open it directly).
         ("ringfence", &["proto", "trust", "tlog", "server", "cli"][..]),
     ]);
