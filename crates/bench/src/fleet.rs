@@ -37,7 +37,11 @@ pub fn keys(seed: u64, count: u64) -> Vec<SigningKey> {
     let per = count.div_ceil(threads.max(1));
     std::thread::scope(|scope| {
         let parts: Vec<_> = (0..threads)
-            .map(|t| scope.spawn(move || (t * per..((t + 1) * per).min(count)).map(|i| device_key(seed, i)).collect::<Vec<_>>()))
+            .map(|t| {
+                scope.spawn(move || {
+                    (t * per..((t + 1) * per).min(count)).map(|i| device_key(seed, i)).collect::<Vec<_>>()
+                })
+            })
             .collect();
         parts.into_iter().flat_map(|p| p.join().unwrap_or_default()).collect::<Vec<SigningKey>>()
     })

@@ -160,7 +160,7 @@ fn watch(
             *peak = (*peak).max(rss);
         }
         tick += 1;
-        if shown && tick % 3 == 0 {
+        if shown && tick.is_multiple_of(3) {
             let elapsed = start.elapsed().as_secs_f64();
             let by_time = elapsed / limits.seconds.max(1e-9);
             let done = ok.load(Ordering::Relaxed);
@@ -222,7 +222,8 @@ mod tests {
     fn a_phase_stops_at_its_count_and_counts_failures_by_kind() {
         let limits = Limits { seconds: 30.0, count: Some(100), rate: None, connections: 4 };
         let connect = || Ok(ureq::Agent::new_with_defaults());
-        let tally = run("t", limits, None, connect, |_, k| if k % 10 == 0 { Err("odd".into()) } else { Ok(3) }).unwrap();
+        let tally =
+            run("t", limits, None, connect, |_, k| if k % 10 == 0 { Err("odd".into()) } else { Ok(3) }).unwrap();
         assert_eq!(tally.ok, 90);
         assert_eq!(tally.errors.get("odd"), Some(&10));
         assert_eq!(tally.bytes, 270);

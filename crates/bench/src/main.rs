@@ -252,12 +252,17 @@ fn run(args: Args) -> anyhow::Result<()> {
     let devices = fleet::preauthorize(&connect(&target.ca)?, &target.admin_url, &target.token, &group, keys)?;
     let preauthorize_seconds = started.elapsed().as_secs_f64();
     eprintln!("opening sessions for {active} devices");
-    let setup_limits =
-        Limits { seconds: MAX_SECONDS, count: Some(active), rate: None, connections: args.connections };
-    let sessions = load::run("sessions", setup_limits, target.probe.as_ref(), || connect(&target.ca), |agent, k| {
-        let device = devices.get(k as usize).ok_or("no such device")?;
-        fleet::open_session(agent, &target.device_url, device)
-    })?;
+    let setup_limits = Limits { seconds: MAX_SECONDS, count: Some(active), rate: None, connections: args.connections };
+    let sessions = load::run(
+        "sessions",
+        setup_limits,
+        target.probe.as_ref(),
+        || connect(&target.ca),
+        |agent, k| {
+            let device = devices.get(k as usize).ok_or("no such device")?;
+            fleet::open_session(agent, &target.device_url, device)
+        },
+    )?;
     let sessions = Phase::from("sessions", sessions);
     let ready: Vec<&Device> = devices.iter().filter(|d| d.session.get().is_some()).collect();
     let some_session = ready
@@ -335,7 +340,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     print_tables(&run);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&run)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_vec_pretty(&run)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     drop(own_server);
     Ok(())
@@ -401,7 +407,9 @@ fn print_tables(run: &Run) {
         run.setup.preauthorized, run.setup.preauthorize_seconds, run.setup.preauthorized_per_second
     );
     println!();
-    println!("| phase | ok | failed | per second | p50 ms | p99 ms | p99.9 ms | max ms | MiB/s | server CPU (cores) | server RSS peak (MiB) |");
+    println!(
+        "| phase | ok | failed | per second | p50 ms | p99 ms | p99.9 ms | max ms | MiB/s | server CPU (cores) | server RSS peak (MiB) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!("{}", row(&run.setup.sessions));
     for p in &run.phases {

@@ -19,6 +19,7 @@ mod interop;
 mod layering;
 mod scale_out;
 mod signer_review;
+mod simulator;
 mod stolen_server;
 mod tough_interop;
 mod transparency;
