@@ -18,19 +18,86 @@ use ringfence_trust::writer::{self, RoleKeySet};
 use ringfence_trust::{Envelope, SigningKey};
 
 const SAMPLES: usize = 21;
+const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
+
+/// What one catalog size measured.
+struct Measured {
+    durable: Vec<f64>,
+    in_memory: Vec<f64>,
+    rewritten: usize,
+    snapshot: usize,
+    files: usize,
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let baseline = python_tuf();
+    let mut rows = Vec::new();
+    for n in SIZES {
+        rows.push((n, runtime.block_on(bench(n))));
+    }
     println!(
-        "| catalog | median publish (ms) | min (ms) | max (ms) | metadata rewritten per publish (bytes) | of which snapshot | files rewritten |"
+        "| catalog | durable publish median (ms) | min | max | metadata rewritten (bytes) | of which snapshot | files rewritten |"
     );
     println!("|---|---|---|---|---|---|---|");
-    for n in [1_000usize, 10_000, 100_000] {
-        runtime.block_on(bench(n));
+    for (n, m) in &rows {
+        let (median, min, max) = stats(&m.durable);
+        println!("| {n} | {median:.2} | {min:.2} | {max:.2} | {} | {} | {} |", m.rewritten, m.snapshot, m.files);
+    }
+    println!();
+    println!(
+        "| catalog | Ringfence in memory median (ms) | python-tuf Metadata API median (ms) | python-tuf / Ringfence | python-tuf bytes |"
+    );
+    println!("|---|---|---|---|---|");
+    for (n, m) in &rows {
+        let (ours, _, _) = stats(&m.in_memory);
+        match baseline.iter().find(|b| b.0 == *n) {
+            Some((_, theirs, bytes)) => println!("| {n} | {ours:.3} | {theirs:.3} | {:.1}× | {bytes} |", theirs / ours),
+            None => println!("| {n} | {ours:.3} | (python-tuf not run) | - | - |"),
+        }
     }
 }
 
-async fn bench(n: usize) {
+/// Median, min, max of samples.
+fn stats(samples: &[f64]) -> (f64, f64, f64) {
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    (s[s.len() / 2], s[0], s[s.len() - 1])
+}
+
+/// python-tuf's Metadata API doing the same edit (tests/interop/maintenance_bench.py), run
+/// first in this invocation: (catalog, median ms, bytes written) per size. Empty when the
+/// interop virtual environment is missing (`scripts/test` or `scripts/bench` creates it).
+fn python_tuf() -> Vec<(usize, f64, u64)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let python = std::env::var_os("RINGFENCE_PYTHON").map_or(root.join(".venv/bin/python"), Into::into);
+    let sizes = SIZES.map(|n| n.to_string()).join(",");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/interop/maintenance_bench.py"))
+        .args([sizes, SAMPLES.to_string()])
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => panic!("python-tuf baseline failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            eprintln!("python-tuf baseline not run ({}: {e})", python.display());
+            return Vec::new();
+        }
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).expect("baseline line");
+            (
+                v["catalog"].as_u64().expect("catalog") as usize,
+                v["median_ms"].as_f64().expect("median"),
+                v["bytes"].as_u64().expect("bytes"),
+            )
+        })
+        .collect()
+}
+
+async fn bench(n: usize) -> Measured {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = Config::with_data_dir(dir.path().to_path_buf());
     let online = config.online_key_dir();
@@ -71,11 +138,15 @@ async fn bench(n: usize) {
             env.signed.targets.insert(path, writer::target_file(content.len() as u64, &sha, None));
         }
     }
+    let mut signed_bins = std::collections::BTreeMap::new();
     for (name, env) in bins {
         let mut env = Envelope::new(env.signed).expect("env");
         env.sign(&publisher);
-        roles.push((name, env.to_bytes().expect("bytes")));
+        let bytes = env.to_bytes().expect("bytes");
+        roles.push((name.clone(), bytes));
+        signed_bins.insert(name.to_string(), env);
     }
+    let in_memory = in_memory(signed_bins, &publisher, &snapshot, &timestamp, expires);
     let state = ringfence_server::open_state(config).await.expect("state");
     state.repo.bootstrap(&root.to_bytes().expect("root bytes"), &roles, now).await.expect("bootstrap");
     let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
@@ -126,15 +197,66 @@ async fn bench(n: usize) {
         }
         rewritten.push(bytes);
     }
-    times.sort_by(|a, b| a.total_cmp(b));
     rewritten.sort();
     snapshot_bytes.sort();
-    println!(
-        "| {n} | {:.2} | {:.2} | {:.2} | {} | {} | {files} |",
-        times[SAMPLES / 2],
-        times[0],
-        times[SAMPLES - 1],
-        rewritten[SAMPLES / 2],
-        snapshot_bytes[SAMPLES / 2]
-    );
+    Measured {
+        durable: times,
+        in_memory,
+        rewritten: rewritten[SAMPLES / 2],
+        snapshot: snapshot_bytes[SAMPLES / 2],
+        files,
+    }
+}
+
+/// The edit python-tuf's baseline makes, with Ringfence's trust crate, in memory: add a target
+/// to its bin, new version, re-sign and serialize; the snapshot with the bin's new version and
+/// length, re-signed and serialized; the timestamp naming it. Milliseconds per sample.
+fn in_memory(
+    mut bins: std::collections::BTreeMap<String, Envelope<ringfence_proto::tuf::Targets>>,
+    publisher: &SigningKey,
+    snapshot_key: &SigningKey,
+    timestamp_key: &SigningKey,
+    expires: i64,
+) -> Vec<f64> {
+    let content = b"benchmark payload";
+    let sha = Sha256Hex::parse(&ringfence_trust::sha256_hex(content)).expect("sha");
+    let mut lengths: Vec<(String, u64, u64)> =
+        bins.iter().map(|(name, env)| (name.clone(), 1, env.to_bytes().expect("bytes").len() as u64)).collect();
+    // The roles above the bins are in the snapshot too (as in the baseline).
+    lengths.extend([("targets".to_owned(), 1, 1_000), ("publisher.acme".to_owned(), 1, 1_000)]);
+    let mut snapshot = Envelope::new(writer::next_snapshot(None, 1, expires, &lengths)).expect("snapshot");
+    let mut timestamp_version = 1;
+    let mut times = Vec::new();
+    for i in 0..SAMPLES {
+        let path = format!("acme/new-{i}.bin");
+        let started = Instant::now();
+        let prefix = ringfence_trust::paths::bin_prefix_of(&path, ceremony::DEFAULT_BIN_PREFIX_LEN);
+        let name = format!("publisher.acme.{prefix}");
+        let bin = bins.remove(&name).expect("bin");
+        let mut signed = bin.signed;
+        signed.targets.insert(path, writer::target_file(content.len() as u64, &sha, None));
+        signed.version += 1;
+        let version = signed.version;
+        let mut bin = Envelope::new(signed).expect("bin");
+        bin.sign(publisher);
+        let bin_bytes = bin.to_bytes().expect("bytes");
+        let next = writer::next_snapshot(
+            Some(&snapshot.signed),
+            snapshot.signed.version + 1,
+            expires,
+            &[(name.clone(), version, bin_bytes.len() as u64)],
+        );
+        snapshot = Envelope::new(next).expect("snapshot");
+        snapshot.sign(snapshot_key);
+        let snap_bytes = snapshot.to_bytes().expect("bytes");
+        timestamp_version += 1;
+        let mut ts = Envelope::new(writer::timestamp(timestamp_version, expires, snapshot.signed.version, &snap_bytes))
+            .expect("ts");
+        ts.sign(timestamp_key);
+        let ts_bytes = ts.to_bytes().expect("bytes");
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(!ts_bytes.is_empty());
+        bins.insert(name, bin);
+    }
+    times
 }

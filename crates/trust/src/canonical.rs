@@ -19,10 +19,10 @@ pub fn encode(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out)
 }
 
-/// Serialize any value to canonical JSON through `serde_json::Value`.
+/// Serialize any value to canonical JSON: the bytes `encode` gives for the value's JSON tree,
+/// written without building the tree (`canonical_ser`).
 pub fn to_canonical<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CanonicalEncodeError> {
-    let value = serde_json::to_value(value).map_err(|e| CanonicalEncodeError::Serialize(e.to_string()))?;
-    Ok(encode(&value)?)
+    crate::canonical_ser::to_canonical(value)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,10 +39,12 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
         Value::Bool(true) => out.extend_from_slice(b"true"),
         Value::Bool(false) => out.extend_from_slice(b"false"),
         Value::Number(n) => {
+            // Written straight into `out` (writing to a Vec cannot fail).
+            use std::io::Write;
             if let Some(i) = n.as_i64() {
-                out.extend_from_slice(i.to_string().as_bytes());
+                let _ = write!(out, "{i}");
             } else if let Some(u) = n.as_u64() {
-                out.extend_from_slice(u.to_string().as_bytes());
+                let _ = write!(out, "{u}");
             } else {
                 return Err(CanonicalError::Float(n.to_string()));
             }
@@ -59,16 +61,15 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
             out.push(b']');
         }
         Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
             out.push(b'{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_string(key, out);
-                out.push(b':');
-                write_value(item, out)?;
+            // A map that iterates in byte order already (serde_json's default map does) is
+            // written as it is; another is sorted first.
+            if map.keys().is_sorted_by(|a, b| a.as_bytes() <= b.as_bytes()) {
+                write_entries(map.iter(), out)?;
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+                write_entries(entries.into_iter(), out)?;
             }
             out.push(b'}');
         }
@@ -76,15 +77,43 @@ fn write_value(value: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
     Ok(())
 }
 
-fn write_string(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
-    for b in s.bytes() {
-        if b == b'"' || b == b'\\' {
-            out.push(b'\\');
+fn write_entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    out: &mut Vec<u8>,
+) -> Result<(), CanonicalError> {
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        out.push(b);
+        write_string(key, out);
+        out.push(b':');
+        write_value(item, out)?;
     }
+    Ok(())
+}
+
+/// `s` as a canonical JSON string (only `"` and a backslash escaped).
+pub(crate) fn write_string(s: &str, out: &mut Vec<u8>) {
+    out.reserve(s.len() + 2);
     out.push(b'"');
+    write_string_content(s, out);
+    out.push(b'"');
+}
+
+/// The inside of [`write_string`]'s string, copied in runs between the characters that need
+/// escaping.
+pub(crate) fn write_string_content(s: &str, out: &mut Vec<u8>) {
+    let mut rest = s.as_bytes();
+    while let Some(at) = rest.iter().position(|b| *b == b'"' || *b == b'\\') {
+        let (run, tail) = rest.split_at(at);
+        out.extend_from_slice(run);
+        out.push(b'\\');
+        // `tail` starts with the character to escape: it is copied with the next run.
+        let (escaped, after) = tail.split_at(1);
+        out.extend_from_slice(escaped);
+        rest = after;
+    }
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]

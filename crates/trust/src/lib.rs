@@ -4,6 +4,7 @@
 //! **Invariant:** this crate does no I/O and never reads the clock; callers pass `now`.
 
 pub mod canonical;
+mod canonical_ser;
 pub mod client;
 pub mod digest;
 pub mod envelope;
