@@ -75,9 +75,18 @@ struct Args {
     /// The group the devices join (its approvals are what the reports name).
     #[arg(long, default_value = "pilot")]
     group: String,
-    /// Phases to run, in order: checkin, refresh, reports, download, range.
+    /// Phases to run, in order: checkin, storm, refresh, reports, download, range. `storm` is
+    /// `checkin` paced at `--storm-rate` whatever `--rate` says.
     #[arg(long, value_delimiter = ',', default_value = "checkin,refresh,reports,download,range")]
     phases: Vec<String>,
+    /// Check-ins per second of the `storm` phase (default: the whole enrolled fleet within 15
+    /// minutes, as after Patch Tuesday).
+    #[arg(long)]
+    storm_rate: Option<f64>,
+    /// Write the active devices' session tokens here, one per line (for driving the same
+    /// sessions with another load generator, such as wrk).
+    #[arg(long)]
+    sessions_out: Option<PathBuf>,
     /// Seconds per phase (at most 600).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -128,6 +137,8 @@ struct Setup {
 #[derive(Debug, Serialize)]
 struct Phase {
     name: String,
+    /// The pace aimed at (operations per second); none: as fast as possible.
+    target_rate: Option<f64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
     seconds: f64,
@@ -148,11 +159,12 @@ struct Latency {
 }
 
 impl Phase {
-    fn from(name: &str, t: Tally) -> Phase {
+    fn from(name: &str, target_rate: Option<f64>, t: Tally) -> Phase {
         let q = |x| load::quantile_ms(&t.latencies_us, x);
         let seconds = t.seconds.max(1e-9);
         Phase {
             name: name.to_owned(),
+            target_rate,
             ok: t.ok,
             per_second: t.ok as f64 / seconds,
             latency_ms: Latency { p50: q(0.5), p90: q(0.9), p99: q(0.99), p999: q(0.999), max: q(1.0) },
@@ -202,8 +214,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate.is_none_or(|r| r > 0.0), "--rate: more than 0");
     for p in &args.phases {
         anyhow::ensure!(
-            ["checkin", "refresh", "reports", "download", "range"].contains(&p.as_str()),
-            "--phases: checkin, refresh, reports, download or range, not {p}"
+            ["checkin", "storm", "refresh", "reports", "download", "range"].contains(&p.as_str()),
+            "--phases: checkin, storm, refresh, reports, download or range, not {p}"
         );
     }
     let group = ringfence_proto::GroupName::parse(&args.group)?;
@@ -263,12 +275,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             fleet::open_session(agent, &target.device_url, device)
         },
     )?;
-    let sessions = Phase::from("sessions", sessions);
+    let sessions = Phase::from("sessions", None, sessions);
     let ready: Vec<&Device> = devices.iter().filter(|d| d.session.get().is_some()).collect();
     let some_session = ready
         .first()
         .and_then(|d| d.session.get())
         .with_context(|| format!("no device could open a session: {:?}", sessions.errors))?;
+    if let Some(path) = &args.sessions_out {
+        let lines: String = ready.iter().filter_map(|d| d.session.get()).map(|t| format!("{t}\n")).collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     if let Some((path, size)) = target.content.as_mut()
         && *size == 0
     {
@@ -277,6 +293,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let mut phases = Vec::new();
     let limits = Limits { seconds: args.seconds, count: args.requests, rate: args.rate, connections: args.connections };
+    let storm_rate = args.storm_rate.unwrap_or(args.devices as f64 / 900.0);
+    anyhow::ensure!(storm_rate > 0.0, "--storm-rate: more than 0");
     let now = clock_seconds();
     let report_target = format!("approvals/{}/acme/bench.bin", args.group);
     for name in &args.phases {
@@ -293,7 +311,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         let op = |agent: &ureq::Agent, k: u64| -> load::Outcome {
             match name.as_str() {
-                "checkin" => {
+                "checkin" | "storm" => {
                     let (i, d) = nth(k)?;
                     let answer = fleet::check_in(agent, url, d, i, current)?;
                     if answer.changed { Err("change announced".into()) } else { Ok(0) }
@@ -316,8 +334,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         };
+        let limits = if name == "storm" { Limits { rate: Some(storm_rate), ..limits } } else { limits };
         let tally = load::run(name, limits, target.probe.as_ref(), || connect(&target.ca), op)?;
-        let phase = Phase::from(name, tally);
+        let phase = Phase::from(name, limits.rate, tally);
         eprintln!("{}", row(&phase));
         phases.push(phase);
     }

@@ -488,8 +488,9 @@ impl ser::SerializeStructVariant for Object<'_> {
     }
 }
 
-/// A map key's escaped bytes: a string (integers and unit variants become strings, as
-/// `to_value` makes them); anything else is refused.
+/// A map key's escaped bytes: a string (integers, booleans and unit variants become strings, as
+/// `to_value` makes them); anything else is refused — floating-point keys too, which `to_value`
+/// would write (no metadata has them).
 struct KeyWriter<'a> {
     out: &'a mut Vec<u8>,
 }
@@ -548,8 +549,18 @@ impl ser::Serializer for KeyWriter<'_> {
     fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _name: &'static str, value: &T) -> Result<()> {
         value.serialize(self)
     }
-    fn serialize_bool(self, _v: bool) -> Result<()> {
-        Err(key_error())
+    fn serialize_bool(self, v: bool) -> Result<()> {
+        self.out.extend_from_slice(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<()> {
+        integer(self.out, v)
+    }
+    fn serialize_u128(self, v: u128) -> Result<()> {
+        match i128::try_from(v) {
+            Ok(v) => integer(self.out, v),
+            Err(_) => Err(key_error()),
+        }
     }
     fn serialize_f32(self, _v: f32) -> Result<()> {
         Err(key_error())
@@ -648,6 +659,28 @@ mod tests {
         })
     }
 
+    /// Keys for flattened maps: often the name of a field the struct has already (a duplicate,
+    /// which must keep the last value), else any short text — `"` and `\\` and the characters
+    /// between them in byte order included.
+    fn field_or_other() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec![
+                "length",
+                "hashes",
+                "custom",
+                "version",
+                "expires",
+                "_type",
+                "spec_version",
+                "targets",
+                "meta",
+            ])
+            .prop_map(str::to_owned),
+            "(?s)[a-z_\"\\\\ #A0\\[\\]]{0,8}",
+            "(?s).{0,6}",
+        ]
+    }
+
     proptest! {
         #[test]
         fn any_json_value_encodes_as_through_a_tree(v in arb_json()) {
@@ -658,7 +691,7 @@ mod tests {
         /// values and keys that sort in surprising places.
         #[test]
         fn metadata_encodes_as_through_a_tree(
-            extra in prop::collection::btree_map("(?s)[a-z_\"\\\\ ]{0,8}", arb_json(), 0..4),
+            extra in prop::collection::btree_map(field_or_other(), arb_json(), 0..5),
             custom in prop::option::of(arb_json()),
             paths in prop::collection::vec("(?s).{1,16}", 0..6),
             version in any::<u64>(),
@@ -745,6 +778,25 @@ mod tests {
         assert_eq!(to_canonical(bytes).unwrap(), reference(bytes).unwrap());
         let numeric_keys: std::collections::BTreeMap<u32, bool> = [(10, true), (9, false)].into();
         assert_eq!(to_canonical(&numeric_keys).unwrap(), reference(&numeric_keys).unwrap());
+        let bool_keys: std::collections::BTreeMap<bool, u8> = [(true, 1), (false, 0)].into();
+        assert_eq!(to_canonical(&bool_keys).unwrap(), reference(&bool_keys).unwrap());
+        let wide_keys: std::collections::BTreeMap<i128, u8> = [(-5, 1), (7, 0)].into();
+        assert_eq!(to_canonical(&wide_keys).unwrap(), reference(&wide_keys).unwrap());
+        for n in [i128::from(i64::MIN), i128::from(i64::MIN) - 1, i128::from(u64::MAX), i128::from(u64::MAX) + 1, 0, -1]
+        {
+            assert_eq!(to_canonical(&n).ok(), reference(&n).ok(), "{n}");
+        }
+        assert_eq!(to_canonical(&u128::from(u64::MAX)).unwrap(), reference(&u128::from(u64::MAX)).unwrap());
+        assert!(to_canonical(&(u128::from(u64::MAX) + 1)).is_err());
+        // A duplicate whose first value is an out-of-order object, with siblings after it.
+        let mut file =
+            crate::writer::target_file(3, &ringfence_proto::Sha256Hex::parse(&"cd".repeat(32)).unwrap(), None);
+        file.unrecognized.insert("hashes".into(), json!({"z": {"b": 1, "a": [2, {"d": 0, "c": 1}]}, "a": 1}));
+        file.unrecognized.insert("zz".into(), json!({"y": 1, "x": 2}));
+        let mut targets: std::collections::BTreeMap<String, ringfence_proto::tuf::TargetFile> = Default::default();
+        targets.insert("b\"#".into(), file.clone());
+        targets.insert("a\\".into(), file);
+        assert_eq!(to_canonical(&targets).unwrap(), reference(&targets).unwrap());
         let bad_keys: std::collections::BTreeMap<(u8, u8), bool> = [((1, 2), true)].into();
         assert!(to_canonical(&bad_keys).is_err() && reference(&bad_keys).is_err());
     }

@@ -49,7 +49,8 @@ pub struct Envelope<T> {
     pub signed: T,
     pub signatures: Vec<Signature>,
     /// The `signed` object as a JSON tree: as received for a parsed document; for one built
-    /// here, made from `signed` when first asked for (only the signer's review asks).
+    /// here, read back from the canonical bytes when first asked for (only the signer's review
+    /// asks), so it always shows what is signed.
     signed_value: OnceLock<Value>,
     canonical_signed: Vec<u8>,
 }
@@ -126,11 +127,10 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         Ok(Self { signed, signatures: Vec::new(), signed_value: OnceLock::new(), canonical_signed })
     }
 
-    /// The `signed` object exactly as received (unknown fields included), or as built.
+    /// The `signed` object exactly as received (unknown fields included), or as signed when
+    /// built here — even if `signed` was changed since.
     pub fn signed_value(&self) -> &Value {
-        // For an envelope built by `new`, whose canonical encoding of `signed` succeeded, the
-        // tree cannot fail to build (the same values, the same string keys).
-        self.signed_value.get_or_init(|| serde_json::to_value(&self.signed).unwrap_or(Value::Null))
+        self.signed_value.get_or_init(|| tree_of_canonical(&self.canonical_signed))
     }
 
     /// The canonical bytes signatures are made over.
@@ -157,7 +157,8 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         self.signatures.sort_by(|a, b| a.keyid.cmp(&b.keyid));
     }
 
-    /// The document as served: canonical JSON of the whole envelope. Written from the parts
+    /// The document as served: canonical JSON of the whole envelope, control characters in
+    /// strings escaped so that any JSON parser reads it (see [`escape_controls`]). Written from the parts
     /// at hand — `"signatures"` sorts before `"signed"`, and the signed part's canonical bytes
     /// are the ones signatures are made over — instead of copying and re-encoding the whole
     /// document (the publish path's largest cost at 100k targets).
@@ -178,7 +179,7 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
         out.extend_from_slice(b"],\"signed\":");
         out.extend_from_slice(&self.canonical_signed);
         out.push(b'}');
-        Ok(out)
+        Ok(escape_controls(out))
     }
 
     /// Count distinct public keys among those `keyids` name that made a valid signature; fail
@@ -197,6 +198,31 @@ impl<T: DeserializeOwned + Serialize + MetadataType> Envelope<T> {
     pub fn count_valid(&self, keys: &BTreeMap<String, Key>, keyids: &[String]) -> u64 {
         count_valid(&self.canonical_signed, &self.signatures, keys, keyids)
     }
+}
+
+/// Canonical JSON as ordinary JSON. Canonical JSON leaves control characters in strings
+/// unescaped, which JSON parsers (serde_json, Python's, every TUF client's) refuse; outside
+/// strings it has none, so escaping each such byte as `\u00XX` gives JSON of the same tree,
+/// whose canonical form — what signatures cover — is the input again.
+fn escape_controls(canonical: Vec<u8>) -> Vec<u8> {
+    if !canonical.iter().any(|b| *b < 0x20) {
+        return canonical;
+    }
+    let mut json = Vec::with_capacity(canonical.len() + 32);
+    for b in canonical {
+        if b < 0x20 {
+            json.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+        } else {
+            json.push(b);
+        }
+    }
+    json
+}
+
+/// The JSON tree of canonical bytes made by this crate (which always parse; anything else
+/// would show as `null`).
+fn tree_of_canonical(canonical: &[u8]) -> Value {
+    serde_json::from_slice(&escape_controls(canonical.to_vec())).unwrap_or(Value::Null)
 }
 
 /// Count the distinct public keys that made a valid signature over `message`, among the keys
@@ -300,7 +326,7 @@ mod tests {
         fn served_bytes_are_the_canonical_encoding_of_the_envelope(
             signatures in prop::collection::vec(("[ -~]{0,20}", "[ -~]{0,20}"), 0..4),
             version in 1u64..u64::MAX / 2,
-            extra in "[ -~]{0,16}",
+            extra in "(?s).{0,16}",
         ) {
             let mut t = timestamp();
             t.version = version;
@@ -308,8 +334,34 @@ mod tests {
             let mut env = Envelope::new(t).unwrap();
             env.signatures = signatures.into_iter().map(|(keyid, sig)| Signature { keyid, sig }).collect();
             let whole = serde_json::json!({"signatures": env.signatures, "signed": env.signed_value()});
-            prop_assert_eq!(env.to_bytes().unwrap(), canonical::encode(&whole).unwrap());
+            prop_assert_eq!(env.to_bytes().unwrap(), escape_controls(canonical::encode(&whole).unwrap()));
+            // What a verifier parses back is what was signed and served.
+            if env.signatures.iter().map(|s| &s.keyid).collect::<BTreeSet<_>>().len() == env.signatures.len() {
+                let parsed = Envelope::<Timestamp>::parse(&env.to_bytes().unwrap(), 1 << 20).unwrap();
+                prop_assert_eq!(parsed.canonical_signed(), env.canonical_signed());
+                prop_assert_eq!(parsed.to_bytes().unwrap(), env.to_bytes().unwrap());
+            }
         }
+    }
+
+    #[test]
+    fn the_tree_of_a_built_envelope_is_what_was_signed() {
+        let mut t = timestamp();
+        t.unrecognized.insert("note".into(), Value::from("line one\nline two\u{1}\t\"quoted\" \\ é"));
+        let mut env = Envelope::new(t.clone()).unwrap();
+        // Changed after it was built: what is signed (and shown) is what was built.
+        env.signed.version = 99;
+        assert_eq!(env.signed_value(), &serde_json::to_value(&t).unwrap());
+        assert_eq!(canonical::encode(env.signed_value()).unwrap(), env.canonical_signed());
+        // Served as JSON any parser reads, whose canonical form is what was signed.
+        let (keys, map, ids) = keyring(1);
+        env.sign(&keys[0]);
+        let served = env.to_bytes().unwrap();
+        assert!(!served.iter().any(|b| *b < 0x20), "no raw control characters");
+        let parsed = Envelope::<Timestamp>::parse(&served, 1 << 20).unwrap();
+        assert_eq!(parsed.canonical_signed(), env.canonical_signed());
+        assert_eq!(parsed.verify("timestamp", &map, &ids, 1), Ok(1));
+        assert_eq!(parsed.signed.unrecognized["note"], t.unrecognized["note"]);
     }
 
     #[test]
