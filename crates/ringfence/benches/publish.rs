@@ -27,6 +27,16 @@ struct Measured {
     rewritten: usize,
     snapshot: usize,
     files: usize,
+    refreshes: Vec<Refresh>,
+}
+
+/// One client's refresh to an update published after its last refresh.
+struct Refresh {
+    client: &'static str,
+    ms: f64,
+    /// Bytes of the metadata files the refresh wrote (new or changed).
+    bytes: u64,
+    files: usize,
 }
 
 fn main() {
@@ -56,6 +66,143 @@ fn main() {
             None => println!("| {n} | {ours:.3} | (python-tuf not run) | - | - |"),
         }
     }
+    println!();
+    println!(
+        "| catalog | client | refresh and download of the new update (ms, whole process) | metadata fetched (bytes) | files |"
+    );
+    println!("|---|---|---|---|---|");
+    for (n, m) in &rows {
+        for r in &m.refreshes {
+            println!("| {n} | {} | {:.0} | {} | {} |", r.client, r.ms, r.bytes, r.files);
+        }
+    }
+    if let Some(ms) = python_start() {
+        println!("(of python-tuf's time, starting Python and importing tuf.ngclient alone: {ms:.0} ms)");
+    }
+}
+
+fn python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::env::var_os("RINGFENCE_PYTHON").map_or(root.join(".venv/bin/python"), Into::into)
+}
+
+/// Milliseconds to start Python and import ngclient (median of 5).
+fn python_start() -> Option<f64> {
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let ok = std::process::Command::new(python()).args(["-c", "import tuf.ngclient"]).status().ok()?.success();
+        if !ok {
+            return None;
+        }
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    Some(stats(&times).0)
+}
+
+/// The agent binary of this build (`cargo build --release -p ringfence-agent`), if built.
+fn agent() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.parent()?.join("ringfence-agent");
+    path.exists().then_some(path)
+}
+
+/// Files in `dir` with their length and modification time.
+fn listing(dir: &std::path::Path) -> std::collections::BTreeMap<String, (u64, std::time::SystemTime)> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(meta) = entry.metadata()
+            && meta.is_file()
+        {
+            out.insert(entry.file_name().to_string_lossy().into_owned(), (meta.len(), meta.modified().expect("mtime")));
+        }
+    }
+    out
+}
+
+/// Run `command` (a client refreshing into `metadata_dir`): its wall time and the metadata
+/// files it wrote.
+fn refresh(client: &'static str, metadata_dir: &std::path::Path, command: &mut std::process::Command) -> Refresh {
+    let before = listing(metadata_dir);
+    let started = Instant::now();
+    let out = command.output().expect("client");
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        out.status.success(),
+        "{client}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changed: Vec<u64> = listing(metadata_dir)
+        .into_iter()
+        .filter(|(name, now)| before.get(name) != Some(now))
+        .map(|(_, (len, _))| len)
+        .collect();
+    Refresh { client, ms, bytes: changed.iter().sum(), files: changed.len() }
+}
+
+/// Both clients, each from a metadata directory that was current before the last publish,
+/// refresh and download `target` from the server at `base`.
+fn client_refreshes(
+    base: &str,
+    ca: &std::path::Path,
+    root: &std::path::Path,
+    work: &std::path::Path,
+    target: Option<&str>,
+) -> Vec<Refresh> {
+    let mut out = Vec::new();
+    let py_dir = work.join("python-tuf");
+    let agent_dir = work.join("agent");
+    std::fs::create_dir_all(&py_dir).expect("mkdir");
+    let mut py = std::process::Command::new(python());
+    py.arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/tuf_client.py"))
+        .args(["--metadata-url", &format!("{base}/repo/metadata/"), "--targets-url", &format!("{base}/repo/targets/")])
+        .arg("--root")
+        .arg(root)
+        .arg("--metadata-dir")
+        .arg(&py_dir)
+        .arg("--ca-cert")
+        .arg(ca);
+    match target {
+        Some(t) => py.args(["download", "--target", t, "--out-dir"]).arg(work.join("python-out")),
+        None => py.arg("refresh"),
+    };
+    out.push(refresh("python-tuf ngclient", &py_dir, &mut py));
+    if let Some(agent) = agent() {
+        if target.is_none() {
+            let init = std::process::Command::new(&agent)
+                .arg("tuf")
+                .arg("--metadata-dir")
+                .arg(&agent_dir)
+                .arg("init")
+                .arg(root)
+                .output()
+                .expect("agent");
+            assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        }
+        let mut a = std::process::Command::new(&agent);
+        a.arg("tuf")
+            .arg("--metadata-dir")
+            .arg(&agent_dir)
+            .arg("--ca")
+            .arg(ca)
+            .args([
+                "--metadata-url",
+                &format!("{base}/repo/metadata/"),
+                "--target-base-url",
+                &format!("{base}/repo/targets/"),
+            ])
+            .arg("--target-dir")
+            .arg(work.join("agent-out"));
+        match target {
+            Some(t) => a.args(["--target-name", t, "download"]),
+            None => a.arg("refresh"),
+        };
+        out.push(refresh("Ringfence agent", &agent_dir, &mut a));
+    } else {
+        eprintln!("the agent's refresh not measured: build it first (cargo build --release -p ringfence-agent)");
+    }
+    out
 }
 
 /// Median, min, max of samples.
@@ -99,7 +246,9 @@ fn python_tuf() -> Vec<(usize, f64, u64)> {
 
 async fn bench(n: usize) -> Measured {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = Config::with_data_dir(dir.path().to_path_buf());
+    let mut config = Config::with_data_dir(dir.path().to_path_buf());
+    config.device_listener.addr = "127.0.0.1:0".into();
+    config.admin_listener.addr = "127.0.0.1:0".into();
     let online = config.online_key_dir();
     std::fs::create_dir_all(&online).expect("mkdir");
     let (timestamp, snapshot, publisher) = (SigningKey::generate(), SigningKey::generate(), SigningKey::generate());
@@ -152,6 +301,32 @@ async fn bench(n: usize) -> Measured {
     let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(content))]);
     state.repo.upload_content(chunks, Some(sha.as_str()), 1 << 20, "bench", now).await.expect("upload");
 
+    // Served on loopback for the clients' refresh; each client syncs once now, so that it is
+    // current before the publishes below.
+    ringfence_server::tls::write_self_signed(
+        &state.config.cert_file(),
+        &state.config.key_file(),
+        &["127.0.0.1".into()],
+    )
+    .expect("certificate");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(ringfence_server::serve(
+        state.clone(),
+        async {
+            let _ = stop_rx.await;
+        },
+        Some(ready_tx),
+    ));
+    let base = format!("https://{}", ready_rx.await.expect("ready").device);
+    let work = dir.path().join("clients");
+    let root_file = dir.path().join("1.root.json");
+    std::fs::write(&root_file, root.to_bytes().expect("root bytes")).expect("root");
+    let (ca, root_path, work_dir, b) = (state.config.cert_file(), root_file.clone(), work.clone(), base.clone());
+    tokio::task::spawn_blocking(move || client_refreshes(&b, &ca, &root_path, &work_dir, None))
+        .await
+        .expect("first sync");
+
     let mut times = Vec::new();
     let mut rewritten = Vec::new();
     let mut snapshot_bytes = Vec::new();
@@ -179,6 +354,16 @@ async fn bench(n: usize) -> Measured {
             },
             files: vec![UpdateFile { name: format!("new-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 }],
         };
+        if i == SAMPLES - 1 {
+            // The clients catch up before the last publish (not timed), so what they fetch
+            // below is what one new update costs them.
+            let (ca, root_path, work_dir, b) =
+                (state.config.cert_file(), root_file.clone(), work.clone(), base.clone());
+            let current = format!("acme/new-{}.bin", i - 1);
+            tokio::task::spawn_blocking(move || client_refreshes(&b, &ca, &root_path, &work_dir, Some(&current)))
+                .await
+                .expect("sync");
+        }
         let started = Instant::now();
         let outcome = state.repo.publish_update(manifest, "bench", now).await.expect("publish");
         times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -197,9 +382,19 @@ async fn bench(n: usize) -> Measured {
         }
         rewritten.push(bytes);
     }
+    // The clients were current before the last sample: each refreshes to its update.
+    let (ca, b) = (state.config.cert_file(), base.clone());
+    let newest = format!("acme/new-{}.bin", SAMPLES - 1);
+    let refreshes = tokio::task::spawn_blocking(move || client_refreshes(&b, &ca, &root_file, &work, Some(&newest)))
+        .await
+        .expect("refresh");
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+
     rewritten.sort();
     snapshot_bytes.sort();
     Measured {
+        refreshes,
         durable: times,
         in_memory,
         rewritten: rewritten[SAMPLES / 2],
