@@ -130,7 +130,8 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
     let current = state.repo.served_version(&ringfence_proto::RoleName::timestamp()).await?;
-    Ok(Json(state.devices.check_in(&device, &request, current, now).await?).into_response())
+    let holds = state.repo.holds_version().await?;
+    Ok(Json(state.devices.check_in(&device, &request, (current, holds), now).await?).into_response())
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {

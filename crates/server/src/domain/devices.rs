@@ -340,12 +340,13 @@ impl Devices {
 
     /// Record a check-in (written behind, see `checkins`: a check-in never waits for the
     /// database's write lock) and say whether the repository changed since the device's view.
-    /// `current_timestamp`: the newest timestamp version the repository serves.
+    /// `current_timestamp`: the newest timestamp version the repository serves;
+    /// `rollouts_version`: the newest signed holds document's.
     pub async fn check_in(
         &self,
         device: &SessionDevice,
         request: &CheckinRequest,
-        current_timestamp: u64,
+        (current_timestamp, rollouts_version): (u64, u64),
         now: i64,
     ) -> Result<CheckinResponse> {
         if i64::try_from(request.timestamp_version).is_err() {
@@ -363,7 +364,7 @@ impl Devices {
             changed: current_timestamp > request.timestamp_version,
             timestamp_version: current_timestamp,
             poll_seconds: self.config.poll_seconds,
-            rollouts_version: self.db.rollout_holds_version().await?,
+            rollouts_version,
         })
     }
 

@@ -51,6 +51,7 @@ pub struct Repository {
     policy: ExpiryPolicy,
     write_lock: tokio::sync::Mutex<()>,
     served: served::ServedCache,
+    holds: holds::HoldsVersion,
 }
 
 /// Who may sign a role, as the role that delegates it says.
@@ -145,13 +146,15 @@ impl Repository {
         one_writer: bool,
     ) -> Self {
         let served = served::ServedCache::new(one_writer);
-        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()), served }
+        let holds = holds::HoldsVersion::new(one_writer);
+        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()), served, holds }
     }
 
     /// Metadata changed behind this server's back (a test playing a thief who writes the
     /// database, a restore): forget the newest versions kept in memory.
     pub fn metadata_changed_elsewhere(&self) {
         self.served.forget_all();
+        self.holds.forget();
     }
 
     /// The newest version of `role` as served (0 when there is none).
