@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use crate::compliance::Bucket;
 
 use crate::sql::{conflict_or, count_from_row, from_bigint, join_names, refused, split_names, to_bigint};
-use crate::{Result, SqlStore, StoreError};
+use crate::{AuditRecord, Result, SqlStore, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceState {
@@ -157,9 +157,14 @@ pub(crate) fn test_device(i: usize, groups: &[&str]) -> DeviceRecord {
 pub trait DeviceStore: Send + Sync + 'static {
     /// `Conflict` if a device with this key exists.
     async fn insert_device(&self, device: &DeviceRecord) -> Result<()>;
-    /// Store many devices and queue the log entries that record them, in one transaction:
-    /// `Conflict` (and nothing written) if any key or id exists.
-    async fn insert_devices(&self, devices: &[DeviceRecord], log_entries: &[Vec<u8>]) -> Result<()>;
+    /// Store many devices, queue the log entries that record them and append the audit record,
+    /// in one transaction: `Conflict` (and nothing written) if any key or id exists.
+    async fn insert_devices(
+        &self,
+        devices: &[DeviceRecord],
+        log_entries: &[Vec<u8>],
+        audit: &AuditRecord,
+    ) -> Result<()>;
     async fn device(&self, id: &str) -> Result<Option<DeviceRecord>>;
     async fn device_by_key(&self, public_key: &str) -> Result<Option<DeviceRecord>>;
     /// One page of devices, ordered by id.
@@ -303,12 +308,24 @@ impl DeviceStore for SqlStore {
         Ok(())
     }
 
-    async fn insert_devices(&self, devices: &[DeviceRecord], log_entries: &[Vec<u8>]) -> Result<()> {
+    async fn insert_devices(
+        &self,
+        devices: &[DeviceRecord],
+        log_entries: &[Vec<u8>],
+        audit: &AuditRecord,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for d in devices {
             insert_device_row(&mut tx, d, None).await?;
         }
         crate::log::queue_in(&mut tx, log_entries).await?;
+        sqlx::query("INSERT INTO audit_log (at, actor, action, detail) VALUES ($1, $2, $3, $4)")
+            .bind(audit.at)
+            .bind(audit.actor.as_str())
+            .bind(audit.action.as_str())
+            .bind(audit.detail.as_str())
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

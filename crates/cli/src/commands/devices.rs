@@ -217,21 +217,33 @@ fn preauthorize(
     anyhow::ensure!(!keys.is_empty(), "no keys: give --key or --keys-file");
     let client = client(server)?;
     let mut stored = Vec::with_capacity(keys.len());
+    let mut failed = None;
     for chunk in keys.chunks(MAX_PREAUTHORIZE) {
         let devices =
             chunk.iter().map(|k| PreauthorizeRequest { public_key: k.clone(), groups: groups.clone() }).collect();
         let answer = client.send_json("POST", "/api/v1/devices/preauthorize", &PreauthorizeBatch { devices })?;
-        let body = answer.ok().map_err(|e| {
-            anyhow::anyhow!("{e} ({} devices stored before this request, none of its {})", stored.len(), chunk.len())
-        })?;
-        let batch: PreauthorizedDevices = serde_json::from_slice(&body)?;
-        stored.extend(batch.devices);
+        match answer.ok() {
+            Ok(body) => stored.extend(serde_json::from_slice::<PreauthorizedDevices>(&body)?.devices),
+            Err(e) => {
+                failed = Some(anyhow::anyhow!(
+                    "{e} ({} devices stored before this request, listed above; none of its {})",
+                    stored.len(),
+                    chunk.len()
+                ));
+                break;
+            }
+        }
     }
+    // What was stored is printed even when a later request failed: those devices exist.
     if json {
-        return output::json(&stored);
+        output::json(&stored)?;
+    } else {
+        for d in &stored {
+            println!("{} {}", d.id, d.public_key);
+        }
     }
-    for d in &stored {
-        println!("{} {}", d.id, d.public_key);
+    if let Some(e) = failed {
+        return Err(e);
     }
     eprintln!(
         "{} devices accepted in {}",

@@ -307,14 +307,36 @@ fn preauthorized_keys_open_sessions_at_once_and_a_bad_batch_changes_nothing() {
         assert_eq!(stored.groups, vec!["pilot".to_owned()]);
     }
 
+    // One audit record per request, naming how many; the pilot group counts three devices.
+    let audited = || crate::common::sql_number(&server, "SELECT COUNT(*) FROM audit_log WHERE action = 'preauthorize'");
+    let counted = || crate::common::sql_number(&server, "SELECT devices FROM group_devices WHERE group_name = 'pilot'");
+    // Queued or already integrated, read in one statement (the sequencer moves them).
+    let queued = || {
+        let both = "SELECT (SELECT COUNT(*) FROM log_queue) + (SELECT COUNT(*) FROM log_entries)";
+        crate::common::sql_number(&server, both)
+    };
+    assert_eq!(audited(), 2);
+    assert_eq!(counted(), 3);
+    let (audits, logged) = (audited(), queued());
+
     // Refused batches are refused whole: a known key among new ones, a key twice, a bad key,
-    // none, too many, a bad group; the new key is not stored by any of them.
+    // none, too many, a bad group, too many groups; the new key is not stored by any of them,
+    // nor a log entry, an audit record or a group count.
     let admin = server.admin();
     let new = pubs[3].clone();
     let entry = |k: &str| json!({"public_key": k, "groups": ["pilot"]});
     let too_many: Vec<Value> = (0..5_001).map(|_| entry(&"00".repeat(32))).collect();
     let cases = [
-        (json!({"devices": [entry(&new), entry(&pubs[0])]}), 409, "exists"),
+        (
+            json!({"devices": [entry(&new), entry(&pubs[0])]}),
+            409,
+            "devices[1].public_key: a device with this key exists",
+        ),
+        (
+            json!({"devices": [{"public_key": new, "groups": (0..17).map(|i| format!("g{i}")).collect::<Vec<_>>()}]}),
+            400,
+            "devices[0].groups: at most 16",
+        ),
         (json!({"devices": [entry(&new), entry(&new.to_uppercase())]}), 400, "devices[1].public_key: listed twice"),
         (json!({"devices": [entry(&new), entry("zz")]}), 400, "devices[1]"),
         (json!({"devices": []}), 400, "1 to 5000"),
@@ -328,7 +350,15 @@ fn preauthorized_keys_open_sessions_at_once_and_a_bad_batch_changes_nothing() {
         assert!(answer.text().contains(says), "{} does not say {says}", answer.text());
         assert_eq!(count(), 3);
         assert!(server.runtime.block_on(store.device_by_key(&new)).unwrap().is_none());
+        assert_eq!((audited(), counted(), queued()), (audits, 3, logged), "nothing changed");
     }
+    // A token without the admin scope may not.
+    let read = server.admin().send_json("POST", "/api/v1/tokens", &json!({"name": "r", "scopes": ["read"]})).unwrap();
+    let read: Value = serde_json::from_slice(&read.ok().unwrap()).unwrap();
+    let reader = server.client(Some(read["token"].as_str().unwrap()));
+    let answer = reader.send_json("POST", "/api/v1/devices/preauthorize", &json!({"devices": [entry(&new)]})).unwrap();
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert_eq!(count(), 3);
     // Only an admin may; without a token nothing is read.
     let anonymous = server.client(None);
     let answer =

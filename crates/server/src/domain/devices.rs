@@ -22,11 +22,14 @@ use ringfence_proto::device::{
     session_message,
 };
 use ringfence_store::{
-    CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits, PendingRefusal,
-    ReportLimits, ReportRecord, SignedBatch,
+    AuditRecord, CheckinRecord, Database, DevicePage, DeviceRecord, EnrollmentTokenRecord, PendingLimits,
+    PendingRefusal, ReportLimits, ReportRecord, SignedBatch, StoreError,
 };
 
 pub use ringfence_store::DeviceState;
+
+/// Groups one device may be placed in by an administrator (as an enrollment token may name).
+const MAX_DEVICE_GROUPS: usize = 16;
 
 use ringfence_tlog::entry::Entry;
 
@@ -444,7 +447,7 @@ impl Devices {
         actor: &str,
         now: i64,
     ) -> Result<EnrollmentTokenCreated> {
-        if request.groups.is_empty() || request.groups.len() > 16 {
+        if request.groups.is_empty() || request.groups.len() > MAX_DEVICE_GROUPS {
             return Err(Error::invalid("groups: 1 to 16 groups"));
         }
         if request.expires_in_secs == 0 || request.expires_in_secs > MAX_ENROLLMENT_TOKEN_SECS {
@@ -489,6 +492,9 @@ impl Devices {
     /// Register a device key an administrator vouches for: accepted before it ever enrolls.
     pub async fn preauthorize(&self, request: &PreauthorizeRequest, actor: &str, now: i64) -> Result<DeviceInfo> {
         parse_public_key(&request.public_key)?;
+        if request.groups.len() > MAX_DEVICE_GROUPS {
+            return Err(Error::invalid(format!("groups: at most {MAX_DEVICE_GROUPS}")));
+        }
         let device = DeviceRecord {
             id: random_hex(16),
             public_key: request.public_key.to_ascii_lowercase(),
@@ -522,6 +528,9 @@ impl Devices {
         if batch.devices.is_empty() || batch.devices.len() > MAX_PREAUTHORIZE {
             return Err(Error::invalid(format!("devices: 1 to {MAX_PREAUTHORIZE} per request")));
         }
+        if let Some(n) = batch.devices.iter().position(|d| d.groups.len() > MAX_DEVICE_GROUPS) {
+            return Err(Error::invalid(format!("devices[{n}].groups: at most {MAX_DEVICE_GROUPS}")));
+        }
         let mut seen = std::collections::HashSet::new();
         let mut devices = Vec::with_capacity(batch.devices.len());
         let mut entries = Vec::with_capacity(batch.devices.len());
@@ -550,10 +559,23 @@ impl Devices {
             entries.push(entry.to_bytes().map_err(Error::internal)?);
             devices.push(device);
         }
-        self.db.insert_devices(&devices, &entries).await?;
+        let first = devices.first().map(|d| d.id.as_str()).unwrap_or_default();
+        let detail = format!("{} devices (first {first}), groups {groups:?}", devices.len());
+        let audit = AuditRecord { at: now, actor: actor.into(), action: "preauthorize".into(), detail };
+        match self.db.insert_devices(&devices, &entries, &audit).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict(_)) => {
+                // Say which key (the refused batch changed nothing; this only reads).
+                for (n, d) in devices.iter().enumerate() {
+                    if self.db.device_by_key(&d.public_key).await?.is_some() {
+                        return Err(Error::Conflict(format!("devices[{n}].public_key: a device with this key exists")));
+                    }
+                }
+                return Err(Error::Conflict("a device with one of these keys or ids exists".into()));
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.accepted_one();
-        let detail = format!("{} devices, groups {groups:?}", devices.len());
-        self.audit.record(actor, "preauthorize", &detail, now).await?;
         let devices = devices.into_iter().map(|d| PreauthorizedDevice { id: d.id, public_key: d.public_key }).collect();
         Ok(PreauthorizedDevices { devices })
     }

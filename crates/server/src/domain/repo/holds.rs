@@ -3,7 +3,6 @@
 //! decides freshness is enough.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ringfence_proto::tuf::RolloutHolds;
 use ringfence_trust::{Envelope, expiry};
@@ -38,11 +37,12 @@ impl Repository {
     /// The version of the newest holds document (0: none) — what every check-in answers. On
     /// the embedded database, where only this process writes it, kept in memory once read.
     pub async fn holds_version(&self) -> Result<u64> {
-        if let Some(v) = self.holds.get() {
-            return Ok(v);
-        }
+        let generation = match self.holds.get() {
+            Ok(v) => return Ok(v),
+            Err(generation) => generation,
+        };
         let v = self.db.rollout_holds_version().await?;
-        self.holds.saw(v);
+        self.holds.read(generation, v);
         Ok(v)
     }
 
@@ -58,34 +58,50 @@ impl Repository {
 }
 
 /// The newest holds version known in memory, with one writer only (the embedded database).
-/// Versions only grow, so whatever order reads and commits finish in, the largest seen is the
-/// newest: a read that raced a commit never puts an older version back.
+/// Versions only grow, so the largest seen is the newest: a read that raced a commit never
+/// puts an older version back. A read that raced `forget` (something wrote behind this
+/// process's back) is not kept: the generation it started in is gone.
 pub(super) struct HoldsVersion {
     one_writer: bool,
-    known: AtomicBool,
-    version: AtomicU64,
+    /// (known, version, generation)
+    state: std::sync::Mutex<(bool, u64, u64)>,
 }
 
 impl HoldsVersion {
     pub(super) fn new(one_writer: bool) -> Self {
-        Self { one_writer, known: AtomicBool::new(false), version: AtomicU64::new(0) }
+        Self { one_writer, state: std::sync::Mutex::new((false, 0, 0)) }
     }
 
-    fn get(&self) -> Option<u64> {
-        (self.one_writer && self.known.load(Ordering::Acquire)).then(|| self.version.load(Ordering::Acquire))
+    fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64, u64)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The version if known; else the generation a read should start in.
+    fn get(&self) -> std::result::Result<u64, u64> {
+        let (known, version, generation) = *self.lock();
+        if self.one_writer && known { Ok(version) } else { Err(generation) }
+    }
+
+    /// A read from the database that started in `generation`.
+    fn read(&self, generation: u64, version: u64) {
+        let mut s = self.lock();
+        if self.one_writer && s.2 == generation {
+            *s = (true, s.1.max(version), generation);
+        }
+    }
+
+    /// A version this process just committed.
     fn saw(&self, version: u64) {
         if self.one_writer {
-            self.version.fetch_max(version, Ordering::AcqRel);
-            self.known.store(true, Ordering::Release);
+            let mut s = self.lock();
+            *s = (true, s.1.max(version), s.2);
         }
     }
 
     /// Written behind this process's back (a restore, a test playing a thief): read again.
     pub(super) fn forget(&self) {
-        self.known.store(false, Ordering::Release);
-        self.version.store(0, Ordering::Release);
+        let mut s = self.lock();
+        *s = (false, 0, s.2.wrapping_add(1));
     }
 }
 
@@ -96,14 +112,19 @@ mod tests {
     #[test]
     fn the_largest_version_seen_wins_and_only_one_writer_keeps_it() {
         let kept = HoldsVersion::new(true);
-        assert_eq!(kept.get(), None, "nothing known before the first read");
+        let generation = kept.get().unwrap_err();
         kept.saw(3);
-        kept.saw(2); // a read that started before version 3 was committed
-        assert_eq!(kept.get(), Some(3));
+        kept.read(generation, 2); // a read that started before version 3 was committed
+        assert_eq!(kept.get(), Ok(3));
+        // A read that started before something wrote behind the process is not kept.
         kept.forget();
-        assert_eq!(kept.get(), None);
+        kept.read(generation, 9);
+        assert!(kept.get().is_err());
+        let after = kept.get().unwrap_err();
+        kept.read(after, 4);
+        assert_eq!(kept.get(), Ok(4));
         let shared = HoldsVersion::new(false);
         shared.saw(5);
-        assert_eq!(shared.get(), None, "other nodes commit too: always read");
+        assert!(shared.get().is_err(), "other nodes commit too: always read");
     }
 }
