@@ -310,45 +310,19 @@ impl BlobStore {
 }
 
 /// Bytes read per chunk from a local file (object_store's local reads take 8 KiB a time, one
-/// blocking task each: a quarter of what a disk and TLS carry). A download in flight holds at
-/// most two chunks: the one being sent and the next, read meanwhile.
+/// blocking task each: a quarter of what a disk and TLS carry). A download in flight holds one
+/// or two chunks.
 const LOCAL_CHUNK: usize = 256 << 10;
 
-/// One chunk read on the blocking pool, straight into its own buffer: the file back (to read
-/// the next), and the bytes.
-type ChunkRead = tokio::task::JoinHandle<std::io::Result<(std::fs::File, Vec<u8>)>>;
-
-fn read_chunk(mut file: std::fs::File, want: usize) -> ChunkRead {
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut buf = vec![0u8; want];
-        file.read_exact(&mut buf).map_err(|e| {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                std::io::Error::new(ErrorKind::UnexpectedEof, "blob shorter than recorded")
-            } else {
-                e
-            }
-        })?;
-        Ok((file, buf))
-    })
-}
-
-/// A local blob file, or bytes `range` of it (checked against its length), in 256 KiB chunks;
-/// the next chunk is read while the current one is sent.
+/// A local blob file, or bytes `range` of it (checked against its length), in 256 KiB chunks.
 async fn local_stream(path: PathBuf, range: Option<Range<u64>>) -> Result<BoxStream<'static, Result<Bytes>>> {
-    use std::io::Seek;
-    let opened = tokio::task::spawn_blocking(move || -> std::io::Result<(std::fs::File, u64)> {
-        let file = std::fs::File::open(&path)?;
-        let len = file.metadata()?.len();
-        Ok((file, len))
-    })
-    .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-    let (mut file, len) = match opened {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound),
         Err(e) => return Err(e.into()),
     };
+    let len = file.metadata().await?.len();
     let range = range.unwrap_or(0..len);
     if range.start > range.end || range.end > len {
         return Err(invalid_input(format!(
@@ -356,22 +330,26 @@ async fn local_stream(path: PathBuf, range: Option<Range<u64>>) -> Result<BoxStr
             range.start, range.end
         )));
     }
-    file.seek(std::io::SeekFrom::Start(range.start))?;
-    let total = range.end - range.start;
-    let chunk = |left: u64| usize::try_from(left).unwrap_or(LOCAL_CHUNK).min(LOCAL_CHUNK);
-    // (the read in flight, bytes left after it)
-    let first = (total > 0).then(|| read_chunk(file, chunk(total)));
-    let left = total.saturating_sub(chunk(total) as u64);
-    Ok(stream::unfold((first, left), move |(pending, left)| async move {
-        let read = pending?.await;
-        let (file, buf) = match read {
-            Ok(Ok(done)) => done,
-            Ok(Err(e)) => return Some((Err(StoreError::Io(e)), (None, 0))),
-            Err(e) => return Some((Err(StoreError::Io(std::io::Error::other(e))), (None, 0))),
-        };
-        let next = (left > 0).then(|| read_chunk(file, chunk(left)));
-        let left = left.saturating_sub(chunk(left) as u64);
-        Some((Ok(Bytes::from(buf)), (next, left)))
+    file.seek(std::io::SeekFrom::Start(range.start)).await?;
+    let left = range.end - range.start;
+    Ok(stream::unfold((file, left), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = usize::try_from(left).unwrap_or(LOCAL_CHUNK).min(LOCAL_CHUNK);
+        let mut buf = vec![0u8; want];
+        let mut filled = 0;
+        while filled < want {
+            match file.read(buf.get_mut(filled..).unwrap_or_default()).await {
+                Ok(0) => {
+                    let short = std::io::Error::new(ErrorKind::UnexpectedEof, "blob shorter than recorded");
+                    return Some((Err(StoreError::Io(short)), (file, 0)));
+                }
+                Ok(n) => filled += n,
+                Err(e) => return Some((Err(StoreError::Io(e)), (file, 0))),
+            }
+        }
+        Some((Ok(Bytes::from(buf)), (file, left - want as u64)))
     })
     .boxed())
 }
