@@ -209,7 +209,21 @@ fn main() {
                 let part = part.to_vec();
                 tasks.push(tokio::spawn(async move {
                     for (device, reports) in part {
-                        store.insert_reports(&device, &reports, &common::unsigned_batch(), now, limits).await.unwrap();
+                        // A batch that found the database locked past the busy timeout is sent
+                        // again, as an agent would; how often is counted and printed.
+                        let mut tries = 0;
+                        loop {
+                            match store.insert_reports(&device, &reports, &common::unsigned_batch(), now, limits).await
+                            {
+                                Ok(_) => break,
+                                Err(e) if e.to_string().contains("database is locked") && tries < 10 => {
+                                    tries += 1;
+                                    RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                                }
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
                     }
                 }));
             }
@@ -237,4 +251,8 @@ fn main() {
             w.1 / wo.1
         );
     }
+    println!("  batches sent again after 'database is locked': {}", RETRIES.load(std::sync::atomic::Ordering::Relaxed));
 }
+
+/// Report batches the ingest rounds had to send again.
+static RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

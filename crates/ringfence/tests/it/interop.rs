@@ -168,3 +168,45 @@ fn a_static_export_is_read_by_python_tuf_from_a_plain_web_server() {
     );
     assert_eq!(std::fs::read(got.join("mirror.txt")).unwrap(), content);
 }
+
+#[test]
+fn signed_text_with_control_characters_is_read_and_verified_by_python_tuf() {
+    // Canonical JSON (what is signed) leaves control characters in strings raw, which no JSON
+    // parser accepts; the served document escapes them, and python-tuf's signature check over
+    // the canonical form of what it parsed still holds.
+    let server = Server::start(|_| {});
+    let work = server.dir.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let file = work.join("notes.txt");
+    std::fs::write(&file, b"release notes\n").unwrap();
+    let manifest = work.join("notes.json");
+    let body = serde_json::json!({
+        "id": "acme-notes-1", "publisher": "acme", "title": "notes", "product": "acme-demo",
+        "classification": "feature", "severity": "low", "release_date": "2026-11-26",
+        "installer": {"module": "noop", "arguments": ["line one\nline two\ttabbed\u{1}end", "quote \" and \\"]}
+    });
+    std::fs::write(&manifest, serde_json::to_vec(&body).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&file));
+    server.sign_all("publisher-acme");
+    assert!(server.approve("pilot", "acme/notes.txt").contains("is published"));
+
+    let md = server.dir.path().join("client-md");
+    let out = server.dir.path().join("client-out");
+    let (ok, answer) =
+        tuf_client(&server, &md, &["download", "--target", "acme/notes.txt", "--out-dir", out.to_str().unwrap()]);
+    assert!(ok, "{answer}");
+    assert_eq!(std::fs::read(out.join("notes.txt")).unwrap(), b"release notes\n");
+    // The bin python-tuf stored holds the arguments as signed.
+    let bin = std::fs::read_dir(&md)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("publisher.acme.") && name != "publisher.acme.json"
+        })
+        .expect("the publisher's bin");
+    let stored: serde_json::Value = serde_json::from_slice(&std::fs::read(bin).unwrap()).unwrap();
+    let args = &stored["signed"]["targets"]["acme/notes.txt"]["custom"]["installer"]["arguments"];
+    assert_eq!(args[0], "line one\nline two\ttabbed\u{1}end");
+    assert_eq!(args[1], "quote \" and \\");
+}
