@@ -352,17 +352,27 @@ fn preauthorized_keys_open_sessions_at_once_and_a_bad_batch_changes_nothing() {
         assert!(server.runtime.block_on(store.device_by_key(&new)).unwrap().is_none());
         assert_eq!((audited(), counted(), queued()), (audits, 3, logged), "nothing changed");
     }
+    // One key alone (`POST /api/v1/devices`) is a batch of one: the same checks, the device back.
+    let answer = admin.send_json("POST", "/api/v1/devices", &json!({"public_key": "zz", "groups": ["pilot"]})).unwrap();
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let answer = admin.send_json("POST", "/api/v1/devices", &entry(&new)).unwrap();
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    let single: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!((single["state"].as_str(), single["public_key"].as_str()), (Some("accepted"), Some(new.as_str())));
+    assert_eq!(admin.send_json("POST", "/api/v1/devices", &entry(&new)).unwrap().status, 409);
+    assert_eq!((count(), counted(), audited()), (4, 4, audits + 1));
+    let new = public_hex(&SigningKey::generate());
     // A token without the admin scope may not.
     let read = server.admin().send_json("POST", "/api/v1/tokens", &json!({"name": "r", "scopes": ["read"]})).unwrap();
     let read: Value = serde_json::from_slice(&read.ok().unwrap()).unwrap();
     let reader = server.client(Some(read["token"].as_str().unwrap()));
     let answer = reader.send_json("POST", "/api/v1/devices/preauthorize", &json!({"devices": [entry(&new)]})).unwrap();
     assert_eq!(answer.status, 403, "{}", answer.text());
-    assert_eq!(count(), 3);
+    assert_eq!(count(), 4);
     // Only an admin may; without a token nothing is read.
     let anonymous = server.client(None);
     let answer =
         anonymous.send_json("POST", "/api/v1/devices/preauthorize", &json!({"devices": [entry(&new)]})).unwrap();
     assert_eq!(answer.status, 401);
-    assert_eq!(count(), 3);
+    assert_eq!(count(), 4);
 }

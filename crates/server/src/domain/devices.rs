@@ -489,29 +489,13 @@ impl Devices {
         Ok(out)
     }
 
-    /// Register a device key an administrator vouches for: accepted before it ever enrolls.
+    /// Register a device key an administrator vouches for: accepted before it ever enrolls (a
+    /// batch of one, see [`Devices::preauthorize_many`]).
     pub async fn preauthorize(&self, request: &PreauthorizeRequest, actor: &str, now: i64) -> Result<DeviceInfo> {
-        parse_public_key(&request.public_key)?;
-        if request.groups.len() > MAX_DEVICE_GROUPS {
-            return Err(Error::invalid(format!("groups: at most {MAX_DEVICE_GROUPS}")));
-        }
-        let device = DeviceRecord {
-            id: random_hex(16),
-            public_key: request.public_key.to_ascii_lowercase(),
-            state: DeviceState::Accepted,
-            groups: request.groups.iter().map(|g| g.to_string()).collect(),
-            hostname: String::new(),
-            inventory: "{}".into(),
-            enrolled_at: now,
-            last_checkin: None,
-            timestamp_version: None,
-        };
-        self.db.insert_device(&device).await?;
-        let entry = Entry::DeviceAccepted { id: device.id.clone(), public_key: device.public_key.clone() };
-        super::log::enqueue(&*self.db, &[entry]).await?;
-        self.accepted_one();
-        let detail = format!("device {} groups {:?}", device.id, device.groups);
-        self.audit.record(actor, "preauthorize", &detail, now).await?;
+        let batch = PreauthorizeBatch { devices: vec![request.clone()] };
+        let stored = self.preauthorize_many(&batch, actor, now).await?;
+        let id = stored.devices.into_iter().next().map(|d| d.id).ok_or(Error::NotFound)?;
+        let device = self.db.device(&id).await?.ok_or(Error::NotFound)?;
         self.info(device).await
     }
 
