@@ -143,21 +143,34 @@ pub fn diff(old: Option<&Value>, new: &Value) -> Diff {
     Diff { changes, unchanged, unchanged_digest }
 }
 
+/// `text` as it may be put on a terminal: control characters (which could move the cursor,
+/// erase or recolour a line, or end it early) and the Unicode marks that reorder text on
+/// screen are written as `\u{…}`, so what a signer reads is what the bytes say.
+pub fn shown(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || reorders {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 impl Diff {
-    /// One line per change, then the unchanged count and digest.
+    /// One line per change, then the unchanged count and digest; every name and value as
+    /// [`shown`] makes it safe for a terminal.
     pub fn lines(&self) -> Vec<String> {
+        let v = |s: &Option<String>| shown(s.as_deref().unwrap_or_default());
         let mut lines: Vec<String> = self
             .changes
             .iter()
             .map(|c| match c.kind {
-                ChangeKind::Added => format!("+ {} = {}", c.entry, c.new.as_deref().unwrap_or_default()),
-                ChangeKind::Removed => format!("- {} (was {})", c.entry, c.old.as_deref().unwrap_or_default()),
-                ChangeKind::Changed => format!(
-                    "~ {} = {} (was {})",
-                    c.entry,
-                    c.new.as_deref().unwrap_or_default(),
-                    c.old.as_deref().unwrap_or_default()
-                ),
+                ChangeKind::Added => format!("+ {} = {}", shown(&c.entry), v(&c.new)),
+                ChangeKind::Removed => format!("- {} (was {})", shown(&c.entry), v(&c.old)),
+                ChangeKind::Changed => format!("~ {} = {} (was {})", shown(&c.entry), v(&c.new), v(&c.old)),
             })
             .collect();
         lines.push(format!("= {} entries unchanged, sha256 {}", self.unchanged, self.unchanged_digest));
@@ -169,6 +182,20 @@ impl Diff {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn what_a_signer_reads_cannot_be_redrawn_by_the_text_it_shows() {
+        // A pending version whose new target hides behind terminal codes and a reordering mark.
+        let old = json!({"targets": {}});
+        let new = json!({"targets": {"acme/a\u{1b}[2K\rb": {"custom": {"note": "x\u{202e}y\u{7f}z\u{9b}"}}}});
+        let lines = diff(Some(&old), &new).lines();
+        for line in &lines {
+            assert!(!line.chars().any(|c| c.is_control() || c == '\u{202e}'), "{line:?}");
+        }
+        assert!(lines[0].contains("acme/a\\u{1b}[2K\\u{d}b"), "{}", lines[0]);
+        assert!(lines[0].contains("x\\u{202e}y\\u{7f}z\\u{9b}"), "{}", lines[0]);
+        assert_eq!(shown("plain ascii / é"), "plain ascii / é");
+    }
 
     fn publisher_v1() -> Value {
         json!({
