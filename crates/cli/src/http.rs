@@ -19,12 +19,13 @@ impl Answer {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    /// The body if the status is 2xx, else an error carrying the server's message.
+    /// The body if the status is 2xx, else an error carrying the server's message — with its
+    /// control characters written out, so a server cannot put terminal codes on the screen.
     pub fn ok(self) -> anyhow::Result<Vec<u8>> {
         if (200..300).contains(&self.status) {
             Ok(self.body)
         } else {
-            anyhow::bail!("server answered {}: {}", self.status, self.text())
+            anyhow::bail!("server answered {}: {}", self.status, ringfence_trust::review::shown(&self.text()))
         }
     }
 }
@@ -175,6 +176,13 @@ fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> anyh
 #[cfg(test)]
 mod tests {
     use std::io::Read;
+
+    #[test]
+    fn a_server_message_cannot_reach_the_terminal_raw() {
+        let answer = super::Answer { status: 400, body: b"bad\x1b[2J\rrequest".to_vec(), headers: vec![] };
+        let message = answer.ok().unwrap_err().to_string();
+        assert_eq!(message, "server answered 400: bad\\u{1b}[2J\\u{d}request");
+    }
 
     #[test]
     fn progress_passes_every_byte_through() {
