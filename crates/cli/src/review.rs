@@ -370,7 +370,7 @@ fn shown_refusal(role: &str, version: u64, lines: &[String], result: anyhow::Res
     if result.is_err() {
         println!("{role}, pending version {version} (REFUSED, not signed):");
         for line in lines {
-            println!("  {line}");
+            println!("  {}", ringfence_trust::review::shown(line));
         }
     }
     result
@@ -464,10 +464,10 @@ pub fn review_and_sign(
     }
     println!("{role}, pending version {}:", reviewed.version);
     for line in &reviewed.lines {
-        println!("  {line}");
+        println!("  {}", ringfence_trust::review::shown(line));
     }
     if !options.yes {
-        eprint!("sign this with key {}? [y/N] ", reviewed.keyid);
+        eprint!("sign this with key {}? [y/N] ", ringfence_trust::review::shown(&reviewed.keyid));
         let mut answer = String::new();
         std::io::stdin().read_line(&mut answer)?;
         if !matches!(answer.trim(), "y" | "yes") {

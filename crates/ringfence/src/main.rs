@@ -71,7 +71,22 @@ fn init_logging() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors can carry text from a server or a document: each line is shown with its control
+/// characters written out (`review::shown`), never raw on the terminal.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            for (i, line) in format!("{e:?}").lines().enumerate() {
+                let shown = ringfence_trust::review::shown(line);
+                if i == 0 { eprintln!("Error: {shown}") } else { eprintln!("{shown}") }
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Quickstart(options) => {

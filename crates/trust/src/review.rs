@@ -144,13 +144,27 @@ pub fn diff(old: Option<&Value>, new: &Value) -> Diff {
 }
 
 /// `text` as it may be put on a terminal: control characters (which could move the cursor,
-/// erase or recolour a line, or end it early) and the Unicode marks that reorder text on
-/// screen are written as `\u{…}`, so what a signer reads is what the bytes say.
+/// erase or recolour a line, or end it early), the Unicode marks that reorder text on screen,
+/// invisible format characters and line separators are written as `\u{…}`, so what a signer
+/// reads is what the bytes say.
 pub fn shown(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        let reorders = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || reorders {
+        // Format characters (Unicode's Cf: bidi marks and overrides, zero-width characters,
+        // the byte-order mark) and the line and paragraph separators.
+        let invisible = matches!(
+            c,
+            '\u{ad}'
+                | '\u{61c}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+        );
+        if c.is_control() || invisible {
             out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
         } else {
             out.push(c);
@@ -195,6 +209,7 @@ mod tests {
         assert!(lines[0].contains("acme/a\\u{1b}[2K\\u{d}b"), "{}", lines[0]);
         assert!(lines[0].contains("x\\u{202e}y\\u{7f}z\\u{9b}"), "{}", lines[0]);
         assert_eq!(shown("plain ascii / é"), "plain ascii / é");
+        assert_eq!(shown("a\u{200b}b\u{feff}c\u{2028}d\u{61c}"), "a\\u{200b}b\\u{feff}c\\u{2028}d\\u{61c}");
     }
 
     fn publisher_v1() -> Value {

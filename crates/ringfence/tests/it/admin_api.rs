@@ -397,3 +397,21 @@ fn publishing_an_update_again_finishes_an_interrupted_publish_and_changes_nothin
     let doc: Value = serde_json::from_slice(&pending.bytes).unwrap();
     assert_eq!(doc["signed"]["targets"]["acme/acme-torn.txt"]["hashes"]["sha256"], json!(sha), "{doc}");
 }
+
+#[test]
+fn errors_reach_the_terminal_with_control_characters_written_out() {
+    // Error text can come from a server or a document; an escape sequence in it is shown, not run.
+    let out = std::process::Command::new(crate::common::BIN)
+        .env("RINGFENCE_TOKEN", "x")
+        .env("RINGFENCE_CA", "/nonexistent/ca\u{1b}[2J\u{202e}.pem")
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
+        .args(["publish", "--manifest", "/nonexistent.json", "/nonexistent.bin"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("Error: "), "{stderr}");
+    assert!(stderr.contains("ca\\u{1b}[2J\\u{202e}.pem"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\u{202e}'), "{stderr:?}");
+}
