@@ -70,13 +70,8 @@ pub fn fetcher(state: &StateDir) -> anyhow::Result<Fetcher> {
 }
 
 pub fn local_inventory(state: &StateDir) -> Inventory {
-    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    let version = os_release
-        .lines()
-        .find_map(|l| l.strip_prefix("VERSION_ID="))
-        .map(|v| v.trim_matches('"').to_owned())
-        .unwrap_or_default();
-    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned();
+    let version = crate::platform::os_version();
+    let hostname = crate::platform::hostname();
     let mut installed: Vec<String> =
         state.installed().into_iter().filter(|(_, i)| i.state == "installed").map(|(k, _)| k).collect();
     installed.truncate(ringfence_proto::device::MAX_INSTALLED);
@@ -176,13 +171,7 @@ fn session(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher, now: i64) 
         bail!("session refused: HTTP {}", answer.status);
     }
     let opened: SessionResponse = serde_json::from_slice(&answer.body)?;
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        std::io::Write::write_all(&mut f, &answer.body)?;
-        std::fs::rename(tmp, &path)?;
-    }
+    crate::platform::write_private(&path, &answer.body)?;
     Ok(Some(opened.token))
 }
 
@@ -359,7 +348,13 @@ impl Cycle<'_> {
             .filter(|i| matches!(i.state.as_str(), "installed" | "reboot_required"))
             .map(|i| i.update_id.as_str())
             .collect();
-        applicable(rules, inventory, &installed_ids)
+        // The registry is read only for rules that name products.
+        let products = if rules.products_installed.is_empty() && rules.products_absent.is_empty() {
+            Vec::new()
+        } else {
+            crate::platform::installed_products()
+        };
+        applicable(rules, inventory, &installed_ids, &products)
     }
 
     /// Download with resume: a partial file is kept under its hash and continued with a
@@ -687,13 +682,18 @@ impl Cycle<'_> {
                 let code = exit_code.map(i64::from);
                 self.install_failed(&key, &sha, &how.update_id, path, ReportState::Failed, reason, code);
             }
+            Outcome::NotApplicable(why) => {
+                self.report(path, ReportState::NotApplicable, Some(why), None);
+                self.remember(&key, &sha, &how.update_id, "not_applicable");
+                let _ = std::fs::remove_file(&file);
+            }
             Outcome::Installed | Outcome::RebootRequired if needs_reboot => {
                 // Finished by `finish_reboots` in the first cycle after the device booted again.
                 self.report(path, ReportState::RebootRequired, None, None);
                 self.remember(&key, &sha, &how.update_id, "reboot_required");
                 if let Some(entry) = self.installed.get_mut(&key) {
                     entry.approval = path.to_owned();
-                    entry.boot_id = crate::state::boot_id();
+                    entry.boot_id = crate::platform::boot_mark();
                     entry.health_check =
                         how.installer.health_check.iter().chain(&self.config.health_check).cloned().collect();
                 }
@@ -757,6 +757,7 @@ impl Cycle<'_> {
     /// Run `f` on the module job for the verified `file`: the publisher's module and arguments.
     fn with_job<T>(&self, how: &PublishedCustom, file: &Path, target: &str, f: impl FnOnce(&Job) -> T) -> T {
         let (modules_dir, backup_dir) = (self.state.modules_dir(), self.state.root.join("backup"));
+        let work_dir = self.state.work_dir();
         f(&Job {
             module: &how.installer.module,
             arguments: &how.installer.arguments,
@@ -765,6 +766,9 @@ impl Cycle<'_> {
             target,
             modules_dir: &modules_dir,
             backup_dir: &backup_dir,
+            work_dir: &work_dir,
+            exit_codes: &how.installer.exit_codes,
+            product_code: how.installer.product_code.as_deref(),
         })
     }
 
@@ -793,6 +797,9 @@ impl Cycle<'_> {
             }
             Ok(Outcome::Failed { exit_code, reason }) => {
                 self.report(path, ReportState::Failed, Some(format!("uninstall: {reason}")), exit_code.map(i64::from));
+            }
+            Ok(Outcome::NotApplicable(why)) => {
+                self.report(path, ReportState::Failed, Some(format!("uninstall: {why}")), None);
             }
             Err(e) => self.report(path, ReportState::Failed, Some(format!("uninstall: {e:#}")), None),
         }
@@ -833,10 +840,11 @@ impl Cycle<'_> {
 /// report them installed (or failed: after a reboot nothing is rolled back).
 fn finish_reboots(state: &StateDir, now: i64) -> anyhow::Result<()> {
     let mut installed = state.installed();
-    let current = crate::state::boot_id();
+    let Some(current) = crate::platform::boot_mark() else { return Ok(()) };
     let mut changed = false;
     for entry in installed.values_mut() {
-        if entry.state != "reboot_required" || current.is_none() || entry.boot_id == current {
+        let same_boot = entry.boot_id.as_deref().is_some_and(|mark| crate::platform::same_boot(mark, &current));
+        if entry.state != "reboot_required" || same_boot {
             continue;
         }
         let (report_state, reason, exit_code) = match modules::health_check(&entry.health_check) {
@@ -969,8 +977,14 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
 
 /// Whether a publisher's applicability rules admit this device: OS and architecture (an empty
 /// list admits any), OS version bounds compared numerically by dot-separated parts, and none
-/// of the updates that must not be installed (`installed_ids`) installed. `Err` says why not.
-fn applicable(rules: &Applicability, inventory: &Inventory, installed_ids: &[&str]) -> Result<(), String> {
+/// of the updates that must not be installed (`installed_ids`) installed, every product that
+/// must be installed among `products` and none that must be absent. `Err` says why not.
+fn applicable(
+    rules: &Applicability,
+    inventory: &Inventory,
+    installed_ids: &[&str],
+    products: &[crate::platform::Product],
+) -> Result<(), String> {
     let any_or = |list: &Vec<String>, value: &str| list.is_empty() || list.iter().any(|v| v == value);
     if !any_or(&rules.os, &inventory.os) {
         return Err(format!("for {:?}, this is {}", rules.os, inventory.os));
@@ -991,6 +1005,12 @@ fn applicable(rules: &Applicability, inventory: &Inventory, installed_ids: &[&st
     }
     if let Some(conflict) = rules.not_installed.iter().find(|id| installed_ids.contains(&id.as_str())) {
         return Err(format!("{conflict} is installed"));
+    }
+    if let Some(missing) = rules.products_installed.iter().find(|want| !products.iter().any(|p| p.is(want))) {
+        return Err(format!("needs product {missing}, which is not installed"));
+    }
+    if let Some(present) = rules.products_absent.iter().find(|unwanted| products.iter().any(|p| p.is(unwanted))) {
+        return Err(format!("product {present} is installed"));
     }
     Ok(())
 }
@@ -1013,23 +1033,50 @@ mod tests {
     #[test]
     fn applicability_rules_admit_exactly_the_devices_they_name() {
         let any = Applicability::default();
-        assert_eq!(applicable(&any, &device("linux", "12", "x86_64"), &[]), Ok(()));
+        assert_eq!(applicable(&any, &device("linux", "12", "x86_64"), &[], &[]), Ok(()));
         let rules = Applicability {
             os: vec!["linux".into()],
             architectures: vec!["aarch64".into(), "x86_64".into()],
             min_os_version: Some("11.2".into()),
             max_os_version: Some("12.10".into()),
             not_installed: vec!["old-agent".into()],
+            products_installed: vec![],
+            products_absent: vec![],
         };
-        assert_eq!(applicable(&rules, &device("linux", "12.9", "aarch64"), &[]), Ok(()));
+        assert_eq!(applicable(&rules, &device("linux", "12.9", "aarch64"), &[], &[]), Ok(()));
         // Numeric, not lexical: 12.10 is after 12.9, 11.10 after 11.2.
-        assert_eq!(applicable(&rules, &device("linux", "12.10", "x86_64"), &[]), Ok(()));
-        assert_eq!(applicable(&rules, &device("linux", "11.10", "x86_64"), &[]), Ok(()));
-        let refused = |inventory: Inventory, installed: &[&str]| applicable(&rules, &inventory, installed).unwrap_err();
+        assert_eq!(applicable(&rules, &device("linux", "12.10", "x86_64"), &[], &[]), Ok(()));
+        assert_eq!(applicable(&rules, &device("linux", "11.10", "x86_64"), &[], &[]), Ok(()));
+        let refused =
+            |inventory: Inventory, installed: &[&str]| applicable(&rules, &inventory, installed, &[]).unwrap_err();
         assert!(refused(device("windows", "12", "x86_64"), &[]).starts_with("for [\"linux\"]"));
         assert!(refused(device("linux", "12", "riscv64"), &[]).contains("riscv64"));
         assert!(refused(device("linux", "11.1", "x86_64"), &[]).contains("or later"));
         assert!(refused(device("linux", "13", "x86_64"), &[]).contains("or earlier"));
         assert_eq!(refused(device("linux", "12", "x86_64"), &["old-agent"]), "old-agent is installed");
+        // Windows products, by uninstall key or display name (Windows builds compare by build).
+        let product = |key: &str, name: &str| crate::platform::Product {
+            key: key.into(),
+            name: name.into(),
+            version: "1".into(),
+        };
+        let office = [product("{90160000-0011-0000-1000-0000000FF1CE}", "Microsoft Office Professional Plus 2016")];
+        let rules = Applicability {
+            os: vec!["windows".into()],
+            min_os_version: Some("10.0.19045".into()),
+            products_installed: vec!["microsoft office professional plus 2016".into()],
+            products_absent: vec!["{AAAAAAAA-0000-0000-0000-000000000000}".into()],
+            ..Applicability::default()
+        };
+        assert_eq!(applicable(&rules, &device("windows", "10.0.22631.2861", "x86_64"), &[], &office), Ok(()));
+        let windows = device("windows", "10.0.19045.3803", "x86_64");
+        assert!(
+            applicable(&rules, &device("windows", "10.0.17763.1", "x86_64"), &[], &office)
+                .unwrap_err()
+                .contains("or later")
+        );
+        assert!(applicable(&rules, &windows, &[], &[]).unwrap_err().starts_with("needs product"));
+        let both = [office[0].clone(), product("{aaaaaaaa-0000-0000-0000-000000000000}", "Old")];
+        assert!(applicable(&rules, &windows, &[], &both).unwrap_err().ends_with("is installed"));
     }
 }

@@ -4,6 +4,7 @@ mod cycle;
 mod fetch;
 mod log;
 mod modules;
+mod platform;
 mod state;
 mod tuf_client;
 
@@ -53,10 +54,17 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
-    /// Run as a service: a cycle every poll interval, with jitter and backoff.
+    /// Run in the foreground (under systemd, or in a console): a cycle every poll interval,
+    /// with jitter and backoff.
     Run {
         #[command(flatten)]
         state: StateArgs,
+    },
+    /// The Windows service (`RingfenceAgent`): install, uninstall, or run under the Service
+    /// Control Manager.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
     },
     /// What this device holds and why.
     Status {
@@ -69,8 +77,26 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct StateArgs {
-    #[arg(long, env = "RINGFENCE_AGENT_STATE", default_value = "/var/lib/ringfence-agent")]
+    /// Default: /var/lib/ringfence-agent on Linux, %ProgramData%\Ringfence on Windows.
+    #[arg(long, env = "RINGFENCE_AGENT_STATE", default_value_os_t = platform::default_state_dir())]
     state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceAction {
+    /// Register the service (automatic start, LocalSystem, restarted after a failure); it runs
+    /// `service run` with this state directory. Start it with `sc start RingfenceAgent`.
+    Install {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Stop and remove the service. The state directory (key, trusted metadata) stays.
+    Uninstall,
+    /// What the Service Control Manager starts: `run`'s cycles until the service is stopped.
+    Run {
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -143,12 +169,31 @@ fn main() -> ExitCode {
                 cycle::CycleResult::Busy(_) => 4,
             }))
         })(),
-        Command::Run { state } => run(&state.state_dir),
+        Command::Run { state } => run(&state.state_dir, &|wait| {
+            std::thread::sleep(wait);
+            false
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Service { action } => match action {
+            ServiceAction::Install { state } => (|| {
+                state::StateDir::open(&state.state_dir)?;
+                platform::service::install(&state.state_dir)?;
+                println!("service RingfenceAgent installed (state in {})", state.state_dir.display());
+                Ok(ExitCode::SUCCESS)
+            })(),
+            ServiceAction::Uninstall => platform::service::uninstall().map(|()| {
+                println!("service RingfenceAgent removed");
+                ExitCode::SUCCESS
+            }),
+            ServiceAction::Run { state } => platform::service::run(&state.state_dir, run).map(|()| ExitCode::SUCCESS),
+        },
         Command::Status { state } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
             let config = state.config()?;
             let groups: Vec<&str> = config.groups.iter().map(|g| g.as_str()).collect();
             println!("device {} at {}, groups {}", config.device_id, config.server, groups.join(", "));
+            let access = platform::access_of(&state.root).unwrap_or_else(|e| format!("unknown ({e})"));
+            println!("state {} ({access})", state.root.display());
             // For checking this device's reports on the server: `ringfence device evidence --device-key`.
             println!("device key {}", state.device_key()?.public().to_tuf().keyval.public);
             for (path, i) in state.installed() {
@@ -170,8 +215,9 @@ fn main() -> ExitCode {
 }
 
 /// The service loop: poll interval with ±20% jitter, exponential backoff on errors,
-/// `Retry-After` when the server sheds load.
-fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// `Retry-After` when the server sheds load. `wait` sleeps between cycles and says whether to
+/// stop (a Windows service being stopped); the cycle in progress always finishes first.
+fn run(state_dir: &std::path::Path, wait: &dyn Fn(std::time::Duration) -> bool) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
     let connection = cycle::fetcher(&state)?;
     let mut failures: u32 = 0;
@@ -179,7 +225,7 @@ fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         let now = clock::trusted_now(&state.root, &state.metadata_dir(), wall_clock())?;
         // Bounded whatever the server says: it can slow the agent down, not stop it.
         let poll = state.config().map(|c| c.poll_seconds).unwrap_or(300).clamp(10, 86_400);
-        let wait = match cycle::check(&state, now, &connection) {
+        let seconds = match cycle::check(&state, now, &connection) {
             Ok(cycle::CycleResult::Busy(after)) => after.clamp(1, 3600),
             Ok(result) => {
                 failures = 0;
@@ -193,7 +239,9 @@ fn run(state_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 jitter(poll.min(60).saturating_mul(1 << failures.min(6)).min(3600))
             }
         };
-        std::thread::sleep(std::time::Duration::from_secs(wait));
+        if wait(std::time::Duration::from_secs(seconds)) {
+            return Ok(());
+        }
     }
 }
 

@@ -1,8 +1,7 @@
-//! The agent's state directory (mode 0700): its key, configuration, trusted metadata,
+//! The agent's state directory (mode 0700; on Windows an ACL for SYSTEM and Administrators): its key, configuration, trusted metadata,
 //! downloads, installed updates and the queue of reports not yet sent.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -66,23 +65,16 @@ pub struct Installed {
     pub operator_retries: u32,
 }
 
-/// This boot's id (`/proc/sys/kernel/random/boot_id`, or the file `RINGFENCE_BOOT_ID_FILE`
-/// names, for images and tests).
-pub fn boot_id() -> Option<String> {
-    let path = std::env::var_os("RINGFENCE_BOOT_ID_FILE").unwrap_or_else(|| "/proc/sys/kernel/random/boot_id".into());
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
-}
-
 pub struct StateDir {
     pub root: PathBuf,
 }
 
 impl StateDir {
-    /// Open (creating with mode 0700) the state directory.
+    /// Open (creating, and making private) the state directory.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
-        for sub in ["metadata", "downloads", "outbox", "backup"] {
+        crate::platform::secure_dir(root).with_context(|| format!("making {} private", root.display()))?;
+        for sub in ["metadata", "downloads", "outbox", "backup", "work"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         Ok(Self { root: root.to_path_buf() })
@@ -100,6 +92,10 @@ impl StateDir {
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join("modules")
     }
+    /// Installer logs and the copies of verified files that need an extension to run.
+    pub fn work_dir(&self) -> PathBuf {
+        self.root.join("work")
+    }
 
     /// The device key, generated on first use; it never leaves this file.
     pub fn device_key(&self) -> anyhow::Result<SigningKey> {
@@ -108,7 +104,7 @@ impl StateDir {
             return SigningKey::from_pem(&pem, None).context("loading the device key");
         }
         let key = SigningKey::generate();
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+        let mut f = crate::platform::create_private(&path)?;
         std::io::Write::write_all(&mut f, key.to_unencrypted_pem()?.as_bytes())?;
         Ok(key)
     }

@@ -168,6 +168,44 @@ pub struct Applicability {
     /// Update ids that must not be installed for this one to apply.
     #[serde(default)]
     pub not_installed: Vec<String>,
+    /// Products that must be installed (Windows: an uninstall entry whose key, such as an MSI
+    /// product code, or display name is this, compared without regard to case).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products_installed: Vec<String>,
+    /// Products that must not be installed, matched the same way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub products_absent: Vec<String>,
+}
+
+/// What an installer's exit code means, as its publisher says (`exe` module).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitMeaning {
+    Installed,
+    RebootRequired,
+    NotApplicable,
+    Failed,
+}
+
+/// One row of a publisher's exit-code table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExitCodeRule {
+    /// The process exit code; Windows codes such as `0x80240017` are written as unsigned
+    /// decimal (2149842967).
+    pub code: u32,
+    pub means: ExitMeaning,
+}
+
+/// At most this many rows in an exit-code table.
+pub const MAX_EXIT_CODES: usize = 32;
+
+/// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` in hex digits: the form of an MSI product code.
+pub fn is_product_code(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) else { return false };
+    let groups: Vec<&str> = inner.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +222,14 @@ pub struct Installer {
     /// exits 0, else it is rolled back where the module can and reported failed.
     #[serde(default)]
     pub health_check: Vec<String>,
+    /// `exe`: what the installer's exit codes mean. Without a row for a code: 0 installed,
+    /// 3010 and 1641 reboot required, anything else failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exit_codes: Vec<ExitCodeRule>,
+    /// `msi`: the package's product code, by which it is uninstalled (`msiexec /x`) and found
+    /// among the installed products. Without it, uninstall goes by the package file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_code: Option<String>,
 }
 
 /// The catalog entry of an update, as published.

@@ -351,6 +351,8 @@ async fn bench(n: usize) -> Measured {
                 arguments: vec![],
                 reboot_required: false,
                 health_check: vec![],
+                exit_codes: vec![],
+                product_code: None,
             },
             files: vec![UpdateFile { name: format!("new-{i}.bin"), sha256: sha.clone(), length: content.len() as u64 }],
         };

@@ -189,7 +189,14 @@ pub fn manifest(id: String, files: Vec<ringfence_proto::api::UpdateFile>) -> rin
         supersedes: vec![],
         prerequisites: vec![],
         applicability: Applicability::default(),
-        installer: Installer { module: "file".into(), arguments: vec![], reboot_required: false, health_check: vec![] },
+        installer: Installer {
+            module: "file".into(),
+            arguments: vec![],
+            reboot_required: false,
+            health_check: vec![],
+            exit_codes: vec![],
+            product_code: None,
+        },
         files,
     }
 }

@@ -23,3 +23,4 @@ mod simulator;
 mod stolen_server;
 mod tough_interop;
 mod transparency;
+mod windows_agent;

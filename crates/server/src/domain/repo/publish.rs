@@ -247,11 +247,24 @@ fn validate_manifest(m: &UpdateManifest) -> Result<()> {
         ("applicability.os", &m.applicability.os),
         ("applicability.architectures", &m.applicability.architectures),
         ("applicability.not_installed", &m.applicability.not_installed),
+        ("applicability.products_installed", &m.applicability.products_installed),
+        ("applicability.products_absent", &m.applicability.products_absent),
     ];
     for (field, list) in lists {
         if list.len() > MAX_LIST || list.iter().any(|s| s.len() > 256) {
             return Err(bad(format!("{field}: at most {MAX_LIST} items of at most 256 bytes")));
         }
+    }
+    if m.installer.exit_codes.len() > ringfence_proto::api::MAX_EXIT_CODES {
+        return Err(bad(format!("installer.exit_codes: at most {} rows", ringfence_proto::api::MAX_EXIT_CODES)));
+    }
+    let mut codes: Vec<u32> = m.installer.exit_codes.iter().map(|r| r.code).collect();
+    codes.sort_unstable();
+    if codes.windows(2).any(|w| w.first() == w.get(1)) {
+        return Err(bad("installer.exit_codes: a code is listed twice"));
+    }
+    if m.installer.product_code.as_deref().is_some_and(|c| !ringfence_proto::api::is_product_code(c)) {
+        return Err(bad("installer.product_code: {XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX} in hex digits"));
     }
     if m.files.is_empty() || m.files.len() > MAX_FILES_PER_UPDATE {
         return Err(bad(format!("files: 1 to {MAX_FILES_PER_UPDATE} files")));
@@ -290,6 +303,20 @@ mod tests {
         assert!(refusal(|m| m.cves = vec!["CVE".into(); MAX_LIST + 1]).starts_with("cves:"));
         assert!(refusal(|m| m.kb = vec!["x".repeat(257)]).starts_with("kb:"));
         assert!(refusal(|m| m.files.clear()).starts_with("files:"));
+        assert!(refusal(|m| m.installer.product_code = Some("{1234}".into())).starts_with("installer.product_code:"));
+        let row = ringfence_proto::api::ExitCodeRule { code: 1, means: ringfence_proto::api::ExitMeaning::Failed };
+        assert!(
+            refusal(|m| m.installer.exit_codes = vec![row.clone(), row.clone()]).starts_with("installer.exit_codes:")
+        );
+        let many = (0..33).map(|code| ringfence_proto::api::ExitCodeRule { code, ..row.clone() }).collect();
+        assert!(refusal(|m| m.installer.exit_codes = many).starts_with("installer.exit_codes:"));
+        assert!(
+            refusal(|m| m.applicability.products_absent = vec!["x".repeat(257)])
+                .starts_with("applicability.products_absent:")
+        );
+        let mut good = manifest();
+        good.installer.product_code = Some("{0123ABCD-4567-89ab-CDEF-0123456789AB}".into());
+        assert!(validate_manifest(&good).is_ok());
         let many = vec![manifest().files.remove(0); MAX_FILES_PER_UPDATE + 1];
         assert!(refusal(|m| m.files = many).starts_with("files:"));
     }

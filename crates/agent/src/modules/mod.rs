@@ -1,7 +1,9 @@
 //! Update modules: how a verified file gets installed. See `docs/UPDATE-MODULES.md`.
 //!
-//! Built in: `file`, `script`, `deb`. Any other name is an executable
-//! `<state>/modules/<name>` speaking protocol version 1.
+//! Built in: `file`, `script`, `deb`, and for Windows `msi`, `msu`, `exe` (`windows.rs`).
+//! Any other name is an executable `<state>/modules/<name>` speaking protocol version 1.
+
+mod windows;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +19,12 @@ pub const EXIT_REBOOT_REQUIRED: i32 = 3;
 pub enum Outcome {
     Installed,
     RebootRequired,
-    Failed { exit_code: Option<i32>, reason: String },
+    /// The installer found nothing to do on this device (an `.msu` for another edition, say).
+    NotApplicable(String),
+    Failed {
+        exit_code: Option<i32>,
+        reason: String,
+    },
 }
 
 /// What the module needs to know beyond the file.
@@ -29,6 +36,12 @@ pub struct Job<'a> {
     pub target: &'a str,
     pub modules_dir: &'a Path,
     pub backup_dir: &'a Path,
+    /// Installer logs and extension-named copies of the file (`<state>/work`).
+    pub work_dir: &'a Path,
+    /// `exe`: the publisher's exit-code table.
+    pub exit_codes: &'a [ringfence_proto::api::ExitCodeRule],
+    /// `msi`: the product code, for uninstalling and for checking the install.
+    pub product_code: Option<&'a str>,
 }
 
 /// Undo information for modules that can roll back.
@@ -63,14 +76,17 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
     match job.module {
         "file" => install_file(job),
         "script" => {
-            let status = Command::new("/bin/sh")
-                .arg(job.file)
+            let script = Staged::new(job, crate::platform::SCRIPT_EXTENSION)?;
+            let status = crate::platform::script_command(script.path())
                 .args(job.arguments)
                 .envs(env(job))
                 .status()
                 .context("running the script")?;
             Ok((exit_outcome(status, "the script"), Undo::Nothing))
         }
+        "msi" => Ok((windows::install_msi(job)?, Undo::Nothing)),
+        "msu" => Ok((windows::install_msu(job)?, Undo::Nothing)),
+        "exe" => Ok((windows::install_exe(job)?, Undo::Nothing)),
         "deb" => {
             let status = dpkg().arg("-i").arg(job.file).status().context("running dpkg")?;
             Ok((exit_outcome(status, "dpkg"), Undo::Nothing))
@@ -101,6 +117,9 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
     match job.module {
         "file" => uninstall_file(job, installed_sha256),
         "script" => bail!("the script module cannot uninstall"),
+        "msi" => windows::uninstall_msi(job),
+        "msu" => windows::uninstall_msu(job),
+        "exe" => bail!("the exe module cannot uninstall: publish the vendor's uninstaller as an update of its own"),
         "deb" => {
             let field = |name: &str| -> anyhow::Result<String> {
                 let out = Command::new("dpkg-deb").arg("--field").arg(job.file).arg(name).output()?;
@@ -161,7 +180,6 @@ fn file_destination(job: &Job) -> anyhow::Result<PathBuf> {
 /// Remove `DEST` only while it is a regular file (not a link) holding exactly the installed
 /// bytes; a missing `DEST` counts as removed.
 fn uninstall_file(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
-    use std::os::unix::fs::MetadataExt;
     let dest = file_destination(job)?;
     let before = match std::fs::symlink_metadata(&dest) {
         Ok(m) => m,
@@ -175,7 +193,7 @@ fn uninstall_file(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> 
     }
     let mut file = std::fs::File::open(&dest).with_context(|| format!("opening {}", dest.display()))?;
     let opened = file.metadata()?;
-    if (opened.dev(), opened.ino()) != (before.dev(), before.ino()) {
+    if !crate::platform::same_file(&opened, &before) {
         return Ok(left_alone("changed while it was checked"));
     }
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
@@ -210,9 +228,41 @@ fn dpkg() -> Command {
     cmd
 }
 
-/// `file DEST [MODE]`: place the file at DEST (absolute), with MODE in octal (default 0644).
+/// A copy of the verified file under a name with the extension its program needs (`.msi`,
+/// `.ps1`), in the private work directory; removed when dropped. No extension: the file itself.
+pub(crate) struct Staged {
+    path: PathBuf,
+    copied: bool,
+}
+
+impl Staged {
+    pub(crate) fn new(job: &Job, extension: &str) -> anyhow::Result<Self> {
+        if extension.is_empty() {
+            return Ok(Self { path: job.file.to_path_buf(), copied: false });
+        }
+        let mut nonce = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+        let path = job.work_dir.join(format!("{}.{extension}", hex::encode(nonce)));
+        std::fs::copy(job.file, &path).with_context(|| format!("copying the verified file to {}", path.display()))?;
+        Ok(Self { path, copied: true })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.copied {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `file DEST [MODE]`: place the file at DEST (absolute), with MODE in octal (default 0644;
+/// ignored on Windows, where the file takes its directory's ACL).
 fn install_file(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
-    use std::os::unix::fs::PermissionsExt;
     let dest = file_destination(job)?;
     let mode = match job.arguments.get(1) {
         Some(m) => u32::from_str_radix(m, 8).context("module file: mode is octal, like 0644")?,
@@ -240,7 +290,7 @@ fn install_file(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     let written = std::io::copy(&mut std::fs::File::open(job.file)?, &mut out)
-        .and_then(|_| out.set_permissions(std::fs::Permissions::from_mode(mode)))
+        .and_then(|_| crate::platform::set_mode(&out, mode))
         .and_then(|()| out.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
@@ -288,6 +338,9 @@ mod uninstall_tests {
             target: "approvals/g/acme/f",
             modules_dir: file,
             backup_dir: file,
+            work_dir: file,
+            exit_codes: &[],
+            product_code: None,
         }
     }
 

@@ -1,0 +1,91 @@
+//! Linux (and other Unix): modes, `/proc`, `/etc`, `/bin/sh`.
+
+use std::fs::{File, Metadata, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::Product;
+
+pub fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/ringfence-agent")
+}
+
+/// Only the agent's own user may enter the state directory: mode 0700.
+pub fn secure_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Who may use `path`, for `status`.
+pub fn access_of(path: &Path) -> std::io::Result<String> {
+    Ok(format!("mode {:04o}", std::fs::metadata(path)?.permissions().mode() & 0o7777))
+}
+
+/// A new file (never an existing one, never through a link) only its owner may read: 0600.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
+}
+
+/// Give an open file the mode a publisher asked for (`file DEST MODE`).
+pub fn set_mode(file: &File, mode: u32) -> std::io::Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
+/// Whether two metadata describe the same file: device and inode.
+pub fn same_file(a: &Metadata, b: &Metadata) -> bool {
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+pub fn boot_mark() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// The `script` module's file name needs no extension here.
+pub const SCRIPT_EXTENSION: &str = "";
+
+/// The `script` module: the file run by `/bin/sh`.
+pub fn script_command(file: &Path) -> Command {
+    let mut command = Command::new("/bin/sh");
+    command.arg(file);
+    command
+}
+
+/// `VERSION_ID` from `/etc/os-release`.
+pub fn os_version() -> String {
+    let os_release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_ID="))
+        .map(|v| v.trim_matches('"').to_owned())
+        .unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_owned()
+}
+
+/// Linux lists no products: packages are the package manager's business (`deb`).
+pub fn installed_products() -> Vec<Product> {
+    Vec::new()
+}
+
+/// The Windows service; on Linux the agent runs under systemd as `ringfence-agent run`.
+pub mod service {
+    use std::path::Path;
+
+    const NOT_HERE: &str =
+        "the Windows service exists on Windows only: here, run `ringfence-agent run` under systemd (docs/AGENT.md)";
+
+    pub fn install(_state_dir: &Path) -> anyhow::Result<()> {
+        anyhow::bail!(NOT_HERE)
+    }
+    pub fn uninstall() -> anyhow::Result<()> {
+        anyhow::bail!(NOT_HERE)
+    }
+    pub fn run(_state_dir: &Path, _cycles: super::super::RunLoop) -> anyhow::Result<()> {
+        anyhow::bail!(NOT_HERE)
+    }
+}
