@@ -370,7 +370,12 @@ impl Cycle<'_> {
         ringfence_proto::Sha256Hex::parse(&sha).context("sha256 in the metadata")?;
         let done = self.state.downloads().join(&sha);
         if done.exists() {
-            return Ok(done);
+            // Checked again before it is used: a file is trusted for its hash, not its name.
+            let (len, digests) = crate::tuf_client::digest_file(&done)?;
+            if verify_target(target, len, &digests).is_ok() {
+                return Ok(done);
+            }
+            std::fs::remove_file(&done)?;
         }
         let partial = self.state.downloads().join(format!("{sha}.partial"));
         let mut offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
@@ -669,7 +674,7 @@ impl Cycle<'_> {
         };
         self.report(path, ReportState::Downloaded, None, None);
         self.report(path, ReportState::Installing, None, None);
-        let (outcome, undo) = match self.with_job(&how, &file, path, modules::install) {
+        let (outcome, undo) = match self.with_job(&how, &file, &sha, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
                 self.install_failed(&key, &sha, &how.update_id, path, ReportState::Failed, format!("{e:#}"), None);
@@ -755,13 +760,21 @@ impl Cycle<'_> {
     }
 
     /// Run `f` on the module job for the verified `file`: the publisher's module and arguments.
-    fn with_job<T>(&self, how: &PublishedCustom, file: &Path, target: &str, f: impl FnOnce(&Job) -> T) -> T {
+    fn with_job<T>(
+        &self,
+        how: &PublishedCustom,
+        file: &Path,
+        sha256: &str,
+        target: &str,
+        f: impl FnOnce(&Job) -> T,
+    ) -> T {
         let (modules_dir, backup_dir) = (self.state.modules_dir(), self.state.root.join("backup"));
         let work_dir = self.state.work_dir();
         f(&Job {
             module: &how.installer.module,
             arguments: &how.installer.arguments,
             file,
+            sha256,
             update_id: &how.update_id,
             target,
             modules_dir: &modules_dir,
@@ -789,7 +802,7 @@ impl Cycle<'_> {
                 return;
             }
         };
-        match self.with_job(how, &file, path, |job| modules::uninstall(job, &sha)) {
+        match self.with_job(how, &file, &sha, path, |job| modules::uninstall(job, &sha)) {
             Ok(Outcome::Installed | Outcome::RebootRequired) => {
                 self.report(path, ReportState::Uninstalled, None, None);
                 self.remember(published.as_str(), &sha, &how.update_id, "uninstalled");

@@ -8,6 +8,7 @@ mod platform;
 mod state;
 mod tuf_client;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -185,7 +186,10 @@ fn main() -> ExitCode {
                 println!("service RingfenceAgent removed");
                 ExitCode::SUCCESS
             }),
-            ServiceAction::Run { state } => platform::service::run(&state.state_dir, run).map(|()| ExitCode::SUCCESS),
+            ServiceAction::Run { state } => {
+                let _ = SERVICE_LOG.set(state.state_dir.join("service.log"));
+                platform::service::run(&state.state_dir, run).map(|()| ExitCode::SUCCESS)
+            }
         },
         Command::Status { state } => (|| {
             let state = state::StateDir::open(&state.state_dir)?;
@@ -214,11 +218,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// A line on standard error, or for a Windows service in its log file: a service's standard
+/// error is nothing at all (Windows) or whatever its manager inherited (Wine), and writing to it
+/// must never stop the agent.
+pub(crate) fn say(line: &str) {
+    let Some(path) = SERVICE_LOG.get() else {
+        let _ = writeln!(std::io::stderr(), "{line}");
+        return;
+    };
+    // Kept short: started afresh once it passes 1 MiB.
+    let long = std::fs::metadata(path).is_ok_and(|m| m.len() > 1 << 20);
+    let file = std::fs::OpenOptions::new().create(true).append(!long).write(true).truncate(long).open(path);
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{} {line}", ringfence_trust::expiry::format(wall_clock()));
+    }
+}
+
+/// Where a Windows service's lines go (`<state>\service.log`): it has no console.
+static SERVICE_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// How often a service that is not enrolled yet looks for its enrollment.
+const ENROLLMENT_POLL_SECONDS: u64 = 5;
+
 /// The service loop: poll interval with ±20% jitter, exponential backoff on errors,
 /// `Retry-After` when the server sheds load. `wait` sleeps between cycles and says whether to
 /// stop (a Windows service being stopped); the cycle in progress always finishes first.
 fn run(state_dir: &std::path::Path, wait: &dyn Fn(std::time::Duration) -> bool) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
+    // Installed before it was enrolled (a package deployed first, enrolled after): look for the
+    // enrollment every few seconds, without backoff, and only then read the pinned CA.
+    let mut said = false;
+    while state.config().is_err() {
+        if !said {
+            say("not enrolled yet: waiting for `ringfence-agent enroll`");
+            said = true;
+        }
+        if wait(std::time::Duration::from_secs(ENROLLMENT_POLL_SECONDS)) {
+            return Ok(());
+        }
+    }
+    if said {
+        say("enrolled: cycles start");
+    }
     let connection = cycle::fetcher(&state)?;
     let mut failures: u32 = 0;
     loop {
@@ -235,7 +276,7 @@ fn run(state_dir: &std::path::Path, wait: &dyn Fn(std::time::Duration) -> bool) 
             Err(e) => {
                 failures = failures.saturating_add(1);
                 state.save_last_cycle(&format!("error: {e:#}"))?;
-                eprintln!("cycle failed: {e:#}");
+                say(&format!("cycle failed: {e:#}"));
                 jitter(poll.min(60).saturating_mul(1 << failures.min(6)).min(3600))
             }
         };

@@ -70,12 +70,14 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Open (creating, and making private) the state directory.
+    /// Open (creating, and making private) the state directory. Each directory inside is made
+    /// private too: one created beforehand by someone else keeps no access of theirs.
     pub fn open(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
-        crate::platform::secure_dir(root).with_context(|| format!("making {} private", root.display()))?;
-        for sub in ["metadata", "downloads", "outbox", "backup", "work"] {
-            std::fs::create_dir_all(root.join(sub))?;
+        for dir in std::iter::once(root.to_path_buf())
+            .chain(["metadata", "downloads", "outbox", "backup", "work", "modules"].map(|sub| root.join(sub)))
+        {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::platform::secure_dir(&dir).with_context(|| format!("making {} private", dir.display()))?;
         }
         Ok(Self { root: root.to_path_buf() })
     }

@@ -200,6 +200,18 @@ pub struct ExitCodeRule {
 /// At most this many rows in an exit-code table.
 pub const MAX_EXIT_CODES: usize = 32;
 
+/// An `msi` installer argument: a Windows Installer property `NAME=VALUE` (such as
+/// `ALLUSERS=1`), NAME of letters, digits, `_` and `.` not starting with a digit or `.`, VALUE
+/// without quotes or control characters. Nothing else reaches msiexec's command line: no
+/// switch (`/x`, `/l`) and no quote that could end the value.
+pub fn is_msi_property(arg: &str) -> bool {
+    let Some((name, value)) = arg.split_once('=') else { return false };
+    let mut name_chars = name.chars();
+    name_chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name_chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !value.chars().any(|c| c == '"' || c.is_control())
+}
+
 /// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` in hex digits: the form of an MSI product code.
 pub fn is_product_code(s: &str) -> bool {
     let Some(inner) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) else { return false };
@@ -223,11 +235,12 @@ pub struct Installer {
     #[serde(default)]
     pub health_check: Vec<String>,
     /// `exe`: what the installer's exit codes mean. Without a row for a code: 0 installed,
-    /// 3010 and 1641 reboot required, anything else failed.
+    /// anything else failed (a vendor's 3010 means "reboot required" only if this table says so).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exit_codes: Vec<ExitCodeRule>,
-    /// `msi`: the package's product code, by which it is uninstalled (`msiexec /x`) and found
-    /// among the installed products. Without it, uninstall goes by the package file.
+    /// `msi`: the package's product code, by which it is uninstalled (`msiexec /x`) and checked
+    /// among the installed products after an install. Without it, uninstall goes by the package
+    /// file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product_code: Option<String>,
 }

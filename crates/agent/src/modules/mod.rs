@@ -32,6 +32,8 @@ pub struct Job<'a> {
     pub module: &'a str,
     pub arguments: &'a [String],
     pub file: &'a Path,
+    /// The signed SHA-256 of `file` (lowercase hex), checked again where a copy is run.
+    pub sha256: &'a str,
     pub update_id: &'a str,
     pub target: &'a str,
     pub modules_dir: &'a Path,
@@ -229,22 +231,51 @@ fn dpkg() -> Command {
 }
 
 /// A copy of the verified file under a name with the extension its program needs (`.msi`,
-/// `.ps1`), in the private work directory; removed when dropped. No extension: the file itself.
+/// `.ps1`), in the private work directory, held open so that nobody can change it (on Windows)
+/// and checked against the signed hash through that handle: the program runs exactly the
+/// signed bytes. Removed when dropped. No extension needed: the file itself, checked the same.
 pub(crate) struct Staged {
     path: PathBuf,
     copied: bool,
+    held: Option<std::fs::File>,
 }
 
 impl Staged {
     pub(crate) fn new(job: &Job, extension: &str) -> anyhow::Result<Self> {
-        if extension.is_empty() {
-            return Ok(Self { path: job.file.to_path_buf(), copied: false });
+        let (path, copied) = if extension.is_empty() {
+            (job.file.to_path_buf(), false)
+        } else {
+            let mut nonce = [0u8; 8];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+            let path = job.work_dir.join(format!("{}.{extension}", hex::encode(nonce)));
+            let mut out =
+                crate::platform::create_private(&path).with_context(|| format!("creating {}", path.display()))?;
+            let copied = std::io::copy(&mut std::fs::File::open(job.file)?, &mut out).and_then(|_| out.sync_all());
+            if let Err(e) = copied {
+                let _ = std::fs::remove_file(&path);
+                return Err(e).with_context(|| format!("copying the verified file to {}", path.display()));
+            }
+            (path, true)
+        };
+        // From here on the staged struct owns the copy: any failure below removes it.
+        let held = match crate::platform::open_locked(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                if copied {
+                    let _ = std::fs::remove_file(&path);
+                }
+                return Err(e).with_context(|| format!("opening {}", path.display()));
+            }
+        };
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        let read = std::io::copy(&mut &held, &mut hasher);
+        let staged = Self { path, copied, held: Some(held) };
+        read.with_context(|| format!("reading {}", staged.path.display()))?;
+        let actual = hex::encode(sha2::Digest::finalize(hasher));
+        if !actual.eq_ignore_ascii_case(job.sha256) {
+            bail!("{} changed on disk after it was verified (sha256 {actual}): not run", staged.path.display());
         }
-        let mut nonce = [0u8; 8];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-        let path = job.work_dir.join(format!("{}.{extension}", hex::encode(nonce)));
-        std::fs::copy(job.file, &path).with_context(|| format!("copying the verified file to {}", path.display()))?;
-        Ok(Self { path, copied: true })
+        Ok(staged)
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -254,6 +285,8 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        // Closed first: Windows removes no file that is open without delete sharing.
+        drop(self.held.take());
         if self.copied {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -334,6 +367,7 @@ mod uninstall_tests {
             module: "file",
             arguments: dest,
             file,
+            sha256: "",
             update_id: "u",
             target: "approvals/g/acme/f",
             modules_dir: file,

@@ -38,9 +38,18 @@ fn explain(code: u32) -> Option<&'static str> {
     })
 }
 
-/// How an installer's exit code turns into an outcome: the publisher's table first, then
-/// Windows' conventions (0 installed, 3010 and 1641 reboot required), anything else failed.
-pub fn outcome(code: Option<i32>, table: &[ExitCodeRule], what: &str) -> Outcome {
+/// Whose conventions give an exit code without a table row its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conventions {
+    /// Windows Installer and Windows Update: 0 installed, 3010 and 1641 reboot required.
+    Windows,
+    /// A vendor's setup program: 0 installed, anything else is what the publisher's table says.
+    Vendor,
+}
+
+/// How an installer's exit code turns into an outcome: the table first, then the conventions;
+/// anything else failed.
+pub fn outcome(code: Option<i32>, table: &[ExitCodeRule], conventions: Conventions, what: &str) -> Outcome {
     let Some(raw) = code else {
         return Outcome::Failed { exit_code: None, reason: format!("{what} ended without an exit code") };
     };
@@ -49,9 +58,9 @@ pub fn outcome(code: Option<i32>, table: &[ExitCodeRule], what: &str) -> Outcome
         Some(why) => format!("{what} exited with {code} (0x{code:08X}): {why}"),
         None => format!("{what} exited with {code} (0x{code:08X})"),
     };
-    let meaning = table.iter().find(|r| r.code == code).map(|r| r.means).unwrap_or(match code {
-        0 => ExitMeaning::Installed,
-        REBOOT_REQUIRED | REBOOT_INITIATED => ExitMeaning::RebootRequired,
+    let meaning = table.iter().find(|r| r.code == code).map(|r| r.means).unwrap_or(match (code, conventions) {
+        (0, _) => ExitMeaning::Installed,
+        (REBOOT_REQUIRED | REBOOT_INITIATED, Conventions::Windows) => ExitMeaning::RebootRequired,
         _ => ExitMeaning::Failed,
     });
     match meaning {
@@ -62,11 +71,34 @@ pub fn outcome(code: Option<i32>, table: &[ExitCodeRule], what: &str) -> Outcome
     }
 }
 
-/// Where msiexec writes its verbose log for this update: `<state>\work\<update>.<what>.log`.
+/// Where msiexec writes its verbose log for this update: `<state>\work\<what>-<update>.log`
+/// (never a reserved name such as `NUL.log`: it starts with `install-` or `uninstall-`).
 fn log_path(job: &Job, what: &str) -> PathBuf {
     let safe: String =
         job.update_id.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect();
-    job.work_dir.join(format!("{safe}.{what}.log"))
+    job.work_dir.join(format!("{what}-{safe}.log"))
+}
+
+/// The signed product code, checked here too (not only by the server that took the manifest):
+/// only `{GUID}` reaches `msiexec /x`.
+fn product_code<'a>(job: &Job<'a>) -> anyhow::Result<Option<&'a str>> {
+    match job.product_code {
+        Some(code) if !ringfence_proto::api::is_product_code(code) => {
+            anyhow::bail!("product code {code:?} is not {{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}}")
+        }
+        code => Ok(code),
+    }
+}
+
+/// msiexec's command line after the package: verbose log, then the publisher's properties,
+/// each `NAME=VALUE` (checked here too: no switch and no quote reaches msiexec).
+fn msiexec(job: &Job, log: &Path) -> anyhow::Result<Command> {
+    if let Some(bad) = job.arguments.iter().find(|a| !ringfence_proto::api::is_msi_property(a)) {
+        anyhow::bail!("msi argument {bad:?} is not a property NAME=VALUE without quotes");
+    }
+    let mut command = Command::new(crate::platform::system_program("msiexec.exe"));
+    command.args(["/qn", "/norestart", "/l*v"]).arg(log);
+    Ok(command)
 }
 
 fn run(mut command: Command, job: &Job, program: &str) -> anyhow::Result<Option<i32>> {
@@ -83,17 +115,18 @@ fn with_log(outcome: Outcome, log: &Path) -> Outcome {
     }
 }
 
-/// `msiexec /i FILE /qn /norestart /l*v LOG ARGUMENTS…` (arguments are the publisher's
+/// `msiexec /qn /norestart /l*v LOG ARGUMENTS… /i FILE` (arguments are the publisher's
 /// properties, such as `ALLUSERS=1`). With a product code, a success is checked against the
-/// products Windows lists as installed.
+/// products Windows lists as installed, by product code only.
 pub fn install_msi(job: &Job) -> anyhow::Result<Outcome> {
-    let package = Staged::new(job, "msi")?;
+    let code = product_code(job)?;
     let log = log_path(job, "install");
-    let mut command = Command::new("msiexec.exe");
-    command.arg("/i").arg(package.path()).args(["/qn", "/norestart", "/l*v"]).arg(&log).args(job.arguments);
-    let outcome = with_log(outcome(run(command, job, "msiexec")?, &[], "msiexec"), &log);
-    if let (Outcome::Installed | Outcome::RebootRequired, Some(code)) = (&outcome, job.product_code)
-        && !crate::platform::installed_products().iter().any(|p| p.is(code))
+    let mut command = msiexec(job, &log)?;
+    let package = Staged::new(job, "msi")?;
+    command.args(job.arguments).arg("/i").arg(package.path());
+    let outcome = with_log(outcome(run(command, job, "msiexec")?, &[], Conventions::Windows, "msiexec"), &log);
+    if let (Outcome::Installed | Outcome::RebootRequired, Some(code)) = (&outcome, code)
+        && !crate::platform::installed_products().iter().any(|p| p.key.eq_ignore_ascii_case(code))
     {
         return Ok(Outcome::Failed {
             exit_code: None,
@@ -103,26 +136,26 @@ pub fn install_msi(job: &Job) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// `msiexec /x PRODUCT-CODE /qn /norestart /l*v LOG` (or by the package file without a product
+/// `msiexec /qn /norestart /l*v LOG /x PRODUCT-CODE` (or by the package file without a product
 /// code). A product that is not installed counts as removed.
 pub fn uninstall_msi(job: &Job) -> anyhow::Result<Outcome> {
-    let package;
+    let code = product_code(job)?;
     let log = log_path(job, "uninstall");
-    let mut command = Command::new("msiexec.exe");
+    let mut command = msiexec(job, &log)?;
+    let package;
     command.arg("/x");
-    match job.product_code {
+    match code {
         Some(code) => command.arg(code),
         None => {
             package = Staged::new(job, "msi")?;
             command.arg(package.path())
         }
     };
-    command.args(["/qn", "/norestart", "/l*v"]).arg(&log);
     let code = run(command, job, "msiexec")?;
     if code.map(|c| c as u32) == Some(UNKNOWN_PRODUCT) {
         return Ok(Outcome::Installed);
     }
-    Ok(with_log(outcome(code, &[], "msiexec /x"), &log))
+    Ok(with_log(outcome(code, &[], Conventions::Windows, "msiexec /x"), &log))
 }
 
 const WUSA_TABLE: [ExitCodeRule; 2] = [
@@ -133,17 +166,17 @@ const WUSA_TABLE: [ExitCodeRule; 2] = [
 /// `wusa FILE /quiet /norestart`.
 pub fn install_msu(job: &Job) -> anyhow::Result<Outcome> {
     let package = Staged::new(job, "msu")?;
-    let mut command = Command::new("wusa.exe");
+    let mut command = Command::new(crate::platform::system_program("wusa.exe"));
     command.arg(package.path()).args(["/quiet", "/norestart"]);
-    Ok(outcome(run(command, job, "wusa")?, &WUSA_TABLE, "wusa"))
+    Ok(outcome(run(command, job, "wusa")?, &WUSA_TABLE, Conventions::Windows, "wusa"))
 }
 
 /// `wusa /uninstall FILE /quiet /norestart`.
 pub fn uninstall_msu(job: &Job) -> anyhow::Result<Outcome> {
     let package = Staged::new(job, "msu")?;
-    let mut command = Command::new("wusa.exe");
+    let mut command = Command::new(crate::platform::system_program("wusa.exe"));
     command.arg("/uninstall").arg(package.path()).args(["/quiet", "/norestart"]);
-    Ok(outcome(run(command, job, "wusa /uninstall")?, &[], "wusa /uninstall"))
+    Ok(outcome(run(command, job, "wusa /uninstall")?, &[], Conventions::Windows, "wusa /uninstall"))
 }
 
 /// The vendor's setup program with the publisher's arguments, read by the publisher's table.
@@ -151,7 +184,7 @@ pub fn install_exe(job: &Job) -> anyhow::Result<Outcome> {
     let program = Staged::new(job, "exe")?;
     let mut command = Command::new(program.path());
     command.args(job.arguments);
-    Ok(outcome(run(command, job, "the installer")?, job.exit_codes, "the installer"))
+    Ok(outcome(run(command, job, "the installer")?, job.exit_codes, Conventions::Vendor, "the installer"))
 }
 
 #[cfg(test)]
@@ -160,25 +193,31 @@ mod tests {
 
     #[test]
     fn windows_exit_codes_map_to_outcomes_and_the_publishers_table_comes_first() {
-        assert_eq!(outcome(Some(0), &[], "msiexec"), Outcome::Installed);
-        assert_eq!(outcome(Some(3010), &[], "msiexec"), Outcome::RebootRequired);
-        assert_eq!(outcome(Some(1641), &[], "msiexec"), Outcome::RebootRequired);
-        let Outcome::Failed { exit_code, reason } = outcome(Some(1603), &[], "msiexec") else { panic!() };
+        let windows = |code: i32| outcome(Some(code), &[], Conventions::Windows, "msiexec");
+        assert_eq!(windows(0), Outcome::Installed);
+        assert_eq!(windows(3010), Outcome::RebootRequired);
+        assert_eq!(windows(1641), Outcome::RebootRequired);
+        let Outcome::Failed { exit_code, reason } = windows(1603) else { panic!() };
         assert_eq!(exit_code, Some(1603));
         assert!(reason.contains("fatal error"), "{reason}");
-        assert!(matches!(outcome(None, &[], "msiexec"), Outcome::Failed { exit_code: None, .. }));
+        assert!(matches!(outcome(None, &[], Conventions::Windows, "msiexec"), Outcome::Failed { exit_code: None, .. }));
         // HRESULTs arrive as negative i32 and are compared as the unsigned codes tables use.
-        let not_applicable = NOT_APPLICABLE as i32;
-        assert!(matches!(outcome(Some(not_applicable), &WUSA_TABLE, "wusa"), Outcome::NotApplicable(_)));
-        assert_eq!(outcome(Some(ALREADY_INSTALLED as i32), &WUSA_TABLE, "wusa"), Outcome::Installed);
-        // A publisher can say 0 is a failure and 7 a success needing a reboot.
+        let wusa = |code: u32| outcome(Some(code as i32), &WUSA_TABLE, Conventions::Windows, "wusa");
+        assert!(matches!(wusa(NOT_APPLICABLE), Outcome::NotApplicable(_)));
+        assert_eq!(wusa(ALREADY_INSTALLED), Outcome::Installed);
+        // A vendor's setup: only 0 succeeds unless the publisher's table says otherwise, which
+        // can also make 0 a failure and 7 a success needing a reboot.
+        assert!(matches!(outcome(Some(3010), &[], Conventions::Vendor, "setup"), Outcome::Failed { .. }));
         let table = [
             ExitCodeRule { code: 0, means: ExitMeaning::Failed },
             ExitCodeRule { code: 7, means: ExitMeaning::RebootRequired },
+            ExitCodeRule { code: 3010, means: ExitMeaning::RebootRequired },
         ];
-        assert!(matches!(outcome(Some(0), &table, "setup"), Outcome::Failed { exit_code: Some(0), .. }));
-        assert_eq!(outcome(Some(7), &table, "setup"), Outcome::RebootRequired);
-        assert_eq!(outcome(Some(3010), &table, "setup"), Outcome::RebootRequired);
+        let vendor = |code: i32| outcome(Some(code), &table, Conventions::Vendor, "setup");
+        assert!(matches!(vendor(0), Outcome::Failed { exit_code: Some(0), .. }));
+        assert_eq!(vendor(7), Outcome::RebootRequired);
+        assert_eq!(vendor(3010), Outcome::RebootRequired);
+        assert!(matches!(vendor(1641), Outcome::Failed { .. }));
     }
 
     #[test]
@@ -188,10 +227,12 @@ mod tests {
         std::fs::write(&file, b"MZ").unwrap();
         let work = dir.path().join("work");
         std::fs::create_dir(&work).unwrap();
+        let sha = ringfence_trust::sha256_hex(b"MZ");
         let job = Job {
             module: "msi",
             arguments: &[],
             file: &file,
+            sha256: &sha,
             update_id: "acme/../x y",
             target: "approvals/g/acme/x.msi",
             modules_dir: dir.path(),
@@ -204,6 +245,17 @@ mod tests {
         assert!(install_msi(&job).is_err());
         assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
         // The log name keeps to the work directory whatever the update id holds.
-        assert_eq!(log_path(&job, "install"), work.join("acme_.._x_y.install.log"));
+        assert_eq!(log_path(&job, "install"), work.join("install-acme_.._x_y.log"));
+        // A file changed after it was verified is never run: refused while staging.
+        let other = Job { sha256: &"0".repeat(64), ..job };
+        let refused = Staged::new(&other, "msi").err().unwrap().to_string();
+        assert!(refused.contains("changed on disk after it was verified"), "{refused}");
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+        // Neither an unsigned-looking product code nor a switch reaches msiexec.
+        let code = Job { product_code: Some(r"\\host\share\x.msi"), ..job };
+        assert!(uninstall_msi(&code).unwrap_err().to_string().contains("is not {"));
+        let switch = ["/l*v".to_owned()];
+        let switch = Job { arguments: &switch, ..job };
+        assert!(install_msi(&switch).unwrap_err().to_string().contains("is not a property"));
     }
 }

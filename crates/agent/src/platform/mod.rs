@@ -13,8 +13,8 @@ mod imp;
 mod imp;
 
 pub use imp::{
-    SCRIPT_EXTENSION, access_of, create_private, default_state_dir, hostname, installed_products, os_version,
-    same_file, script_command, secure_dir, service, set_mode,
+    SCRIPT_EXTENSION, access_of, create_private, default_state_dir, hostname, installed_products, open_locked,
+    os_version, same_file, script_command, secure_dir, service, set_mode, system_program,
 };
 
 /// The agent's service loop: runs cycles in the state directory, waiting between them with
@@ -35,7 +35,8 @@ impl Product {
     /// Whether a publisher's product name refers to this one: the key or the display name,
     /// compared without regard to case.
     pub fn is(&self, wanted: &str) -> bool {
-        self.key.eq_ignore_ascii_case(wanted) || self.name.to_lowercase() == wanted.to_lowercase()
+        !wanted.is_empty()
+            && (self.key.eq_ignore_ascii_case(wanted) || self.name.to_lowercase() == wanted.to_lowercase())
     }
 }
 
@@ -62,21 +63,25 @@ pub fn same_boot(recorded: &str, current: &str) -> bool {
     }
 }
 
-/// Whether a DACL in SDDL (as Windows writes it back) is protected from inheritance and allows
-/// only SYSTEM and the Administrators group: what the agent sets on its state directory.
+/// Whether an owner and DACL in SDDL (as Windows writes them back) are what the agent sets on
+/// its state: owned by SYSTEM or Administrators, a DACL protected from inheritance, and
+/// nobody but SYSTEM and Administrators allowed anything.
 /// (Here, not in `windows.rs`, so that its tests run on Linux too.)
 #[cfg_attr(not(windows), allow(dead_code))]
-pub fn dacl_is_private(sddl: &str) -> bool {
-    let Some(rest) = sddl.strip_prefix("D:") else { return false };
-    let (flags, aces) = rest.split_at(rest.find('(').unwrap_or(rest.len()));
+pub fn sddl_is_private(sddl: &str) -> bool {
+    const TRUSTED: [&str; 4] = ["SY", "BA", "S-1-5-18", "S-1-5-32-544"];
+    let Some((owner, dacl)) = sddl.strip_prefix("O:").and_then(|rest| rest.split_once("D:")) else { return false };
+    if !TRUSTED.contains(&owner) {
+        return false;
+    }
+    let (flags, aces) = dacl.split_at(dacl.find('(').unwrap_or(dacl.len()));
     if !flags.contains('P') || aces.is_empty() {
         return false;
     }
-    let trusted = ["SY", "BA", "S-1-5-18", "S-1-5-32-544"];
     aces.split_terminator(')').all(|ace| {
         let fields: Vec<&str> = ace.trim_start_matches('(').split(';').collect();
         match fields.as_slice() {
-            [kind, .., sid] if *kind == "A" => trusted.contains(sid),
+            [kind, .., sid] if *kind == "A" => TRUSTED.contains(sid),
             [kind, ..] => *kind == "D",
             [] => false,
         }
@@ -113,17 +118,21 @@ mod tests {
     }
 
     #[test]
-    fn only_a_protected_dacl_for_system_and_administrators_is_private() {
-        assert!(dacl_is_private("D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
-        assert!(dacl_is_private("D:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
-        assert!(dacl_is_private("D:PAI(A;OICI;FA;;;S-1-5-18)(D;;FA;;;WD)"));
+    fn only_an_admin_owned_protected_dacl_for_system_and_administrators_is_private() {
+        assert!(sddl_is_private("O:BAD:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
+        assert!(sddl_is_private("O:SYD:PAI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
+        assert!(sddl_is_private("O:S-1-5-32-544D:PAI(A;OICI;FA;;;S-1-5-18)(D;;FA;;;WD)"));
+        // Owned by a user, who could change the ACL back.
+        assert!(!sddl_is_private("O:S-1-5-21-1-2-3-1001D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
         // Inherited from the parent: whoever may read C:\ProgramData may read the key.
-        assert!(!dacl_is_private("D:AI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
-        // What Wine reports: its user and everyone may read.
-        assert!(!dacl_is_private("D:(A;OICI;FA;;;SY)(A;OICI;FA;;;S-1-5-21-0-0-0-1000)(A;OICI;0x1200a9;;;WD)"));
-        assert!(!dacl_is_private("D:P(A;OICI;FA;;;SY)(A;OICI;0x1200a9;;;BU)"));
-        assert!(!dacl_is_private("D:P"));
-        assert!(!dacl_is_private("O:SY"));
+        assert!(!sddl_is_private("O:BAD:AI(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)"));
+        // What Wine reports: its user owns it and everyone may read.
+        assert!(!sddl_is_private(
+            "O:S-1-5-21-0-0-0-1000D:(A;OICI;FA;;;SY)(A;OICI;FA;;;S-1-5-21-0-0-0-1000)(A;OICI;0x1200a9;;;WD)"
+        ));
+        assert!(!sddl_is_private("O:BAD:P(A;OICI;FA;;;SY)(A;OICI;0x1200a9;;;BU)"));
+        assert!(!sddl_is_private("O:BAD:P"));
+        assert!(!sddl_is_private("D:P(A;OICI;FA;;;SY)"));
     }
 
     #[test]
@@ -136,6 +145,9 @@ mod tests {
         assert!(p.is("{0123abcd-0000-0000-0000-000000000000}"));
         assert!(p.is("acme hello"));
         assert!(!p.is("Acme"));
+        // A product without a display name is not named by an empty string.
+        let nameless = Product { name: String::new(), ..p };
+        assert!(!nameless.is(""));
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub fn create_private(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)
 }
 
+/// Programs are found on `PATH` (root's, under systemd).
+pub fn system_program(name: &str) -> PathBuf {
+    PathBuf::from(name)
+}
+
+/// Open a file for reading. (The state directory is root's, mode 0700: nobody else can change
+/// what is in it.)
+pub fn open_locked(path: &Path) -> std::io::Result<File> {
+    File::open(path)
+}
+
 /// Give an open file the mode a publisher asked for (`file DEST MODE`).
 pub fn set_mode(file: &File, mode: u32) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode))

@@ -14,21 +14,40 @@ use windows_sys::Win32::Security::Authorization::{
     GetNamedSecurityInfoW, SDDL_REVISION_1, SE_FILE_OBJECT, SetNamedSecurityInfoW,
 };
 use windows_sys::Win32::Security::{
-    ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl, PROTECTED_DACL_SECURITY_INFORMATION,
-    PSECURITY_DESCRIPTOR,
+    ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl, GetSecurityDescriptorOwner, OWNER_SECURITY_INFORMATION,
+    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
 };
+use windows_sys::Win32::Storage::FileSystem::FILE_SHARE_READ;
+use windows_sys::Win32::System::Com::CoTaskMemFree;
+use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Registry::{
     HKEY, HKEY_LOCAL_MACHINE, KEY_READ, KEY_WOW64_32KEY, KEY_WOW64_64KEY, REG_SAM_FLAGS, RRF_RT_REG_DWORD,
     RRF_RT_REG_SZ, RegCloseKey, RegEnumKeyExW, RegGetValueW, RegOpenKeyExW,
 };
-use windows_sys::Win32::System::SystemInformation::GetTickCount64;
+use windows_sys::Win32::System::SystemInformation::{GetSystemDirectoryW, GetTickCount64};
+use windows_sys::Win32::UI::Shell::{FOLDERID_ProgramData, KF_FLAG_DEFAULT, SHGetKnownFolderPath};
 
 use super::Product;
 
-/// `%ProgramData%\Ringfence`.
+/// `%ProgramData%\Ringfence`, from the known folder rather than the environment (a service's
+/// environment need not have `ProgramData`, or the same one as an administrator's console).
 pub fn default_state_dir() -> PathBuf {
-    let base = std::env::var_os("ProgramData").map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from);
-    base.join("Ringfence")
+    let mut path: *mut u16 = std::ptr::null_mut();
+    // SAFETY: on success `path` is a NUL-terminated string the shell allocated, read up to its
+    // NUL (at most 32,767 characters, the longest Windows path) and freed once; on failure it
+    // is freed too, as the function's contract asks.
+    let base = unsafe {
+        let ok =
+            SHGetKnownFolderPath(&FOLDERID_ProgramData, KF_FLAG_DEFAULT as u32, std::ptr::null_mut(), &mut path) == 0;
+        let mut text = None;
+        if ok && !path.is_null() {
+            let len = (0..32_767).find(|&i| *path.add(i) == 0).unwrap_or(0);
+            text = Some(String::from_utf16_lossy(std::slice::from_raw_parts(path, len)));
+        }
+        CoTaskMemFree(path.cast());
+        text
+    };
+    base.filter(|b| !b.is_empty()).map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from).join("Ringfence")
 }
 
 fn wide(s: impl AsRef<OsStr>) -> Vec<u16> {
@@ -39,16 +58,20 @@ fn win32(code: u32) -> std::io::Result<()> {
     if code == ERROR_SUCCESS { Ok(()) } else { Err(std::io::Error::from_raw_os_error(code as i32)) }
 }
 
-/// Full control for SYSTEM and the Administrators group, inherited by everything inside, and
-/// nothing inherited from the parent: no other user can read the device key or a download.
-const STATE_DIR_SDDL: &str = "D:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
+/// Owned by the Administrators group; full control for SYSTEM and Administrators, inherited by
+/// everything inside, and nothing inherited from the parent: no other user can read the device
+/// key or place a file the agent would use. The owner is set too: a user who created the
+/// directory first (anyone may create folders in `C:\ProgramData`) would otherwise keep the
+/// right to change its ACL back.
+const PRIVATE_SDDL: &str = "O:BAD:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
-/// Give the state directory its ACL (a protected DACL from `STATE_DIR_SDDL`).
+/// Give a state directory its owner and protected DACL (`PRIVATE_SDDL`), read them back, and
+/// refuse the directory when they did not hold. Under Wine, which keeps no ACLs, say so instead.
 pub fn secure_dir(path: &Path) -> std::io::Result<()> {
-    let sddl = wide(STATE_DIR_SDDL);
+    let sddl = wide(PRIVATE_SDDL);
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
     // SAFETY: `sddl` is NUL-terminated; on success `descriptor` is a LocalAlloc'd descriptor,
-    // freed below; the DACL pointer points into it and is used before it is freed.
+    // freed below; the owner and DACL pointers point into it and are used before it is freed.
     unsafe {
         if ConvertStringSecurityDescriptorToSecurityDescriptorW(
             sddl.as_ptr(),
@@ -59,17 +82,23 @@ pub fn secure_dir(path: &Path) -> std::io::Result<()> {
         {
             return Err(std::io::Error::last_os_error());
         }
-        let (mut present, mut defaulted) = (0, 0);
+        let (mut present, mut defaulted, mut owner_defaulted) = (0, 0, 0);
         let mut dacl: *mut ACL = std::ptr::null_mut();
-        let result = if GetSecurityDescriptorDacl(descriptor, &mut present, &mut dacl, &mut defaulted) == 0 {
+        let mut owner: PSID = std::ptr::null_mut();
+        let result = if GetSecurityDescriptorDacl(descriptor, &mut present, &mut dacl, &mut defaulted) == 0
+            || GetSecurityDescriptorOwner(descriptor, &mut owner, &mut owner_defaulted) == 0
+        {
             Err(std::io::Error::last_os_error())
+        } else if present == 0 || dacl.is_null() || owner.is_null() {
+            // A missing DACL would mean everyone has full control.
+            Err(std::io::Error::other("the private security descriptor has no DACL or owner"))
         } else {
             let name = wide(path);
             win32(SetNamedSecurityInfoW(
                 name.as_ptr(),
                 SE_FILE_OBJECT,
-                DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                std::ptr::null_mut(),
+                OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+                owner,
                 std::ptr::null_mut(),
                 dacl,
                 std::ptr::null(),
@@ -78,18 +107,53 @@ pub fn secure_dir(path: &Path) -> std::io::Result<()> {
         LocalFree(descriptor);
         result?;
     }
-    // Read back: a system that did not keep it (Wine keeps no ACLs) is said out loud.
     let set = access_of(path)?;
-    if !super::dacl_is_private(&set) {
-        eprintln!(
-            "warning: {} reads back with the ACL {set}, not SYSTEM and Administrators only: check who can read it",
-            path.display()
-        );
+    if !super::sddl_is_private(&set) {
+        let message =
+            format!("{} reads back as {set}, not owned by and open to SYSTEM and Administrators only", path.display());
+        if !under_wine() {
+            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, message));
+        }
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::say(&format!("warning: {message} (Wine keeps no ACLs)"));
+        }
     }
     Ok(())
 }
 
-/// The DACL of `path` in SDDL, for `status` and tests.
+/// Whether this is Wine rather than Windows: Wine's ntdll exports `wine_get_version`.
+fn under_wine() -> bool {
+    let ntdll = wide("ntdll.dll");
+    // SAFETY: both names are NUL-terminated; the module handle is not freed (GetModuleHandle
+    // takes no reference) and the procedure is only looked up, never called.
+    unsafe {
+        let module = GetModuleHandleW(ntdll.as_ptr());
+        !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
+    }
+}
+
+/// `System32\name`: Windows' own programs by full path, never found through a search that a
+/// file planted beside the agent or early on `PATH` could win.
+pub fn system_program(name: &str) -> PathBuf {
+    let mut buffer = vec![0u16; 260];
+    // SAFETY: `buffer` holds `len` characters; the system writes at most that many.
+    let len = unsafe { GetSystemDirectoryW(buffer.as_mut_ptr(), buffer.len() as u32) } as usize;
+    let dir = match buffer.get(..len) {
+        Some(chars) if len > 0 => PathBuf::from(String::from_utf16_lossy(chars)),
+        _ => PathBuf::from(r"C:\Windows\System32"),
+    };
+    dir.join(name)
+}
+
+/// Open a file for reading so that nobody can change, rename or delete it while it is open
+/// (sharing read only): an installer reads exactly the bytes that were checked.
+pub fn open_locked(path: &Path) -> std::io::Result<File> {
+    use std::os::windows::fs::OpenOptionsExt;
+    OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(path)
+}
+
+/// The owner and DACL of `path` in SDDL, for `status` and tests.
 pub fn access_of(path: &Path) -> std::io::Result<String> {
     let name = wide(path);
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
@@ -99,7 +163,7 @@ pub fn access_of(path: &Path) -> std::io::Result<String> {
         win32(GetNamedSecurityInfoW(
             name.as_ptr(),
             SE_FILE_OBJECT,
-            DACL_SECURITY_INFORMATION,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
             std::ptr::null_mut(),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
@@ -111,7 +175,7 @@ pub fn access_of(path: &Path) -> std::io::Result<String> {
         let ok = ConvertSecurityDescriptorToStringSecurityDescriptorW(
             descriptor,
             SDDL_REVISION_1,
-            DACL_SECURITY_INFORMATION,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION,
             &mut text,
             &mut len,
         );
@@ -170,7 +234,7 @@ pub const SCRIPT_EXTENSION: &str = "ps1";
 /// The `script` module: the file run by Windows PowerShell. Its execution policy is bypassed for
 /// this one file because the agent checked it against the publisher's signed hash already.
 pub fn script_command(file: &Path) -> Command {
-    let mut command = Command::new("powershell.exe");
+    let mut command = Command::new(system_program(r"WindowsPowerShell\v1.0\powershell.exe"));
     command.args(["-NoLogo", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File"]).arg(file);
     command
 }
@@ -311,7 +375,7 @@ pub mod service {
     use std::ffi::OsString;
     use std::path::{Path, PathBuf};
     use std::sync::OnceLock;
-    use std::sync::mpsc::{RecvTimeoutError, channel};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
     use anyhow::Context;
@@ -413,10 +477,10 @@ pub mod service {
     }
 
     fn service_main(_arguments: Vec<OsString>) {
-        let (stop, stopped) = channel();
+        static STOP: AtomicBool = AtomicBool::new(false);
         let handler = move |control| match control {
             ServiceControl::Stop | ServiceControl::Shutdown => {
-                let _ = stop.send(());
+                STOP.store(true, Ordering::SeqCst);
                 ServiceControlHandlerResult::NoError
             }
             ServiceControl::Interrogate => ServiceControlHandlerResult::NoError,
@@ -424,7 +488,23 @@ pub mod service {
         };
         let Ok(handle) = service_control_handler::register(NAME, handler) else { return };
         let _ = handle.set_service_status(status(ServiceState::Running, 0));
-        let wait = |d: Duration| !matches!(stopped.recv_timeout(d), Err(RecvTimeoutError::Timeout));
+        crate::say(&format!(
+            "service started, state in {}",
+            STATE_DIR.get().map_or("?".into(), |d| d.display().to_string())
+        ));
+        // Sleeps in short steps and looks at the flag the control handler sets: a stop is
+        // noticed within a quarter of a second.
+        let wait = |d: Duration| {
+            let until = std::time::Instant::now() + d;
+            while !STOP.load(Ordering::SeqCst) {
+                let now = std::time::Instant::now();
+                if now >= until {
+                    return false;
+                }
+                std::thread::sleep((until - now).min(Duration::from_millis(250)));
+            }
+            true
+        };
         let result = match (STATE_DIR.get(), CYCLES.get()) {
             (Some(dir), Some(cycles)) => cycles(dir, &wait),
             _ => Err(anyhow::anyhow!("service started without its state directory")),
@@ -432,10 +512,11 @@ pub mod service {
         let exit = match result {
             Ok(()) => 0,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                crate::say(&format!("error: {e:#}"));
                 1
             }
         };
+        crate::say(&format!("service stopped (exit {exit})"));
         let _ = handle.set_service_status(status(ServiceState::Stopped, exit));
     }
 }

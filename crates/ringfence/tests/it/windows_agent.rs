@@ -8,7 +8,7 @@
 //! without them (a plain `cargo nextest run`), this test says it was skipped and passes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use ringfence_proto::device::ReportState;
 use serde_json::json;
@@ -37,11 +37,35 @@ impl Wine {
         };
         let wine = Wine { prefix: dir.join("wineprefix"), bin: dir.join("bin") };
         std::fs::create_dir_all(&wine.bin).unwrap();
+        std::fs::create_dir_all(&wine.prefix).unwrap();
         std::fs::copy(exe, wine.bin.join("ringfence-agent.exe")).unwrap();
-        std::fs::copy(shim, wine.bin.join("bcryptprimitives.dll")).unwrap();
-        let out = wine.command("wineboot").arg("--init").output().unwrap();
-        assert!(out.status.success(), "wineboot: {}", String::from_utf8_lossy(&out.stderr));
+        wine.boot(true);
+        // Windows 10 has ProcessPrng; this Wine gets it from the shim, system-wide, so that the
+        // packaged agent runs as built.
+        std::fs::copy(shim, wine.drive_c().join("windows/system32/bcryptprimitives.dll")).unwrap();
         Some(wine)
+    }
+
+    /// Start this Wine session: a persistent wineserver (without one, Wine ends its service
+    /// manager and every service a few seconds after the last program exits, as if the
+    /// computer shut down) and wineboot, whose standard streams the service manager keeps (not
+    /// pipes that close when wineboot ends).
+    fn boot(&self, init: bool) {
+        let server = Command::new("wineserver").arg("-p").env("WINEPREFIX", &self.prefix).status().unwrap();
+        assert!(server.success(), "wineserver -p: {server}");
+        let mut wineboot = self.command("wineboot");
+        if init {
+            wineboot.arg("--init");
+        }
+        let status = wineboot.stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        assert!(status.success(), "wineboot: {status}");
+    }
+
+    /// Start this Wine session again: its service manager reads the registry afresh.
+    fn restart(&self) {
+        let _ = Command::new("wineserver").arg("-k").env("WINEPREFIX", &self.prefix).status();
+        let _ = Command::new("wineserver").arg("-w").env("WINEPREFIX", &self.prefix).status();
+        self.boot(false);
     }
 
     fn command(&self, program: &str) -> Command {
@@ -68,8 +92,27 @@ impl Wine {
 
     /// Whether Windows lists `product_code` among installed programs (the uninstall key).
     fn product_installed(&self, product_code: &str) -> bool {
-        let key = format!(r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall\{product_code}");
-        self.command("reg").args(["query", &key]).output().unwrap().status.success()
+        self.registry_key(&format!(r"HKLM\Software\Microsoft\Windows\CurrentVersion\Uninstall\{product_code}"))
+            .is_some()
+    }
+
+    /// `reg query KEY`'s output, if the key exists.
+    fn registry_key(&self, key: &str) -> Option<String> {
+        let out = self.command("reg").args(["query", key]).output().unwrap();
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `sc query RingfenceAgent`'s output, if the service exists.
+    fn service(&self) -> Option<String> {
+        self.registry_key(SERVICE_KEY)?;
+        let out = self.command("sc").args(["query", "RingfenceAgent"]).output().unwrap();
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `msiexec ACTION PACKAGE /qn`, asserting it succeeds.
+    fn msiexec(&self, action: &str, package: &Path) {
+        let out = self.command("msiexec").args([action, &windows_path(package), "/qn"]).output().unwrap();
+        assert!(out.status.success(), "msiexec {action}: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -79,6 +122,8 @@ impl Drop for Wine {
         let _ = Command::new("wineserver").arg("-k").env("WINEPREFIX", &self.prefix).status();
     }
 }
+
+const SERVICE_KEY: &str = r"HKLM\SYSTEM\CurrentControlSet\Services\RingfenceAgent";
 
 /// A Linux path as Wine's drive Z: shows it.
 fn windows_path(path: &Path) -> String {
@@ -133,6 +178,23 @@ fn publish_msi(server: &Server, id: &str, msi: &Path, product_code: &str) {
     server.sign_all("publisher-acme");
 }
 
+/// `EXE enroll` into the default state directory with the server's CA, root hash and a token
+/// for group pilot, as an administrator would on the device.
+fn enroll(server: &Server, wine: &Wine, exe: &str) -> (i32, String) {
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let token = token(server, "pilot", 1);
+    let ca = windows_path(&server.ca);
+    let out = wine
+        .command(exe)
+        .args(["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", "pilot", "--token", &token])
+        .args(["--ca", &ca])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
 const HELLO: &str = "{6F1E8A52-1C7B-4D1E-9C55-0D2A4E5B7A11}";
 const SECOND: &str = "{7A2F9B63-2D8C-4E2F-8D66-1E3B5F6C8B22}";
 
@@ -146,23 +208,7 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     assert!(server.approve("pilot", "acme/hello.msi").contains("is published"));
 
     // Enroll with the server's CA and root hash, as an administrator would on the device.
-    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
-    let base = server.repo_url.trim_end_matches("/repo").to_owned();
-    let token = token(&server, "pilot", 1);
-    let ca = windows_path(&server.ca);
-    let (code, out) = wine.agent(&[
-        "enroll",
-        "--server",
-        &base,
-        "--root-sha256",
-        &root_sha,
-        "--group",
-        "pilot",
-        "--token",
-        &token,
-        "--ca",
-        &ca,
-    ]);
+    let (code, out) = enroll(&server, &wine, &windows_path(&wine.bin.join("ringfence-agent.exe")));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("(accepted)"), "{out}");
     assert!(wine.state().join("device.key").exists(), "state in %ProgramData%\\Ringfence");
@@ -173,7 +219,7 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     let installed = wine.drive_c().join("Program Files/RingfenceHello/hello.txt");
     assert_eq!(std::fs::read_to_string(&installed).unwrap(), "hello from an MSI\n");
     assert!(wine.product_installed(HELLO));
-    let log = wine.state().join("work/acme-hello-msi.install.log");
+    let log = wine.state().join("work/install-acme-hello-msi.log");
     assert!(log.exists(), "msiexec's verbose log is kept in the state directory");
     assert_eq!(last_report(&server, "approvals/pilot/acme/hello.msi").state, ReportState::Installed);
     let device = devices(&server).into_iter().next().unwrap();
@@ -182,10 +228,12 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     let (code, status) = wine.agent(&["status"]);
     assert_eq!(code, 0, "{status}");
     assert!(status.contains("acme/hello.msi: installed"), "{status}");
-    // The agent sets SYSTEM and Administrators only on its state directory and reads it back;
-    // Wine keeps no ACLs (it reports its user and everyone), so the agent must say so.
-    assert!(status.contains(r"state C:\ProgramData\Ringfence (D:"), "{status}");
-    assert!(status.contains("reads back with the ACL") && status.contains("check who can read it"), "{status}");
+    // The agent sets owner Administrators and SYSTEM and Administrators only on its state
+    // directory and reads them back; Wine keeps no ACLs (it reports its user and everyone), so
+    // the agent must say so (on Windows it would refuse the directory).
+    assert!(status.contains(r"state C:\ProgramData\Ringfence (O:"), "{status}");
+    assert!(status.contains("warning: C:\\ProgramData\\Ringfence reads back as O:"), "{status}");
+    assert!(status.contains("(Wine keeps no ACLs)"), "{status}");
 
     // A stolen server swaps the bytes of an approved MSI: refused, never given to msiexec.
     let second = build_msi(&work, "second", SECOND, "RingfenceSecond", "second.txt", "second\n");
@@ -201,7 +249,7 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     let report = last_report(&server, "approvals/pilot/acme/second.msi");
     assert_eq!(report.state, ReportState::Failed);
     assert!(report.reason.as_deref().unwrap_or("").contains("hash"), "{report:?}");
-    assert!(!wine.state().join("work/acme-second-msi.install.log").exists(), "msiexec never ran");
+    assert!(!wine.state().join("work/install-acme-second-msi.log").exists(), "msiexec never ran");
     assert!(!wine.drive_c().join("Program Files/RingfenceSecond").exists());
     assert!(!wine.product_installed(SECOND));
     assert!(installed.exists(), "what was installed stays");
@@ -213,4 +261,106 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     assert!(!installed.exists(), "removed by msiexec /x");
     assert!(!wine.product_installed(HELLO));
     assert_eq!(last_report(&server, "approvals/pilot/acme/hello.msi").state, ReportState::Uninstalled);
+}
+
+/// The agent's own MSI (`packaging/windows/ringfence-agent.wxs`, as `scripts/windows-package`
+/// builds it) installs the executable and the service; the service, started by the package and
+/// enrolled afterwards, runs the same cycle as `run` and installs an approved MSI; it stops on
+/// request and the package's removal takes the service with it. Then `service install` and
+/// `service uninstall` do the same by hand.
+#[test]
+fn the_agent_package_installs_a_service_that_runs_the_cycle_and_stops_cleanly() {
+    let server = Server::start(|_| {});
+    let Some(wine) = Wine::new(server.dir.path()) else { return };
+    let work = server.dir.path().join("msi");
+    std::fs::create_dir_all(&work).unwrap();
+    let package = work.join("ringfence-agent.msi");
+    let wxs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/windows/ringfence-agent.wxs");
+    // wixl takes sources relative to where it runs.
+    run_ok(
+        Command::new("wixl")
+            .current_dir(&wine.bin)
+            .args(["-a", "x64", "-D", "Version=0.1.0", "-D", "AgentExe=ringfence-agent.exe", "-o"])
+            .arg(&package)
+            .arg(&wxs),
+    );
+    let hello = build_msi(&work, "hello", HELLO, "RingfenceHello", "hello.txt", "hello from an MSI\n");
+    publish_msi(&server, "acme-hello-msi", &hello, HELLO);
+    assert!(server.approve("pilot", "acme/hello.msi").contains("is published"));
+
+    // Deployed first (as Group Policy or Intune would), enrolled after. Wine 8's service manager
+    // does not see a service that Wine's msi creates until it restarts (StartServices gets
+    // 1060 from OpenServiceW, the install is rolled back: exit 1627, which Wine returns as 91),
+    // so the first install is followed by a restart of this Wine session and a second install.
+    // Real Windows does not do this (not tested here).
+    let first = wine.command("msiexec").args(["/i", &windows_path(&package), "/qn"]).output().unwrap();
+    if !first.status.success() {
+        assert_eq!(first.status.code(), Some(91), "msiexec /i: {:?}", first.status);
+        wine.restart();
+        wine.msiexec("/i", &package);
+    }
+    let installed_exe = wine.drive_c().join("Program Files/Ringfence/ringfence-agent.exe");
+    assert!(installed_exe.exists());
+    let config = wine.registry_key(SERVICE_KEY).expect("the service is registered");
+    assert!(config.contains(r"C:\Program Files\Ringfence\ringfence-agent.exe service run"), "{config}");
+    assert!(config.contains("LocalSystem"), "{config}");
+    assert!(wine.service().unwrap().contains("RUNNING"), "started by the package");
+    let (code, out) = enroll(&server, &wine, r"C:\Program Files\Ringfence\ringfence-agent.exe");
+    assert_eq!(code, 0, "{out}");
+
+    // The service notices the enrollment and runs a cycle: the approved MSI is installed.
+    let target = "approvals/pilot/acme/hello.msi";
+    let installed = || {
+        devices(&server)
+            .first()
+            .is_some_and(|d| d.updates.iter().any(|u| u.target == target && u.state == ReportState::Installed))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !installed() {
+        if std::time::Instant::now() > deadline {
+            let last = std::fs::read_to_string(wine.state().join("last-cycle.txt"));
+            let log = std::fs::read_to_string(wine.state().join("service.log"));
+            let listing: Vec<_> = std::fs::read_dir(wine.state()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            panic!(
+                "the service installed nothing in 120 s: {:?}\nlast cycle {last:?}\nlog {log:?}\nstate {listing:?}\n{:?}",
+                devices(&server),
+                wine.service()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let file = wine.drive_c().join("Program Files/RingfenceHello/hello.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "hello from an MSI\n");
+
+    // Stopped through the Service Control Manager: the service ends its loop and says so.
+    let out = wine.command("sc").args(["stop", "RingfenceAgent"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !wine.service().unwrap().contains("STOPPED") {
+        assert!(std::time::Instant::now() < deadline, "{:?}", wine.service());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let stopped = wine.service().unwrap();
+    assert!(stopped.contains("WIN32_EXIT_CODE    : 0") && stopped.contains("SERVICE_EXIT_CODE  : 0"), "{stopped}");
+
+    // Removing the package removes the service and the program, not the device's state.
+    wine.msiexec("/x", &package);
+    assert!(wine.service().is_none());
+    assert!(!installed_exe.exists());
+    assert!(wine.state().join("device.key").exists());
+    assert!(file.exists(), "what the agent installed stays");
+
+    // By hand: `service install` registers this executable with the state directory it is given.
+    let (code, out) = wine.agent(&["service", "install"]);
+    assert_eq!(code, 0, "{out}");
+    let config = wine.registry_key(SERVICE_KEY).expect("registered");
+    assert!(config.contains(r"ringfence-agent.exe service run --state-dir C:\ProgramData\Ringfence"), "{config}");
+    assert!(wine.service().unwrap().contains("STOPPED"), "installed, not started");
+    let (code, out) = wine.agent(&["service", "uninstall"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(wine.service().is_none());
+    // `service run` outside the Service Control Manager says what to do instead.
+    let (code, out) = wine.agent(&["service", "run"]);
+    assert_ne!(code, 0);
+    assert!(out.contains("not started by the Service Control Manager"), "{out}");
 }

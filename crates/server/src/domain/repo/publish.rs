@@ -255,6 +255,24 @@ fn validate_manifest(m: &UpdateManifest) -> Result<()> {
             return Err(bad(format!("{field}: at most {MAX_LIST} items of at most 256 bytes")));
         }
     }
+    for (field, list) in [
+        ("applicability.products_installed", &m.applicability.products_installed),
+        ("applicability.products_absent", &m.applicability.products_absent),
+    ] {
+        if list.iter().any(|p| p.trim().is_empty()) {
+            return Err(bad(format!("{field}: a product name must not be empty")));
+        }
+    }
+    let module = m.installer.module.as_str();
+    if !m.installer.exit_codes.is_empty() && module != "exe" {
+        return Err(bad("installer.exit_codes: only for the exe module (msi and msu follow Windows' own codes)"));
+    }
+    if m.installer.product_code.is_some() && module != "msi" {
+        return Err(bad("installer.product_code: only for the msi module"));
+    }
+    if module == "msi" && !m.installer.arguments.iter().all(|a| ringfence_proto::api::is_msi_property(a)) {
+        return Err(bad("installer.arguments: the msi module takes properties NAME=VALUE only, without quotes"));
+    }
     if m.installer.exit_codes.len() > ringfence_proto::api::MAX_EXIT_CODES {
         return Err(bad(format!("installer.exit_codes: at most {} rows", ringfence_proto::api::MAX_EXIT_CODES)));
     }
@@ -303,19 +321,62 @@ mod tests {
         assert!(refusal(|m| m.cves = vec!["CVE".into(); MAX_LIST + 1]).starts_with("cves:"));
         assert!(refusal(|m| m.kb = vec!["x".repeat(257)]).starts_with("kb:"));
         assert!(refusal(|m| m.files.clear()).starts_with("files:"));
-        assert!(refusal(|m| m.installer.product_code = Some("{1234}".into())).starts_with("installer.product_code:"));
-        let row = ringfence_proto::api::ExitCodeRule { code: 1, means: ringfence_proto::api::ExitMeaning::Failed };
+        let msi = |m: &mut UpdateManifest| {
+            m.installer.module = "msi".into();
+            m.installer.arguments.clear();
+        };
+        let exe = |m: &mut UpdateManifest| m.installer.module = "exe".into();
         assert!(
-            refusal(|m| m.installer.exit_codes = vec![row.clone(), row.clone()]).starts_with("installer.exit_codes:")
+            refusal(|m| {
+                msi(m);
+                m.installer.product_code = Some("{1234}".into())
+            })
+            .starts_with("installer.product_code:")
         );
-        let many = (0..33).map(|code| ringfence_proto::api::ExitCodeRule { code, ..row.clone() }).collect();
-        assert!(refusal(|m| m.installer.exit_codes = many).starts_with("installer.exit_codes:"));
+        assert!(
+            refusal(|m| m.installer.product_code = Some("{0123ABCD-4567-89ab-CDEF-0123456789AB}".into()))
+                .contains("only for the msi")
+        );
+        for argument in ["/x", "A=\"b\" /l*v C:\\x", "1A=2", "NOEQUALS"] {
+            assert!(
+                refusal(|m| {
+                    msi(m);
+                    m.installer.arguments = vec![argument.into()]
+                })
+                .starts_with("installer.arguments:"),
+                "{argument}"
+            );
+        }
+        assert!(refusal(|m| m.applicability.products_installed = vec![" ".into()]).contains("must not be empty"));
+        let row = ringfence_proto::api::ExitCodeRule { code: 1, means: ringfence_proto::api::ExitMeaning::Failed };
+        assert!(refusal(|m| m.installer.exit_codes = vec![row.clone()]).contains("only for the exe"));
+        assert!(
+            refusal(|m| {
+                exe(m);
+                m.installer.exit_codes = vec![row.clone(), row.clone()]
+            })
+            .starts_with("installer.exit_codes:")
+        );
+        let many: Vec<_> = (0..33).map(|code| ringfence_proto::api::ExitCodeRule { code, ..row.clone() }).collect();
+        assert!(
+            refusal(|m| {
+                exe(m);
+                m.installer.exit_codes = many
+            })
+            .starts_with("installer.exit_codes:")
+        );
         assert!(
             refusal(|m| m.applicability.products_absent = vec!["x".repeat(257)])
                 .starts_with("applicability.products_absent:")
         );
         let mut good = manifest();
+        msi(&mut good);
         good.installer.product_code = Some("{0123ABCD-4567-89ab-CDEF-0123456789AB}".into());
+        good.installer.arguments = vec!["ALLUSERS=1".into(), "INSTALLDIR=C:\\Program Files\\Acme".into()];
+        assert!(validate_manifest(&good).is_ok());
+        let mut good = manifest();
+        exe(&mut good);
+        good.installer.exit_codes = vec![row];
         assert!(validate_manifest(&good).is_ok());
         let many = vec![manifest().files.remove(0); MAX_FILES_PER_UPDATE + 1];
         assert!(refusal(|m| m.files = many).starts_with("files:"));
