@@ -250,6 +250,10 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// `(1 + MAX_OPERATOR_RETRIES) * MAX_ATTEMPTS` times.
 pub const MAX_OPERATOR_RETRIES: u32 = 3;
 
+/// How long an update found not applicable is left alone before its rules are looked at again
+/// (the device may have changed since: an OS upgrade, a product installed).
+pub const RECHECK_NOT_APPLICABLE_SECONDS: i64 = 86_400;
+
 /// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
 fn backoff(attempts: u32) -> i64 {
     (300i64 << attempts.saturating_sub(1).min(10)).min(86_400)
@@ -369,13 +373,14 @@ impl Cycle<'_> {
         // Used as a file name: 64 hex digits and nothing else.
         ringfence_proto::Sha256Hex::parse(&sha).context("sha256 in the metadata")?;
         let done = self.state.downloads().join(&sha);
-        if done.exists() {
+        if std::fs::symlink_metadata(&done).is_ok() {
             // Checked again before it is used: a file is trusted for its hash, not its name.
-            let (len, digests) = crate::tuf_client::digest_file(&done)?;
-            if verify_target(target, len, &digests).is_ok() {
+            // Anything else there (changed bytes, unreadable) is removed and fetched again.
+            let digest = crate::tuf_client::digest_file(&done);
+            if digest.is_ok_and(|(len, digests)| verify_target(target, len, &digests).is_ok()) {
                 return Ok(done);
             }
-            std::fs::remove_file(&done)?;
+            let _ = std::fs::remove_file(&done);
         }
         let partial = self.state.downloads().join(format!("{sha}.partial"));
         let mut offset = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
@@ -553,14 +558,19 @@ impl Cycle<'_> {
         let retry_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.retry_at);
         let recorded =
             self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.state.clone());
+        let recorded_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.at);
+        let recheck = recorded.as_deref() == Some("not_applicable")
+            && recorded_at.is_some_and(|at| at.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS) <= self.now);
         match decision.action {
             // Not for this device: nothing to do, nothing to report.
             ApprovalAction::Decline => return,
             // Done with these exact bytes already: nothing to verify further or fetch.
+            // Not applicable, looked at again once a day.
             ApprovalAction::Install
-                if recorded
-                    .as_deref()
-                    .is_some_and(|s| matches!(s, "installed" | "reboot_required" | "not_applicable")) =>
+                if !recheck
+                    && recorded
+                        .as_deref()
+                        .is_some_and(|s| matches!(s, "installed" | "reboot_required" | "not_applicable")) =>
             {
                 return;
             }
@@ -606,7 +616,10 @@ impl Cycle<'_> {
             return;
         }
         if let Err(why) = self.applicable(&how.applicability, inventory) {
-            self.report(path, ReportState::NotApplicable, Some(why), None);
+            // Said once; a recheck that finds the same only notes when it looked.
+            if recorded.as_deref() != Some("not_applicable") {
+                self.report(path, ReportState::NotApplicable, Some(why), None);
+            }
             self.remember(&key, &sha, &how.update_id, "not_applicable");
             return;
         }
@@ -895,6 +908,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let Some(token) = session(state, &config, &fetcher, now)? else { return Ok(CycleResult::Pending) };
     fetcher.bearer = Some(token);
     finish_reboots(state, now)?;
+    modules::sweep_staged(&state.work_dir());
     flush_reports(state, &config, &fetcher)?;
 
     let inventory = local_inventory(state);
@@ -938,6 +952,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let waits = state.installed().values().any(|i| {
         matches!(i.state.as_str(), "rollout" | "window" | "waiting")
             || (i.state == "failed" && (i.retry_at <= now || new_holds))
+            || (i.state == "not_applicable" && i.at.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS) <= now)
     });
     if same && last_clean && !waits && fresh_until.is_some_and(|until| until > now + margin) {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();

@@ -226,16 +226,28 @@ pub(crate) fn say(line: &str) {
         let _ = writeln!(std::io::stderr(), "{line}");
         return;
     };
-    // Kept short: started afresh once it passes 1 MiB.
-    let long = std::fs::metadata(path).is_ok_and(|m| m.len() > 1 << 20);
-    let file = std::fs::OpenOptions::new().create(true).append(!long).write(true).truncate(long).open(path);
-    if let Ok(mut file) = file {
+    // Only into the state directory once it was made private (before that, a planted link
+    // could lead the service elsewhere), only into a plain file, and kept short: past 1 MiB the
+    // log moves to service.log.1 and starts afresh.
+    if !SERVICE_LOG_READY.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return,
+        Ok(m) if m.len() > 1 << 20 => {
+            let _ = std::fs::rename(path, path.with_extension("log.1"));
+        }
+        _ => {}
+    }
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(file, "{} {line}", ringfence_trust::expiry::format(wall_clock()));
     }
 }
 
-/// Where a Windows service's lines go (`<state>\service.log`): it has no console.
+/// Where a Windows service's lines go (`<state>\service.log`): it has no console. Written
+/// only once `run` has made the state directory private.
 static SERVICE_LOG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+static SERVICE_LOG_READY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// How often a service that is not enrolled yet looks for its enrollment.
 const ENROLLMENT_POLL_SECONDS: u64 = 5;
@@ -245,6 +257,8 @@ const ENROLLMENT_POLL_SECONDS: u64 = 5;
 /// stop (a Windows service being stopped); the cycle in progress always finishes first.
 fn run(state_dir: &std::path::Path, wait: &dyn Fn(std::time::Duration) -> bool) -> anyhow::Result<()> {
     let state = state::StateDir::open(state_dir)?;
+    SERVICE_LOG_READY.store(true, std::sync::atomic::Ordering::SeqCst);
+    say(&format!("agent {} started, state in {}", env!("CARGO_PKG_VERSION"), state.root.display()));
     // Installed before it was enrolled (a package deployed first, enrolled after): look for the
     // enrollment every few seconds, without backoff, and only then read the pinned CA.
     let mut said = false;

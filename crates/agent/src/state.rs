@@ -76,8 +76,9 @@ impl StateDir {
         for dir in std::iter::once(root.to_path_buf())
             .chain(["metadata", "downloads", "outbox", "backup", "work", "modules"].map(|sub| root.join(sub)))
         {
+            let existed = std::fs::symlink_metadata(&dir).is_ok();
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            crate::platform::secure_dir(&dir).with_context(|| format!("making {} private", dir.display()))?;
+            crate::platform::secure_dir(&dir, existed).with_context(|| format!("making {} private", dir.display()))?;
         }
         Ok(Self { root: root.to_path_buf() })
     }

@@ -201,16 +201,23 @@ pub struct ExitCodeRule {
 pub const MAX_EXIT_CODES: usize = 32;
 
 /// An `msi` installer argument: a Windows Installer property `NAME=VALUE` (such as
-/// `ALLUSERS=1`), NAME of letters, digits, `_` and `.` not starting with a digit or `.`, VALUE
-/// without quotes or control characters. Nothing else reaches msiexec's command line: no
-/// switch (`/x`, `/l`) and no quote that could end the value.
+/// `ALLUSERS=1`), NAME of letters, digits, `_` and `.` not starting with a digit or `.` and not
+/// `TRANSFORMS` or `PATCH`, VALUE without quotes or control characters and not ending in a
+/// backslash (the agent writes it as `NAME="VALUE"`). Nothing else reaches msiexec's command
+/// line: no switch (`/x`, `/l`), no quote that could end the value, no unsigned file.
 pub fn is_msi_property(arg: &str) -> bool {
     let Some((name, value)) = arg.split_once('=') else { return false };
     let mut name_chars = name.chars();
     name_chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && name_chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !MSI_FILE_PROPERTIES.contains(&name.to_ascii_uppercase().as_str())
         && !value.chars().any(|c| c == '"' || c.is_control())
+        && !value.ends_with('\\')
 }
+
+/// Properties that make msiexec read another file (a transform, a patch) whose bytes nobody
+/// signed: refused as `msi` arguments.
+const MSI_FILE_PROPERTIES: [&str; 2] = ["TRANSFORMS", "PATCH"];
 
 /// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` in hex digits: the form of an MSI product code.
 pub fn is_product_code(s: &str) -> bool {

@@ -240,17 +240,37 @@ pub(crate) struct Staged {
     held: Option<std::fs::File>,
 }
 
+const STAGED_NONCE_BYTES: usize = 8;
+
+/// Remove staged copies an earlier run left behind (a crash, or a file an installer still held
+/// when its copy was to be removed); logs stay.
+pub fn sweep_staged(work_dir: &Path) {
+    for entry in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let staged = name.split_once('.').is_some_and(|(stem, ext)| {
+            stem.len() == 2 * STAGED_NONCE_BYTES
+                && stem.bytes().all(|b| b.is_ascii_hexdigit())
+                && ["msi", "msu", "exe", "ps1"].contains(&ext)
+        });
+        if staged {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Staged {
     pub(crate) fn new(job: &Job, extension: &str) -> anyhow::Result<Self> {
         let (path, copied) = if extension.is_empty() {
             (job.file.to_path_buf(), false)
         } else {
-            let mut nonce = [0u8; 8];
+            let mut nonce = [0u8; STAGED_NONCE_BYTES];
             rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
             let path = job.work_dir.join(format!("{}.{extension}", hex::encode(nonce)));
+            let mut source =
+                std::fs::File::open(job.file).with_context(|| format!("opening {}", job.file.display()))?;
             let mut out =
                 crate::platform::create_private(&path).with_context(|| format!("creating {}", path.display()))?;
-            let copied = std::io::copy(&mut std::fs::File::open(job.file)?, &mut out).and_then(|_| out.sync_all());
+            let copied = std::io::copy(&mut source, &mut out).and_then(|_| out.sync_all());
             if let Err(e) = copied {
                 let _ = std::fs::remove_file(&path);
                 return Err(e).with_context(|| format!("copying the verified file to {}", path.display()));

@@ -90,14 +90,22 @@ fn product_code<'a>(job: &Job<'a>) -> anyhow::Result<Option<&'a str>> {
     }
 }
 
-/// msiexec's command line after the package: verbose log, then the publisher's properties,
-/// each `NAME=VALUE` (checked here too: no switch and no quote reaches msiexec).
-fn msiexec(job: &Job, log: &Path) -> anyhow::Result<Command> {
-    if let Some(bad) = job.arguments.iter().find(|a| !ringfence_proto::api::is_msi_property(a)) {
-        anyhow::bail!("msi argument {bad:?} is not a property NAME=VALUE without quotes");
-    }
+/// `msiexec ACTION TARGET /qn /norestart /l*v LOG`, the form msiexec documents, then the
+/// publisher's properties (install only), each checked here too and written `NAME="VALUE"`: no
+/// switch, no quote and no unsigned file reaches msiexec.
+fn msiexec(job: &Job, action: &str, target: &std::ffi::OsStr, log: &Path, properties: bool) -> anyhow::Result<Command> {
     let mut command = Command::new(crate::platform::system_program("msiexec.exe"));
-    command.args(["/qn", "/norestart", "/l*v"]).arg(log);
+    command.arg(action).arg(target).args(["/qn", "/norestart", "/l*v"]).arg(log);
+    if properties {
+        for argument in job.arguments {
+            match argument.split_once('=') {
+                Some((name, value)) if ringfence_proto::api::is_msi_property(argument) => {
+                    crate::platform::msi_property(&mut command, name, value)
+                }
+                _ => anyhow::bail!("msi argument {argument:?} is not a property NAME=VALUE msiexec may take"),
+            }
+        }
+    }
     Ok(command)
 }
 
@@ -115,15 +123,14 @@ fn with_log(outcome: Outcome, log: &Path) -> Outcome {
     }
 }
 
-/// `msiexec /qn /norestart /l*v LOG ARGUMENTS… /i FILE` (arguments are the publisher's
-/// properties, such as `ALLUSERS=1`). With a product code, a success is checked against the
+/// `msiexec /i FILE /qn /norestart /l*v LOG PROPERTIES…` (the publisher's properties, such
+/// as `ALLUSERS=1`). With a product code, a success is checked against the
 /// products Windows lists as installed, by product code only.
 pub fn install_msi(job: &Job) -> anyhow::Result<Outcome> {
     let code = product_code(job)?;
     let log = log_path(job, "install");
-    let mut command = msiexec(job, &log)?;
     let package = Staged::new(job, "msi")?;
-    command.args(job.arguments).arg("/i").arg(package.path());
+    let command = msiexec(job, "/i", package.path().as_os_str(), &log, true)?;
     let outcome = with_log(outcome(run(command, job, "msiexec")?, &[], Conventions::Windows, "msiexec"), &log);
     if let (Outcome::Installed | Outcome::RebootRequired, Some(code)) = (&outcome, code)
         && !crate::platform::installed_products().iter().any(|p| p.key.eq_ignore_ascii_case(code))
@@ -136,19 +143,17 @@ pub fn install_msi(job: &Job) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// `msiexec /qn /norestart /l*v LOG /x PRODUCT-CODE` (or by the package file without a product
+/// `msiexec /x PRODUCT-CODE /qn /norestart /l*v LOG` (or by the package file without a product
 /// code). A product that is not installed counts as removed.
 pub fn uninstall_msi(job: &Job) -> anyhow::Result<Outcome> {
     let code = product_code(job)?;
     let log = log_path(job, "uninstall");
-    let mut command = msiexec(job, &log)?;
     let package;
-    command.arg("/x");
-    match code {
-        Some(code) => command.arg(code),
+    let command = match code {
+        Some(code) => msiexec(job, "/x", std::ffi::OsStr::new(code), &log, false)?,
         None => {
             package = Staged::new(job, "msi")?;
-            command.arg(package.path())
+            msiexec(job, "/x", package.path().as_os_str(), &log, false)?
         }
     };
     let code = run(command, job, "msiexec")?;
@@ -254,8 +259,11 @@ mod tests {
         // Neither an unsigned-looking product code nor a switch reaches msiexec.
         let code = Job { product_code: Some(r"\\host\share\x.msi"), ..job };
         assert!(uninstall_msi(&code).unwrap_err().to_string().contains("is not {"));
-        let switch = ["/l*v".to_owned()];
-        let switch = Job { arguments: &switch, ..job };
-        assert!(install_msi(&switch).unwrap_err().to_string().contains("is not a property"));
+        for bad in ["/l*v", "TRANSFORMS=C:\\x.mst", "A=\"b"] {
+            let arguments = [bad.to_owned()];
+            let switch = Job { arguments: &arguments, ..job };
+            assert!(install_msi(&switch).unwrap_err().to_string().contains("is not a property"), "{bad}");
+            assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0, "no copy left behind");
+        }
     }
 }

@@ -13,8 +13,8 @@ mod imp;
 mod imp;
 
 pub use imp::{
-    SCRIPT_EXTENSION, access_of, create_private, default_state_dir, hostname, installed_products, open_locked,
-    os_version, same_file, script_command, secure_dir, service, set_mode, system_program,
+    SCRIPT_EXTENSION, access_of, create_private, default_state_dir, hostname, installed_products, msi_property,
+    open_locked, os_version, same_file, script_command, secure_dir, service, set_mode, system_program,
 };
 
 /// The agent's service loop: runs cycles in the state directory, waiting between them with
@@ -35,7 +35,7 @@ impl Product {
     /// Whether a publisher's product name refers to this one: the key or the display name,
     /// compared without regard to case.
     pub fn is(&self, wanted: &str) -> bool {
-        !wanted.is_empty()
+        !wanted.trim().is_empty()
             && (self.key.eq_ignore_ascii_case(wanted) || self.name.to_lowercase() == wanted.to_lowercase())
     }
 }
@@ -63,15 +63,25 @@ pub fn same_boot(recorded: &str, current: &str) -> bool {
     }
 }
 
+/// SYSTEM and Administrators, as SDDL writes them (an alias, or the SID).
+const TRUSTED_SIDS: [&str; 4] = ["SY", "BA", "S-1-5-18", "S-1-5-32-544"];
+
+/// Whether the owner in an SDDL string (`O:...D:...`) is SYSTEM or Administrators.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub fn sddl_owner_is_trusted(sddl: &str) -> bool {
+    sddl.strip_prefix("O:")
+        .and_then(|rest| rest.split_once("D:"))
+        .is_some_and(|(owner, _)| TRUSTED_SIDS.contains(&owner))
+}
+
 /// Whether an owner and DACL in SDDL (as Windows writes them back) are what the agent sets on
 /// its state: owned by SYSTEM or Administrators, a DACL protected from inheritance, and
 /// nobody but SYSTEM and Administrators allowed anything.
 /// (Here, not in `windows.rs`, so that its tests run on Linux too.)
 #[cfg_attr(not(windows), allow(dead_code))]
 pub fn sddl_is_private(sddl: &str) -> bool {
-    const TRUSTED: [&str; 4] = ["SY", "BA", "S-1-5-18", "S-1-5-32-544"];
-    let Some((owner, dacl)) = sddl.strip_prefix("O:").and_then(|rest| rest.split_once("D:")) else { return false };
-    if !TRUSTED.contains(&owner) {
+    let Some((_, dacl)) = sddl.strip_prefix("O:").and_then(|rest| rest.split_once("D:")) else { return false };
+    if !sddl_owner_is_trusted(sddl) {
         return false;
     }
     let (flags, aces) = dacl.split_at(dacl.find('(').unwrap_or(dacl.len()));
@@ -81,7 +91,7 @@ pub fn sddl_is_private(sddl: &str) -> bool {
     aces.split_terminator(')').all(|ace| {
         let fields: Vec<&str> = ace.trim_start_matches('(').split(';').collect();
         match fields.as_slice() {
-            [kind, .., sid] if *kind == "A" => TRUSTED.contains(sid),
+            [kind, .., sid] if *kind == "A" => TRUSTED_SIDS.contains(sid),
             [kind, ..] => *kind == "D",
             [] => false,
         }
@@ -133,6 +143,9 @@ mod tests {
         assert!(!sddl_is_private("O:BAD:P(A;OICI;FA;;;SY)(A;OICI;0x1200a9;;;BU)"));
         assert!(!sddl_is_private("O:BAD:P"));
         assert!(!sddl_is_private("D:P(A;OICI;FA;;;SY)"));
+        assert!(sddl_owner_is_trusted("O:SYD:(A;;FA;;;WD)"));
+        assert!(!sddl_owner_is_trusted("O:S-1-5-21-1-2-3-1001D:P(A;OICI;FA;;;SY)"));
+        assert!(!sddl_owner_is_trusted("D:P(A;OICI;FA;;;SY)"));
     }
 
     #[test]
@@ -147,7 +160,7 @@ mod tests {
         assert!(!p.is("Acme"));
         // A product without a display name is not named by an empty string.
         let nameless = Product { name: String::new(), ..p };
-        assert!(!nameless.is(""));
+        assert!(!nameless.is("") && !nameless.is(" "));
     }
 
     #[test]

@@ -12,7 +12,7 @@ pub fn default_state_dir() -> PathBuf {
 }
 
 /// Only the agent's own user may enter the state directory: mode 0700.
-pub fn secure_dir(path: &Path) -> std::io::Result<()> {
+pub fn secure_dir(path: &Path, _existed: bool) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
@@ -52,6 +52,11 @@ pub fn boot_mark() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// An msiexec property argument (`msi` module; msiexec exists only on Windows).
+pub fn msi_property(command: &mut Command, name: &str, value: &str) {
+    command.arg(format!("{name}={value}"));
 }
 
 /// The `script` module's file name needs no extension here.

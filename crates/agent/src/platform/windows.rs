@@ -66,8 +66,26 @@ fn win32(code: u32) -> std::io::Result<()> {
 const PRIVATE_SDDL: &str = "O:BAD:P(A;OICI;FA;;;SY)(A;OICI;FA;;;BA)";
 
 /// Give a state directory its owner and protected DACL (`PRIVATE_SDDL`), read them back, and
-/// refuse the directory when they did not hold. Under Wine, which keeps no ACLs, say so instead.
-pub fn secure_dir(path: &Path) -> std::io::Result<()> {
+/// refuse the directory when they did not hold; one that `existed` before this run must be
+/// owned by SYSTEM or Administrators already. Under Wine, which keeps no ACLs, say so instead.
+pub fn secure_dir(path: &Path, existed: bool) -> std::io::Result<()> {
+    // What is there already is looked at before anything changes: a link or junction (which
+    // would carry the ACL, and later the agent's files, elsewhere) is refused, and so is a
+    // directory someone other than SYSTEM or Administrators owns (anyone may create folders in
+    // C:\ProgramData: its contents, a config.json naming another server say, would be theirs).
+    if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} is a link or junction: refused", path.display()),
+        ));
+    }
+    let before = access_of(path)?;
+    if existed && !super::sddl_owner_is_trusted(&before) {
+        refuse_or_warn(format!(
+            "{} exists and is owned by someone other than SYSTEM or Administrators ({before}): remove it, or check who made it",
+            path.display()
+        ))?;
+    }
     let sddl = wide(PRIVATE_SDDL);
     let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
     // SAFETY: `sddl` is NUL-terminated; on success `descriptor` is a LocalAlloc'd descriptor,
@@ -109,15 +127,27 @@ pub fn secure_dir(path: &Path) -> std::io::Result<()> {
     }
     let set = access_of(path)?;
     if !super::sddl_is_private(&set) {
-        let message =
-            format!("{} reads back as {set}, not owned by and open to SYSTEM and Administrators only", path.display());
-        if !under_wine() {
-            return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, message));
-        }
-        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            crate::say(&format!("warning: {message} (Wine keeps no ACLs)"));
-        }
+        refuse_or_warn(format!(
+            "{} reads back as {set}, not owned by and open to SYSTEM and Administrators only",
+            path.display()
+        ))?;
+    }
+    Ok(())
+}
+
+/// On Windows, refuse; under Wine, which keeps no ACLs and owns every file as its user, say
+/// each kind of finding once and go on.
+fn refuse_or_warn(message: String) -> std::io::Result<()> {
+    if !under_wine() {
+        return Err(std::io::Error::new(std::io::ErrorKind::PermissionDenied, message));
+    }
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let kind: String = message.split_once(' ').map_or("", |(_, rest)| rest).chars().take(24).collect();
+    if let Ok(mut said) = SAID.lock()
+        && !said.contains(&kind)
+    {
+        said.push(kind);
+        crate::say(&format!("warning: {message} (Wine keeps no ACLs)"));
     }
     Ok(())
 }
@@ -230,6 +260,13 @@ pub fn boot_mark() -> Option<String> {
 
 /// PowerShell needs the `.ps1` extension to run a file.
 pub const SCRIPT_EXTENSION: &str = "ps1";
+
+/// An msiexec property argument, written as msiexec documents it: `NAME="VALUE"` (the value
+/// has neither quotes nor a trailing backslash: `proto::api::is_msi_property`).
+pub fn msi_property(command: &mut Command, name: &str, value: &str) {
+    use std::os::windows::process::CommandExt;
+    command.raw_arg(format!("{name}=\"{value}\""));
+}
 
 /// The `script` module: the file run by Windows PowerShell. Its execution policy is bypassed for
 /// this one file because the agent checked it against the publisher's signed hash already.
@@ -488,10 +525,6 @@ pub mod service {
         };
         let Ok(handle) = service_control_handler::register(NAME, handler) else { return };
         let _ = handle.set_service_status(status(ServiceState::Running, 0));
-        crate::say(&format!(
-            "service started, state in {}",
-            STATE_DIR.get().map_or("?".into(), |d| d.display().to_string())
-        ));
         // Sleeps in short steps and looks at the flag the control handler sets: a stop is
         // noticed within a quarter of a second.
         let wait = |d: Duration| {

@@ -167,10 +167,15 @@ fn build_msi(work: &Path, name: &str, product_code: &str, folder: &str, file_nam
 
 /// Publish `msi` as `acme/<file name>` with the `msi` module and its product code.
 fn publish_msi(server: &Server, id: &str, msi: &Path, product_code: &str) {
+    publish_msi_where(server, id, msi, product_code, json!({"os": ["windows"], "architectures": ["x86_64"]}));
+}
+
+/// `publish_msi` with these applicability rules.
+fn publish_msi_where(server: &Server, id: &str, msi: &Path, product_code: &str, applicability: serde_json::Value) {
     let mut m: serde_json::Value =
         serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
     m["id"] = id.into();
-    m["applicability"] = json!({"os": ["windows"], "architectures": ["x86_64"]});
+    m["applicability"] = applicability;
     m["installer"] = json!({"module": "msi", "arguments": ["ALLUSERS=1"], "product_code": product_code});
     let manifest = msi.with_extension("json");
     std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
@@ -197,21 +202,35 @@ fn enroll(server: &Server, wine: &Wine, exe: &str) -> (i32, String) {
 
 const HELLO: &str = "{6F1E8A52-1C7B-4D1E-9C55-0D2A4E5B7A11}";
 const SECOND: &str = "{7A2F9B63-2D8C-4E2F-8D66-1E3B5F6C8B22}";
+const ADDON: &str = "{8B3A0C74-3E9D-4F3A-9E77-2F4C6A7D9C33}";
 
 #[test]
-fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refuses_a_tampered_one() {
+fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_and_refuses_a_tampered_one() {
     let server = Server::start(|_| {});
     let Some(wine) = Wine::new(server.dir.path()) else { return };
     let work = server.dir.path().join("msi");
-    let hello = build_msi(&work, "hello", HELLO, "RingfenceHello", "hello.txt", "hello from an MSI\n");
-    publish_msi(&server, "acme-hello-msi", &hello, HELLO);
-    assert!(server.approve("pilot", "acme/hello.msi").contains("is published"));
+    // An add-on that applies only where Hello is installed (by Hello's product code).
+    let addon = build_msi(&work, "addon", ADDON, "RingfenceAddon", "addon.txt", "add-on\n");
+    let needs_hello = json!({"os": ["windows"], "products_installed": [HELLO]});
+    publish_msi_where(&server, "acme-addon-msi", &addon, ADDON, needs_hello);
+    assert!(server.approve("pilot", "acme/addon.msi").contains("is published"));
 
     // Enroll with the server's CA and root hash, as an administrator would on the device.
     let (code, out) = enroll(&server, &wine, &windows_path(&wine.bin.join("ringfence-agent.exe")));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("(accepted)"), "{out}");
     assert!(wine.state().join("device.key").exists(), "state in %ProgramData%\\Ringfence");
+    let (code, out) = wine.agent(&["check"]);
+    assert_eq!(code, 0, "not applicable is not a problem: {out}");
+    let report = last_report(&server, "approvals/pilot/acme/addon.msi");
+    assert_eq!(report.state, ReportState::NotApplicable);
+    assert!(report.reason.as_deref().unwrap_or("").contains(&format!("needs product {HELLO}")), "{report:?}");
+    let addon_file = wine.drive_c().join("Program Files/RingfenceAddon/addon.txt");
+    assert!(!addon_file.exists());
+
+    let hello = build_msi(&work, "hello", HELLO, "RingfenceHello", "hello.txt", "hello from an MSI\n");
+    publish_msi(&server, "acme-hello-msi", &hello, HELLO);
+    assert!(server.approve("pilot", "acme/hello.msi").contains("is published"));
 
     // One cycle: check-in, TUF refresh, the decision rule, download, msiexec.
     let (code, out) = wine.agent(&["check"]);
@@ -222,6 +241,19 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     let log = wine.state().join("work/install-acme-hello-msi.log");
     assert!(log.exists(), "msiexec's verbose log is kept in the state directory");
     assert_eq!(last_report(&server, "approvals/pilot/acme/hello.msi").state, ReportState::Installed);
+    // The add-on's rules are looked at again once a day, not every cycle: a day later (its
+    // record aged by hand) Hello is installed, so the add-on installs.
+    assert!(!addon_file.exists());
+    let record = wine.state().join("installed.json");
+    let mut installed_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    assert_eq!(installed_json["acme/addon.msi"]["state"], "not_applicable");
+    let at = installed_json["acme/addon.msi"]["at"].as_i64().unwrap();
+    installed_json["acme/addon.msi"]["at"] = json!(at - 86_400);
+    std::fs::write(&record, serde_json::to_vec(&installed_json).unwrap()).unwrap();
+    let (code, out) = wine.agent(&["check"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&addon_file).unwrap(), "add-on\n");
+    assert_eq!(last_report(&server, "approvals/pilot/acme/addon.msi").state, ReportState::Installed);
     let device = devices(&server).into_iter().next().unwrap();
     assert_eq!(device.inventory.os, "windows");
     assert!(device.inventory.os_version.split('.').count() >= 3, "major.minor.build: {:?}", device.inventory);
@@ -234,6 +266,9 @@ fn the_windows_agent_under_wine_installs_an_approved_msi_uninstalls_it_and_refus
     assert!(status.contains(r"state C:\ProgramData\Ringfence (O:"), "{status}");
     assert!(status.contains("warning: C:\\ProgramData\\Ringfence reads back as O:"), "{status}");
     assert!(status.contains("(Wine keeps no ACLs)"), "{status}");
+    // And it looked at who owned the directory before it changed anything (Wine's user does:
+    // on Windows a directory someone else made beforehand is refused).
+    assert!(status.contains("exists and is owned by someone other than SYSTEM or Administrators"), "{status}");
 
     // A stolen server swaps the bytes of an approved MSI: refused, never given to msiexec.
     let second = build_msi(&work, "second", SECOND, "RingfenceSecond", "second.txt", "second\n");
@@ -342,6 +377,11 @@ fn the_agent_package_installs_a_service_that_runs_the_cycle_and_stops_cleanly() 
     }
     let stopped = wine.service().unwrap();
     assert!(stopped.contains("WIN32_EXIT_CODE    : 0") && stopped.contains("SERVICE_EXIT_CODE  : 0"), "{stopped}");
+    // A service has no console: its lines are in the state directory.
+    let log = std::fs::read_to_string(wine.state().join("service.log")).unwrap();
+    for line in ["agent 0.1.0 started", "not enrolled yet", "enrolled: cycles start", "service stopped (exit 0)"] {
+        assert!(log.contains(line), "{line:?} in {log}");
+    }
 
     // Removing the package removes the service and the program, not the device's state.
     wine.msiexec("/x", &package);

@@ -337,7 +337,9 @@ mod tests {
             refusal(|m| m.installer.product_code = Some("{0123ABCD-4567-89ab-CDEF-0123456789AB}".into()))
                 .contains("only for the msi")
         );
-        for argument in ["/x", "A=\"b\" /l*v C:\\x", "1A=2", "NOEQUALS"] {
+        for argument in
+            ["/x", "A=\"b\" /l*v C:\\x", "1A=2", "NOEQUALS", "TRANSFORMS=\\\\h\\s\\x.mst", "patch=x.msp", "DIR=C:\\"]
+        {
             assert!(
                 refusal(|m| {
                     msi(m);
