@@ -558,9 +558,8 @@ impl Cycle<'_> {
         let retry_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.retry_at);
         let recorded =
             self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.state.clone());
-        let recorded_at = self.installed.get(published.as_str()).filter(|i| i.sha256 == listed_sha).map(|i| i.at);
-        let recheck = recorded.as_deref() == Some("not_applicable")
-            && recorded_at.is_some_and(|at| at.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS) <= self.now);
+        // Not applicable by the publisher's rules: looked at again once `retry_at` has come.
+        let recheck = recorded.as_deref() == Some("not_applicable") && retry_at.is_some_and(|t| t <= self.now);
         match decision.action {
             // Not for this device: nothing to do, nothing to report.
             ApprovalAction::Decline => return,
@@ -621,6 +620,7 @@ impl Cycle<'_> {
                 self.report(path, ReportState::NotApplicable, Some(why), None);
             }
             self.remember(&key, &sha, &how.update_id, "not_applicable");
+            self.look_again_later(&key);
             return;
         }
         // A staged rollout: the share the approvers signed (all without stages), held back
@@ -703,6 +703,11 @@ impl Cycle<'_> {
             Outcome::NotApplicable(why) => {
                 self.report(path, ReportState::NotApplicable, Some(why), None);
                 self.remember(&key, &sha, &how.update_id, "not_applicable");
+                // The installer's own verdict on these bytes: not downloaded and run again.
+                if let Some(entry) = self.installed.get_mut(&key) {
+                    entry.retry_at = i64::MAX;
+                }
+                self.save();
                 let _ = std::fs::remove_file(&file);
             }
             Outcome::Installed | Outcome::RebootRequired if needs_reboot => {
@@ -831,6 +836,20 @@ impl Cycle<'_> {
         }
     }
 
+    /// A `not_applicable` entry's rules are looked at again a day from now.
+    fn look_again_later(&mut self, key: &str) {
+        if let Some(entry) = self.installed.get_mut(key) {
+            entry.retry_at = self.now.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS);
+        }
+        self.save();
+    }
+
+    fn save(&mut self) {
+        if let Err(e) = self.state.save_installed(&self.installed) {
+            self.problems.push(format!("saving installed.json: {e:#}"));
+        }
+    }
+
     fn remember(&mut self, key: &str, sha: &str, update_id: &str, state: &str) {
         // Install attempts with these bytes carry over (waiting for a window or a reboot does
         // not reset them); only an installed update starts from nothing.
@@ -952,7 +971,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let waits = state.installed().values().any(|i| {
         matches!(i.state.as_str(), "rollout" | "window" | "waiting")
             || (i.state == "failed" && (i.retry_at <= now || new_holds))
-            || (i.state == "not_applicable" && i.at.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS) <= now)
+            || (i.state == "not_applicable" && i.retry_at <= now)
     });
     if same && last_clean && !waits && fresh_until.is_some_and(|until| until > now + margin) {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();
@@ -993,6 +1012,22 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     // A prerequisite installed in this cycle lets what waited for it go on now.
     for decision in std::mem::take(&mut cycle.deferred) {
         cycle.act(&mut set, decision, &inventory);
+    }
+    // A not-applicable entry this cycle did not reach (its approval withdrawn, say) waits a day
+    // too, rather than making every cycle refresh.
+    let unvisited: Vec<String> = cycle
+        .installed
+        .iter()
+        .filter(|(_, i)| i.state == "not_applicable" && i.retry_at <= now)
+        .map(|(k, _)| k.clone())
+        .collect();
+    if !unvisited.is_empty() {
+        unvisited.iter().for_each(|k| {
+            if let Some(entry) = cycle.installed.get_mut(k) {
+                entry.retry_at = now.saturating_add(RECHECK_NOT_APPLICABLE_SECONDS);
+            }
+        });
+        cycle.save();
     }
     let _ = flush_reports(state, &config, &cycle.client.fetcher);
     let installed = cycle.installed.values().filter(|i| i.state == "installed").count();

@@ -51,7 +51,8 @@ pub struct Installed {
     #[serde(default)]
     pub health_check: Vec<String>,
     /// For `failed`: install attempts made with these bytes, and the earliest time to try again
-    /// (`i64::MAX` once the attempts are used up).
+    /// (`i64::MAX` once the attempts are used up). For `not_applicable`: when the publisher's
+    /// rules are looked at again (`i64::MAX` when the installer itself said so).
     #[serde(default)]
     pub attempts: u32,
     #[serde(default)]
@@ -76,9 +77,13 @@ impl StateDir {
         for dir in std::iter::once(root.to_path_buf())
             .chain(["metadata", "downloads", "outbox", "backup", "work", "modules"].map(|sub| root.join(sub)))
         {
-            let existed = std::fs::symlink_metadata(&dir).is_ok();
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            crate::platform::secure_dir(&dir, existed).with_context(|| format!("making {} private", dir.display()))?;
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+            }
+            // Born private when the agent makes it; one that was there already is looked at.
+            let created =
+                crate::platform::create_private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            crate::platform::secure_dir(&dir, !created).with_context(|| format!("making {} private", dir.display()))?;
         }
         Ok(Self { root: root.to_path_buf() })
     }

@@ -202,7 +202,7 @@ pub const MAX_EXIT_CODES: usize = 32;
 
 /// An `msi` installer argument: a Windows Installer property `NAME=VALUE` (such as
 /// `ALLUSERS=1`), NAME of letters, digits, `_` and `.` not starting with a digit or `.` and not
-/// `TRANSFORMS` or `PATCH`, VALUE without quotes or control characters and not ending in a
+/// `TRANSFORMS`, `PATCH`, `SOURCELIST` or `MSIPATCHREMOVE`, VALUE without quotes or control characters and not ending in a
 /// backslash (the agent writes it as `NAME="VALUE"`). Nothing else reaches msiexec's command
 /// line: no switch (`/x`, `/l`), no quote that could end the value, no unsigned file.
 pub fn is_msi_property(arg: &str) -> bool {
@@ -215,9 +215,9 @@ pub fn is_msi_property(arg: &str) -> bool {
         && !value.ends_with('\\')
 }
 
-/// Properties that make msiexec read another file (a transform, a patch) whose bytes nobody
-/// signed: refused as `msi` arguments.
-const MSI_FILE_PROPERTIES: [&str; 2] = ["TRANSFORMS", "PATCH"];
+/// Properties that make msiexec read or remember another file or source (a transform, a patch,
+/// a source list for later repairs) whose bytes nobody signed: refused as `msi` arguments.
+const MSI_FILE_PROPERTIES: [&str; 4] = ["TRANSFORMS", "PATCH", "SOURCELIST", "MSIPATCHREMOVE"];
 
 /// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}` in hex digits: the form of an MSI product code.
 pub fn is_product_code(s: &str) -> bool {

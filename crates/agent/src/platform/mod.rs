@@ -13,8 +13,8 @@ mod imp;
 mod imp;
 
 pub use imp::{
-    SCRIPT_EXTENSION, access_of, create_private, default_state_dir, hostname, installed_products, msi_property,
-    open_locked, os_version, same_file, script_command, secure_dir, service, set_mode, system_program,
+    SCRIPT_EXTENSION, access_of, create_private, create_private_dir, default_state_dir, hostname, installed_products,
+    msi_property, open_locked, os_version, same_file, script_command, secure_dir, service, set_mode, system_program,
 };
 
 /// The agent's service loop: runs cycles in the state directory, waiting between them with
@@ -161,6 +161,17 @@ mod tests {
         // A product without a display name is not named by an empty string.
         let nameless = Product { name: String::new(), ..p };
         assert!(!nameless.is("") && !nameless.is(" "));
+    }
+
+    #[test]
+    fn a_private_directory_is_born_private_and_one_already_there_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert!(create_private_dir(&state).unwrap());
+        assert!(!create_private_dir(&state).unwrap(), "there already");
+        #[cfg(unix)]
+        assert_eq!(access_of(&state).unwrap(), "mode 0700");
+        assert!(create_private_dir(&dir.path().join("no/parent")).is_err());
     }
 
     #[test]

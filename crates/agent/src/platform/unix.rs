@@ -16,6 +16,17 @@ pub fn secure_dir(path: &Path, _existed: bool) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Create `path` (its parent must exist) with mode 0700 from the start. `Ok(false)` when it was
+/// there already.
+pub fn create_private_dir(path: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Who may use `path`, for `status`.
 pub fn access_of(path: &Path) -> std::io::Result<String> {
     Ok(format!("mode {:04o}", std::fs::metadata(path)?.permissions().mode() & 0o7777))

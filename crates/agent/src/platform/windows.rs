@@ -8,16 +8,18 @@ use std::os::windows::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use windows_sys::Win32::Foundation::{ERROR_MORE_DATA, ERROR_NO_MORE_ITEMS, ERROR_SUCCESS, LocalFree};
+use windows_sys::Win32::Foundation::{
+    ERROR_ALREADY_EXISTS, ERROR_MORE_DATA, ERROR_NO_MORE_ITEMS, ERROR_SUCCESS, LocalFree,
+};
 use windows_sys::Win32::Security::Authorization::{
     ConvertSecurityDescriptorToStringSecurityDescriptorW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
     GetNamedSecurityInfoW, SDDL_REVISION_1, SE_FILE_OBJECT, SetNamedSecurityInfoW,
 };
 use windows_sys::Win32::Security::{
     ACL, DACL_SECURITY_INFORMATION, GetSecurityDescriptorDacl, GetSecurityDescriptorOwner, OWNER_SECURITY_INFORMATION,
-    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID,
+    PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES,
 };
-use windows_sys::Win32::Storage::FileSystem::FILE_SHARE_READ;
+use windows_sys::Win32::Storage::FileSystem::{CreateDirectoryW, FILE_SHARE_READ};
 use windows_sys::Win32::System::Com::CoTaskMemFree;
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Registry::{
@@ -133,6 +135,41 @@ pub fn secure_dir(path: &Path, existed: bool) -> std::io::Result<()> {
         ))?;
     }
     Ok(())
+}
+
+/// Create `path` (its parent must exist) born private: owner Administrators and the protected
+/// DACL from the moment it exists, so nobody can put anything in it first. `Ok(false)` when
+/// it was there already (then `secure_dir` looks at who made it).
+pub fn create_private_dir(path: &Path) -> std::io::Result<bool> {
+    let sddl = wide(PRIVATE_SDDL);
+    let name = wide(path);
+    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+    // SAFETY: both strings are NUL-terminated; the descriptor the conversion allocates is
+    // used while it lives and freed once.
+    unsafe {
+        if ConvertStringSecurityDescriptorToSecurityDescriptorW(
+            sddl.as_ptr(),
+            SDDL_REVISION_1,
+            &mut descriptor,
+            std::ptr::null_mut(),
+        ) == 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let attributes = SECURITY_ATTRIBUTES {
+            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+            lpSecurityDescriptor: descriptor,
+            bInheritHandle: 0,
+        };
+        let created = CreateDirectoryW(name.as_ptr(), &attributes) != 0;
+        let error = std::io::Error::last_os_error();
+        LocalFree(descriptor);
+        match created {
+            true => Ok(true),
+            false if error.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) => Ok(false),
+            false => Err(error),
+        }
+    }
 }
 
 /// On Windows, refuse; under Wine, which keeps no ACLs and owns every file as its user, say

@@ -248,7 +248,8 @@ fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_
     let mut installed_json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(installed_json["acme/addon.msi"]["state"], "not_applicable");
     let at = installed_json["acme/addon.msi"]["at"].as_i64().unwrap();
-    installed_json["acme/addon.msi"]["at"] = json!(at - 86_400);
+    assert_eq!(installed_json["acme/addon.msi"]["retry_at"].as_i64().unwrap(), at + 86_400, "looked at again in a day");
+    installed_json["acme/addon.msi"]["retry_at"] = json!(at - 1);
     std::fs::write(&record, serde_json::to_vec(&installed_json).unwrap()).unwrap();
     let (code, out) = wine.agent(&["check"]);
     assert_eq!(code, 0, "{out}");
