@@ -124,12 +124,21 @@ fn with_log(outcome: Outcome, log: &Path) -> Outcome {
 }
 
 /// `msiexec /i FILE /qn /norestart /l*v LOG PROPERTIES…` (the publisher's properties, such
-/// as `ALLUSERS=1`). With a product code, a success is checked against the
-/// products Windows lists as installed, by product code only.
+/// as `ALLUSERS=1`). With a product code, the package's own ProductCode must be it, and a
+/// success is checked against the products Windows lists as installed, by product code only.
 pub fn install_msi(job: &Job) -> anyhow::Result<Outcome> {
     let code = product_code(job)?;
     let log = log_path(job, "install");
     let package = Staged::new(job, "msi")?;
+    // The package must be the product the publisher signed: otherwise a later `msiexec /x`
+    // by the signed code would remove something else (or nothing).
+    if let Some(code) = code {
+        let actual = crate::platform::msi_product_code(package.path())
+            .with_context(|| format!("reading the ProductCode of {}", package.path().display()))?;
+        if !actual.eq_ignore_ascii_case(code) {
+            anyhow::bail!("the package's ProductCode is {actual}, not the signed {code}: not installed");
+        }
+    }
     let command = msiexec(job, "/i", package.path().as_os_str(), &log, true)?;
     let outcome = with_log(outcome(run(command, job, "msiexec")?, &[], Conventions::Windows, "msiexec"), &log);
     if let (Outcome::Installed | Outcome::RebootRequired, Some(code)) = (&outcome, code)

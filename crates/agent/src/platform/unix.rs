@@ -65,6 +65,11 @@ pub fn boot_mark() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// An MSI package's `ProductCode`: Windows Installer exists only on Windows.
+pub fn msi_product_code(_path: &Path) -> std::io::Result<String> {
+    Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "MSI packages are read on Windows only"))
+}
+
 /// An msiexec property argument (`msi` module; msiexec exists only on Windows).
 pub fn msi_property(command: &mut Command, name: &str, value: &str) {
     command.arg(format!("{name}={value}"));

@@ -20,6 +20,10 @@ use windows_sys::Win32::Security::{
     PROTECTED_DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES,
 };
 use windows_sys::Win32::Storage::FileSystem::{CreateDirectoryW, FILE_SHARE_READ};
+use windows_sys::Win32::System::ApplicationInstallationAndServicing::{
+    MSIDBOPEN_READONLY, MSIHANDLE, MsiCloseHandle, MsiDatabaseOpenViewW, MsiOpenDatabaseW, MsiRecordGetStringW,
+    MsiViewExecute, MsiViewFetch,
+};
 use windows_sys::Win32::System::Com::CoTaskMemFree;
 use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
 use windows_sys::Win32::System::Registry::{
@@ -169,6 +173,42 @@ pub fn create_private_dir(path: &Path) -> std::io::Result<bool> {
             false if error.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) => Ok(false),
             false => Err(error),
         }
+    }
+}
+
+/// A Windows Installer handle, closed when dropped.
+struct MsiHandle(MSIHANDLE);
+
+impl Drop for MsiHandle {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from the MSI API and is closed once.
+        unsafe { MsiCloseHandle(self.0) };
+    }
+}
+
+/// The `ProductCode` property of an MSI package, read from the package itself (read-only; the
+/// package is closed again before this returns).
+pub fn msi_product_code(path: &Path) -> std::io::Result<String> {
+    let name = wide(path);
+    let query = wide("SELECT `Value` FROM `Property` WHERE `Property` = 'ProductCode'");
+    // SAFETY: both strings are NUL-terminated; every handle is closed by `MsiHandle`; the
+    // value buffer holds `len` characters and the API writes at most that many.
+    unsafe {
+        let mut database = 0;
+        win32(MsiOpenDatabaseW(name.as_ptr(), MSIDBOPEN_READONLY, &mut database))?;
+        let database = MsiHandle(database);
+        let mut view = 0;
+        win32(MsiDatabaseOpenViewW(database.0, query.as_ptr(), &mut view))?;
+        let view = MsiHandle(view);
+        win32(MsiViewExecute(view.0, 0))?;
+        let mut record = 0;
+        win32(MsiViewFetch(view.0, &mut record))?;
+        let record = MsiHandle(record);
+        // A product code is 38 characters; anything longer is not one.
+        let mut value = vec![0u16; 64];
+        let mut len = value.len() as u32;
+        win32(MsiRecordGetStringW(record.0, 1, value.as_mut_ptr(), &mut len))?;
+        Ok(String::from_utf16_lossy(value.get(..len as usize).unwrap_or_default()))
     }
 }
 

@@ -202,6 +202,7 @@ fn enroll(server: &Server, wine: &Wine, exe: &str) -> (i32, String) {
 
 const HELLO: &str = "{6F1E8A52-1C7B-4D1E-9C55-0D2A4E5B7A11}";
 const SECOND: &str = "{7A2F9B63-2D8C-4E2F-8D66-1E3B5F6C8B22}";
+const MISLABELLED: &str = "{9C4B1D85-4FAE-4A4B-AF88-3A5D7B8EAD44}";
 const ADDON: &str = "{8B3A0C74-3E9D-4F3A-9E77-2F4C6A7D9C33}";
 
 #[test]
@@ -289,6 +290,26 @@ fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_
     assert!(!wine.drive_c().join("Program Files/RingfenceSecond").exists());
     assert!(!wine.product_installed(SECOND));
     assert!(installed.exists(), "what was installed stays");
+
+    // A package whose own ProductCode is not the one its publisher signed is not installed
+    // (an uninstall by the signed code would otherwise remove something else).
+    let mislabelled = build_msi(&work, "mislabelled", MISLABELLED, "RingfenceMislabelled", "m.txt", "m\n");
+    publish_msi(&server, "acme-mislabelled-msi", &mislabelled, SECOND);
+    assert!(server.approve("pilot", "acme/mislabelled.msi").contains("is published"));
+    let (code, out) = wine.agent(&["check"]);
+    assert_eq!(code, 3, "{out}");
+    let report = last_report(&server, "approvals/pilot/acme/mislabelled.msi");
+    assert_eq!(report.state, ReportState::Failed);
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains(&format!("ProductCode is {MISLABELLED}, not the signed {SECOND}")),
+        "{report:?}"
+    );
+    assert!(!wine.state().join("work/install-acme-mislabelled-msi.log").exists(), "msiexec never ran");
+    assert!(!wine.product_installed(MISLABELLED));
 
     // An uninstall approval: msiexec /x by product code.
     run_ok(server.cli().args(["approve", "--group", "pilot", "--target", "acme/hello.msi", "--action", "uninstall"]));
