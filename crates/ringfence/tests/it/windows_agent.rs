@@ -150,6 +150,7 @@ fn build_msi(work: &Path, name: &str, product_code: &str, folder: &str, file_nam
         <Directory Id="INSTALLDIR" Name="{folder}">
           <Component Id="Main" Guid="{component}" Win64="yes">
             <File Id="Payload" Source="{file_name}" KeyPath="yes"/>
+            <RegistryValue Root="HKLM" Key="Software\Ringfence Test\{name}" Name="Greeting" Type="string" Value="[GREETING]"/>
           </Component>
         </Directory>
       </Directory>
@@ -176,7 +177,9 @@ fn publish_msi_where(server: &Server, id: &str, msi: &Path, product_code: &str, 
         serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
     m["id"] = id.into();
     m["applicability"] = applicability;
-    m["installer"] = json!({"module": "msi", "arguments": ["ALLUSERS=1"], "product_code": product_code});
+    // GREETING (with spaces) ends up in the registry: the properties reach msiexec whole.
+    let arguments = ["ALLUSERS=1", "GREETING=signed greeting, with spaces"];
+    m["installer"] = json!({"module": "msi", "arguments": arguments, "product_code": product_code});
     let manifest = msi.with_extension("json");
     std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
     run_ok(server.cli().args(["publish", "--manifest"]).arg(&manifest).arg(msi));
@@ -239,6 +242,8 @@ fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_
     let installed = wine.drive_c().join("Program Files/RingfenceHello/hello.txt");
     assert_eq!(std::fs::read_to_string(&installed).unwrap(), "hello from an MSI\n");
     assert!(wine.product_installed(HELLO));
+    let greeting = wine.registry_key(r"HKLM\Software\Ringfence Test\hello").unwrap_or_default();
+    assert!(greeting.contains("signed greeting, with spaces"), "{greeting}");
     let log = wine.state().join("work/install-acme-hello-msi.log");
     assert!(log.exists(), "msiexec's verbose log is kept in the state directory");
     assert_eq!(last_report(&server, "approvals/pilot/acme/hello.msi").state, ReportState::Installed);
