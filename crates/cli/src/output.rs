@@ -13,8 +13,11 @@ impl Table {
         Self { header: header.to_vec(), rows: Vec::new() }
     }
 
+    /// A row of cells, most of them the server's words (titles, names, reasons): each is kept
+    /// to one line and to what it says, its control and text-reordering characters written as
+    /// `\u{..}` (`trust::review::shown`), so a stolen server cannot redraw the table.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| ringfence_trust::review::shown(c)).collect());
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,5 +118,14 @@ mod tests {
         assert_eq!(t.lines(), ["ID  NAME         STATE", "1   first-admin  active", "22  ci           revoked"]);
         assert!(!t.is_empty());
         assert!(Table::new(&["A"]).is_empty());
+    }
+
+    #[test]
+    fn a_cell_cannot_move_the_cursor_end_its_line_or_reorder_text() {
+        let mut t = Table::new(&["TITLE", "STATE"]);
+        t.row(vec!["Patch\u{1b}[2J\r\nforged row".into(), "ok\u{202e}deliated".into()]);
+        let lines = t.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1], "Patch\\u{1b}[2J\\u{d}\\u{a}forged row  ok\\u{202e}deliated");
     }
 }

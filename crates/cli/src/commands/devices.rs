@@ -195,8 +195,10 @@ fn print_devices(devices: &[DeviceInfo], header: bool) {
     for (d, line) in devices.iter().zip(lines) {
         println!("{line}");
         for u in &d.updates {
-            let reason = u.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
-            println!("    {}: {}{reason}", u.target, u.state.as_str());
+            // A device wrote the reason: shown, never put on the terminal raw.
+            let shown = ringfence_trust::review::shown;
+            let reason = u.reason.as_ref().map(|r| format!(" ({})", shown(r))).unwrap_or_default();
+            println!("    {}: {}{reason}", shown(&u.target), u.state.as_str());
         }
     }
 }

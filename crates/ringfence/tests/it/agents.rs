@@ -522,3 +522,30 @@ fn a_publisher_cannot_change_how_an_approved_file_is_installed() {
     assert_eq!(report.state, ReportState::Refused);
     assert!(report.reason.as_deref().unwrap_or("").contains("not the one the approvers approved"), "{report:?}");
 }
+
+/// A device's own words (a report's reason) reach the administrator's terminal written out: a
+/// device cannot clear the screen or reorder what `ringfence device list` shows.
+#[test]
+fn a_devices_words_reach_the_admins_terminal_written_out() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "pilot-1", "pilot", &token(&server, "pilot", 1));
+    let report = json!({
+        "id": "0123456789abcdef01234567",
+        "target": "approvals/pilot/acme/hello.txt",
+        "state": "failed",
+        "reason": "\u{1b}[2J\u{202e}forged",
+        "at": 1,
+    });
+    std::fs::write(agent.state().join("outbox/00000000000001000000-0123456789abcdef01234567.json"), report.to_string())
+        .unwrap();
+    let (code, out) = agent.check();
+    assert!(code == 0 || code == 3, "{out}");
+    assert_eq!(
+        last_report(&server, "approvals/pilot/acme/hello.txt").reason.as_deref(),
+        Some("\u{1b}[2J\u{202e}forged")
+    );
+    let list = run_ok(server.cli().args(["device", "list"]));
+    assert!(list.contains("(\\u{1b}[2J\\u{202e}forged)"), "{list}");
+    assert!(!list.contains('\u{1b}') && !list.contains('\u{202e}'), "{list:?}");
+}
