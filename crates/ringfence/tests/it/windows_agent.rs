@@ -235,26 +235,11 @@ fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_
     let hello = build_msi(&work, "hello", HELLO, "RingfenceHello", "hello.txt", "hello from an MSI\n");
     publish_msi(&server, "acme-hello-msi", &hello, HELLO);
     assert!(server.approve("pilot", "acme/hello.msi").contains("is published"));
-    // The platform-neutral `file` module, to a Windows path.
-    let notes = work.join("notes.txt");
-    std::fs::write(&notes, "notes for Windows\n").unwrap();
-    let mut m: serde_json::Value =
-        serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
-    m["id"] = "acme-notes".into();
-    m["applicability"] = json!({"os": ["windows"]});
-    m["installer"] = json!({"module": "file", "arguments": [r"C:\Acme\notes.txt"]});
-    std::fs::write(work.join("notes.json"), serde_json::to_vec(&m).unwrap()).unwrap();
-    run_ok(server.cli().args(["publish", "--manifest"]).arg(work.join("notes.json")).arg(&notes));
-    server.sign_all("publisher-acme");
-    assert!(server.approve("pilot", "acme/notes.txt").contains("is published"));
-
     // One cycle: check-in, TUF refresh, the decision rule, download, msiexec.
     let (code, out) = wine.agent(&["check"]);
     assert_eq!(code, 0, "{out}");
     let installed = wine.drive_c().join("Program Files/RingfenceHello/hello.txt");
     assert_eq!(std::fs::read_to_string(&installed).unwrap(), "hello from an MSI\n");
-    assert_eq!(std::fs::read_to_string(wine.drive_c().join("Acme/notes.txt")).unwrap(), "notes for Windows\n");
-    assert_eq!(last_report(&server, "approvals/pilot/acme/notes.txt").state, ReportState::Installed);
     assert!(wine.product_installed(HELLO));
     let greeting = wine.registry_key(r"HKLM\Software\Ringfence Test\hello").unwrap_or_default();
     assert!(greeting.contains("signed greeting, with spaces"), "{greeting}");
@@ -338,8 +323,26 @@ fn the_windows_agent_under_wine_installs_approved_msis_as_they_apply_uninstalls_
     assert!(!wine.product_installed(HELLO));
     assert_eq!(last_report(&server, "approvals/pilot/acme/hello.msi").state, ReportState::Uninstalled);
 
-    // The `file` module removes what it placed, while it holds the bytes it installed.
+    // The platform-neutral `file` module, to a Windows path.
+    let notes = work.join("notes.txt");
+    std::fs::write(&notes, "notes for Windows\n").unwrap();
+    let mut m: serde_json::Value =
+        serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
+    m["id"] = "acme-notes".into();
+    m["applicability"] = json!({"os": ["windows"]});
+    m["installer"] = json!({"module": "file", "arguments": [r"C:\Acme\notes.txt"]});
+    std::fs::write(work.join("notes.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+    run_ok(server.cli().args(["publish", "--manifest"]).arg(work.join("notes.json")).arg(&notes));
+    server.sign_all("publisher-acme");
+    assert!(server.approve("pilot", "acme/notes.txt").contains("is published"));
+    // Last, and in a cycle of its own: installed in the same cycle as an MSI, this step was
+    // often followed by every Wine call taking seconds longer (not understood; see the notes).
+    let (code, out) = wine.agent(&["check"]);
+    assert_eq!(code, 3, "the tampered file is still refused: {out}");
     let placed = wine.drive_c().join("Acme/notes.txt");
+    assert_eq!(std::fs::read_to_string(&placed).unwrap(), "notes for Windows\n");
+    assert_eq!(last_report(&server, "approvals/pilot/acme/notes.txt").state, ReportState::Installed);
+    // The `file` module removes what it placed, while it holds the bytes it installed.
     run_ok(server.cli().args(["approve", "--group", "pilot", "--target", "acme/notes.txt", "--action", "uninstall"]));
     let (code, out) = wine.agent(&["check"]);
     assert_eq!(code, 3, "{out}");
