@@ -254,6 +254,10 @@ pub const MAX_OPERATOR_RETRIES: u32 = 3;
 /// (the device may have changed since: an OS upgrade, a product installed).
 pub const RECHECK_NOT_APPLICABLE_SECONDS: i64 = 86_400;
 
+/// How long an update its installer found not applicable (wusa, an `exe` table) waits before it
+/// is downloaded and run again.
+pub const RECHECK_INSTALLER_NOT_APPLICABLE_SECONDS: i64 = 7 * 86_400;
+
 /// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
 fn backoff(attempts: u32) -> i64 {
     (300i64 << attempts.saturating_sub(1).min(10)).min(86_400)
@@ -703,9 +707,10 @@ impl Cycle<'_> {
             Outcome::NotApplicable(why) => {
                 self.report(path, ReportState::NotApplicable, Some(why), None);
                 self.remember(&key, &sha, &how.update_id, "not_applicable");
-                // The installer's own verdict on these bytes: not downloaded and run again.
+                // The installer's own verdict (it ran, and found nothing to do here): downloaded
+                // and run again only a week later, when whatever it looked for may have come.
                 if let Some(entry) = self.installed.get_mut(&key) {
-                    entry.retry_at = i64::MAX;
+                    entry.retry_at = self.now.saturating_add(RECHECK_INSTALLER_NOT_APPLICABLE_SECONDS);
                 }
                 self.save();
                 let _ = std::fs::remove_file(&file);

@@ -52,7 +52,7 @@ pub struct Installed {
     pub health_check: Vec<String>,
     /// For `failed`: install attempts made with these bytes, and the earliest time to try again
     /// (`i64::MAX` once the attempts are used up). For `not_applicable`: when the publisher's
-    /// rules are looked at again (`i64::MAX` when the installer itself said so).
+    /// rules are looked at again (a week on when the installer itself said so).
     #[serde(default)]
     pub attempts: u32,
     #[serde(default)]

@@ -240,8 +240,9 @@ fn preauthorize(
     if json {
         output::json(&stored)?;
     } else {
+        let shown = ringfence_trust::review::shown;
         for d in &stored {
-            println!("{} {}", d.id, d.public_key);
+            println!("{} {}", shown(&d.id), shown(&d.public_key));
         }
     }
     if let Some(e) = failed {
@@ -308,13 +309,16 @@ fn evidence(server: &ServerArgs, id: &str, target: &str, pinned: Option<&str>, j
     } else {
         "the key the SERVER reports (pass --device-key to pin it)"
     };
+    // The device wrote the target and the reason (signed, but its own words): shown.
+    let shown = ringfence_trust::review::shown;
     println!(
-        "verified with {whose}: device {id} (key {}) signed at {} that {} was {}{}",
-        evidence.public_key,
+        "verified with {whose}: device {} (key {}) signed at {} that {} was {}{}",
+        shown(id),
+        shown(&evidence.public_key),
         output::time(r.at),
-        r.target,
+        shown(&r.target),
         r.state.as_str(),
-        r.reason.as_ref().map(|why| format!(" ({why})")).unwrap_or_default()
+        r.reason.as_ref().map(|why| format!(" ({})", shown(why))).unwrap_or_default()
     );
     Ok(())
 }

@@ -548,4 +548,19 @@ fn a_devices_words_reach_the_admins_terminal_written_out() {
     let list = run_ok(server.cli().args(["device", "list"]));
     assert!(list.contains("(\\u{1b}[2J\\u{202e}forged)"), "{list}");
     assert!(!list.contains('\u{1b}') && !list.contains('\u{202e}'), "{list:?}");
+    // The signed evidence of that report, checked against the device's own key, shows it the
+    // same way.
+    let device = devices(&server).into_iter().next().unwrap();
+    let evidence = run_ok(server.cli().args([
+        "device",
+        "evidence",
+        &device.id,
+        "--target",
+        "approvals/pilot/acme/hello.txt",
+        "--device-key",
+        &device.public_key,
+    ]));
+    assert!(evidence.contains("verified with the device's own key"), "{evidence}");
+    assert!(evidence.contains("(\\u{1b}[2J\\u{202e}forged)"), "{evidence}");
+    assert!(!evidence.contains('\u{1b}') && !evidence.contains('\u{202e}'), "{evidence:?}");
 }
