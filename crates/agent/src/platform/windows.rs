@@ -92,44 +92,32 @@ pub fn secure_dir(path: &Path, existed: bool) -> std::io::Result<()> {
             path.display()
         ))?;
     }
-    let sddl = wide(PRIVATE_SDDL);
-    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-    // SAFETY: `sddl` is NUL-terminated; on success `descriptor` is a LocalAlloc'd descriptor,
-    // freed below; the owner and DACL pointers point into it and are used before it is freed.
+    let descriptor = PrivateDescriptor::new()?;
+    let (mut present, mut defaulted, mut owner_defaulted) = (0, 0, 0);
+    let mut dacl: *mut ACL = std::ptr::null_mut();
+    let mut owner: PSID = std::ptr::null_mut();
+    // SAFETY: the descriptor lives until the end of this function; the owner and DACL pointers
+    // point into it and are used before it is freed; `name` is NUL-terminated.
     unsafe {
-        if ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            sddl.as_ptr(),
-            SDDL_REVISION_1,
-            &mut descriptor,
-            std::ptr::null_mut(),
-        ) == 0
+        if GetSecurityDescriptorDacl(descriptor.0, &mut present, &mut dacl, &mut defaulted) == 0
+            || GetSecurityDescriptorOwner(descriptor.0, &mut owner, &mut owner_defaulted) == 0
         {
             return Err(std::io::Error::last_os_error());
         }
-        let (mut present, mut defaulted, mut owner_defaulted) = (0, 0, 0);
-        let mut dacl: *mut ACL = std::ptr::null_mut();
-        let mut owner: PSID = std::ptr::null_mut();
-        let result = if GetSecurityDescriptorDacl(descriptor, &mut present, &mut dacl, &mut defaulted) == 0
-            || GetSecurityDescriptorOwner(descriptor, &mut owner, &mut owner_defaulted) == 0
-        {
-            Err(std::io::Error::last_os_error())
-        } else if present == 0 || dacl.is_null() || owner.is_null() {
+        if present == 0 || dacl.is_null() || owner.is_null() {
             // A missing DACL would mean everyone has full control.
-            Err(std::io::Error::other("the private security descriptor has no DACL or owner"))
-        } else {
-            let name = wide(path);
-            win32(SetNamedSecurityInfoW(
-                name.as_ptr(),
-                SE_FILE_OBJECT,
-                OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
-                owner,
-                std::ptr::null_mut(),
-                dacl,
-                std::ptr::null(),
-            ))
-        };
-        LocalFree(descriptor);
-        result?;
+            return Err(std::io::Error::other("the private security descriptor has no DACL or owner"));
+        }
+        let name = wide(path);
+        win32(SetNamedSecurityInfoW(
+            name.as_ptr(),
+            SE_FILE_OBJECT,
+            OWNER_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION | PROTECTED_DACL_SECURITY_INFORMATION,
+            owner,
+            std::ptr::null_mut(),
+            dacl,
+            std::ptr::null(),
+        ))?;
     }
     let set = access_of(path)?;
     if !super::sddl_is_private(&set) {
@@ -145,34 +133,48 @@ pub fn secure_dir(path: &Path, existed: bool) -> std::io::Result<()> {
 /// DACL from the moment it exists, so nobody can put anything in it first. `Ok(false)` when
 /// it was there already (then `secure_dir` looks at who made it).
 pub fn create_private_dir(path: &Path) -> std::io::Result<bool> {
-    let sddl = wide(PRIVATE_SDDL);
+    let descriptor = PrivateDescriptor::new()?;
     let name = wide(path);
-    let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
-    // SAFETY: both strings are NUL-terminated; the descriptor the conversion allocates is
-    // used while it lives and freed once.
-    unsafe {
-        if ConvertStringSecurityDescriptorToSecurityDescriptorW(
-            sddl.as_ptr(),
-            SDDL_REVISION_1,
-            &mut descriptor,
-            std::ptr::null_mut(),
-        ) == 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        let attributes = SECURITY_ATTRIBUTES {
-            nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
-            lpSecurityDescriptor: descriptor,
-            bInheritHandle: 0,
+    let attributes = SECURITY_ATTRIBUTES {
+        nLength: std::mem::size_of::<SECURITY_ATTRIBUTES>() as u32,
+        lpSecurityDescriptor: descriptor.0,
+        bInheritHandle: 0,
+    };
+    // SAFETY: `name` is NUL-terminated; the descriptor outlives the call.
+    let created = unsafe { CreateDirectoryW(name.as_ptr(), &attributes) } != 0;
+    let error = std::io::Error::last_os_error();
+    match created {
+        true => Ok(true),
+        false if error.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) => Ok(false),
+        false => Err(error),
+    }
+}
+
+/// `PRIVATE_SDDL` as a security descriptor, freed when dropped.
+struct PrivateDescriptor(PSECURITY_DESCRIPTOR);
+
+impl PrivateDescriptor {
+    fn new() -> std::io::Result<Self> {
+        let sddl = wide(PRIVATE_SDDL);
+        let mut descriptor: PSECURITY_DESCRIPTOR = std::ptr::null_mut();
+        // SAFETY: `sddl` is NUL-terminated; on success the system allocated the descriptor,
+        // which `Drop` frees once.
+        let ok = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                sddl.as_ptr(),
+                SDDL_REVISION_1,
+                &mut descriptor,
+                std::ptr::null_mut(),
+            )
         };
-        let created = CreateDirectoryW(name.as_ptr(), &attributes) != 0;
-        let error = std::io::Error::last_os_error();
-        LocalFree(descriptor);
-        match created {
-            true => Ok(true),
-            false if error.raw_os_error() == Some(ERROR_ALREADY_EXISTS as i32) => Ok(false),
-            false => Err(error),
-        }
+        if ok == 0 { Err(std::io::Error::last_os_error()) } else { Ok(Self(descriptor)) }
+    }
+}
+
+impl Drop for PrivateDescriptor {
+    fn drop(&mut self) {
+        // SAFETY: allocated by ConvertStringSecurityDescriptorToSecurityDescriptorW, freed once.
+        unsafe { LocalFree(self.0) };
     }
 }
 
