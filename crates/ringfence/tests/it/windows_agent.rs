@@ -97,9 +97,26 @@ impl Wine {
     }
 
     /// `reg query KEY`'s output, if the key exists.
+    /// `reg query KEY`'s output, or `None` when reg says the key does not exist. Any other
+    /// failure of `reg` (a Wine program that fails to start under load: one CI run saw a key
+    /// vanish between two queries with nothing in between) is tried again twice, then fails
+    /// the test with what reg said.
     fn registry_key(&self, key: &str) -> Option<String> {
-        let out = self.command("reg").args(["query", key]).output().unwrap();
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let mut said = Vec::new();
+        for _ in 0..3 {
+            let out = self.command("reg").args(["query", key]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            if out.status.success() {
+                return Some(stdout);
+            }
+            if stdout.contains("Unable to find") || stderr.contains("Unable to find") {
+                return None;
+            }
+            said.push(format!("{:?}: {stdout}{stderr}", out.status));
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+        panic!("reg query {key} failed three times: {said:?}");
     }
 
     /// `sc query RingfenceAgent`'s output, if the service exists.
@@ -447,7 +464,8 @@ fn the_agent_package_installs_a_service_that_runs_the_cycle_and_stops_cleanly() 
     assert_eq!(code, 0, "{out}");
     let config = wine.registry_key(SERVICE_KEY).expect("registered");
     assert!(config.contains(r"ringfence-agent.exe service run --state-dir C:\ProgramData\Ringfence"), "{config}");
-    assert!(wine.service().unwrap().contains("STOPPED"), "installed, not started");
+    let state = wine.service().expect("sc query sees the service reg query saw");
+    assert!(state.contains("STOPPED"), "installed, not started: {state}");
     let (code, out) = wine.agent(&["service", "uninstall"]);
     assert_eq!(code, 0, "{out}");
     assert!(wine.service().is_none());
