@@ -38,6 +38,7 @@ pub const TABLES: &[&str] = &[
     "log_metadata",
     "log_checkpoints",
     "log_witnesses",
+    "console_sessions",
 ];
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).

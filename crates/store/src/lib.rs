@@ -9,6 +9,7 @@ mod blob;
 mod cleanup;
 mod cluster;
 mod compliance;
+mod console;
 mod copy;
 mod devices;
 mod log;
@@ -20,6 +21,7 @@ pub use blob::{BlobStore, BlobWriter, S3Location};
 pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
 pub use cluster::{ClusterStore, ExclusiveGuard, Section};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};
+pub use console::{ConsoleSessionRecord, ConsoleStore, FleetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
@@ -175,11 +177,20 @@ pub trait Store: Send + Sync + 'static {
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
 pub trait Database:
-    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore
+    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore + ConsoleStore
 {
 }
 
-impl<T: Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore>
-    Database for T
+impl<
+    T: Store
+        + DeviceStore
+        + ComplianceStore
+        + RuleStore
+        + CleanupStore
+        + RolloutStore
+        + ClusterStore
+        + LogStore
+        + ConsoleStore,
+> Database for T
 {
 }

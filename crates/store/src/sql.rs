@@ -82,6 +82,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/postgres/0009_cluster.sql"),
     ),
     (10, "log", include_str!("../migrations/0010_log.sql"), include_str!("../migrations/postgres/0010_log.sql")),
+    (
+        11,
+        "console",
+        include_str!("../migrations/0011_console.sql"),
+        include_str!("../migrations/postgres/0011_console.sql"),
+    ),
 ];
 
 /// The database engine behind a store.
@@ -255,7 +261,7 @@ fn pending_from_row(row: &AnyRow) -> Result<PendingRecord> {
     })
 }
 
-fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
+pub(crate) fn token_from_row(row: &AnyRow) -> Result<TokenRecord> {
     let scopes: String = row.try_get("scopes")?;
     Ok(TokenRecord {
         id: row.try_get("id")?,
