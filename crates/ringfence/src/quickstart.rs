@@ -62,7 +62,25 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         );
     }
     let state = ringfence_server::open_state(config).await?;
+    print_console_login(&state, &data_dir).await;
     ringfence_server::serve(state, crate::stopped(), None).await
+}
+
+/// The web console's address and a one-time login for the installation's admin token.
+async fn print_console_login(state: &ringfence_server::AppState, data_dir: &Path) {
+    if !state.config.console.enabled {
+        return;
+    }
+    let url = format!("https://{}/console/", state.config.admin_listener.addr);
+    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap_or_default();
+    match state.console.login_code(token.trim(), 15 * 60, ringfence_server::unix_now()).await {
+        Ok(code) => {
+            println!("Web console: {url}");
+            println!("  one-time login (15 minutes, once): {url}login?once={code}");
+        }
+        Err(_) => println!("Web console: {url} (log in with an admin token)"),
+    }
+    println!();
 }
 
 async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path: &Path) -> anyhow::Result<()> {

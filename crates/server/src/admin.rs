@@ -17,7 +17,7 @@ use ringfence_proto::limits::{MAX_ADMIN_BODY, MAX_UPLOADED_METADATA};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::caller::Caller;
+use crate::caller::{Caller, needs};
 use crate::error::{ApiError, ApiResult};
 
 type Shared = State<Arc<AppState>>;
@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/log/pending/{role}/{version}/{sha256}/{old}", get(pending_proof))
         .merge(crate::admin_devices::routes())
         .merge(crate::admin_reports::routes())
+        .merge(if state.config.console.enabled { crate::console::routes() } else { Router::new() })
         // Bodies are read by the handlers with their own limits, after authentication.
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
@@ -78,19 +79,19 @@ async fn health(State(state): Shared) -> ApiResult<Response> {
 }
 
 async fn create_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let request: TokenRequest = json_body(body).await?;
     let created = state.tokens.issue(&request, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 async fn list_tokens(State(state): Shared, caller: Caller) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     Ok(Json(state.tokens.list().await?).into_response())
 }
 
 async fn revoke_token(State(state): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     state.tokens.revoke(&id, &caller.actor(), crate::unix_now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -123,7 +124,7 @@ async fn publish_update(State(state): Shared, caller: Caller, body: Body) -> Api
 }
 
 async fn add_rule(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let rule = json_body(body).await?;
     let now = crate::unix_now();
     let added = state.rules.add(&state.repo, rule, &caller.actor(), now).await?;
@@ -134,7 +135,7 @@ async fn add_rule(State(state): Shared, caller: Caller, body: Body) -> ApiResult
 /// Remove content no approval needs and, when asked, devices not seen for a long time; with
 /// `dry_run`, only say what would go.
 async fn cleanup(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let request: ringfence_proto::api::CleanupRequest = json_body(body).await?;
     if request.devices_not_seen_days.is_some_and(|d| d == 0 || d > 3650) {
         return Err(ApiError::BadRequest("devices_not_seen_days: 1 to 3650".into()));
@@ -164,14 +165,14 @@ async fn cleanup(State(state): Shared, caller: Caller, body: Body) -> ApiResult<
 }
 
 async fn start_rollout(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Approve])?;
+    caller.require(needs::APPROVE)?;
     let request = json_body(body).await?;
     let status = state.rollouts.start(&state.repo, request, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(status)).into_response())
 }
 
 async fn rollouts(State(state): Shared, caller: Caller) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Approve])?;
+    caller.require(needs::ROLLOUTS)?;
     Ok(Json(state.rollouts.status(&state.repo, crate::unix_now()).await?).into_response())
 }
 
@@ -180,7 +181,7 @@ async fn rollout_action(
     caller: Caller,
     Path((group, update, action)): Path<(String, String, String)>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Approve])?;
+    caller.require(needs::APPROVE)?;
     let group = ringfence_proto::GroupName::parse(&group).map_err(|_| ApiError::NotFound)?;
     if update.len() > 64 {
         return Err(ApiError::NotFound);
@@ -190,12 +191,12 @@ async fn rollout_action(
 }
 
 async fn list_rules(State(state): Shared, caller: Caller) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Approve])?;
+    caller.require(needs::ROLLOUTS)?;
     Ok(Json(state.rules.list().await?).into_response())
 }
 
 async fn remove_rule(State(state): Shared, caller: Caller, Path(id): Path<String>) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     state.rules.remove(&id, &caller.actor(), crate::unix_now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -238,21 +239,21 @@ pub(crate) fn query<T: DeserializeOwned>(
 type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
 
 async fn list_updates(State(state): Shared, caller: Caller, page: Query<PageQuery>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     let page = query(page)?;
     let (limit, after) = page.checked()?;
     Ok(Json(state.repo.list_updates(after, limit).await?).into_response())
 }
 
 async fn approve(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Approve])?;
+    caller.require(needs::APPROVE)?;
     let request = json_body(body).await?;
     let outcome = state.repo.approve(request, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }
 
 async fn withdraw(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Approve])?;
+    caller.require(needs::APPROVE)?;
     let request = json_body(body).await?;
     let outcome = state.repo.withdraw(request, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
@@ -264,7 +265,7 @@ async fn set_windows(
     Path(group): Path<String>,
     body: Body,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Approve])?;
+    caller.require(needs::APPROVE)?;
     let group = ringfence_proto::GroupName::parse(&group).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let request: ringfence_proto::api::WindowsRequest = json_body(body).await?;
     let outcome = state.repo.set_windows(&group, request.windows, &caller.actor(), crate::unix_now()).await?;
@@ -272,23 +273,23 @@ async fn set_windows(
 }
 
 async fn list_groups(State(state): Shared, caller: Caller) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     Ok(Json(state.repo.groups().await?).into_response())
 }
 
 async fn list_pending(State(state): Shared, caller: Caller) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     Ok(Json(state.repo.list_pending().await?).into_response())
 }
 
 async fn get_pending(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
     Ok(json_bytes(state.repo.pending_bytes(&role).await?))
 }
 
 async fn propose(State(state): Shared, caller: Caller, Path(role): Path<String>, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let role = role_name(&role)?;
     let bytes = read_body(body, MAX_UPLOADED_METADATA).await?;
     let outcome = state.repo.propose(&role, &bytes, &caller.actor(), crate::unix_now()).await?;
@@ -322,7 +323,7 @@ async fn apply_rules(state: &AppState, now: i64) {
 }
 
 async fn latest_metadata(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
     Ok(json_bytes(state.repo.metadata(&role, None).await?.ok_or(ApiError::NotFound)?))
 }
@@ -332,7 +333,7 @@ async fn metadata_version(
     caller: Caller,
     Path((role, version)): Path<(String, u64)>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
     Ok(json_bytes(state.repo.metadata(&role, Some(version)).await?.ok_or(ApiError::NotFound)?))
 }
@@ -345,7 +346,7 @@ async fn pending_proof(
     caller: Caller,
     Path((role, version, sha256, old)): Path<(String, u64, String, u64)>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Read, Scope::Publish, Scope::Approve])?;
+    caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
     let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(json_bytes(state.log.pending_proof(role.as_str(), version, sha256.as_str(), old).await?))
@@ -361,7 +362,7 @@ struct AuditQuery {
 }
 
 async fn audit(State(state): Shared, caller: Caller, page: Query<AuditQuery>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let page = query(page)?;
     let limit = page.limit.unwrap_or(200);
     if limit == 0 || limit > MAX_PAGE {

@@ -8,12 +8,11 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use ringfence_proto::api::Scope;
 use ringfence_proto::device::{EnrollmentTokenRequest, PreauthorizeBatch, PreauthorizeRequest};
 
 use crate::AppState;
 use crate::admin::json_body;
-use crate::caller::Caller;
+use crate::caller::{Caller, needs};
 use crate::domain::devices::{DeviceAction, DeviceState};
 use crate::error::{ApiError, ApiResult};
 
@@ -30,7 +29,7 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
 }
 
 async fn create_enrollment_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let request: EnrollmentTokenRequest = json_body(body).await?;
     let created = state.devices.create_enrollment_token(&request, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -50,7 +49,7 @@ async fn list_devices(
     caller: Caller,
     query: Result<axum::extract::Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let query = crate::admin::query(query)?;
     let page = crate::admin::PageQuery { limit: query.limit, after: query.after.clone() };
     let (limit, after) = page.checked()?;
@@ -65,7 +64,7 @@ async fn list_devices(
 }
 
 async fn preauthorize(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let request: PreauthorizeRequest = json_body(body).await?;
     let device = state.devices.preauthorize(&request, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(device)).into_response())
@@ -73,7 +72,7 @@ async fn preauthorize(State(state): Shared, caller: Caller, body: Body) -> ApiRe
 
 /// Many device keys at once (importing a fleet): all accepted or none.
 async fn preauthorize_many(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let batch: PreauthorizeBatch = json_body(body).await?;
     let devices = state.devices.preauthorize_many(&batch, &caller.actor(), crate::unix_now()).await?;
     Ok((StatusCode::CREATED, Json(devices)).into_response())
@@ -84,7 +83,7 @@ async fn change_state(
     caller: Caller,
     Path((id, action)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Admin])?;
+    caller.require(needs::ADMIN)?;
     let action = DeviceAction::parse(&action).ok_or(ApiError::NotFound)?;
     let device = state.devices.change_state(&id, action, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(device).into_response())
@@ -104,7 +103,7 @@ async fn evidence(
     Path(id): Path<String>,
     query: Result<axum::extract::Query<EvidenceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let query = crate::admin::query(query)?;
     Ok(Json(state.devices.evidence(&id, &query.target).await?).into_response())
 }

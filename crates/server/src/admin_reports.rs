@@ -10,11 +10,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ringfence_proto::GroupName;
-use ringfence_proto::api::{Scope, parse_cve};
+use ringfence_proto::api::parse_cve;
 
 use crate::AppState;
 use crate::admin::{PageQuery, query};
-use crate::caller::Caller;
+use crate::caller::{Caller, needs};
 use crate::error::{ApiError, ApiResult};
 
 type Shared = State<Arc<AppState>>;
@@ -61,7 +61,7 @@ fn csv_field(value: &str) -> String {
     if value.contains([',', '"', '\n', '\r']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value }
 }
 
-fn csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Response {
+pub(crate) fn csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Response {
     let mut out = header.join(",");
     out.push_str("\r\n");
     for row in rows {
@@ -75,7 +75,7 @@ fn csv(header: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> Response
 }
 
 async fn compliance(State(state): Shared, caller: Caller, q: Query<ReportQuery>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let q = query(q)?;
     let (limit, after) = q.page()?;
     let group = q.group.as_deref().ok_or_else(|| ApiError::BadRequest("group: required".into()))?;
@@ -84,35 +84,40 @@ async fn compliance(State(state): Shared, caller: Caller, q: Query<ReportQuery>)
     if !q.csv()? {
         return Ok(Json(report).into_response());
     }
-    let header = [
-        "group",
-        "target",
-        "update_id",
-        "action",
-        "deadline",
-        "installed",
-        "needed",
-        "failed",
-        "not_applicable",
-        "uninstalled",
-        "no_status",
-    ];
-    let rows = report.rows.into_iter().map(|r| {
-        vec![
-            report.group.to_string(),
-            r.target.to_string(),
-            r.update_id.unwrap_or_default(),
-            r.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
-            r.deadline.unwrap_or_default(),
-            r.installed.to_string(),
-            r.needed.to_string(),
-            r.failed.to_string(),
-            r.not_applicable.to_string(),
-            r.uninstalled.to_string(),
-            r.no_status.to_string(),
-        ]
-    });
-    Ok(csv(&header, rows))
+    let rows = report.rows.into_iter().map(|r| compliance_fields(&report.group, r));
+    Ok(csv(COMPLIANCE_HEADER, rows))
+}
+
+/// The columns of a compliance CSV.
+pub(crate) const COMPLIANCE_HEADER: &[&str] = &[
+    "group",
+    "target",
+    "update_id",
+    "action",
+    "deadline",
+    "installed",
+    "needed",
+    "failed",
+    "not_applicable",
+    "uninstalled",
+    "no_status",
+];
+
+/// One compliance row's CSV fields, in [`COMPLIANCE_HEADER`]'s order.
+pub(crate) fn compliance_fields(group: &GroupName, r: ringfence_proto::api::ComplianceRow) -> Vec<String> {
+    vec![
+        group.to_string(),
+        r.target.to_string(),
+        r.update_id.unwrap_or_default(),
+        r.action.map(|a| a.as_str().to_owned()).unwrap_or_default(),
+        r.deadline.unwrap_or_default(),
+        r.installed.to_string(),
+        r.needed.to_string(),
+        r.failed.to_string(),
+        r.not_applicable.to_string(),
+        r.uninstalled.to_string(),
+        r.no_status.to_string(),
+    ]
 }
 
 async fn cve(
@@ -121,7 +126,7 @@ async fn cve(
     Path(id): Path<String>,
     q: Query<ReportQuery>,
 ) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let q = query(q)?;
     let (limit, after) = q.page()?;
     let id = parse_cve(&id).ok_or_else(|| ApiError::BadRequest("a CVE id, like CVE-2025-59287".into()))?;
@@ -137,7 +142,7 @@ async fn cve(
 }
 
 async fn stale(State(state): Shared, caller: Caller, q: Query<ReportQuery>) -> ApiResult<Response> {
-    caller.require(&[Scope::Read])?;
+    caller.require(needs::FLEET)?;
     let q = query(q)?;
     let (limit, after) = q.page()?;
     let days = q.days.unwrap_or(30);

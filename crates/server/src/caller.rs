@@ -12,6 +12,23 @@ use ringfence_proto::api::Scope;
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 
+/// The scopes each kind of request needs, one list for the API and the console alike (a
+/// token with `admin` may do everything).
+pub mod needs {
+    use ringfence_proto::api::Scope;
+
+    /// The catalog, groups, pending role versions and metadata.
+    pub const CATALOG: &[Scope] = &[Scope::Read, Scope::Publish, Scope::Approve];
+    /// Devices, reports, compliance and the audit trail.
+    pub const FLEET: &[Scope] = &[Scope::Read];
+    /// Looking at rollouts and rules.
+    pub const ROLLOUTS: &[Scope] = &[Scope::Read, Scope::Approve];
+    /// Approving, withdrawing, starting and steering rollouts.
+    pub const APPROVE: &[Scope] = &[Scope::Approve];
+    /// Tokens, device admission, enrollment tokens, rules, cleanup.
+    pub const ADMIN: &[Scope] = &[Scope::Admin];
+}
+
 /// An authenticated admin caller: a valid, unrevoked token.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -45,6 +62,12 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
         let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
         let holder = state.tokens.authenticate(secret).await?;
-        Ok(Caller { token_id: holder.id, name: holder.name, scopes: holder.scopes })
+        Ok(Caller::from(holder))
+    }
+}
+
+impl From<crate::domain::tokens::TokenHolder> for Caller {
+    fn from(holder: crate::domain::tokens::TokenHolder) -> Self {
+        Caller { token_id: holder.id, name: holder.name, scopes: holder.scopes }
     }
 }

@@ -35,6 +35,45 @@ pub struct Config {
     pub content: ContentConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+/// The web console on the admin listener (`/console/`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve the console (default true).
+    #[serde(default = "ConsoleConfig::default_enabled")]
+    pub enabled: bool,
+    /// A session ends after this many minutes without a request (default 30).
+    #[serde(default = "ConsoleConfig::default_idle_minutes")]
+    pub idle_minutes: u32,
+    /// And this many hours after login whatever happens (default 12).
+    #[serde(default = "ConsoleConfig::default_session_hours")]
+    pub session_hours: u32,
+}
+
+impl ConsoleConfig {
+    fn default_enabled() -> bool {
+        true
+    }
+    fn default_idle_minutes() -> u32 {
+        30
+    }
+    fn default_session_hours() -> u32 {
+        12
+    }
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: Self::default_enabled(),
+            idle_minutes: Self::default_idle_minutes(),
+            session_hours: Self::default_session_hours(),
+        }
+    }
 }
 
 /// The transparency log: its origin (the name its checkpoints carry; set by `init`), and the
@@ -422,6 +461,7 @@ impl Config {
             database: DatabaseConfig::default(),
             content: ContentConfig::default(),
             log: LogConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 

@@ -64,11 +64,16 @@ async fn run_jobs(state: &AppState, now: i64, warned: &mut Vec<String>) {
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %chain(&e), "renewing online metadata failed"),
             },
-            1 => match state.devices.sweep(now).await {
-                Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
-            },
+            1 => {
+                match state.devices.sweep(now).await {
+                    Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
+                }
+                if let Err(e) = state.console.sweep(now).await {
+                    tracing::error!(error = %chain(&e), "sweeping ended console sessions failed");
+                }
+            }
             2 => match state.rules.run(&state.repo, &state.reports, now).await {
                 Ok(n) if n > 0 => tracing::info!(approvals = n, "approval rules approved updates"),
                 Ok(_) => {}

@@ -14,6 +14,7 @@ pub mod admin_devices;
 pub mod admin_reports;
 pub mod caller;
 pub mod config;
+pub mod console;
 pub mod device;
 pub mod device_api;
 pub mod domain;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub reports: domain::reports::Reports,
     pub rules: domain::rules::Rules,
     pub rollouts: domain::rollouts::Rollouts,
+    /// The web console's sessions.
+    pub console: domain::console::Console,
     /// The transparency log.
     pub log: domain::log::Log,
     /// This node among the nodes sharing the database (who runs the background jobs).
@@ -169,6 +172,13 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let one_writer = config.database.url.is_none();
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone(), one_writer);
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
+    let console = domain::console::Console::new(
+        db.clone(),
+        tokens.clone(),
+        audit.clone(),
+        config.console.idle_minutes,
+        config.console.session_hours,
+    );
     let reports = domain::reports::Reports::new(db.clone());
     let events = match notify::Webhook::from_config(&config.approvals).context("the approvals webhook")? {
         Some(webhook) => {
@@ -207,6 +217,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         reports,
         rules,
         rollouts,
+        console,
         log,
         device_permits,
         anonymous_body_permits,

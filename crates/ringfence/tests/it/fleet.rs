@@ -164,7 +164,7 @@ fn publish_script(server: &Server, id: &str, cves: &[&str], exit: i32) {
 }
 
 /// Publish update `id` (a script exiting `exit`), its manifest changed by `edit` first.
-fn publish_with(server: &Server, id: &str, exit: i32, edit: impl FnOnce(&mut Value)) {
+pub(crate) fn publish_with(server: &Server, id: &str, exit: i32, edit: impl FnOnce(&mut Value)) {
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = work.join(format!("{id}.sh"));

@@ -489,6 +489,56 @@ impl Devices {
         Ok(out)
     }
 
+    /// Devices whose id starts with `query` (when it is lower-case hex) or whose host name is
+    /// `query`, ordered by id after `after`, at most `limit`, each with its newest reports.
+    pub async fn find(&self, query: &str, after: &str, limit: u64) -> Result<Vec<DeviceInfo>> {
+        let id_prefix = if !query.is_empty() && query.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            query
+        } else {
+            // Matches no id: ids are hex.
+            "-"
+        };
+        let mut out = Vec::new();
+        for id in self.db.find_devices(id_prefix, query, after, limit).await? {
+            if let Some(d) = self.db.device(&id).await? {
+                out.push(self.info(d).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A device's reports as kept (at most the configured history), newest first.
+    pub async fn history(&self, id: &str) -> Result<Vec<StatusReport>> {
+        let mut out: Vec<StatusReport> = self
+            .db
+            .device_reports(id)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let state = ReportState::parse(&r.state)?;
+                Some(StatusReport {
+                    id: r.id,
+                    target: r.target,
+                    state,
+                    reason: r.reason,
+                    exit_code: r.exit_code,
+                    at: r.at,
+                })
+            })
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.at));
+        Ok(out)
+    }
+
+    /// One device with its newest reports, if it exists.
+    pub async fn get(&self, id: &str) -> Result<Option<DeviceInfo>> {
+        match self.db.device(id).await? {
+            Some(d) => Ok(Some(self.info(d).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Register a device key an administrator vouches for: accepted before it ever enrolls (a
     /// batch of one, see [`Devices::preauthorize_many`]).
     pub async fn preauthorize(&self, request: &PreauthorizeRequest, actor: &str, now: i64) -> Result<DeviceInfo> {

@@ -412,6 +412,18 @@ impl Log {
         Ok(self.served().await?.map(served_note))
     }
 
+    /// The newest entries sequenced (at most `limit`, newest first) with their indexes, and the
+    /// log's size.
+    pub async fn recent_entries(&self, limit: u64) -> Result<(u64, Vec<(u64, String)>)> {
+        let size = self.db.log_size().await?;
+        let from = size.saturating_sub(limit);
+        let entries = self.db.log_entries(from, size).await?;
+        let mut out: Vec<(u64, String)> =
+            entries.into_iter().zip(from..).map(|(e, i)| (i, String::from_utf8_lossy(&e).into_owned())).collect();
+        out.reverse();
+        Ok((size, out))
+    }
+
     /// The checkpoint of `size`, if one was signed for it.
     pub async fn checkpoint_at(&self, size: u64) -> Result<Option<CheckpointRecord>> {
         Ok(self.db.checkpoint_at(size).await?)

@@ -11,10 +11,12 @@
 //! - [`reports::Reports`]: compliance per group, CVE exposure, stale devices.
 //! - [`audit::Audit`]: the audit trail, written in one place.
 //! - [`log::Log`]: the transparency log (sequencer, tiles, checkpoints, witnesses, proofs).
+//! - [`console::Console`]: the web console's sessions and dashboard counts.
 
 pub mod audit;
 pub mod checkins;
 pub mod cluster;
+pub mod console;
 pub mod devices;
 pub mod error;
 pub mod events;

@@ -49,6 +49,46 @@ impl Repository {
         Ok(manifests)
     }
 
+    /// Updates of the catalog that `matches` accepts, ordered by id after `after`, at most
+    /// `limit`; and the id to continue after when more of the catalog is left to look at. At
+    /// most 5,000 updates are looked at per call (a catalog is thousands, not a fleet).
+    pub async fn find_updates(
+        &self,
+        matches: impl Fn(&UpdateManifest) -> bool,
+        after: &str,
+        limit: u64,
+    ) -> Result<(Vec<UpdateManifest>, Option<String>)> {
+        const CHUNK: u64 = 500;
+        let mut found = Vec::new();
+        let mut cursor = after.to_owned();
+        for _ in 0..10 {
+            let chunk = self.db.list_updates(&cursor, CHUNK).await?;
+            let full = chunk.len() as u64 == CHUNK;
+            for u in chunk {
+                cursor = u.id.clone();
+                let manifest: UpdateManifest = serde_json::from_str(&u.manifest).map_err(Error::internal)?;
+                if matches(&manifest) {
+                    found.push(manifest);
+                    if found.len() as u64 == limit {
+                        return Ok((found, Some(cursor)));
+                    }
+                }
+            }
+            if !full {
+                return Ok((found, None));
+            }
+        }
+        Ok((found, Some(cursor)))
+    }
+
+    /// One update's manifest and its files' target paths.
+    pub async fn update(&self, id: &str) -> Result<Option<(UpdateManifest, Vec<String>)>> {
+        let Some(record) = self.db.update(id).await? else { return Ok(None) };
+        let manifest: UpdateManifest = serde_json::from_str(&record.manifest).map_err(Error::internal)?;
+        let paths = self.db.update_files(id).await?.into_iter().map(|f| f.target_path).collect();
+        Ok(Some((manifest, paths)))
+    }
+
     /// The length of the content served under `published` with hash `sha256`, if that is what
     /// was published under that path: never whatever happens to be in the content store under
     /// a hash.

@@ -1,0 +1,372 @@
+//! The web console: an administrator in a real browser (headless Chromium) against a real
+//! server, and the console's own defences checked request by request.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use ringfence_proto::device::DeviceInfo;
+use serde_json::{Value, json};
+
+use crate::agents::{Agent, devices, enroll, token};
+use crate::browser::Browser;
+use crate::common::{Server, run_ok};
+use crate::fleet::publish_with;
+
+const COOKIE: &str = "__Host-ringfence-console";
+
+/// An agent that enrolls without a token: it waits as a pending device.
+fn enroll_pending(server: &Server, root: &Path, name: &str) -> Agent {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let agent = Agent { dir };
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let out = run_ok(
+        agent
+            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", "pilot"])
+            .arg("--ca")
+            .arg(&server.ca),
+    );
+    assert!(out.contains("pending"), "{out}");
+    agent
+}
+
+fn device_state(server: &Server, id: &str) -> String {
+    let all: Vec<DeviceInfo> = devices(server);
+    all.into_iter().find(|d| d.id == id).unwrap_or_else(|| panic!("no device {id}")).state
+}
+
+fn rollout_state(server: &Server) -> String {
+    let all: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
+    all[0]["state"].as_str().unwrap().to_owned()
+}
+
+/// A page of another site (plain HTTP on `localhost`, another origin and another site than
+/// the console's `127.0.0.1`) with a form that posts to the console: what a phishing page
+/// would send. Served to one request, then the thread ends.
+fn forged_form_page(action: &str) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let page = format!(
+        "<!doctype html><html><body><form method=\"post\" action=\"{action}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><button id=\"go\" type=\"submit\">Win a prize</button>\
+         </form></body></html>",
+        "0".repeat(64)
+    );
+    let thread = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = [0u8; 4096];
+        let _ = conn.read(&mut request);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        );
+        conn.write_all(answer.as_bytes()).unwrap();
+    });
+    (format!("http://localhost:{port}/"), thread)
+}
+
+/// Logs in, finds an update and its compliance, pauses and resumes a rollout, accepts a
+/// pending device, downloads a CSV; a page without a session goes to the login; a forged
+/// cross-site form and a form with a tampered CSRF token change nothing; logout ends it.
+#[test]
+fn an_administrator_uses_the_console_in_a_real_browser() {
+    let server = Server::start(|_| {});
+    let Some(browser) = Browser::start(server.dir.path()) else { return };
+    let root = server.dir.path().join("agents");
+    let pilot = token(&server, "pilot", 2);
+    let first = enroll(&server, &root, "web-1", "pilot", &pilot);
+    let _second = enroll(&server, &root, "web-2", "pilot", &pilot);
+    let _waiting = enroll_pending(&server, &root, "web-new");
+    let pending = devices(&server).into_iter().find(|d| d.state == "pending").unwrap().id;
+    publish_with(&server, "kb-web", 0, |m| {
+        m["title"] = "Console test update".into();
+        m["cves"] = json!(["CVE-2025-59287"]);
+    });
+    run_ok(server.cli().args(["rollout", "start", "kb-web", "--group", "pilot"]));
+    run_ok(server.cli().args(["approve", "kb-web", "--group", "pilot"]));
+    let (code, out) = first.check();
+    assert_eq!(code, 0, "{out}");
+    let console = format!("{}/console/", server.admin_url);
+
+    // Without a session every page goes to the login.
+    browser.goto(&format!("{console}devices"));
+    assert!(browser.url().ends_with("/console/login"), "{}", browser.url());
+    browser.document("login");
+    browser.find("#token").type_text("rfat_not-a-token");
+    browser.find("button[type=submit]").click();
+    browser.wait_for_text("the refusal", |t| t.contains("not valid"));
+    assert!(browser.cookie(COOKIE).is_none());
+    browser.find("#token").type_text(&server.token);
+    browser.find("button[type=submit]").click();
+    let dashboard = browser.wait_for_text("the dashboard", |t| t.contains("Devices seen in 24 h"));
+    assert!(dashboard.contains("kb-web") && dashboard.contains("running"), "{dashboard}");
+    let cookie = browser.cookie(COOKIE).expect("the session cookie");
+    assert_eq!((cookie["httpOnly"].as_bool(), cookie["secure"].as_bool()), (Some(true), Some(true)), "{cookie}");
+    assert_eq!(cookie["sameSite"], "Strict", "{cookie}");
+    browser.document("dashboard");
+
+    // Find the update by its CVE, open it: its approval and compliance per group.
+    browser.goto(&format!("{console}updates"));
+    browser.find("#cve").type_text("CVE-2025-59287");
+    browser.find("form.filters button").click();
+    browser.wait_for_text("the filtered catalog", |t| t.contains("Console test update"));
+    browser.document("updates");
+    browser.find("table.updates a").click();
+    let update = browser.wait_for_text("the update's page", |t| t.contains("Compliance per group"));
+    assert!(update.contains("Update kb-web") && update.contains("install"), "{update}");
+    let compliance_row = browser.find("table.compliance tbody tr").text();
+    assert!(compliance_row.starts_with("pilot") && compliance_row.contains("1 / 2"), "{compliance_row}");
+    browser.document("update");
+
+    // Pause and resume the rollout.
+    browser.goto(&format!("{console}rollouts"));
+    browser.document("rollouts");
+    browser.find("form[action$='/pause'] button").click();
+    browser.wait_for_text("the paused rollout", |t| t.contains("paused"));
+    assert_eq!(rollout_state(&server), "paused");
+    browser.find("form[action$='/resume'] button").click();
+    browser.wait_for_text("the resumed rollout", |t| t.contains("running"));
+    assert_eq!(rollout_state(&server), "running");
+
+    // Accept the pending device.
+    browser.goto(&format!("{console}devices?state=pending"));
+    browser.find("table.devices a").click();
+    browser.wait_for_text("the device's page", |t| t.contains("pending"));
+    browser.find("form[action$='/accept'] button").click();
+    browser.wait_for_text("the accepted device", |t| t.contains("accepted"));
+    assert_eq!(device_state(&server, &pending), "accepted");
+    browser.document("device");
+
+    // The compliance CSV, downloaded by the browser.
+    browser.goto(&format!("{console}compliance?group=pilot"));
+    browser.document("compliance");
+    browser.find("a.download").click();
+    let csv_file = browser.downloads.join("compliance-pilot.csv");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !csv_file.exists() {
+        assert!(std::time::Instant::now() < deadline, "no download in {:?}", std::fs::read_dir(&browser.downloads));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let csv = std::fs::read_to_string(&csv_file).unwrap();
+    assert!(csv.starts_with("group,target,update_id,action"), "{csv}");
+    assert!(csv.lines().any(|l| l.starts_with("pilot,") && l.contains(",kb-web,install,")), "{csv}");
+
+    // A forged form on another site, posted by this logged-in browser, revokes nothing: the
+    // cookie is not sent cross-site, and the request says where it came from.
+    let victim = format!("{}/console/devices/{pending}/revoke", server.admin_url);
+    let (page, served) = forged_form_page(&victim);
+    browser.goto(&page);
+    browser.find("#go").click();
+    browser.wait_for_text("the refusal", |t| t.contains("Not signed in") || t.contains("another site"));
+    served.join().unwrap();
+    assert_eq!(device_state(&server, &pending), "accepted", "not revoked");
+
+    // A form of the console with its CSRF token altered is refused too.
+    browser.goto(&format!("{console}devices/{pending}"));
+    browser.execute("document.querySelector(\"form[action$='/revoke'] input[name=csrf]\").value = 'f'.repeat(64);");
+    browser.find("form[action$='/revoke'] button").click();
+    browser.wait_for_text("the refusal", |t| t.contains("CSRF"));
+    assert_eq!(device_state(&server, &pending), "accepted", "not revoked");
+
+    // Other pages render for a full-scope token.
+    for (path, expect) in [
+        ("approvals", "Pending approvals"),
+        ("groups", "production"),
+        ("audit", "logged in to the console"),
+        ("log", "Newest checkpoint"),
+        ("cve?cve=CVE-2025-59287", "Devices still exposed"),
+    ] {
+        browser.goto(&format!("{console}{path}"));
+        browser.wait_for_text(path, |t| t.contains(expect));
+        browser.document(path.split('?').next().unwrap());
+    }
+
+    // Logging out ends the session: the same cookie opens nothing.
+    browser.goto(&console);
+    browser.find("form.logout button").click();
+    browser.wait_for_text("the login page", |t| t.contains("Admin token"));
+    assert!(browser.cookie(COOKIE).is_none(), "the cookie is gone");
+    browser.goto(&format!("{console}devices"));
+    assert!(browser.url().ends_with("/console/login"), "{}", browser.url());
+}
+
+/// A request to the console by hand: (status, headers, body).
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn request(server: &Server, method: &str, path: &str, headers: &[(&str, &str)], form: Option<&str>) -> Answer {
+    let agent = ringfence_cli::http::agent(&std::fs::read(&server.ca).unwrap()).unwrap();
+    let url = format!("{}{path}", server.admin_url);
+    let mut answer = if method == "GET" {
+        let mut r = agent.get(&url).config().max_redirects(0).build();
+        for (n, v) in headers {
+            r = r.header(*n, *v);
+        }
+        r.call().unwrap()
+    } else {
+        let mut r = agent.post(&url).config().max_redirects(0).build();
+        for (n, v) in headers {
+            r = r.header(*n, *v);
+        }
+        r.content_type("application/x-www-form-urlencoded").send(form.unwrap_or("")).unwrap()
+    };
+    let headers = answer.headers().iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned())).collect();
+    Answer { status: answer.status().as_u16(), headers, body: answer.body_mut().read_to_string().unwrap_or_default() }
+}
+
+/// Log in with `token`: the session cookie's `name=value`.
+fn login(server: &Server, token: &str) -> String {
+    let origin = server.admin_url.clone();
+    let answer = request(
+        server,
+        "POST",
+        "/console/login",
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        Some(&format!("token={token}")),
+    );
+    assert_eq!(answer.status, 303, "{}", answer.body);
+    let cookie = answer.header("set-cookie").unwrap().to_owned();
+    for attribute in ["Path=/", "HttpOnly", "Secure", "SameSite=Strict", "Max-Age=43200"] {
+        assert!(cookie.split("; ").any(|a| a == attribute), "{attribute} in {cookie}");
+    }
+    cookie.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + "name=\"csrf\" value=\"".len();
+    page[at..at + 64].to_owned()
+}
+
+/// The console's defences, request by request: its headers, the session cookie, scopes as in
+/// the API, CSRF and origin checks that change nothing when they refuse, a revoked token
+/// ending its sessions, one-time logins spent once, and strict queries.
+#[test]
+fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let waiting = enroll_pending(&server, &root, "csrf-target");
+    let _ = waiting;
+    let id = devices(&server).into_iter().find(|d| d.state == "pending").unwrap().id;
+
+    // Without a session: pages redirect to the login, changes are refused; every answer
+    // carries the policy that allows no script.
+    let page = request(&server, "GET", "/console/devices", &[], None);
+    assert_eq!((page.status, page.header("location")), (303, Some("/console/login")));
+    let csp = page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{csp}");
+    assert_eq!(page.header("x-frame-options"), Some("DENY"));
+    let login_page = request(&server, "GET", "/console/login", &[], None);
+    assert_eq!(login_page.status, 200);
+    assert!(!login_page.body.contains("<script"), "no script anywhere");
+    assert_eq!(login_page.header("cache-control"), Some("no-store"));
+    let anonymous = request(&server, "POST", &format!("/console/devices/{id}/accept"), &[], Some("csrf=x"));
+    assert_eq!(anonymous.status, 403);
+
+    // A login posted from another site is refused.
+    let cross = request(
+        &server,
+        "POST",
+        "/console/login",
+        &[("sec-fetch-site", "cross-site")],
+        Some(&format!("token={}", server.token)),
+    );
+    assert_eq!(cross.status, 403);
+    assert!(cross.header("set-cookie").is_none());
+
+    let admin = login(&server, &server.token);
+    let cookie = [("cookie", admin.as_str())];
+    let device_page = request(&server, "GET", &format!("/console/devices/{id}"), &cookie, None);
+    assert_eq!(device_page.status, 200);
+    let csrf = csrf_of(&device_page.body);
+    let accept = format!("/console/devices/{id}/accept");
+    let origin = server.admin_url.clone();
+    for (headers, form, why) in [
+        (vec![], "".to_owned(), "no CSRF field"),
+        (vec![], format!("csrf={}", "0".repeat(64)), "a wrong CSRF token"),
+        (vec![("origin", "https://evil.example")], format!("csrf={csrf}"), "another origin"),
+        (vec![("sec-fetch-site", "same-site")], format!("csrf={csrf}"), "another site's page"),
+        (vec![], format!("csrf={csrf}&state=accepted"), "an unknown field"),
+    ] {
+        let mut all = cookie.to_vec();
+        all.extend(headers);
+        let refused = request(&server, "POST", &accept, &all, Some(&form));
+        assert!(matches!(refused.status, 400 | 403), "{why}: {} {}", refused.status, refused.body);
+        assert_eq!(device_state(&server, &id), "pending", "{why}");
+    }
+    let mut same = cookie.to_vec();
+    same.extend([("origin", origin.as_str()), ("sec-fetch-site", "same-origin")]);
+    let accepted = request(&server, "POST", &accept, &same, Some(&format!("csrf={csrf}")));
+    assert_eq!(accepted.status, 303, "{}", accepted.body);
+    assert_eq!(device_state(&server, &id), "accepted");
+    // The session of another login has another CSRF token.
+    let other = login(&server, &server.token);
+    let other_csrf = csrf_of(&request(&server, "GET", "/console/", &[("cookie", other.as_str())], None).body);
+    assert_ne!(other_csrf, csrf);
+
+    // A read-only token sees the fleet and changes nothing in it (scopes as in the API).
+    let created: Value = serde_json::from_slice(
+        &server
+            .admin()
+            .send_json("POST", "/api/v1/tokens", &json!({"name": "viewer", "scopes": ["read"]}))
+            .unwrap()
+            .ok()
+            .unwrap(),
+    )
+    .unwrap();
+    let viewer = login(&server, created["token"].as_str().unwrap());
+    let viewer_cookie = [("cookie", viewer.as_str())];
+    let page = request(&server, "GET", &format!("/console/devices/{id}"), &viewer_cookie, None);
+    assert_eq!(page.status, 200);
+    assert!(!page.body.contains("/revoke\""), "no revoke button for a read-only token");
+    let viewer_csrf = csrf_of(&page.body);
+    let revoke = request(
+        &server,
+        "POST",
+        &format!("/console/devices/{id}/revoke"),
+        &viewer_cookie,
+        Some(&format!("csrf={viewer_csrf}")),
+    );
+    assert_eq!(revoke.status, 403, "{}", revoke.body);
+    assert!(revoke.body.contains("admin scope"), "{}", revoke.body);
+    assert_eq!(device_state(&server, &id), "accepted");
+
+    // Revoking the token ends its console sessions at once.
+    let token_id = created["id"].as_str().unwrap();
+    server.admin().send("DELETE", &format!("/api/v1/tokens/{token_id}"), b"", "application/json").unwrap();
+    let after = request(&server, "GET", "/console/devices", &viewer_cookie, None);
+    assert_eq!((after.status, after.header("location")), (303, Some("/console/login")));
+
+    // A one-time login logs in once.
+    let code = server
+        .runtime
+        .block_on(server.state.console.login_code(&server.token, 900, ringfence_server::unix_now()))
+        .unwrap();
+    let link = request(&server, "GET", &format!("/console/login?once={code}"), &[], None);
+    assert_eq!(link.status, 200);
+    assert!(link.header("set-cookie").is_none(), "opening the link logs nobody in");
+    let spend =
+        |headers: &[(&str, &str)]| request(&server, "POST", "/console/login", headers, Some(&format!("once={code}")));
+    let first = spend(&[("sec-fetch-site", "same-origin")]);
+    assert_eq!(first.status, 303);
+    assert!(first.header("set-cookie").unwrap().starts_with(COOKIE));
+    assert_eq!(spend(&[("sec-fetch-site", "same-origin")]).status, 401, "spent");
+
+    // Strict queries: an unknown field is refused, not ignored.
+    let odd = request(&server, "GET", "/console/devices?sort=evil", &cookie, None);
+    assert_eq!(odd.status, 400);
+
+    // The audit trail names the console logins and the change made through it.
+    let audit = request(&server, "GET", "/console/audit", &cookie, None).body;
+    assert!(audit.contains("logged in to the console") && audit.contains(&format!("device {id}")), "{audit}");
+}
