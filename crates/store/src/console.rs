@@ -44,8 +44,16 @@ pub trait ConsoleStore: Send + Sync + 'static {
     /// Devices per state, and accepted devices seen since `seen_since`.
     async fn fleet_counts(&self, seen_since: i64) -> Result<FleetCounts>;
     /// Devices whose id starts with `id_prefix` (lower-case hex) or whose host name is exactly
-    /// `hostname`, ordered by id, after `after`, at most `limit`: their ids.
-    async fn find_devices(&self, id_prefix: &str, hostname: &str, after: &str, limit: u64) -> Result<Vec<String>>;
+    /// `hostname`, in `state` (any when empty), ordered by id, after `after`, at most `limit`:
+    /// their ids.
+    async fn find_devices(
+        &self,
+        id_prefix: &str,
+        hostname: &str,
+        state: &str,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<String>>;
 }
 
 #[async_trait::async_trait]
@@ -145,21 +153,43 @@ impl ConsoleStore for SqlStore {
         Ok(counts)
     }
 
-    async fn find_devices(&self, id_prefix: &str, hostname: &str, after: &str, limit: u64) -> Result<Vec<String>> {
-        // The id range [prefix, prefix + "g"): ids are lower-case hex, and "g" sorts after
-        // every hex digit.
-        let rows = sqlx::query(
-            "SELECT id FROM devices WHERE id > $1 AND ((id >= $2 AND id < $3) OR hostname = $4) \
+    async fn find_devices(
+        &self,
+        id_prefix: &str,
+        hostname: &str,
+        state: &str,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<String>> {
+        let limit_sql = crate::sql::to_bigint(limit, "limit")?;
+        // Two index ranges, merged: ids in [prefix, prefix + "g") (ids are lower-case hex, and
+        // "g" sorts after every hex digit), and the host name's entries.
+        let by_id = sqlx::query(
+            "SELECT id FROM devices WHERE id > $1 AND id >= $2 AND id < $3 AND ($4 = '' OR state = $4) \
              ORDER BY id LIMIT $5",
         )
         .bind(after)
         .bind(id_prefix)
         .bind(format!("{id_prefix}g"))
-        .bind(hostname)
-        .bind(crate::sql::to_bigint(limit, "limit")?)
+        .bind(state)
+        .bind(limit_sql)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+        let by_name = sqlx::query(
+            "SELECT id FROM devices WHERE hostname = $1 AND id > $2 AND ($3 = '' OR state = $3) \
+             ORDER BY id LIMIT $4",
+        )
+        .bind(hostname)
+        .bind(after)
+        .bind(state)
+        .bind(limit_sql)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut ids = std::collections::BTreeSet::new();
+        for row in by_id.iter().chain(&by_name) {
+            ids.insert(row.try_get::<String, _>("id")?);
+        }
+        Ok(ids.into_iter().take(usize::try_from(limit).unwrap_or(usize::MAX)).collect())
     }
 }
 
@@ -222,8 +252,11 @@ mod tests {
         store.revoke_token("t1").await.unwrap();
         assert!(store.console_session("dd", 1100, 0).await.unwrap().is_none(), "its token was revoked");
 
-        // bb idle, dd live but its token revoked (kept until idle or expired).
-        assert_eq!(store.sweep_console_sessions(1100, 1001).await.unwrap(), 1);
-        assert_eq!(store.sweep_console_sessions(5000, 0).await.unwrap(), 1);
+        // bb and dd (its token revoked, never seen since 1000) are idle since 1001; a session
+        // seen later stays until it expires.
+        store.insert_console_session(&ConsoleSessionRecord { last_seen: 1100, ..session("ff") }).await.unwrap();
+        assert_eq!(store.sweep_console_sessions(1100, 1001).await.unwrap(), 2);
+        assert_eq!(store.sweep_console_sessions(4999, 0).await.unwrap(), 0);
+        assert_eq!(store.sweep_console_sessions(5000, 0).await.unwrap(), 1, "expired");
     }
 }

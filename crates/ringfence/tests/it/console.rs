@@ -309,6 +309,14 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     let accepted = request(&server, "POST", &accept, &same, Some(&format!("csrf={csrf}")));
     assert_eq!(accepted.status, 303, "{}", accepted.body);
     assert_eq!(device_state(&server, &id), "accepted");
+    // Search by id prefix and by host name, with a state.
+    let hostname = devices(&server).into_iter().find(|d| d.id == id).unwrap().hostname;
+    for search in [format!("q={}", &id[..6]), format!("q={hostname}&state=accepted")] {
+        let found = request(&server, "GET", &format!("/console/devices?{search}"), &cookie, None);
+        assert!(found.status == 200 && found.body.contains(&id), "{search}: {}", found.body);
+    }
+    let none = request(&server, "GET", &format!("/console/devices?q={hostname}&state=revoked"), &cookie, None);
+    assert!(none.body.contains("No device matches"), "{}", none.body);
     // The session of another login has another CSRF token.
     let other = login(&server, &server.token);
     let other_csrf = csrf_of(&request(&server, "GET", "/console/", &[("cookie", other.as_str())], None).body);

@@ -255,6 +255,9 @@ async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bod
     };
     match outcome {
         Ok(secret) => {
+            if let Some(old) = session_cookie(&headers) {
+                state.console.discard(&old).await?;
+            }
             let cookie = format!(
                 "{COOKIE}={secret}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
                 state.console.session_secs()

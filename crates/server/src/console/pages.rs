@@ -26,6 +26,20 @@ type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryR
 /// Rows per page of a listing.
 const PAGE: u64 = 50;
 
+/// A group's compliance rows read at most at once (the CSV, an update's page).
+const MAX_ROWS: u64 = 100_000;
+
+/// A query string with every value percent-encoded.
+fn encoded(pairs: &[(&str, &str)]) -> String {
+    serde_urlencoded::to_string(pairs).unwrap_or_default()
+}
+
+/// A listing's `after` key, held to what the API's pages take.
+fn page_key(after: &str) -> Result<String, super::PageError> {
+    let page = crate::admin::PageQuery { limit: None, after: Some(after.to_owned()) };
+    Ok(page.checked()?.1.to_owned())
+}
+
 fn bad(message: impl Into<String>) -> super::PageError {
     super::PageError::Api(ApiError::BadRequest(message.into()))
 }
@@ -201,7 +215,7 @@ pub async fn update(State(state): Shared, viewer: Viewer, Path(id): Path<String>
     let sees_fleet = viewer.caller.require(needs::FLEET).is_ok();
     if sees_fleet {
         for g in &groups {
-            let report = state.reports.compliance(&state.repo, &g.name, "", 1000).await?;
+            let report = state.reports.compliance(&state.repo, &g.name, "", MAX_ROWS).await?;
             for row in report.rows.into_iter().filter(|r| r.update_id.as_deref() == Some(u.id.as_str())) {
                 compliance.push((g.name.clone(), row));
             }
@@ -217,7 +231,7 @@ pub async fn update(State(state): Shared, viewer: Viewer, Path(id): Path<String>
             dt { "Severity" } dd { (u.severity.as_str()) }
             dt { "Released" } dd { (u.release_date) }
             dt { "KB" } dd { (u.kb.join(", ")) }
-            dt { "CVEs" } dd { @for c in &u.cves { a href=(format!("/console/cve?cve={c}")) { (c) } " " } }
+            dt { "CVEs" } dd { @for c in &u.cves { a href=(format!("/console/cve?{}", encoded(&[("cve", c)]))) { (c) } " " } }
             dt { "Supersedes" } dd { (u.supersedes.join(", ")) }
             dt { "Installer" } dd { code { (u.installer.module) } }
         }
@@ -422,9 +436,7 @@ pub async fn devices(State(state): Shared, viewer: Viewer, q: Query<DeviceQuery>
     let found = if q.q.is_empty() {
         state.devices.list(&q.after, PAGE, filter).await?
     } else {
-        let mut found = state.devices.find(q.q.trim(), &q.after, PAGE).await?;
-        found.retain(|d| q.state.is_empty() || d.state == q.state);
-        found
+        state.devices.find(q.q.trim(), filter, &q.after, PAGE).await?
     };
     let is_admin = viewer.caller.require(needs::ADMIN).is_ok();
     let body = html! {
@@ -575,7 +587,7 @@ pub async fn compliance(State(state): Shared, viewer: Viewer, q: Query<Complianc
         g => Some(GroupName::parse(g).map_err(|e| bad(format!("group: {e}")))?),
     };
     let report = match &chosen {
-        Some(g) => Some(state.reports.compliance(&state.repo, g, &q.after, PAGE).await?),
+        Some(g) => Some(state.reports.compliance(&state.repo, g, &page_key(&q.after)?, PAGE).await?),
         None => None,
     };
     let names: Vec<String> = groups.iter().map(|g| g.name.to_string()).collect();
@@ -623,17 +635,10 @@ pub async fn compliance_csv(State(state): Shared, viewer: Viewer, q: Query<CsvQu
     viewer.caller.require(needs::FLEET)?;
     let q = query(q)?;
     let group = GroupName::parse(&q.group).map_err(|e| bad(format!("group: {e}")))?;
-    let mut rows = Vec::new();
-    let mut after = String::new();
-    loop {
-        let report = state.reports.compliance(&state.repo, &group, &after, 1000).await?;
-        let full = report.rows.len() == 1000;
-        after = report.rows.last().map(|r| r.target.to_string()).unwrap_or_default();
-        rows.extend(report.rows.into_iter().map(|r| crate::admin_reports::compliance_fields(&group, r)));
-        if !full || rows.len() >= 100_000 {
-            break;
-        }
-    }
+    // One call: the report reads the group's aggregates whole and pages them in memory.
+    let report = state.reports.compliance(&state.repo, &group, "", MAX_ROWS).await?;
+    let rows: Vec<Vec<String>> =
+        report.rows.into_iter().map(|r| crate::admin_reports::compliance_fields(&group, r)).collect();
     let mut r = crate::admin_reports::csv(crate::admin_reports::COMPLIANCE_HEADER, rows);
     if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"compliance-{group}.csv\"")) {
         r.headers_mut().insert(axum::http::header::CONTENT_DISPOSITION, v);
@@ -653,8 +658,12 @@ pub struct CveQuery {
 pub async fn cve(State(state): Shared, viewer: Viewer, q: Query<CveQuery>) -> PageResult {
     viewer.caller.require(needs::FLEET)?;
     let q = query(q)?;
-    let report =
-        if q.cve.is_empty() { None } else { Some(state.reports.cve(&state.repo, q.cve.trim(), &q.after, PAGE).await?) };
+    let report = if q.cve.is_empty() {
+        None
+    } else {
+        let cve = ringfence_proto::api::parse_cve(&q.cve).ok_or_else(|| bad("cve: a CVE id, like CVE-2025-59287"))?;
+        Some(state.reports.cve(&state.repo, &cve, &page_key(&q.after)?, PAGE).await?)
+    };
     let body = html! {
         form.filters method="get" action="/console/cve" {
             label for="cve" { "CVE" } input id="cve" name="cve" value=(q.cve) placeholder="CVE-2025-59287";

@@ -131,6 +131,11 @@ impl Console {
         Ok(TokenHolder { id: token.id, name: token.name, scopes })
     }
 
+    /// Forget a session without a record (a browser logging in again replaces its old one).
+    pub async fn discard(&self, secret: &str) -> Result<()> {
+        Ok(self.db.delete_console_session(&session_hash(secret)).await?)
+    }
+
     /// End a session. Audited.
     pub async fn logout(&self, secret: &str, actor: &str, now: i64) -> Result<()> {
         self.db.delete_console_session(&session_hash(secret)).await?;

@@ -490,8 +490,14 @@ impl Devices {
     }
 
     /// Devices whose id starts with `query` (when it is lower-case hex) or whose host name is
-    /// `query`, ordered by id after `after`, at most `limit`, each with its newest reports.
-    pub async fn find(&self, query: &str, after: &str, limit: u64) -> Result<Vec<DeviceInfo>> {
+    /// `query`, in `state` if given, ordered by id after `after`, at most `limit`, each with its newest reports.
+    pub async fn find(
+        &self,
+        query: &str,
+        state: Option<DeviceState>,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<DeviceInfo>> {
         let id_prefix = if !query.is_empty() && query.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             query
@@ -500,7 +506,7 @@ impl Devices {
             "-"
         };
         let mut out = Vec::new();
-        for id in self.db.find_devices(id_prefix, query, after, limit).await? {
+        for id in self.db.find_devices(id_prefix, query, state.map_or("", |s| s.as_str()), after, limit).await? {
             if let Some(d) = self.db.device(&id).await? {
                 out.push(self.info(d).await?);
             }

@@ -12,3 +12,6 @@ CREATE TABLE console_sessions (
 );
 
 CREATE INDEX console_sessions_by_expiry ON console_sessions (expires_at);
+
+-- The console's device search by exact host name.
+CREATE INDEX devices_by_hostname ON devices (hostname, id);
