@@ -23,6 +23,9 @@ use crate::error::ApiError;
 type Shared = State<Arc<AppState>>;
 type Query<T> = Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>;
 
+/// How old a rollout's stage counts on a page may be (the job loop recounts every interval).
+const TALLY_AGE: i64 = 120;
+
 /// Rows per page of a listing.
 const PAGE: u64 = 50;
 
@@ -69,7 +72,7 @@ pub async fn dashboard(State(state): Shared, viewer: Viewer) -> PageResult {
     let now = crate::unix_now();
     let fleet = state.console.fleet(now).await?;
     let pending = state.repo.list_pending().await?;
-    let rollouts = state.rollouts.status(&state.repo, now).await?;
+    let rollouts = state.rollouts.status_for_display(&state.repo, now, TALLY_AGE).await?;
     let health = state.repo.health(now).await?;
     let active: Vec<&RolloutStatus> = rollouts.iter().filter(|r| r.state != "archived").collect();
     let failed: u64 = active.iter().map(|r| r.failed + r.stuck).sum();
@@ -301,7 +304,7 @@ pub async fn approvals(State(state): Shared, viewer: Viewer) -> PageResult {
 pub async fn rollouts(State(state): Shared, viewer: Viewer) -> PageResult {
     viewer.caller.require(needs::ROLLOUTS)?;
     let now = crate::unix_now();
-    let rollouts = state.rollouts.status(&state.repo, now).await?;
+    let rollouts = state.rollouts.status_for_display(&state.repo, now, TALLY_AGE).await?;
     let may_steer = viewer.caller.require(needs::APPROVE).is_ok();
     let mut schedules = Vec::new();
     for r in &rollouts {
@@ -333,6 +336,7 @@ pub async fn rollouts(State(state): Shared, viewer: Viewer) -> PageResult {
                         }
                     }
                 }
+                p.hint { "Stage counts are at most " (TALLY_AGE / 60) " minutes old; state and failure counts are current." }
                 @if let Some(stages) = schedule {
                     (chart("The approvers' signed schedule: share allowed (%) over time", &schedule_points(stages)))
                 }

@@ -8,7 +8,7 @@
 //! (`ringfence_trust::rollout::place`), so the server counts stages exactly as agents place
 //! themselves, devices that join mid-rollout included.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use ringfence_proto::GroupName;
@@ -44,7 +44,7 @@ pub fn check_stages(stages: &[u8]) -> Result<()> {
 }
 
 /// How the devices admitted so far fared, and each stage's devices (by place).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StageTally {
     pub stages: Vec<StageCount>,
     /// Devices whose place is below the share held to, and those of them that installed.
@@ -88,17 +88,24 @@ pub fn may_advance(r: &RolloutRecord, tally: &StageTally, now: i64) -> bool {
     !last && soaked && succeeded
 }
 
+/// A tally as kept: when it was counted, for which stages, and the counts.
+type KeptTally = (i64, Vec<u8>, StageTally);
+
 pub struct Rollouts {
     db: Arc<dyn Database>,
     audit: Audit,
     events: Events,
     /// One change at a time: state changes and the holds document they publish stay in step.
     lock: tokio::sync::Mutex<()>,
+    /// The newest tally of each rollout this node computed (group, update → when, its stages,
+    /// the tally): what the console shows instead of placing the whole group again on every
+    /// page. The job loop and `status` refresh it; decisions never read it.
+    tallies: std::sync::Mutex<HashMap<(String, String), KeptTally>>,
 }
 
 impl Rollouts {
     pub fn new(db: Arc<dyn Database>, audit: Audit, events: Events) -> Self {
-        Self { db, audit, events, lock: tokio::sync::Mutex::new(()) }
+        Self { db, audit, events, lock: tokio::sync::Mutex::new(()), tallies: std::sync::Mutex::new(HashMap::new()) }
     }
 
     /// The share the approvers' schedule of `group`'s approval of `update` allows at `now`:
@@ -254,22 +261,55 @@ impl Rollouts {
     }
 
     /// The stage counts of a rollout: its groups' devices placed by their keys.
-    async fn tally_of(&self, repo: &Repository, r: &RolloutRecord, targets: &[String]) -> Result<StageTally> {
+    /// The rollout's tally: computed afresh (and kept), or with `reuse_within` Some(secs), the
+    /// one kept if it was computed that recently for the same stages.
+    async fn tally_of(
+        &self,
+        repo: &Repository,
+        r: &RolloutRecord,
+        targets: &[String],
+        now: i64,
+        reuse_within: Option<i64>,
+    ) -> Result<StageTally> {
+        let key = (r.group.clone(), r.update_id.clone());
+        if let Some(secs) = reuse_within
+            && let Ok(kept) = self.tallies.lock()
+            && let Some((at, stages, tally)) = kept.get(&key)
+            && *stages == r.stages
+            && now.saturating_sub(*at) <= secs
+        {
+            return Ok(tally.clone());
+        }
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
         let devices = self.db.rollout_devices(&self.subtree(repo, &group, &r.update_id).await?, targets).await?;
-        Ok(tally(&devices, &r.update_id, targets, &r.stages, r.hold))
+        let counted = tally(&devices, &r.update_id, targets, &r.stages, r.hold);
+        if let Ok(mut kept) = self.tallies.lock() {
+            // Rollouts are few; a bound all the same.
+            if kept.len() > 10_000 {
+                kept.clear();
+            }
+            kept.insert(key, (now, r.stages.clone(), counted.clone()));
+        }
+        Ok(counted)
     }
 
     async fn status_of(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<RolloutStatus> {
-        Ok(self.evaluate(repo, r, now).await?.0)
+        Ok(self.evaluate(repo, r, now, None).await?.0)
     }
 
-    /// A rollout's status and the tally its stages advance on (one read of its devices).
-    async fn evaluate(&self, repo: &Repository, r: &RolloutRecord, now: i64) -> Result<(RolloutStatus, StageTally)> {
+    /// A rollout's status and the tally its stages advance on (one read of its devices; with
+    /// `reuse_within`, the stage counts may come from a tally that recent).
+    async fn evaluate(
+        &self,
+        repo: &Repository,
+        r: &RolloutRecord,
+        now: i64,
+        reuse_within: Option<i64>,
+    ) -> Result<(RolloutStatus, StageTally)> {
         let group = GroupName::parse(&r.group).map_err(Error::internal)?;
         let approved_share = self.approved_share(repo, &group, &r.update_id, now).await?.unwrap_or(0);
         let targets = self.targets(&group, &r.update_id).await?;
-        let tally = self.tally_of(repo, r, &targets).await?;
+        let tally = self.tally_of(repo, r, &targets, now, reuse_within).await?;
         // Reports since the rollout (re)started: a resume does not count old failures again.
         let mut counts: BTreeMap<Bucket, u64> = BTreeMap::new();
         for (state, n) in self.db.states_since(&targets, r.started_at).await? {
@@ -311,6 +351,17 @@ impl Rollouts {
         Ok(out)
     }
 
+    /// [`Rollouts::status`] for people looking (the console): state, share, reason and the
+    /// failure counts read now, each stage's device counts from a tally at most `max_age`
+    /// seconds old when this node has one (the job loop computes one every interval).
+    pub async fn status_for_display(&self, repo: &Repository, now: i64, max_age: i64) -> Result<Vec<RolloutStatus>> {
+        let mut out = Vec::new();
+        for r in self.db.rollouts().await? {
+            out.push(self.evaluate(repo, &r, now, Some(max_age)).await?.0);
+        }
+        Ok(out)
+    }
+
     /// Sign and publish what the server holds to (every rollout held below 100 %, per approval
     /// path) and the retries operators asked for.
     async fn publish(&self, repo: &Repository, now: i64) -> Result<()> {
@@ -346,7 +397,7 @@ impl Rollouts {
             }
         }
         for r in self.db.rollouts().await?.into_iter().filter(|r| r.state == "running") {
-            let (status, tally) = match self.evaluate(repo, &r, now).await {
+            let (status, tally) = match self.evaluate(repo, &r, now, None).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(group = r.group, update = r.update_id, error = %super::error::chain(&e), "rollout");

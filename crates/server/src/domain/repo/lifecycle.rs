@@ -193,8 +193,38 @@ impl Repository {
 
     /// Expiry of every published role and warnings for offline roles expiring soon.
     pub async fn health(&self, now: i64) -> Result<Health> {
-        let mut roles = Vec::new();
+        let roles = self.role_expiries().await?;
         let mut warnings = Vec::new();
+        for r in &roles {
+            let expires = expiry::parse(&r.expires).map_err(Error::internal)?;
+            if expires <= now {
+                warnings.push(format!("{} version {} expired at {}", r.role, r.version, r.expires));
+            } else if r.offline && expires - now <= self.policy.offline_warning_secs {
+                warnings.push(format!(
+                    "{} version {} expires at {}, in {} days; it is signed offline, so sign a new version",
+                    r.role,
+                    r.version,
+                    r.expires,
+                    (expires - now) / 86_400
+                ));
+            }
+        }
+        let status = if warnings.is_empty() { "ok" } else { "warn" }.to_owned();
+        Ok(Health { status, warnings, roles })
+    }
+
+    /// Every published role's newest version, expiry and whether it is signed offline: worked
+    /// out again only when the newest timestamp version changed.
+    async fn role_expiries(&self) -> Result<Vec<RoleExpiry>> {
+        let timestamp = self.db.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
+        if let Ok(kept) = self.expiries.lock()
+            && let Some((version, roles)) = kept.as_ref()
+            && *version == timestamp
+            && timestamp > 0
+        {
+            return Ok(roles.clone());
+        }
+        let mut roles = Vec::new();
         for rec in self.db.latest_all().await? {
             let Ok(name) = RoleName::parse(&rec.role) else { continue };
             let offline = match name.kind() {
@@ -205,20 +235,14 @@ impl Repository {
                     Err(_) => true,
                 },
             };
-            let expires = expiry::format(rec.expires);
-            if rec.expires <= now {
-                warnings.push(format!("{name} version {} expired at {expires}", rec.version));
-            } else if offline && rec.expires - now <= self.policy.offline_warning_secs {
-                warnings.push(format!(
-                    "{name} version {} expires at {expires}, in {} days; it is signed offline, so sign a new version",
-                    rec.version,
-                    (rec.expires - now) / 86_400
-                ));
-            }
-            roles.push(RoleExpiry { role: name, version: rec.version, expires, offline });
+            roles.push(RoleExpiry { role: name, version: rec.version, expires: expiry::format(rec.expires), offline });
         }
-        let status = if warnings.is_empty() { "ok" } else { "warn" }.to_owned();
-        Ok(Health { status, warnings, roles })
+        // Another node may have published meanwhile: keep what was read under the version read
+        // before it, so a newer timestamp makes the next call look again.
+        if let Ok(mut kept) = self.expiries.lock() {
+            *kept = Some((timestamp, roles.clone()));
+        }
+        Ok(roles)
     }
 
     /// Check the published repository as a TUF client would, from root version 1.

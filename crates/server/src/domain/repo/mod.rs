@@ -52,6 +52,10 @@ pub struct Repository {
     write_lock: tokio::sync::Mutex<()>,
     served: served::ServedCache,
     holds: holds::HoldsVersion,
+    /// Every role's newest version, expiry and whether it is signed offline, as of a timestamp
+    /// version (no role changes without a new timestamp): what `health` reports, kept so the
+    /// console's dashboard does not look at every delegation on each view.
+    expiries: std::sync::Mutex<Option<(u64, Vec<ringfence_proto::api::RoleExpiry>)>>,
 }
 
 /// Who may sign a role, as the role that delegates it says.
@@ -147,7 +151,8 @@ impl Repository {
     ) -> Self {
         let served = served::ServedCache::new(one_writer);
         let holds = holds::HoldsVersion::new(one_writer);
-        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()), served, holds }
+        let expiries = std::sync::Mutex::new(None);
+        Self { db, blobs, audit, keys, policy, write_lock: tokio::sync::Mutex::new(()), served, holds, expiries }
     }
 
     /// Metadata changed behind this server's back (a test playing a thief who writes the
@@ -155,6 +160,9 @@ impl Repository {
     pub fn metadata_changed_elsewhere(&self) {
         self.served.forget_all();
         self.holds.forget();
+        if let Ok(mut kept) = self.expiries.lock() {
+            *kept = None;
+        }
     }
 
     /// The newest version of `role` as served (0 when there is none).
