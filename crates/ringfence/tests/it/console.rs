@@ -378,3 +378,98 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     let audit = request(&server, "GET", "/console/audit", &cookie, None).body;
     assert!(audit.contains("logged in to the console") && audit.contains(&format!("device {id}")), "{audit}");
 }
+
+/// `ringfence quickstart` prints the console's address and a one-time login link, which logs
+/// a browser in once; an enrollment token made in the console is shown once and audited.
+#[test]
+fn quickstart_prints_a_one_time_console_login_that_works_once() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (device, admin) = (crate::common::free_port(), crate::common::free_port());
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["quickstart", "--device-addr", &format!("127.0.0.1:{device}"), "--admin-addr"])
+        .arg(format!("127.0.0.1:{admin}"))
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _stop = Stop(child);
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let console = format!("https://127.0.0.1:{admin}/console/");
+    let mut link = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        assert!(!line.contains("log in with an admin token"), "no one-time login: {line}");
+        if let Some(at) = line.find(&format!("{console}login?once=")) {
+            link = Some(line[at..].trim().to_owned());
+            break;
+        }
+    }
+    let link = link.expect("a one-time login link");
+    assert!(link.len() > console.len() + "login?once=rfol_".len() + 63, "{link}");
+    let code = link.rsplit('=').next().unwrap().to_owned();
+    let ca = std::fs::read(dir.path().join("ringfence-data/tls/cert.pem")).unwrap();
+    let agent = ringfence_cli::http::agent(&ca).unwrap();
+    let post = |form: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let sent = agent
+                .post(&format!("{console}login"))
+                .config()
+                .max_redirects(0)
+                .build()
+                .header("sec-fetch-site", "same-origin")
+                .content_type("application/x-www-form-urlencoded")
+                .send(form);
+            match sent {
+                Ok(mut answer) => {
+                    let cookie = answer.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
+                    return (answer.status().as_u16(), cookie, answer.body_mut().read_to_string().unwrap_or_default());
+                }
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "the server did not answer: {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+        }
+    };
+    let (status, cookie, _) = post(&format!("once={code}"));
+    assert_eq!(status, 303);
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.starts_with(COOKIE), "{cookie}");
+    let (again, none, body) = post(&format!("once={code}"));
+    assert_eq!((again, none), (401, None), "{body}");
+
+    // The session works: an enrollment token made in the console is shown once.
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let get = |path: &str| {
+        let mut answer =
+            agent.get(&format!("https://127.0.0.1:{admin}{path}")).header("cookie", &session).call().unwrap();
+        (answer.status().as_u16(), answer.body_mut().read_to_string().unwrap())
+    };
+    let (status, page) = get("/console/devices");
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    let mut made = agent
+        .post(&format!("https://127.0.0.1:{admin}/console/enrollment-tokens"))
+        .header("cookie", &session)
+        .header("sec-fetch-site", "same-origin")
+        .content_type("application/x-www-form-urlencoded")
+        .send(format!("csrf={csrf}&groups=pilot&hours=2&uses=3"))
+        .unwrap();
+    assert_eq!(made.status().as_u16(), 200);
+    let shown = made.body_mut().read_to_string().unwrap();
+    assert!(shown.contains("rfet_") && shown.contains("It is shown only now"), "{shown}");
+    let (_, audit) = get("/console/audit");
+    assert!(audit.contains("one-time login") && audit.contains("enrollment-token"), "{audit}");
+}
