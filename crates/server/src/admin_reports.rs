@@ -134,11 +134,16 @@ async fn cve(
     if !q.csv()? {
         return Ok(Json(report).into_response());
     }
-    let rows = report
-        .exposed
-        .into_iter()
-        .map(|d| vec![report.cve.clone(), d.device_id, d.hostname, d.target, d.state, d.at.to_string()]);
-    Ok(csv(&["cve", "device_id", "hostname", "target", "state", "at"], rows))
+    let rows = report.exposed.into_iter().map(|d| cve_fields(&report.cve, d));
+    Ok(csv(CVE_HEADER, rows))
+}
+
+/// The columns of an exposed-devices CSV.
+pub(crate) const CVE_HEADER: &[&str] = &["cve", "device_id", "hostname", "target", "state", "at"];
+
+/// One exposed device's CSV fields, in [`CVE_HEADER`]'s order.
+pub(crate) fn cve_fields(cve: &str, d: ringfence_proto::api::ExposedDevice) -> Vec<String> {
+    vec![cve.to_owned(), d.device_id, d.hostname, d.target, d.state, d.at.to_string()]
 }
 
 async fn stale(State(state): Shared, caller: Caller, q: Query<ReportQuery>) -> ApiResult<Response> {

@@ -370,6 +370,13 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     assert!(first.header("set-cookie").unwrap().starts_with(COOKIE));
     assert_eq!(spend(&[("sec-fetch-site", "same-origin")]).status, 401, "spent");
 
+    // A CVE's exposed devices as CSV; a CVE id that is not one is refused.
+    let exposed = request(&server, "GET", "/console/cve.csv?cve=cve-2025-59287", &cookie, None);
+    assert_eq!((exposed.status, exposed.header("content-type")), (200, Some("text/csv; charset=utf-8")));
+    assert!(exposed.body.starts_with("cve,device_id,hostname,target,state,at"), "{}", exposed.body);
+    assert!(exposed.header("content-disposition").unwrap().contains("exposed-CVE-2025-59287.csv"));
+    assert_eq!(request(&server, "GET", "/console/cve.csv?cve=nope", &cookie, None).status, 400);
+
     // Strict queries: an unknown field is refused, not ignored.
     let odd = request(&server, "GET", "/console/devices?sort=evil", &cookie, None);
     assert_eq!(odd.status, 400);

@@ -64,6 +64,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/console/compliance", get(pages::compliance))
         .route("/console/compliance.csv", get(pages::compliance_csv))
         .route("/console/cve", get(pages::cve))
+        .route("/console/cve.csv", get(pages::cve_csv))
         .route("/console/audit", get(pages::audit))
         .route("/console/log", get(pages::log))
         .route("/console/groups", get(pages::groups))

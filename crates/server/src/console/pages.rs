@@ -681,6 +681,7 @@ pub async fn cve(State(state): Shared, viewer: Viewer, q: Query<CveQuery>) -> Pa
                 tbody { @for g in &r.groups { tr { td { (g.group) } td { @if g.approved { "yes" } @else { "no" } } td { (progress(g.installed, g.devices)) } } } }
             }
             h2 { "Devices still exposed" }
+            p { a.download href=(format!("/console/cve.csv?{}", encoded(&[("cve", &r.cve)]))) download { "Download CSV" } }
             @if r.exposed.is_empty() { p.empty { "None reported." } }
             @else {
                 table {
@@ -692,6 +693,27 @@ pub async fn cve(State(state): Shared, viewer: Viewer, q: Query<CveQuery>) -> Pa
         }
     };
     Ok(page(&viewer, "/console/compliance", "Compliance by CVE", body))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CveCsvQuery {
+    cve: String,
+}
+
+/// The devices still exposed to a CVE as CSV (at most [`MAX_ROWS`]), as the API writes it.
+pub async fn cve_csv(State(state): Shared, viewer: Viewer, q: Query<CveCsvQuery>) -> PageResult {
+    viewer.caller.require(needs::FLEET)?;
+    let q = query(q)?;
+    let cve = ringfence_proto::api::parse_cve(&q.cve).ok_or_else(|| bad("cve: a CVE id, like CVE-2025-59287"))?;
+    let report = state.reports.cve(&state.repo, &cve, "", MAX_ROWS).await?;
+    let rows: Vec<Vec<String>> =
+        report.exposed.into_iter().map(|d| crate::admin_reports::cve_fields(&report.cve, d)).collect();
+    let mut r = crate::admin_reports::csv(crate::admin_reports::CVE_HEADER, rows);
+    if let Ok(v) = axum::http::HeaderValue::from_str(&format!("attachment; filename=\"exposed-{cve}.csv\"")) {
+        r.headers_mut().insert(axum::http::header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
 }
 
 #[derive(serde::Deserialize)]
