@@ -292,11 +292,12 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     let accept = format!("/console/devices/{id}/accept");
     let origin = server.admin_url.clone();
     for (headers, form, why) in [
-        (vec![], "".to_owned(), "no CSRF field"),
-        (vec![], format!("csrf={}", "0".repeat(64)), "a wrong CSRF token"),
+        (vec![], format!("csrf={csrf}"), "neither Origin nor Sec-Fetch-Site"),
+        (vec![("sec-fetch-site", "same-origin")], "".to_owned(), "no CSRF field"),
+        (vec![("sec-fetch-site", "same-origin")], format!("csrf={}", "0".repeat(64)), "a wrong CSRF token"),
         (vec![("origin", "https://evil.example")], format!("csrf={csrf}"), "another origin"),
         (vec![("sec-fetch-site", "same-site")], format!("csrf={csrf}"), "another site's page"),
-        (vec![], format!("csrf={csrf}&state=accepted"), "an unknown field"),
+        (vec![("sec-fetch-site", "same-origin")], format!("csrf={csrf}&state=accepted"), "an unknown field"),
     ] {
         let mut all = cookie.to_vec();
         all.extend(headers);
@@ -342,7 +343,7 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
         &server,
         "POST",
         &format!("/console/devices/{id}/revoke"),
-        &viewer_cookie,
+        &[viewer_cookie[0], ("sec-fetch-site", "same-origin")],
         Some(&format!("csrf={viewer_csrf}")),
     );
     assert_eq!(revoke.status, 403, "{}", revoke.body);
@@ -380,6 +381,17 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     // Strict queries: an unknown field is refused, not ignored.
     let odd = request(&server, "GET", "/console/devices?sort=evil", &cookie, None);
     assert_eq!(odd.status, 400);
+
+    // Logging out of a session that already ended still removes the cookie.
+    let gone = request(
+        &server,
+        "POST",
+        "/console/logout",
+        &[("cookie", viewer.as_str()), ("sec-fetch-site", "same-origin")],
+        Some("csrf=x"),
+    );
+    assert_eq!(gone.status, 303);
+    assert!(gone.header("set-cookie").unwrap().contains("Max-Age=0"));
 
     // The audit trail names the console logins and the change made through it.
     let audit = request(&server, "GET", "/console/audit", &cookie, None).body;

@@ -180,9 +180,13 @@ impl FromRequestParts<Arc<AppState>> for Viewer {
 }
 
 /// Refuse a change that a page of another site may have sent: `Sec-Fetch-Site` other than
-/// `same-origin`, or an `Origin` other than this listener's.
+/// `same-origin`, an `Origin` other than this listener's, or neither header (every browser
+/// sends `Origin` with a form's `POST`).
 fn same_origin(headers: &HeaderMap) -> Result<(), PageError> {
     let refused = || PageError::Api(ApiError::Forbidden("refused: this request came from another site".into()));
+    if !headers.contains_key("sec-fetch-site") && !headers.contains_key(header::ORIGIN) {
+        return Err(refused());
+    }
     if let Some(site) = headers.get("sec-fetch-site")
         && site.as_bytes() != b"same-origin"
     {
@@ -285,10 +289,23 @@ struct CsrfForm {
     csrf: String,
 }
 
-async fn logout(State(state): State<Arc<AppState>>, viewer: Viewer, headers: HeaderMap, body: Body) -> PageResult {
+/// Log out: the session ends and the cookie goes. Without a live session (it ended already)
+/// only the cookie goes.
+async fn logout(
+    State(state): State<Arc<AppState>>,
+    viewer: Result<Viewer, PageError>,
+    headers: HeaderMap,
+    body: Body,
+) -> PageResult {
     let form: CsrfForm = form(&headers, body).await?;
-    check_csrf(&viewer, &form.csrf)?;
-    state.console.logout(&viewer.secret, &viewer.caller.actor(), crate::unix_now()).await?;
+    match viewer {
+        Ok(viewer) => {
+            check_csrf(&viewer, &form.csrf)?;
+            state.console.logout(&viewer.secret, &viewer.caller.actor(), crate::unix_now()).await?;
+        }
+        Err(PageError::NoSession { .. }) => {}
+        Err(e) => return Err(e),
+    }
     let mut r = Redirect::to("/console/login").into_response();
     let gone = format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0");
     r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&gone).map_err(ApiError::internal)?);
