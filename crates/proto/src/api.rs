@@ -45,6 +45,27 @@ impl Scope {
 pub struct TokenRequest {
     pub name: String,
     pub scopes: Vec<Scope>,
+    /// Days until the token is refused: 1 to [`MAX_TOKEN_DAYS`], [`DEFAULT_TOKEN_DAYS`] when
+    /// absent.
+    #[serde(default)]
+    pub expires_in_days: Option<u64>,
+}
+
+/// An admin token's lifetime unless its creator chose one.
+pub const DEFAULT_TOKEN_DAYS: u64 = 90;
+/// The longest lifetime an admin token may have.
+pub const MAX_TOKEN_DAYS: u64 = 730;
+
+/// Replace a token by a new one with the same name and scopes: the old one keeps working for
+/// `grace_minutes` (default 60, at most a week; 0 ends it at once), so whatever uses it can
+/// move to the new one without downtime.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRotation {
+    #[serde(default)]
+    pub grace_minutes: Option<u64>,
+    #[serde(default)]
+    pub expires_in_days: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +75,8 @@ pub struct TokenCreated {
     /// The secret; shown once, stored only as a hash.
     pub token: String,
     pub scopes: Vec<Scope>,
+    /// Refused from this time on (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// A token as listed to administrators: never its secret or hash.
@@ -65,6 +88,8 @@ pub struct TokenInfo {
     pub scopes: Vec<Scope>,
     pub created_at: i64,
     pub revoked: bool,
+    /// Refused from this time on (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// Answer to a content upload.

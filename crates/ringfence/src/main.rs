@@ -66,9 +66,17 @@ enum Command {
     Admin(Box<ringfence_cli::Command>),
 }
 
+/// Logs on standard error: `RINGFENCE_LOG` filters (default `info`; add
+/// `ringfence_access=debug` for a line per request), `RINGFENCE_LOG_FORMAT=json` writes one
+/// JSON object per line with the request's id and route.
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RINGFENCE_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("RINGFENCE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Errors can carry text from a server or a document: each line is shown with its control

@@ -148,7 +148,7 @@ pub async fn import(config_path: &Path, root: &[u8], roles: &[(RoleName, Vec<u8>
     let now = ringfence_server::unix_now();
     state.repo.bootstrap(root, roles, now).await.map_err(|e| anyhow::anyhow!("importing the repository: {e}"))?;
     std::fs::write(data_dir.join("1.root.json"), root)?;
-    let request = TokenRequest { name: "first-admin".into(), scopes: Scope::ALL.to_vec() };
+    let request = TokenRequest { name: "first-admin".into(), scopes: Scope::ALL.to_vec(), expires_in_days: None };
     let created = state.tokens.issue(&request, "setup", now).await.context("storing the admin token")?;
     tls::write_private(&data_dir.join("admin.token"), created.token.as_bytes())?;
     Ok(created.token)

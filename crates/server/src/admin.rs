@@ -25,8 +25,10 @@ type Shared = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/api/v1/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/v1/tokens", post(create_token).get(list_tokens))
         .route("/api/v1/tokens/{id}", axum::routing::delete(revoke_token))
+        .route("/api/v1/tokens/{id}/rotate", post(rotate_token))
         .route("/api/v1/content", put(upload_content))
         .route("/api/v1/updates", post(publish_update).get(list_updates))
         .route("/api/v1/approvals", post(approve))
@@ -78,6 +80,39 @@ async fn health(State(state): Shared) -> ApiResult<Response> {
     Ok(Json(health).into_response())
 }
 
+/// Prometheus metrics, for a token with the `read` scope (Prometheus sends it as a bearer
+/// token: `authorization: { credentials_file: … }`).
+async fn metrics(State(state): Shared, caller: Caller) -> ApiResult<Response> {
+    caller.require(needs::FLEET)?;
+    let now = crate::unix_now();
+    let fleet = state.console.fleet(now).await?;
+    let health = state.repo.health(now).await?;
+    let mut role_expiry = Vec::new();
+    for r in health.roles {
+        let expires = ringfence_trust::expiry::parse(&r.expires).map_err(ApiError::internal)?;
+        role_expiry.push((r.role.to_string(), expires.saturating_sub(now)));
+    }
+    let snapshot = crate::metrics::Snapshot {
+        devices: vec![
+            ("pending", fleet.pending),
+            ("accepted", fleet.accepted),
+            ("rejected", fleet.rejected),
+            ("revoked", fleet.revoked),
+        ],
+        devices_seen_24h: fleet.seen,
+        rollouts: state.rollouts.count_by_state().await?,
+        role_expiry,
+        log_size: state.log.size().await?,
+    };
+    let text = state.metrics.render(&snapshot).map_err(ApiError::internal)?;
+    let mut r = Response::new(Body::from(text));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(r)
+}
+
 async fn create_token(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
     caller.require(needs::ADMIN)?;
     let request: TokenRequest = json_body(body).await?;
@@ -94,6 +129,17 @@ async fn revoke_token(State(state): Shared, caller: Caller, Path(id): Path<Strin
     caller.require(needs::ADMIN)?;
     state.tokens.revoke(&id, &caller.actor(), crate::unix_now()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A new token with the old one's name and scopes; the old one ends after a grace period.
+async fn rotate_token(State(state): Shared, caller: Caller, Path(id): Path<String>, body: Body) -> ApiResult<Response> {
+    caller.require(needs::ADMIN)?;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::NotFound);
+    }
+    let rotation: ringfence_proto::api::TokenRotation = json_body(body).await?;
+    let created = state.tokens.rotate(&id, &rotation, &caller.actor(), crate::unix_now()).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
 /// Stream content into the store, hashing as it goes; cut off with 413 past the limit.

@@ -61,7 +61,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         let value = parts.headers.get(header::AUTHORIZATION).ok_or(ApiError::Unauthorized)?;
         let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
         let secret = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
-        let holder = state.tokens.authenticate(secret).await?;
+        let holder = state.tokens.authenticate(secret, crate::unix_now()).await?;
         Ok(Caller::from(holder))
     }
 }

@@ -131,7 +131,9 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let _permit = permit(&state)?;
     let current = state.repo.served_version(&ringfence_proto::RoleName::timestamp()).await?;
     let holds = state.repo.holds_version().await?;
-    Ok(Json(state.devices.check_in(&device, &request, (current, holds), now).await?).into_response())
+    let answer = state.devices.check_in(&device, &request, (current, holds), now).await?;
+    state.metrics.checkin();
+    Ok(Json(answer).into_response())
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
@@ -144,5 +146,7 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let batch: ReportBatch = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
     let follows = state.repo.followed_groups(&device.groups).await?;
-    Ok(Json(state.devices.report(&device, &batch, &follows, now).await?).into_response())
+    let answer = state.devices.report(&device, &batch, &follows, now).await?;
+    state.metrics.reports_ingested(batch.reports.len() as u64);
+    Ok(Json(answer).into_response())
 }

@@ -55,53 +55,111 @@ async fn run_jobs(state: &AppState, now: i64, warned: &mut Vec<String>) {
         if !state.cluster.leading() {
             return;
         }
-        match step {
-            0 => match state.repo.renew(now).await {
-                Ok(renewed) if !renewed.is_empty() => {
-                    let names: Vec<String> = renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
-                    tracing::info!(renewed = ?names, "renewed online metadata");
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %chain(&e), "renewing online metadata failed"),
-            },
-            1 => {
-                match state.devices.sweep(now).await {
-                    Ok(n) if n > 0 => tracing::debug!(deleted = n, "expired device sessions and challenges"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %chain(&e), "sweeping expired sessions failed"),
-                }
-                if let Err(e) = state.console.sweep(now).await {
-                    tracing::error!(error = %chain(&e), "sweeping ended console sessions failed");
-                }
-            }
-            2 => match state.rules.run(&state.repo, &state.reports, now).await {
-                Ok(n) if n > 0 => tracing::info!(approvals = n, "approval rules approved updates"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %chain(&e), "applying approval rules failed"),
-            },
-            3 => match state.rollouts.tick(&state.repo, now).await {
-                Ok(n) if n > 0 => tracing::warn!(halted = n, "rollouts halted"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %chain(&e), "checking rollouts failed"),
-            },
-            4 if state.config.approvals.decline_superseded => {
-                match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
-                    Ok(n) if n > 0 => tracing::info!(declined = n, "declined superseded updates"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %chain(&e), "declining superseded updates failed"),
-                }
-            }
-            5 => {
-                // Each warning once, while it lasts.
-                if let Ok(health) = state.repo.health(now).await {
-                    for w in health.warnings.iter().filter(|w| !warned.contains(w)) {
-                        tracing::warn!(warning = %w, "metadata expiry");
+        let (job, ok) = match step {
+            0 => (
+                "renew",
+                match state.repo.renew(now).await {
+                    Ok(renewed) => {
+                        if !renewed.is_empty() {
+                            let names: Vec<String> =
+                                renewed.iter().map(|r| format!("{}@{}", r.role, r.version)).collect();
+                            tracing::info!(renewed = ?names, "renewed online metadata");
+                        }
+                        true
                     }
-                    *warned = health.warnings;
-                }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "renewing online metadata failed");
+                        false
+                    }
+                },
+            ),
+            1 => {
+                let devices = match state.devices.sweep(now).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(deleted = n, "expired device sessions and challenges");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "sweeping expired sessions failed");
+                        false
+                    }
+                };
+                let console = match state.console.sweep(now).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "sweeping ended console sessions failed");
+                        false
+                    }
+                };
+                ("sweep", devices && console)
             }
-            _ => {}
-        }
+            2 => (
+                "rules",
+                match state.rules.run(&state.repo, &state.reports, now).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(approvals = n, "approval rules approved updates");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "applying approval rules failed");
+                        false
+                    }
+                },
+            ),
+            3 => (
+                "rollouts",
+                match state.rollouts.tick(&state.repo, now).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::warn!(halted = n, "rollouts halted");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "checking rollouts failed");
+                        false
+                    }
+                },
+            ),
+            4 if state.config.approvals.decline_superseded => (
+                "decline-superseded",
+                match state.rules.decline_superseded(&state.repo, &state.reports, now).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(declined = n, "declined superseded updates");
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "declining superseded updates failed");
+                        false
+                    }
+                },
+            ),
+            5 => (
+                "expiry-warnings",
+                match state.repo.health(now).await {
+                    // Each warning once, while it lasts.
+                    Ok(health) => {
+                        for w in health.warnings.iter().filter(|w| !warned.contains(w)) {
+                            tracing::warn!(warning = %w, "metadata expiry");
+                        }
+                        *warned = health.warnings;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %chain(&e), "reading metadata expiry failed");
+                        false
+                    }
+                },
+            ),
+            _ => continue,
+        };
+        state.metrics.job(job, ok);
     }
 }
 

@@ -21,6 +21,7 @@ pub mod domain;
 pub mod error;
 pub mod export;
 pub mod jobs;
+pub mod metrics;
 pub mod notify;
 pub mod online_keys;
 pub mod throttle;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub rollouts: domain::rollouts::Rollouts,
     /// The web console's sessions.
     pub console: domain::console::Console,
+    /// What `/metrics` reports.
+    pub metrics: metrics::Metrics,
     /// The transparency log.
     pub log: domain::log::Log,
     /// This node among the nodes sharing the database (who runs the background jobs).
@@ -218,6 +221,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         rules,
         rollouts,
         console,
+        metrics: metrics::Metrics::default(),
         log,
         device_permits,
         anonymous_body_permits,
@@ -277,14 +281,16 @@ pub async fn serve(
     let device = tokio::spawn(tls::serve_tls(
         device_listener,
         tls_config.clone(),
-        device::router(state.clone()),
+        device::router(state.clone())
+            .layer(axum::middleware::from_fn_with_state((state.clone(), "device"), metrics::record)),
         device_limits,
         stop_rx.clone(),
     ));
     let admin = tokio::spawn(tls::serve_tls(
         admin_listener,
         tls_config,
-        admin::router(state.clone()),
+        admin::router(state.clone())
+            .layer(axum::middleware::from_fn_with_state((state.clone(), "admin"), metrics::record)),
         admin_limits,
         stop_rx.clone(),
     ));

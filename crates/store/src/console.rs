@@ -77,11 +77,11 @@ impl ConsoleStore for SqlStore {
 
     async fn console_session(&self, secret_sha256: &str, now: i64, idle_since: i64) -> Result<Option<TokenRecord>> {
         let row = sqlx::query(
-            "SELECT t.id, t.name, t.secret_sha256, t.scopes, t.created_at, \
+            "SELECT t.id, t.name, t.secret_sha256, t.scopes, t.created_at, t.expires_at, \
              CASE WHEN t.revoked THEN 1 ELSE 0 END AS revoked \
              FROM console_sessions s JOIN api_tokens t ON t.id = s.token_id \
              WHERE s.secret_sha256 = $1 AND s.kind = 'session' AND s.expires_at > $2 AND s.last_seen >= $3 \
-             AND NOT t.revoked",
+             AND NOT t.revoked AND t.expires_at > $2",
         )
         .bind(secret_sha256)
         .bind(now)
@@ -207,6 +207,7 @@ mod tests {
             scopes: vec!["read".into()],
             created_at: 0,
             revoked: false,
+            expires_at: 4000,
         };
         store.insert_token(&token).await.unwrap();
         (dir, store)
@@ -248,6 +249,8 @@ mod tests {
         store.delete_console_session("aa").await.unwrap();
         assert!(store.console_session("aa", 1300, 0).await.unwrap().is_none(), "logged out");
 
+        // A session ends with its token's lifetime.
+        assert!(store.console_session("bb", 4000, 0).await.unwrap().is_none(), "its token expired");
         store.insert_console_session(&session("dd")).await.unwrap();
         store.revoke_token("t1").await.unwrap();
         assert!(store.console_session("dd", 1100, 0).await.unwrap().is_none(), "its token was revoked");

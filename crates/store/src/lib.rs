@@ -64,6 +64,8 @@ pub struct TokenRecord {
     pub scopes: Vec<String>,
     pub created_at: i64,
     pub revoked: bool,
+    /// Refused from this time on (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// One entry of the update catalog; `manifest` is the validated update manifest as JSON text.
@@ -151,6 +153,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> Result<Vec<TokenRecord>>;
     /// Mark a token revoked; `NotFound` if there is no such token.
     async fn revoke_token(&self, id: &str) -> Result<()>;
+    /// Make the token expire at `at` unless it expires sooner already; `NotFound` if there is
+    /// no such token.
+    async fn expire_token_by(&self, id: &str, at: i64) -> Result<()>;
     async fn count_tokens(&self) -> Result<u64>;
 
     /// Record that a blob of that hash and length is in the blob store (idempotent).

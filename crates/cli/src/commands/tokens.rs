@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use ringfence_proto::api::{Scope, TokenCreated, TokenInfo, TokenRequest};
+use ringfence_proto::api::{Scope, TokenCreated, TokenInfo, TokenRequest, TokenRotation};
 
 use crate::{ServerArgs, client, output};
 
@@ -17,6 +17,26 @@ pub enum TokenCommand {
         /// publish, approve, read or admin; repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
+        /// Days until the token is refused (1 to 730; default 90).
+        #[arg(long)]
+        days: Option<u64>,
+        /// Print JSON (for scripts), the secret included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a token by a new one with the same name and scopes, printed once like
+    /// `create`'s. The old token keeps working for the grace period, so whatever uses it can
+    /// move to the new one without downtime.
+    Rotate {
+        #[command(flatten)]
+        server: ServerArgs,
+        id: String,
+        /// Minutes the old token keeps working (0 to 10080; default 60; 0 ends it at once).
+        #[arg(long)]
+        grace_minutes: Option<u64>,
+        /// Days until the new token is refused (1 to 730; default 90).
+        #[arg(long)]
+        days: Option<u64>,
         /// Print JSON (for scripts), the secret included.
         #[arg(long)]
         json: bool,
@@ -39,26 +59,32 @@ pub enum TokenCommand {
 
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Create { server, name, scopes, json } => {
+        TokenCommand::Create { server, name, scopes, days, json } => {
             let scopes = scopes
                 .iter()
                 .map(|s| {
                     Scope::parse(s).with_context(|| format!("unknown scope {s}; use publish, approve, read or admin"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let answer = client(&server)?.send_json("POST", "/api/v1/tokens", &TokenRequest { name, scopes })?.ok()?;
+            let request = TokenRequest { name, scopes, expires_in_days: days };
+            let answer = client(&server)?.send_json("POST", "/api/v1/tokens", &request)?.ok()?;
             let created: TokenCreated = serde_json::from_slice(&answer)?;
             if json {
                 return output::json(&created);
             }
-            println!("{}", created.token);
-            let scopes: Vec<&str> = created.scopes.iter().map(|s| s.as_str()).collect();
+            print_created(&created);
+        }
+        TokenCommand::Rotate { server, id, grace_minutes, days, json } => {
+            let rotation = TokenRotation { grace_minutes, expires_in_days: days };
+            let answer = client(&server)?.send_json("POST", &format!("/api/v1/tokens/{id}/rotate"), &rotation)?.ok()?;
+            let created: TokenCreated = serde_json::from_slice(&answer)?;
+            if json {
+                return output::json(&created);
+            }
+            print_created(&created);
             eprintln!(
-                "token {} with scopes {}: the secret above is shown only now; revoke it with \
-                 `ringfence token revoke {}`",
-                created.id,
-                scopes.join(", "),
-                created.id
+                "token {id} keeps working for {} more minute(s); move its users to the token above",
+                grace_minutes.unwrap_or(60)
             );
         }
         TokenCommand::List { server, json } => {
@@ -67,15 +93,23 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
             if json {
                 return output::json(&tokens);
             }
-            let mut table = output::Table::new(&["ID", "NAME", "SCOPES", "CREATED", "STATE"]);
+            let mut table = output::Table::new(&["ID", "NAME", "SCOPES", "CREATED", "EXPIRES", "STATE"]);
+            let now = crate::now();
             for t in &tokens {
                 let scopes: Vec<&str> = t.scopes.iter().map(|s| s.as_str()).collect();
-                let state = if t.revoked { "revoked" } else { "active" };
+                let state = if t.revoked {
+                    "revoked"
+                } else if t.expires_at <= now {
+                    "expired"
+                } else {
+                    "active"
+                };
                 table.row(vec![
                     t.id.clone(),
                     t.name.clone(),
                     scopes.join(","),
                     output::time(t.created_at),
+                    output::time(t.expires_at),
                     state.into(),
                 ]);
             }
@@ -87,4 +121,18 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new token's secret alone on standard output, what it is on standard error.
+fn print_created(created: &TokenCreated) {
+    println!("{}", created.token);
+    let scopes: Vec<&str> = created.scopes.iter().map(|s| s.as_str()).collect();
+    eprintln!(
+        "token {} with scopes {}, refused from {}: the secret above is shown only now; revoke it with \
+         `ringfence token revoke {}`",
+        created.id,
+        scopes.join(", "),
+        output::time(created.expires_at),
+        created.id
+    );
 }

@@ -318,6 +318,181 @@ fn token_commands_print_tables_for_people_and_json_for_scripts() {
     assert_eq!(run(&["device", "list"]).trim(), "no devices");
 }
 
+/// Tokens expire (90 days unless chosen, at most 730) and are rotated without downtime: the
+/// new token works at once, the old one until its grace period ends, then neither it nor a
+/// console session it opened is accepted.
+#[test]
+fn admin_tokens_expire_and_rotate_without_downtime() {
+    let server = Server::start(|_| {});
+    let run = |args: &[&str]| crate::common::run_ok(server.cli().args(args));
+    let now = ringfence_server::unix_now();
+    let created: Value =
+        serde_json::from_str(&run(&["token", "create", "--name", "ci", "--scope", "read", "--json"])).unwrap();
+    let expires = created["expires_at"].as_i64().unwrap();
+    assert!((expires - now - 90 * 86_400).abs() < 120, "the default lifetime is 90 days: {created}");
+    let short: Value =
+        serde_json::from_str(&run(&["token", "create", "--name", "short", "--scope", "read", "--days", "1", "--json"]))
+            .unwrap();
+    assert!((short["expires_at"].as_i64().unwrap() - now - 86_400).abs() < 120, "{short}");
+    for days in ["0", "731"] {
+        let out =
+            server.cli().args(["token", "create", "--name", "x", "--scope", "read", "--days", days]).output().unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("expires_in_days: 1 to 730"), "{out:?}");
+    }
+    let table = run(&["token", "list"]);
+    assert!(table.lines().next().unwrap().contains("EXPIRES"), "{table}");
+    // The console's dashboard tells an administrator which tokens end within two weeks.
+    let admin_session = server.runtime.block_on(server.state.console.login(&server.token, now)).unwrap().0;
+    let agent = ringfence_cli::http::agent(&std::fs::read(&server.ca).unwrap()).unwrap();
+    let dashboard = agent
+        .get(&format!("{}/console/", server.admin_url))
+        .header("cookie", &format!("{}={admin_session}", ringfence_server::console::COOKIE))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let short_id = short["id"].as_str().unwrap();
+    assert!(dashboard.contains(&format!("ringfence token rotate {short_id}")), "{dashboard}");
+    assert!(!dashboard.contains(&format!("ringfence token rotate {}", created["id"].as_str().unwrap())));
+
+    // An expired token is refused, by the API and the console alike.
+    let secret = short["token"].as_str().unwrap().to_owned();
+    let client = server.client(Some(&secret));
+    assert_eq!(client.get("/api/v1/updates").unwrap().status, 200);
+    let session = server.runtime.block_on(server.state.console.login(&secret, now)).unwrap().0;
+    let id = short["id"].as_str().unwrap();
+    crate::common::sql(&server, &format!("UPDATE api_tokens SET expires_at = {} WHERE id = '{id}'", now - 1));
+    assert_eq!(client.get("/api/v1/updates").unwrap().status, 401);
+    assert!(server.runtime.block_on(server.state.console.session(&session, now)).is_err(), "its session ended");
+    assert!(server.runtime.block_on(server.state.console.login(&secret, now)).is_err());
+    // Nor is it rotated: an expired token is replaced by creating a new one.
+    let out = server.cli().args(["token", "rotate", id]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("revoked or expired"), "{out:?}");
+    assert!(run(&["token", "list"]).lines().any(|l| l.contains("short") && l.ends_with("expired")));
+
+    // Rotation: a new secret with the same name and scopes; the old one works until the grace
+    // period ends, then is refused.
+    let old_secret = created["token"].as_str().unwrap().to_owned();
+    let old_id = created["id"].as_str().unwrap().to_owned();
+    let rotated: Value =
+        serde_json::from_str(&run(&["token", "rotate", &old_id, "--grace-minutes", "30", "--json"])).unwrap();
+    assert_ne!(rotated["token"], created["token"]);
+    assert_eq!(rotated["scopes"], json!(["read"]));
+    let new_client = server.client(rotated["token"].as_str());
+    assert_eq!(new_client.get("/api/v1/updates").unwrap().status, 200);
+    let old_client = server.client(Some(&old_secret));
+    assert_eq!(old_client.get("/api/v1/updates").unwrap().status, 200, "within the grace period");
+    let listed: Vec<Value> = serde_json::from_str(&run(&["token", "list", "--json"])).unwrap();
+    let old = listed.iter().find(|t| t["id"] == old_id.as_str()).unwrap();
+    let ends = old["expires_at"].as_i64().unwrap();
+    assert!((ends - now - 30 * 60).abs() < 120, "the old token ends 30 minutes from now: {old}");
+    assert!(listed.iter().any(|t| t["name"] == "ci" && t["id"] == rotated["id"]));
+    // The grace period passes.
+    crate::common::sql(&server, &format!("UPDATE api_tokens SET expires_at = {} WHERE id = '{old_id}'", now - 1));
+    assert_eq!(old_client.get("/api/v1/updates").unwrap().status, 401);
+    assert_eq!(new_client.get("/api/v1/updates").unwrap().status, 200);
+    // A rotation never lengthens a token's life, and needs the admin scope.
+    let bad = server
+        .admin()
+        .send_json("POST", &format!("/api/v1/tokens/{old_id}/rotate"), &json!({"grace_minutes": 99999}))
+        .unwrap();
+    assert_eq!(bad.status, 400);
+    let refused = new_client
+        .send_json("POST", &format!("/api/v1/tokens/{}/rotate", rotated["id"].as_str().unwrap()), &json!({}))
+        .unwrap();
+    assert_eq!(refused.status, 403);
+    let audit = run(&["audit"]);
+    assert!(audit.contains(&format!("rotated token {old_id} (ci)")), "{audit}");
+}
+
+/// `/metrics` answers a token with the `read` scope in the OpenMetrics text format, which the
+/// Prometheus project's own parser reads; the figures follow what happened: a device's
+/// check-in and report, its state, requests by route (a scanner's paths counted as
+/// `unmatched`), job runs, every role's time to expiry.
+#[test]
+fn metrics_are_scraped_with_a_read_token_and_read_by_the_prometheus_parser() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = crate::agents::enroll(&server, &root, "m-1", "pilot", &crate::agents::token(&server, "pilot", 1));
+    crate::agents::publish_script(&server, "kb-m");
+    assert!(server.approve("pilot", "acme/kb-m.sh").contains("is published"));
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "{out}");
+    let device = server.device_client();
+    assert_eq!(device.get("/no/such/../path").unwrap().status, 404);
+    assert_eq!(device.get("/wp-login.php").unwrap().status, 404);
+
+    assert_eq!(server.client(None).get("/metrics").unwrap().status, 401);
+    let created: Value = serde_json::from_slice(
+        &server
+            .admin()
+            .send_json("POST", "/api/v1/tokens", &json!({"name": "prometheus", "scopes": ["read"]}))
+            .unwrap()
+            .ok()
+            .unwrap(),
+    )
+    .unwrap();
+    let scraper = server.client(created["token"].as_str());
+    // The job loop's first pass runs at start; wait (at most 10 s) until it is counted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let samples = loop {
+        let answer = scraper.get("/metrics").unwrap();
+        assert_eq!(answer.status, 200);
+        assert!(answer.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+        let mut parse = std::process::Command::new(crate::common::python())
+            .arg(crate::common::interop_script("parse_metrics.py"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        parse.stdin.take().unwrap().write_all(&answer.body).unwrap();
+        let out = parse.wait_with_output().unwrap();
+        assert!(out.status.success(), "prometheus_client refused it: {}", String::from_utf8_lossy(&out.stderr));
+        let samples: Vec<(String, std::collections::BTreeMap<String, String>, f64)> =
+            serde_json::from_slice(&out.stdout).unwrap();
+        let jobs_ran = samples.iter().any(|(n, l, v)| {
+            n == "ringfence_job_runs_total" && l.get("job").map(String::as_str) == Some("renew") && *v >= 1.0
+        });
+        if jobs_ran || std::time::Instant::now() > deadline {
+            break samples;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|s| s.2)
+    };
+    assert!(value("ringfence_device_checkins_total", &[]).unwrap() >= 1.0);
+    assert!(value("ringfence_reports_ingested_total", &[]).unwrap() >= 1.0);
+    assert_eq!(value("ringfence_devices", &[("state", "accepted")]), Some(1.0));
+    assert_eq!(value("ringfence_devices_seen_24h", &[]), Some(1.0));
+    assert_eq!(value("ringfence_job_runs_total", &[("job", "renew"), ("outcome", "ok")]).map(|v| v >= 1.0), Some(true));
+    let timestamp = value("ringfence_role_expiry_seconds", &[("role", "timestamp")]).unwrap();
+    assert!(timestamp > 0.0, "{timestamp}");
+    assert!(value("ringfence_log_entries", &[]).unwrap() > 0.0);
+    let checkins = value(
+        "ringfence_http_requests_total",
+        &[("listener", "device"), ("route", "/device/v1/checkin"), ("status", "200")],
+    );
+    assert!(checkins.unwrap() >= 1.0);
+    assert_eq!(
+        value("ringfence_http_requests_total", &[("listener", "device"), ("route", "unmatched"), ("status", "404")]),
+        Some(2.0),
+        "a scanner's paths are one series"
+    );
+    assert!(!samples.iter().any(|(_, l, _)| l.values().any(|v| v.contains("wp-login"))));
+    assert!(
+        value("ringfence_http_request_duration_seconds_count", &[("listener", "admin"), ("route", "/metrics")])
+            .is_some_and(|n| n >= 1.0)
+    );
+}
+
 #[test]
 fn publishing_an_update_again_finishes_an_interrupted_publish_and_changes_nothing_else() {
     let server = Server::start(|_| {});

@@ -399,7 +399,9 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
 }
 
 /// `ringfence quickstart` prints the console's address and a one-time login link, which logs
-/// a browser in once; an enrollment token made in the console is shown once and audited.
+/// a browser in once; an enrollment token made in the console is shown once and audited. Run
+/// with JSON logs: every line on standard error is a JSON object, and a request's line carries
+/// the id its answer's `x-request-id` names.
 #[test]
 fn quickstart_prints_a_one_time_console_login_that_works_once() {
     use std::io::BufRead;
@@ -410,8 +412,10 @@ fn quickstart_prints_a_one_time_console_login_that_works_once() {
         .arg(format!("127.0.0.1:{admin}"))
         .arg("--dir")
         .arg(dir.path())
+        .env("RINGFENCE_LOG_FORMAT", "json")
+        .env("RINGFENCE_LOG", "info,ringfence_access=debug")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("server.log")).unwrap())
         .spawn()
         .unwrap();
     struct Stop(std::process::Child);
@@ -451,9 +455,10 @@ fn quickstart_prints_a_one_time_console_login_that_works_once() {
                 .content_type("application/x-www-form-urlencoded")
                 .send(form);
             match sent {
-                Ok(mut answer) => {
+                Ok(answer) => {
                     let cookie = answer.headers().get("set-cookie").map(|v| v.to_str().unwrap().to_owned());
-                    return (answer.status().as_u16(), cookie, answer.body_mut().read_to_string().unwrap_or_default());
+                    let id = answer.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned());
+                    return (answer.status().as_u16(), cookie, id.unwrap_or_default());
                 }
                 Err(e) => {
                     assert!(std::time::Instant::now() < deadline, "the server did not answer: {e}");
@@ -462,12 +467,14 @@ fn quickstart_prints_a_one_time_console_login_that_works_once() {
             }
         }
     };
-    let (status, cookie, _) = post(&format!("once={code}"));
+    let (status, cookie, request_id) = post(&format!("once={code}"));
     assert_eq!(status, 303);
+    assert!(!request_id.is_empty(), "every answer names its request");
     let cookie = cookie.expect("a session cookie");
     assert!(cookie.starts_with(COOKIE), "{cookie}");
-    let (again, none, body) = post(&format!("once={code}"));
-    assert_eq!((again, none), (401, None), "{body}");
+    let (again, none, other_id) = post(&format!("once={code}"));
+    assert_eq!((again, none), (401, None));
+    assert_ne!(other_id, request_id);
 
     // The session works: an enrollment token made in the console is shown once.
     let session = cookie.split(';').next().unwrap().to_owned();
@@ -491,4 +498,16 @@ fn quickstart_prints_a_one_time_console_login_that_works_once() {
     assert!(shown.contains("rfet_") && shown.contains("It is shown only now"), "{shown}");
     let (_, audit) = get("/console/audit");
     assert!(audit.contains("one-time login") && audit.contains("enrollment-token"), "{audit}");
+
+    // JSON logs: one object per line; the login's line names its id, route and status.
+    let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let login = lines
+        .iter()
+        .find(|l| l["span"]["id"] == request_id.as_str())
+        .unwrap_or_else(|| panic!("no line of request {request_id} in\n{log}"));
+    assert_eq!(login["span"]["route"], "/console/login", "{login}");
+    assert_eq!(login["fields"]["status"], 303, "{login}");
+    assert_eq!(login["target"], "ringfence_access", "{login}");
 }

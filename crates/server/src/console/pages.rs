@@ -75,6 +75,19 @@ pub async fn dashboard(State(state): Shared, viewer: Viewer) -> PageResult {
     let rollouts = state.rollouts.status_for_display(&state.repo, now, TALLY_AGE).await?;
     let health = state.repo.health(now).await?;
     let active: Vec<&RolloutStatus> = rollouts.iter().filter(|r| r.state != "archived").collect();
+    // Tokens are an administrator's business (the API lists them to `admin` only).
+    let expiring: Vec<_> = if viewer.caller.require(needs::ADMIN).is_ok() {
+        let soon = now.saturating_add(14 * 86_400);
+        state
+            .tokens
+            .list()
+            .await?
+            .into_iter()
+            .filter(|t| !t.revoked && t.expires_at > now && t.expires_at <= soon)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let failed: u64 = active.iter().map(|r| r.failed + r.stuck).sum();
     let body = html! {
         section.cards {
@@ -103,6 +116,10 @@ pub async fn dashboard(State(state): Shared, viewer: Viewer) -> PageResult {
         h2 { "Repository health" }
         @if health.warnings.is_empty() { p.ok { "Every role is current." } }
         @for w in &health.warnings { p.warning { (w) } }
+        @for t in &expiring {
+            p.warning { "Admin token " (t.name) " (" code { (t.id) } ") is refused from " (when(t.expires_at))
+                ": rotate it with " code { "ringfence token rotate " (t.id) } "." }
+        }
         table {
             thead { tr { th { "Role" } th { "Version" } th { "Expires" } th { "Renewed by" } } }
             tbody {

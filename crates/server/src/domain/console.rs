@@ -58,7 +58,7 @@ impl Console {
     /// Log in with an admin token: a new session secret for the cookie, and who it is.
     /// `Unauthenticated` unless the token is valid and unrevoked. Audited.
     pub async fn login(&self, admin_token: &str, now: i64) -> Result<(String, TokenHolder)> {
-        let holder = self.tokens.authenticate(admin_token).await?;
+        let holder = self.tokens.authenticate(admin_token, now).await?;
         let secret = self.new_session(&holder.id, now).await?;
         let actor = format!("{} (token {})", holder.name, holder.id);
         self.audit.record(&actor, "console", "logged in to the console", now).await?;
@@ -68,7 +68,7 @@ impl Console {
     /// A one-time login code for the holder of `admin_token`, valid for `valid_secs`: it logs
     /// a browser in once (what `ringfence quickstart` prints as a link). Audited.
     pub async fn login_code(&self, admin_token: &str, valid_secs: i64, now: i64) -> Result<String> {
-        let holder = self.tokens.authenticate(admin_token).await?;
+        let holder = self.tokens.authenticate(admin_token, now).await?;
         let code = random_secret(LOGIN_CODE_PREFIX);
         let record = ConsoleSessionRecord {
             secret_sha256: session_hash(&code),
@@ -96,7 +96,7 @@ impl Console {
             .list_tokens()
             .await?
             .into_iter()
-            .find(|t| t.id == token_id && !t.revoked)
+            .find(|t| t.id == token_id && !t.revoked && t.expires_at > now)
             .ok_or(Error::Unauthenticated)?;
         let secret = self.new_session(&token.id, now).await?;
         let actor = format!("{} (token {})", token.name, token.id);
@@ -119,7 +119,7 @@ impl Console {
     }
 
     /// The token a live session stands for; `Unauthenticated` when there is none (unknown,
-    /// idle too long, expired, logged out, or its token revoked).
+    /// idle too long, expired, logged out, or its token revoked or expired).
     pub async fn session(&self, secret: &str, now: i64) -> Result<TokenHolder> {
         if secret.len() != SESSION_PREFIX.len() + 64 || !secret.starts_with(SESSION_PREFIX) {
             return Err(Error::Unauthenticated);

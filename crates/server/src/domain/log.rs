@@ -412,6 +412,11 @@ impl Log {
         Ok(self.served().await?.map(served_note))
     }
 
+    /// Entries sequenced so far.
+    pub async fn size(&self) -> Result<u64> {
+        Ok(self.db.log_size().await?)
+    }
+
     /// The newest entries sequenced (at most `limit`, newest first) with their indexes, and the
     /// log's size.
     pub async fn recent_entries(&self, limit: u64) -> Result<(u64, Vec<(u64, String)>)> {

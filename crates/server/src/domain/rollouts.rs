@@ -351,6 +351,15 @@ impl Rollouts {
         Ok(out)
     }
 
+    /// How many rollouts are in each state (running, paused, halted, stopped, …).
+    pub async fn count_by_state(&self) -> Result<Vec<(String, u64)>> {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for r in self.db.rollouts().await? {
+            *counts.entry(r.state).or_insert(0) += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     /// [`Rollouts::status`] for people looking (the console): state, share, reason and the
     /// failure counts read now, each stage's device counts from a tally at most `max_age`
     /// seconds old when this node has one (the job loop computes one every interval).

@@ -1,10 +1,14 @@
-//! Admin API tokens: issued with scopes, shown once, stored only as the SHA-256 of the secret,
-//! revocable. Every issue and revocation is audited.
+//! Admin API tokens: issued with scopes and a lifetime, shown once, stored only as the SHA-256
+//! of the secret, revocable, and rotated without downtime (a new token with the same name and
+//! scopes; the old one ends after a grace period). Every issue, rotation and revocation is
+//! audited.
 
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use ringfence_proto::api::{Scope, TokenCreated, TokenInfo, TokenRequest};
+use ringfence_proto::api::{
+    DEFAULT_TOKEN_DAYS, MAX_TOKEN_DAYS, Scope, TokenCreated, TokenInfo, TokenRequest, TokenRotation,
+};
 use ringfence_store::{Database, TokenRecord};
 
 use ringfence_tlog::entry::Entry;
@@ -17,6 +21,10 @@ pub const TOKEN_PREFIX: &str = "rfat_";
 
 /// Longest a token name may be.
 const MAX_NAME: usize = 64;
+
+/// How long a rotated token keeps working unless the rotation says, and at most.
+const DEFAULT_GRACE_MINUTES: u64 = 60;
+const MAX_GRACE_MINUTES: u64 = 7 * 24 * 60;
 
 /// A valid, unrevoked token, as the caller it authenticates.
 #[derive(Debug, Clone)]
@@ -46,6 +54,11 @@ impl Tokens {
         if request.name.is_empty() || request.name.len() > MAX_NAME || request.scopes.is_empty() {
             return Err(Error::Invalid(format!("name: 1 to {MAX_NAME} characters; scopes: at least one")));
         }
+        let days = request.expires_in_days.unwrap_or(DEFAULT_TOKEN_DAYS);
+        if !(1..=MAX_TOKEN_DAYS).contains(&days) {
+            return Err(Error::Invalid(format!("expires_in_days: 1 to {MAX_TOKEN_DAYS}")));
+        }
+        let expires_at = now.saturating_add(i64::try_from(days).unwrap_or(0).saturating_mul(86_400));
         let mut secret = [0u8; 32];
         OsRng.fill_bytes(&mut secret);
         let mut id = [0u8; 8];
@@ -58,6 +71,7 @@ impl Tokens {
             scopes: request.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
             created_at: now,
             revoked: false,
+            expires_at,
         };
         self.db.insert_token(&record).await?;
         let entry =
@@ -69,9 +83,15 @@ impl Tokens {
             Entry::AdminToken { id: record.id.clone(), name: "-".into(), scopes: record.scopes.clone() }
         };
         super::log::enqueue(&*self.db, &[entry]).await?;
-        let detail = format!("created token {} ({}) with scopes {:?}", record.id, record.name, record.scopes);
+        let detail = format!(
+            "created token {} ({}) with scopes {:?}, expiring at {}",
+            record.id,
+            record.name,
+            record.scopes,
+            ringfence_trust::expiry::format(expires_at)
+        );
         self.audit.record(actor, "token", &detail, now).await?;
-        Ok(TokenCreated { id: record.id, token, scopes: request.scopes.clone() })
+        Ok(TokenCreated { id: record.id, token, scopes: request.scopes.clone(), expires_at })
     }
 
     /// Every token, oldest first, without secrets.
@@ -87,6 +107,7 @@ impl Tokens {
                 scopes: t.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
                 created_at: t.created_at,
                 revoked: t.revoked,
+                expires_at: t.expires_at,
             })
             .collect())
     }
@@ -101,13 +122,44 @@ impl Tokens {
         self.audit.record(actor, "token", &format!("revoked token {id}"), now).await
     }
 
-    /// The holder of `secret`: `Unauthenticated` unless it is a token issued here and not revoked.
-    pub async fn authenticate(&self, secret: &str) -> Result<TokenHolder> {
+    /// Replace token `id` by a new one with its name and scopes (and a lifetime of its own);
+    /// the old one ends `grace_minutes` from now unless it ends sooner. A revoked or expired
+    /// token is not rotated (`Conflict`): create a new one.
+    pub async fn rotate(&self, id: &str, rotation: &TokenRotation, actor: &str, now: i64) -> Result<TokenCreated> {
+        let grace = rotation.grace_minutes.unwrap_or(DEFAULT_GRACE_MINUTES);
+        if grace > MAX_GRACE_MINUTES {
+            return Err(Error::Invalid(format!("grace_minutes: 0 to {MAX_GRACE_MINUTES}")));
+        }
+        let old = self.db.list_tokens().await?.into_iter().find(|t| t.id == id).ok_or(Error::NotFound)?;
+        if old.revoked || old.expires_at <= now {
+            return Err(Error::Conflict(format!("token {id} is revoked or expired: create a new token instead")));
+        }
+        let request = TokenRequest {
+            name: old.name.clone(),
+            scopes: old.scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            expires_in_days: rotation.expires_in_days,
+        };
+        let created = self.issue(&request, actor, now).await?;
+        let ends = now.saturating_add(i64::try_from(grace).unwrap_or(0).saturating_mul(60));
+        self.db.expire_token_by(id, ends).await?;
+        let detail = format!(
+            "rotated token {id} ({}) into {}; {id} is refused from {}",
+            old.name,
+            created.id,
+            ringfence_trust::expiry::format(ends.min(old.expires_at))
+        );
+        self.audit.record(actor, "token", &detail, now).await?;
+        Ok(created)
+    }
+
+    /// The holder of `secret`: `Unauthenticated` unless it is a token issued here, not revoked
+    /// and not expired at `now`.
+    pub async fn authenticate(&self, secret: &str, now: i64) -> Result<TokenHolder> {
         if secret.len() > 128 || !secret.starts_with(TOKEN_PREFIX) {
             return Err(Error::Unauthenticated);
         }
         let token = self.db.token_by_secret_sha256(&token_hash(secret)).await?.ok_or(Error::Unauthenticated)?;
-        if token.revoked {
+        if token.revoked || token.expires_at <= now {
             return Err(Error::Unauthenticated);
         }
         let scopes = token.scopes.iter().filter_map(|s| Scope::parse(s)).collect();
