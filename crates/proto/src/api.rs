@@ -47,7 +47,7 @@ pub struct TokenRequest {
     pub scopes: Vec<Scope>,
     /// Days until the token is refused: 1 to [`MAX_TOKEN_DAYS`], [`DEFAULT_TOKEN_DAYS`] when
     /// absent.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_days: Option<u64>,
 }
 
@@ -62,9 +62,9 @@ pub const MAX_TOKEN_DAYS: u64 = 730;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRotation {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_minutes: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_in_days: Option<u64>,
 }
 
@@ -75,7 +75,8 @@ pub struct TokenCreated {
     /// The secret; shown once, stored only as a hash.
     pub token: String,
     pub scopes: Vec<Scope>,
-    /// Refused from this time on (Unix seconds).
+    /// Refused from this time on (Unix seconds; 0 from a server older than token expiry).
+    #[serde(default)]
     pub expires_at: i64,
 }
 
@@ -88,7 +89,8 @@ pub struct TokenInfo {
     pub scopes: Vec<Scope>,
     pub created_at: i64,
     pub revoked: bool,
-    /// Refused from this time on (Unix seconds).
+    /// Refused from this time on (Unix seconds; 0 from a server older than token expiry).
+    #[serde(default)]
     pub expires_at: i64,
 }
 

@@ -56,6 +56,19 @@ enum Command {
         #[arg(long = "static")]
         dir: PathBuf,
     },
+    /// Issue an admin token on the server's own machine, through its database: for when every
+    /// admin token has expired or was revoked. Whoever can run this can read the server's data
+    /// anyway; it is audited (`local recovery`) and logged like any token. The secret is
+    /// printed once on standard output.
+    RecoverAdminToken {
+        #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "recovered-admin")]
+        name: String,
+        /// Days until the token is refused (1 to 730; default 90).
+        #[arg(long)]
+        days: Option<u64>,
+    },
     /// A witness for transparency logs (C2SP tlog-witness): cosigns checkpoints, only ever
     /// forward.
     Witness {
@@ -112,6 +125,26 @@ fn run() -> anyhow::Result<()> {
                 done.metadata,
                 done.targets,
                 dir.display()
+            );
+            Ok(())
+        }
+        Command::RecoverAdminToken { config, name, days } => {
+            let config = ringfence_server::Config::load(&config)?;
+            let created = runtime()?.block_on(async {
+                let state = ringfence_server::open_state(config).await?;
+                let request = ringfence_proto::api::TokenRequest {
+                    name,
+                    scopes: ringfence_proto::api::Scope::ALL.to_vec(),
+                    expires_in_days: days,
+                };
+                let now = ringfence_server::unix_now();
+                anyhow::Ok(state.tokens.issue(&request, "local recovery", now).await?)
+            })?;
+            println!("{}", created.token);
+            eprintln!(
+                "admin token {} (every scope), refused from {}: shown only now",
+                created.id,
+                ringfence_trust::expiry::format(created.expires_at)
             );
             Ok(())
         }

@@ -103,6 +103,7 @@ async fn metrics(State(state): Shared, caller: Caller) -> ApiResult<Response> {
         rollouts: state.rollouts.count_by_state().await?,
         role_expiry,
         log_size: state.log.size().await?,
+        webhook_waiting: state.events.counts().await?.0,
     };
     let text = state.metrics.render(&snapshot).map_err(ApiError::internal)?;
     let mut r = Response::new(Body::from(text));
@@ -162,6 +163,8 @@ async fn publish_update(State(state): Shared, caller: Caller, body: Body) -> Api
     let manifest = json_body(body).await?;
     let now = crate::unix_now();
     let outcome = state.repo.publish_update(manifest, &caller.actor(), now).await?;
+    let event = crate::domain::events::Event::new("update_published", &caller.actor(), now);
+    state.events.emit(crate::domain::events::Event { update: outcome.update_id.clone(), ..event }).await;
     // Rules approve what they match at once where the publisher's key signed online.
     if outcome.pending.is_empty() {
         apply_rules(&state, now).await;

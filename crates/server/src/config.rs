@@ -162,6 +162,16 @@ pub struct ApprovalsConfig {
     /// A file holding the secret (at least 16 bytes) each event is HMAC-SHA256-signed with.
     #[serde(default)]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Seconds before a failed delivery is tried again, doubling with each failure up to an
+    /// hour (default 10).
+    #[serde(default = "ApprovalsConfig::default_retry_secs")]
+    pub webhook_retry_secs: u64,
+}
+
+impl ApprovalsConfig {
+    fn default_retry_secs() -> u64 {
+        10
+    }
 }
 
 fn yes() -> bool {
@@ -170,7 +180,13 @@ fn yes() -> bool {
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
-        Self { decline_superseded: true, webhook_url: None, webhook_ca_file: None, webhook_secret_file: None }
+        Self {
+            decline_superseded: true,
+            webhook_url: None,
+            webhook_ca_file: None,
+            webhook_secret_file: None,
+            webhook_retry_secs: Self::default_retry_secs(),
+        }
     }
 }
 

@@ -148,5 +148,16 @@ async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let follows = state.repo.followed_groups(&device.groups).await?;
     let answer = state.devices.report(&device, &batch, &follows, now).await?;
     state.metrics.reports_ingested(batch.reports.len() as u64);
+    // One event per batch at most (batches per device are rate-bounded).
+    if let Some(failed) = batch.reports.iter().find(|r| r.state == ringfence_proto::device::ReportState::Failed) {
+        let by = format!("device {}", device.id);
+        let event = crate::domain::events::Event {
+            device: Some(device.id.clone()),
+            target: Some(failed.target.clone()),
+            reason: failed.reason.clone(),
+            ..crate::domain::events::Event::new("device_update_failed", &by, now)
+        };
+        state.events.emit(event).await;
+    }
     Ok(Json(answer).into_response())
 }

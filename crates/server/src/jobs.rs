@@ -140,23 +140,7 @@ async fn run_jobs(state: &AppState, now: i64, warned: &mut Vec<String>) {
                     }
                 },
             ),
-            5 => (
-                "expiry-warnings",
-                match state.repo.health(now).await {
-                    // Each warning once, while it lasts.
-                    Ok(health) => {
-                        for w in health.warnings.iter().filter(|w| !warned.contains(w)) {
-                            tracing::warn!(warning = %w, "metadata expiry");
-                        }
-                        *warned = health.warnings;
-                        true
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %chain(&e), "reading metadata expiry failed");
-                        false
-                    }
-                },
-            ),
+            5 => ("expiry-warnings", expiry_warnings(state, now, warned).await),
             _ => continue,
         };
         state.metrics.job(job, ok);
@@ -211,4 +195,45 @@ pub async fn flush_checkins(state: Arc<AppState>, mut stop: tokio::sync::watch::
             return;
         }
     }
+}
+
+/// Warn (in the log, and a `role_near_expiry` webhook event) about offline roles that expire
+/// soon, and (in the log) about admin tokens that end within two weeks; each warning once,
+/// while it lasts.
+async fn expiry_warnings(state: &AppState, now: i64, warned: &mut Vec<String>) -> bool {
+    let (health, tokens) = match (state.repo.health(now).await, state.tokens.list().await) {
+        (Ok(health), Ok(tokens)) => (health, tokens),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %chain(&e), "reading expiry dates failed");
+            return false;
+        }
+    };
+    for w in health.warnings.iter().filter(|w| !warned.contains(w)) {
+        tracing::warn!(warning = %w, "metadata expiry");
+        let event = crate::domain::events::Event {
+            expiring_role: Some(w.split(' ').next().unwrap_or_default().to_owned()),
+            reason: Some(w.clone()),
+            ..crate::domain::events::Event::new("role_near_expiry", "server", now)
+        };
+        state.events.emit(event).await;
+    }
+    let soon = now.saturating_add(14 * 86_400);
+    let token_warnings: Vec<String> = tokens
+        .iter()
+        .filter(|t| !t.revoked && t.expires_at > now && t.expires_at <= soon)
+        .map(|t| {
+            format!(
+                "admin token {} ({}) is refused from {}: rotate it (ringfence token rotate {})",
+                t.id,
+                t.name,
+                ringfence_trust::expiry::format(t.expires_at),
+                t.id
+            )
+        })
+        .collect();
+    for w in token_warnings.iter().filter(|w| !warned.contains(w)) {
+        tracing::warn!(warning = %w, "admin token expiry");
+    }
+    *warned = health.warnings.into_iter().chain(token_warnings).collect();
+    true
 }

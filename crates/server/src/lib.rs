@@ -50,6 +50,9 @@ pub struct AppState {
     pub console: domain::console::Console,
     /// What `/metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Events for the webhook (kept in the outbox), and the webhook that receives them.
+    pub events: domain::events::Events,
+    pub webhook: Option<notify::Webhook>,
     /// The transparency log.
     pub log: domain::log::Log,
     /// This node among the nodes sharing the database (who runs the background jobs).
@@ -183,16 +186,11 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         config.console.session_hours,
     );
     let reports = domain::reports::Reports::new(db.clone());
-    let events = match notify::Webhook::from_config(&config.approvals).context("the approvals webhook")? {
-        Some(webhook) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(notify::QUEUE);
-            tokio::spawn(notify::deliver(webhook, rx));
-            domain::events::Events::new(Some(tx))
-        }
-        None => domain::events::Events::default(),
-    };
+    // Events are kept for delivery only when a webhook is configured; `serve` delivers them.
+    let webhook = notify::Webhook::from_config(&config.approvals).context("the approvals webhook")?;
+    let events = domain::events::Events::new(webhook.as_ref().map(|_| db.clone()), config.approvals.webhook_retry_secs);
     let rollouts = domain::rollouts::Rollouts::new(db.clone(), audit.clone(), events.clone());
-    let rules = domain::rules::Rules::new(db.clone(), audit.clone(), events);
+    let rules = domain::rules::Rules::new(db.clone(), audit.clone(), events.clone());
     let mut random = [0u8; 4];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut random);
     let node = format!(
@@ -222,6 +220,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         rollouts,
         console,
         metrics: metrics::Metrics::default(),
+        events,
+        webhook,
         log,
         device_permits,
         anonymous_body_permits,
@@ -296,13 +296,14 @@ pub async fn serve(
     ));
     let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx.clone()));
     let sequencer = tokio::spawn(jobs::sequence_log(state.clone(), stop_rx.clone()));
+    let webhooks = tokio::spawn(notify::deliver(state.clone(), stop_rx.clone()));
     let checkins = tokio::spawn(jobs::flush_checkins(state.clone(), stop_rx));
     if let Some(ready) = ready {
         let _ = ready.send(addrs);
     }
     shutdown.await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(device, admin, jobs, sequencer, checkins);
+    let _ = tokio::join!(device, admin, jobs, sequencer, webhooks, checkins);
     if let Err(e) = state.cluster.step_down().await {
         tracing::warn!(error = %e, "giving up the jobs lease failed; another node takes it when it runs out");
     }

@@ -34,11 +34,15 @@ pub struct Metrics {
     checkins: Counter,
     reports: Counter,
     jobs: Family<Labels, Counter>,
+    webhooks: Family<Labels, Counter>,
+    outbox: Gauge,
     devices: Family<Labels, Gauge>,
     devices_seen: Gauge,
     rollouts: Family<Labels, Gauge>,
     role_expiry: Family<Labels, Gauge>,
     log_size: Gauge,
+    /// One scrape at a time: a scrape clears and refills the scrape-time families.
+    render: std::sync::Mutex<()>,
 }
 
 /// What the scrape reads afresh.
@@ -51,6 +55,8 @@ pub struct Snapshot {
     /// (role, seconds until it expires; negative once expired)
     pub role_expiry: Vec<(String, i64)>,
     pub log_size: u64,
+    /// Webhook events waiting for delivery.
+    pub webhook_waiting: u64,
 }
 
 fn gauge_value(n: u64) -> i64 {
@@ -64,6 +70,8 @@ impl Default for Metrics {
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let (checkins, reports) = (Counter::default(), Counter::default());
         let jobs = Family::<Labels, Counter>::default();
+        let webhooks = Family::<Labels, Counter>::default();
+        let outbox = Gauge::default();
         let devices = Family::<Labels, Gauge>::default();
         let devices_seen = Gauge::default();
         let rollouts = Family::<Labels, Gauge>::default();
@@ -82,6 +90,8 @@ impl Default for Metrics {
         registry.register("ringfence_device_checkins", "Device check-ins answered", checkins.clone());
         registry.register("ringfence_reports_ingested", "Status reports received in accepted batches", reports.clone());
         registry.register("ringfence_job_runs", "Background job runs, by job and outcome", jobs.clone());
+        registry.register("ringfence_webhook_deliveries", "Webhook delivery attempts, by outcome", webhooks.clone());
+        registry.register("ringfence_webhook_events_waiting", "Webhook events waiting for delivery", outbox.clone());
         registry.register("ringfence_devices", "Devices by state", devices.clone());
         registry.register(
             "ringfence_devices_seen_24h",
@@ -102,11 +112,14 @@ impl Default for Metrics {
             checkins,
             reports,
             jobs,
+            webhooks,
+            outbox,
             devices,
             devices_seen,
             rollouts,
             role_expiry,
             log_size,
+            render: std::sync::Mutex::new(()),
         }
     }
 }
@@ -126,6 +139,12 @@ impl Metrics {
         self.jobs.get_or_create(&vec![("job", job.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
+    /// A webhook delivery attempt succeeded (`ok`) or failed.
+    pub fn webhook(&self, ok: bool) {
+        let outcome = if ok { "delivered" } else { "failed" };
+        self.webhooks.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
+    }
+
     fn request(&self, listener: &'static str, route: String, status: u16, seconds: f64) {
         let labels = vec![("listener", listener.to_owned()), ("route", route.clone()), ("status", status.to_string())];
         self.requests.get_or_create(&labels).inc();
@@ -134,6 +153,8 @@ impl Metrics {
 
     /// The text a scrape answers, with the scrape-time values set from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> Result<String, std::fmt::Error> {
+        let _one = self.render.lock().map_err(|_| std::fmt::Error)?;
+        self.outbox.set(gauge_value(snapshot.webhook_waiting));
         self.devices.clear();
         for (state, n) in &snapshot.devices {
             self.devices.get_or_create(&vec![("state", (*state).to_owned())]).set(gauge_value(*n));
@@ -212,6 +233,7 @@ mod tests {
             rollouts: vec![("running".into(), 1)],
             role_expiry: vec![("timestamp".into(), 3600)],
             log_size: 7,
+            webhook_waiting: 0,
         };
         let text = m.render(&snapshot).unwrap();
         for line in [

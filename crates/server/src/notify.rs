@@ -1,9 +1,10 @@
-//! Webhook notifications: when the server prepares an approval for a group's approvers (a rule
-//! or the supersedence job made it, and the server cannot sign for that group), it tells them.
-//! `[approvals] webhook_url` receives a JSON `POST` per event, signed with HMAC-SHA256 under
-//! the secret in `webhook_secret_file` (header `X-Ringfence-Signature: sha256=<hex>`). HTTPS
-//! trusts only `webhook_ca_file`; plain HTTP only to a loopback address. Delivery is best
-//! effort: one attempt, 10 s, at most 64 events waiting (more are dropped and logged).
+//! Webhook notifications: `[approvals] webhook_url` receives a JSON `POST` per event (an update
+//! published, an approval waiting for a group's approvers, a rollout halted, a device that
+//! failed an update, a role near expiry), signed with HMAC-SHA256 under the secret in
+//! `webhook_secret_file` (header `X-Ringfence-Signature: sha256=<hex>`). HTTPS trusts only
+//! `webhook_ca_file`; plain HTTP only to a loopback address. Events wait in the database's
+//! outbox and are retried with backoff until a 2xx answer (`domain::events`), across restarts;
+//! each attempt takes at most 10 s.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,8 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::ApprovalsConfig;
 use crate::domain::events::Event;
 
-/// Events waiting for delivery.
-pub const QUEUE: usize = 64;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HMAC-SHA256 (RFC 2104).
@@ -117,10 +116,14 @@ impl Webhook {
 
     /// Post one event; the HTTP status.
     pub async fn post(&self, event: &Event) -> anyhow::Result<u16> {
-        let body = serde_json::to_vec(event)?;
-        let signature = hex::encode(hmac_sha256(&self.secret, &body));
+        self.post_body(&serde_json::to_vec(event)?).await
+    }
+
+    /// Post an event's JSON body as kept, signed; the HTTP status.
+    pub async fn post_body(&self, body: &[u8]) -> anyhow::Result<u16> {
+        let signature = hex::encode(hmac_sha256(&self.secret, body));
         let headers = format!("Content-Type: application/json\r\nX-Ringfence-Signature: sha256={signature}\r\n");
-        let (status, _) = post(&self.endpoint, self.tls.as_ref(), &headers, &body).await.context("webhook")?;
+        let (status, _) = post(&self.endpoint, self.tls.as_ref(), &headers, body).await.context("webhook")?;
         Ok(status)
     }
 }
@@ -187,99 +190,65 @@ pub async fn post(
     Ok((status, body))
 }
 
-/// Deliver events until the channel closes.
-pub async fn deliver(webhook: Webhook, mut events: tokio::sync::mpsc::Receiver<Event>) {
-    while let Some(event) = events.recv().await {
-        match webhook.post(&event).await {
-            Ok(status) if (200..300).contains(&status) => tracing::debug!(status, "webhook delivered"),
-            Ok(status) => tracing::warn!(status, "webhook answered with an error"),
-            Err(e) => tracing::warn!(error = %format!("{e:#}"), "webhook not delivered"),
+/// Deliver the outbox's due events, every second, on the node that leads the jobs: each
+/// attempt a `POST` of the body as kept, signed; a 2xx answer delivers it, anything else is
+/// tried again after the backoff (`domain::events`). Delivered and given-up events are pruned
+/// after a week.
+pub async fn deliver(state: Arc<crate::AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(webhook) = &state.webhook else { return };
+    let mut last_prune = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hmac_matches_rfc_4231() {
-        let mac = hmac_sha256(&[0x0b; 20], b"Hi There");
-        assert_eq!(hex::encode(mac), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
-        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
-        assert_eq!(hex::encode(mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
-        // A key longer than a block is hashed first (RFC 4231 case 6).
-        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
-        assert_eq!(hex::encode(mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
-    }
-
-    #[test]
-    fn urls_are_https_or_loopback_http() {
-        let e = parse_url("https://hooks.example:8443/ringfence?x=1").unwrap();
-        assert_eq!((e.tls, e.host.as_str(), e.port, e.path.as_str()), (true, "hooks.example", 8443, "/ringfence?x=1"));
-        assert_eq!(parse_url("https://hooks.example").unwrap().port, 443);
-        assert_eq!(parse_url("http://127.0.0.1:9000/h").unwrap().port, 9000);
-        assert_eq!(parse_url("http://[::1]:9000/h").unwrap().host, "::1");
-        for bad in ["http://hooks.example/h", "ftp://x/y", "https://user@x/y", "https://x/a b", "hooks.example"] {
-            assert!(parse_url(bad).is_err(), "{bad}");
+        if !state.cluster.leading() {
+            continue;
         }
-    }
-
-    #[tokio::test]
-    async fn https_trusts_only_the_configured_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key): (std::path::PathBuf, std::path::PathBuf) =
-            (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-        crate::tls::write_self_signed(&cert, &key, &["127.0.0.1".into()]).unwrap();
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(&cert).unwrap().map(|c| c.unwrap()).collect();
-        let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key_der)
-            .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let received = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut tls = acceptor.accept(tcp).await.unwrap();
-            let mut buf = vec![0u8; 4096];
-            let n = tls.read(&mut buf).await.unwrap();
-            tls.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await.unwrap();
-            tls.shutdown().await.unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        });
-        let secret = dir.path().join("secret");
-        std::fs::write(&secret, "a shared secret of some length").unwrap();
-        let config = ApprovalsConfig {
-            decline_superseded: true,
-            webhook_url: Some(format!("https://127.0.0.1:{port}/hook")),
-            webhook_ca_file: Some(cert.clone()),
-            webhook_secret_file: Some(secret),
+        let now = crate::unix_now();
+        let due = match state.events.due(now, 16).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(error = %crate::domain::error::chain(&e), "reading the webhook outbox failed");
+                continue;
+            }
         };
-        let hook = Webhook::from_config(&config).unwrap().unwrap();
-        let event = Event::test();
-        assert_eq!(hook.post(&event).await.unwrap(), 204);
-        let request = received.await.unwrap();
-        assert!(request.starts_with("POST /hook HTTP/1.1\r\n"), "{request}");
-        let body = serde_json::to_vec(&event).unwrap();
-        let expected = format!(
-            "x-ringfence-signature: sha256={}",
-            hex::encode(hmac_sha256(b"a shared secret of some length", &body))
-        );
-        assert!(request.to_ascii_lowercase().contains(&expected), "{request}");
-        // Another CA: refused before anything is sent.
-        let other = dir.path().join("other.pem");
-        crate::tls::write_self_signed(&other, &dir.path().join("other.key"), &["127.0.0.1".into()]).unwrap();
-        let config = ApprovalsConfig { webhook_ca_file: Some(other), ..config };
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-        let acceptor_side = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
-        let hook = Webhook::from_config(&config).unwrap().unwrap();
-        assert!(hook.post(&event).await.is_err(), "a certificate from another CA is refused");
-        let _ = acceptor_side.await;
+        for event in due {
+            let outcome = match webhook.post_body(event.body.as_bytes()).await {
+                Ok(status) if (200..300).contains(&status) => Ok(()),
+                Ok(status) => Err(format!("answered {status}")),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            let now = crate::unix_now();
+            let kept = match outcome {
+                Ok(()) => {
+                    state.metrics.webhook(true);
+                    state.events.delivered(&event, now).await
+                }
+                Err(why) => {
+                    state.metrics.webhook(false);
+                    match state.events.failed(&event, &why, now).await {
+                        Ok(true) => {
+                            tracing::error!(event = %event.id, error = %why, "webhook event given up on");
+                            Ok(())
+                        }
+                        Ok(false) => {
+                            tracing::warn!(event = %event.id, error = %why, "webhook not delivered; tried again later");
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            if let Err(e) = kept {
+                tracing::error!(error = %crate::domain::error::chain(&e), "recording a webhook attempt failed");
+            }
+        }
+        if now - last_prune > 3600 {
+            last_prune = now;
+            if let Err(e) = state.events.prune(now).await {
+                tracing::error!(error = %crate::domain::error::chain(&e), "pruning the webhook outbox failed");
+            }
+        }
     }
 }

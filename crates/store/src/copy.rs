@@ -39,6 +39,7 @@ pub const TABLES: &[&str] = &[
     "log_checkpoints",
     "log_witnesses",
     "console_sessions",
+    "webhook_outbox",
 ];
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).

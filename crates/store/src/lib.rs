@@ -13,6 +13,7 @@ mod console;
 mod copy;
 mod devices;
 mod log;
+mod outbox;
 mod rollouts;
 mod rules;
 mod sql;
@@ -27,6 +28,7 @@ pub use devices::{
     PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
 };
 pub use log::{CheckpointRecord, LogBatch, LogStore, QueuedEntry};
+pub use outbox::{OutboxRecord, OutboxStore};
 pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
 pub use sql::{Engine, SqlStore};
@@ -156,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     /// Make the token expire at `at` unless it expires sooner already; `NotFound` if there is
     /// no such token.
     async fn expire_token_by(&self, id: &str, at: i64) -> Result<()>;
+    /// In one transaction: bring token `old`'s expiry forward to `ends` if it is neither
+    /// revoked nor expired at `now`, and store `new`. `false` (nothing changed) when `old` is
+    /// unknown, revoked or expired.
+    async fn rotate_token(&self, old: &str, new: &TokenRecord, ends: i64, now: i64) -> Result<bool>;
     async fn count_tokens(&self) -> Result<u64>;
 
     /// Record that a blob of that hash and length is in the blob store (idempotent).
@@ -182,7 +188,16 @@ pub trait Store: Send + Sync + 'static {
 /// Everything the server keeps, behind one object: the server holds an `Arc<dyn Database>`, so
 /// a backend is a new implementation of [`Store`] and [`DeviceStore`] and no caller changes.
 pub trait Database:
-    Store + DeviceStore + ComplianceStore + RuleStore + CleanupStore + RolloutStore + ClusterStore + LogStore + ConsoleStore
+    Store
+    + DeviceStore
+    + ComplianceStore
+    + RuleStore
+    + CleanupStore
+    + RolloutStore
+    + ClusterStore
+    + LogStore
+    + ConsoleStore
+    + OutboxStore
 {
 }
 
@@ -195,7 +210,8 @@ impl<
         + RolloutStore
         + ClusterStore
         + LogStore
-        + ConsoleStore,
+        + ConsoleStore
+        + OutboxStore,
 > Database for T
 {
 }

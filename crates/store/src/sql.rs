@@ -94,6 +94,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0012_token_expiry.sql"),
         include_str!("../migrations/postgres/0012_token_expiry.sql"),
     ),
+    (
+        13,
+        "webhook outbox",
+        include_str!("../migrations/0013_webhook_outbox.sql"),
+        include_str!("../migrations/postgres/0013_webhook_outbox.sql"),
+    ),
 ];
 
 /// The database engine behind a store.
@@ -479,6 +485,38 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn rotate_token(&self, old: &str, new: &TokenRecord, ends: i64, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE api_tokens SET expires_at = CASE WHEN expires_at > $2 THEN $2 ELSE expires_at END \
+             WHERE id = $1 AND NOT revoked AND expires_at > $3",
+        )
+        .bind(old)
+        .bind(ends)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO api_tokens (id, name, secret_sha256, scopes, created_at, revoked, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(new.id.as_str())
+        .bind(new.name.as_str())
+        .bind(new.secret_sha256.as_str())
+        .bind(join_names("scope", &new.scopes)?)
+        .bind(new.created_at)
+        .bind(new.revoked)
+        .bind(new.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| conflict_or(err, || "a token with that id or secret already exists".to_owned()))?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn count_tokens(&self) -> Result<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens").fetch_one(&self.pool).await?;
         count_from_row(&row)
@@ -793,6 +831,26 @@ mod tests {
         store.expire_token_by("t1", 600).await.unwrap();
         assert_eq!(store.token_by_secret_sha256(&"01".repeat(32)).await.unwrap().unwrap().expires_at, 600);
         assert!(matches!(store.expire_token_by("nope", 1).await, Err(StoreError::NotFound)));
+
+        // Rotation: the old token's expiry moves forward and the new one is stored, together;
+        // a revoked, expired or unknown token is not rotated and nothing is stored.
+        let next = TokenRecord {
+            id: "t5".into(),
+            name: "ci".into(),
+            secret_sha256: "05".repeat(32),
+            scopes: vec!["read".into()],
+            created_at: 100,
+            revoked: false,
+            expires_at: 9000,
+        };
+        assert!(store.rotate_token("t1", &next, 500, 100).await.unwrap());
+        assert_eq!(store.token_by_secret_sha256(&"01".repeat(32)).await.unwrap().unwrap().expires_at, 500);
+        assert_eq!(store.token_by_secret_sha256(&"05".repeat(32)).await.unwrap(), Some(next.clone()));
+        let again = TokenRecord { id: "t6".into(), secret_sha256: "06".repeat(32), ..next.clone() };
+        assert!(!store.rotate_token("t1", &again, 900, 500).await.unwrap(), "expired at 500");
+        assert!(!store.rotate_token("t2", &again, 900, 100).await.unwrap(), "revoked");
+        assert!(!store.rotate_token("nope", &again, 900, 100).await.unwrap());
+        assert_eq!(store.token_by_secret_sha256(&"06".repeat(32)).await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -405,6 +405,20 @@ fn admin_tokens_expire_and_rotate_without_downtime() {
     assert_eq!(refused.status, 403);
     let audit = run(&["audit"]);
     assert!(audit.contains(&format!("rotated token {old_id} (ci)")), "{audit}");
+
+    // Locked out (every admin token expired or revoked): the server's own machine recovers.
+    let out = std::process::Command::new(crate::common::BIN)
+        .args(["recover-admin-token", "--config"])
+        .arg(server.data.join("ringfence.toml"))
+        .args(["--days", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recovered = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(recovered.starts_with("rfat_"));
+    let admin = server.client(Some(&recovered));
+    assert_eq!(admin.get("/api/v1/tokens").unwrap().status, 200, "every scope");
+    assert!(run(&["audit"]).contains("local recovery"));
 }
 
 /// `/metrics` answers a token with the `read` scope in the OpenMetrics text format, which the

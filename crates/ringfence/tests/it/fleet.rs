@@ -296,41 +296,140 @@ fn approval(server: &Server, group: &str, file: &str) -> Option<(String, Option<
 }
 
 /// A loopback HTTP listener that answers `200` to one request and hands it over whole.
-fn one_request_listener() -> (u16, std::sync::mpsc::Receiver<String>) {
+fn webhook_listener(fail_first: usize) -> (u16, std::sync::mpsc::Receiver<String>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded: at most 200 requests, then the thread ends.
     std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().unwrap();
-        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
-        let mut request = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = stream.read(&mut buf).unwrap_or(0);
-            request.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&request).into_owned();
-            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-                let length = head
-                    .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
-                    .and_then(|v| v.trim().parse::<usize>().ok())
-                    .unwrap_or(0);
-                body.len() >= length
-            });
-            if n == 0 || complete {
-                break;
+        for n in 0..200 {
+            let Ok((mut stream, _)) = listener.accept() else { return };
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).unwrap_or(0);
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    body.len() >= length
+                });
+                if n == 0 || complete {
+                    break;
+                }
+            }
+            let answer: &[u8] = if n < fail_first {
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            };
+            let _ = stream.write_all(answer);
+            if tx.send(String::from_utf8_lossy(&request).into_owned()).is_err() {
+                return;
             }
         }
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-        let _ = tx.send(String::from_utf8_lossy(&request).into_owned());
     });
     (port, rx)
 }
 
+/// The next event of kind `kind` the webhook receives (at most 20 s): the request's head, its
+/// body as sent, and the event.
+fn next_event(webhook: &std::sync::mpsc::Receiver<String>, kind: &str) -> (String, String, Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let request = webhook.recv_timeout(left).unwrap_or_else(|_| panic!("no {kind} event in 20 s"));
+        let (head, body) = request.split_once("\r\n\r\n").unwrap();
+        let event: Value = serde_json::from_str(body).unwrap();
+        if event["event"] == kind {
+            return (head.to_owned(), body.to_owned(), event);
+        }
+    }
+}
+
+/// Webhook events wait in the outbox: a receiver answering 503 gets the same signed body again
+/// (with backoff) until it answers 2xx, and an event made while the receiver is down is
+/// delivered after the server restarts.
+#[test]
+fn webhook_events_are_retried_until_delivered_and_survive_a_restart() {
+    let (port, webhook) = webhook_listener(2);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("webhook.secret");
+    std::fs::write(&secret, "sixteen or more bytes of secret").unwrap();
+    let configure = |port: u16, secret: std::path::PathBuf| {
+        move |c: &mut ringfence_server::Config| {
+            c.approvals.webhook_url = Some(format!("http://127.0.0.1:{port}/hook"));
+            c.approvals.webhook_secret_file = Some(secret);
+            c.approvals.webhook_retry_secs = 1;
+        }
+    };
+    let server = Server::start(configure(port, secret.clone()));
+    publish_with(&server, "kb-w", 0, |_| {});
+    // Two 503s, then 200: three attempts of the same body, one second, then two, apart.
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        let request = webhook.recv_timeout(std::time::Duration::from_secs(20)).expect("an attempt");
+        let (_, body) = request.split_once("\r\n\r\n").unwrap();
+        bodies.push(body.to_owned());
+    }
+    assert!(bodies.iter().all(|b| b == &bodies[0]), "{bodies:?}");
+    let event: Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!((event["event"].as_str(), event["update"].as_str()), (Some("update_published"), Some("kb-w")));
+    let counts = || server.runtime.block_on(server.state.events.counts()).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while counts() != (0, 1, 0) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", counts());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // A device that fails an update is an event too, with its reason.
+    let root = server.dir.path().join("agents");
+    let device = enroll(&server, &root, "w-1", "pilot", &token(&server, "pilot", 1));
+    std::fs::write(device.dir.join("fail"), "").unwrap();
+    assert!(server.approve("pilot", "acme/kb-w.sh").contains("is published"));
+    let _ = device.check();
+    let (_, _, failed) = next_event(&webhook, "device_update_failed");
+    assert_eq!(failed["target"], "approvals/pilot/acme/kb-w.sh", "{failed}");
+    assert!(failed["by"].as_str().unwrap().starts_with("device "), "{failed}");
+
+    // The receiver goes away; an event made now waits; the server stops.
+    drop(webhook);
+    let closed = crate::common::free_port();
+    let server = {
+        let (keys, data) = (server.keys.clone(), server.data.clone());
+        let kept = server.stop();
+        Server::serve(kept, keys, data, configure(closed, secret.clone()))
+    };
+    publish_with(&server, "kb-x", 0, |_| {});
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (waiting, _, _) = server.runtime.block_on(server.state.events.counts()).unwrap();
+    assert_eq!(waiting, 1, "kept while nobody listens");
+    let kept = server.stop();
+    // Back with a receiver: the waiting event arrives, signed, once.
+    let (port, webhook) = webhook_listener(0);
+    let keys = kept.path().join("ringfence-keys");
+    let data = kept.path().join("ringfence-data");
+    let server = Server::serve(kept, keys, data, configure(port, secret.clone()));
+    let (head, _, event) = next_event(&webhook, "update_published");
+    assert_eq!(event["update"], "kb-x");
+    assert!(head.contains("X-Ringfence-Signature: sha256="), "{head}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.runtime.block_on(server.state.events.counts()).unwrap().0 != 0 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(webhook.recv_timeout(std::time::Duration::from_millis(1500)).is_err(), "delivered once");
+}
+
 #[test]
 fn rules_approve_supersedence_declines_and_prerequisites_wait() {
-    let (port, webhook) = one_request_listener();
+    let (port, webhook) = webhook_listener(0);
     let secrets = tempfile::tempdir().unwrap();
     let secret = secrets.path().join("webhook.secret");
     std::fs::write(&secret, "sixteen or more bytes of secret").unwrap();
@@ -387,10 +486,8 @@ fn rules_approve_supersedence_declines_and_prerequisites_wait() {
     assert!(pending.lines().any(|l| l.starts_with("approvals.production ")), "{pending}");
     // Production's approvers were told, in a POST signed with the shared secret (checked here
     // with Python's hmac, not ours).
-    let request = webhook.recv_timeout(std::time::Duration::from_secs(10)).expect("the webhook was called");
-    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    let (head, body, event) = next_event(&webhook, "approval_pending");
     assert!(head.starts_with("POST /ringfence HTTP/1.1"), "{head}");
-    let event: Value = serde_json::from_str(body).unwrap();
     assert_eq!(
         (event["event"].as_str(), event["group"].as_str(), event["update"].as_str()),
         (Some("approval_pending"), Some("production"), Some("kb-1"))
@@ -398,7 +495,7 @@ fn rules_approve_supersedence_declines_and_prerequisites_wait() {
     let signature = head.lines().find_map(|l| l.strip_prefix("X-Ringfence-Signature: sha256=")).unwrap();
     let expected = std::process::Command::new(crate::common::python())
         .args(["-c", "import hmac,hashlib,sys; print(hmac.new(sys.argv[1].encode(), sys.argv[2].encode(), hashlib.sha256).hexdigest())"])
-        .args(["sixteen or more bytes of secret", body])
+        .args(["sixteen or more bytes of secret", &body])
         .output()
         .unwrap();
     assert_eq!(signature, String::from_utf8_lossy(&expected.stdout).trim());

@@ -433,16 +433,15 @@ impl Rollouts {
             // No device that has not installed it yet starts; those that did keep it.
             self.db.set_rollout_state(&r.group, &r.update_id, "halted", 0, &reason, now).await?;
             self.audit.record("server", "rollout", &format!("{} in {}: {reason}", r.update_id, r.group), now).await?;
-            self.events.emit(Event {
-                event: "rollout_halted",
-                group: r.group.clone(),
-                update: r.update_id.clone(),
-                action: "halt".into(),
-                by: "server".into(),
-                at: now,
-                pending: None,
-                reason: Some(reason.clone()),
-            });
+            self.events
+                .emit(Event {
+                    group: r.group.clone(),
+                    update: r.update_id.clone(),
+                    action: "halt".into(),
+                    reason: Some(reason.clone()),
+                    ..Event::new("rollout_halted", "server", now)
+                })
+                .await;
             halted += 1;
         }
         let stale = match repo.holds_document().await? {

@@ -33,7 +33,7 @@ pub struct Rules {
 }
 
 /// Tell the group's approvers when an approval waits for them.
-fn pending_event(
+async fn pending_event(
     events: &Events,
     state: &ringfence_proto::api::RoleState,
     request: &ApprovalRequest,
@@ -43,21 +43,20 @@ fn pending_event(
     if state.published {
         return;
     }
-    events.emit(Event {
-        event: "approval_pending",
-        group: request.group.to_string(),
-        update: request.update.clone().unwrap_or_default(),
-        action: request.action.as_str().to_owned(),
-        by: by.to_owned(),
-        at: now,
-        pending: Some(PendingRole {
-            role: state.role.to_string(),
-            version: state.version,
-            valid_signatures: state.valid_signatures,
-            threshold: state.threshold,
-        }),
-        reason: None,
-    });
+    events
+        .emit(Event {
+            group: request.group.to_string(),
+            update: request.update.clone().unwrap_or_default(),
+            action: request.action.as_str().to_owned(),
+            pending: Some(PendingRole {
+                role: state.role.to_string(),
+                version: state.version,
+                valid_signatures: state.valid_signatures,
+                threshold: state.threshold,
+            }),
+            ..Event::new("approval_pending", by, now)
+        })
+        .await;
 }
 
 /// Whether `rule` matches the update's product, classification and severity.
@@ -183,7 +182,7 @@ impl Rules {
         };
         match repo.approve(request.clone(), &rule_name(id), now).await {
             Ok(state) => {
-                pending_event(&self.events, &state, &request, &rule_name(id), now);
+                pending_event(&self.events, &state, &request, &rule_name(id), now).await;
                 tracing::info!(rule = id, update, group = %rule.group, published = state.published, "rule approved");
                 Ok(true)
             }
@@ -365,7 +364,7 @@ impl Rules {
                         rollout: None,
                     };
                     let state = repo.approve(request.clone(), "supersedence", now).await?;
-                    pending_event(&self.events, &state, &request, "supersedence", now);
+                    pending_event(&self.events, &state, &request, "supersedence", now).await;
                     tracing::info!(group = %group.name, old, new, published = state.published, "declined a superseded update");
                     made += 1;
                 }
