@@ -22,16 +22,16 @@ fn inventory() -> Value {
     .unwrap()
 }
 
-struct Device {
-    key: SigningKey,
-    id: String,
+pub(crate) struct Device {
+    pub(crate) key: SigningKey,
+    pub(crate) id: String,
 }
 
 fn public_hex(key: &SigningKey) -> String {
     key.public().to_tuf().keyval.public
 }
 
-fn signed_enrollment(key: &SigningKey, token: Option<&str>, group: &str) -> Value {
+pub(crate) fn signed_enrollment(key: &SigningKey, token: Option<&str>, group: &str) -> Value {
     let groups = [ringfence_proto::GroupName::parse(group).unwrap()];
     let signature = hex(&key.sign(&enrollment_message(&public_hex(key), &groups)));
     json!({"token": token, "public_key": public_hex(key), "groups": [group], "inventory": inventory(), "signature": signature})
@@ -53,13 +53,13 @@ fn enroll(
 }
 
 /// A report batch signed by the device's key, as the agent sends it.
-fn signed_reports(d: &Device, reports: Value) -> Value {
+pub(crate) fn signed_reports(d: &Device, reports: Value) -> Value {
     let parsed: Vec<ringfence_proto::device::StatusReport> = serde_json::from_value(reports.clone()).unwrap();
     let signature = hex(&d.key.sign(&ringfence_proto::device::report_batch_message(&d.id, &parsed)));
     json!({"reports": reports, "signature": signature})
 }
 
-fn open_session(device: &ringfence_cli::http::Client, d: &Device) -> String {
+pub(crate) fn open_session(device: &ringfence_cli::http::Client, d: &Device) -> String {
     let challenge: ChallengeResponse = serde_json::from_slice(
         &device.send_json("POST", "/device/v1/challenge", &json!({"device_id": d.id})).unwrap().ok().unwrap(),
     )
@@ -71,7 +71,7 @@ fn open_session(device: &ringfence_cli::http::Client, d: &Device) -> String {
     session.token
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

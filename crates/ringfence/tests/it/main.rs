@@ -13,6 +13,7 @@ mod ceremony;
 mod common;
 mod conformance;
 mod console;
+mod crash;
 mod device_api;
 mod fleet;
 mod freshness;
