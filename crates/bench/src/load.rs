@@ -122,6 +122,7 @@ where
         (Some(p), Some(before)) => Some(ServerUse {
             cpu_cores: (p.cpu_seconds() - before) / seconds.max(1e-9),
             rss_peak_mib: *peak_rss.lock().unwrap_or_else(|e| e.into_inner()) as f64 / 1024.0,
+            rss_end_mib: p.rss_kib().unwrap_or(0) as f64 / 1024.0,
         }),
         _ => None,
     };

@@ -9,6 +9,8 @@ pub struct ServerUse {
     pub cpu_cores: f64,
     /// The largest resident set seen, sampled every 100 ms.
     pub rss_peak_mib: f64,
+    /// The resident set when the phase ended.
+    pub rss_end_mib: f64,
 }
 
 /// A process to watch.
