@@ -11,8 +11,10 @@ fuzz_target!(|data: &[u8]| {
         // Whatever is accepted is a valid target path.
         assert!(TargetPath::parse(path.as_str()).is_ok());
     }
-    if let Some(r) = repo_path::byte_range(s, 1000) {
-        assert!(r.start < r.end && r.end <= 1000);
+    for length in [1, 1000, 1 << 40, u64::MAX] {
+        if let Some(r) = repo_path::byte_range(s, length) {
+            assert!(r.start < r.end && r.end <= length, "{s:?} of {length}: {r:?}");
+        }
     }
     let _ = RoleName::parse(s);
     let _ = TargetPath::parse(s);
