@@ -43,19 +43,31 @@ pub(crate) fn token(server: &Server, group: &str, uses: u64) -> String {
 }
 
 pub(crate) fn enroll(server: &Server, root: &Path, name: &str, group: &str, token: &str) -> Agent {
+    let (agent, out) = enroll_with(server, root, name, group, Some(token));
+    assert!(out.contains("(accepted)"), "{out}");
+    agent
+}
+
+/// An agent in `root/name` that enrolled in `group` (with `token`, or without one: then it
+/// waits as a pending device), and what `enroll` printed.
+pub(crate) fn enroll_with(
+    server: &Server,
+    root: &Path,
+    name: &str,
+    group: &str,
+    token: Option<&str>,
+) -> (Agent, String) {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let agent = Agent { dir };
     let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
     let base = server.repo_url.trim_end_matches("/repo").to_owned();
-    let out = run_ok(
-        agent
-            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", group, "--token", token])
-            .arg("--ca")
-            .arg(&server.ca),
-    );
-    assert!(out.contains("(accepted)"), "{out}");
-    agent
+    let mut args = vec!["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", group];
+    if let Some(token) = token {
+        args.extend(["--token", token]);
+    }
+    let out = run_ok(agent.command(&args).arg("--ca").arg(&server.ca));
+    (agent, out)
 }
 
 /// Publish an update whose installer is a script appending a line to `installed-<id>` in the

@@ -16,17 +16,7 @@ const COOKIE: &str = "__Host-ringfence-console";
 
 /// An agent that enrolls without a token: it waits as a pending device.
 fn enroll_pending(server: &Server, root: &Path, name: &str) -> Agent {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let agent = Agent { dir };
-    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(server.data.join("1.root.json")).unwrap());
-    let base = server.repo_url.trim_end_matches("/repo").to_owned();
-    let out = run_ok(
-        agent
-            .command(&["enroll", "--server", &base, "--root-sha256", &root_sha, "--group", "pilot"])
-            .arg("--ca")
-            .arg(&server.ca),
-    );
+    let (agent, out) = crate::agents::enroll_with(server, root, name, "pilot", None);
     assert!(out.contains("pending"), "{out}");
     agent
 }

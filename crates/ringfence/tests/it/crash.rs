@@ -68,16 +68,7 @@ impl Installation {
 
     /// Publish update `id` (a script) and approve it in pilot: whether both were acknowledged.
     fn publish(&self, id: &str) -> bool {
-        let work = self.dir.path().join("work");
-        std::fs::create_dir_all(&work).unwrap();
-        let script = work.join(format!("{id}.sh"));
-        std::fs::write(&script, format!("#!/bin/sh\necho {id}\n")).unwrap();
-        let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
-        m["id"] = id.into();
-        m["installer"] = json!({"module": "script"});
-        m["applicability"] = json!({});
-        let manifest = work.join(format!("{id}.json"));
-        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let (manifest, script) = crate::scale_out::script_update(&self.dir.path().join("work"), id);
         self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script).status().unwrap().success()
             && self.cli().args(["approve", id, "--group", "pilot"]).status().unwrap().success()
     }

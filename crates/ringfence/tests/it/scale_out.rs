@@ -106,7 +106,7 @@ impl Cluster {
 
 /// Update `id` in `work`: a script that appends a line to `ran-<id>` where it runs, and its
 /// manifest. Returns (manifest, script).
-fn script_update(work: &Path, id: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn script_update(work: &Path, id: &str) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(work).unwrap();
     let script = work.join(format!("{id}.sh"));
     std::fs::write(&script, format!("#!/bin/sh\necho ran >> ran-{id}\n")).unwrap();
