@@ -848,7 +848,14 @@ fn a_signed_rollout_admits_devices_by_their_place_and_time() {
 
 #[test]
 fn a_rollout_halts_itself_on_failures_and_resumes() {
-    let server = Server::start(|_| {});
+    let (port, webhook) = webhook_listener(0);
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("webhook.secret");
+    std::fs::write(&secret, "sixteen or more bytes of secret").unwrap();
+    let server = Server::start(|c| {
+        c.approvals.webhook_url = Some(format!("http://127.0.0.1:{port}/hook"));
+        c.approvals.webhook_secret_file = Some(secret.clone());
+    });
     let root = server.dir.path().join("agents");
     let token = token(&server, "pilot", 2);
     let (first, second) =
@@ -871,6 +878,10 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     assert_eq!(tick(), 0);
     let _ = first.check();
     assert_eq!(tick(), 1, "the first device's failure halts the rollout");
+    // The halt reaches the webhook, with its reason.
+    let (_, _, halted_event) = next_event(&webhook, "rollout_halted");
+    assert_eq!((halted_event["group"].as_str(), halted_event["update"].as_str()), (Some("pilot"), Some("kb-h")));
+    assert!(halted_event["reason"].as_str().unwrap().contains("1 failed"), "{halted_event}");
     let halted = status(&server);
     assert_eq!((halted["state"].as_str(), halted["share"].as_u64()), (Some("halted"), Some(0)), "{halted}");
     assert!(halted["reason"].as_str().unwrap().contains("1 failed"), "{halted}");
@@ -908,8 +919,14 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     assert!(out.contains("retries 2"), "{out}");
     check_ok(&first);
     assert!(first.dir.join("ran-kb-h").exists(), "retried at once");
-    let status = status(&server);
-    assert_eq!((status["retries"].as_u64(), status["failed"].as_u64()), (Some(2), Some(0)), "{status}");
+    let status_now = status(&server);
+    assert_eq!((status_now["retries"].as_u64(), status_now["failed"].as_u64()), (Some(2), Some(0)), "{status_now}");
+
+    // Stopped: held at none from then on, and said so.
+    let out = run(&["rollout", "stop", "kb-h", "--group", "pilot"]);
+    assert!(out.contains("stopped"), "{out}");
+    let stopped = status(&server);
+    assert_eq!((stopped["state"].as_str(), stopped["share"].as_u64()), (Some("stopped"), Some(0)), "{stopped}");
 }
 
 /// The agent's own record of an update (its `installed.json` entry).
