@@ -69,8 +69,8 @@ pub fn page(viewer: &Viewer, active: &str, title: &str, body: Markup) -> Respons
     )
 }
 
-/// A page without the navigation (errors, refusals).
-pub fn bare_page(status: StatusCode, title: &str, message: &str) -> Response {
+/// A page without the navigation: `heading` over `body` in a narrow box, titled `title`.
+fn narrow_page(status: StatusCode, title: &str, heading: &str, body: Markup) -> Response {
     respond(
         status,
         html! {
@@ -79,67 +79,52 @@ pub fn bare_page(status: StatusCode, title: &str, message: &str) -> Response {
                 (head(title))
                 body {
                     main.narrow {
-                        h1 { (title) }
-                        p.message { (message) }
-                        p { a href="/console/" { "Back to the console" } }
+                        h1 { (heading) }
+                        (body)
                     }
                 }
             }
         },
     )
+}
+
+/// A page without the navigation (errors, refusals).
+pub fn bare_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = html! {
+        p.message { (message) }
+        p { a href="/console/" { "Back to the console" } }
+    };
+    narrow_page(status, title, title, body)
 }
 
 /// The login page, with an error when a login was refused.
 pub fn login(error: Option<&str>, status: StatusCode) -> Response {
-    respond(
-        status,
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                (head("Log in"))
-                body {
-                    main.narrow {
-                        h1 { "Ringfence console" }
-                        @if let Some(error) = error { p.error { (error) } }
-                        form method="post" action="/console/login" {
-                            label for="token" { "Admin token" }
-                            input id="token" name="token" type="password" autocomplete="off" required
-                                placeholder="rfat_…";
-                            button type="submit" { "Log in" }
-                        }
-                        p.hint {
-                            "Any admin token works (" code { "ringfence token create" } "); the console can do what \
-                             its scopes allow. It never asks for a signing key: approvals are signed offline."
-                        }
-                    }
-                }
-            }
-        },
-    )
+    let body = html! {
+        @if let Some(error) = error { p.error { (error) } }
+        form method="post" action="/console/login" {
+            label for="token" { "Admin token" }
+            input id="token" name="token" type="password" autocomplete="off" required placeholder="rfat_…";
+            button type="submit" { "Log in" }
+        }
+        p.hint {
+            "Any admin token works (" code { "ringfence token create" } "); the console can do what \
+             its scopes allow. It never asks for a signing key: approvals are signed offline."
+        }
+    };
+    narrow_page(status, "Log in", "Ringfence console", body)
 }
 
 /// The page a one-time login link opens: one button that spends the code.
 pub fn login_once(code: &str) -> Response {
-    respond(
-        StatusCode::OK,
-        html! {
-            (DOCTYPE)
-            html lang="en" {
-                (head("Log in"))
-                body {
-                    main.narrow {
-                        h1 { "Ringfence console" }
-                        p { "This one-time link logs this browser in once." }
-                        form method="post" action="/console/login" {
-                            input type="hidden" name="once" value=(code);
-                            button type="submit" { "Log in" }
-                        }
-                        p.hint { a href="/console/login" { "Log in with an admin token instead" } }
-                    }
-                }
-            }
-        },
-    )
+    let body = html! {
+        p { "This one-time link logs this browser in once." }
+        form method="post" action="/console/login" {
+            input type="hidden" name="once" value=(code);
+            button type="submit" { "Log in" }
+        }
+        p.hint { a href="/console/login" { "Log in with an admin token instead" } }
+    };
+    narrow_page(StatusCode::OK, "Log in", "Ringfence console", body)
 }
 
 /// The hidden field every change's form carries.
