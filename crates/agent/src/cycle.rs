@@ -691,6 +691,11 @@ impl Cycle<'_> {
         };
         self.report(path, ReportState::Downloaded, None, None);
         self.report(path, ReportState::Installing, None, None);
+        // Sent before the installer runs, not at the end of the cycle: an update that bricks
+        // the device leaves the server this last word, and once it is older than the
+        // rollout's stuck timeout the device counts as failed and the rollout halts. Best
+        // effort: a refused send keeps the reports queued for the end of the cycle.
+        let _ = flush_reports(self.state, self.config, &self.client.fetcher);
         let (outcome, undo) = match self.with_job(&how, &file, &sha, path, modules::install) {
             Ok(r) => r,
             Err(e) => {

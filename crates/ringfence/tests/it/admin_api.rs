@@ -449,7 +449,8 @@ fn metrics_are_scraped_with_a_read_token_and_read_by_the_prometheus_parser() {
     )
     .unwrap();
     let scraper = server.client(created["token"].as_str());
-    // The job loop's first pass runs at start; wait (at most 10 s) until it is counted.
+    // The job loop's first pass runs at start, and check-ins are written behind (within a
+    // second): wait (at most 10 s) until both are counted.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let samples = loop {
         let answer = scraper.get("/metrics").unwrap();
@@ -471,7 +472,8 @@ fn metrics_are_scraped_with_a_read_token_and_read_by_the_prometheus_parser() {
         let jobs_ran = samples.iter().any(|(n, l, v)| {
             n == "ringfence_job_runs_total" && l.get("job").map(String::as_str) == Some("renew") && *v >= 1.0
         });
-        if jobs_ran || std::time::Instant::now() > deadline {
+        let seen = samples.iter().any(|(n, _, v)| n == "ringfence_devices_seen_24h" && *v >= 1.0);
+        if (jobs_ran && seen) || std::time::Instant::now() > deadline {
             break samples;
         }
         std::thread::sleep(std::time::Duration::from_millis(300));

@@ -168,10 +168,14 @@ pub(crate) fn publish_with(server: &Server, id: &str, exit: i32, edit: impl FnOn
     let work = server.dir.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
     let script = work.join(format!("{id}.sh"));
-    // A `fail` file in the agent's directory makes any of these scripts fail there.
+    // A `fail` file in the agent's directory makes any of these scripts fail there; a `brick`
+    // file makes them kill the agent mid-install, as an update that bricks a device would.
     std::fs::write(
         &script,
-        format!("#!/bin/sh\n[ -e fail ] && exit 1\necho \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n"),
+        format!(
+            "#!/bin/sh\n[ -e brick ] && exec kill -KILL $PPID\n[ -e fail ] && exit 1\n\
+             echo \"$RINGFENCE_UPDATE_ID\" >> ran-{id}\nexit {exit}\n"
+        ),
     )
     .unwrap();
     let mut m: Value = serde_json::from_str(include_str!("../../../../docs/examples/hello.manifest.json")).unwrap();
@@ -939,7 +943,7 @@ fn installed_entry(agent: &Agent, update: &str) -> Value {
 fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
-    let _agent = enroll(&server, &root, "s-1", "pilot", &token(&server, "pilot", 1));
+    let agent = enroll(&server, &root, "s-1", "pilot", &token(&server, "pilot", 1));
     publish_script(&server, "kb-s", &[], 0);
     run_ok(server.cli().args(["approve", "kb-s", "--group", "pilot"]));
     run_ok(server.cli().args([
@@ -956,20 +960,16 @@ fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     let now = ringfence_server::unix_now();
     let tick = |at: i64| server.runtime.block_on(server.state.rollouts.tick(&server.state.repo, at)).unwrap();
     assert_eq!(tick(now), 0);
-    // The device said it was installing, and then nothing (as a bricked device would).
-    let device = devices(&server).into_iter().next().unwrap();
-    let report = ringfence_store::ReportRecord {
-        id: "r-stuck".into(),
-        target: "approvals/pilot/acme/kb-s.sh".into(),
-        state: "installing".into(),
-        reason: None,
-        exit_code: None,
-        at: now,
-    };
-    let batch = ringfence_store::SignedBatch { message: b"test".to_vec(), signature: "00".repeat(64) };
-    let limits = ringfence_store::ReportLimits { history: 100, max_targets: 10, max_batch_bytes: 1 << 20 };
+    // The update bricks the device: its installer kills the agent, which never runs again.
+    std::fs::write(agent.dir.join("brick"), b"").unwrap();
+    let (code, out) = agent.check();
+    assert_eq!(code, -1, "killed by a signal: {out}");
+    // Its last word, sent before the installer ran, is all the server ever hears.
     use ringfence_store::DeviceStore;
-    server.runtime.block_on(server.db.insert_reports(&device.id, &[report], &batch, now, limits)).unwrap();
+    let device = devices(&server).into_iter().next().unwrap();
+    let reports = server.runtime.block_on(server.db.device_reports(&device.id)).unwrap();
+    let newest = reports.last().unwrap();
+    assert_eq!(newest.state, "installing", "{reports:?}");
     assert_eq!(tick(now + 1800), 0, "half an hour on its way is not stuck");
     assert_eq!(tick(now + 2 * 3600), 1, "two hours is");
     let status: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
