@@ -175,6 +175,19 @@ fn session(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher, now: i64) 
     Ok(Some(opened.token))
 }
 
+/// `reason` cut to what a report may carry (1024 bytes), at a character boundary.
+fn bounded_reason(reason: &str) -> String {
+    const MAX: usize = 1024;
+    if reason.len() <= MAX {
+        return reason.to_owned();
+    }
+    let mut end = MAX - '…'.len_utf8();
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", reason.get(..end).unwrap_or_default())
+}
+
 /// Send queued reports; each is removed once the server acknowledged the batch.
 fn flush_reports(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher) -> anyhow::Result<()> {
     let queued = state.queued_reports();
@@ -286,6 +299,9 @@ struct Cycle<'a> {
 
 impl Cycle<'_> {
     fn report(&mut self, target: &str, state: ReportState, reason: Option<String>, exit_code: Option<i64>) {
+        // The server refuses a batch with a reason past 1024 bytes: a long one would stay
+        // queued for ever and hold back every report after it.
+        let reason = reason.map(|r| bounded_reason(&r));
         let report = StatusReport {
             id: random_id(),
             target: target.into(),
@@ -1091,6 +1107,19 @@ fn applicable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_cut_to_what_the_server_takes_at_a_character_boundary() {
+        assert_eq!(bounded_reason("short"), "short");
+        let exact = "x".repeat(1024);
+        assert_eq!(bounded_reason(&exact), exact);
+        for long in ["y".repeat(5000), "é".repeat(3000), format!("a{}", "€".repeat(2000))] {
+            let cut = bounded_reason(&long);
+            assert!(cut.len() <= 1024 && cut.len() > 1000, "{}", cut.len());
+            assert!(cut.ends_with('…'));
+            assert!(long.starts_with(cut.trim_end_matches('…')));
+        }
+    }
 
     fn device(os: &str, version: &str, arch: &str) -> Inventory {
         Inventory {

@@ -63,12 +63,63 @@ fn valid_module_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
-fn exit_outcome(status: std::process::ExitStatus, what: &str) -> Outcome {
+fn explained_outcome(status: std::process::ExitStatus, what: &str, said: Option<String>) -> Outcome {
     match status.code() {
         Some(0) => Outcome::Installed,
         Some(EXIT_REBOOT_REQUIRED) => Outcome::RebootRequired,
-        code => Outcome::Failed { exit_code: code, reason: format!("{what} exited with {status}") },
+        code => {
+            let reason = match said {
+                Some(line) => format!("{what} exited with {status}: {line}"),
+                None => format!("{what} exited with {status}"),
+            };
+            Outcome::Failed { exit_code: code, reason }
+        }
     }
+}
+
+/// Bytes of an installer's standard error kept to explain a failure.
+const STDERR_TAIL: usize = 4096;
+/// Characters of its last line that go into the report.
+const STDERR_LINE: usize = 200;
+/// How long, after the installer exited, its standard error may stay open (a daemon it started
+/// may hold it) before the agent stops reading.
+const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Run an installer, its standard error passed through to the agent's as it comes, and its
+/// outcome by exit code; a failure says the last line the installer wrote there (control
+/// characters replaced, at most 200 characters), so whoever reads the report sees why.
+fn run_explained(command: &mut Command, what: &str) -> anyhow::Result<Outcome> {
+    use std::io::{Read, Write};
+    let mut child = command.stderr(std::process::Stdio::piped()).spawn().with_context(|| format!("running {what}"))?;
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    if let Some(mut from) = child.stderr.take() {
+        let tail = tail.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = from.read(&mut chunk) {
+                let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else { break };
+                let _ = std::io::stderr().write_all(read);
+                if let Ok(mut kept) = tail.lock() {
+                    kept.extend_from_slice(read);
+                    let excess = kept.len().saturating_sub(STDERR_TAIL);
+                    kept.drain(..excess);
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    let status = child.wait().with_context(|| format!("waiting for {what}"))?;
+    let _ = done_rx.recv_timeout(STDERR_GRACE);
+    let kept = tail.lock().map(|t| t.clone()).unwrap_or_default();
+    Ok(explained_outcome(status, what, last_line(&kept)))
+}
+
+/// The last non-blank line of `bytes`, printable and bounded.
+fn last_line(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.lines().map(str::trim).rfind(|l| !l.is_empty())?;
+    Some(line.chars().map(|c| if c.is_control() { '?' } else { c }).take(STDERR_LINE).collect())
 }
 
 pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
@@ -79,33 +130,22 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
         "file" => install_file(job),
         "script" => {
             let script = Staged::new(job, crate::platform::SCRIPT_EXTENSION)?;
-            let status = crate::platform::script_command(script.path())
-                .args(job.arguments)
-                .envs(env(job))
-                .status()
-                .context("running the script")?;
-            Ok((exit_outcome(status, "the script"), Undo::Nothing))
+            let mut command = crate::platform::script_command(script.path());
+            command.args(job.arguments).envs(env(job));
+            Ok((run_explained(&mut command, "the script")?, Undo::Nothing))
         }
         "msi" => Ok((windows::install_msi(job)?, Undo::Nothing)),
         "msu" => Ok((windows::install_msu(job)?, Undo::Nothing)),
         "exe" => Ok((windows::install_exe(job)?, Undo::Nothing)),
-        "deb" => {
-            let status = dpkg().arg("-i").arg(job.file).status().context("running dpkg")?;
-            Ok((exit_outcome(status, "dpkg"), Undo::Nothing))
-        }
+        "deb" => Ok((run_explained(dpkg().arg("-i").arg(job.file), "dpkg")?, Undo::Nothing)),
         name => {
             let path = job.modules_dir.join(name);
             if !path.is_file() {
                 bail!("no update module {name} (looked for {})", path.display());
             }
-            let status = Command::new(&path)
-                .arg("install")
-                .arg(job.file)
-                .args(job.arguments)
-                .envs(env(job))
-                .status()
-                .with_context(|| format!("running module {name}"))?;
-            Ok((exit_outcome(status, &format!("module {name}")), Undo::Nothing))
+            let mut command = Command::new(&path);
+            command.arg("install").arg(job.file).args(job.arguments).envs(env(job));
+            Ok((run_explained(&mut command, &format!("module {name}"))?, Undo::Nothing))
         }
     }
 }
@@ -149,22 +189,16 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
                     reason: format!("{package} {installed} is installed, not this update's {version}; left alone"),
                 });
             }
-            let status = dpkg().arg("-r").arg(&package).status().context("running dpkg")?;
-            Ok(exit_outcome(status, "dpkg -r"))
+            run_explained(dpkg().arg("-r").arg(&package), "dpkg -r")
         }
         name => {
             let path = job.modules_dir.join(name);
             if !path.is_file() {
                 bail!("no update module {name} (looked for {})", path.display());
             }
-            let status = Command::new(&path)
-                .arg("uninstall")
-                .arg(job.file)
-                .args(job.arguments)
-                .envs(env(job))
-                .status()
-                .with_context(|| format!("running module {name}"))?;
-            Ok(exit_outcome(status, &format!("module {name} uninstall")))
+            let mut command = Command::new(&path);
+            command.arg("uninstall").arg(job.file).args(job.arguments).envs(env(job));
+            run_explained(&mut command, &format!("module {name} uninstall"))
         }
     }
 }
@@ -381,6 +415,38 @@ pub fn health_check(command: &[String]) -> Result<(), (Option<i32>, String)> {
 #[cfg(test)]
 mod uninstall_tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_failing_installer_says_why_in_its_last_line_of_standard_error() {
+        let run = |script: &str| run_explained(Command::new("/bin/sh").arg("-c").arg(script), "the script").unwrap();
+        let failed = run("echo progress >&2; printf 'agentd 2.2 needs libfoo 1.4\\n\\n' >&2; exit 4");
+        assert_eq!(
+            failed,
+            Outcome::Failed {
+                exit_code: Some(4),
+                reason: "the script exited with exit status: 4: agentd 2.2 needs libfoo 1.4".into()
+            }
+        );
+        assert_eq!(run("echo fine >&2"), Outcome::Installed);
+        // Control characters are written out, the line is bounded, silence says nothing more.
+        let Outcome::Failed { reason, .. } = run("printf 'bad\\033[2Jthing' >&2; printf '%0500d' 0 >&2; exit 1") else {
+            panic!("not a failure")
+        };
+        assert!(reason.starts_with("the script exited with exit status: 1: bad?[2Jthing000"), "{reason}");
+        assert_eq!(reason.chars().count(), "the script exited with exit status: 1: ".len() + STDERR_LINE);
+        assert_eq!(
+            run("exit 1"),
+            Outcome::Failed { exit_code: Some(1), reason: "the script exited with exit status: 1".into() }
+        );
+        // A daemon the installer left behind holding standard error open does not hold the agent.
+        let started = std::time::Instant::now();
+        let outcome = run("echo starting >&2; (sleep 30 &) ; exit 2");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "waited for the daemon");
+        assert!(
+            matches!(outcome, Outcome::Failed { exit_code: Some(2), ref reason } if reason.ends_with(": starting"))
+        );
+    }
 
     fn job<'a>(dest: &'a [String], file: &'a Path) -> Job<'a> {
         Job {

@@ -737,6 +737,63 @@ fn windows_hold_installs_deadlines_override_them_and_failures_back_off() {
     assert_eq!(runs.lines().count(), 1, "not tried again before its backoff");
 }
 
+/// libfaketime, which gives the agent (and only the agent) a clock of the test's choosing.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// One cycle of `agent` with its clock starting at `utc` (its monotonic clock left alone).
+fn check_at(agent: &Agent, utc: &str) {
+    let out = agent
+        .command(&["check"])
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", format!("@{utc}"))
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "at {utc}: {text}");
+}
+
+#[test]
+fn a_window_keeps_local_time_across_a_daylight_saving_change_and_yields_to_a_deadline() {
+    if !Path::new(LIBFAKETIME).exists() {
+        // scripts/test installs it (Debian package faketime).
+        assert!(std::env::var_os("RINGFENCE_REQUIRE_FAKETIME").is_none(), "{LIBFAKETIME} is missing");
+        eprintln!("skipped: {LIBFAKETIME} is missing (apt-get install faketime)");
+        return;
+    }
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "berlin-1", "pilot", &token(&server, "pilot", 1));
+    let run = |args: &[&str]| run_ok(server.cli().args(args));
+    // Sunday 2026-10-25 Berlin goes from UTC+2 back to UTC+1 at 03:00 local (01:00 UTC): the
+    // window is open 00:00-03:00 UTC that day (two hours of summer time, then an hour repeated
+    // and one more of winter time). The agent's clock is set for each cycle; the server's and
+    // the signatures' are today's (metadata expires after that Sunday, so it is still valid).
+    run(&["group", "windows", "--group", "pilot", "--window", "sun 02:00-04:00 Europe/Berlin"]);
+    let ran = |update: &str| agent.dir.join(format!("ran-{update}")).exists();
+
+    publish_script(&server, "kb-d1", &[], 0);
+    run(&["approve", "kb-d1", "--group", "pilot"]);
+    check_at(&agent, "2026-10-24 23:45:00");
+    assert!(!ran("kb-d1"), "01:45 summer time: before the window");
+    check_at(&agent, "2026-10-25 00:15:00");
+    assert!(ran("kb-d1"), "02:15 summer time (01:15 had the zone's winter offset been taken): open");
+
+    publish_script(&server, "kb-d2", &[], 0);
+    run(&["approve", "kb-d2", "--group", "pilot"]);
+    check_at(&agent, "2026-10-25 02:45:00");
+    assert!(ran("kb-d2"), "03:45 winter time (04:45 had the summer offset been kept): open");
+
+    // Outside the window, a deadline still ahead waits; once it passes, it installs.
+    publish_script(&server, "kb-d3", &[], 0);
+    run(&["approve", "kb-d3", "--group", "pilot", "--deadline", "2026-10-25T05:00:00Z"]);
+    check_at(&agent, "2026-10-25 03:15:00");
+    assert!(!ran("kb-d3"), "04:15 winter time: closed, and the deadline is ahead");
+    check_at(&agent, "2026-10-25 05:01:00");
+    assert!(ran("kb-d3"), "the deadline passed: installed outside the window");
+}
+
 #[test]
 fn an_ancestors_deadline_does_not_reach_past_a_childs_windows() {
     let server = Server::start(|_| {});

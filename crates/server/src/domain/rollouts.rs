@@ -422,13 +422,17 @@ impl Rollouts {
                 }
                 continue;
             }
+            // The default count bound (10^9) is "no bound on the count" to whoever reads this.
+            let bounds = if r.max_failures >= 1_000_000_000 {
+                format!("more than {} %", r.max_failure_percent)
+            } else {
+                format!("more than {} devices or {} %", r.max_failures, r.max_failure_percent)
+            };
             let reason = format!(
-                "halted: {} failed and {} stuck of {} that finished or got stuck (bounds: {} devices, {} %)",
+                "halted: {} failed and {} stuck of {} that finished or got stuck ({bounds})",
                 status.failed,
                 status.stuck,
                 status.installed + status.failed + status.stuck,
-                r.max_failures,
-                r.max_failure_percent
             );
             // No device that has not installed it yet starts; those that did keep it.
             self.db.set_rollout_state(&r.group, &r.update_id, "halted", 0, &reason, now).await?;
