@@ -125,7 +125,7 @@ pub fn enroll(
     let signature = hex::encode(key.sign(&ringfence_proto::device::enrollment_message(&public_key, &groups)));
     let request =
         EnrollRequest { token, public_key, groups: groups.clone(), inventory: local_inventory(state), signature };
-    let answer = fetcher.post_json(&format!("{server}/device/v1/enroll"), &request)?;
+    let answer = fetcher.post_json(&format!("{server}/device/v1/enroll"), &request, None)?;
     if answer.status != 200 {
         bail!("enrollment refused: HTTP {} {}", answer.status, String::from_utf8_lossy(&answer.body));
     }
@@ -155,8 +155,11 @@ fn session(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher, now: i64) 
         return Ok(Some(cached.token));
     }
     let base = &config.server;
-    let answer = fetcher
-        .post_json(&format!("{base}/device/v1/challenge"), &ChallengeRequest { device_id: config.device_id.clone() })?;
+    let answer = fetcher.post_json(
+        &format!("{base}/device/v1/challenge"),
+        &ChallengeRequest { device_id: config.device_id.clone() },
+        None,
+    )?;
     match answer.status {
         200 => {}
         401 => return Ok(None),
@@ -166,7 +169,7 @@ fn session(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher, now: i64) 
     let key = state.device_key()?;
     let signature = hex::encode(key.sign(&session_message(&config.device_id, &challenge.nonce)));
     let request = SessionRequest { device_id: config.device_id.clone(), nonce: challenge.nonce, signature };
-    let answer = fetcher.post_json(&format!("{base}/device/v1/session"), &request)?;
+    let answer = fetcher.post_json(&format!("{base}/device/v1/session"), &request, None)?;
     if answer.status != 200 {
         bail!("session refused: HTTP {}", answer.status);
     }
@@ -189,18 +192,37 @@ fn bounded_reason(reason: &str) -> String {
 }
 
 /// Send queued reports; each is removed once the server acknowledged the batch.
-fn flush_reports(state: &StateDir, config: &AgentConfig, fetcher: &Fetcher) -> anyhow::Result<()> {
-    let queued = state.queued_reports();
+/// With `within`, each request gives up after that long.
+fn flush_reports(
+    state: &StateDir,
+    config: &AgentConfig,
+    fetcher: &Fetcher,
+    within: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let mut queued = state.queued_reports();
+    // What the server would refuse would stay queued for ever and hold back every report
+    // after it (a queue an older agent wrote, say): reasons are cut, and a report on a target
+    // too long for any approval path is dropped.
+    queued.retain(|(path, report)| {
+        let keep = report.target.len() <= ringfence_proto::device::MAX_DEVICE_TEXT;
+        if !keep {
+            let _ = std::fs::remove_file(path);
+        }
+        keep
+    });
     if queued.is_empty() {
         return Ok(());
     }
     let key = state.device_key()?;
     for chunk in queued.chunks(ringfence_proto::device::MAX_REPORTS) {
-        let reports: Vec<StatusReport> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        let reports: Vec<StatusReport> = chunk
+            .iter()
+            .map(|(_, r)| StatusReport { reason: r.reason.as_deref().map(bounded_reason), ..r.clone() })
+            .collect();
         // Signed with the device key: the server keeps the signature as evidence.
         let message = ringfence_proto::device::report_batch_message(&config.device_id, &reports);
         let batch = ReportBatch { reports, signature: hex::encode(key.sign(&message)) };
-        let answer = fetcher.post_json(&format!("{}/device/v1/reports", config.server), &batch)?;
+        let answer = fetcher.post_json(&format!("{}/device/v1/reports", config.server), &batch, within)?;
         if answer.status != 200 {
             bail!("reports: HTTP {}", answer.status);
         }
@@ -271,6 +293,9 @@ pub const RECHECK_NOT_APPLICABLE_SECONDS: i64 = 86_400;
 /// is downloaded and run again.
 pub const RECHECK_INSTALLER_NOT_APPLICABLE_SECONDS: i64 = 7 * 86_400;
 
+/// The longest the `installing` report may hold up an install.
+const EARLY_REPORT_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
 fn backoff(attempts: u32) -> i64 {
     (300i64 << attempts.saturating_sub(1).min(10)).min(86_400)
@@ -299,8 +324,6 @@ struct Cycle<'a> {
 
 impl Cycle<'_> {
     fn report(&mut self, target: &str, state: ReportState, reason: Option<String>, exit_code: Option<i64>) {
-        // The server refuses a batch with a reason past 1024 bytes: a long one would stay
-        // queued for ever and hold back every report after it.
         let reason = reason.map(|r| bounded_reason(&r));
         let report = StatusReport {
             id: random_id(),
@@ -308,7 +331,9 @@ impl Cycle<'_> {
             state,
             reason: reason.clone(),
             exit_code,
-            at: self.now,
+            // When it happened, not when the cycle began: an install that waited for a long
+            // download must not look stuck for that long.
+            at: crate::wall_clock().max(self.now),
         };
         if matches!(state, ReportState::Failed | ReportState::Refused | ReportState::RolledBack) {
             self.problems.push(format!("{target}: {} {}", state.as_str(), reason.unwrap_or_default()));
@@ -616,18 +641,7 @@ impl Cycle<'_> {
         let key = published.to_string();
         // Outside every maintenance window, nothing is installed or removed unless the
         // deadline has passed; the file is downloaded meanwhile.
-        let lineage = decision.item.lineage;
-        let (open_now, windows_at) = match self.windows.get(lineage) {
-            Some(Some((at, windows))) => (windows.iter().any(|w| w.is_open(self.now)), *at),
-            Some(None) => (true, usize::MAX),
-            None => (false, 0),
-        };
-        // A deadline overrides the windows only when it comes from the group that set them or
-        // one below it: an ancestor's deadline (which an auto-approver may sign) does not
-        // reach past a descendant's windows.
-        let deciding_at = self.lineages.get(lineage).and_then(|l| l.iter().position(|g| *g == decision.group));
-        let deadline_counts = deciding_at.is_some_and(|at| at <= windows_at);
-        let in_window = open_now || (deadline_counts && precedence::deadline_passed(decision.deadline, self.now));
+        let in_window = self.may_change_at(&decision, self.now);
         if decision.action == ApprovalAction::Uninstall {
             if in_window {
                 self.uninstall(set, path, &published, &signed, &how);
@@ -706,12 +720,29 @@ impl Cycle<'_> {
             }
         };
         self.report(path, ReportState::Downloaded, None, None);
+        // The download (and the send below) took time the server controls: the window is
+        // looked at again on the clock as it is now, right before anything changes.
+        if !self.may_change_at(&decision, crate::wall_clock()) {
+            let why = "downloaded; the maintenance window closed before the install could start".to_owned();
+            self.report(path, ReportState::Waiting, Some(why), None);
+            self.remember(&key, &sha, &how.update_id, "window");
+            return;
+        }
+        // Remembered before the installer runs: an agent that does not come back from it (the
+        // update crashed it, rebooted the device, or bricked it until someone repaired it)
+        // counts the attempt as failed when it next starts (`finish_interrupted`).
+        self.remember(&key, &sha, &how.update_id, "installing");
+        if let Some(entry) = self.installed.get_mut(&key) {
+            entry.approval = path.to_owned();
+        }
+        self.save();
         self.report(path, ReportState::Installing, None, None);
         // Sent before the installer runs, not at the end of the cycle: an update that bricks
         // the device leaves the server this last word, and once it is older than the
         // rollout's stuck timeout the device counts as failed and the rollout halts. Best
-        // effort: a refused send keeps the reports queued for the end of the cycle.
-        let _ = flush_reports(self.state, self.config, &self.client.fetcher);
+        // effort and bounded in time: a refused or slow send keeps the reports queued for the
+        // end of the cycle.
+        let _ = flush_reports(self.state, self.config, &self.client.fetcher, Some(EARLY_REPORT_WITHIN));
         let (outcome, undo) = match self.with_job(&how, &file, &sha, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
@@ -769,6 +800,23 @@ impl Cycle<'_> {
                 }
             }
         }
+    }
+
+    /// Whether `decision` may be acted on at `at`: inside one of the signed maintenance windows
+    /// of its lineage, or past its deadline.
+    fn may_change_at(&self, decision: &Decision<Listed>, at: i64) -> bool {
+        let lineage = decision.item.lineage;
+        let (open_now, windows_at) = match self.windows.get(lineage) {
+            Some(Some((windows_at, windows))) => (windows.iter().any(|w| w.is_open(at)), *windows_at),
+            Some(None) => (true, usize::MAX),
+            None => (false, 0),
+        };
+        // A deadline overrides the windows only when it comes from the group that set them or
+        // one below it: an ancestor's deadline (which an auto-approver may sign) does not
+        // reach past a descendant's windows.
+        let deciding_at = self.lineages.get(lineage).and_then(|l| l.iter().position(|g| *g == decision.group));
+        let deadline_counts = deciding_at.is_some_and(|position| position <= windows_at);
+        open_now || (deadline_counts && precedence::deadline_passed(decision.deadline, at))
     }
 
     /// An install that failed: reported with its attempt count, and not tried again with the
@@ -946,6 +994,46 @@ fn finish_reboots(state: &StateDir, now: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Installs the agent did not come back from (it crashed, the installer rebooted the device,
+/// the power went): each counts as a failed attempt, reported, with the backoff and the
+/// attempt bound of any failure, so an update that takes the agent down is not run again and
+/// again, and the rollout counts it.
+fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>> {
+    let mut installed = state.installed();
+    let mut said = Vec::new();
+    for entry in installed.values_mut().filter(|e| e.state == "installing") {
+        entry.state = "failed".into();
+        entry.at = now;
+        entry.attempts += 1;
+        let next = if entry.attempts >= MAX_ATTEMPTS {
+            entry.retry_at = i64::MAX;
+            "no more attempts with these bytes".to_owned()
+        } else {
+            entry.retry_at = now + backoff(entry.attempts);
+            format!("next not before {}", ringfence_trust::expiry::format(entry.retry_at))
+        };
+        let reason = format!(
+            "attempt {} of {MAX_ATTEMPTS} ({next}): interrupted: the agent stopped while the installer ran \
+             (a crash, a reboot the installer forced, or a power loss)",
+            entry.attempts
+        );
+        said.push(format!("{}: failed {reason}", entry.approval));
+        let report = StatusReport {
+            id: random_id(),
+            target: entry.approval.clone(),
+            state: ReportState::Failed,
+            reason: Some(reason),
+            exit_code: None,
+            at: now,
+        };
+        state.queue_report(&report)?;
+    }
+    if !said.is_empty() {
+        state.save_installed(&installed)?;
+    }
+    Ok(said)
+}
+
 /// One cycle. Whatever is refused is reported and left alone; what was installed stays.
 pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result<CycleResult> {
     let mut config = state.config()?;
@@ -953,8 +1041,13 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let Some(token) = session(state, &config, &fetcher, now)? else { return Ok(CycleResult::Pending) };
     fetcher.bearer = Some(token);
     finish_reboots(state, now)?;
+    let mut early_problems = finish_interrupted(state, now)?;
     modules::sweep_staged(&state.work_dir());
-    flush_reports(state, &config, &fetcher)?;
+    // Reports the server does not take now (it is busy, or throttles this device) wait for
+    // the end of the cycle or the next one; the cycle goes on.
+    if let Err(e) = flush_reports(state, &config, &fetcher, None) {
+        early_problems.push(format!("sending reports: {e:#}"));
+    }
 
     let inventory = local_inventory(state);
     let trusted_timestamp = std::fs::read(state.metadata_dir().join("timestamp.json")).ok().and_then(|b| {
@@ -964,6 +1057,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
     let answer = fetcher.post_json(
         &format!("{}/device/v1/checkin", config.server),
         &CheckinRequest { inventory: inventory.clone(), timestamp_version },
+        None,
     )?;
     match answer.status {
         200 => {}
@@ -999,7 +1093,12 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
             || (i.state == "failed" && (i.retry_at <= now || new_holds))
             || (i.state == "not_applicable" && i.retry_at <= now)
     });
-    if same && last_clean && !waits && fresh_until.is_some_and(|until| until > now + margin) {
+    if same
+        && last_clean
+        && !waits
+        && early_problems.is_empty()
+        && fresh_until.is_some_and(|until| until > now + margin)
+    {
         let installed = state.installed().values().filter(|i| i.state == "installed").count();
         return Ok(CycleResult::UpToDate { installed });
     }
@@ -1015,7 +1114,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         config: &config,
         client,
         now,
-        problems: Vec::new(),
+        problems: early_problems,
         installed: state.installed(),
         deferred: Vec::new(),
         windows: Vec::new(),
@@ -1027,7 +1126,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         Ok(set) => set,
         Err(e) => {
             cycle.report("repository", ReportState::Refused, Some(format!("{e:#}")), None);
-            let _ = flush_reports(state, &config, &cycle.client.fetcher);
+            let _ = flush_reports(state, &config, &cycle.client.fetcher, None);
             return Ok(CycleResult::Problems(cycle.problems));
         }
     };
@@ -1055,7 +1154,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         });
         cycle.save();
     }
-    let _ = flush_reports(state, &config, &cycle.client.fetcher);
+    let _ = flush_reports(state, &config, &cycle.client.fetcher, None);
     let installed = cycle.installed.values().filter(|i| i.state == "installed").count();
     Ok(if cycle.problems.is_empty() {
         CycleResult::UpToDate { installed }

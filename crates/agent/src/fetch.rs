@@ -164,9 +164,18 @@ pub struct ApiAnswer {
 }
 
 impl Fetcher {
-    /// POST a JSON body to the device API; the answer is bounded to 64 KiB.
-    pub fn post_json<T: serde::Serialize>(&self, url: &str, body: &T) -> anyhow::Result<ApiAnswer> {
+    /// POST a JSON body to the device API; the answer is bounded to 64 KiB. With `within`, the
+    /// whole exchange gives up after that long.
+    pub fn post_json<T: serde::Serialize>(
+        &self,
+        url: &str,
+        body: &T,
+        within: Option<std::time::Duration>,
+    ) -> anyhow::Result<ApiAnswer> {
         let mut request = self.agent.post(url).header("content-type", "application/json");
+        if let Some(limit) = within {
+            request = request.config().timeout_global(Some(limit)).build();
+        }
         if let Some(token) = &self.bearer {
             request = request.header("authorization", format!("Bearer {token}"));
         }

@@ -77,42 +77,39 @@ fn explained_outcome(status: std::process::ExitStatus, what: &str, said: Option<
     }
 }
 
-/// Bytes of an installer's standard error kept to explain a failure.
-const STDERR_TAIL: usize = 4096;
+/// Bytes at the end of an installer's standard error that are passed on to the agent's own and
+/// looked through for the line that explains a failure.
+const STDERR_TAIL: u64 = 64 * 1024;
 /// Characters of its last line that go into the report.
 const STDERR_LINE: usize = 200;
-/// How long, after the installer exited, its standard error may stay open (a daemon it started
-/// may hold it) before the agent stops reading.
-const STDERR_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Run an installer, its standard error passed through to the agent's as it comes, and its
-/// outcome by exit code; a failure says the last line the installer wrote there (control
-/// characters replaced, at most 200 characters), so whoever reads the report sees why.
-fn run_explained(command: &mut Command, what: &str) -> anyhow::Result<Outcome> {
-    use std::io::{Read, Write};
-    let mut child = command.stderr(std::process::Stdio::piped()).spawn().with_context(|| format!("running {what}"))?;
-    let tail = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    if let Some(mut from) = child.stderr.take() {
-        let tail = tail.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = from.read(&mut chunk) {
-                let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else { break };
-                let _ = std::io::stderr().write_all(read);
-                if let Ok(mut kept) = tail.lock() {
-                    kept.extend_from_slice(read);
-                    let excess = kept.len().saturating_sub(STDERR_TAIL);
-                    kept.drain(..excess);
-                }
-            }
-            let _ = done_tx.send(());
-        });
+/// Run an installer and take its outcome from its exit code; a failure says the last line the
+/// installer wrote to standard error (control characters replaced, at most 200 characters),
+/// so whoever reads the report sees why. Standard error goes to a file in the work directory,
+/// not a pipe: a process the installer leaves running keeps writing there without ever being
+/// stopped by a closed pipe, and nothing waits for it. The file's end is passed on to the
+/// agent's standard error once the installer exited, and the file removed.
+fn run_explained(command: &mut Command, what: &str, work_dir: &Path) -> anyhow::Result<Outcome> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let log_path = work_dir.join("installer-stderr.log");
+    let _ = std::fs::remove_file(&log_path);
+    let log = std::fs::OpenOptions::new()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let status = command.stderr(log.try_clone()?).status().with_context(|| format!("running {what}"));
+    let mut tail = Vec::new();
+    let mut reader = log;
+    let length = reader.metadata().map(|m| m.len()).unwrap_or(0);
+    if reader.seek(std::io::SeekFrom::Start(length.saturating_sub(STDERR_TAIL))).is_ok() {
+        let _ = reader.take(STDERR_TAIL).read_to_end(&mut tail);
     }
-    let status = child.wait().with_context(|| format!("waiting for {what}"))?;
-    let _ = done_rx.recv_timeout(STDERR_GRACE);
-    let kept = tail.lock().map(|t| t.clone()).unwrap_or_default();
-    Ok(explained_outcome(status, what, last_line(&kept)))
+    let _ = std::io::stderr().write_all(&tail);
+    let _ = std::fs::remove_file(&log_path);
+    Ok(explained_outcome(status?, what, last_line(&tail)))
 }
 
 /// The last non-blank line of `bytes`, printable and bounded.
@@ -132,12 +129,12 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
             let script = Staged::new(job, crate::platform::SCRIPT_EXTENSION)?;
             let mut command = crate::platform::script_command(script.path());
             command.args(job.arguments).envs(env(job));
-            Ok((run_explained(&mut command, "the script")?, Undo::Nothing))
+            Ok((run_explained(&mut command, "the script", job.work_dir)?, Undo::Nothing))
         }
         "msi" => Ok((windows::install_msi(job)?, Undo::Nothing)),
         "msu" => Ok((windows::install_msu(job)?, Undo::Nothing)),
         "exe" => Ok((windows::install_exe(job)?, Undo::Nothing)),
-        "deb" => Ok((run_explained(dpkg().arg("-i").arg(job.file), "dpkg")?, Undo::Nothing)),
+        "deb" => Ok((run_explained(dpkg().arg("-i").arg(job.file), "dpkg", job.work_dir)?, Undo::Nothing)),
         name => {
             let path = job.modules_dir.join(name);
             if !path.is_file() {
@@ -145,7 +142,7 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
             }
             let mut command = Command::new(&path);
             command.arg("install").arg(job.file).args(job.arguments).envs(env(job));
-            Ok((run_explained(&mut command, &format!("module {name}"))?, Undo::Nothing))
+            Ok((run_explained(&mut command, &format!("module {name}"), job.work_dir)?, Undo::Nothing))
         }
     }
 }
@@ -189,7 +186,7 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
                     reason: format!("{package} {installed} is installed, not this update's {version}; left alone"),
                 });
             }
-            run_explained(dpkg().arg("-r").arg(&package), "dpkg -r")
+            run_explained(dpkg().arg("-r").arg(&package), "dpkg -r", job.work_dir)
         }
         name => {
             let path = job.modules_dir.join(name);
@@ -198,7 +195,7 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
             }
             let mut command = Command::new(&path);
             command.arg("uninstall").arg(job.file).args(job.arguments).envs(env(job));
-            run_explained(&mut command, &format!("module {name} uninstall"))
+            run_explained(&mut command, &format!("module {name} uninstall"), job.work_dir)
         }
     }
 }
@@ -419,7 +416,10 @@ mod uninstall_tests {
     #[cfg(unix)]
     #[test]
     fn a_failing_installer_says_why_in_its_last_line_of_standard_error() {
-        let run = |script: &str| run_explained(Command::new("/bin/sh").arg("-c").arg(script), "the script").unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let run = |script: &str| {
+            run_explained(Command::new("/bin/sh").arg("-c").arg(script), "the script", work.path()).unwrap()
+        };
         let failed = run("echo progress >&2; printf 'agentd 2.2 needs libfoo 1.4\\n\\n' >&2; exit 4");
         assert_eq!(
             failed,
@@ -439,13 +439,24 @@ mod uninstall_tests {
             run("exit 1"),
             Outcome::Failed { exit_code: Some(1), reason: "the script exited with exit status: 1".into() }
         );
-        // A daemon the installer left behind holding standard error open does not hold the agent.
-        let started = std::time::Instant::now();
-        let outcome = run("echo starting >&2; (sleep 30 &) ; exit 2");
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "waited for the daemon");
+        // A process the installer left running, writing to standard error after the installer
+        // exited, is not waited for and not stopped: it writes on (to the removed file).
+        let marker = work.path().join("still-running");
+        let outcome =
+            run(&format!("echo starting >&2; (sleep 1; echo later >&2; touch {}) & exit 2", marker.display()));
         assert!(
             matches!(outcome, Outcome::Failed { exit_code: Some(2), ref reason } if reason.ends_with(": starting"))
         );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !marker.exists() {
+            assert!(std::time::Instant::now() < deadline, "the left-behind process was stopped");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!work.path().join("installer-stderr.log").exists(), "the file is removed");
+        // More than the tail: only its end is looked at.
+        let many = "i=0; while [ $i -lt 20000 ]; do echo line $i >&2; i=$((i+1)); done; exit 1";
+        let Outcome::Failed { reason, .. } = run(many) else { panic!("not a failure") };
+        assert!(reason.ends_with(": line 19999"), "{reason}");
     }
 
     fn job<'a>(dest: &'a [String], file: &'a Path) -> Job<'a> {

@@ -737,14 +737,21 @@ fn windows_hold_installs_deadlines_override_them_and_failures_back_off() {
     assert_eq!(runs.lines().count(), 1, "not tried again before its backoff");
 }
 
-/// libfaketime, which gives the agent (and only the agent) a clock of the test's choosing.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+/// libfaketime (Debian's `faketime`, in this machine's multiarch directory), which gives the
+/// agent (and only the agent) a clock of the test's choosing.
+fn libfaketime() -> Option<PathBuf> {
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+}
 
 /// One cycle of `agent` with its clock starting at `utc` (its monotonic clock left alone).
 fn check_at(agent: &Agent, utc: &str) {
     let out = agent
         .command(&["check"])
-        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("LD_PRELOAD", libfaketime().unwrap())
         .env("FAKETIME", format!("@{utc}"))
         .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
         .env("TZ", "UTC")
@@ -756,10 +763,10 @@ fn check_at(agent: &Agent, utc: &str) {
 
 #[test]
 fn a_window_keeps_local_time_across_a_daylight_saving_change_and_yields_to_a_deadline() {
-    if !Path::new(LIBFAKETIME).exists() {
+    if libfaketime().is_none() {
         // scripts/test installs it (Debian package faketime).
-        assert!(std::env::var_os("RINGFENCE_REQUIRE_FAKETIME").is_none(), "{LIBFAKETIME} is missing");
-        eprintln!("skipped: {LIBFAKETIME} is missing (apt-get install faketime)");
+        assert!(std::env::var_os("RINGFENCE_REQUIRE_FAKETIME").is_none(), "libfaketime is missing");
+        eprintln!("skipped: libfaketime is missing (apt-get install faketime)");
         return;
     }
     let server = Server::start(|_| {});
@@ -942,7 +949,8 @@ fn a_rollout_halts_itself_on_failures_and_resumes() {
     // The halt reaches the webhook, with its reason.
     let (_, _, halted_event) = next_event(&webhook, "rollout_halted");
     assert_eq!((halted_event["group"].as_str(), halted_event["update"].as_str()), (Some("pilot"), Some("kb-h")));
-    assert!(halted_event["reason"].as_str().unwrap().contains("1 failed"), "{halted_event}");
+    let why = halted_event["reason"].as_str().unwrap();
+    assert!(why.contains("1 failed") && why.ends_with("(more than 0 devices or 5 %)"), "{halted_event}");
     let halted = status(&server);
     assert_eq!((halted["state"].as_str(), halted["share"].as_u64()), (Some("halted"), Some(0)), "{halted}");
     assert!(halted["reason"].as_str().unwrap().contains("1 failed"), "{halted}");
@@ -1032,6 +1040,24 @@ fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     let status: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
     assert_eq!(status[0]["state"], "halted");
     assert!(status[0]["reason"].as_str().unwrap().contains("1 stuck"), "{}", status[0]);
+
+    // Someone repairs the device and its agent starts again: the install it did not come back
+    // from counts as a failed attempt, reported, and the installer is not run again before
+    // its backoff ends (an update that takes the agent down does not run in a loop).
+    std::fs::remove_file(agent.dir.join("brick")).unwrap();
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert!(!agent.dir.join("ran-kb-s").exists(), "not run again at once");
+    let entry = installed_entry(&agent, "kb-s");
+    assert_eq!((entry["state"].as_str(), entry["attempts"].as_u64()), (Some("failed"), Some(1)), "{entry}");
+    let reports = server.runtime.block_on(server.db.device_reports(&device.id)).unwrap();
+    let last = reports.last().unwrap();
+    assert_eq!(last.state, "failed", "{reports:?}");
+    assert!(last.reason.as_deref().unwrap_or_default().contains("attempt 1 of 5"), "{last:?}");
+    assert!(last.reason.as_deref().unwrap_or_default().contains("interrupted"), "{last:?}");
+    let (code, out) = agent.check();
+    assert_eq!(code, 0, "waits out its backoff quietly: {out}");
+    assert!(!agent.dir.join("ran-kb-s").exists(), "still not run again");
 
     // Kept while the group approves the update, however old, and while it holds the rollout
     // (a halt survives the update being approved again); archived a week after the group no

@@ -60,7 +60,7 @@ fn rollout_total(r: &RolloutStatus) -> u64 {
 
 /// A rollout's failure bound as people say it.
 fn failure_bound(r: &RolloutStatus) -> String {
-    if r.max_failures >= 1_000_000 {
+    if r.max_failures >= crate::domain::rollouts::NO_COUNT_BOUND {
         format!("{}% of its devices fail", r.max_failure_percent)
     } else {
         format!("{} failures or {}% of its devices", r.max_failures, r.max_failure_percent)

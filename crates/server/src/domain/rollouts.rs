@@ -21,6 +21,10 @@ use super::error::{Error, Result};
 use super::events::{Event, Events};
 use super::repo::Repository;
 
+/// The failure count bound of a rollout started without one: no bound on the count, only the
+/// share (what people are told).
+pub const NO_COUNT_BOUND: u64 = 1_000_000_000;
+
 /// Whether a rollout halts: more failed (or stuck) devices than allowed, or a larger share of
 /// those that finished or got stuck.
 pub fn must_halt(failed: u64, stuck: u64, installed: u64, max_failures: u64, max_percent: u8) -> bool {
@@ -169,7 +173,7 @@ impl Rollouts {
         if pct > 100 || request.stuck_hours.is_some_and(|h| h == 0 || h > 24 * 30) {
             return Err(Error::invalid("max_failure_percent: 0 to 100; stuck_hours: 1 to 720"));
         }
-        if request.max_failures.is_some_and(|n| n > 1_000_000_000) {
+        if request.max_failures.is_some_and(|n| n > NO_COUNT_BOUND) {
             return Err(Error::invalid("max_failures: 0 to 1000000000"));
         }
         let success = request.success_percent.unwrap_or(95);
@@ -184,7 +188,7 @@ impl Rollouts {
             update_id: request.update.clone(),
             state: "running".into(),
             hold: stages.first().copied().unwrap_or(100),
-            max_failures: request.max_failures.unwrap_or(1_000_000_000),
+            max_failures: request.max_failures.unwrap_or(NO_COUNT_BOUND),
             max_failure_percent: pct,
             stuck_secs: u64::from(request.stuck_hours.unwrap_or(24)) * 3600,
             reason: "started".into(),
@@ -422,8 +426,7 @@ impl Rollouts {
                 }
                 continue;
             }
-            // The default count bound (10^9) is "no bound on the count" to whoever reads this.
-            let bounds = if r.max_failures >= 1_000_000_000 {
+            let bounds = if r.max_failures >= NO_COUNT_BOUND {
                 format!("more than {} %", r.max_failure_percent)
             } else {
                 format!("more than {} devices or {} %", r.max_failures, r.max_failure_percent)
