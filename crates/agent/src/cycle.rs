@@ -54,7 +54,7 @@ impl std::fmt::Display for CycleResult {
     }
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 12];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
     hex::encode(b)
@@ -192,7 +192,7 @@ fn bounded_reason(reason: &str) -> String {
 }
 
 /// Send queued reports; each is removed once the server acknowledged the batch.
-/// With `within`, each request gives up after that long.
+/// With `within`, the whole flush gives up after that long (what is not sent stays queued).
 fn flush_reports(
     state: &StateDir,
     config: &AgentConfig,
@@ -214,7 +214,15 @@ fn flush_reports(
         return Ok(());
     }
     let key = state.device_key()?;
+    let deadline = within.map(|w| std::time::Instant::now() + w);
     for chunk in queued.chunks(ringfence_proto::device::MAX_REPORTS) {
+        let left = match deadline {
+            Some(end) => match end.checked_duration_since(std::time::Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => bail!("reports: out of time, the rest stays queued"),
+            },
+            None => None,
+        };
         let reports: Vec<StatusReport> = chunk
             .iter()
             .map(|(_, r)| StatusReport { reason: r.reason.as_deref().map(bounded_reason), ..r.clone() })
@@ -222,7 +230,7 @@ fn flush_reports(
         // Signed with the device key: the server keeps the signature as evidence.
         let message = ringfence_proto::device::report_batch_message(&config.device_id, &reports);
         let batch = ReportBatch { reports, signature: hex::encode(key.sign(&message)) };
-        let answer = fetcher.post_json(&format!("{}/device/v1/reports", config.server), &batch, within)?;
+        let answer = fetcher.post_json(&format!("{}/device/v1/reports", config.server), &batch, left)?;
         if answer.status != 200 {
             bail!("reports: HTTP {}", answer.status);
         }
@@ -323,6 +331,12 @@ struct Cycle<'a> {
 }
 
 impl Cycle<'_> {
+    /// The time now on the agent's clock: the wall clock, never before the cycle's trusted
+    /// start (a clock set back does not move windows, deadlines or backoffs back).
+    fn clock(&self) -> i64 {
+        crate::wall_clock().max(self.now)
+    }
+
     fn report(&mut self, target: &str, state: ReportState, reason: Option<String>, exit_code: Option<i64>) {
         let reason = reason.map(|r| bounded_reason(&r));
         let report = StatusReport {
@@ -333,7 +347,7 @@ impl Cycle<'_> {
             exit_code,
             // When it happened, not when the cycle began: an install that waited for a long
             // download must not look stuck for that long.
-            at: crate::wall_clock().max(self.now),
+            at: self.clock(),
         };
         if matches!(state, ReportState::Failed | ReportState::Refused | ReportState::RolledBack) {
             self.problems.push(format!("{target}: {} {}", state.as_str(), reason.unwrap_or_default()));
@@ -644,7 +658,7 @@ impl Cycle<'_> {
         let in_window = self.may_change_at(&decision, self.now);
         if decision.action == ApprovalAction::Uninstall {
             if in_window {
-                self.uninstall(set, path, &published, &signed, &how);
+                self.uninstall(set, &decision, &published, &signed, &how);
             }
             return;
         }
@@ -720,29 +734,32 @@ impl Cycle<'_> {
             }
         };
         self.report(path, ReportState::Downloaded, None, None);
-        // The download (and the send below) took time the server controls: the window is
-        // looked at again on the clock as it is now, right before anything changes.
-        if !self.may_change_at(&decision, crate::wall_clock()) {
+        self.report(path, ReportState::Installing, None, None);
+        // Sent before the installer runs, not at the end of the cycle: an update that bricks
+        // the device leaves the server this last word, and once it is older than the
+        // rollout's stuck timeout the device counts as failed and the rollout halts. Best
+        // effort, and at most EARLY_REPORT_WITHIN in all: what is not sent stays queued.
+        let _ = flush_reports(self.state, self.config, &self.client.fetcher, Some(EARLY_REPORT_WITHIN));
+        // The download and that send took time the server controls: the window is looked at
+        // again now, on the agent's clock, and nothing that talks to the server comes between
+        // this look and the installer.
+        if !self.may_change_at(&decision, self.clock()) {
             let why = "downloaded; the maintenance window closed before the install could start".to_owned();
             self.report(path, ReportState::Waiting, Some(why), None);
             self.remember(&key, &sha, &how.update_id, "window");
             return;
         }
         // Remembered before the installer runs: an agent that does not come back from it (the
-        // update crashed it, rebooted the device, or bricked it until someone repaired it)
-        // counts the attempt as failed when it next starts (`finish_interrupted`).
-        self.remember(&key, &sha, &how.update_id, "installing");
-        if let Some(entry) = self.installed.get_mut(&key) {
+        // update crashed it, or bricked the device until someone repaired it) counts the
+        // attempt as failed when it next starts; one that comes back in another boot (the
+        // installer rebooted the device itself) finishes it as a reboot (`finish_interrupted`).
+        let health_check: Vec<String> =
+            how.installer.health_check.iter().chain(&self.config.health_check).cloned().collect();
+        self.remember_with(&key, &sha, &how.update_id, "installing", |entry| {
             entry.approval = path.to_owned();
-        }
-        self.save();
-        self.report(path, ReportState::Installing, None, None);
-        // Sent before the installer runs, not at the end of the cycle: an update that bricks
-        // the device leaves the server this last word, and once it is older than the
-        // rollout's stuck timeout the device counts as failed and the rollout halts. Best
-        // effort and bounded in time: a refused or slow send keeps the reports queued for the
-        // end of the cycle.
-        let _ = flush_reports(self.state, self.config, &self.client.fetcher, Some(EARLY_REPORT_WITHIN));
+            entry.boot_id = crate::platform::boot_mark();
+            entry.health_check = health_check;
+        });
         let (outcome, undo) = match self.with_job(&how, &file, &sha, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
@@ -837,7 +854,7 @@ impl Cycle<'_> {
         let (retry_at, next) = if attempts >= MAX_ATTEMPTS {
             (i64::MAX, "no more attempts with these bytes".to_owned())
         } else {
-            let at = self.now + backoff(attempts);
+            let at = self.clock() + backoff(attempts);
             (at, format!("next not before {}", ringfence_trust::expiry::format(at)))
         };
         self.report(path, state, Some(format!("attempt {attempts} of {MAX_ATTEMPTS} ({next}): {reason}")), exit_code);
@@ -881,11 +898,12 @@ impl Cycle<'_> {
     fn uninstall(
         &mut self,
         set: &TrustedSet,
-        path: &str,
+        decision: &Decision<Listed>,
         published: &TargetPath,
         signed: &TargetFile,
         how: &PublishedCustom,
     ) {
+        let path = decision.item.approval_path.as_str();
         let sha = signed.hashes.get("sha256").cloned().unwrap_or_default();
         let file = match self.download(set, published, signed) {
             Ok(f) => f,
@@ -894,6 +912,10 @@ impl Cycle<'_> {
                 return;
             }
         };
+        // As for an install: the download took time the server controls.
+        if !self.may_change_at(decision, self.clock()) {
+            return;
+        }
         match self.with_job(how, &file, &sha, path, |job| modules::uninstall(job, &sha)) {
             Ok(Outcome::Installed | Outcome::RebootRequired) => {
                 self.report(path, ReportState::Uninstalled, None, None);
@@ -925,6 +947,11 @@ impl Cycle<'_> {
     }
 
     fn remember(&mut self, key: &str, sha: &str, update_id: &str, state: &str) {
+        self.remember_with(key, sha, update_id, state, |_| {});
+    }
+
+    /// [`Self::remember`], the entry changed by `edit` before it is saved (one write).
+    fn remember_with(&mut self, key: &str, sha: &str, update_id: &str, state: &str, edit: impl FnOnce(&mut Installed)) {
         // Install attempts with these bytes carry over (waiting for a window or a reboot does
         // not reset them); only an installed update starts from nothing.
         let (attempts, retry_at) = match self.installed.get(key) {
@@ -933,22 +960,21 @@ impl Cycle<'_> {
         };
         let (retried, operator_retries) =
             self.installed.get(key).filter(|i| i.sha256 == sha).map_or((0, 0), |i| (i.retried, i.operator_retries));
-        self.installed.insert(
-            key.into(),
-            Installed {
-                sha256: sha.into(),
-                update_id: update_id.into(),
-                state: state.into(),
-                at: self.now,
-                approval: String::new(),
-                boot_id: None,
-                health_check: Vec::new(),
-                attempts,
-                retry_at,
-                retried,
-                operator_retries,
-            },
-        );
+        let mut entry = Installed {
+            sha256: sha.into(),
+            update_id: update_id.into(),
+            state: state.into(),
+            at: self.now,
+            approval: String::new(),
+            boot_id: None,
+            health_check: Vec::new(),
+            attempts,
+            retry_at,
+            retried,
+            operator_retries,
+        };
+        edit(&mut entry);
+        self.installed.insert(key.into(), entry);
         if let Err(e) = self.state.save_installed(&self.installed) {
             self.problems.push(format!("saving installed.json: {e:#}"));
         }
@@ -1001,7 +1027,20 @@ fn finish_reboots(state: &StateDir, now: i64) -> anyhow::Result<()> {
 fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>> {
     let mut installed = state.installed();
     let mut said = Vec::new();
+    let current = crate::platform::boot_mark();
+    let mut changed = false;
     for entry in installed.values_mut().filter(|e| e.state == "installing") {
+        changed = true;
+        let rebooted = match (&entry.boot_id, &current) {
+            (Some(then), Some(now_mark)) => !crate::platform::same_boot(then, now_mark),
+            _ => false,
+        };
+        if rebooted {
+            // The installer rebooted the device itself: taken as the reboot it needed, and
+            // finished as one (`finish_reboots`: the health checks decide).
+            entry.state = "reboot_required".into();
+            continue;
+        }
         entry.state = "failed".into();
         entry.at = now;
         entry.attempts += 1;
@@ -1014,21 +1053,23 @@ fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>>
         };
         let reason = format!(
             "attempt {} of {MAX_ATTEMPTS} ({next}): interrupted: the agent stopped while the installer ran \
-             (a crash, a reboot the installer forced, or a power loss)",
+             (it crashed or was killed)",
             entry.attempts
         );
         said.push(format!("{}: failed {reason}", entry.approval));
-        let report = StatusReport {
-            id: random_id(),
-            target: entry.approval.clone(),
-            state: ReportState::Failed,
-            reason: Some(reason),
-            exit_code: None,
-            at: now,
-        };
-        state.queue_report(&report)?;
+        if !entry.approval.is_empty() {
+            let report = StatusReport {
+                id: random_id(),
+                target: entry.approval.clone(),
+                state: ReportState::Failed,
+                reason: Some(reason),
+                exit_code: None,
+                at: now,
+            };
+            state.queue_report(&report)?;
+        }
     }
-    if !said.is_empty() {
+    if changed {
         state.save_installed(&installed)?;
     }
     Ok(said)
@@ -1036,12 +1077,14 @@ fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>>
 
 /// One cycle. Whatever is refused is reported and left alone; what was installed stays.
 pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result<CycleResult> {
+    // One cycle at a time on a state directory (the service's, and a `check` run by hand).
+    let _one = state.lock_cycle()?;
     let mut config = state.config()?;
     let mut fetcher = connection.clone();
     let Some(token) = session(state, &config, &fetcher, now)? else { return Ok(CycleResult::Pending) };
     fetcher.bearer = Some(token);
-    finish_reboots(state, now)?;
     let mut early_problems = finish_interrupted(state, now)?;
+    finish_reboots(state, now)?;
     modules::sweep_staged(&state.work_dir());
     // Reports the server does not take now (it is busy, or throttles this device) wait for
     // the end of the cycle or the next one; the cycle goes on.

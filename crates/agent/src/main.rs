@@ -294,6 +294,12 @@ fn run(state_dir: &std::path::Path, wait: &dyn Fn(std::time::Duration) -> bool) 
                 jitter(poll.min(60).saturating_mul(1 << failures.min(6)).min(3600))
             }
         };
+        // Upgraded (by a package, possibly installed by this very agent): end here, and the
+        // service manager starts the new program (the unit restarts it always).
+        if platform::program_replaced() {
+            say("the agent's program was replaced (an upgrade): exiting for the new one to start");
+            return Ok(());
+        }
         if wait(std::time::Duration::from_secs(seconds)) {
             return Ok(());
         }

@@ -139,6 +139,25 @@ impl StateDir {
     }
 
     /// Queue a report; it stays on disk until the server acknowledged it.
+    /// Hold the cycle lock of this state directory until the file is dropped; another cycle
+    /// holding it is an error, not a wait.
+    pub fn lock_cycle(&self) -> anyhow::Result<std::fs::File> {
+        let path = self.root.join("cycle.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("another cycle is running on {} (the service, or a check)", self.root.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+
     pub fn queue_report(&self, report: &StatusReport) -> anyhow::Result<()> {
         // File names sort in the order reports were made: the server takes that as their order.
         let last = self

@@ -89,6 +89,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
     std::fs::create_dir_all(keys_dir)?;
     let online = setup::init(&setup::InitOptions {
         data_dir: data_dir.to_path_buf(),
+        config: None,
         device_addr: options.device_addr.clone(),
         admin_addr: options.admin_addr.clone(),
         tls_names: options.tls_names.clone(),

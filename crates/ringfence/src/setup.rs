@@ -15,6 +15,11 @@ pub struct InitOptions {
     /// The server's data directory (created).
     #[arg(long, default_value = "ringfence-data")]
     pub data_dir: PathBuf,
+    /// Use this configuration file, which exists already (a package's
+    /// `/etc/ringfence/ringfence.toml`), instead of writing `<data-dir>/ringfence.toml`: its
+    /// `data_dir` is created and filled, the file itself is left as it is.
+    #[arg(long, conflicts_with_all = ["data_dir", "device_addr", "admin_addr", "database", "content"])]
+    pub config: Option<PathBuf>,
     #[arg(long, default_value = "0.0.0.0:8531")]
     pub device_addr: String,
     #[arg(long, default_value = "127.0.0.1:8532")]
@@ -38,6 +43,7 @@ pub struct InitOptions {
 /// What `init` made that the offline ceremony needs: the online keys' public halves.
 pub struct Initialised {
     pub config_path: PathBuf,
+    pub data_dir: PathBuf,
     pub timestamp: SigningKey,
     pub snapshot: SigningKey,
     pub auto_approver: Option<SigningKey>,
@@ -46,13 +52,25 @@ pub struct Initialised {
 }
 
 pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
-    let data_dir = &options.data_dir;
-    let config_path = data_dir.join("ringfence.toml");
-    anyhow::ensure!(!config_path.exists(), "{} exists already", config_path.display());
-    std::fs::create_dir_all(data_dir)?;
-    let mut config = Config::with_data_dir(std::path::absolute(data_dir)?);
-    config.device_listener.addr = options.device_addr.clone();
-    config.admin_listener.addr = options.admin_addr.clone();
+    let (mut config, config_path, write_config) = match &options.config {
+        Some(path) => (Config::load(path)?, path.clone(), false),
+        None => {
+            let path = options.data_dir.join("ringfence.toml");
+            anyhow::ensure!(!path.exists(), "{} exists already", path.display());
+            (Config::with_data_dir(std::path::absolute(&options.data_dir)?), path, true)
+        }
+    };
+    let data_dir = config.data_dir.clone();
+    anyhow::ensure!(
+        !config.online_key_dir().join(TIMESTAMP_FILE).exists(),
+        "{} holds an installation already",
+        data_dir.display()
+    );
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    if write_config {
+        config.device_listener.addr = options.device_addr.clone();
+        config.admin_listener.addr = options.admin_addr.clone();
+    }
     if let Some(url) = &options.database {
         anyhow::ensure!(
             url.starts_with("postgres://") || url.starts_with("postgresql://"),
@@ -80,8 +98,10 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     // The transparency log's key, and the origin its checkpoints carry: a name of its own per
     // installation (witnesses keep state per origin), from the key.
     let log_key = write_online(LOG_FILE)?;
-    let id = log_key.key_id().to_string();
-    let origin = format!("ringfence.log/{}", id.get(..16).unwrap_or(&id));
+    let origin = match &config.log.origin {
+        Some(configured) => configured.clone(),
+        None => ringfence_server::online_keys::default_log_origin(&log_key),
+    };
     let log_key = ringfence_tlog::checkpoint::LogKey::new(&origin, log_key)?;
     let log = ringfence_tlog::proof::LogIdentity {
         origin: origin.clone(),
@@ -101,9 +121,11 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     }
     names.extend(options.tls_names.iter().cloned());
     tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
-    // Owner-only: a database URL may carry a password.
-    tls::write_private(&config_path, config_text(&config).as_bytes())?;
-    Ok(Initialised { config_path, timestamp, snapshot, auto_approver, log })
+    if write_config {
+        // Owner-only: a database URL may carry a password.
+        tls::write_private(&config_path, config_text(&config).as_bytes())?;
+    }
+    Ok(Initialised { config_path, data_dir, timestamp, snapshot, auto_approver, log })
 }
 
 fn config_text(config: &Config) -> String {
@@ -155,8 +177,8 @@ pub async fn import(config_path: &Path, root: &[u8], roles: &[(RoleName, Vec<u8>
 }
 
 pub fn print_init(done: &Initialised) {
-    let dir = done.config_path.parent().unwrap_or(Path::new("."));
-    println!("Initialised {}", dir.display());
+    let dir = &done.data_dir;
+    println!("Initialised {} (configuration: {})", dir.display(), done.config_path.display());
     println!("Online public keys for the ceremony (the private halves stay here, readable by this user only):");
     println!("  timestamp: {}  {}", done.timestamp.key_id(), dir.join("online-keys/timestamp.pub.json").display());
     println!("  snapshot:  {}  {}", done.snapshot.key_id(), dir.join("online-keys/snapshot.pub.json").display());
@@ -164,5 +186,8 @@ pub fn print_init(done: &Initialised) {
         println!("  auto-approver: {}  {}", k.key_id(), dir.join("online-keys/auto-approver.pub.json").display());
     }
     println!("Next, on the offline machine: `ringfence metadata new-root` and `new-targets`, sign them,");
-    println!("then here: `ringfence import --root 1.root.json --targets 1.targets.json`.");
+    println!(
+        "then here: `ringfence import --config {} --root 1.root.json --targets 1.targets.json`.",
+        done.config_path.display()
+    );
 }

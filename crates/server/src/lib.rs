@@ -165,14 +165,10 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let blobs = open_content(&config)?;
     let mut keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());
-    let log = domain::log::Log::new(
-        db.clone(),
-        blobs.clone(),
-        keys.log.take(),
-        config.log.origin.as_deref(),
-        &config.log.witnesses,
-    )
-    .context("the transparency log")?;
+    let origin = config.log.origin.clone().or_else(|| keys.log.as_ref().map(online_keys::default_log_origin));
+    let log =
+        domain::log::Log::new(db.clone(), blobs.clone(), keys.log.take(), origin.as_deref(), &config.log.witnesses)
+            .context("the transparency log")?;
     // The embedded database has one writer, this process: the newest metadata may be served
     // from memory. With PostgreSQL other nodes commit too.
     let one_writer = config.database.url.is_none();

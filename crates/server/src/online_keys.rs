@@ -15,6 +15,14 @@ pub const AUTO_APPROVER_FILE: &str = "auto-approver.key";
 /// The transparency log's key (signs checkpoints); without it the server keeps no log.
 pub const LOG_FILE: &str = "log.key";
 
+/// The origin the log's checkpoints carry when `[log] origin` does not name one: a name of its
+/// own per installation (witnesses keep state per origin), from the log key's id. `init`
+/// writes this one into the configuration it makes.
+pub fn default_log_origin(log_key: &SigningKey) -> String {
+    let id = log_key.key_id().to_string();
+    format!("ringfence.log/{}", id.get(..16).unwrap_or(&id))
+}
+
 pub struct OnlineKeys {
     pub timestamp: SigningKey,
     pub snapshot: SigningKey,

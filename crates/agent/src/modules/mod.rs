@@ -92,12 +92,14 @@ const STDERR_LINE: usize = 200;
 fn run_explained(command: &mut Command, what: &str, work_dir: &Path) -> anyhow::Result<Outcome> {
     use std::io::{Read, Seek, Write};
     std::fs::create_dir_all(work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
-    let log_path = work_dir.join("installer-stderr.log");
-    let _ = std::fs::remove_file(&log_path);
+    // A name of its own each time: a file an earlier installer's leftover process still holds
+    // open may not be removable yet (Windows), and is swept later.
+    sweep_stderr_logs(work_dir);
+    let log_path = work_dir.join(format!("installer-stderr-{}.log", crate::cycle::random_id()));
     let log = std::fs::OpenOptions::new()
         .create_new(true)
         .read(true)
-        .write(true)
+        .append(true)
         .open(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
     let status = command.stderr(log.try_clone()?).status().with_context(|| format!("running {what}"));
@@ -110,6 +112,18 @@ fn run_explained(command: &mut Command, what: &str, work_dir: &Path) -> anyhow::
     let _ = std::io::stderr().write_all(&tail);
     let _ = std::fs::remove_file(&log_path);
     Ok(explained_outcome(status?, what, last_line(&tail)))
+}
+
+/// Remove the standard-error files of earlier installers (those still held open on Windows
+/// stay until a later sweep).
+fn sweep_stderr_logs(work_dir: &Path) {
+    for entry in std::fs::read_dir(work_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("installer-stderr-") && name.ends_with(".log") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The last non-blank line of `bytes`, printable and bounded.
@@ -134,7 +148,12 @@ pub fn install(job: &Job) -> anyhow::Result<(Outcome, Undo)> {
         "msi" => Ok((windows::install_msi(job)?, Undo::Nothing)),
         "msu" => Ok((windows::install_msu(job)?, Undo::Nothing)),
         "exe" => Ok((windows::install_exe(job)?, Undo::Nothing)),
-        "deb" => Ok((run_explained(dpkg().arg("-i").arg(job.file), "dpkg", job.work_dir)?, Undo::Nothing)),
+        "deb" =>
+        // dpkg passes the environment to the package's scripts: a package can tell the agent
+        // installs it (ringfence-agent's own postinst does not restart the agent under it).
+        {
+            Ok((run_explained(dpkg().arg("-i").arg(job.file).envs(env(job)), "dpkg", job.work_dir)?, Undo::Nothing))
+        }
         name => {
             let path = job.modules_dir.join(name);
             if !path.is_file() {
@@ -443,7 +462,7 @@ mod uninstall_tests {
         // exited, is not waited for and not stopped: it writes on (to the removed file).
         let marker = work.path().join("still-running");
         let outcome =
-            run(&format!("echo starting >&2; (sleep 1; echo later >&2; touch {}) & exit 2", marker.display()));
+            run(&format!("echo starting >&2; (sleep 3; echo later >&2; touch {}) & exit 2", marker.display()));
         assert!(
             matches!(outcome, Outcome::Failed { exit_code: Some(2), ref reason } if reason.ends_with(": starting"))
         );
@@ -452,7 +471,8 @@ mod uninstall_tests {
             assert!(std::time::Instant::now() < deadline, "the left-behind process was stopped");
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        assert!(!work.path().join("installer-stderr.log").exists(), "the file is removed");
+        let left: Vec<_> = std::fs::read_dir(work.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("still-running")], "the file is removed");
         // More than the tail: only its end is looked at.
         let many = "i=0; while [ $i -lt 20000 ]; do echo line $i >&2; i=$((i+1)); done; exit 1";
         let Outcome::Failed { reason, .. } = run(many) else { panic!("not a failure") };

@@ -14,8 +14,8 @@ mod imp;
 
 pub use imp::{
     SCRIPT_EXTENSION, access_of, create_private, create_private_dir, default_state_dir, hostname, installed_products,
-    msi_product_code, msi_property, open_locked, os_version, same_file, script_command, secure_dir, service, set_mode,
-    system_program,
+    msi_product_code, msi_property, open_locked, os_version, program_replaced, same_file, script_command, secure_dir,
+    service, set_mode, system_program,
 };
 
 /// The agent's service loop: runs cycles in the state directory, waiting between them with

@@ -65,6 +65,12 @@ pub fn boot_mark() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Whether this program's file was replaced since it started (a package upgrade): the
+/// running image's link then names a deleted file.
+pub fn program_replaced() -> bool {
+    std::fs::read_link("/proc/self/exe").is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
+}
+
 /// An MSI package's `ProductCode`: Windows Installer exists only on Windows.
 pub fn msi_product_code(_path: &Path) -> std::io::Result<String> {
     Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "MSI packages are read on Windows only"))

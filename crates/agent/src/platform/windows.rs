@@ -322,6 +322,12 @@ const CURRENT_VERSION: &str = r"SOFTWARE\Microsoft\Windows NT\CurrentVersion";
 
 /// Windows' boot counter (`PrefetchParameters\BootId`, Windows 8 and later), else the boot time
 /// from the clock and the milliseconds since boot.
+/// Whether this program's file was replaced since it started: on Windows a running program's
+/// file cannot be replaced, and the MSI upgrade stops the service first.
+pub fn program_replaced() -> bool {
+    false
+}
+
 pub fn boot_mark() -> Option<String> {
     let counter = registry_dword(
         HKEY_LOCAL_MACHINE,

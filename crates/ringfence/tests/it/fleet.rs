@@ -1079,6 +1079,51 @@ fn a_device_stuck_past_the_timeout_halts_a_rollout() {
     assert!(out.contains("no rollouts"), "{out}");
 }
 
+#[test]
+fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_not_overlap() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "r-1", "pilot", &token(&server, "pilot", 1));
+    publish_script(&server, "kb-r", &[], 0);
+    run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot"]));
+    let boot = agent.dir.join("boot-id");
+    let check = || {
+        let out = agent.command(&["check"]).env("RINGFENCE_BOOT_ID_FILE", &boot).output().unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+
+    // A cycle already running on the state directory (here: the test holds its lock) keeps a
+    // second one out, and nothing is done twice.
+    std::fs::write(&boot, "boot-1").unwrap();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(agent.state().join("cycle.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let (code, out) = check();
+    assert_ne!(code, Some(0));
+    assert!(out.contains("another cycle is running"), "{out}");
+    drop(lock);
+
+    // The installer takes the device down (here: kills the agent) and it comes back in
+    // another boot: that is the reboot the update needed, finished as one (the health checks
+    // decide; there are none), not a failure, and the installer is not run again.
+    std::fs::write(agent.dir.join("brick"), b"").unwrap();
+    assert_eq!(check().0, None, "killed by a signal");
+    assert_eq!(installed_entry(&agent, "kb-r")["state"], "installing");
+    std::fs::remove_file(agent.dir.join("brick")).unwrap();
+    std::fs::write(&boot, "boot-2").unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(installed_entry(&agent, "kb-r")["state"], "installed");
+    assert!(!agent.dir.join("ran-kb-r").exists(), "not run again");
+    let update = devices(&server).into_iter().next().unwrap().updates;
+    let state = update.iter().find(|u| u.target == "approvals/pilot/acme/kb-r.sh").unwrap();
+    assert_eq!(state.state.as_str(), "installed");
+}
+
 /// The first rollout's status, as `ringfence rollout status --json` prints it.
 fn rollout_status(server: &Server) -> Value {
     let all: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();

@@ -20,6 +20,7 @@ mod freshness;
 mod installation;
 mod interop;
 mod layering;
+mod packages;
 mod scale_out;
 mod signer_review;
 mod simulator;
