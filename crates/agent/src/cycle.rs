@@ -750,16 +750,22 @@ impl Cycle<'_> {
             return;
         }
         // Remembered before the installer runs: an agent that does not come back from it (the
-        // update crashed it, or bricked the device until someone repaired it) counts the
-        // attempt as failed when it next starts; one that comes back in another boot (the
-        // installer rebooted the device itself) finishes it as a reboot (`finish_interrupted`).
+        // update crashed it, the device went down, it was bricked until someone repaired it)
+        // counts the attempt as failed when it next starts. Only an update whose publisher
+        // signed that it needs a reboot keeps the boot mark: coming back in another boot, it
+        // is finished as a reboot (`finish_interrupted`; the health checks decide). Not
+        // recorded, not run: without the record a crash would run it again and again.
         let health_check: Vec<String> =
             how.installer.health_check.iter().chain(&self.config.health_check).cloned().collect();
-        self.remember_with(&key, &sha, &how.update_id, "installing", |entry| {
+        let reboots = how.installer.reboot_required;
+        let recorded = self.remember_with(&key, &sha, &how.update_id, "installing", |entry| {
             entry.approval = path.to_owned();
-            entry.boot_id = crate::platform::boot_mark();
+            entry.boot_id = if reboots { crate::platform::boot_mark() } else { None };
             entry.health_check = health_check;
         });
+        if !recorded {
+            return;
+        }
         let (outcome, undo) = match self.with_job(&how, &file, &sha, path, modules::install) {
             Ok(r) => r,
             Err(e) => {
@@ -947,11 +953,19 @@ impl Cycle<'_> {
     }
 
     fn remember(&mut self, key: &str, sha: &str, update_id: &str, state: &str) {
-        self.remember_with(key, sha, update_id, state, |_| {});
+        let _ = self.remember_with(key, sha, update_id, state, |_| {});
     }
 
-    /// [`Self::remember`], the entry changed by `edit` before it is saved (one write).
-    fn remember_with(&mut self, key: &str, sha: &str, update_id: &str, state: &str, edit: impl FnOnce(&mut Installed)) {
+    /// [`Self::remember`], the entry changed by `edit` before it is saved (one write); whether
+    /// it was saved.
+    fn remember_with(
+        &mut self,
+        key: &str,
+        sha: &str,
+        update_id: &str,
+        state: &str,
+        edit: impl FnOnce(&mut Installed),
+    ) -> bool {
         // Install attempts with these bytes carry over (waiting for a window or a reboot does
         // not reset them); only an installed update starts from nothing.
         let (attempts, retry_at) = match self.installed.get(key) {
@@ -975,8 +989,12 @@ impl Cycle<'_> {
         };
         edit(&mut entry);
         self.installed.insert(key.into(), entry);
-        if let Err(e) = self.state.save_installed(&self.installed) {
-            self.problems.push(format!("saving installed.json: {e:#}"));
+        match self.state.save_installed(&self.installed) {
+            Ok(()) => true,
+            Err(e) => {
+                self.problems.push(format!("saving installed.json: {e:#}"));
+                false
+            }
         }
     }
 }
@@ -1036,8 +1054,10 @@ fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>>
             _ => false,
         };
         if rebooted {
-            // The installer rebooted the device itself: taken as the reboot it needed, and
-            // finished as one (`finish_reboots`: the health checks decide).
+            // An update whose publisher signed that it needs a reboot, back in another boot:
+            // taken as that reboot and finished as one (`finish_reboots`: the health checks
+            // decide). Without that signed word there is no boot mark, and a reboot in the
+            // middle of an install is a failed attempt like any interruption.
             entry.state = "reboot_required".into();
             continue;
         }
@@ -1053,7 +1073,7 @@ fn finish_interrupted(state: &StateDir, now: i64) -> anyhow::Result<Vec<String>>
         };
         let reason = format!(
             "attempt {} of {MAX_ATTEMPTS} ({next}): interrupted: the agent stopped while the installer ran \
-             (it crashed or was killed)",
+             (it crashed or was killed, or the device went down)",
             entry.attempts
         );
         said.push(format!("{}: failed {reason}", entry.approval));

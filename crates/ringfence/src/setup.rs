@@ -61,6 +61,11 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
         }
     };
     let data_dir = config.data_dir.clone();
+    // For a service's configuration (a package's): keys made by root would be root's, and the
+    // service's user could not read them. Run it as that user (`sudo -u ringfence`).
+    if !write_config {
+        ringfence_server::check_not_root(&config)?;
+    }
     anyhow::ensure!(
         !config.online_key_dir().join(TIMESTAMP_FILE).exists(),
         "{} holds an installation already",
@@ -85,9 +90,23 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
 
     let online_dir = config.online_key_dir();
     std::fs::create_dir_all(&online_dir)?;
+    // A configuration that names a passphrase file gets its online keys encrypted with it.
+    let passphrase = match &config.keys.passphrase_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        None => None,
+    };
     let write_online = |file: &str| -> anyhow::Result<SigningKey> {
         let key = SigningKey::generate();
-        tls::write_private(&online_dir.join(file), key.to_unencrypted_pem()?.as_bytes())?;
+        let pem = match &passphrase {
+            Some(p) => key.to_encrypted_pem(p)?,
+            None => key.to_unencrypted_pem()?,
+        };
+        tls::write_private(&online_dir.join(file), pem.as_bytes())?;
         let public = online_dir.join(file.replace(".key", ".pub.json"));
         std::fs::write(public, serde_json::to_vec_pretty(&key.public().to_tuf())?)?;
         Ok(key)
@@ -120,7 +139,10 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
         }
     }
     names.extend(options.tls_names.iter().cloned());
-    tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
+    // A certificate the configuration names and that exists is the operator's: kept.
+    if !(config.cert_file().exists() && config.key_file().exists()) {
+        tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
+    }
     if write_config {
         // Owner-only: a database URL may carry a password.
         tls::write_private(&config_path, config_text(&config).as_bytes())?;

@@ -165,7 +165,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let blobs = open_content(&config)?;
     let mut keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
     let audit = domain::audit::Audit::new(db.clone());
-    let origin = config.log.origin.clone().or_else(|| keys.log.as_ref().map(online_keys::default_log_origin));
+    let origin = online_keys::log_origin(&config, keys.log.as_ref())?;
     let log =
         domain::log::Log::new(db.clone(), blobs.clone(), keys.log.take(), origin.as_deref(), &config.log.witnesses)
             .context("the transparency log")?;

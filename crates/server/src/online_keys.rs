@@ -23,6 +23,33 @@ pub fn default_log_origin(log_key: &SigningKey) -> String {
     format!("ringfence.log/{}", id.get(..16).unwrap_or(&id))
 }
 
+/// The origin the log's checkpoints carry: `[log] origin`, else the one `init` recorded in
+/// `online-keys/log-identity.json` (an installation set up with `init --config`), else the one
+/// derived from the log key. Both named and different: refused (checkpoints under another
+/// origin would be refused by every device).
+pub fn log_origin(config: &Config, log_key: Option<&SigningKey>) -> anyhow::Result<Option<String>> {
+    let path = config.online_key_dir().join("log-identity.json");
+    let recorded = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() <= 1 << 20 => {
+            let identity: ringfence_tlog::proof::LogIdentity =
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+            Some(identity.origin)
+        }
+        Ok(_) => anyhow::bail!("{}: larger than 1 MiB", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    match (&config.log.origin, recorded) {
+        (Some(configured), Some(recorded)) if *configured != recorded => anyhow::bail!(
+            "[log] origin is {configured:?} but {} records {recorded:?}: the log's checkpoints must keep one origin",
+            path.display()
+        ),
+        (Some(configured), _) => Ok(Some(configured.clone())),
+        (None, Some(recorded)) => Ok(Some(recorded)),
+        (None, None) => Ok(log_key.map(default_log_origin)),
+    }
+}
+
 pub struct OnlineKeys {
     pub timestamp: SigningKey,
     pub snapshot: SigningKey,

@@ -205,7 +205,7 @@ pub fn uninstall(job: &Job, installed_sha256: &str) -> anyhow::Result<Outcome> {
                     reason: format!("{package} {installed} is installed, not this update's {version}; left alone"),
                 });
             }
-            run_explained(dpkg().arg("-r").arg(&package), "dpkg -r", job.work_dir)
+            run_explained(dpkg().arg("-r").arg(&package).envs(env(job)), "dpkg -r", job.work_dir)
         }
         name => {
             let path = job.modules_dir.join(name);

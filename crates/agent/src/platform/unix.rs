@@ -65,10 +65,18 @@ pub fn boot_mark() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether this program's file was replaced since it started (a package upgrade): the
-/// running image's link then names a deleted file.
+/// Whether this program's file was replaced since it started (a package upgrade): a file
+/// now at the path it was started from is not the running image. A path where nothing is now
+/// (a removed build directory) is not a replacement.
 pub fn program_replaced() -> bool {
-    std::fs::read_link("/proc/self/exe").is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
+    use std::os::unix::fs::MetadataExt;
+    let Ok(link) = std::fs::read_link("/proc/self/exe") else { return false };
+    let text = link.to_string_lossy();
+    let path = text.strip_suffix(" (deleted)").unwrap_or(&text);
+    match (std::fs::metadata("/proc/self/exe"), std::fs::metadata(path)) {
+        (Ok(running), Ok(on_disk)) => (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()),
+        _ => false,
+    }
 }
 
 /// An MSI package's `ProductCode`: Windows Installer exists only on Windows.

@@ -1084,7 +1084,8 @@ fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_no
     let server = Server::start(|_| {});
     let root = server.dir.path().join("agents");
     let agent = enroll(&server, &root, "r-1", "pilot", &token(&server, "pilot", 1));
-    publish_script(&server, "kb-r", &[], 0);
+    // Its publisher signed that it needs a reboot; kb-c (below) says nothing of reboots.
+    publish_with(&server, "kb-r", 0, |m| m["installer"]["reboot_required"] = json!(true));
     run_ok(server.cli().args(["approve", "kb-r", "--group", "pilot"]));
     let boot = agent.dir.join("boot-id");
     let check = || {
@@ -1108,8 +1109,8 @@ fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_no
     drop(lock);
 
     // The installer takes the device down (here: kills the agent) and it comes back in
-    // another boot: that is the reboot the update needed, finished as one (the health checks
-    // decide; there are none), not a failure, and the installer is not run again.
+    // another boot: that is the reboot its publisher said the update needs, finished as one
+    // (the health checks decide; there are none), and the installer is not run again.
     std::fs::write(agent.dir.join("brick"), b"").unwrap();
     assert_eq!(check().0, None, "killed by a signal");
     assert_eq!(installed_entry(&agent, "kb-r")["state"], "installing");
@@ -1122,6 +1123,20 @@ fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_no
     let update = devices(&server).into_iter().next().unwrap().updates;
     let state = update.iter().find(|u| u.target == "approvals/pilot/acme/kb-r.sh").unwrap();
     assert_eq!(state.state.as_str(), "installed");
+
+    // An update whose publisher said nothing of reboots, cut off by one (a shutdown, a power
+    // loss, a crash the update caused): a failed attempt, not an install.
+    publish_script(&server, "kb-c", &[], 0);
+    run_ok(server.cli().args(["approve", "kb-c", "--group", "pilot"]));
+    std::fs::write(agent.dir.join("brick"), b"").unwrap();
+    assert_eq!(check().0, None, "killed by a signal");
+    std::fs::remove_file(agent.dir.join("brick")).unwrap();
+    std::fs::write(&boot, "boot-3").unwrap();
+    let (code, out) = check();
+    assert_eq!(code, Some(3), "{out}");
+    let entry = installed_entry(&agent, "kb-c");
+    assert_eq!((entry["state"].as_str(), entry["attempts"].as_u64()), (Some("failed"), Some(1)), "{entry}");
+    assert!(out.contains("interrupted"), "{out}");
 }
 
 /// The first rollout's status, as `ringfence rollout status --json` prints it.
