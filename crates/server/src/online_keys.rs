@@ -103,3 +103,27 @@ fn load_key(path: &Path, passphrase: Option<&str>) -> anyhow::Result<SigningKey>
     let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     SigningKey::from_pem(&pem, passphrase).with_context(|| format!("loading {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_origin_is_configured_recorded_or_derived_and_never_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::with_data_dir(dir.path().to_path_buf());
+        let key = SigningKey::generate();
+        assert_eq!(log_origin(&config, Some(&key)).unwrap(), Some(default_log_origin(&key)), "derived");
+        assert_eq!(log_origin(&config, None).unwrap(), None, "no key, no log");
+        std::fs::create_dir_all(config.online_key_dir()).unwrap();
+        let identity =
+            |origin: &str| serde_json::json!({"origin": origin, "key": "k", "witnesses": [], "quorum": 0}).to_string();
+        std::fs::write(config.online_key_dir().join("log-identity.json"), identity("example.org/recorded")).unwrap();
+        assert_eq!(log_origin(&config, Some(&key)).unwrap().as_deref(), Some("example.org/recorded"), "recorded");
+        config.log.origin = Some("example.org/recorded".into());
+        assert_eq!(log_origin(&config, Some(&key)).unwrap().as_deref(), Some("example.org/recorded"), "agreeing");
+        config.log.origin = Some("example.org/other".into());
+        let refused = log_origin(&config, Some(&key)).unwrap_err().to_string();
+        assert!(refused.contains("must keep one origin"), "{refused}");
+    }
+}
