@@ -303,6 +303,10 @@ pub const RECHECK_INSTALLER_NOT_APPLICABLE_SECONDS: i64 = 7 * 86_400;
 
 /// The longest the `installing` report may hold up an install.
 const EARLY_REPORT_WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+/// Installs per cycle whose `installing` report is sent before the installer runs: with the
+/// reports at the start and the end of the cycle, well inside the server's default bound of 30
+/// report batches per device and minute.
+const EARLY_REPORTS_PER_CYCLE: u32 = 8;
 
 /// Wait before attempt `n + 1`: 5 minutes, doubling, at most a day.
 fn backoff(attempts: u32) -> i64 {
@@ -328,6 +332,8 @@ struct Cycle<'a> {
     holds: BTreeMap<String, u8>,
     /// The retries operators asked for, per approval path (a count).
     retries: BTreeMap<String, u64>,
+    /// `installing` reports sent early in this cycle (see [`EARLY_REPORTS_PER_CYCLE`]).
+    early_reports: u32,
 }
 
 impl Cycle<'_> {
@@ -736,10 +742,18 @@ impl Cycle<'_> {
         self.report(path, ReportState::Downloaded, None, None);
         self.report(path, ReportState::Installing, None, None);
         // Sent before the installer runs, not at the end of the cycle: an update that bricks
-        // the device leaves the server this last word, and once it is older than the
-        // rollout's stuck timeout the device counts as failed and the rollout halts. Best
-        // effort, and at most EARLY_REPORT_WITHIN in all: what is not sent stays queued.
-        let _ = flush_reports(self.state, self.config, &self.client.fetcher, Some(EARLY_REPORT_WITHIN));
+        // the device leaves the server this last word, and once it is older than a rollout's
+        // stuck timeout the device counts as failed and the rollout halts. For the first
+        // EARLY_REPORTS_PER_CYCLE installs of a cycle, while the server takes them: a batch per
+        // install would run into its bound on report batches per device when a cycle installs
+        // many updates. Best effort, at most EARLY_REPORT_WITHIN in all; what is not sent stays
+        // queued for the end of the cycle.
+        if self.early_reports < EARLY_REPORTS_PER_CYCLE {
+            self.early_reports += 1;
+            if flush_reports(self.state, self.config, &self.client.fetcher, Some(EARLY_REPORT_WITHIN)).is_err() {
+                self.early_reports = EARLY_REPORTS_PER_CYCLE;
+            }
+        }
         // The download and that send took time the server controls: the window is looked at
         // again now, on the agent's clock, and nothing that talks to the server comes between
         // this look and the installer.
@@ -1184,6 +1198,7 @@ pub fn check(state: &StateDir, now: i64, connection: &Fetcher) -> anyhow::Result
         lineages: Vec::new(),
         holds: BTreeMap::new(),
         retries: BTreeMap::new(),
+        early_reports: 0,
     };
     let mut set = match cycle.client.refresh(now) {
         Ok(set) => set,

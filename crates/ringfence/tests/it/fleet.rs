@@ -1151,13 +1151,22 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
     let root = server.dir.path().join("agents");
     let token = token(&server, "pilot", 4);
     let agents: Vec<Agent> = (1..=3).map(|i| enroll(&server, &root, &format!("a-{i}"), "pilot", &token)).collect();
-    publish_script(&server, "kb-a", &[], 0);
-    let places = in_line(&agents, "kb-a");
-    let (first, last) = (places[0], places[2]);
-    assert_ne!(first.0 / 100, last.0 / 100, "the first and last of three devices in one percent (odds 3 in 10,000)");
+    // An update id for which the first and last of the three devices are in different percents
+    // (places depend on the id; each id misses with odds of about 1 in 10,000).
+    let id = (0..20)
+        .map(|n| format!("kb-a{n}"))
+        .find(|id| {
+            let places = in_line(&agents, id);
+            places[0].0 / 100 != places[2].0 / 100
+        })
+        .unwrap();
+    let id = id.as_str();
+    publish_script(&server, id, &[], 0);
+    let places = in_line(&agents, id);
+    let first = places[0];
     // The server's first stage admits the first device in line (and any sharing its percent).
     let share = first.0 / 100 + 1;
-    run_ok(server.cli().args(["approve", "kb-a", "--group", "pilot"]));
+    run_ok(server.cli().args(["approve", id, "--group", "pilot"]));
     // Stages that shrink, do not end at 100 or start at 0, and shares over 100 are refused,
     // and nothing is started.
     for bad in [
@@ -1167,7 +1176,7 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
         &["--success-percent", "101"],
         &["--soak-hours", "100000"],
     ] {
-        let out = server.cli().args(["rollout", "start", "kb-a", "--group", "pilot"]).args(bad).output().unwrap();
+        let out = server.cli().args(["rollout", "start", id, "--group", "pilot"]).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?}");
     }
     assert!(run_ok(server.cli().args(["rollout", "status"])).contains("no rollouts"));
@@ -1175,7 +1184,7 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
     let started = run_ok(server.cli().args([
         "rollout",
         "start",
-        "kb-a",
+        id,
         "--group",
         "pilot",
         "--stages",
@@ -1193,7 +1202,11 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
     }
     let admitted = places.iter().filter(|(p, _)| *p < share * 100).count() as u64;
     for (place, agent) in &places {
-        assert_eq!(agent.dir.join("ran-kb-a").exists(), *place < share * 100, "place {place}, stage at {share} %");
+        assert_eq!(
+            agent.dir.join(format!("ran-{id}")).exists(),
+            *place < share * 100,
+            "place {place}, stage at {share} %"
+        );
     }
     let status = rollout_status(&server);
     assert_eq!((status["stage"].as_u64(), status["share"].as_u64()), (Some(0), Some(u64::from(share))), "{status}");
@@ -1209,9 +1222,13 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
 
     // A device joins mid-rollout: its place comes from its own key, as the server counts it.
     let newcomer = enroll(&server, &root, "a-4", "pilot", &token);
-    let place = ringfence_trust::rollout::place(&device_key(&newcomer), "kb-a");
+    let place = ringfence_trust::rollout::place(&device_key(&newcomer), id);
     check_ok(&newcomer);
-    assert_eq!(newcomer.dir.join("ran-kb-a").exists(), place < share * 100, "place {place}, stage at {share} %");
+    assert_eq!(
+        newcomer.dir.join(format!("ran-{id}")).exists(),
+        place < share * 100,
+        "place {place}, stage at {share} %"
+    );
     let status = rollout_status(&server);
     let in_first = u64::from(place < share * 100);
     assert_eq!(status["stages"][0]["devices"].as_u64(), Some(admitted + in_first), "{status}");
@@ -1223,7 +1240,7 @@ fn the_servers_stages_advance_on_success_after_their_soak_and_place_newcomers() 
     assert_eq!((status["stage"].as_u64(), status["share"].as_u64()), (Some(1), Some(100)), "{status}");
     for agent in agents.iter().chain([&newcomer]) {
         check_ok(agent);
-        assert!(agent.dir.join("ran-kb-a").exists());
+        assert!(agent.dir.join(format!("ran-{id}")).exists());
     }
     let audit = String::from_utf8(server.admin().get("/api/v1/audit?limit=50").unwrap().ok().unwrap()).unwrap();
     assert!(audit.contains("stage 2 (100 %) begins"), "{audit}");

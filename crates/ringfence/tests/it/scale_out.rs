@@ -228,9 +228,25 @@ fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
         cluster.nodes.iter().position(|n| n.process.0.id() == leader).expect("the leader is one of the nodes");
 
     // Publish and approve, one update after another, while the leader is killed in the middle
-    // of it, and for two seconds after (at most 200 updates).
+    // of it, and for two seconds after (at most 200 updates); meanwhile the agents check in,
+    // install and report through nginx (at most 100 cycles each), so reports are in flight when
+    // the leader dies.
     let done = std::sync::atomic::AtomicBool::new(false);
-    let (published, killed_at) = std::thread::scope(|s| {
+    let (published, killed_at, cycles) = std::thread::scope(|s| {
+        let checking: Vec<_> = agents
+            .iter()
+            .map(|agent| {
+                let done = &done;
+                s.spawn(move || {
+                    let mut cycles = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) && cycles < 100 {
+                        check(agent);
+                        cycles += 1;
+                    }
+                    cycles
+                })
+            })
+            .collect();
         let publishing = s.spawn(|| {
             let mut out = Vec::new();
             for i in 1..=200 {
@@ -248,8 +264,10 @@ fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
         let killed_at = Instant::now();
         std::thread::sleep(Duration::from_secs(2));
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        (publishing.join().unwrap(), killed_at)
+        let cycles: u32 = checking.into_iter().map(|c| c.join().unwrap()).sum();
+        (publishing.join().unwrap(), killed_at, cycles)
     });
+    eprintln!("{cycles} agent cycles ran while publishing and through the kill");
     let before = published.iter().filter(|(_, _, at)| *at < killed_at).count();
     let failed = published.iter().filter(|(_, ok, _)| !ok).count();
     assert!(before > 0 && before < published.len(), "the kill came in the middle of publishing: {before} before");
