@@ -559,45 +559,51 @@ impl Cycle<'_> {
     }
 
     /// The server's holds on rollouts, if it serves a document signed by the root's timestamp
-    /// keys, fresh, and not older than one seen before; otherwise none (holds only narrow, so a
-    /// missing document widens nothing beyond what the approvers signed).
+    /// keys, fresh, and not older than one seen before. When it serves none that passes (it
+    /// does not answer, or serves something unsigned, expired or older), the last document
+    /// that passed holds while it is fresh: a halt or a pause the server signed is not lifted
+    /// by its next answers failing. With neither, no holds (they only narrow, so none widens
+    /// nothing beyond what the approvers signed).
     fn rollout_holds(&mut self, set: &TrustedSet) -> (BTreeMap<String, u8>, BTreeMap<String, u64>) {
         use ringfence_proto::tuf::RolloutHolds;
+        let seen_file = self.state.root.join("rollouts-version");
+        let kept_file = self.state.root.join("rollouts.json");
+        let seen: u64 = std::fs::read_to_string(&seen_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        let root = &set.root().signed;
+        let now = self.now;
+        let verified = |bytes: &[u8]| {
+            ringfence_trust::Envelope::<RolloutHolds>::parse(bytes, 1 << 22).ok().filter(|env| {
+                let Some(role) = root.roles.get("timestamp") else { return false };
+                let signed = env.count_valid(&root.keys, &role.keyids) >= role.threshold && role.threshold > 0;
+                let fresh = ringfence_trust::expiry::parse(&env.signed.expires).is_ok_and(|e| e > now);
+                signed && fresh && env.signed.type_ == "ringfence-rollouts"
+            })
+        };
         let url = format!("{}/repo/rollouts.json", self.config.server);
-        let bytes = match self.client.fetcher.fetch(&url, 1 << 22) {
-            Ok(Fetched::Bytes(b)) => b,
+        match self.client.fetcher.fetch(&url, 1 << 22) {
+            Ok(Fetched::Bytes(bytes)) => match verified(&bytes) {
+                Some(env) if env.signed.version >= seen => {
+                    let _ = write_atomic(&kept_file, &bytes);
+                    let _ = write_atomic(&seen_file, env.signed.version.to_string().as_bytes());
+                    return (env.signed.holds, env.signed.retries);
+                }
+                Some(env) => {
+                    self.problems.push(format!("rollout holds: version {} is older than {seen}", env.signed.version));
+                }
+                None => self.problems.push("rollout holds: not signed by the timestamp keys, or expired".into()),
+            },
             Ok(Fetched::NotFound) => {
                 // Gone after one was seen: said, since a hold may have been dropped with it.
-                let seen = std::fs::read_to_string(self.state.root.join("rollouts-version")).unwrap_or_default();
-                if !seen.trim().is_empty() && seen.trim() != "0" {
+                if seen > 0 {
                     self.problems.push("rollout holds: the server no longer serves them".into());
                 }
-                return Default::default();
             }
-            Err(e) => {
-                self.problems.push(format!("rollout holds: {e:#}"));
-                return Default::default();
-            }
-        };
-        let root = &set.root().signed;
-        let checked = ringfence_trust::Envelope::<RolloutHolds>::parse(&bytes, 1 << 22).ok().filter(|env| {
-            let Some(role) = root.roles.get("timestamp") else { return false };
-            let signed = env.count_valid(&root.keys, &role.keyids) >= role.threshold && role.threshold > 0;
-            let fresh = ringfence_trust::expiry::parse(&env.signed.expires).is_ok_and(|e| e > self.now);
-            signed && fresh && env.signed.type_ == "ringfence-rollouts"
-        });
-        let Some(env) = checked else {
-            self.problems.push("rollout holds: not signed by the timestamp keys, or expired".into());
-            return Default::default();
-        };
-        let seen_file = self.state.root.join("rollouts-version");
-        let seen: u64 = std::fs::read_to_string(&seen_file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        if env.signed.version < seen {
-            self.problems.push(format!("rollout holds: version {} is older than {seen}", env.signed.version));
-            return Default::default();
+            Err(e) => self.problems.push(format!("rollout holds: {e:#}")),
         }
-        let _ = write_atomic(&seen_file, env.signed.version.to_string().as_bytes());
-        (env.signed.holds, env.signed.retries)
+        match std::fs::read(&kept_file).ok().as_deref().and_then(verified) {
+            Some(env) if env.signed.version >= seen => (env.signed.holds, env.signed.retries),
+            _ => Default::default(),
+        }
     }
 
     /// Carry out the governing decision for one file.

@@ -34,7 +34,11 @@ pub fn encode_name(name: &str) -> String {
 
 /// Write `bytes` to `path` through a temporary file and a rename: never half a file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp-ringfence");
+    // A name of its own per process and write: two processes writing one file (a `check` by
+    // hand and the service) never rename each other's half-written file.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-ringfence-{}-{n}", std::process::id()));
     {
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;

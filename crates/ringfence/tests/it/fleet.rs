@@ -1139,6 +1139,27 @@ fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_no
     assert!(out.contains("interrupted"), "{out}");
 }
 
+#[test]
+fn a_paused_rollout_stays_held_when_the_server_stops_serving_its_holds() {
+    let server = Server::start(|_| {});
+    let root = server.dir.path().join("agents");
+    let agent = enroll(&server, &root, "p-1", "pilot", &token(&server, "pilot", 1));
+    publish_script(&server, "kb-p", &[], 0);
+    run_ok(server.cli().args(["rollout", "start", "kb-p", "--group", "pilot"]));
+    run_ok(server.cli().args(["rollout", "pause", "kb-p", "--group", "pilot"]));
+    run_ok(server.cli().args(["approve", "kb-p", "--group", "pilot"]));
+    check_ok(&agent);
+    assert!(!agent.dir.join("ran-kb-p").exists(), "held by the pause");
+    // The server stops serving its signed holds (a fault, or a server that would like the
+    // pause gone): the agent keeps the last holds it verified while they are fresh, says so,
+    // and stays held.
+    crate::common::sql(&server, "DELETE FROM rollout_holds");
+    let (code, out) = agent.check();
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("no longer serves"), "{out}");
+    assert!(!agent.dir.join("ran-kb-p").exists(), "still held by the last signed holds");
+}
+
 /// The first rollout's status, as `ringfence rollout status --json` prints it.
 fn rollout_status(server: &Server) -> Value {
     let all: Vec<Value> = serde_json::from_str(&run_ok(server.cli().args(["rollout", "status", "--json"]))).unwrap();
