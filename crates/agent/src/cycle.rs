@@ -583,8 +583,13 @@ impl Cycle<'_> {
         match self.client.fetcher.fetch(&url, 1 << 22) {
             Ok(Fetched::Bytes(bytes)) => match verified(&bytes) {
                 Some(env) if env.signed.version >= seen => {
-                    let _ = write_atomic(&kept_file, &bytes);
-                    let _ = write_atomic(&seen_file, env.signed.version.to_string().as_bytes());
+                    // The version seen moves only once the document is kept: a kept copy is
+                    // never older than what later answers are measured against.
+                    let kept = write_atomic(&kept_file, &bytes)
+                        .and_then(|()| write_atomic(&seen_file, env.signed.version.to_string().as_bytes()));
+                    if let Err(e) = kept {
+                        self.problems.push(format!("rollout holds: keeping them: {e:#}"));
+                    }
                     return (env.signed.holds, env.signed.retries);
                 }
                 Some(env) => {

@@ -36,15 +36,18 @@ pub fn encode_name(name: &str) -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     // A name of its own per process and write: two processes writing one file (a `check` by
     // hand and the service) never rename each other's half-written file.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp-ringfence-{}-{n}", std::process::id()));
-    {
+    // A failed write leaves nothing behind.
+    let tmp = path.with_extension(format!("tmp-{}", crate::cycle::random_id()));
+    let written = (|| -> anyhow::Result<()> {
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))
+    written
 }
 
 /// A TUF client over a metadata directory and a metadata base URL.

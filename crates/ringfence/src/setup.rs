@@ -91,15 +91,7 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     let online_dir = config.online_key_dir();
     std::fs::create_dir_all(&online_dir)?;
     // A configuration that names a passphrase file gets its online keys encrypted with it.
-    let passphrase = match &config.keys.passphrase_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading {}", p.display()))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let passphrase = ringfence_server::online_keys::passphrase(&config)?;
     let write_online = |file: &str| -> anyhow::Result<SigningKey> {
         let key = SigningKey::generate();
         let pem = match &passphrase {

@@ -59,18 +59,17 @@ pub struct OnlineKeys {
     pub publishers: Vec<SigningKey>,
 }
 
+/// The online keys' passphrase, from `[keys] passphrase_file` (its line ending dropped).
+pub fn passphrase(config: &Config) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.keys.passphrase_file else { return Ok(None) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()))
+}
+
 impl OnlineKeys {
     pub fn load(config: &Config) -> anyhow::Result<Self> {
         let dir = config.online_key_dir();
-        let passphrase = match &config.keys.passphrase_file {
-            Some(p) => Some(
-                std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {}", p.display()))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
-            None => None,
-        };
+        let passphrase = passphrase(config)?;
         let load = |name: &str| load_key(&dir.join(name), passphrase.as_deref());
         let optional = |name: &str| -> anyhow::Result<Option<SigningKey>> {
             let path = dir.join(name);

@@ -1141,7 +1141,8 @@ fn an_installer_that_reboots_the_device_is_finished_as_a_reboot_and_cycles_do_no
 
 #[test]
 fn a_paused_rollout_stays_held_when_the_server_stops_serving_its_holds() {
-    let server = Server::start(|_| {});
+    // No job tick during the test: it would publish the holds again.
+    let server = Server::start(|c| c.expiry.check_interval_secs = 3600);
     let root = server.dir.path().join("agents");
     let agent = enroll(&server, &root, "p-1", "pilot", &token(&server, "pilot", 1));
     publish_script(&server, "kb-p", &[], 0);

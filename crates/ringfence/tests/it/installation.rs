@@ -7,6 +7,22 @@ use crate::common::{BIN, Server, run_ok, tuf_client};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
+/// The ceremony's first root, from the keys `<name>.pub.json` in the working directory.
+pub(crate) const NEW_ROOT: [&str; 12] = [
+    "metadata",
+    "new-root",
+    "--out",
+    "1.root.json",
+    "--root-key",
+    "root.pub.json",
+    "--targets-key",
+    "targets.pub.json",
+    "--snapshot-key",
+    "snapshot.pub.json",
+    "--timestamp-key",
+    "timestamp.pub.json",
+];
+
 fn offline(keys: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
     c.env("RINGFENCE_KEY_PASSPHRASE", PASSPHRASE).current_dir(keys);
@@ -37,20 +53,7 @@ fn init_ceremony_import_and_first_update() {
         std::fs::copy(data.join(format!("online-keys/{name}.pub.json")), keys.join(format!("{name}.pub.json")))
             .unwrap();
     }
-    run_ok(offline(&keys).args([
-        "metadata",
-        "new-root",
-        "--out",
-        "1.root.json",
-        "--root-key",
-        "root.pub.json",
-        "--targets-key",
-        "targets.pub.json",
-        "--snapshot-key",
-        "snapshot.pub.json",
-        "--timestamp-key",
-        "timestamp.pub.json",
-    ]));
+    run_ok(offline(&keys).args(NEW_ROOT));
     run_ok(offline(&keys).args(["metadata", "sign", "1.root.json", "--key", "root.key"]));
     run_ok(offline(&keys).args(["metadata", "new-targets", "--out", "1.targets.json"]));
     run_ok(offline(&keys).args([

@@ -175,20 +175,7 @@ fn the_debian_packages_pass_lintian_and_install_upgrade_remove_and_purge_in_a_th
         let public = root.path(&format!("/var/lib/ringfence/online-keys/{name}.pub.json"));
         std::fs::copy(public, offline.join(format!("{name}.pub.json"))).unwrap();
     }
-    ceremony(&[
-        "metadata",
-        "new-root",
-        "--out",
-        "1.root.json",
-        "--root-key",
-        "root.pub.json",
-        "--targets-key",
-        "targets.pub.json",
-        "--snapshot-key",
-        "snapshot.pub.json",
-        "--timestamp-key",
-        "timestamp.pub.json",
-    ]);
+    ceremony(&crate::installation::NEW_ROOT);
     ceremony(&["metadata", "sign", "1.root.json", "--key", "root.key"]);
     ceremony(&["metadata", "new-targets", "--out", "1.targets.json"]);
     ceremony(&["metadata", "sign", "1.targets.json", "--key", "targets.key"]);
