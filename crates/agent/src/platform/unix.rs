@@ -69,13 +69,48 @@ pub fn boot_mark() -> Option<String> {
 /// now at the path it was started from is not the running image. A path where nothing is now
 /// (a removed build directory) is not a replacement.
 pub fn program_replaced() -> bool {
+    image_replaced(Path::new("/proc/self/exe"))
+}
+
+/// [`program_replaced`] for the process whose `/proc/PID/exe` is `exe`.
+fn image_replaced(exe: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(link) = std::fs::read_link("/proc/self/exe") else { return false };
+    let Ok(link) = std::fs::read_link(exe) else { return false };
     let text = link.to_string_lossy();
     let path = text.strip_suffix(" (deleted)").unwrap_or(&text);
-    match (std::fs::metadata("/proc/self/exe"), std::fs::metadata(path)) {
+    match (std::fs::metadata(exe), std::fs::metadata(path)) {
         (Ok(running), Ok(on_disk)) => (running.dev(), running.ino()) != (on_disk.dev(), on_disk.ino()),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_is_replaced_when_another_file_is_at_its_path_not_when_none_is() {
+        // A running copy of `sleep`, its file then replaced as a package upgrade replaces it
+        // (a new file renamed over the path), then removed (a deleted build directory).
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("agent");
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
+        let exe = PathBuf::from(format!("/proc/{}/exe", child.id()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(&exe).map_or(true, |l| l != program) {
+            assert!(std::time::Instant::now() < deadline, "the copy did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!image_replaced(&exe), "the file it started from");
+        let upgrade = dir.path().join("agent.new");
+        std::fs::copy("/bin/sleep", &upgrade).unwrap();
+        std::fs::rename(&upgrade, &program).unwrap();
+        assert!(image_replaced(&exe), "another file at its path");
+        std::fs::remove_file(&program).unwrap();
+        assert!(!image_replaced(&exe), "nothing at its path");
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
 
