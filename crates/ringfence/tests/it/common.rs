@@ -242,18 +242,14 @@ impl Server {
 
     /// Quickstart into a temporary directory, adjust the configuration, serve.
     pub fn start(adjust: impl FnOnce(&mut Config)) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut quickstart = Command::new(BIN);
-        quickstart.args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"]);
+        let mut extra = Vec::new();
         if let Some(url) = test_postgres_database() {
-            quickstart.args(["--database", &url]);
+            extra.extend(["--database".to_owned(), url]);
         }
         if let Some(url) = test_bucket() {
-            quickstart.args(["--content", &url]);
+            extra.extend(["--content".to_owned(), url]);
         }
-        run_ok(quickstart.arg("--dir").arg(dir.path()));
-        let keys = dir.path().join("ringfence-keys");
-        let data = dir.path().join("ringfence-data");
+        let (dir, data, keys) = quickstart_installation(&extra.iter().map(String::as_str).collect::<Vec<_>>());
         Self::serve(dir, keys, data, adjust)
     }
 
@@ -585,6 +581,21 @@ pub fn sql_column(server: &Server, query: &str) -> Vec<String> {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// A quickstart installation in a temporary directory, not served (its listeners on loopback
+/// port 0), with `extra` arguments: the directory, its `ringfence-data` and `ringfence-keys`.
+pub fn quickstart_installation(extra: &[&str]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    run_ok(
+        Command::new(BIN)
+            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+            .args(extra)
+            .arg("--dir")
+            .arg(dir.path()),
+    );
+    let (data, keys) = (dir.path().join("ringfence-data"), dir.path().join("ringfence-keys"));
+    (dir, data, keys)
 }
 
 /// A loopback port free right now.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{BIN, free_port, interop_script, python, run_ok, wait_for_port};
+use crate::common::{BIN, free_port, interop_script, python, wait_for_port};
 use crate::device_api::{Device, open_session, signed_enrollment, signed_reports};
 
 const KILLS: u64 = 100;
@@ -124,13 +124,7 @@ fn a_server_killed_at_random_points_serves_nothing_torn_and_loses_no_acknowledge
         // The embedded default is what this kills; PostgreSQL's durability is its own.
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
-            .arg(dir.path()),
-    );
-    let (data, keys) = (dir.path().join("ringfence-data"), dir.path().join("ringfence-keys"));
+    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
     // The publisher's key online too, so a publish signs at once (pilot's approver is online),
     // and report batches unthrottled, so a device can report as fast as the server answers.
     std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();

@@ -122,14 +122,7 @@ pub(crate) fn script_update(work: &Path, id: &str) -> (PathBuf, PathBuf) {
 fn start_cluster() -> Cluster {
     let database = test_postgres_database().expect("the scale-out test runs on PostgreSQL (RINGFENCE_TEST_DATABASE)");
     let bucket = test_bucket().expect("the scale-out test runs on S3 (RINGFENCE_TEST_S3_ROOT)");
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-            .args(["--database", &database, "--content", &bucket, "--dir"])
-            .arg(dir.path()),
-    );
-    let (data, keys) = (dir.path().join("ringfence-data"), dir.path().join("ringfence-keys"));
+    let (dir, data, keys) = crate::common::quickstart_installation(&["--database", &database, "--content", &bucket]);
     // The publisher's key online too, so a publish signs at once (pilot's approver is online).
     std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
     let config = data.join("ringfence.toml");
@@ -361,13 +354,7 @@ fn an_embedded_installation_moves_to_postgres_and_s3_and_goes_on() {
     use crate::agents::{enroll, token};
     use crate::common::Server;
     // An embedded installation (SQLite, local content) with an enrolled device and an update.
-    let dir = tempfile::tempdir().unwrap();
-    run_ok(
-        Command::new(BIN)
-            .args(["quickstart", "--no-serve", "--device-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--dir"])
-            .arg(dir.path()),
-    );
-    let (keys, data) = (dir.path().join("ringfence-keys"), dir.path().join("ringfence-data"));
+    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
     let server = Server::serve(dir, keys.clone(), data.clone(), |_| {});
     assert!(server.state.config.database.url.is_none(), "embedded");
     let agent = enroll(&server, &server.dir.path().join("agents"), "m-1", "pilot", &token(&server, "pilot", 1));
