@@ -74,7 +74,6 @@ pub fn program_replaced() -> bool {
 
 /// [`program_replaced`] for the process whose `/proc/PID/exe` is `exe`.
 fn image_replaced(exe: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
     let Ok(link) = std::fs::read_link(exe) else { return false };
     let text = link.to_string_lossy();
     let path = text.strip_suffix(" (deleted)").unwrap_or(&text);
