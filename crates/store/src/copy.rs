@@ -31,6 +31,7 @@ pub const TABLES: &[&str] = &[
     "rule_progress",
     "rollouts",
     "rollout_holds",
+    "rollout_samples",
     "leases",
     "log_queue",
     "log_entries",

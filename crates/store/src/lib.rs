@@ -29,7 +29,7 @@ pub use devices::{
 };
 pub use log::{CheckpointRecord, LogBatch, LogStore, QueuedEntry};
 pub use outbox::{OutboxRecord, OutboxStore};
-pub use rollouts::{RolloutDevice, RolloutRecord, RolloutStore};
+pub use rollouts::{RolloutDevice, RolloutRecord, RolloutSample, RolloutStore};
 pub use rules::{RuleRecord, RuleStore};
 pub use sql::{Engine, SqlStore};
 

@@ -40,6 +40,23 @@ pub struct RolloutDevice {
     pub states: std::collections::BTreeMap<String, String>,
 }
 
+/// What the leading node counted of a rollout at one moment (the console's chart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutSample {
+    pub at: i64,
+    /// The share (percent) the server allowed then.
+    pub share: u8,
+    /// The group's accepted devices, those that installed it (or to which it does not apply),
+    /// those that failed, and those stuck on their way past the rollout's timeout.
+    pub devices: u64,
+    pub installed: u64,
+    pub failed: u64,
+    pub stuck: u64,
+}
+
+/// Samples kept per rollout at most; past it the oldest half is thinned to every other one.
+pub const MAX_ROLLOUT_SAMPLES: u64 = 2_000;
+
 #[async_trait::async_trait]
 pub trait RolloutStore: Send + Sync + 'static {
     /// Start (or restart) a rollout; `Conflict` if one runs for that group and update.
@@ -74,6 +91,17 @@ pub trait RolloutStore: Send + Sync + 'static {
     /// Accepted devices enrolled in any of `groups`, with their newest state on each of
     /// `targets` they reported on.
     async fn rollout_devices(&self, groups: &[String], targets: &[String]) -> Result<Vec<RolloutDevice>>;
+    /// Keep a sample of a rollout's progress, unless one was kept less than `min_gap` seconds
+    /// before it. Returns whether it was kept.
+    async fn add_rollout_sample(
+        &self,
+        group: &str,
+        update_id: &str,
+        sample: &RolloutSample,
+        min_gap: i64,
+    ) -> Result<bool>;
+    /// A rollout's samples from `since` on, oldest first (at most [`MAX_ROLLOUT_SAMPLES`]).
+    async fn rollout_samples(&self, group: &str, update_id: &str, since: i64) -> Result<Vec<RolloutSample>>;
     /// The signed holds document and its version.
     async fn rollout_holds(&self) -> Result<Option<(u64, Vec<u8>)>>;
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()>;
@@ -133,11 +161,13 @@ impl RolloutStore for SqlStore {
         if running.as_deref() == Some("running") {
             return Err(StoreError::Conflict(format!("a rollout of {} runs in {}", r.update_id, r.group)));
         }
-        sqlx::query("DELETE FROM rollouts WHERE group_name = $1 AND update_id = $2")
-            .bind(&r.group)
-            .bind(&r.update_id)
-            .execute(&mut *tx)
-            .await?;
+        for table in ["rollouts", "rollout_samples"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE group_name = $1 AND update_id = $2"))
+                .bind(&r.group)
+                .bind(&r.update_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO rollouts (group_name, update_id, state, hold, max_failures, max_failure_percent, \
              stuck_secs, reason, started_at, changed_at, stages, stage, stage_started_at, soak_secs, \
@@ -289,12 +319,98 @@ impl RolloutStore for SqlStore {
     }
 
     async fn delete_rollout(&self, group: &str, update_id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM rollouts WHERE group_name = $1 AND update_id = $2")
+        let mut tx = self.pool.begin().await?;
+        for table in ["rollouts", "rollout_samples"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE group_name = $1 AND update_id = $2"))
+                .bind(group)
+                .bind(update_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_rollout_sample(
+        &self,
+        group: &str,
+        update_id: &str,
+        sample: &RolloutSample,
+        min_gap: i64,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(at) AS newest FROM rollout_samples WHERE group_name = $1 AND update_id = $2",
+        )
+        .bind(group)
+        .bind(update_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let kept = from_bigint(row.try_get("n")?, "n")?;
+        let newest: Option<i64> = row.try_get("newest")?;
+        if newest.is_some_and(|newest| sample.at.saturating_sub(newest) < min_gap || sample.at <= newest) {
+            return Ok(false);
+        }
+        if kept >= MAX_ROLLOUT_SAMPLES {
+            // Thin the oldest half to every other sample: the chart keeps its whole span.
+            let rows = sqlx::query(
+                "SELECT at FROM rollout_samples WHERE group_name = $1 AND update_id = $2 ORDER BY at LIMIT $3",
+            )
             .bind(group)
             .bind(update_id)
-            .execute(&self.pool)
+            .bind(to_bigint(MAX_ROLLOUT_SAMPLES / 2, "limit")?)
+            .fetch_all(&mut *tx)
             .await?;
-        Ok(())
+            for row in rows.iter().skip(1).step_by(2) {
+                sqlx::query("DELETE FROM rollout_samples WHERE group_name = $1 AND update_id = $2 AND at = $3")
+                    .bind(group)
+                    .bind(update_id)
+                    .bind(row.try_get::<i64, _>("at")?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO rollout_samples (group_name, update_id, at, share, devices, installed, failed, stuck) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(group)
+        .bind(update_id)
+        .bind(sample.at)
+        .bind(i64::from(sample.share))
+        .bind(to_bigint(sample.devices, "devices")?)
+        .bind(to_bigint(sample.installed, "installed")?)
+        .bind(to_bigint(sample.failed, "failed")?)
+        .bind(to_bigint(sample.stuck, "stuck")?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn rollout_samples(&self, group: &str, update_id: &str, since: i64) -> Result<Vec<RolloutSample>> {
+        let rows = sqlx::query(
+            "SELECT at, share, devices, installed, failed, stuck FROM rollout_samples \
+             WHERE group_name = $1 AND update_id = $2 AND at >= $3 ORDER BY at LIMIT $4",
+        )
+        .bind(group)
+        .bind(update_id)
+        .bind(since)
+        .bind(to_bigint(MAX_ROLLOUT_SAMPLES, "limit")?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RolloutSample {
+                    at: r.try_get("at")?,
+                    share: u8::try_from(r.try_get::<i64, _>("share")?).unwrap_or(0),
+                    devices: from_bigint(r.try_get("devices")?, "devices")?,
+                    installed: from_bigint(r.try_get("installed")?, "installed")?,
+                    failed: from_bigint(r.try_get("failed")?, "failed")?,
+                    stuck: from_bigint(r.try_get("stuck")?, "stuck")?,
+                })
+            })
+            .collect()
     }
 
     async fn rollout_devices(&self, groups: &[String], targets: &[String]) -> Result<Vec<RolloutDevice>> {
@@ -357,5 +473,42 @@ impl RolloutStore for SqlStore {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(at: i64, installed: u64) -> RolloutSample {
+        RolloutSample { at, share: 20, devices: 9, installed, failed: 1, stuck: 0 }
+    }
+
+    #[tokio::test]
+    async fn samples_keep_their_gap_stay_bounded_over_the_whole_span_and_go_with_the_rollout() {
+        let (_dir, store) = crate::sql::test_store().await;
+        assert!(store.add_rollout_sample("pilot", "kb-1", &sample(1_000, 0), 60).await.unwrap());
+        assert!(!store.add_rollout_sample("pilot", "kb-1", &sample(1_030, 1), 60).await.unwrap(), "too soon");
+        assert!(!store.add_rollout_sample("pilot", "kb-1", &sample(900, 1), 0).await.unwrap(), "older");
+        assert!(store.add_rollout_sample("pilot", "kb-1", &sample(1_060, 2), 60).await.unwrap());
+        assert!(store.add_rollout_sample("prod", "kb-1", &sample(1_000, 5), 60).await.unwrap(), "another rollout");
+        let kept = store.rollout_samples("pilot", "kb-1", 0).await.unwrap();
+        assert_eq!(kept, vec![sample(1_000, 0), sample(1_060, 2)]);
+        assert_eq!(store.rollout_samples("pilot", "kb-1", 1_001).await.unwrap(), vec![sample(1_060, 2)]);
+
+        for i in 2..=MAX_ROLLOUT_SAMPLES + 10 {
+            let at = 1_000 + 60 * i64::try_from(i).unwrap();
+            assert!(store.add_rollout_sample("pilot", "kb-1", &sample(at, i), 0).await.unwrap());
+        }
+        let kept = store.rollout_samples("pilot", "kb-1", 0).await.unwrap();
+        assert!(kept.len() as u64 <= MAX_ROLLOUT_SAMPLES, "{}", kept.len());
+        assert!(kept.len() as u64 > MAX_ROLLOUT_SAMPLES / 2, "{}", kept.len());
+        assert_eq!(kept.first().map(|s| s.at), Some(1_000), "the start stays");
+        assert_eq!(kept.last().map(|s| s.installed), Some(MAX_ROLLOUT_SAMPLES + 10), "and the newest");
+        assert!(kept.windows(2).all(|w| w[0].at < w[1].at));
+
+        store.delete_rollout("pilot", "kb-1").await.unwrap();
+        assert!(store.rollout_samples("pilot", "kb-1", 0).await.unwrap().is_empty());
+        assert_eq!(store.rollout_samples("prod", "kb-1", 0).await.unwrap().len(), 1);
     }
 }

@@ -100,6 +100,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0013_webhook_outbox.sql"),
         include_str!("../migrations/postgres/0013_webhook_outbox.sql"),
     ),
+    (
+        14,
+        "rollout samples",
+        include_str!("../migrations/0014_rollout_samples.sql"),
+        include_str!("../migrations/postgres/0014_rollout_samples.sql"),
+    ),
 ];
 
 /// The database engine behind a store.

@@ -205,6 +205,12 @@ impl Element<'_> {
         self.browser.session_call("POST", &self.path("/value"), Some(json!({ "text": text })));
     }
 
+    /// An attribute of the element (empty when it has none).
+    pub fn attribute(&self, name: &str) -> String {
+        let value = self.browser.session_call("GET", &self.path(&format!("/attribute/{name}")), None);
+        value.as_str().unwrap_or_default().to_owned()
+    }
+
     pub fn text(&self) -> String {
         self.browser.session_call("GET", &self.path("/text"), None).as_str().unwrap_or_default().to_owned()
     }

@@ -110,8 +110,23 @@ fn an_administrator_uses_the_console_in_a_real_browser() {
     assert!(compliance_row.starts_with("pilot") && compliance_row.contains("1 / 2"), "{compliance_row}");
     browser.document("update");
 
-    // Pause and resume the rollout.
+    // The rollout's progress over time: what the leading node counted when it looked, an
+    // hour apart here (one of the two devices installed, none failed).
+    let now = ringfence_server::unix_now();
+    for at in [now, now + 3600] {
+        server.runtime.block_on(server.state.rollouts.tick(&server.state.repo, at)).unwrap();
+    }
     browser.goto(&format!("{console}rollouts"));
+    let installed = browser.find("figure.chart polyline.installed");
+    let points = installed.attribute("points");
+    let points: Vec<&str> = points.split(' ').collect();
+    assert!(points.len() >= 2, "{points:?}");
+    assert_eq!(points.last().map(|p| p.ends_with(",60.0")), Some(true), "half the devices installed: {points:?}");
+    let failed = browser.find("figure.chart polyline.failed").attribute("points");
+    assert!(failed.split(' ').all(|p| p.ends_with(",120.0")), "none failed: {failed}");
+    assert!(browser.text().contains("Progress: installed and failed"), "{}", browser.text());
+
+    // Pause and resume the rollout.
     browser.document("rollouts");
     browser.find("form[action$='/pause'] button").click();
     browser.wait_for_text("the paused rollout", |t| t.contains("paused"));

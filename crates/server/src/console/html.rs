@@ -174,22 +174,40 @@ pub fn progress(part: u64, whole: u64) -> Markup {
     }
 }
 
-/// A small line chart (inline SVG, no script): `points` are (x, y) with y in 0..=100.
-pub fn chart(title: &str, points: &[(f64, f64)]) -> Markup {
+/// One line of a chart: a CSS class (its colour), what the legend calls it, and its points
+/// (x, y) with y in 0..=100.
+pub struct Series<'a> {
+    pub class: &'a str,
+    pub label: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A small line chart (inline SVG, no script): x from 0 to the largest x of any series (in
+/// `x_unit`, named under the axis), y a percentage.
+pub fn chart(title: &str, x_unit: &str, series: &[Series<'_>]) -> Markup {
     let (w, h) = (480.0_f64, 120.0_f64);
-    let max_x = points.iter().map(|p| p.0).fold(1.0_f64, f64::max);
-    let line: Vec<String> = points
-        .iter()
-        .map(|(x, y)| format!("{:.1},{:.1}", x / max_x * w, h - (y.clamp(0.0, 100.0) / 100.0 * h)))
-        .collect();
+    let max_x = series.iter().flat_map(|s| s.points.iter()).map(|p| p.0).fold(0.0_f64, f64::max);
+    let scale = if max_x > 0.0 { max_x } else { 1.0 };
+    let line = |points: &[(f64, f64)]| -> String {
+        points
+            .iter()
+            .map(|(x, y)| format!("{:.1},{:.1}", x / scale * w, h - (y.clamp(0.0, 100.0) / 100.0 * h)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     html! {
         figure.chart {
             svg xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {w} {h}")) role="img" aria-label=(title) {
                 line x1="0" y1=(h) x2=(w) y2=(h) class="axis" {}
                 line x1="0" y1="0" x2="0" y2=(h) class="axis" {}
-                polyline points=(line.join(" ")) class="series" {}
+                @for s in series {
+                    polyline points=(line(&s.points)) class=(format!("series {}", s.class)) data-points=(s.points.len()) {}
+                }
             }
-            figcaption { (title) }
+            figcaption {
+                (title) " · 0 to " (format!("{max_x:.1}")) " " (x_unit) ", 0 to 100 %"
+                @for s in series { " " span class=(format!("key {}", s.class)) { "■ " (s.label) } }
+            }
         }
     }
 }

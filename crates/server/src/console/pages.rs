@@ -13,11 +13,12 @@ use ringfence_proto::GroupName;
 use ringfence_proto::api::{RolloutStatus, UpdateManifest};
 use ringfence_proto::device::{DeviceInfo, EnrollmentTokenRequest};
 
-use super::html::{action_button, ago, chart, csrf_field, next_link, page, progress, when};
+use super::html::{Series, action_button, ago, chart, csrf_field, next_link, page, progress, when};
 use super::{PageResult, Viewer, check_csrf, form, query};
 use crate::AppState;
 use crate::caller::needs;
 use crate::domain::devices::{DeviceAction, DeviceState};
+use crate::domain::rollouts::RolloutSample;
 use crate::error::ApiError;
 
 type Shared = State<Arc<AppState>>;
@@ -323,15 +324,16 @@ pub async fn rollouts(State(state): Shared, viewer: Viewer) -> PageResult {
     let now = crate::unix_now();
     let rollouts = state.rollouts.status_for_display(&state.repo, now, TALLY_AGE).await?;
     let may_steer = viewer.caller.require(needs::APPROVE).is_ok();
-    let mut schedules = Vec::new();
+    let (mut schedules, mut histories) = (Vec::new(), Vec::new());
     for r in &rollouts {
         let approvals = state.repo.approvals_of(&r.group).await?;
         let stages = approvals.values().find(|c| c.update_id == r.update).and_then(|c| c.rollout.clone());
         schedules.push(stages);
+        histories.push(state.rollouts.samples(r.group.as_str(), &r.update).await?);
     }
     let body = html! {
         @if rollouts.is_empty() { p.empty { "No rollout has been started. " code { "ringfence rollout start" } " starts one." } }
-        @for (r, schedule) in rollouts.iter().zip(&schedules) {
+        @for ((r, schedule), history) in rollouts.iter().zip(&schedules).zip(&histories) {
             section.rollout {
                 h2 { (r.group) " · " a href=(format!("/console/updates/{}", r.update)) { (r.update) } " "
                      span class=(format!("state {}", r.state)) { (r.state) } }
@@ -354,8 +356,15 @@ pub async fn rollouts(State(state): Shared, viewer: Viewer) -> PageResult {
                     }
                 }
                 p.hint { "Stage counts are at most " (TALLY_AGE / 60) " minutes old; state and failure counts are current." }
+                @if history.is_empty() {
+                    p.hint { "No progress counted yet: the server looks at running rollouts every few minutes." }
+                } @else {
+                    (chart("Progress: installed and failed (or stuck), % of the group's devices, and the share allowed",
+                           "hours", &history_series(history)))
+                }
                 @if let Some(stages) = schedule {
-                    (chart("The approvers' signed schedule: share allowed (%) over time", &schedule_points(stages)))
+                    (chart("The approvers' signed schedule: share allowed over time", "hours",
+                           &[Series { class: "share", label: "share allowed", points: schedule_points(stages) }]))
                 }
                 @if may_steer {
                     div.actions {
@@ -370,6 +379,34 @@ pub async fn rollouts(State(state): Shared, viewer: Viewer) -> PageResult {
         }
     };
     Ok(page(&viewer, "/console/rollouts", "Rollouts", body))
+}
+
+/// A rollout's samples as lines over hours from the first: installed and failed (stuck
+/// counted as failed, as the halt counts them) as a share of the group's devices then, and the
+/// share the server allowed.
+fn history_series(samples: &[RolloutSample]) -> Vec<Series<'static>> {
+    let start = samples.first().map_or(0, |s| s.at);
+    let hours = |s: &RolloutSample| s.at.saturating_sub(start) as f64 / 3600.0;
+    let percent = |part: u64, s: &RolloutSample| {
+        if s.devices == 0 { 0.0 } else { (part as f64 * 100.0 / s.devices as f64).min(100.0) }
+    };
+    vec![
+        Series {
+            class: "installed",
+            label: "installed",
+            points: samples.iter().map(|s| (hours(s), percent(s.installed, s))).collect(),
+        },
+        Series {
+            class: "failed",
+            label: "failed or stuck",
+            points: samples.iter().map(|s| (hours(s), percent(s.failed + s.stuck, s))).collect(),
+        },
+        Series {
+            class: "share",
+            label: "share allowed",
+            points: samples.iter().map(|s| (hours(s), f64::from(s.share))).collect(),
+        },
+    ]
 }
 
 /// The approvers' stages as (hours from the first stage, share).

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use ringfence_proto::GroupName;
 use ringfence_proto::api::{RolloutStatus, StageCount, StartRollout};
 use ringfence_proto::tuf::ApprovalAction;
+pub use ringfence_store::RolloutSample;
 use ringfence_store::{Bucket, Database, RolloutDevice, RolloutRecord};
 
 use super::audit::Audit;
@@ -417,7 +418,10 @@ impl Rollouts {
                     continue;
                 }
             };
-            if !must_halt(status.failed, status.stuck, status.installed, r.max_failures, r.max_failure_percent) {
+            let halting =
+                must_halt(status.failed, status.stuck, status.installed, r.max_failures, r.max_failure_percent);
+            self.sample(&r, &status, &tally, halting, now).await;
+            if !halting {
                 match self.advance(&r, &tally, now).await {
                     Ok(moved) => changed |= moved,
                     Err(e) => {
@@ -462,6 +466,30 @@ impl Rollouts {
             self.publish(repo, now).await?;
         }
         Ok(halted)
+    }
+
+    /// Keep what a running rollout counts now for the console's chart: every tick in its first
+    /// minutes, then more sparsely (a gap of 1/200 of its age), and always when it halts.
+    /// A sample that cannot be kept is only logged: the chart is not worth a decision.
+    async fn sample(&self, r: &RolloutRecord, status: &RolloutStatus, tally: &StageTally, halting: bool, now: i64) {
+        let sum = |count: fn(&StageCount) -> u64| tally.stages.iter().map(count).sum::<u64>();
+        let sample = RolloutSample {
+            at: now,
+            share: if halting { 0 } else { status.share },
+            devices: sum(|s| s.devices),
+            installed: sum(|s| s.installed),
+            failed: sum(|s| s.failed),
+            stuck: status.stuck,
+        };
+        let gap = if halting { 0 } else { now.saturating_sub(r.started_at) / 200 };
+        if let Err(e) = self.db.add_rollout_sample(&r.group, &r.update_id, &sample, gap).await {
+            tracing::warn!(group = r.group, update = r.update_id, error = %e, "rollout sample");
+        }
+    }
+
+    /// A rollout's samples, oldest first (the console's chart).
+    pub async fn samples(&self, group: &str, update: &str) -> Result<Vec<RolloutSample>> {
+        Ok(self.db.rollout_samples(group, update, 0).await?)
     }
 
     /// Note when a rollout's group stopped approving its update, and archive a rollout a week
