@@ -104,6 +104,7 @@ async fn metrics(State(state): Shared, caller: Caller) -> ApiResult<Response> {
         role_expiry,
         log_size: state.log.size().await?,
         webhook_waiting: state.events.counts().await?.0,
+        caches_on: state.config.database.url.is_none() || state.cluster.caches_coherent(),
     };
     let text = state.metrics.render(&snapshot).map_err(ApiError::internal)?;
     let mut r = Response::new(Body::from(text));

@@ -129,7 +129,10 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
     let device = session_device(&state, &headers, now).await?;
     let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
-    let current = state.repo.served_version(&ringfence_proto::RoleName::timestamp()).await?;
+    // Never answer with a version older than the one this device already trusts while the
+    // database has it (another node's commit this node has not heard of yet).
+    let current =
+        state.repo.served_version_after(&ringfence_proto::RoleName::timestamp(), request.timestamp_version).await?;
     let holds = state.repo.holds_version().await?;
     let answer = state.devices.check_in(&device, &request, (current, holds), now).await?;
     state.metrics.checkin();

@@ -15,6 +15,13 @@ pub async fn run(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bo
     // The lease is kept in a task of its own, so a long pass of jobs never lets it lapse.
     take_lease(&state).await;
     tokio::spawn(keep_lease(state.clone(), stop.clone()));
+    // On a shared database: hear the other nodes, so what this one keeps in memory is never
+    // older than what they commit (on SQLite this returns at once).
+    let coherent = (state.clone(), stop.clone());
+    tokio::spawn(async move {
+        let (state, stop) = coherent;
+        state.cluster.keep_caches_coherent(&state.repo, &state.devices, stop).await;
+    });
     let (mut last_run, mut warned): (Option<i64>, Vec<String>) = (None, Vec::new());
     loop {
         let now = crate::unix_now();

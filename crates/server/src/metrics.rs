@@ -41,6 +41,7 @@ pub struct Metrics {
     rollouts: Family<Labels, Gauge>,
     role_expiry: Family<Labels, Gauge>,
     log_size: Gauge,
+    caches_on: Gauge,
     /// One scrape at a time: a scrape clears and refills the scrape-time families.
     render: std::sync::Mutex<()>,
 }
@@ -57,6 +58,9 @@ pub struct Snapshot {
     pub log_size: u64,
     /// Webhook events waiting for delivery.
     pub webhook_waiting: u64,
+    /// Whether this node keeps the newest metadata and sessions in memory (always with the
+    /// embedded database; on PostgreSQL while it hears the other nodes).
+    pub caches_on: bool,
 }
 
 fn gauge_value(n: u64) -> i64 {
@@ -77,6 +81,7 @@ impl Default for Metrics {
         let rollouts = Family::<Labels, Gauge>::default();
         let role_expiry = Family::<Labels, Gauge>::default();
         let log_size = Gauge::default();
+        let caches_on = Gauge::default();
         registry.register(
             "ringfence_http_requests",
             "HTTP requests answered, by listener, route and status",
@@ -105,6 +110,11 @@ impl Default for Metrics {
             role_expiry.clone(),
         );
         registry.register("ringfence_log_entries", "Entries on the transparency log", log_size.clone());
+        registry.register(
+            "ringfence_caches_on",
+            "1 while this node keeps the newest metadata and sessions in memory (on PostgreSQL: while it hears the other nodes)",
+            caches_on.clone(),
+        );
         Self {
             registry,
             requests,
@@ -119,6 +129,7 @@ impl Default for Metrics {
             rollouts,
             role_expiry,
             log_size,
+            caches_on,
             render: std::sync::Mutex::new(()),
         }
     }
@@ -169,6 +180,7 @@ impl Metrics {
             self.role_expiry.get_or_create(&vec![("role", role.clone())]).set(*secs);
         }
         self.log_size.set(gauge_value(snapshot.log_size));
+        self.caches_on.set(i64::from(snapshot.caches_on));
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
@@ -234,6 +246,7 @@ mod tests {
             role_expiry: vec![("timestamp".into(), 3600)],
             log_size: 7,
             webhook_waiting: 0,
+            caches_on: true,
         };
         let text = m.render(&snapshot).unwrap();
         for line in [
@@ -245,6 +258,7 @@ mod tests {
             "ringfence_rollouts{state=\"running\"} 1",
             "ringfence_role_expiry_seconds{role=\"timestamp\"} 3600",
             "ringfence_log_entries 7",
+            "ringfence_caches_on 1",
             "ringfence_http_requests_total{listener=\"device\",route=\"unmatched\",status=\"404\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");

@@ -142,6 +142,7 @@ impl CleanupStore for SqlStore {
             sqlx::query(&format!("DELETE FROM {table} WHERE device_id = $1")).bind(id).execute(&mut *tx).await?;
         }
         sqlx::query("DELETE FROM devices WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        crate::changes::notify_in(&mut tx, self.engine(), crate::Change::Sessions).await?;
         tx.commit().await?;
         Ok(())
     }

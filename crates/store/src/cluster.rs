@@ -57,10 +57,24 @@ pub trait ClusterStore: Send + Sync + 'static {
     async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>>;
     /// Give lease `name` up if `holder` holds it (a node stopping), so another takes it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Listen for the changes other nodes commit ([`crate::Change`]) on a connection of its
+    /// own; `None` on SQLite, where this node is the only one.
+    async fn listen(&self) -> Result<Option<crate::ChangeListener>>;
+    /// Send a ping every listener hears (nothing on SQLite): a node that hears its own knows
+    /// its listening connection is alive.
+    async fn ping_listeners(&self, token: &str) -> Result<()>;
 }
 
 #[async_trait::async_trait]
 impl ClusterStore for SqlStore {
+    async fn listen(&self) -> Result<Option<crate::ChangeListener>> {
+        crate::changes::listen(self).await
+    }
+
+    async fn ping_listeners(&self, token: &str) -> Result<()> {
+        crate::changes::ping(self, token).await
+    }
+
     async fn exclusive(&self, section: Section) -> Result<ExclusiveGuard> {
         if self.engine() != Engine::Postgres {
             return Ok(ExclusiveGuard { conn: None });

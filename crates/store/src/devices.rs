@@ -465,6 +465,7 @@ impl DeviceStore for SqlStore {
         if state != DeviceState::Accepted {
             sqlx::query("DELETE FROM device_sessions WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM device_challenges WHERE device_id = $1").bind(id).execute(&mut *tx).await?;
+            crate::changes::notify_in(&mut tx, self.engine(), crate::Change::Sessions).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -6,6 +6,7 @@
 //! implementation of the same trait is a drop-in.
 
 mod blob;
+mod changes;
 mod cleanup;
 mod cluster;
 mod compliance;
@@ -19,6 +20,7 @@ mod rules;
 mod sql;
 
 pub use blob::{BlobStore, BlobWriter, S3Location};
+pub use changes::{CHANNEL, Change, ChangeListener, Heard};
 pub use cleanup::{BlobRecord, CleanupStore, ForgettableDevice};
 pub use cluster::{ClusterStore, ExclusiveGuard, Section};
 pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, TargetCounts};

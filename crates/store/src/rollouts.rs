@@ -458,6 +458,7 @@ impl RolloutStore for SqlStore {
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()> {
         // Only forward: a node that signed an older or the same version (its lock lost, say)
         // cannot replace what another node published.
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO rollout_holds (id, version, bytes) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes \
@@ -465,13 +466,15 @@ impl RolloutStore for SqlStore {
         )
         .bind(to_bigint(version, "version")?)
         .bind(bytes)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
                 "rollout holds version {version} is not newer than the stored one"
             )));
         }
+        crate::changes::notify_in(&mut tx, self.engine(), crate::Change::Holds).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

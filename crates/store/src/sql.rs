@@ -136,6 +136,18 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 pub struct SqlStore {
     pub(crate) pool: AnyPool,
     engine: Engine,
+    /// PostgreSQL's URL, for the connection that listens for other nodes' changes.
+    url: Option<Secret>,
+}
+
+/// A connection URL, which may carry a password: never shown by `Debug`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<database url>")
+    }
 }
 
 impl SqlStore {
@@ -205,7 +217,13 @@ impl SqlStore {
             }
         }
         Migrator::new(EmbeddedMigrations(engine)).await?.run(&pool).await?;
-        Ok(SqlStore { pool, engine })
+        let url = (engine == Engine::Postgres).then(|| Secret(url.to_owned()));
+        Ok(SqlStore { pool, engine, url })
+    }
+
+    /// PostgreSQL's URL (none on SQLite).
+    pub(crate) fn postgres_url(&self) -> Option<&str> {
+        self.url.as_ref().map(|u| u.0.as_str())
     }
 
     /// Which engine this store runs on.
@@ -382,6 +400,7 @@ impl Store for SqlStore {
         for role in clear_pending {
             sqlx::query("DELETE FROM pending_metadata WHERE role = $1").bind(role.as_str()).execute(&mut *tx).await?;
         }
+        crate::changes::notify_in(&mut tx, self.engine, crate::Change::Metadata).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -349,6 +349,125 @@ fn three_nodes_behind_nginx_survive_their_leader_being_killed() {
     assert!(status.success(), "{status:?}");
 }
 
+/// The newest timestamp exactly as node `n` serves it (straight to the node, not through nginx).
+fn served_timestamp(cluster: &Cluster, n: &Node) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(cluster.data.join("tls/cert.pem"))
+        .arg(format!("https://127.0.0.1:{}/repo/metadata/timestamp.json", n.device))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Wait (at most 10 s) until `check` holds for every node's served timestamp.
+fn until_every_node(cluster: &Cluster, what: &str, check: impl Fn(&[u8]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.nodes.iter().all(|n| check(&served_timestamp(cluster, n))) {
+        assert!(Instant::now() < deadline, "waited for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Append a space to the newest timestamp's stored bytes behind every node's back (no
+/// notification): still the same document, but a node that reads the database serves the
+/// space and a node that kept the timestamp in memory does not.
+fn touch_newest_timestamp(cluster: &Cluster) {
+    cluster.sql(
+        "UPDATE metadata SET bytes = bytes || '\\x20'::bytea WHERE role = 'timestamp' \
+         AND version = (SELECT MAX(version) FROM metadata WHERE role = 'timestamp')",
+    );
+}
+
+/// Each node keeps the newest metadata and device sessions in memory only while it hears the
+/// other nodes: a commit on one node reaches the others' memory within moments, a revoked
+/// device is refused by every node at once, and a node whose listening connection is lost
+/// forgets everything it kept.
+#[test]
+fn nodes_keep_caches_only_while_they_hear_each_other() {
+    let cluster = start_cluster();
+    let token =
+        run_ok(cluster.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"])).trim().to_owned();
+    let agent = enroll(&cluster, &cluster.dir.path().join("agents"), "agent-1", &token);
+    // Every node hears its own pings (the metric says so) and keeps the timestamp it served.
+    for n in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = Command::new("curl")
+                .args(["-sS", "--fail", "--cacert"])
+                .arg(cluster.data.join("tls/cert.pem"))
+                .arg("-H")
+                .arg(format!(
+                    "Authorization: Bearer {}",
+                    std::fs::read_to_string(cluster.data.join("admin.token")).unwrap().trim()
+                ))
+                .arg(format!("https://127.0.0.1:{}/metrics", n.admin))
+                .output()
+                .unwrap();
+            if String::from_utf8_lossy(&metrics.stdout).lines().any(|l| l == "ringfence_caches_on 1") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node on {} never turned its caches on", n.admin);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let kept: Vec<Vec<u8>> = cluster.nodes.iter().map(|n| served_timestamp(&cluster, n)).collect();
+    touch_newest_timestamp(&cluster);
+    for (n, before) in cluster.nodes.iter().zip(&kept) {
+        assert_eq!(&served_timestamp(&cluster, n), before, "a node serves the timestamp it keeps");
+    }
+
+    // A publish through any node reaches every node's memory (the kept timestamp is old now).
+    assert!(cluster.publish("u-heard"));
+    let newest: u64 = cluster.sql("SELECT MAX(version) FROM metadata WHERE role = 'timestamp'").parse().unwrap();
+    until_every_node(&cluster, "the new timestamp on every node", |bytes| {
+        serde_json::from_slice::<Value>(bytes).unwrap()["signed"]["version"].as_u64() == Some(newest)
+    });
+
+    // A device's session, kept by every node it checked in with, ends on every node at once
+    // when another node revokes the device.
+    let (code, out) = check(&agent);
+    assert_eq!(code, 0, "{out}");
+    let session: Value = serde_json::from_slice(&std::fs::read(agent.join("state/session.json")).unwrap()).unwrap();
+    let session = session["token"].as_str().unwrap().to_owned();
+    let checkin = |n: &Node| -> String {
+        let body = json!({"inventory": {"hostname": "agent-1", "os": "linux", "os_version": "12",
+            "architecture": "x86_64", "agent_version": "0"}, "timestamp_version": 0});
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(cluster.data.join("tls/cert.pem"))
+            .args(["-H", &format!("Authorization: Bearer {session}"), "-H", "Content-Type: application/json"])
+            .args(["--data", &body.to_string()])
+            .arg(format!("https://127.0.0.1:{}/device/v1/checkin", n.device))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for n in &cluster.nodes {
+        assert_eq!(checkin(n), "200", "the session is good on every node (and kept there)");
+    }
+    let id = cluster.sql("SELECT id FROM devices WHERE state = 'accepted'");
+    run_ok(cluster.cli().args(["device", "revoke", &id]));
+    until_every_node(&cluster, "nothing (a moment for the notification)", |_| true);
+    for n in &cluster.nodes {
+        assert_eq!(checkin(n), "401", "a revoked device's session is refused by every node");
+    }
+
+    // Listening connections lost: each node forgets what it kept and reads the database.
+    until_every_node(&cluster, "the timestamp kept again", |bytes| !bytes.ends_with(b" "));
+    touch_newest_timestamp(&cluster);
+    for n in &cluster.nodes {
+        assert!(!served_timestamp(&cluster, n).ends_with(b" "), "kept before the connections go");
+    }
+    let ended = cluster.sql(&format!(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN %{}%'",
+        "ringfence_changes"
+    ));
+    assert_eq!(ended, cluster.nodes.len().to_string(), "one listening connection per node");
+    until_every_node(&cluster, "what the database holds, once nothing is heard", |bytes| bytes.ends_with(b" "));
+}
+
 #[test]
 fn an_embedded_installation_moves_to_postgres_and_s3_and_goes_on() {
     use crate::agents::{enroll, token};

@@ -330,6 +330,12 @@ impl Devices {
         Ok(any)
     }
 
+    /// Keep verified sessions in memory, or not (on a shared database: only while this node
+    /// hears the other nodes' changes). Either way drop those kept.
+    pub fn keep_sessions_in_memory(&self, on: bool) {
+        self.sessions.keep(on);
+    }
+
     /// Devices or sessions changed behind this server's back (a test playing a thief who writes
     /// the database, a restore): forget the sessions kept in memory.
     pub fn changed_elsewhere(&self) {

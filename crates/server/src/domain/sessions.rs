@@ -1,12 +1,13 @@
 //! Verified device sessions kept in memory, so a check-in does not read the database to learn
 //! who is calling. Kept only when this node is the only one that changes devices (the embedded
-//! database); dropped all at once when any device leaves `accepted` or is forgotten — in the
+//! database) or hears the other nodes' changes (PostgreSQL: `domain::cluster`'s listener, which
+//! drops them all when another node ends a device's sessions); dropped all at once when any device leaves `accepted` or is forgotten — in the
 //! same call, so a revocation takes effect at once — and each one at its own expiry. A lookup
 //! that began before such a drop is not kept after it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::devices::SessionDevice;
 
@@ -16,7 +17,7 @@ const MAX_KEPT: usize = 200_000;
 
 #[derive(Debug)]
 pub struct SessionCache {
-    enabled: bool,
+    enabled: AtomicBool,
     /// SHA-256 of the secret → the device and the session's expiry (Unix seconds).
     kept: Mutex<HashMap<String, (SessionDevice, i64)>>,
     /// Drops so far.
@@ -25,7 +26,7 @@ pub struct SessionCache {
 
 impl SessionCache {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, kept: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+        Self { enabled: AtomicBool::new(enabled), kept: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
     }
 
     pub fn generation(&self) -> u64 {
@@ -34,7 +35,7 @@ impl SessionCache {
 
     /// The device of a kept session that has not expired at `now`.
     pub fn get(&self, secret_sha256: &str, now: i64) -> Option<SessionDevice> {
-        if !self.enabled {
+        if !self.enabled.load(Ordering::SeqCst) {
             return None;
         }
         let kept = self.kept.lock().ok()?;
@@ -43,7 +44,7 @@ impl SessionCache {
 
     /// Keep a session verified in the database, unless a drop came since `read_at`.
     pub fn put(&self, secret_sha256: String, device: SessionDevice, until: i64, read_at: u64) {
-        if !self.enabled {
+        if !self.enabled.load(Ordering::SeqCst) {
             return;
         }
         if let Ok(mut kept) = self.kept.lock()
@@ -62,6 +63,12 @@ impl SessionCache {
     pub fn changing(&self) -> Changing<'_> {
         self.drop_all();
         Changing(self)
+    }
+
+    /// Keep sessions from now on, or not; either way drop those kept.
+    pub fn keep(&self, on: bool) {
+        self.enabled.store(on, Ordering::SeqCst);
+        self.drop_all();
     }
 
     /// A device left `accepted` or was forgotten: no kept session survives it.

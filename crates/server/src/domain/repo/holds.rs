@@ -62,14 +62,15 @@ impl Repository {
 /// puts an older version back. A read that raced `forget` (something wrote behind this
 /// process's back) is not kept: the generation it started in is gone.
 pub(super) struct HoldsVersion {
-    one_writer: bool,
+    /// One writer (this node), or this node hears the other writers.
+    one_writer: std::sync::atomic::AtomicBool,
     /// (known, version, generation)
     state: std::sync::Mutex<(bool, u64, u64)>,
 }
 
 impl HoldsVersion {
     pub(super) fn new(one_writer: bool) -> Self {
-        Self { one_writer, state: std::sync::Mutex::new((false, 0, 0)) }
+        Self { one_writer: std::sync::atomic::AtomicBool::new(one_writer), state: std::sync::Mutex::new((false, 0, 0)) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64, u64)> {
@@ -79,26 +80,37 @@ impl HoldsVersion {
     /// The version if known; else the generation a read should start in.
     fn get(&self) -> std::result::Result<u64, u64> {
         let (known, version, generation) = *self.lock();
-        if self.one_writer && known { Ok(version) } else { Err(generation) }
+        if self.kept() && known { Ok(version) } else { Err(generation) }
     }
 
     /// A read from the database that started in `generation`.
     fn read(&self, generation: u64, version: u64) {
         let mut s = self.lock();
-        if self.one_writer && s.2 == generation {
+        if self.kept() && s.2 == generation {
             *s = (true, s.1.max(version), generation);
         }
     }
 
     /// A version this process just committed.
     fn saw(&self, version: u64) {
-        if self.one_writer {
+        if self.kept() {
             let mut s = self.lock();
             *s = (true, s.1.max(version), s.2);
         }
     }
 
-    /// Written behind this process's back (a restore, a test playing a thief): read again.
+    fn kept(&self) -> bool {
+        self.one_writer.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Keep the version from now on, or not; either way forget it.
+    pub(super) fn keep(&self, on: bool) {
+        self.one_writer.store(on, std::sync::atomic::Ordering::SeqCst);
+        self.forget();
+    }
+
+    /// Written behind this process's back (a restore, a test playing a thief, another node):
+    /// read again.
     pub(super) fn forget(&self) {
         let mut s = self.lock();
         *s = (false, 0, s.2.wrapping_add(1));

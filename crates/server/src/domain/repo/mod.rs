@@ -165,6 +165,38 @@ impl Repository {
         }
     }
 
+    /// Keep the newest metadata and the holds version in memory, or not (on a shared database:
+    /// only while this node hears the other nodes' commits). Either way forget what was kept.
+    pub fn keep_in_memory(&self, on: bool) {
+        self.served.keep_newest(on);
+        self.holds.keep(on);
+    }
+
+    /// Another node committed newest metadata: forget what was kept of it.
+    pub fn metadata_committed_elsewhere(&self) {
+        self.served.committed();
+    }
+
+    /// Another node published rollout holds: read their version again.
+    pub fn holds_published_elsewhere(&self) {
+        self.holds.forget();
+    }
+
+    /// The newest version of `role` as served, never below `seen` while the database has a
+    /// version that high: a client that already trusts `seen` (from another node, in the moment
+    /// before this node heard of that node's commit) makes this node read the database again.
+    pub async fn served_version_after(&self, role: &RoleName, seen: u64) -> Result<u64> {
+        let version = self.served_version(role).await?;
+        if version >= seen {
+            return Ok(version);
+        }
+        let read_at = self.served.generation();
+        let Some(bytes) = self.metadata(role, None).await? else { return Ok(0) };
+        let served = served::Served::new(bytes);
+        self.served.put(role.as_str(), None, &served, read_at);
+        Ok(served.version)
+    }
+
     /// The newest version of `role` as served (0 when there is none).
     pub async fn served_version(&self, role: &RoleName) -> Result<u64> {
         Ok(self.served_metadata(role, None).await?.map_or(0, |s| s.version))

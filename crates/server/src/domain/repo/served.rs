@@ -2,14 +2,15 @@
 //!
 //! A versioned file (`7.snapshot.json`) never changes once published, so it is kept once read,
 //! on every node. The newest version of a role (`timestamp.json`) changes with each commit: it
-//! is kept only when this node is the only writer (the embedded database), and dropped by every
-//! commit before the commit returns — so it is never older than what this server committed.
-//! With several nodes (PostgreSQL) the newest is read from the database each time: another node
-//! may have committed, and a client that saw a newer timestamp there must not be shown an older
-//! one here.
+//! is kept only when this node is the only writer (the embedded database), or, with several
+//! nodes (PostgreSQL), while this node hears the others' commits (`domain::cluster`'s listener
+//! turns keeping on and off), and dropped by every commit, this node's before the commit returns,
+//! another node's as soon as its notification arrives. While this node does not hear the others
+//! the newest is read from the database each time: a client that saw a newer timestamp there
+//! must not be shown an older one here.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
@@ -53,8 +54,9 @@ type VersionedFiles = HashMap<(String, u64), Served>;
 
 #[derive(Debug)]
 pub struct ServedCache {
-    /// Whether the newest versions may be kept (one writer: this node).
-    keep_newest: bool,
+    /// Whether the newest versions may be kept (one writer: this node; or this node hears the
+    /// other writers).
+    keep_newest: AtomicBool,
     /// The files and their total size.
     versioned: Mutex<(VersionedFiles, usize)>,
     newest: RwLock<HashMap<String, Served>>,
@@ -65,7 +67,7 @@ pub struct ServedCache {
 impl ServedCache {
     pub fn new(keep_newest: bool) -> Self {
         Self {
-            keep_newest,
+            keep_newest: AtomicBool::new(keep_newest),
             versioned: Mutex::new((HashMap::new(), 0)),
             newest: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -81,7 +83,7 @@ impl ServedCache {
     pub fn get(&self, role: &str, version: Option<u64>) -> Option<Served> {
         match version {
             Some(v) => self.versioned.lock().ok()?.0.get(&(role.to_owned(), v)).cloned(),
-            None if self.keep_newest => self.newest.read().ok()?.get(role).cloned(),
+            None if self.keep_newest.load(Ordering::SeqCst) => self.newest.read().ok()?.get(role).cloned(),
             None => None,
         }
     }
@@ -103,7 +105,7 @@ impl ServedCache {
                     }
                 }
             }
-            None if self.keep_newest => {
+            None if self.keep_newest.load(Ordering::SeqCst) => {
                 if let Ok(mut map) = self.newest.write()
                     && self.generation() == read_at
                     // Never an older version over a newer one another reader put.
@@ -122,6 +124,13 @@ impl ServedCache {
     pub fn committing(&self) -> Committing<'_> {
         self.committed();
         Committing(self)
+    }
+
+    /// Keep the newest versions from now on, or not; either way forget those kept (turned on,
+    /// nothing read before counts; turned off, nothing kept is served again).
+    pub fn keep_newest(&self, on: bool) {
+        self.keep_newest.store(on, Ordering::SeqCst);
+        self.committed();
     }
 
     /// Metadata changed outside this server (a restore): forget everything kept.
