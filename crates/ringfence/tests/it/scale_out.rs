@@ -442,7 +442,7 @@ fn nodes_keep_caches_only_while_they_hear_each_other() {
             .arg(format!("https://127.0.0.1:{}/device/v1/checkin", n.device))
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
     };
     for n in &cluster.nodes {
         assert_eq!(checkin(n), "200", "the session is good on every node (and kept there)");
@@ -451,7 +451,16 @@ fn nodes_keep_caches_only_while_they_hear_each_other() {
     run_ok(cluster.cli().args(["device", "revoke", &id]));
     until_every_node(&cluster, "nothing (a moment for the notification)", |_| true);
     for n in &cluster.nodes {
-        assert_eq!(checkin(n), "401", "a revoked device's session is refused by every node");
+        // The node answers before it reads the body of a request without a valid session, and
+        // closes: the answer can be lost to the connection's reset. Ask again then (at most 3).
+        let mut answer = checkin(n);
+        for _ in 0..2 {
+            if !answer.starts_with("000") {
+                break;
+            }
+            answer = checkin(n);
+        }
+        assert_eq!(answer, "401", "a revoked device's session is refused by every node");
     }
 
     // Listening connections lost: each node forgets what it kept and reads the database.
@@ -461,7 +470,8 @@ fn nodes_keep_caches_only_while_they_hear_each_other() {
         assert!(!served_timestamp(&cluster, n).ends_with(b" "), "kept before the connections go");
     }
     let ended = cluster.sql(&format!(
-        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN %{}%'",
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %{}%'",
         "ringfence_changes"
     ));
     assert_eq!(ended, cluster.nodes.len().to_string(), "one listening connection per node");
