@@ -83,9 +83,9 @@ impl ChangeListener {
 pub(crate) async fn listen(store: &SqlStore) -> Result<Option<ChangeListener>> {
     let Some(url) = store.postgres_url() else { return Ok(None) };
     let mut inner = sqlx::postgres::PgListener::connect(url).await?;
-    // A lost connection is reported (Ok(None)) after it is connected again, so nothing
-    // committed after the report goes unheard.
-    inner.eager_reconnect(true);
+    // A lost connection is reported (Ok(None)) at once, not after a reconnection that may take
+    // long; the next read connects again (the node keeps nothing until it hears itself anew).
+    inner.eager_reconnect(false);
     inner.listen(CHANNEL).await?;
     Ok(Some(ChangeListener { inner }))
 }

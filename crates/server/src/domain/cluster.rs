@@ -10,18 +10,19 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringfence_store::{Change, ChangeListener, Database, Heard};
 
 use super::devices::Devices;
 use super::error::Result;
+use super::kept::{Keep, KeptUntil, now_ms};
 use super::repo::Repository;
 
 /// How often a node pings its own listening connection.
 const PING_EVERY: Duration = Duration::from_millis(500);
-/// A node that has not heard its own ping for this long stops keeping what others can change.
-const DEAF_AFTER: Duration = Duration::from_secs(2);
+/// How long after sending a ping it heard a node may serve what it keeps of what others change.
+const DEAF_AFTER_MS: u64 = 2_000;
 
 /// How long a leader's lease lasts unrenewed.
 pub const LEASE_SECS: i64 = 10;
@@ -34,8 +35,8 @@ pub struct Cluster {
     leading: AtomicBool,
     /// What this node's pings carry (random, new at every start).
     ping_token: String,
-    /// Whether this node keeps in memory what other nodes change (it hears them).
-    coherent: AtomicBool,
+    /// Until when this node keeps in memory what other nodes change (the caches' own mark).
+    kept_until: KeptUntil,
 }
 
 /// What the listening task tells the cache keeper.
@@ -54,20 +55,23 @@ impl Cluster {
             node,
             leading: AtomicBool::new(false),
             ping_token: hex::encode(random),
-            coherent: AtomicBool::new(false),
+            kept_until: KeptUntil::new(false),
         }
     }
 
     /// Whether this node keeps in memory, on a shared database, what other nodes change.
     pub fn caches_coherent(&self) -> bool {
-        self.coherent.load(Ordering::SeqCst)
+        self.kept_until.holds()
     }
 
     /// On a shared database (PostgreSQL), keep this node's caches no older than what other
-    /// nodes commit, until `stop`: listen on a connection of its own, keep caches on only while
-    /// it hears its own pings (sent every [`PING_EVERY`], deaf after [`DEAF_AFTER`]), drop what
-    /// each notification makes old, and turn them off (dropping everything) when the connection
-    /// is lost. On SQLite this node is the only writer: returns at once, caches stay on.
+    /// nodes commit, until `stop`. A listener task forwards the notices, in the order they were
+    /// committed, and a ping task sends this node's ping (its send time inside) every
+    /// [`PING_EVERY`]. Hearing its own ping sent at `t` means every notice committed before `t`
+    /// was applied: the caches may then be served until `t` + [`DEAF_AFTER`], and stop being
+    /// served by themselves after that (a stalled or dead listener, a node cut off from the
+    /// database). A lost connection stops and forgets them at once. On SQLite this node is the
+    /// only writer: returns at once, caches stay on.
     pub async fn keep_caches_coherent(
         &self,
         repo: &Repository,
@@ -83,63 +87,55 @@ impl Cluster {
             }
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
-        // The listener runs in a task of its own that nothing cancels (a read given up half-way
-        // could lose the news that the connection was lost).
+        // Neither task is cancelled half-way by this loop: a read given up half-way could lose
+        // the news that the connection was lost, and a slow ping must not hold the notices up.
         let listening = tokio::spawn(listen(self.db.clone(), first, tx));
-        let set = |on: bool| {
-            repo.keep_in_memory(on);
-            devices.keep_sessions_in_memory(on);
-            if self.coherent.swap(on, Ordering::SeqCst) != on {
-                if on {
-                    tracing::info!("hearing the other nodes: caches on");
-                } else {
-                    tracing::warn!("not hearing the other nodes: caches off");
-                }
-            }
+        let pinging = tokio::spawn(ping(self.db.clone(), self.ping_token.clone()));
+        let keep = |keep: Keep| {
+            repo.keep_in_memory(keep);
+            devices.keep_sessions_in_memory(keep);
+            self.kept_until.set(match keep {
+                Keep::Start(until) | Keep::Extend(until) => until,
+                Keep::Stop => 0,
+            });
         };
-        set(false);
-        let mut heard_own: Option<Instant> = None;
-        let mut ping = tokio::time::interval(PING_EVERY);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keep(Keep::Stop);
+        let mut started = false;
         loop {
             tokio::select! {
                 listened = rx.recv() => match listened {
-                    Some(Listened::Heard(Heard::Ping(token))) if token == self.ping_token => {
-                        heard_own = Some(Instant::now());
-                        if !self.caches_coherent() {
-                            set(true);
+                    Some(Listened::Heard(Heard::Ping(ping))) => {
+                        let Some(sent) = own_ping(&ping, &self.ping_token) else { continue };
+                        let until = sent.saturating_add(DEAF_AFTER_MS);
+                        if started {
+                            keep(Keep::Extend(until));
+                        } else {
+                            keep(Keep::Start(until));
+                            started = true;
+                            tracing::info!("hearing the other nodes: caches on");
                         }
                     }
-                    Some(Listened::Heard(Heard::Ping(_))) => {}
                     Some(Listened::Heard(Heard::Change(change))) => changed(repo, devices, change),
                     Some(Listened::Heard(Heard::Unknown)) => {
                         for change in [Change::Metadata, Change::Holds, Change::Sessions] {
                             changed(repo, devices, change);
                         }
                     }
-                    Some(Listened::Lost) | None => {
-                        heard_own = None;
-                        set(false);
+                    Some(Listened::Lost) => {
+                        keep(Keep::Stop);
+                        if started {
+                            tracing::warn!("the connection hearing the other nodes was lost: caches off");
+                        }
+                        started = false;
                     }
+                    None => break,
                 },
-                _ = ping.tick() => {
-                    if self.caches_coherent() && heard_own.is_none_or(|at| at.elapsed() > DEAF_AFTER) {
-                        set(false);
-                    }
-                    if let Err(e) = self.db.ping_listeners(&self.ping_token).await {
-                        tracing::debug!(error = %e, "pinging the listeners");
-                    }
-                }
                 _ = stop.changed() => break,
             }
         }
         listening.abort();
-        set(false);
-    }
-
-    /// This node's name (host, process and a random part, new at every start).
-    pub fn node(&self) -> &str {
-        &self.node
+        pinging.abort();
+        keep(Keep::Stop);
     }
 
     /// Take or keep the jobs lease (by the database's clock, so nodes whose clocks disagree
@@ -190,6 +186,27 @@ fn changed(repo: &Repository, devices: &Devices, change: Change) {
     }
 }
 
+/// The send time in a ping this node sent (`<token>-<ms>`), none for another node's.
+fn own_ping(ping: &str, token: &str) -> Option<u64> {
+    ping.strip_prefix(token)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Send this node's ping, its send time inside, every [`PING_EVERY`] (each given at most twice
+/// that to go out).
+async fn ping(db: Arc<dyn Database>, token: String) {
+    let mut every = tokio::time::interval(PING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let ping = format!("{token}-{}", now_ms());
+        match tokio::time::timeout(PING_EVERY * 2, db.ping_listeners(&ping)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "pinging the listeners"),
+            Err(_) => tracing::debug!("pinging the listeners took too long"),
+        }
+    }
+}
+
 /// Read notifications into `tx` until its receiver is gone, connecting again after an error.
 async fn listen(db: Arc<dyn Database>, first: Option<ChangeListener>, tx: tokio::sync::mpsc::Sender<Listened>) {
     let mut listener = first;
@@ -217,5 +234,20 @@ async fn listen(db: Arc<dyn Database>, first: Option<ChangeListener>, tx: tokio:
         if tx.send(message).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_ping;
+
+    #[test]
+    fn only_this_nodes_pings_count_with_their_send_time() {
+        assert_eq!(own_ping("ab12-1500", "ab12"), Some(1500));
+        assert_eq!(own_ping("ab123-1500", "ab12"), None, "another node's token");
+        assert_eq!(own_ping("cd34-1500", "ab12"), None);
+        assert_eq!(own_ping("ab12-", "ab12"), None);
+        assert_eq!(own_ping("ab12-x", "ab12"), None);
+        assert_eq!(own_ping("ab12", "ab12"), None);
     }
 }

@@ -330,10 +330,10 @@ impl Devices {
         Ok(any)
     }
 
-    /// Keep verified sessions in memory, or not (on a shared database: only while this node
-    /// hears the other nodes' changes). Either way drop those kept.
-    pub fn keep_sessions_in_memory(&self, on: bool) {
-        self.sessions.keep(on);
+    /// Keep verified sessions in memory until a moment, or stop (on a shared database: only
+    /// while this node hears the other nodes' changes).
+    pub fn keep_sessions_in_memory(&self, keep: super::kept::Keep) {
+        self.sessions.keep_until(keep);
     }
 
     /// Devices or sessions changed behind this server's back (a test playing a thief who writes

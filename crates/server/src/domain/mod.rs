@@ -20,6 +20,7 @@ pub mod console;
 pub mod devices;
 pub mod error;
 pub mod events;
+pub mod kept;
 pub mod log;
 pub mod repo;
 pub mod reports;

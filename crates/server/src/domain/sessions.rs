@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::devices::SessionDevice;
 
@@ -17,7 +17,8 @@ const MAX_KEPT: usize = 200_000;
 
 #[derive(Debug)]
 pub struct SessionCache {
-    enabled: AtomicBool,
+    /// Until when sessions may be kept (for ever with one writer).
+    enabled: super::kept::KeptUntil,
     /// SHA-256 of the secret → the device and the session's expiry (Unix seconds).
     kept: Mutex<HashMap<String, (SessionDevice, i64)>>,
     /// Drops so far.
@@ -26,7 +27,11 @@ pub struct SessionCache {
 
 impl SessionCache {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled: AtomicBool::new(enabled), kept: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+        Self {
+            enabled: super::kept::KeptUntil::new(enabled),
+            kept: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+        }
     }
 
     pub fn generation(&self) -> u64 {
@@ -35,7 +40,7 @@ impl SessionCache {
 
     /// The device of a kept session that has not expired at `now`.
     pub fn get(&self, secret_sha256: &str, now: i64) -> Option<SessionDevice> {
-        if !self.enabled.load(Ordering::SeqCst) {
+        if !self.enabled.holds() {
             return None;
         }
         let kept = self.kept.lock().ok()?;
@@ -44,7 +49,7 @@ impl SessionCache {
 
     /// Keep a session verified in the database, unless a drop came since `read_at`.
     pub fn put(&self, secret_sha256: String, device: SessionDevice, until: i64, read_at: u64) {
-        if !self.enabled.load(Ordering::SeqCst) {
+        if !self.enabled.holds() {
             return;
         }
         if let Ok(mut kept) = self.kept.lock()
@@ -65,10 +70,20 @@ impl SessionCache {
         Changing(self)
     }
 
-    /// Keep sessions from now on, or not; either way drop those kept.
-    pub fn keep(&self, on: bool) {
-        self.enabled.store(on, Ordering::SeqCst);
-        self.drop_all();
+    /// Keep sessions until a moment, or stop; starting and stopping drop those kept.
+    pub fn keep_until(&self, keep: super::kept::Keep) {
+        use super::kept::Keep;
+        match keep {
+            Keep::Start(until) => {
+                self.drop_all();
+                self.enabled.set(until);
+            }
+            Keep::Extend(until) => self.enabled.set(until),
+            Keep::Stop => {
+                self.enabled.set(0);
+                self.drop_all();
+            }
+        }
     }
 
     /// A device left `accepted` or was forgotten: no kept session survives it.

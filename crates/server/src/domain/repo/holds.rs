@@ -62,15 +62,23 @@ impl Repository {
 /// puts an older version back. A read that raced `forget` (something wrote behind this
 /// process's back) is not kept: the generation it started in is gone.
 pub(super) struct HoldsVersion {
-    /// One writer (this node), or this node hears the other writers.
-    one_writer: std::sync::atomic::AtomicBool,
+    /// Until when the version may be kept: for ever with one writer (this node), else while
+    /// this node hears the other writers.
+    kept_until: crate::domain::kept::KeptUntil,
+    /// Other nodes write too: a version this node committed is not kept as the newest (another
+    /// node may have committed a newer one in the meantime, and its notice come first).
+    shared: bool,
     /// (known, version, generation)
     state: std::sync::Mutex<(bool, u64, u64)>,
 }
 
 impl HoldsVersion {
     pub(super) fn new(one_writer: bool) -> Self {
-        Self { one_writer: std::sync::atomic::AtomicBool::new(one_writer), state: std::sync::Mutex::new((false, 0, 0)) }
+        Self {
+            kept_until: crate::domain::kept::KeptUntil::new(one_writer),
+            shared: !one_writer,
+            state: std::sync::Mutex::new((false, 0, 0)),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (bool, u64, u64)> {
@@ -93,20 +101,32 @@ impl HoldsVersion {
 
     /// A version this process just committed.
     fn saw(&self, version: u64) {
-        if self.kept() {
+        if self.shared {
+            self.forget();
+        } else if self.kept() {
             let mut s = self.lock();
             *s = (true, s.1.max(version), s.2);
         }
     }
 
     fn kept(&self) -> bool {
-        self.one_writer.load(std::sync::atomic::Ordering::SeqCst)
+        self.kept_until.holds()
     }
 
-    /// Keep the version from now on, or not; either way forget it.
-    pub(super) fn keep(&self, on: bool) {
-        self.one_writer.store(on, std::sync::atomic::Ordering::SeqCst);
-        self.forget();
+    /// Keep the version until a moment, or stop; starting and stopping forget it.
+    pub(super) fn keep_until(&self, keep: crate::domain::kept::Keep) {
+        use crate::domain::kept::Keep;
+        match keep {
+            Keep::Start(until) => {
+                self.forget();
+                self.kept_until.set(until);
+            }
+            Keep::Extend(until) => self.kept_until.set(until),
+            Keep::Stop => {
+                self.kept_until.set(0);
+                self.forget();
+            }
+        }
     }
 
     /// Written behind this process's back (a restore, a test playing a thief, another node):

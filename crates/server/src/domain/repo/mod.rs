@@ -165,11 +165,11 @@ impl Repository {
         }
     }
 
-    /// Keep the newest metadata and the holds version in memory, or not (on a shared database:
-    /// only while this node hears the other nodes' commits). Either way forget what was kept.
-    pub fn keep_in_memory(&self, on: bool) {
-        self.served.keep_newest(on);
-        self.holds.keep(on);
+    /// Keep the newest metadata and the holds version in memory until a moment, or stop (on a
+    /// shared database: only while this node hears the other nodes' commits).
+    pub fn keep_in_memory(&self, keep: crate::domain::kept::Keep) {
+        self.served.keep_until(keep);
+        self.holds.keep_until(keep);
     }
 
     /// Another node committed newest metadata: forget what was kept of it.

@@ -10,10 +10,12 @@
 //! must not be shown an older one here.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use bytes::Bytes;
+
+use crate::domain::kept::Keep;
 
 /// Bytes of versioned files kept at most; past it the map starts afresh (the newest files are
 /// asked for most, and come back at once).
@@ -54,9 +56,9 @@ type VersionedFiles = HashMap<(String, u64), Served>;
 
 #[derive(Debug)]
 pub struct ServedCache {
-    /// Whether the newest versions may be kept (one writer: this node; or this node hears the
-    /// other writers).
-    keep_newest: AtomicBool,
+    /// Until when the newest versions may be kept (one writer, this node: for ever; else while
+    /// this node hears the other writers).
+    keep_newest: crate::domain::kept::KeptUntil,
     /// The files and their total size.
     versioned: Mutex<(VersionedFiles, usize)>,
     newest: RwLock<HashMap<String, Served>>,
@@ -67,7 +69,7 @@ pub struct ServedCache {
 impl ServedCache {
     pub fn new(keep_newest: bool) -> Self {
         Self {
-            keep_newest: AtomicBool::new(keep_newest),
+            keep_newest: crate::domain::kept::KeptUntil::new(keep_newest),
             versioned: Mutex::new((HashMap::new(), 0)),
             newest: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
@@ -83,7 +85,7 @@ impl ServedCache {
     pub fn get(&self, role: &str, version: Option<u64>) -> Option<Served> {
         match version {
             Some(v) => self.versioned.lock().ok()?.0.get(&(role.to_owned(), v)).cloned(),
-            None if self.keep_newest.load(Ordering::SeqCst) => self.newest.read().ok()?.get(role).cloned(),
+            None if self.keep_newest.holds() => self.newest.read().ok()?.get(role).cloned(),
             None => None,
         }
     }
@@ -105,7 +107,7 @@ impl ServedCache {
                     }
                 }
             }
-            None if self.keep_newest.load(Ordering::SeqCst) => {
+            None if self.keep_newest.holds() => {
                 if let Ok(mut map) = self.newest.write()
                     && self.generation() == read_at
                     // Never an older version over a newer one another reader put.
@@ -126,11 +128,21 @@ impl ServedCache {
         Committing(self)
     }
 
-    /// Keep the newest versions from now on, or not; either way forget those kept (turned on,
-    /// nothing read before counts; turned off, nothing kept is served again).
-    pub fn keep_newest(&self, on: bool) {
-        self.keep_newest.store(on, Ordering::SeqCst);
-        self.committed();
+    /// Keep the newest versions until a moment, or stop (see [`Keep`]). Starting and stopping
+    /// forget what was kept: started, nothing read before counts; stopped, nothing kept is
+    /// served again.
+    pub fn keep_until(&self, keep: Keep) {
+        match keep {
+            Keep::Start(until) => {
+                self.committed();
+                self.keep_newest.set(until);
+            }
+            Keep::Extend(until) => self.keep_newest.set(until),
+            Keep::Stop => {
+                self.keep_newest.set(0);
+                self.committed();
+            }
+        }
     }
 
     /// Metadata changed outside this server (a restore): forget everything kept.
