@@ -110,6 +110,9 @@ pub struct ReviewOptions {
     /// Sign a version number this signer already signed a different document under (after
     /// a re-approval while a version was pending); refused otherwise.
     pub resign_version: bool,
+    /// After a restore: the one pending version accepted although it skips versions after the
+    /// published one (the signer names it; the server cannot).
+    pub after_restore_version: Option<u64>,
 }
 
 fn fetch(client: &Client, role: &str, version: Option<u64>) -> anyhow::Result<Fetched> {
@@ -385,11 +388,15 @@ fn check_baseline(
     published: u64,
     options: &ReviewOptions,
 ) -> anyhow::Result<()> {
-    if env.signed.version != published + 1 {
+    let skip_accepted = options.after_restore_version == Some(env.signed.version) && env.signed.version > published;
+    if env.signed.version != published + 1 && !skip_accepted {
         bail!(
-            "REFUSED: {role} version {} pending where version {published} is published; only {} may follow",
+            "REFUSED: {role} version {} pending where version {published} is published; only {} may follow \
+             (after a restore from a backup, --after-restore-version {} accepts the skip, if that is the \
+             version the restore named)",
             env.signed.version,
-            published + 1
+            published + 1,
+            env.signed.version
         );
     }
     let seen = state.seen().get(role.as_str()).copied().unwrap_or(0);

@@ -47,6 +47,37 @@ enum Command {
         #[arg(long)]
         blobs: Option<String>,
     },
+    /// Back an embedded installation up while it serves: a consistent copy of the database,
+    /// the content it references, the content store's manifest, and the data directory's
+    /// configuration, certificate and online keys (keep the backup as safe as the server).
+    Backup {
+        #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+        config: PathBuf,
+        /// A new (or empty) directory to write the backup into.
+        #[arg(long)]
+        to: PathBuf,
+        /// Leave the content out (it is content-addressed: back the content directory or the
+        /// bucket up on its own); the manifest still lists every blob a restore needs.
+        #[arg(long)]
+        without_content: bool,
+    },
+    /// Restore a backup into an installation without a database, then put the transparency
+    /// log's tail back from the content store and sign every role past the versions devices
+    /// may already trust (the server is stopped meanwhile).
+    Restore {
+        #[arg(long, default_value = "ringfence-data/ringfence.toml")]
+        config: PathBuf,
+        /// The backup directory (`ringfence backup --to`).
+        #[arg(long, required_unless_present = "recover_only", conflicts_with = "recover_only")]
+        from: Option<PathBuf>,
+        /// Only recover a database restored by other means (PostgreSQL's pg_restore).
+        #[arg(long)]
+        recover_only: bool,
+        /// Move every version floor this much further (when the content store may not hold
+        /// the whole log tail).
+        #[arg(long, default_value_t = 0)]
+        skip: u64,
+    },
     /// Write the current repository as plain files (`DIR/repo/metadata/…`, `DIR/repo/targets/…`)
     /// that any web server or CDN can serve and any TUF client can read.
     Export {
@@ -211,6 +242,61 @@ fn run() -> anyhow::Result<()> {
             ringfence_server::tls::write_private(&config, next.as_bytes())?;
             println!("{} now names them (the previous configuration is {}).", config.display(), backup.display());
             println!("Start the nodes with `ringfence serve --config {}` (docs/SCALE-OUT.md).", config.display());
+            Ok(())
+        }
+        Command::Backup { config, to, without_content } => {
+            let loaded = ringfence_server::Config::load(&config)?;
+            let m = runtime()?.block_on(ringfence_server::backup(&loaded, &to, without_content))?;
+            println!(
+                "Backed up to {}: database {} bytes (SHA-256 {}), log size {}, {} blobs{}, {} roles.",
+                to.display(),
+                m.database_bytes,
+                m.database_sha256,
+                m.log_size,
+                m.blobs.len(),
+                if m.content_included { " with their content" } else { " listed (content not copied)" },
+                m.roles.len()
+            );
+            println!("It holds the online keys and the TLS key: keep it as safe as the server's data directory.");
+            Ok(())
+        }
+        Command::Restore { config, from, recover_only: _, skip } => {
+            init_logging();
+            let loaded = ringfence_server::Config::load(&config)?;
+            let done = runtime()?.block_on(ringfence_server::restore(&loaded, from.as_deref(), skip))?;
+            if let Some(m) = &done.manifest {
+                println!(
+                    "Restored the backup of {} (log size {}); content: {} blobs present, {} put back from the backup.",
+                    ringfence_trust::expiry::format(m.created_at),
+                    m.log_size,
+                    done.blobs_found,
+                    done.blobs_restored
+                );
+            }
+            let r = &done.recovered;
+            println!(
+                "The transparency log: {} entries put back from the content store; its size is {}.",
+                r.log_entries, r.log_size
+            );
+            for (role, version) in &r.floors {
+                println!("  floor {role}: versions up to {version} are never signed again");
+            }
+            for (role, version) in &r.signed {
+                println!("  signed {role} version {version}");
+            }
+            for (role, version) in &r.pending {
+                println!(
+                    "  {role} version {version} waits for its key holders: \
+                     `ringfence pending sign {role} --key … --after-restore-version {version}`"
+                );
+            }
+            for role in &r.lost {
+                println!(
+                    "  LOST: {role} was made after the backup; devices that saw it refuse the repository until \
+                     it is made again (docs/OPERATIONS.md)"
+                );
+            }
+            println!("Start the server: devices go on from the versions they trust.");
             Ok(())
         }
         Command::Admin(command) => ringfence_cli::run(*command),

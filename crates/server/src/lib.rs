@@ -28,6 +28,7 @@ pub mod throttle;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -112,6 +113,121 @@ pub fn open_content(config: &Config) -> anyhow::Result<BlobStore> {
         }
         None => BlobStore::open(&config.blob_dir()).context("opening the content store")?,
     })
+}
+
+/// Back the embedded installation `config` describes up into the new directory `dir` while it
+/// serves: the database (consistent), the content store's manifest, the content itself unless
+/// `without_content`, and the data directory's configuration, certificate and online keys
+/// (the backup must be kept as safe as the server's data directory).
+pub async fn backup(config: &Config, dir: &Path, without_content: bool) -> anyhow::Result<domain::backup::Manifest> {
+    anyhow::ensure!(
+        config.database.url.is_none(),
+        "this installation is on PostgreSQL: back its database up with pg_dump (docs/OPERATIONS.md)"
+    );
+    anyhow::ensure!(
+        !dir.exists() || std::fs::read_dir(dir)?.next().is_none(),
+        "{} is not empty: give a new directory",
+        dir.display()
+    );
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    }
+    let store = SqlStore::open(&config.database_path()).await.context("opening the database")?;
+    let blobs = open_content(config)?;
+    let manifest = domain::backup::backup(&store, &blobs, dir, !without_content, unix_now()).await?;
+    for name in KEPT_FILES {
+        copy_tree(&config.data_dir.join(name), &dir.join("data").join(name))?;
+    }
+    Ok(manifest)
+}
+
+/// What a data directory holds besides the database and content: kept with a backup, put
+/// back by a restore where missing.
+const KEPT_FILES: &[&str] = &["ringfence.toml", "tls", "online-keys", "1.root.json"];
+
+/// Copy a file or a directory tree (owner-only files), if it exists.
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    if from.is_dir() {
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    } else if from.is_file() {
+        tls::write_private(to, &std::fs::read(from)?)?;
+    }
+    Ok(())
+}
+
+/// What `ringfence restore` did.
+#[derive(Debug)]
+pub struct Restored {
+    pub manifest: Option<domain::backup::Manifest>,
+    /// Blobs found in the content store, and put back from the backup.
+    pub blobs_found: u64,
+    pub blobs_restored: u64,
+    pub recovered: domain::restore::Recovered,
+}
+
+/// Restore the backup in `from` into the installation `config` describes (its database must
+/// not exist yet), or with `from` none, only recover a database restored by other means (a
+/// PostgreSQL `pg_restore`): put the log's tail back from the content store, raise the version
+/// floors and sign past them (`domain::restore`). Refused with nothing changed when the backup
+/// does not check out, content is missing, or the recovery fails.
+pub async fn restore(config: &Config, from: Option<&Path>, skip: u64) -> anyhow::Result<Restored> {
+    let mut placed = None;
+    let (mut manifest, mut found, mut restored) = (None, 0, 0);
+    if let Some(from) = from {
+        anyhow::ensure!(
+            config.database.url.is_none(),
+            "this installation is on PostgreSQL: restore its database with pg_restore, then run \
+             `ringfence restore --recover-only` (docs/OPERATIONS.md)"
+        );
+        let checked = domain::backup::read_manifest(from)?;
+        let target = config.database_path();
+        anyhow::ensure!(
+            !target.exists(),
+            "{} exists: a restore goes into an installation without a database (move it away first)",
+            target.display()
+        );
+        for name in KEPT_FILES {
+            if !config.data_dir.join(name).exists() {
+                copy_tree(&from.join("data").join(name), &config.data_dir.join(name))?;
+            }
+        }
+        let blobs = open_content(config)?;
+        let (f, r) = domain::backup::restore_content(&blobs, from, &checked).await?;
+        (found, restored) = (f, r);
+        std::fs::copy(from.join(domain::backup::DATABASE), &target)?;
+        placed = Some(target);
+        manifest = Some(checked);
+    }
+    let recovered = async {
+        let state = open_state(config.clone()).await?;
+        let db = open_database(config).await?;
+        let blobs = open_content(config)?;
+        let done = domain::restore::recover(&db, &blobs, &state.log, &state.repo, skip, unix_now()).await?;
+        let what = format!(
+            "restored: {} log entries put back, floors {:?}, signed {:?}, waiting for signers {:?}",
+            done.log_entries, done.floors, done.signed, done.pending
+        );
+        state.audit.record("local restore", "restore", &what, unix_now()).await?;
+        db.close().await;
+        anyhow::Ok(done)
+    }
+    .await;
+    match recovered {
+        Ok(recovered) => Ok(Restored { manifest, blobs_found: found, blobs_restored: restored, recovered }),
+        Err(e) => {
+            // Nothing half-restored stays behind: the copy placed here goes again.
+            if let Some(path) = placed {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// What `ringfence migrate` copied.

@@ -57,6 +57,8 @@ pub trait ClusterStore: Send + Sync + 'static {
     async fn lease_holder(&self, name: &str) -> Result<Option<(String, i64)>>;
     /// Give lease `name` up if `holder` holds it (a node stopping), so another takes it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Forget every lease (a restored database's belong to nodes of before the backup).
+    async fn forget_leases(&self) -> Result<()>;
     /// Listen for the changes other nodes commit ([`crate::Change`]) on a connection of its
     /// own; `None` on SQLite, where this node is the only one.
     async fn listen(&self) -> Result<Option<crate::ChangeListener>>;
@@ -96,6 +98,11 @@ impl ClusterStore for SqlStore {
             .execute(&mut conn)
             .await?;
         Ok(ExclusiveGuard { conn: Some(conn) })
+    }
+
+    async fn forget_leases(&self) -> Result<()> {
+        sqlx::query("DELETE FROM leases").execute(&self.pool).await?;
+        Ok(())
     }
 
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()> {

@@ -41,6 +41,7 @@ pub const TABLES: &[&str] = &[
     "log_witnesses",
     "console_sessions",
     "webhook_outbox",
+    "version_floors",
 ];
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).
@@ -138,6 +139,19 @@ impl SqlStore {
             return Err(refused(format!("the target counts {counted:?} after copying {copied:?}")));
         }
         Ok(copied)
+    }
+
+    /// Every blob a catalog file references: (sha256, length).
+    pub async fn referenced_blobs(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT b.sha256 AS sha256, b.length AS length FROM blobs b \
+             JOIN update_files f ON f.sha256 = b.sha256 ORDER BY b.sha256",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("sha256")?, crate::sql::from_bigint(r.try_get("length")?, "length")?)))
+            .collect()
     }
 
     /// Every blob the catalog records: (sha256, length).

@@ -141,6 +141,12 @@ pub trait Store: Send + Sync + 'static {
     /// if any (role, version) already exists.
     async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String], log: &[Vec<u8>]) -> Result<()>;
 
+    /// The version of `role` no new version may be at or below (0: none), set by a restore.
+    async fn version_floor(&self, role: &str) -> Result<u64>;
+    /// Every floor a restore set: (role, version).
+    async fn version_floors(&self) -> Result<Vec<(String, u64)>>;
+    /// Raise the floor of `role` to `version` (a lower one changes nothing).
+    async fn raise_version_floor(&self, role: &str, version: u64) -> Result<()>;
     async fn pending(&self, role: &str) -> Result<Option<PendingRecord>>;
     async fn list_pending(&self) -> Result<Vec<PendingRecord>>;
     /// Insert or replace the pending version of a role (at most one pending version per role)

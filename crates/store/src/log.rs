@@ -53,6 +53,9 @@ pub trait LogStore: Send + Sync + 'static {
     async fn enqueue_log(&self, entries: &[Vec<u8>]) -> Result<()>;
     /// The oldest queued entries, at most `limit`.
     async fn log_queue(&self, limit: u64) -> Result<Vec<QueuedEntry>>;
+    /// Replace whatever waits in the queue with `entries`, in order (a restore putting back the
+    /// log's tail as it was logged).
+    async fn replace_log_queue(&self, entries: &[Vec<u8>]) -> Result<()>;
     /// Entries integrated so far.
     async fn log_size(&self) -> Result<u64>;
     /// The stored hashes at `indexes` that exist (fewer when some do not).
@@ -114,6 +117,14 @@ const CHECKPOINT_COLUMNS: &str = "size, note, created_at, tiles_written, cosigne
 impl LogStore for SqlStore {
     async fn enqueue_log(&self, entries: &[Vec<u8>]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        queue_in(&mut tx, entries).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_log_queue(&self, entries: &[Vec<u8>]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM log_queue").execute(&mut *tx).await?;
         queue_in(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(())

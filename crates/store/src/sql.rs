@@ -106,6 +106,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0014_rollout_samples.sql"),
         include_str!("../migrations/postgres/0014_rollout_samples.sql"),
     ),
+    (
+        15,
+        "version floors",
+        include_str!("../migrations/0015_version_floors.sql"),
+        include_str!("../migrations/postgres/0015_version_floors.sql"),
+    ),
 ];
 
 /// The database engine behind a store.
@@ -224,6 +230,17 @@ impl SqlStore {
     /// PostgreSQL's URL (none on SQLite).
     pub(crate) fn postgres_url(&self) -> Option<&str> {
         self.url.as_ref().map(|u| u.0.as_str())
+    }
+
+    /// An online, consistent copy of this SQLite database into the new file `path` (`VACUUM
+    /// INTO`: one read transaction; writers go on meanwhile). Refused on PostgreSQL.
+    pub async fn backup_into(&self, path: &Path) -> Result<()> {
+        if self.engine != Engine::Sqlite {
+            return Err(StoreError::Refused("a PostgreSQL database is backed up with pg_dump".into()));
+        }
+        let path = path.to_str().ok_or_else(|| StoreError::Refused("the backup path is not UTF-8".into()))?;
+        sqlx::query("VACUUM INTO $1").bind(path).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Which engine this store runs on.
@@ -402,6 +419,32 @@ impl Store for SqlStore {
         }
         crate::changes::notify_in(&mut tx, self.engine, crate::Change::Metadata).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn version_floor(&self, role: &str) -> Result<u64> {
+        let row = sqlx::query("SELECT version FROM version_floors WHERE role = $1")
+            .bind(role)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map_or(Ok(0), |r| from_bigint(r.try_get("version")?, "version"))
+    }
+
+    async fn version_floors(&self) -> Result<Vec<(String, u64)>> {
+        let rows = sqlx::query("SELECT role, version FROM version_floors ORDER BY role").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("role")?, from_bigint(r.try_get("version")?, "version")?))).collect()
+    }
+
+    async fn raise_version_floor(&self, role: &str, version: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO version_floors (role, version) VALUES ($1, $2) \
+             ON CONFLICT (role) DO UPDATE SET version = excluded.version \
+             WHERE version_floors.version < excluded.version",
+        )
+        .bind(role)
+        .bind(to_bigint(version, "version")?)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

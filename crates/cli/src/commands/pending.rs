@@ -64,6 +64,12 @@ pub struct SignerArgs {
     /// after a change to a version while it was pending).
     #[arg(long)]
     pub resign_version: bool,
+    /// After the server was restored from a backup: accept exactly this pending version though
+    /// it skips versions after the published one (`ringfence restore` prints the version each
+    /// offline role must be signed at; versions in between may be trusted by devices already
+    /// and are never signed again). Without it, only the published version + 1 is signed.
+    #[arg(long, value_name = "VERSION")]
+    pub after_restore_version: Option<u64>,
     #[command(flatten)]
     pub passphrase: PassphraseArgs,
 }
@@ -98,6 +104,7 @@ impl SignNow {
             state_dir: self.state_dir.clone(),
             max_expiry_days: DEFAULT_MAX_EXPIRY_DAYS,
             resign_version: false,
+            after_restore_version: None,
             passphrase: self.passphrase.clone(),
         })
     }
@@ -116,6 +123,7 @@ impl SignerArgs {
             yes: self.yes,
             max_expiry_secs: self.max_expiry_days.saturating_mul(86_400),
             resign_version: self.resign_version,
+            after_restore_version: self.after_restore_version,
         };
         Ok((key, root, state, options))
     }

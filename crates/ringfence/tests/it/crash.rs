@@ -18,16 +18,16 @@ use crate::device_api::{Device, open_session, signed_enrollment, signed_reports}
 
 const KILLS: u64 = 100;
 
-struct Installation {
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    data: std::path::PathBuf,
-    device_port: u16,
-    admin_port: u16,
+pub(crate) struct Installation {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: std::path::PathBuf,
+    pub(crate) data: std::path::PathBuf,
+    pub(crate) device_port: u16,
+    pub(crate) admin_port: u16,
 }
 
 impl Installation {
-    fn serve(&self) -> Child {
+    pub(crate) fn serve(&self) -> Child {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();
         let child = Command::new(BIN)
@@ -46,7 +46,7 @@ impl Installation {
         child
     }
 
-    fn cli(&self) -> Command {
+    pub(crate) fn cli(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("RINGFENCE_ADMIN_URL", format!("https://127.0.0.1:{}", self.admin_port))
             .env("RINGFENCE_CA", self.data.join("tls/cert.pem"))
@@ -67,7 +67,7 @@ impl Installation {
     }
 
     /// Publish update `id` (a script) and approve it in pilot: whether both were acknowledged.
-    fn publish(&self, id: &str) -> bool {
+    pub(crate) fn publish(&self, id: &str) -> bool {
         let (manifest, script) = crate::scale_out::script_update(&self.dir.path().join("work"), id);
         self.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script).status().unwrap().success()
             && self.cli().args(["approve", id, "--group", "pilot"]).status().unwrap().success()
@@ -75,7 +75,7 @@ impl Installation {
 
     /// python-tuf with its trusted metadata in `state` (kept across restarts): refresh, then
     /// download `target`. The client's JSON line and whether it succeeded.
-    fn tuf(&self, state: &Path, target: &str) -> (bool, String) {
+    pub(crate) fn tuf(&self, state: &Path, target: &str) -> (bool, String) {
         let out_dir = self.dir.path().join("downloads");
         std::fs::create_dir_all(&out_dir).unwrap();
         let base = format!("https://127.0.0.1:{}/repo", self.device_port);

@@ -8,6 +8,7 @@ mod abuse;
 mod admin_api;
 mod agent_tuf;
 mod agents;
+mod backup;
 mod browser;
 mod ceremony;
 mod common;

@@ -14,6 +14,7 @@
 //! - [`console::Console`]: the web console's sessions and dashboard counts.
 
 pub mod audit;
+pub mod backup;
 pub mod checkins;
 pub mod cluster;
 pub mod console;
@@ -24,6 +25,7 @@ pub mod kept;
 pub mod log;
 pub mod repo;
 pub mod reports;
+pub mod restore;
 pub mod rollouts;
 pub mod rules;
 pub mod sessions;

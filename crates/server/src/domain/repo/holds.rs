@@ -10,6 +10,9 @@ use ringfence_trust::{Envelope, expiry};
 use super::Repository;
 use crate::domain::error::{Error, Result};
 
+/// The name the holds document's floor is kept under (no role can have it).
+pub const HOLDS_FLOOR: &str = "#holds";
+
 impl Repository {
     /// Sign and store the next holds document; it expires with the timestamp policy.
     pub async fn publish_holds(
@@ -18,7 +21,7 @@ impl Repository {
         retries: BTreeMap<String, u64>,
         now: i64,
     ) -> Result<u64> {
-        let version = self.db.rollout_holds().await?.map_or(0, |(v, _)| v) + 1;
+        let version = self.next_version(HOLDS_FLOOR, self.db.rollout_holds().await?.map_or(0, |(v, _)| v)).await?;
         let doc = RolloutHolds {
             type_: "ringfence-rollouts".into(),
             version,
@@ -32,6 +35,14 @@ impl Repository {
         self.db.put_rollout_holds(version, &bytes).await?;
         self.holds.saw(version);
         Ok(version)
+    }
+
+    /// Sign the holds in force again under the next version (past its floor, after a restore):
+    /// the new version, none when there is no holds document.
+    pub async fn republish_holds(&self, now: i64) -> Result<Option<u64>> {
+        let Some((_, bytes)) = self.db.rollout_holds().await? else { return Ok(None) };
+        let current = Envelope::<RolloutHolds>::parse(&bytes, 1 << 22).map_err(Error::internal)?;
+        Ok(Some(self.publish_holds(current.signed.holds, current.signed.retries, now).await?))
     }
 
     /// The version of the newest holds document (0: none) — what every check-in answers. On

@@ -169,7 +169,7 @@ impl Repository {
                 continue;
             }
             let mut next = parse::<Targets>(&rec.bytes)?.signed;
-            next.version += 1;
+            next.version = self.next_version(name.as_str(), next.version).await?;
             next.expires = expiry::format(now + self.policy.online_targets_secs);
             let mut env = Envelope::new(next).map_err(Error::internal)?;
             for key in online {
@@ -186,8 +186,10 @@ impl Repository {
             return Ok(Vec::new());
         }
         let mut renewed = self.commit(roles, None, now).await?;
-        renewed.push(RoleVersion { role: RoleName::snapshot(), version: snapshot.version + 1 });
-        renewed.push(RoleVersion { role: RoleName::timestamp(), version: timestamp.version + 1 });
+        for role in [RoleName::snapshot(), RoleName::timestamp()] {
+            let version = self.db.latest_metadata(role.as_str()).await?.map_or(0, |r| r.version);
+            renewed.push(RoleVersion { role, version });
+        }
         Ok(renewed)
     }
 

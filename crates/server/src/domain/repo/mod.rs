@@ -14,6 +14,7 @@ mod approve;
 mod cleanup;
 pub mod export;
 mod holds;
+pub use holds::HOLDS_FLOOR;
 mod lifecycle;
 mod publish;
 pub mod served;
@@ -163,6 +164,39 @@ impl Repository {
         if let Ok(mut kept) = self.expiries.lock() {
             *kept = None;
         }
+    }
+
+    /// After a restore: the next version of a targets-type role past its floor, signed at once
+    /// when the online keys may sign it, else prepared for its key holders. A pending version
+    /// the backup held at or below the floor is dropped first (devices may trust its number).
+    pub async fn move_past_floor(&self, role: &RoleName, now: i64) -> Result<RoleState> {
+        let _guard = self.exclusive().await?;
+        let floor = self.db.version_floor(role.as_str()).await?;
+        if let Some(pending) = self.db.pending(role.as_str()).await?
+            && parse::<Targets>(&pending.bytes)?.signed.version <= floor
+        {
+            self.db.delete_pending(role.as_str()).await?;
+        }
+        self.change_delegated(role, now, |_| Ok(())).await
+    }
+
+    /// Sign snapshot and timestamp again (past their floors): their new versions.
+    pub async fn resign_snapshot_and_timestamp(&self, now: i64) -> Result<Vec<RoleVersion>> {
+        let _guard = self.exclusive().await?;
+        self.commit(Vec::new(), None, now).await?;
+        let mut out = Vec::new();
+        for role in [RoleName::snapshot(), RoleName::timestamp()] {
+            let version = self.db.latest_metadata(role.as_str()).await?.map_or(0, |r| r.version);
+            out.push(RoleVersion { role, version });
+        }
+        Ok(out)
+    }
+
+    /// The version that follows `current` for `role`: one more, or past the floor a restore
+    /// set (versions devices may trust from before the restore are never signed again).
+    pub(crate) async fn next_version(&self, role: &str, current: u64) -> Result<u64> {
+        let floor = self.db.version_floor(role).await?;
+        current.max(floor).checked_add(1).ok_or_else(|| Error::internal("version overflow"))
     }
 
     /// Keep the newest metadata and the holds version in memory until a moment, or stop (on a
@@ -319,7 +353,7 @@ impl Repository {
             clear.push(name.to_string());
             records.push(r);
         }
-        let snapshot_version = previous.as_ref().map_or(0, |s| s.signed.version) + 1;
+        let snapshot_version = self.next_version("snapshot", previous.as_ref().map_or(0, |s| s.signed.version)).await?;
         let snapshot = writer::next_snapshot(
             previous.as_ref().map(|s| &s.signed),
             snapshot_version,
@@ -329,7 +363,7 @@ impl Repository {
         let mut snapshot = Envelope::new(snapshot).map_err(Error::internal)?;
         snapshot.sign(&self.keys.snapshot);
         let snapshot_record = record("snapshot", &snapshot)?;
-        let timestamp_version = previous_ts.map_or(0, |t| t.version) + 1;
+        let timestamp_version = self.next_version("timestamp", previous_ts.map_or(0, |t| t.version)).await?;
         let timestamp = writer::timestamp(
             timestamp_version,
             now + self.policy.timestamp_secs,
@@ -402,7 +436,7 @@ impl Repository {
             None => {
                 let published = self.latest::<Targets>(role.as_str()).await?.ok_or(Error::NotFound)?;
                 let mut t = published.signed;
-                t.version += 1;
+                t.version = self.next_version(role.as_str(), t.version).await?;
                 t
             }
         };

@@ -81,7 +81,9 @@ impl Repository {
             _ => {
                 let env = Envelope::<Targets>::parse(bytes, MAX_UPLOADED_METADATA).map_err(bad)?;
                 let current = self.latest::<Targets>(role.as_str()).await?.ok_or(Error::NotFound)?;
-                expect_next(role, current.signed.version, env.signed.version)?;
+                // Past a restore's floor: a version devices may trust is never proposed again.
+                let floor = self.db.version_floor(role.as_str()).await?;
+                expect_next(role, current.signed.version.max(floor), env.signed.version)?;
                 // Nothing that breaks the layout is held for signers, let alone published.
                 let top = self.latest::<Targets>("targets").await?.map(|t| t.signed);
                 policy::check_role(role, &env.signed, top.as_ref()).map_err(bad)?;

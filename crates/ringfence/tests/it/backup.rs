@@ -1,0 +1,158 @@
+//! Backup and restore of the embedded default: `ringfence backup` while the server serves,
+//! more published afterwards (devices and python-tuf trust it), the database lost, `ringfence
+//! restore` from the backup: the log's tail comes back from the content store, the server
+//! signs past every version clients may trust, and the agent and python-tuf go on with the
+//! state they had — a new update installs. A tampered backup and a restore over an existing
+//! database are refused with nothing changed.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::common::{agent_bin, free_port, run_ok};
+use crate::crash::Installation;
+
+fn enroll(install: &Installation, name: &str) -> std::path::PathBuf {
+    let token = run_ok(
+        install.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]).stdout(Stdio::piped()),
+    );
+    let dir = install.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(install.data.join("1.root.json")).unwrap());
+    let out = run_ok(
+        Command::new(agent_bin())
+            .args(["enroll", "--server", &format!("https://127.0.0.1:{}", install.device_port)])
+            .args(["--root-sha256", &root_sha, "--group", "pilot", "--token", token.trim(), "--ca"])
+            .arg(install.data.join("tls/cert.pem"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .current_dir(&dir),
+    );
+    assert!(out.contains("(accepted)"), "{out}");
+    dir
+}
+
+/// One agent cycle, which must succeed (`when` names it in a failure, with the server's log).
+fn check(install: &Installation, agent: &Path, when: &str) -> String {
+    let out = Command::new(agent_bin())
+        .args(["check", "--state-dir"])
+        .arg(agent.join("state"))
+        .current_dir(agent)
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.code() != Some(0) {
+        let log = std::fs::read_to_string(install.dir.path().join("server.log")).unwrap_or_default();
+        panic!("{when}: {said}\nthe server's log:\n{log}");
+    }
+    said
+}
+
+fn trusted_version(state: &Path, role: &str) -> u64 {
+    let doc: Value = serde_json::from_slice(&std::fs::read(state.join(format!("{role}.json"))).unwrap()).unwrap();
+    doc["signed"]["version"].as_u64().unwrap()
+}
+
+fn restore(install: &Installation, from: &Path) -> std::process::Output {
+    Command::new(crate::common::BIN)
+        .args(["restore", "--config"])
+        .arg(&install.config)
+        .arg("--from")
+        .arg(from)
+        .env("RINGFENCE_ALLOW_ROOT", "1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
+    if crate::common::test_postgres_database().is_some() {
+        // The embedded default is what `ringfence backup` copies.
+        return;
+    }
+    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
+    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+    let config = data.join("ringfence.toml");
+    let install = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
+    let mut server = install.serve();
+    let agent = enroll(&install, "agent");
+    let tuf_state = install.dir.path().join("tuf-state");
+    std::fs::create_dir_all(&tuf_state).unwrap();
+    assert!(install.publish("kb-1"));
+    check(&install, &agent, "before the backup");
+    assert!(agent.join("ran-kb-1").exists());
+
+    // Backed up while it serves.
+    let backup = install.dir.path().join("backup");
+    let out = run_ok(
+        Command::new(crate::common::BIN).args(["backup", "--config"]).arg(&install.config).arg("--to").arg(&backup),
+    );
+    assert!(out.contains("with their content"), "{out}");
+    let manifest: Value = serde_json::from_slice(&std::fs::read(backup.join("backup.json")).unwrap()).unwrap();
+    assert!(!manifest["blobs"].as_array().unwrap().is_empty(), "{manifest}");
+
+    // After the backup: more published, and trusted by the agent and python-tuf.
+    for id in ["kb-2", "kb-3"] {
+        assert!(install.publish(id));
+    }
+    check(&install, &agent, "after the backup");
+    assert!(agent.join("ran-kb-3").exists());
+    let (ok, said) = install.tuf(&tuf_state, "acme/kb-3.sh");
+    assert!(ok, "{said}");
+    let trusted = (trusted_version(&tuf_state, "timestamp"), trusted_version(&tuf_state, "snapshot"));
+    assert!(trusted.0 > manifest["roles"]["timestamp"].as_u64().unwrap(), "clients trust more than the backup holds");
+
+    // The database is lost; the content directory (with the log's tiles) is not.
+    run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
+    server.wait().unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", install.data.join("ringfence.db").display()));
+    }
+
+    // A backup whose database was changed is refused, and nothing is placed.
+    let tampered = install.dir.path().join("tampered");
+    std::fs::create_dir_all(&tampered).unwrap();
+    for name in ["backup.json", "ringfence.db"] {
+        std::fs::copy(backup.join(name), tampered.join(name)).unwrap();
+    }
+    let mut db = std::fs::read(tampered.join("ringfence.db")).unwrap();
+    let last = db.len() - 1;
+    db[last] ^= 1;
+    std::fs::write(tampered.join("ringfence.db"), db).unwrap();
+    let refused = restore(&install, &tampered);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not the database the manifest describes"),
+        "{refused:?}"
+    );
+    assert!(!install.data.join("ringfence.db").exists(), "a refused restore places nothing");
+
+    // Restored: the log's tail comes back, every role moves past what clients trust.
+    let out = restore(&install, &backup);
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let put_back: u64 = said
+        .split("The transparency log: ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(put_back > 0, "the log's tail is put back: {said}");
+    // Once only: a second restore finds a database there.
+    let again = restore(&install, &backup);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists"), "{again:?}");
+
+    // The agent and python-tuf go on from what they trust: a new update installs.
+    let mut server = install.serve();
+    check(&install, &agent, "right after the restore");
+    assert!(install.publish("kb-4"));
+    let said = check(&install, &agent, "with an update published after the restore");
+    assert!(agent.join("ran-kb-4").exists(), "{said}");
+    let (ok, said) = install.tuf(&tuf_state, "acme/kb-4.sh");
+    assert!(ok, "{said}");
+    assert!(trusted_version(&tuf_state, "timestamp") > trusted.0);
+    assert!(trusted_version(&tuf_state, "snapshot") > trusted.1);
+    run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
+    server.wait().unwrap();
+}
