@@ -49,6 +49,21 @@ fn check(install: &Installation, agent: &Path, when: &str) -> String {
     said
 }
 
+/// Production's approver `n` signs the pending approval (with `--after-restore-version`).
+fn sign_production(install: &Installation, n: u32, after_restore: Option<u64>) -> std::process::Output {
+    let mut c = install.cli();
+    c.args(["pending", "sign", "approvals.production", "--yes", "--key"])
+        .arg(install.dir.path().join(format!("ringfence-keys/production-approver-{n}.key")))
+        .arg("--trusted-root")
+        .arg(install.dir.path().join("ringfence-keys/1.root.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(v) = after_restore {
+        c.args(["--after-restore-version", &v.to_string()]);
+    }
+    c.output().unwrap()
+}
+
 fn trusted_version(state: &Path, role: &str) -> u64 {
     let doc: Value = serde_json::from_slice(&std::fs::read(state.join(format!("{role}.json"))).unwrap()).unwrap();
     doc["signed"]["version"].as_u64().unwrap()
@@ -92,9 +107,15 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
     let manifest: Value = serde_json::from_slice(&std::fs::read(backup.join("backup.json")).unwrap()).unwrap();
     assert!(!manifest["blobs"].as_array().unwrap().is_empty(), "{manifest}");
 
-    // After the backup: more published, and trusted by the agent and python-tuf.
+    // After the backup: more published, production's offline approvers sign an approval, and
+    // the agent and python-tuf trust all of it.
     for id in ["kb-2", "kb-3"] {
         assert!(install.publish(id));
+    }
+    run_ok(install.cli().args(["approve", "kb-2", "--group", "production"]).stdout(Stdio::piped()));
+    for approver in [1, 2] {
+        let out = sign_production(&install, approver, None);
+        assert!(out.status.success(), "{out:?}");
     }
     check(&install, &agent, "after the backup");
     assert!(agent.join("ran-kb-3").exists());
@@ -139,12 +160,31 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(put_back > 0, "the log's tail is put back: {said}");
+    let waiting: u64 = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("approvals.production version "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("production's approval waits for its approvers: {said}"));
     // Once only: a second restore finds a database there.
     let again = restore(&install, &backup);
     assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("exists"), "{again:?}");
 
-    // The agent and python-tuf go on from what they trust: a new update installs.
+    // Until production's approvers sign past the floor, the restored snapshot lists an older
+    // production approval than clients trust: python-tuf refuses it (no rollback).
     let mut server = install.serve();
+    let (ok, said) = install.tuf(&tuf_state, "acme/kb-3.sh");
+    assert!(!ok, "a snapshot listing an older approval is refused: {said}");
+    // A signer's tool signs a version that skips numbers only when the signer names it.
+    let refused = sign_production(&install, 1, None);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--after-restore-version"), "{refused:?}");
+    for approver in [1, 2] {
+        let out = sign_production(&install, approver, Some(waiting));
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    // The agent and python-tuf go on from what they trust: a new update installs.
     check(&install, &agent, "right after the restore");
     assert!(install.publish("kb-4"));
     let said = check(&install, &agent, "with an update published after the restore");
