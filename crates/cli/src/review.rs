@@ -381,6 +381,9 @@ fn shown_refusal(role: &str, version: u64, lines: &[String], result: anyhow::Res
 
 /// The pending version must follow the published one, be newer than any version of the role
 /// this signer saw published, and not replace one it signed.
+/// The most versions a signer skips after a restore (`--after-restore-version`).
+const MAX_RESTORE_SKIP: u64 = 1_000_000;
+
 fn check_baseline(
     state: &SignerState,
     role: &RoleName,
@@ -388,7 +391,19 @@ fn check_baseline(
     published: u64,
     options: &ReviewOptions,
 ) -> anyhow::Result<()> {
-    let skip_accepted = options.after_restore_version == Some(env.signed.version) && env.signed.version > published;
+    // A skip is signed only at the version the signer names, and never far: a version near the
+    // largest number would leave the role no room to move again.
+    let skip_accepted = options.after_restore_version == Some(env.signed.version)
+        && env.signed.version > published
+        && env.signed.version.saturating_sub(published) <= MAX_RESTORE_SKIP;
+    if options.after_restore_version == Some(env.signed.version)
+        && env.signed.version.saturating_sub(published) > MAX_RESTORE_SKIP
+    {
+        bail!(
+            "REFUSED: {role} version {} skips more than {MAX_RESTORE_SKIP} versions after the published {published}",
+            env.signed.version
+        );
+    }
     if env.signed.version != published + 1 && !skip_accepted {
         bail!(
             "REFUSED: {role} version {} pending where version {published} is published; only {} may follow \

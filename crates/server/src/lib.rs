@@ -175,7 +175,23 @@ pub struct Restored {
 /// floors and sign past them (`domain::restore`). Refused with nothing changed when the backup
 /// does not check out, content is missing, or the recovery fails.
 pub async fn restore(config: &Config, from: Option<&Path>, skip: u64) -> anyhow::Result<Restored> {
-    let mut placed = None;
+    // What this restore put in the data directory, taken away again if it fails.
+    let mut placed: Vec<std::path::PathBuf> = Vec::new();
+    let result = restore_placing(config, from, skip, &mut placed).await;
+    if result.is_err() {
+        for path in placed.iter().rev() {
+            let _ = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+        }
+    }
+    result
+}
+
+async fn restore_placing(
+    config: &Config,
+    from: Option<&Path>,
+    skip: u64,
+    placed: &mut Vec<std::path::PathBuf>,
+) -> anyhow::Result<Restored> {
     let (mut manifest, mut found, mut restored) = (None, 0, 0);
     if let Some(from) = from {
         anyhow::ensure!(
@@ -190,44 +206,54 @@ pub async fn restore(config: &Config, from: Option<&Path>, skip: u64) -> anyhow:
             "{} exists: a restore goes into an installation without a database (move it away first)",
             target.display()
         );
+        // The database copied beside its place, checked again there, then renamed into it.
+        let staged = config.data_dir.join("ringfence.db.restoring");
+        placed.push(staged.clone());
+        std::fs::copy(from.join(domain::backup::DATABASE), &staged)?;
+        let (sha256, length) = domain::backup::file_sha256(&staged)?;
+        anyhow::ensure!(
+            sha256 == checked.database_sha256 && length == checked.database_bytes,
+            "the backup's database changed while it was copied"
+        );
+        // What the content store must hold is what the copy references, not what the manifest says.
+        let copy = SqlStore::open(&staged).await.context("opening the backup's database")?;
+        let referenced = copy.referenced_blobs().await?;
+        copy.close().await;
         for name in KEPT_FILES {
-            if !config.data_dir.join(name).exists() {
-                copy_tree(&from.join("data").join(name), &config.data_dir.join(name))?;
+            let path = config.data_dir.join(name);
+            if !path.exists() && from.join("data").join(name).exists() {
+                placed.push(path.clone());
+                copy_tree(&from.join("data").join(name), &path)?;
             }
         }
         let blobs = open_content(config)?;
-        let (f, r) = domain::backup::restore_content(&blobs, from, &checked).await?;
-        (found, restored) = (f, r);
-        std::fs::copy(from.join(domain::backup::DATABASE), &target)?;
-        placed = Some(target);
+        (found, restored) = domain::backup::restore_content(&blobs, from, &checked, &referenced).await?;
+        placed.push(target.clone());
+        for suffix in ["-wal", "-shm"] {
+            placed.push(std::path::PathBuf::from(format!("{}{suffix}", target.display())));
+        }
+        std::fs::rename(&staged, &target)?;
         manifest = Some(checked);
     }
-    let recovered = async {
-        let state = open_state(config.clone()).await?;
-        let db = open_database(config).await?;
-        let blobs = open_content(config)?;
-        let done = domain::restore::recover(&db, &blobs, &state.log, &state.repo, skip, unix_now()).await?;
-        let what = format!(
-            "restored: {} log entries put back, floors {:?}, signed {:?}, waiting for signers {:?}",
-            done.log_entries, done.floors, done.signed, done.pending
-        );
-        state.audit.record("local restore", "restore", &what, unix_now()).await?;
-        db.close().await;
-        anyhow::Ok(done)
-    }
-    .await;
-    match recovered {
-        Ok(recovered) => Ok(Restored { manifest, blobs_found: found, blobs_restored: restored, recovered }),
+    let state = open_state(config.clone()).await?;
+    let db = open_database(config).await?;
+    let blobs = open_content(config)?;
+    let backup_at = manifest.as_ref().map(|m| m.created_at);
+    let recovered = domain::restore::recover(&db, &blobs, &state.log, &state.repo, skip, backup_at, unix_now()).await;
+    let recovered = match recovered {
+        Ok(r) => r,
         Err(e) => {
-            // Nothing half-restored stays behind: the copy placed here goes again.
-            if let Some(path) = placed {
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
-            }
-            Err(e)
+            db.close().await;
+            return Err(e.into());
         }
-    }
+    };
+    let what = format!(
+        "restored: {} log entries put back, floors {:?}, signed {:?}, waiting for signers {:?}, lost {:?}",
+        recovered.log_entries, recovered.floors, recovered.signed, recovered.pending, recovered.lost
+    );
+    state.audit.record("local restore", "restore", &what, unix_now()).await?;
+    db.close().await;
+    Ok(Restored { manifest, blobs_found: found, blobs_restored: restored, recovered })
 }
 
 /// What `ringfence migrate` copied.

@@ -276,6 +276,54 @@ impl BlobStore {
         Ok(())
     }
 
+    /// Keep the log's newest checkpoint beside its tiles (`log/checkpoint`), so the tiles can be
+    /// read back and checked against something signed (a restore).
+    pub async fn put_checkpoint(&self, note: Bytes) -> Result<()> {
+        self.objects.put(&ObjectPath::from("log/checkpoint"), note.into()).await?;
+        Ok(())
+    }
+
+    /// The checkpoint kept beside the tiles (at most `max` bytes), if any.
+    pub async fn get_checkpoint(&self, max: u64) -> Result<Option<Bytes>> {
+        let location = ObjectPath::from("log/checkpoint");
+        match self.objects.head(&location).await {
+            Ok(meta) if meta.size > max => return Err(invalid_input(format!("log/checkpoint: more than {max} bytes"))),
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        match self.objects.get(&location).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.map_err(read_error)?;
+                if bytes.len() as u64 > max {
+                    return Err(invalid_input(format!("log/checkpoint: more than {max} bytes")));
+                }
+                Ok(Some(bytes))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// A tile of the transparency log of at most `max` bytes (larger: refused unread), or `None`
+    /// when there is none at `path`. For reading back a store that may not be trusted.
+    pub async fn get_tile_at_most(&self, path: &str, max: u64) -> Result<Option<Bytes>> {
+        let location = tile_location(path)?;
+        match self.objects.head(&location).await {
+            Ok(meta) if meta.size > max => {
+                return Err(invalid_input(format!("{path}: {} bytes, at most {max}", meta.size)));
+            }
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        let bytes = self.get_tile(path).await?;
+        if bytes.as_ref().is_some_and(|b| b.len() as u64 > max) {
+            return Err(invalid_input(format!("{path}: more than {max} bytes")));
+        }
+        Ok(bytes)
+    }
+
     /// A tile of the transparency log, or `None` when there is none at `path`.
     pub async fn get_tile(&self, path: &str) -> Result<Option<Bytes>> {
         match self.objects.get(&tile_location(path)?).await {

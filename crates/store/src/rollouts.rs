@@ -339,16 +339,38 @@ impl RolloutStore for SqlStore {
         min_gap: i64,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, MAX(at) AS newest FROM rollout_samples WHERE group_name = $1 AND update_id = $2",
+        // The write first: SQLite takes its write lock now (a transaction that read first could
+        // not take it later while another connection writes). Undone below if too soon.
+        let inserted = sqlx::query(
+            "INSERT INTO rollout_samples (group_name, update_id, at, share, devices, installed, failed, stuck) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (group_name, update_id, at) DO NOTHING",
         )
         .bind(group)
         .bind(update_id)
+        .bind(sample.at)
+        .bind(i64::from(sample.share))
+        .bind(to_bigint(sample.devices, "devices")?)
+        .bind(to_bigint(sample.installed, "installed")?)
+        .bind(to_bigint(sample.failed, "failed")?)
+        .bind(to_bigint(sample.stuck, "stuck")?)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(at) AS newest FROM rollout_samples \
+             WHERE group_name = $1 AND update_id = $2 AND at <> $3",
+        )
+        .bind(group)
+        .bind(update_id)
+        .bind(sample.at)
         .fetch_one(&mut *tx)
         .await?;
         let kept = from_bigint(row.try_get("n")?, "n")?;
         let newest: Option<i64> = row.try_get("newest")?;
         if newest.is_some_and(|newest| sample.at.saturating_sub(newest) < min_gap || sample.at <= newest) {
+            // Dropped without a commit: the insert is undone.
             return Ok(false);
         }
         if kept >= MAX_ROLLOUT_SAMPLES {
@@ -370,20 +392,6 @@ impl RolloutStore for SqlStore {
                     .await?;
             }
         }
-        sqlx::query(
-            "INSERT INTO rollout_samples (group_name, update_id, at, share, devices, installed, failed, stuck) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(group)
-        .bind(update_id)
-        .bind(sample.at)
-        .bind(i64::from(sample.share))
-        .bind(to_bigint(sample.devices, "devices")?)
-        .bind(to_bigint(sample.installed, "installed")?)
-        .bind(to_bigint(sample.failed, "failed")?)
-        .bind(to_bigint(sample.stuck, "stuck")?)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(true)
     }

@@ -254,6 +254,22 @@ impl SqlStore {
     }
 }
 
+/// Refuse a version of `role` at or below the floor a restore set (the last line of defence:
+/// the repository computes versions past it already).
+async fn check_floor(tx: &mut sqlx::Transaction<'_, sqlx::Any>, role: &str, version: u64) -> Result<()> {
+    let row =
+        sqlx::query("SELECT version FROM version_floors WHERE role = $1").bind(role).fetch_optional(&mut **tx).await?;
+    if let Some(row) = row {
+        let floor = from_bigint(row.try_get("version")?, "version")?;
+        if version <= floor {
+            return Err(StoreError::Refused(format!(
+                "{role} version {version} is at or below its floor {floor} (set by a restore)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Our unsigned numbers are BIGINT columns; a value that does not fit is refused, never wrapped.
 pub(crate) fn to_bigint(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value).map_err(|_| {
@@ -413,6 +429,9 @@ impl Store for SqlStore {
                 .map_err(|err| {
                     conflict_or(err, || format!("{} version {} is already published", record.role, record.version))
                 })?;
+            // Read after a write: SQLite holds the write lock by now (a read first could not take
+            // it later while another connection writes).
+            check_floor(&mut tx, &record.role, record.version).await?;
         }
         for role in clear_pending {
             sqlx::query("DELETE FROM pending_metadata WHERE role = $1").bind(role.as_str()).execute(&mut *tx).await?;
@@ -480,6 +499,8 @@ impl Store for SqlStore {
         .bind(record.created_at)
         .execute(&mut *tx)
         .await?;
+        // After the write (see `publish`).
+        check_floor(&mut tx, &record.role, record.version).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -64,6 +64,19 @@ fn sign_production(install: &Installation, n: u32, after_restore: Option<u64>) -
     c.output().unwrap()
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { todo.push(path) } else { out.push(path) }
+        }
+    }
+    out
+}
+
 fn trusted_version(state: &Path, role: &str) -> u64 {
     let doc: Value = serde_json::from_slice(&std::fs::read(state.join(format!("{role}.json"))).unwrap()).unwrap();
     doc["signed"]["version"].as_u64().unwrap()
@@ -112,7 +125,12 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
     for id in ["kb-2", "kb-3"] {
         assert!(install.publish(id));
     }
-    run_ok(install.cli().args(["approve", "kb-2", "--group", "production"]).stdout(Stdio::piped()));
+    let approved =
+        install.cli().args(["approve", "kb-2", "--group", "production"]).stderr(Stdio::piped()).output().unwrap();
+    if !approved.status.success() {
+        let log = std::fs::read_to_string(install.dir.path().join("server.log")).unwrap_or_default();
+        panic!("approve: {approved:?}\nthe server's log:\n{log}");
+    }
     for approver in [1, 2] {
         let out = sign_production(&install, approver, None);
         assert!(out.status.success(), "{out:?}");
@@ -148,6 +166,25 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
         "{refused:?}"
     );
     assert!(!install.data.join("ringfence.db").exists(), "a refused restore places nothing");
+
+    // Entry bundles changed in the content store (a bucket is not trusted): the tail does not
+    // give the signed checkpoint's root, and nothing is restored.
+    let bundles = files_under(&install.data.join("content/log/tile/entries"));
+    assert!(!bundles.is_empty());
+    let originals: Vec<Vec<u8>> = bundles.iter().map(|b| std::fs::read(b).unwrap()).collect();
+    for (path, bytes) in bundles.iter().zip(&originals) {
+        let mut changed = bytes.clone();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        std::fs::write(path, changed).unwrap();
+    }
+    let refused = restore(&install, &backup);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not continue the backup's log"), "{refused:?}");
+    assert!(!install.data.join("ringfence.db").exists(), "a refused restore places nothing");
+    for (path, bytes) in bundles.iter().zip(&originals) {
+        std::fs::write(path, bytes).unwrap();
+    }
 
     // Restored: the log's tail comes back, every role moves past what clients trust.
     let out = restore(&install, &backup);

@@ -137,12 +137,18 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Make sure the content store holds every blob the manifest lists: present with its length,
-/// or put back from the backup's `content/` (hash-checked on arrival). Returns (found, put
+/// Make sure the content store holds every blob the restored database references: present with
+/// its length, or put back from the backup's `content/` (hash-checked on arrival). Returns (found, put
 /// back); a blob neither present nor in the backup is an error naming how many are missing.
-pub async fn restore_content(blobs: &BlobStore, dir: &Path, manifest: &Manifest) -> Result<(u64, u64)> {
+pub async fn restore_content(
+    blobs: &BlobStore,
+    dir: &Path,
+    manifest: &Manifest,
+    referenced: &[(String, u64)],
+) -> Result<(u64, u64)> {
     let (mut found, mut restored, mut missing) = (0u64, 0u64, Vec::new());
-    for blob in &manifest.blobs {
+    for (sha256, length) in referenced {
+        let blob = BlobEntry { sha256: sha256.clone(), length: *length };
         if blobs.len(&blob.sha256).await? == Some(blob.length) {
             found += 1;
             continue;

@@ -118,6 +118,43 @@ impl Log {
         self.key.as_ref().map(LogKey::verifier_key)
     }
 
+    /// The checkpoint kept in the content store beside the tiles, verified with this log's key
+    /// (none without a key, or when none is kept).
+    pub async fn stored_checkpoint(&self) -> Result<Option<tlog_tiles::Checkpoint>> {
+        let Some(key) = self.verifier_key() else { return Ok(None) };
+        let Some(note) = self.blobs.get_checkpoint(ringfence_tlog::checkpoint::MAX_CHECKPOINT_BYTES as u64).await?
+        else {
+            return Ok(None);
+        };
+        let checkpoint = ringfence_tlog::checkpoint::verify(&note, &key)
+            .map_err(|e| Error::Conflict(format!("the checkpoint kept in the content store: {e}")))?;
+        Ok(Some(checkpoint))
+    }
+
+    /// The root of the log as the database holds it with `tail` appended, computed without
+    /// writing anything: (size, root).
+    pub async fn root_with(&self, tail: &[Vec<u8>]) -> Result<(u64, Hash)> {
+        let size = self.db.log_size().await?;
+        let frontier = tree::frontier(size);
+        let found = self.db.log_hashes(&frontier).await?;
+        let mut hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
+        if hashes.len() < frontier.len() {
+            return Err(Error::internal("the log's right edge is incomplete"));
+        }
+        for (index, record) in (size..).zip(tail) {
+            let known = Known { hashes, missing: RefCell::new(Vec::new()) };
+            let new = tlog_tiles::stored_hashes(index, record, &known).map_err(Error::internal)?;
+            hashes = known.hashes;
+            let first = tlog_tiles::stored_hash_index(0, index);
+            for (i, h) in (first..).zip(new) {
+                hashes.insert(i, h);
+            }
+        }
+        let new_size = size + tail.len() as u64;
+        let (root, _) = self.with_hashes(hashes, |r| tlog_tiles::tree_hash(new_size, r)).await?;
+        Ok((new_size, root))
+    }
+
     /// Queue entries of events whose own writes are already done.
     pub async fn enqueue(&self, entries: &[Entry]) -> Result<()> {
         enqueue(&*self.db, entries).await
@@ -264,6 +301,9 @@ impl Log {
             let written = self.db.latest_checkpoint().await?.map_or(0, |c| c.size).min(cp.size);
             self.write_tiles(written, cp.size).await?;
             self.db.mark_tiles_written(cp.size).await?;
+            // Beside the tiles, for a restore to check them against (the newest one only: the
+            // sequencer writes them in order).
+            self.blobs.put_checkpoint(Bytes::from(cp.note.clone())).await?;
         }
         Ok(())
     }

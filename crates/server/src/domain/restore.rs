@@ -23,8 +23,11 @@ use super::repo::Repository;
 
 /// Entries per entry bundle.
 const BUNDLE: u64 = 1 << tree::TILE_HEIGHT;
-/// How far the holds document's version moves after a restore: its versions are not logged,
-/// and it is re-signed about twice a timestamp lifetime plus once per rollout change.
+/// The most bytes an entry bundle can have (256 records of at most 4,096 bytes, each with its
+/// two-byte length): a larger object is refused unread.
+const MAX_BUNDLE_BYTES: u64 = BUNDLE * (2 + ringfence_tlog::entry::MAX_ENTRY_BYTES as u64);
+/// How far the holds document's version moves after a restore at least: its versions are not
+/// logged, and it is re-signed about twice a timestamp lifetime plus once per rollout change.
 pub const HOLDS_SKIP: u64 = 100_000;
 
 /// What [`recover`] did.
@@ -33,55 +36,57 @@ pub struct Recovered {
     /// Entries put back on the log from the content store's tail, and the log's size after.
     pub log_entries: u64,
     pub log_size: u64,
+    /// Whether the tail was checked against the signed checkpoint kept beside the tiles.
+    pub tail_verified: bool,
     /// Floors set: (role, version).
     pub floors: Vec<(String, u64)>,
     /// Roles signed above their floor by the server's online keys: (role, version).
     pub signed: Vec<(String, u64)>,
     /// Offline roles prepared above their floor, waiting for their key holders: (role, version).
     pub pending: Vec<(String, u64)>,
-    /// Roles the log's tail names that the backup does not hold (made after it): their
-    /// documents are gone, and devices that saw them refuse a snapshot without them.
+    /// Roles the log's tail names that the backup does not hold (made after it), or that are no
+    /// longer delegated: their documents are gone, and devices that saw them refuse a snapshot
+    /// without them until they are made again (past their floors).
     pub lost: Vec<String>,
 }
 
-/// The log's entries past `size` that the content store's entry bundles hold, after checking
-/// that the bundle holding the log's end agrees with the database.
-async fn tail(db: &dyn Database, blobs: &BlobStore, size: u64) -> Result<Vec<Vec<u8>>> {
+/// The log's records from `size` up to `goal` out of the content store's entry bundles: each
+/// bundle bounded in bytes and exactly as wide as its name says.
+async fn tail(blobs: &BlobStore, size: u64, goal: u64) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     let mut index = size / BUNDLE;
-    let mut skip = usize::try_from(size % BUNDLE).map_err(Error::internal)?;
-    loop {
-        let (bundle, full) = match blobs.get_tile(&tree::tile_path(None, index, 1 << tree::TILE_HEIGHT)).await? {
-            Some(b) => (b, true),
+    while index * BUNDLE < goal {
+        let needed = (goal - index * BUNDLE).min(BUNDLE);
+        let width = u32::try_from(needed).map_err(Error::internal)?;
+        let full =
+            blobs.get_tile_at_most(&tree::tile_path(None, index, 1 << tree::TILE_HEIGHT), MAX_BUNDLE_BYTES).await?;
+        let (bundle, expected) = match full {
+            Some(b) => (b, BUNDLE),
             None => {
-                let mut widest = None;
-                for width in (1..(1u32 << tree::TILE_HEIGHT)).rev() {
-                    if let Some(b) = blobs.get_tile(&tree::tile_path(None, index, width)).await? {
-                        widest = Some(b);
-                        break;
-                    }
-                }
-                match widest {
-                    Some(b) => (b, false),
-                    None => break,
-                }
+                let path = tree::tile_path(None, index, width);
+                let Some(b) = blobs.get_tile_at_most(&path, MAX_BUNDLE_BYTES).await? else {
+                    return Err(Error::Conflict(format!(
+                        "the content store lacks the log's entry bundle {path}, which its checkpoint covers"
+                    )));
+                };
+                (b, needed)
             }
         };
-        let records = tree::split_entry_bundle(&bundle).map_err(Error::internal)?;
-        if skip > 0 {
-            // The bundle's first records are the database's last ones: the same log, or no tail.
-            let known = db.log_entries(index * BUNDLE, size).await?;
-            let shared = records.len().min(skip);
-            if records.iter().copied().take(shared).ne(known.iter().map(Vec::as_slice).take(shared)) {
-                return Err(Error::Conflict(
-                    "the content store's log does not begin like the backup's: it belongs to another log".into(),
-                ));
-            }
+        let records =
+            tree::split_entry_bundle(&bundle).map_err(|e| Error::Conflict(format!("an entry bundle: {e}")))?;
+        if records.len() as u64 != expected {
+            return Err(Error::Conflict(format!(
+                "entry bundle {index} holds {} records, not {expected}",
+                records.len()
+            )));
         }
-        out.extend(records.iter().skip(skip).map(|r| r.to_vec()));
-        skip = 0;
-        if !full {
-            break;
+        let first = size.saturating_sub(index * BUNDLE);
+        for record in records
+            .iter()
+            .take(usize::try_from(needed).map_err(Error::internal)?)
+            .skip(usize::try_from(first).map_err(Error::internal)?)
+        {
+            out.push(record.to_vec());
         }
         index += 1;
     }
@@ -89,21 +94,48 @@ async fn tail(db: &dyn Database, blobs: &BlobStore, size: u64) -> Result<Vec<Vec
 }
 
 /// Put the log's tail back, set the floors, and sign past them (see the module's text). Run
-/// once, on a restored database, before the server serves; `skip` moves every floor further
-/// (for a content store that may not hold the whole tail).
+/// once, on a restored database, before the server serves. The tail counts only once it checks
+/// out against the log's signed checkpoint kept beside the tiles (the database's log and the
+/// tail together must give that checkpoint's root); without one, `skip` (> 0) must say how far
+/// every floor moves past the backup's versions. `backup_at`: when the backup was made (the
+/// holds' floor moves at least one version a second since).
 pub async fn recover(
     db: &dyn Database,
     blobs: &BlobStore,
     log: &Log,
     repo: &Repository,
     skip: u64,
+    backup_at: Option<i64>,
     now: i64,
 ) -> Result<Recovered> {
     let mut done = Recovered::default();
     // The leases are those of the nodes before the backup: the first node started leads at once.
     db.forget_leases().await?;
     let size = db.log_size().await?;
-    let tail = if log.enabled() { tail(db, blobs, size).await? } else { Vec::new() };
+    let verified = match log.stored_checkpoint().await? {
+        Some(checkpoint) if checkpoint.size() >= size => {
+            let tail = tail(blobs, size, checkpoint.size()).await?;
+            let (at, root) = log.root_with(&tail).await?;
+            if at != checkpoint.size() || root != *checkpoint.hash() {
+                return Err(Error::Conflict(
+                    "the content store's log does not continue the backup's log up to its signed checkpoint \
+                     (another log, or changed tiles): nothing restored"
+                        .into(),
+                ));
+            }
+            Some(tail)
+        }
+        _ => None,
+    };
+    if verified.is_none() && skip == 0 {
+        return Err(Error::Conflict(
+            "the content store holds no signed checkpoint at or past the backup's log, so what was published \
+             after the backup cannot be known: give --skip N, more than any role's versions may have grown since"
+                .into(),
+        ));
+    }
+    done.tail_verified = verified.is_some();
+    let tail = verified.unwrap_or_default();
     let mut newest: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for record in &tail {
         let entry = Entry::parse(record).map_err(|e| Error::Conflict(format!("the log's tail: {e}")))?;
@@ -124,13 +156,21 @@ pub async fn recover(
         && root > published.get(RoleName::ROOT).copied().unwrap_or(0)
     {
         return Err(Error::Conflict(format!(
-            "root version {root} was published after the backup: a root's versions form a chain and cannot be \
-             skipped; restore a backup taken after it"
+            "root version {root} was published or prepared after the backup: a root's versions form a chain and \
+             cannot be skipped; restore a backup taken after it"
         )));
     }
     if !tail.is_empty() {
-        db.replace_log_queue(&tail).await?;
-        // Integrated in batches by the sequencer, exactly as they were queued the first time.
+        // The tail first, exactly as it was logged; then whatever the backup had queued that the
+        // tail does not hold (queued, never integrated before the backup's server stopped).
+        let logged: std::collections::HashSet<&[u8]> = tail.iter().map(Vec::as_slice).collect();
+        let mut queue = tail.clone();
+        for q in db.log_queue(u64::from(u32::MAX)).await? {
+            if !logged.contains(q.entry.as_slice()) {
+                queue.push(q.entry);
+            }
+        }
+        db.replace_log_queue(&queue).await?;
         let goal = size + tail.len() as u64;
         while db.log_size().await? < goal {
             if log.integrate(now).await?.is_none() {
@@ -139,21 +179,27 @@ pub async fn recover(
         }
         done.log_entries = tail.len() as u64;
     }
-    done.log_size = db.log_size().await?;
-    done.lost = newest.keys().filter(|role| !published.contains_key(*role)).cloned().collect();
-    // Floors: the newest version the tail names, else the restored one, moved by `skip`.
-    for (role, version) in &published {
+    // Floors: the newest version the tail names, else the restored one, moved by `skip`; for
+    // every role the backup or the tail knows.
+    let mut roles: std::collections::BTreeSet<String> = published.keys().cloned().collect();
+    roles.extend(newest.keys().cloned());
+    for role in &roles {
         if role == RoleName::ROOT {
             continue;
         }
-        let floor = newest.get(role).copied().unwrap_or(0).max(*version).saturating_add(skip);
-        if floor > *version {
+        let version = published.get(role).copied().unwrap_or(0);
+        let floor = newest.get(role).copied().unwrap_or(0).max(version).saturating_add(skip);
+        if floor > version {
             db.raise_version_floor(role, floor).await?;
             done.floors.push((role.clone(), floor));
         }
+        if !published.contains_key(role) {
+            done.lost.push(role.clone());
+        }
     }
     let holds = repo.holds_version().await?;
-    let holds_floor = holds.saturating_add(HOLDS_SKIP).saturating_add(skip);
+    let elapsed = backup_at.map_or(0, |at| u64::try_from(now.saturating_sub(at)).unwrap_or(0));
+    let holds_floor = holds.saturating_add(HOLDS_SKIP.max(elapsed)).saturating_add(skip);
     db.raise_version_floor(HOLDS_FLOOR, holds_floor).await?;
     done.floors.push((HOLDS_FLOOR.to_owned(), holds_floor));
     // Sign past the floors: targets-type roles one by one (online ones at once, offline ones
@@ -163,7 +209,19 @@ pub async fn recover(
         if matches!(name.kind(), RoleKind::Root | RoleKind::Snapshot | RoleKind::Timestamp) {
             continue;
         }
-        let state = repo.move_past_floor(&name, now).await?;
+        repo.drop_pending_at_or_below_floor(&name).await?;
+        if !published.contains_key(&role) {
+            continue;
+        }
+        let state = match repo.move_past_floor(&name, now).await {
+            Ok(state) => state,
+            // No longer delegated: nothing to sign; made again later, past its floor.
+            Err(Error::NotFound) => {
+                done.lost.push(role);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if state.version <= floor {
             return Err(Error::internal(format!("{role} version {} is not past its floor {floor}", state.version)));
         }

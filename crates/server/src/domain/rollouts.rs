@@ -248,7 +248,7 @@ impl Rollouts {
             // Failures before the retry were seen and acted on: counted afresh from now.
             // Devices act on a retry mark they have not seen: the holds version it is published
             // in, which only grows (a restarted rollout's count starts again, its mark does not).
-            let mark = self.db.rollout_holds_version().await? + 1;
+            let mark = repo.next_version(super::repo::HOLDS_FLOOR, self.db.rollout_holds_version().await?).await?;
             record.retries = self.db.retry_rollout(group.as_str(), update, mark, now).await?;
             record.retry_mark = mark;
             record.started_at = now;

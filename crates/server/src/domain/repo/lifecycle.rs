@@ -108,8 +108,10 @@ impl Repository {
                     let signable = !online.is_empty();
                     let lifetime =
                         if signable { self.policy.online_targets_secs } else { self.policy.offline_targets_secs };
+                    // Version 1, or past a restore's floor (a role made after a backup, made again).
+                    let version = self.next_version(name.as_str(), 0).await?;
                     let first = match name.kind() {
-                        RoleKind::Approval(_) | RoleKind::PublisherBin(..) => writer::targets(1, now + lifetime),
+                        RoleKind::Approval(_) | RoleKind::PublisherBin(..) => writer::targets(version, now + lifetime),
                         RoleKind::Publisher(publisher) => {
                             let keys = authority
                                 .keyids
@@ -119,7 +121,7 @@ impl Repository {
                                 .collect::<Result<Vec<_>, _>>()
                                 .map_err(Error::internal)?;
                             let set = writer::RoleKeySet::new(keys, authority.threshold);
-                            writer::publisher_role(&publisher, &set, DEFAULT_BIN_PREFIX_LEN, 1, now + lifetime)
+                            writer::publisher_role(&publisher, &set, DEFAULT_BIN_PREFIX_LEN, version, now + lifetime)
                         }
                         _ => continue,
                     };
@@ -131,10 +133,10 @@ impl Repository {
                         online_signed.push((name, env));
                     } else {
                         let bytes = env.to_bytes().map_err(Error::internal)?;
-                        let record = PendingRecord { role: name.to_string(), version: 1, bytes, created_at: now };
-                        let log = [super::pending_entry(name.as_str(), 1, env.canonical_signed())?];
+                        let record = PendingRecord { role: name.to_string(), version, bytes, created_at: now };
+                        let log = [super::pending_entry(name.as_str(), version, env.canonical_signed())?];
                         self.db.put_pending(&record, &log).await?;
-                        let detail = format!("{name} version 1 waits for its key holders");
+                        let detail = format!("{name} version {version} waits for its key holders");
                         self.audit.record(SERVER, "create", &detail, now).await?;
                     }
                 }

@@ -171,13 +171,20 @@ impl Repository {
     /// the backup held at or below the floor is dropped first (devices may trust its number).
     pub async fn move_past_floor(&self, role: &RoleName, now: i64) -> Result<RoleState> {
         let _guard = self.exclusive().await?;
+        self.change_delegated(role, now, |_| Ok(())).await
+    }
+
+    /// Drop a pending version of a targets-type role at or below its floor (devices or signers
+    /// may know that number with other contents).
+    pub async fn drop_pending_at_or_below_floor(&self, role: &RoleName) -> Result<()> {
+        let _guard = self.exclusive().await?;
         let floor = self.db.version_floor(role.as_str()).await?;
         if let Some(pending) = self.db.pending(role.as_str()).await?
             && parse::<Targets>(&pending.bytes)?.signed.version <= floor
         {
             self.db.delete_pending(role.as_str()).await?;
         }
-        self.change_delegated(role, now, |_| Ok(())).await
+        Ok(())
     }
 
     /// Sign snapshot and timestamp again (past their floors): their new versions.
