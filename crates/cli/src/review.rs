@@ -379,11 +379,11 @@ fn shown_refusal(role: &str, version: u64, lines: &[String], result: anyhow::Res
     result
 }
 
-/// The pending version must follow the published one, be newer than any version of the role
-/// this signer saw published, and not replace one it signed.
 /// The most versions a signer skips after a restore (`--after-restore-version`).
 const MAX_RESTORE_SKIP: u64 = 1_000_000;
 
+/// The pending version must follow the published one, be newer than any version of the role
+/// this signer saw published, and not replace one it signed.
 fn check_baseline(
     state: &SignerState,
     role: &RoleName,

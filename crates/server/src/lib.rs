@@ -251,7 +251,10 @@ async fn restore_placing(
         "restored: {} log entries put back, floors {:?}, signed {:?}, waiting for signers {:?}, lost {:?}",
         recovered.log_entries, recovered.floors, recovered.signed, recovered.pending, recovered.lost
     );
-    state.audit.record("local restore", "restore", &what, unix_now()).await?;
+    // Recovered (and logged, maybe cosigned) by now: a failing audit record must not undo it.
+    if let Err(e) = state.audit.record("local restore", "restore", &what, unix_now()).await {
+        tracing::warn!(error = %e, "the restore was not written to the audit trail");
+    }
     db.close().await;
     Ok(Restored { manifest, blobs_found: found, blobs_restored: restored, recovered })
 }

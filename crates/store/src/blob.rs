@@ -285,43 +285,34 @@ impl BlobStore {
 
     /// The checkpoint kept beside the tiles (at most `max` bytes), if any.
     pub async fn get_checkpoint(&self, max: u64) -> Result<Option<Bytes>> {
-        let location = ObjectPath::from("log/checkpoint");
-        match self.objects.head(&location).await {
-            Ok(meta) if meta.size > max => return Err(invalid_input(format!("log/checkpoint: more than {max} bytes"))),
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(err) => return Err(err.into()),
-        }
-        match self.objects.get(&location).await {
-            Ok(result) => {
-                let bytes = result.bytes().await.map_err(read_error)?;
-                if bytes.len() as u64 > max {
-                    return Err(invalid_input(format!("log/checkpoint: more than {max} bytes")));
-                }
-                Ok(Some(bytes))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(err) => Err(err.into()),
-        }
+        self.read_capped(&ObjectPath::from("log/checkpoint"), max).await
     }
 
-    /// A tile of the transparency log of at most `max` bytes (larger: refused unread), or `None`
-    /// when there is none at `path`. For reading back a store that may not be trusted.
+    /// A tile of the transparency log of at most `max` bytes (more: refused, reading stops
+    /// there), or `None` when there is none at `path`. For reading back a store that may not be
+    /// trusted.
     pub async fn get_tile_at_most(&self, path: &str, max: u64) -> Result<Option<Bytes>> {
-        let location = tile_location(path)?;
-        match self.objects.head(&location).await {
-            Ok(meta) if meta.size > max => {
-                return Err(invalid_input(format!("{path}: {} bytes, at most {max}", meta.size)));
-            }
-            Ok(_) => {}
+        self.read_capped(&tile_location(path)?, max).await
+    }
+
+    /// An object's bytes, read as a stream that stops past `max` bytes (whatever its metadata
+    /// says), or `None` when there is none.
+    async fn read_capped(&self, location: &ObjectPath, max: u64) -> Result<Option<Bytes>> {
+        use futures::TryStreamExt;
+        let result = match self.objects.get(location).await {
+            Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(err) => return Err(err.into()),
+        };
+        let mut stream = result.into_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.try_next().await.map_err(read_error)? {
+            out.extend_from_slice(&chunk);
+            if out.len() as u64 > max {
+                return Err(invalid_input(format!("{location}: more than {max} bytes")));
+            }
         }
-        let bytes = self.get_tile(path).await?;
-        if bytes.as_ref().is_some_and(|b| b.len() as u64 > max) {
-            return Err(invalid_input(format!("{path}: more than {max} bytes")));
-        }
-        Ok(bytes)
+        Ok(Some(Bytes::from(out)))
     }
 
     /// A tile of the transparency log, or `None` when there is none at `path`.

@@ -233,3 +233,57 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
     run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
     server.wait().unwrap();
 }
+
+/// On PostgreSQL and S3: the database dumped with `pg_dump` while the server serves, more
+/// published, the database dropped and `pg_restore`d, `ringfence restore --recover-only`: the
+/// log's tail comes back from the bucket, and the agent goes on.
+#[test]
+fn a_postgres_installation_restored_with_pg_restore_is_recovered_and_devices_go_on() {
+    let (Some(database), Some(bucket)) = (crate::common::test_postgres_database(), crate::common::test_bucket()) else {
+        // The second test pass (PostgreSQL and S3) runs it.
+        return;
+    };
+    let (dir, data, keys) = crate::common::quickstart_installation(&["--database", &database, "--content", &bucket]);
+    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+    let config = data.join("ringfence.toml");
+    let install = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
+    let mut server = install.serve();
+    let agent = enroll(&install, "agent");
+    assert!(install.publish("kb-1"));
+    check(&install, &agent, "before the dump");
+
+    let dump = install.dir.path().join("ringfence.dump");
+    run_ok(Command::new("pg_dump").args(["-Fc", "-f"]).arg(&dump).arg(&database));
+    for id in ["kb-2", "kb-3"] {
+        assert!(install.publish(id));
+    }
+    check(&install, &agent, "after the dump");
+    assert!(agent.join("ran-kb-3").exists());
+    run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
+    server.wait().unwrap();
+
+    // The database lost and restored from the dump by PostgreSQL's own tools.
+    let (server_url, name) = database.rsplit_once('/').unwrap();
+    let admin = format!("{server_url}/postgres");
+    for statement in [format!("DROP DATABASE {name}"), format!("CREATE DATABASE {name}")] {
+        run_ok(Command::new("psql").args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &admin, "-c", &statement]));
+    }
+    run_ok(Command::new("pg_restore").args(["--no-owner", "-d", &database]).arg(&dump));
+    let out = Command::new(crate::common::BIN)
+        .args(["restore", "--recover-only", "--config"])
+        .arg(&install.config)
+        .env("RINGFENCE_ALLOW_ROOT", "1")
+        .output()
+        .unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("The transparency log: 0 entries"), "the log's tail is put back: {said}");
+
+    let mut server = install.serve();
+    check(&install, &agent, "right after the recovery");
+    assert!(install.publish("kb-4"));
+    check(&install, &agent, "with an update published after the recovery");
+    assert!(agent.join("ran-kb-4").exists());
+    run_ok(Command::new("kill").args(["-TERM", &server.id().to_string()]));
+    server.wait().unwrap();
+}

@@ -118,6 +118,20 @@ impl Log {
         self.key.as_ref().map(LogKey::verifier_key)
     }
 
+    /// Keep `note` (of `size`) beside the tiles, unless a checkpoint at least as large is kept
+    /// already: what is kept only moves forward (a restore replaying old batches, say).
+    async fn keep_checkpoint(&self, note: &[u8], size: u64) -> Result<()> {
+        let kept = match self.stored_checkpoint().await {
+            Ok(Some(kept)) => kept.size(),
+            // None kept, or one that does not verify: replaced.
+            Ok(None) | Err(_) => 0,
+        };
+        if kept < size {
+            self.blobs.put_checkpoint(Bytes::from(note.to_vec())).await?;
+        }
+        Ok(())
+    }
+
     /// The checkpoint kept in the content store beside the tiles, verified with this log's key
     /// (none without a key, or when none is kept).
     pub async fn stored_checkpoint(&self) -> Result<Option<tlog_tiles::Checkpoint>> {
@@ -300,10 +314,10 @@ impl Log {
         for cp in self.db.unwritten_checkpoints().await? {
             let written = self.db.latest_checkpoint().await?.map_or(0, |c| c.size).min(cp.size);
             self.write_tiles(written, cp.size).await?;
+            // Beside the tiles, for a restore to check them against, before it is served: a
+            // checkpoint served is one a restore can find.
+            self.keep_checkpoint(&cp.note, cp.size).await?;
             self.db.mark_tiles_written(cp.size).await?;
-            // Beside the tiles, for a restore to check them against (the newest one only: the
-            // sequencer writes them in order).
-            self.blobs.put_checkpoint(Bytes::from(cp.note.clone())).await?;
         }
         Ok(())
     }

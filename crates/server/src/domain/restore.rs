@@ -94,11 +94,13 @@ async fn tail(blobs: &BlobStore, size: u64, goal: u64) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Put the log's tail back, set the floors, and sign past them (see the module's text). Run
-/// once, on a restored database, before the server serves. The tail counts only once it checks
+/// once, on a restored database, before any node serves. The tail counts only once it checks
 /// out against the log's signed checkpoint kept beside the tiles (the database's log and the
-/// tail together must give that checkpoint's root); without one, `skip` (> 0) must say how far
-/// every floor moves past the backup's versions. `backup_at`: when the backup was made (the
-/// holds' floor moves at least one version a second since).
+/// tail together must give that checkpoint's root, and no entry may lie past it); without one,
+/// `skip` (> 0) must say how far every floor moves past the backup's versions. `backup_at`:
+/// when the backup was made (the holds' floor moves at least one version a second since).
+/// The floors are written before anything else, so a recover interrupted half-way is run again
+/// safely: it signs past the floors the database holds.
 pub async fn recover(
     db: &dyn Database,
     blobs: &BlobStore,
@@ -109,10 +111,16 @@ pub async fn recover(
     now: i64,
 ) -> Result<Recovered> {
     let mut done = Recovered::default();
-    // The leases are those of the nodes before the backup: the first node started leads at once.
-    db.forget_leases().await?;
     let size = db.log_size().await?;
-    let verified = match log.stored_checkpoint().await? {
+    let stored = match log.stored_checkpoint().await {
+        Ok(stored) => stored,
+        Err(e) if skip > 0 => {
+            tracing::warn!(error = %e, "the checkpoint kept beside the tiles is not used");
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    let verified = match stored {
         Some(checkpoint) if checkpoint.size() >= size => {
             let tail = tail(blobs, size, checkpoint.size()).await?;
             let (at, root) = log.root_with(&tail).await?;
@@ -123,19 +131,27 @@ pub async fn recover(
                         .into(),
                 ));
             }
-            Some(tail)
+            if entries_past(blobs, checkpoint.size()).await? && skip == 0 {
+                return Err(Error::Conflict(
+                    "the content store holds log entries past its checkpoint: the checkpoint kept there is older \
+                     than the log (a crash between the two, or an old checkpoint put back); give --skip N"
+                        .into(),
+                ));
+            }
+            Some((tail, *checkpoint.hash()))
         }
         _ => None,
     };
     if verified.is_none() && skip == 0 {
         return Err(Error::Conflict(
             "the content store holds no signed checkpoint at or past the backup's log, so what was published \
-             after the backup cannot be known: give --skip N, more than any role's versions may have grown since"
+             after the backup cannot be known: give --skip N, more than any role's versions may have grown since \
+             (the log cannot be put back: agents will refuse new versions until it is)"
                 .into(),
         ));
     }
     done.tail_verified = verified.is_some();
-    let tail = verified.unwrap_or_default();
+    let (tail, tail_root) = verified.unwrap_or_default();
     let mut newest: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for record in &tail {
         let entry = Entry::parse(record).map_err(|e| Error::Conflict(format!("the log's tail: {e}")))?;
@@ -160,27 +176,11 @@ pub async fn recover(
              cannot be skipped; restore a backup taken after it"
         )));
     }
-    if !tail.is_empty() {
-        // The tail first, exactly as it was logged; then whatever the backup had queued that the
-        // tail does not hold (queued, never integrated before the backup's server stopped).
-        let logged: std::collections::HashSet<&[u8]> = tail.iter().map(Vec::as_slice).collect();
-        let mut queue = tail.clone();
-        for q in db.log_queue(u64::from(u32::MAX)).await? {
-            if !logged.contains(q.entry.as_slice()) {
-                queue.push(q.entry);
-            }
-        }
-        db.replace_log_queue(&queue).await?;
-        let goal = size + tail.len() as u64;
-        while db.log_size().await? < goal {
-            if log.integrate(now).await?.is_none() {
-                return Err(Error::internal("the log's tail did not integrate"));
-            }
-        }
-        done.log_entries = tail.len() as u64;
-    }
-    // Floors: the newest version the tail names, else the restored one, moved by `skip`; for
-    // every role the backup or the tail knows.
+    // Checked: from here on the database changes. The leases are those of the nodes before the
+    // backup (the first node started leads at once).
+    db.forget_leases().await?;
+    // The floors first: past the newest version the tail names, else the restored one, moved by
+    // `skip`, for every role the backup or the tail knows; the holds' past its restored version.
     let mut roles: std::collections::BTreeSet<String> = published.keys().cloned().collect();
     roles.extend(newest.keys().cloned());
     for role in &roles {
@@ -191,26 +191,56 @@ pub async fn recover(
         let floor = newest.get(role).copied().unwrap_or(0).max(version).saturating_add(skip);
         if floor > version {
             db.raise_version_floor(role, floor).await?;
-            done.floors.push((role.clone(), floor));
-        }
-        if !published.contains_key(role) {
-            done.lost.push(role.clone());
         }
     }
     let holds = repo.holds_version().await?;
     let elapsed = backup_at.map_or(0, |at| u64::try_from(now.saturating_sub(at)).unwrap_or(0));
-    let holds_floor = holds.saturating_add(HOLDS_SKIP.max(elapsed)).saturating_add(skip);
-    db.raise_version_floor(HOLDS_FLOOR, holds_floor).await?;
-    done.floors.push((HOLDS_FLOOR.to_owned(), holds_floor));
-    // Sign past the floors: targets-type roles one by one (online ones at once, offline ones
-    // prepared), then snapshot and timestamp, then the holds.
+    db.raise_version_floor(HOLDS_FLOOR, holds.saturating_add(HOLDS_SKIP.max(elapsed)).saturating_add(skip)).await?;
+    // The tail on the log, alone and in order, then checked against the root it was verified
+    // with; then whatever the backup had queued that the tail does not hold.
+    if !tail.is_empty() {
+        let logged: std::collections::HashSet<&[u8]> = tail.iter().map(Vec::as_slice).collect();
+        let extras: Vec<Vec<u8>> = db
+            .log_queue(u64::from(u32::MAX))
+            .await?
+            .into_iter()
+            .map(|q| q.entry)
+            .filter(|e| !logged.contains(e.as_slice()))
+            .collect();
+        db.replace_log_queue(&tail).await?;
+        let goal = size + tail.len() as u64;
+        while db.log_size().await? < goal {
+            if log.integrate(now).await?.is_none() {
+                return Err(Error::internal("the log's tail did not integrate"));
+            }
+        }
+        let rebuilt =
+            log.checkpoint_at(goal).await?.ok_or_else(|| Error::internal("no checkpoint at the tail's end"))?;
+        let key = log.verifier_key().ok_or_else(|| Error::internal("no log key"))?;
+        let checkpoint = ringfence_tlog::checkpoint::verify(&rebuilt.note, &key).map_err(Error::internal)?;
+        if db.log_size().await? != goal || *checkpoint.hash() != tail_root {
+            return Err(Error::internal("the log rebuilt from its tail does not have the verified root"));
+        }
+        if !extras.is_empty() {
+            db.enqueue_log(&extras).await?;
+        }
+        done.log_entries = tail.len() as u64;
+    }
+    // Sign past every floor the database holds (this run's, and an interrupted run's): targets-
+    // type roles one by one (online ones at once, offline ones prepared), then snapshot and
+    // timestamp, then the holds.
+    done.floors = db.version_floors().await?;
     for (role, floor) in done.floors.clone() {
         let Ok(name) = RoleName::parse(&role) else { continue };
         if matches!(name.kind(), RoleKind::Root | RoleKind::Snapshot | RoleKind::Timestamp) {
             continue;
         }
         repo.drop_pending_at_or_below_floor(&name).await?;
-        if !published.contains_key(&role) {
+        let Some(&version) = published.get(&role) else {
+            done.lost.push(role);
+            continue;
+        };
+        if version > floor {
             continue;
         }
         let state = match repo.move_past_floor(&name, now).await {
@@ -242,4 +272,22 @@ pub async fn recover(
     while log.integrate(now).await?.is_some() {}
     done.log_size = db.log_size().await?;
     Ok(done)
+}
+
+/// Whether the content store holds log entries past `size`: the bundle that holds entry
+/// `size`, full or wider than `size` reaches into it.
+async fn entries_past(blobs: &BlobStore, size: u64) -> Result<bool> {
+    let index = size / BUNDLE;
+    let reached = size % BUNDLE;
+    if blobs.get_tile_at_most(&tree::tile_path(None, index, 1 << tree::TILE_HEIGHT), MAX_BUNDLE_BYTES).await?.is_some()
+    {
+        return Ok(true);
+    }
+    for width in (reached + 1)..BUNDLE {
+        let width = u32::try_from(width).map_err(Error::internal)?;
+        if blobs.get_tile_at_most(&tree::tile_path(None, index, width), MAX_BUNDLE_BYTES).await?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
