@@ -87,6 +87,31 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (secret.len() <= 128).then_some(secret)
 }
 
+/// Read and drop what a refused request still sends (at most the largest device body, for at
+/// most a second, only while a body-read permit is free), so that closing the connection does
+/// not reset it before the client reads the refusal: a device whose session ended must see its
+/// `401` (and open a new session), not a connection error. Nothing read is parsed.
+async fn drain_refused(state: &AppState, body: Body) {
+    let Ok(_reading) = state.session_body_permits.try_acquire() else { return };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_body(body, MAX_DEVICE_BODY)).await;
+}
+
+/// [`session_device`], draining the body of a request it refuses (see [`drain_refused`]).
+async fn session_device_or_drain(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    now: i64,
+) -> ApiResult<(SessionDevice, Body)> {
+    match session_device(state, headers, now).await {
+        Ok(device) => Ok((device, body)),
+        Err(e) => {
+            drain_refused(state, body).await;
+            Err(e)
+        }
+    }
+}
+
 /// The accepted device whose live session the request carries.
 pub async fn session_device(state: &AppState, headers: &HeaderMap, now: i64) -> ApiResult<SessionDevice> {
     let secret = bearer(headers).ok_or(ApiError::Unauthorized)?;
@@ -124,9 +149,10 @@ async fn session(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: 
 }
 
 async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    // The session first (headers only): a caller without one is refused before its body is read.
+    // The session first (headers only): a caller without one is refused before its body is
+    // parsed (what it sends is only read and dropped, so the refusal reaches it).
     let now = crate::unix_now();
-    let device = session_device(&state, &headers, now).await?;
+    let (device, body) = session_device_or_drain(&state, &headers, body, now).await?;
     let request: CheckinRequest = device_body(&state, &state.session_body_permits, body).await?;
     let _permit = permit(&state)?;
     // Never answer with a version older than the one this device already trusts while the
@@ -140,10 +166,12 @@ async fn checkin(State(state): Shared, headers: HeaderMap, body: Body) -> ApiRes
 }
 
 async fn reports(State(state): Shared, headers: HeaderMap, body: Body) -> ApiResult<Response> {
-    // Session and rate first (headers only): a refused batch costs no body parsing.
+    // Session and rate first (headers only): a refused batch costs no body parsing (it is only
+    // read and dropped, so the refusal reaches the device).
     let now = crate::unix_now();
-    let device = session_device(&state, &headers, now).await?;
+    let (device, body) = session_device_or_drain(&state, &headers, body, now).await?;
     if let Err(retry_after_secs) = state.report_throttle.take(&device.id, std::time::Instant::now()) {
+        drain_refused(&state, body).await;
         return Err(ApiError::TooMany { what: "too many report batches from this device", retry_after_secs });
     }
     let batch: ReportBatch = device_body(&state, &state.session_body_permits, body).await?;

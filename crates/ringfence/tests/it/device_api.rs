@@ -376,3 +376,30 @@ fn preauthorized_keys_open_sessions_at_once_and_a_bad_batch_changes_nothing() {
     assert_eq!(answer.status, 401);
     assert_eq!(count(), 4);
 }
+
+/// A check-in or report batch refused for its session reaches the device as `401` even with a
+/// large body: the server reads and drops what is still coming before it closes the
+/// connection, so the answer is not lost to a reset (an agent whose session ended must see
+/// the refusal to open a new one).
+#[test]
+fn a_refused_session_is_answered_not_reset_however_large_the_body() {
+    let server = Server::start(|_| {});
+    let base = server.repo_url.trim_end_matches("/repo").to_owned();
+    let body = server.dir.path().join("large.json");
+    std::fs::write(&body, format!("{{\"pad\":\"{}\"}}", "x".repeat(60 * 1024))).unwrap();
+    for path in ["/device/v1/checkin", "/device/v1/reports"] {
+        for _ in 0..20 {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+                .arg(&server.ca)
+                .args(["-H", "Authorization: Bearer rfs_0123456789abcdef", "-H", "Content-Type: application/json"])
+                .arg("--data-binary")
+                .arg(format!("@{}", body.display()))
+                .arg(format!("{base}{path}"))
+                .output()
+                .unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert_eq!(said, "401", "{path}");
+        }
+    }
+}

@@ -453,9 +453,7 @@ fn nodes_keep_caches_only_while_they_hear_each_other() {
     for n in &cluster.nodes {
         assert_eq!(checkin(n), "200", "every node keeps the session in memory");
     }
-    // Revoked through nginx (one node): within moments no node accepts it. (A refusal comes
-    // before the node reads the body and the connection closes, so an answer can be lost to the
-    // reset: "000" is asked again.)
+    // Revoked through nginx (one node): within moments (a notice's delay) no node accepts it.
     run_ok(cluster.cli().args(["device", "revoke", &id]));
     for n in &cluster.nodes {
         let deadline = Instant::now() + Duration::from_secs(3);
