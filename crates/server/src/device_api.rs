@@ -88,12 +88,14 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Read and drop what a refused request still sends (at most the largest device body, for at
-/// most a second, only while a body-read permit is free), so that closing the connection does
-/// not reset it before the client reads the refusal: a device whose session ended must see its
-/// `401` (and open a new session), not a connection error. Nothing read is parsed.
+/// most half a second, only while one of the refused requests' own permits is free), so that
+/// closing the connection does not reset it before the client reads the refusal: a device
+/// whose session ended must see its `401` (and open a new session), not a connection error.
+/// Nothing read is parsed, and a flood of refused requests holds none of the permits devices
+/// with a session read their bodies under.
 async fn drain_refused(state: &AppState, body: Body) {
-    let Ok(_reading) = state.session_body_permits.try_acquire() else { return };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read_body(body, MAX_DEVICE_BODY)).await;
+    let Ok(_reading) = state.refused_body_permits.try_acquire() else { return };
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), read_body(body, MAX_DEVICE_BODY)).await;
 }
 
 /// [`session_device`], draining the body of a request it refuses (see [`drain_refused`]).

@@ -66,6 +66,10 @@ pub struct AppState {
     /// anonymous slow senders never take a body read from the fleet's check-ins.
     pub anonymous_body_permits: tokio::sync::Semaphore,
     pub session_body_permits: tokio::sync::Semaphore,
+    /// Refused requests whose bodies are being read and dropped (so the refusal is not reset
+    /// away): a pool of their own, so a flood of refused requests takes no permit a device with
+    /// a session needs.
+    pub refused_body_permits: tokio::sync::Semaphore,
     /// Challenge and session requests per source address.
     pub session_throttle: throttle::Throttle,
     /// Enrollment attempts per source address.
@@ -304,6 +308,9 @@ pub async fn migrate(config: &Config, database_url: &str, bucket: Option<&str>) 
     Ok(Migrated { rows, blobs, bytes })
 }
 
+/// Refused requests whose bodies are read and dropped at once, at most.
+const REFUSED_BODY_READS: usize = 32;
+
 /// Open the data directory named by `config`.
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);
@@ -345,6 +352,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
     let session_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
+    let refused_body_permits = tokio::sync::Semaphore::new(REFUSED_BODY_READS);
     let devices = &config.devices;
     let enroll_throttle = throttle::Throttle::new(devices.enrollments_per_minute, devices.enrollments_per_minute);
     let report_throttle = throttle::Throttle::new(devices.report_batches_per_minute, devices.report_batches_per_minute);
@@ -367,6 +375,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         device_permits,
         anonymous_body_permits,
         session_body_permits,
+        refused_body_permits,
         session_throttle,
         enroll_throttle,
         report_throttle,
