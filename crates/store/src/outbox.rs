@@ -38,12 +38,9 @@ pub trait OutboxStore: Send + Sync + 'static {
 impl OutboxStore for SqlStore {
     async fn enqueue_event(&self, id: &str, body: &str, now: i64, max_waiting: u64) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let waiting = sqlx::query("SELECT COUNT(*) AS n FROM webhook_outbox WHERE next_attempt_at IS NOT NULL")
-            .fetch_one(&mut *tx)
-            .await?;
-        if count_from_row(&waiting)? >= max_waiting {
-            return Ok(false);
-        }
+        // The write first: SQLite takes its write lock now (a transaction that read first could
+        // not take it later once another connection wrote, and the event would be lost). Undone
+        // below when the outbox is full.
         sqlx::query(
             "INSERT INTO webhook_outbox (id, body, created_at, attempts, next_attempt_at) VALUES ($1, $2, $3, 0, 0)",
         )
@@ -53,6 +50,15 @@ impl OutboxStore for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| conflict_or(e, || "event exists".into()))?;
+        let waiting =
+            sqlx::query("SELECT COUNT(*) AS n FROM webhook_outbox WHERE next_attempt_at IS NOT NULL AND id <> $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if count_from_row(&waiting)? >= max_waiting {
+            // Dropped without a commit: the insert is undone.
+            return Ok(false);
+        }
         tx.commit().await?;
         Ok(true)
     }

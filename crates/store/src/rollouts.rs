@@ -151,6 +151,12 @@ fn stages_text(stages: &[u8]) -> String {
 impl RolloutStore for SqlStore {
     async fn insert_rollout(&self, r: &RolloutRecord) -> Result<()> {
         let mut tx = self.pool.begin().await?;
+        // A write first, so SQLite takes its write lock before the read (see `enqueue_event`).
+        sqlx::query("UPDATE rollouts SET state = state WHERE group_name = $1 AND update_id = $2")
+            .bind(&r.group)
+            .bind(&r.update_id)
+            .execute(&mut *tx)
+            .await?;
         let running = sqlx::query("SELECT state FROM rollouts WHERE group_name = $1 AND update_id = $2")
             .bind(&r.group)
             .bind(&r.update_id)
