@@ -116,7 +116,7 @@ impl CleanupStore for SqlStore {
     }
 
     async fn delete_device(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done =
             sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(id).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {

@@ -302,7 +302,7 @@ fn report_from_row(row: &AnyRow, id_column: &str) -> Result<ReportRecord> {
 impl DeviceStore for SqlStore {
     async fn insert_device(&self, d: &DeviceRecord) -> Result<()> {
         // The device and its groups' counts together.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_device_row(&mut tx, d, None).await?;
         tx.commit().await?;
         Ok(())
@@ -314,7 +314,7 @@ impl DeviceStore for SqlStore {
         log_entries: &[Vec<u8>],
         audit: &AuditRecord,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for d in devices {
             insert_device_row(&mut tx, d, None).await?;
         }
@@ -359,7 +359,7 @@ impl DeviceStore for SqlStore {
         source: &str,
         limits: PendingLimits,
     ) -> Result<Result<(), PendingRefusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // One pending enrollment at a time, so no two floods pass the same count: PostgreSQL
         // takes a transaction lock for it first (on every node); SQLite takes its write lock
         // with the first write.
@@ -400,7 +400,7 @@ impl DeviceStore for SqlStore {
     }
 
     async fn enroll_with_token(&self, secret_sha256: &str, now: i64, device: &DeviceRecord) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let used = sqlx::query(
             "UPDATE enrollment_tokens SET uses = uses + 1 \
              WHERE secret_sha256 = $1 AND expires_at > $2 AND uses < max_uses",
@@ -431,7 +431,7 @@ impl DeviceStore for SqlStore {
     }
 
     async fn set_device_state(&self, id: &str, state: DeviceState) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The write lock first, then the state it leaves (for the per-group counts).
         let done =
             sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(id).execute(&mut *tx).await?;
@@ -486,7 +486,7 @@ impl DeviceStore for SqlStore {
     }
 
     async fn record_checkins(&self, checkins: &[CheckinRecord]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Rows in one order on every node (no two batches wait for each other), and a newer
         // check-in another node wrote is never overwritten by an older one.
         let mut ordered: Vec<&CheckinRecord> = checkins.iter().collect();
@@ -541,7 +541,7 @@ impl DeviceStore for SqlStore {
     }
 
     async fn insert_challenge(&self, nonce: &str, device_id: &str, expires_at: i64, max_live: u64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO device_challenges (nonce, device_id, expires_at) VALUES ($1, $2, $3)")
             .bind(nonce)
             .bind(device_id)
@@ -623,7 +623,7 @@ impl DeviceStore for SqlStore {
         received_at: i64,
         limits: ReportLimits,
     ) -> Result<ReportsAccepted> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The write lock first (see the module docs; a column no foreign key points at), then
         // the newest sequence number by index.
         sqlx::query("UPDATE devices SET hostname = hostname WHERE id = $1").bind(device_id).execute(&mut *tx).await?;

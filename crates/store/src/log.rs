@@ -116,14 +116,14 @@ const CHECKPOINT_COLUMNS: &str = "size, note, created_at, tiles_written, cosigne
 #[async_trait::async_trait]
 impl LogStore for SqlStore {
     async fn enqueue_log(&self, entries: &[Vec<u8>]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         queue_in(&mut tx, entries).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn replace_log_queue(&self, entries: &[Vec<u8>]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM log_queue").execute(&mut *tx).await?;
         queue_in(&mut tx, entries).await?;
         tx.commit().await?;
@@ -178,7 +178,7 @@ impl LogStore for SqlStore {
     }
 
     async fn integrate_log(&self, batch: &LogBatch) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // A write first (the queue rows taken), so SQLite takes the write lock up front.
         for id in &batch.queue_ids {
             sqlx::query("DELETE FROM log_queue WHERE id = $1").bind(*id).execute(&mut *tx).await?;
@@ -268,7 +268,7 @@ impl LogStore for SqlStore {
 
     async fn set_cosigned(&self, size: u64, note: &[u8], witnesses: &[String]) -> Result<()> {
         let size = to_bigint(size, "size")?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let cosigners = i32::try_from(witnesses.len()).unwrap_or(i32::MAX);
         sqlx::query("UPDATE log_checkpoints SET cosigned = $1, cosigners = $2 WHERE size = $3")
             .bind(note)

@@ -37,7 +37,7 @@ pub trait OutboxStore: Send + Sync + 'static {
 #[async_trait::async_trait]
 impl OutboxStore for SqlStore {
     async fn enqueue_event(&self, id: &str, body: &str, now: i64, max_waiting: u64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The write first: SQLite takes its write lock now (a transaction that read first could
         // not take it later once another connection wrote, and the event would be lost). Undone
         // below when the outbox is full.

@@ -150,7 +150,7 @@ fn stages_text(stages: &[u8]) -> String {
 #[async_trait::async_trait]
 impl RolloutStore for SqlStore {
     async fn insert_rollout(&self, r: &RolloutRecord) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // A write first, so SQLite takes its write lock before the read (see `enqueue_event`).
         sqlx::query("UPDATE rollouts SET state = state WHERE group_name = $1 AND update_id = $2")
             .bind(&r.group)
@@ -325,7 +325,7 @@ impl RolloutStore for SqlStore {
     }
 
     async fn delete_rollout(&self, group: &str, update_id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for table in ["rollouts", "rollout_samples"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE group_name = $1 AND update_id = $2"))
                 .bind(group)
@@ -344,7 +344,7 @@ impl RolloutStore for SqlStore {
         sample: &RolloutSample,
         min_gap: i64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // The write first: SQLite takes its write lock now (a transaction that read first could
         // not take it later while another connection writes). Undone below if too soon.
         let inserted = sqlx::query(
@@ -472,7 +472,7 @@ impl RolloutStore for SqlStore {
     async fn put_rollout_holds(&self, version: u64, bytes: &[u8]) -> Result<()> {
         // Only forward: a node that signed an older or the same version (its lock lost, say)
         // cannot replace what another node published.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "INSERT INTO rollout_holds (id, version, bytes) VALUES (1, $1, $2) \
              ON CONFLICT (id) DO UPDATE SET version = excluded.version, bytes = excluded.bytes \

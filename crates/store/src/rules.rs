@@ -59,7 +59,7 @@ impl RuleStore for SqlStore {
     }
 
     async fn delete_rule(&self, id: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM rule_progress WHERE rule_id = $1").bind(id).execute(&mut *tx).await?;
         let done = sqlx::query("DELETE FROM approval_rules WHERE id = $1").bind(id).execute(&mut *tx).await?;
         if done.rows_affected() == 0 {

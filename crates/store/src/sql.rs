@@ -243,6 +243,17 @@ impl SqlStore {
         Ok(())
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`, waiting for it like any write): a deferred transaction that read first could
+    /// not take it later once another connection had written, and would fail at once with
+    /// "database is locked" instead of waiting. On PostgreSQL, a plain `BEGIN`.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Engine::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Which engine this store runs on.
     pub fn engine(&self) -> Engine {
         self.engine
@@ -416,7 +427,7 @@ impl Store for SqlStore {
     }
 
     async fn publish(&self, records: &[MetadataRecord], clear_pending: &[String], log: &[Vec<u8>]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         crate::log::queue_in(&mut tx, log).await?;
         for record in records {
             sqlx::query("INSERT INTO metadata (role, version, expires, bytes) VALUES ($1, $2, $3, $4)")
@@ -486,7 +497,7 @@ impl Store for SqlStore {
     }
 
     async fn put_pending(&self, record: &PendingRecord, log: &[Vec<u8>]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         crate::log::queue_in(&mut tx, log).await?;
         sqlx::query(
             "INSERT INTO pending_metadata (role, version, bytes, created_at) VALUES ($1, $2, $3, $4) \
@@ -575,7 +586,7 @@ impl Store for SqlStore {
     }
 
     async fn rotate_token(&self, old: &str, new: &TokenRecord, ends: i64, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let done = sqlx::query(
             "UPDATE api_tokens SET expires_at = CASE WHEN expires_at > $2 THEN $2 ELSE expires_at END \
              WHERE id = $1 AND NOT revoked AND expires_at > $3",
@@ -647,7 +658,7 @@ impl Store for SqlStore {
                 stray.target_path, stray.update_id, update.id
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO updates (id, publisher, manifest, created_at) VALUES ($1, $2, $3, $4)")
             .bind(update.id.as_str())
             .bind(update.publisher.as_str())
