@@ -63,7 +63,7 @@ pub fn source_key(ip: std::net::IpAddr) -> String {
     }
 }
 
-fn source_of(peer: Option<Extension<PeerAddr>>) -> String {
+pub(crate) fn source_of(peer: Option<Extension<PeerAddr>>) -> String {
     peer.map_or_else(|| "unknown".to_owned(), |Extension(PeerAddr(ip))| source_key(ip))
 }
 

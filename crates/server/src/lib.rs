@@ -76,6 +76,9 @@ pub struct AppState {
     pub enroll_throttle: throttle::Throttle,
     /// Report batches per device.
     pub report_throttle: throttle::Throttle,
+    /// Console login attempts per source address (each admin token is 256 bits; this keeps
+    /// guessing, and the audit trail, quiet).
+    pub login_throttle: throttle::Throttle,
 }
 
 /// The addresses a running server listens on.
@@ -308,6 +311,10 @@ pub async fn migrate(config: &Config, database_url: &str, bucket: Option<&str>) 
     Ok(Migrated { rows, blobs, bytes })
 }
 
+/// Console login attempts per source address: a burst, then a few a minute.
+const LOGIN_BURST: u64 = 30;
+const LOGINS_PER_MINUTE: u64 = 10;
+
 /// Refused requests whose bodies are read and dropped at once, at most.
 const REFUSED_BODY_READS: usize = 32;
 
@@ -356,6 +363,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let devices = &config.devices;
     let enroll_throttle = throttle::Throttle::new(devices.enrollments_per_minute, devices.enrollments_per_minute);
     let report_throttle = throttle::Throttle::new(devices.report_batches_per_minute, devices.report_batches_per_minute);
+    let login_throttle = throttle::Throttle::new(LOGINS_PER_MINUTE, LOGIN_BURST);
     let session_throttle = throttle::Throttle::new(devices.sessions_per_minute, devices.sessions_per_minute);
     Ok(Arc::new(AppState {
         config,
@@ -379,6 +387,7 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         session_throttle,
         enroll_throttle,
         report_throttle,
+        login_throttle,
     }))
 }
 

@@ -401,6 +401,32 @@ fn the_console_refuses_what_a_browser_of_another_site_or_a_lesser_token_may_send
     // The audit trail names the console logins and the change made through it.
     let audit = request(&server, "GET", "/console/audit", &cookie, None).body;
     assert!(audit.contains("logged in to the console") && audit.contains(&format!("device {id}")), "{audit}");
+
+    // Guessing tokens is bounded per source address: after a burst, logins are refused (429,
+    // with Retry-After) before any token is looked up, the right one included.
+    let origin = server.admin_url.clone();
+    let guess = |token: &str| {
+        request(
+            &server,
+            "POST",
+            "/console/login",
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+            Some(&format!("token={token}")),
+        )
+    };
+    let mut refused_after = None;
+    for n in 0..40 {
+        let answer = guess("rfat_guess");
+        if answer.status == 429 {
+            assert!(answer.header("retry-after").is_some_and(|s| s.parse::<u64>().is_ok()), "{:?}", answer.headers);
+            assert!(answer.body.contains("Too many login attempts"), "{}", answer.body);
+            refused_after = Some(n);
+            break;
+        }
+        assert_eq!(answer.status, 401, "{}", answer.body);
+    }
+    assert!(refused_after.is_some_and(|n| n <= 30), "{refused_after:?}");
+    assert_eq!(guess(&server.token).status, 429, "the right token waits too");
 }
 
 /// `ringfence quickstart` prints the console's address and a one-time login link, which logs

@@ -250,7 +250,21 @@ struct LoginForm {
     once: Option<String>,
 }
 
-async fn login(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> PageResult {
+async fn login(
+    State(state): State<Arc<AppState>>,
+    peer: Option<axum::Extension<crate::device_api::PeerAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> PageResult {
+    // Attempts per source address first (headers only): a guesser is refused before its form
+    // is read or a token looked up.
+    let source = crate::device_api::source_of(peer);
+    if let Err(retry_after) = state.login_throttle.take(&source, std::time::Instant::now()) {
+        let why = format!("Too many login attempts from this address: try again in {retry_after} seconds.");
+        let mut page = html::login(Some(&why), StatusCode::TOO_MANY_REQUESTS);
+        page.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        return Ok(page);
+    }
     let form: LoginForm = form(&headers, body).await?;
     let now = crate::unix_now();
     let outcome = match (&form.token, &form.once) {
