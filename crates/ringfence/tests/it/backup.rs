@@ -18,19 +18,7 @@ fn enroll(install: &Installation, name: &str) -> std::path::PathBuf {
         install.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]).stdout(Stdio::piped()),
     );
     let dir = install.dir.path().join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(install.data.join("1.root.json")).unwrap());
-    let out = run_ok(
-        Command::new(agent_bin())
-            .args(["enroll", "--server", &format!("https://127.0.0.1:{}", install.device_port)])
-            .args(["--root-sha256", &root_sha, "--group", "pilot", "--token", token.trim(), "--ca"])
-            .arg(install.data.join("tls/cert.pem"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .current_dir(&dir),
-    );
-    assert!(out.contains("(accepted)"), "{out}");
-    dir
+    crate::scale_out::enroll_in_pilot(install.device_port, &install.data, &dir, token.trim())
 }
 
 /// One agent cycle, which must succeed (`when` names it in a failure, with the server's log).

@@ -166,20 +166,25 @@ fn start_cluster() -> Cluster {
 }
 
 fn enroll(cluster: &Cluster, root: &Path, name: &str, token: &str) -> PathBuf {
-    let dir = root.join(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(cluster.data.join("1.root.json")).unwrap());
+    enroll_in_pilot(cluster.device_port, &cluster.data, &root.join(name), token)
+}
+
+/// An agent in `dir` enrolled in pilot with `token` at the server process whose device listener
+/// is on loopback `port` and whose data directory is `data` (its root and certificate).
+pub(crate) fn enroll_in_pilot(port: u16, data: &Path, dir: &Path, token: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(data.join("1.root.json")).unwrap());
     let out = run_ok(
         Command::new(agent_bin())
-            .args(["enroll", "--server", &format!("https://127.0.0.1:{}", cluster.device_port)])
+            .args(["enroll", "--server", &format!("https://127.0.0.1:{port}")])
             .args(["--root-sha256", &root_sha, "--group", "pilot", "--token", token, "--ca"])
-            .arg(cluster.data.join("tls/cert.pem"))
+            .arg(data.join("tls/cert.pem"))
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .current_dir(&dir),
+            .current_dir(dir),
     );
     assert!(out.contains("(accepted)"), "{out}");
-    dir
+    dir.to_path_buf()
 }
 
 fn check(agent: &Path) -> (i32, String) {
