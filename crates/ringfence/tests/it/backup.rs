@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{agent_bin, free_port, run_ok};
+use crate::common::{free_port, run_ok};
 use crate::crash::Installation;
 
 fn enroll(install: &Installation, name: &str) -> std::path::PathBuf {
@@ -23,14 +23,8 @@ fn enroll(install: &Installation, name: &str) -> std::path::PathBuf {
 
 /// One agent cycle, which must succeed (`when` names it in a failure, with the server's log).
 fn check(install: &Installation, agent: &Path, when: &str) -> String {
-    let out = Command::new(agent_bin())
-        .args(["check", "--state-dir"])
-        .arg(agent.join("state"))
-        .current_dir(agent)
-        .output()
-        .unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    if out.status.code() != Some(0) {
+    let (code, said) = crate::scale_out::check(agent);
+    if code != 0 {
         let log = std::fs::read_to_string(install.dir.path().join("server.log")).unwrap_or_default();
         panic!("{when}: {said}\nthe server's log:\n{log}");
     }

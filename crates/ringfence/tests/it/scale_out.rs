@@ -187,7 +187,8 @@ pub(crate) fn enroll_in_pilot(port: u16, data: &Path, dir: &Path, token: &str) -
     dir.to_path_buf()
 }
 
-fn check(agent: &Path) -> (i32, String) {
+/// One agent cycle: its exit code and what it printed.
+pub(crate) fn check(agent: &Path) -> (i32, String) {
     let out = Command::new(agent_bin())
         .args(["check", "--state-dir"])
         .arg(agent.join("state"))

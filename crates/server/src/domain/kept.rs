@@ -31,6 +31,22 @@ impl KeptUntil {
     pub fn set(&self, until: u64) {
         self.0.store(until, Ordering::SeqCst);
     }
+
+    /// Change the mark as `keep` says, calling `forget` (the cache's own drop) where it must:
+    /// before a start (nothing read before counts), after a stop (nothing kept is served again).
+    pub fn apply(&self, keep: Keep, forget: impl Fn()) {
+        match keep {
+            Keep::Start(until) => {
+                forget();
+                self.set(until);
+            }
+            Keep::Extend(until) => self.set(until),
+            Keep::Stop => {
+                self.set(0);
+                forget();
+            }
+        }
+    }
 }
 
 /// How a cache's mark changes: see each cache's `keep_until`.
@@ -57,5 +73,21 @@ mod tests {
         assert!(shared.holds());
         shared.set(now_ms().saturating_sub(1));
         assert!(!shared.holds(), "past its moment: off by itself");
+    }
+
+    #[test]
+    fn starting_and_stopping_forget_and_extending_does_not() {
+        let mark = KeptUntil::new(false);
+        let forgotten = std::cell::Cell::new(0);
+        let later = now_ms() + 60_000;
+        mark.apply(Keep::Start(later), || forgotten.set(forgotten.get() + 1));
+        assert!(mark.holds() && forgotten.get() == 1);
+        mark.apply(Keep::Extend(later + 1), || forgotten.set(forgotten.get() + 1));
+        assert!(mark.holds() && forgotten.get() == 1, "an extension keeps what is kept");
+        mark.apply(Keep::Stop, || {
+            assert!(!mark.holds(), "off before the drop: nothing is put back after it");
+            forgotten.set(forgotten.get() + 1);
+        });
+        assert!(!mark.holds() && forgotten.get() == 2);
     }
 }

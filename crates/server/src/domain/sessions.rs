@@ -72,18 +72,7 @@ impl SessionCache {
 
     /// Keep sessions until a moment, or stop; starting and stopping drop those kept.
     pub fn keep_until(&self, keep: super::kept::Keep) {
-        use super::kept::Keep;
-        match keep {
-            Keep::Start(until) => {
-                self.drop_all();
-                self.enabled.set(until);
-            }
-            Keep::Extend(until) => self.enabled.set(until),
-            Keep::Stop => {
-                self.enabled.set(0);
-                self.drop_all();
-            }
-        }
+        self.enabled.apply(keep, || self.drop_all());
     }
 
     /// A device left `accepted` or was forgotten: no kept session survives it.

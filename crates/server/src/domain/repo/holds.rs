@@ -126,18 +126,7 @@ impl HoldsVersion {
 
     /// Keep the version until a moment, or stop; starting and stopping forget it.
     pub(super) fn keep_until(&self, keep: crate::domain::kept::Keep) {
-        use crate::domain::kept::Keep;
-        match keep {
-            Keep::Start(until) => {
-                self.forget();
-                self.kept_until.set(until);
-            }
-            Keep::Extend(until) => self.kept_until.set(until),
-            Keep::Stop => {
-                self.kept_until.set(0);
-                self.forget();
-            }
-        }
+        self.kept_until.apply(keep, || self.forget());
     }
 
     /// Written behind this process's back (a restore, a test playing a thief, another node):

@@ -132,17 +132,7 @@ impl ServedCache {
     /// forget what was kept: started, nothing read before counts; stopped, nothing kept is
     /// served again.
     pub fn keep_until(&self, keep: Keep) {
-        match keep {
-            Keep::Start(until) => {
-                self.committed();
-                self.keep_newest.set(until);
-            }
-            Keep::Extend(until) => self.keep_newest.set(until),
-            Keep::Stop => {
-                self.keep_newest.set(0);
-                self.committed();
-            }
-        }
+        self.keep_newest.apply(keep, || self.committed());
     }
 
     /// Metadata changed outside this server (a restore): forget everything kept.
