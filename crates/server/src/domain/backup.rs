@@ -185,3 +185,33 @@ pub async fn restore_content(
     }
     Ok((found, restored))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest_dir(manifest: &str, database: &[u8]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MANIFEST), manifest).unwrap();
+        std::fs::write(dir.path().join(DATABASE), database).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_manifest_is_read_only_in_its_schema_and_format_and_with_its_database() {
+        let db = b"not really sqlite";
+        let sha = hex::encode(Sha256::digest(db));
+        let good = format!(
+            r#"{{"format":"{FORMAT}","created_at":1,"database_sha256":"{sha}","database_bytes":{},"roles":{{}},"log_size":0,"blobs":[],"content_included":false}}"#,
+            db.len()
+        );
+        assert!(read_manifest(manifest_dir(&good, db).path()).is_ok());
+        let refused = |manifest: &str, database: &[u8]| read_manifest(manifest_dir(manifest, database).path()).is_err();
+        assert!(refused(&good, b"another database"), "the database's hash");
+        assert!(refused(&good.replace(FORMAT, "ringfence-backup/2"), db), "another format");
+        assert!(refused(&good.replace(r#""log_size":0"#, r#""log_size":0,"extra":1"#), db), "an unknown field");
+        assert!(refused(&good.replace(r#""log_size":0"#, r#""log_size":-1"#), db), "a negative size");
+        assert!(refused("{", db), "not JSON");
+        assert!(refused(&good, b""), "an empty database file");
+    }
+}
