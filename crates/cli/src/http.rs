@@ -96,6 +96,9 @@ impl Client {
             _ => self.agent.post(url),
         };
         req = req.header("content-type", content_type);
+        if method == "PUT" {
+            req = req.header("expect", "100-continue");
+        }
         if let Some(a) = self.auth() {
             req = req.header("authorization", a);
         }
@@ -106,13 +109,23 @@ impl Client {
         self.send(method, path, &serde_json::to_vec(body)?, "application/json")
     }
 
-    /// Stream a file as the request body.
-    /// Upload a file; on a terminal, its progress is shown on standard error.
+    /// Upload a file as the request body, streamed; on a terminal, its progress is shown on
+    /// standard error.
+    ///
+    /// Uploads (here and in [`Client::send`] with `PUT`) declare their length and ask
+    /// `Expect: 100-continue`, so a server that refuses one by its headers (too large, no
+    /// permission) answers before any of the body is sent and the caller reads that answer,
+    /// instead of a connection reset while still writing.
     pub fn put_file(&self, path: &str, file: &std::path::Path) -> anyhow::Result<Answer> {
         let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
         let total = f.metadata().map(|m| m.len()).unwrap_or(0);
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut req = self.agent.put(self.url(path)).header("content-type", "application/octet-stream");
+        let mut req = self
+            .agent
+            .put(self.url(path))
+            .header("content-type", "application/octet-stream")
+            .header("content-length", total.to_string())
+            .header("expect", "100-continue");
         if let Some(a) = self.auth() {
             req = req.header("authorization", a);
         }

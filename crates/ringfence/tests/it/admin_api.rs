@@ -45,11 +45,18 @@ fn admin_api_refuses_bad_callers_and_bad_bodies() {
     assert_eq!(reader.get("/api/v1/pending").unwrap().status, 401);
     assert_eq!(admin.send("DELETE", "/api/v1/tokens/0123abcd", &[], "").unwrap().status, 404);
 
-    // Uploads: over the cap is cut off with 413 and nothing is stored.
+    // Uploads: over the cap is refused with 413 and nothing is stored; the client reads the
+    // refusal (it asks `Expect: 100-continue`) rather than a reset while it still sends.
     let before = std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0);
-    let answer = admin.send("PUT", "/api/v1/content", &vec![7u8; 4096], "application/octet-stream").unwrap();
+    let big = vec![7u8; 4 << 20];
+    let answer = admin.send("PUT", "/api/v1/content", &big, "application/octet-stream").unwrap();
     assert_eq!(answer.status, 413, "{}", answer.text());
-    let blobs = server.runtime.block_on(server.db.blob_length(&ringfence_trust::sha256_hex(&vec![7u8; 4096]))).unwrap();
+    let file = server.data.join("big.bin");
+    std::fs::write(&file, &big).unwrap();
+    let answer = admin.put_file("/api/v1/content", &file).unwrap();
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    std::fs::remove_file(&file).unwrap();
+    let blobs = server.runtime.block_on(server.db.blob_length(&ringfence_trust::sha256_hex(&big))).unwrap();
     assert_eq!(blobs, None);
     assert_eq!(std::fs::read_dir(server.data.join("content")).map(|d| d.count()).unwrap_or(0), before);
     let ok = admin.send("PUT", "/api/v1/content", b"small", "application/octet-stream").unwrap();
