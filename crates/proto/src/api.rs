@@ -771,3 +771,26 @@ pub struct AuditEntry {
     pub action: String,
     pub detail: String,
 }
+
+/// The format name a bundle's `bundle.json` carries.
+pub const BUNDLE_FORMAT: &str = "ringfence-bundle-v1";
+
+/// `bundle.json` of an export bundle (`ringfence export --bundle`): what the directory holds.
+/// Only an index: every file it describes is verified against signed metadata and the signed
+/// log checkpoint on import, never trusted for what it says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleManifest {
+    pub format: String,
+    pub created_at: i64,
+    /// `log/entries` holds the log's entries from this index (the export's `--since`) up to
+    /// `log_size`, the size of `log/checkpoint` (0 and 0: the upstream keeps no log).
+    pub log_from: u64,
+    pub log_size: u64,
+    pub metadata_files: u64,
+    pub content_files: u64,
+    pub content_bytes: u64,
+    /// The groups whose approved content the export was limited to (empty: all content).
+    #[serde(default)]
+    pub groups: Vec<crate::GroupName>,
+}

@@ -80,12 +80,26 @@ enum Command {
     },
     /// Write the current repository as plain files (`DIR/repo/metadata/…`, `DIR/repo/targets/…`)
     /// that any web server or CDN can serve and any TUF client can read.
+    ///
+    /// Or, with `--bundle`, write a bundle for a mirror (a branch or air-gapped site) to import
+    /// with `ringfence import DIR`: metadata, content and the transparency log's entries, all
+    /// verified there before anything is served.
     Export {
         #[arg(long, default_value = "ringfence-data/ringfence.toml")]
         config: PathBuf,
         /// The directory to write into (created; files already there are kept).
-        #[arg(long = "static")]
-        dir: PathBuf,
+        #[arg(long = "static", required_unless_present = "bundle", conflicts_with = "bundle")]
+        dir: Option<PathBuf>,
+        /// Write an export bundle into this new (or empty) directory.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// The log size the mirror's last import printed: ship only content of roles changed
+        /// since, and the log from there (default: everything).
+        #[arg(long, default_value_t = 0, requires = "bundle")]
+        since: u64,
+        /// Ship only content approved for this group (repeat for more; default: all content).
+        #[arg(long = "group", requires = "bundle")]
+        groups: Vec<String>,
     },
     /// Issue an admin token on the server's own machine, through its database: for when every
     /// admin token has expired or was revoked. Whoever can run this can read the server's data
@@ -145,7 +159,28 @@ fn run() -> anyhow::Result<()> {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
         }
-        Command::Export { config, dir } => {
+        Command::Export { config, bundle: Some(bundle), since, groups, .. } => {
+            let config = ringfence_server::Config::load(&config)?;
+            let groups = groups
+                .iter()
+                .map(|g| ringfence_proto::GroupName::parse(g).with_context(|| format!("--group {g}")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let options = ringfence_server::domain::mirror::ExportOptions { since, groups };
+            let done = runtime()?.block_on(ringfence_server::export_bundle(&config, &bundle, &options))?;
+            println!(
+                "Wrote {}: {} metadata files, {} content files ({} bytes), the log from entry {} to {}.",
+                bundle.display(),
+                done.metadata_files,
+                done.content_files,
+                done.content_bytes,
+                done.log_from,
+                done.log_size
+            );
+            println!("Carry it to the mirror and run `ringfence import {}` there.", bundle.display());
+            Ok(())
+        }
+        Command::Export { config, dir, .. } => {
+            let dir = dir.context("--static DIR or --bundle DIR")?;
             let config = ringfence_server::Config::load(&config)?;
             let done = runtime()?.block_on(async {
                 let state = ringfence_server::open_state(config).await?;
@@ -184,14 +219,55 @@ fn run() -> anyhow::Result<()> {
             witness::run(command)
         }
         Command::Init(options) => {
+            if let Some(root) = &options.mirror_of {
+                let done = runtime()?.block_on(setup::init_mirror(&options, root))?;
+                println!(
+                    "Initialised the mirror {} (configuration: {})",
+                    done.data_dir.display(),
+                    done.config_path.display()
+                );
+                println!("Pinned root version 1, SHA-256 {}: compare it with the upstream's.", done.root_sha256);
+                println!("The first admin token is in admin.token in the data directory (owner-only).");
+                println!(
+                    "Next: `ringfence import --config {} BUNDLE` with a bundle from `ringfence export --bundle` upstream.",
+                    done.config_path.display()
+                );
+                return Ok(());
+            }
             let done = setup::init(&options)?;
             setup::print_init(&done);
             Ok(())
         }
+        Command::Import(options) if options.bundle.is_some() => {
+            let bundle = options.bundle.as_deref().context("a bundle directory")?;
+            let config = ringfence_server::Config::load(&options.config)?;
+            let done = runtime()?.block_on(ringfence_server::import_bundle(&config, bundle))?;
+            println!(
+                "Imported {}: {} new role versions, {} content files ({} bytes; {} held already), {} log entries.",
+                bundle.display(),
+                done.roles.len(),
+                done.content,
+                done.content_bytes,
+                done.content_held,
+                done.log_entries
+            );
+            println!(
+                "Serving timestamp version {}, which expires {}: import again before then.",
+                done.timestamp_version,
+                ringfence_trust::expiry::format(done.expires)
+            );
+            println!(
+                "The log has {} entries: export the next bundle upstream with --since {}.",
+                done.log_size, done.log_size
+            );
+            Ok(())
+        }
         Command::Import(options) => {
-            let root = std::fs::read(&options.root).with_context(|| format!("reading {}", options.root.display()))?;
-            let targets =
-                std::fs::read(&options.targets).with_context(|| format!("reading {}", options.targets.display()))?;
+            let (Some(root), Some(targets)) = (&options.root, &options.targets) else {
+                anyhow::bail!("--root and --targets, or a bundle directory")
+            };
+            let root = std::fs::read(root).with_context(|| format!("reading {}", root.display()))?;
+            let targets = std::fs::read(targets).with_context(|| format!("reading {}", targets.display()))?;
             let roles = [(ringfence_proto::RoleName::targets(), targets)];
             runtime()?.block_on(setup::import(&options.config, &root, &roles))?;
             println!("Imported. The first admin token is in admin.token in the data directory (owner-only).");

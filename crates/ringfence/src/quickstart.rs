@@ -96,6 +96,7 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
         auto_approver: true,
         database: options.database.clone(),
         content: options.content.clone(),
+        mirror_of: None,
     })?;
     let auto_approver = online.auto_approver.context("auto-approver key")?;
 

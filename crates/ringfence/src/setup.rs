@@ -38,6 +38,11 @@ pub struct InitOptions {
     /// directory; endpoint, region and credentials come from the `AWS_*` environment.
     #[arg(long)]
     pub content: Option<String>,
+    /// Set up a mirror of the repository whose root version 1 is this file (from the
+    /// upstream, compared by its SHA-256 out of band): no online keys; its repository comes
+    /// from `ringfence import BUNDLE` (docs/DOWNSTREAM.md).
+    #[arg(long, value_name = "ROOT_FILE", conflicts_with_all = ["config", "auto_approver"])]
+    pub mirror_of: Option<PathBuf>,
 }
 
 /// What `init` made that the offline ceremony needs: the online keys' public halves.
@@ -123,6 +128,17 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
     std::fs::write(online_dir.join("log-identity.json"), serde_json::to_vec_pretty(&log)?)?;
     config.log.origin = Some(origin);
 
+    write_certificate(&config, options)?;
+    if write_config {
+        // Owner-only: a database URL may carry a password.
+        tls::write_private(&config_path, config_text(&config).as_bytes())?;
+    }
+    Ok(Initialised { config_path, data_dir, timestamp, snapshot, auto_approver, log })
+}
+
+/// A self-signed certificate for the listeners, unless the data directory has one (a
+/// certificate the configuration names and that exists is the operator's: kept).
+fn write_certificate(config: &Config, options: &InitOptions) -> anyhow::Result<()> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
     if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
         let host = host.trim();
@@ -131,15 +147,46 @@ pub fn init(options: &InitOptions) -> anyhow::Result<Initialised> {
         }
     }
     names.extend(options.tls_names.iter().cloned());
-    // A certificate the configuration names and that exists is the operator's: kept.
     if !(config.cert_file().exists() && config.key_file().exists()) {
         tls::write_self_signed(&config.cert_file(), &config.key_file(), &names)?;
     }
-    if write_config {
-        // Owner-only: a database URL may carry a password.
-        tls::write_private(&config_path, config_text(&config).as_bytes())?;
-    }
-    Ok(Initialised { config_path, data_dir, timestamp, snapshot, auto_approver, log })
+    Ok(())
+}
+
+/// What `init --mirror-of` made.
+pub struct MirrorInitialised {
+    pub config_path: PathBuf,
+    pub data_dir: PathBuf,
+    /// The SHA-256 of the pinned root, to compare with the upstream's.
+    pub root_sha256: String,
+}
+
+/// Set up a mirror: the pinned root (checked to be a root version 1 that verifies itself),
+/// a certificate, the configuration with `[mirror] enabled`, and the first admin token (in
+/// `admin.token`). No online keys: a mirror signs nothing.
+pub async fn init_mirror(options: &InitOptions, root_file: &Path) -> anyhow::Result<MirrorInitialised> {
+    let root = std::fs::read(root_file).with_context(|| format!("reading {}", root_file.display()))?;
+    let now = ringfence_server::unix_now();
+    let set = ringfence_trust::client::TrustedSet::new(&root, now)
+        .with_context(|| format!("{}: not a root that verifies itself", root_file.display()))?;
+    anyhow::ensure!(set.root().signed.version == 1, "{}: give the upstream's root version 1", root_file.display());
+    let config_path = options.data_dir.join("ringfence.toml");
+    anyhow::ensure!(!config_path.exists(), "{} exists already", config_path.display());
+    let mut config = Config::with_data_dir(std::path::absolute(&options.data_dir)?);
+    config.device_listener.addr = options.device_addr.clone();
+    config.admin_listener.addr = options.admin_addr.clone();
+    config.database.url = options.database.clone();
+    config.content.url = options.content.clone();
+    config.mirror.enabled = true;
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::write(config.data_dir.join("1.root.json"), &root)?;
+    write_certificate(&config, options)?;
+    tls::write_private(&config_path, config_text(&config).as_bytes())?;
+    let state = ringfence_server::open_state(config.clone()).await?;
+    let request = TokenRequest { name: "first-admin".into(), scopes: Scope::ALL.to_vec(), expires_in_days: None };
+    let created = state.tokens.issue(&request, "setup", now).await.context("storing the admin token")?;
+    tls::write_private(&config.data_dir.join("admin.token"), created.token.as_bytes())?;
+    Ok(MirrorInitialised { config_path, data_dir: config.data_dir, root_sha256: ringfence_trust::sha256_hex(&root) })
 }
 
 fn config_text(config: &Config) -> String {
@@ -159,6 +206,9 @@ fn config_text(config: &Config) -> String {
     if let Some(url) = &config.content.url {
         text.push_str(&format!("\n[content]\nurl = {url:?}\n"));
     }
+    if config.mirror.enabled {
+        text.push_str("\n[mirror]\nenabled = true\n");
+    }
     text
 }
 
@@ -166,12 +216,15 @@ fn config_text(config: &Config) -> String {
 pub struct ImportOptions {
     #[arg(long, default_value = "ringfence-data/ringfence.toml")]
     pub config: PathBuf,
+    /// On a mirror: the export bundle to verify and import (`ringfence export --bundle`).
+    #[arg(conflicts_with_all = ["root", "targets"])]
+    pub bundle: Option<PathBuf>,
     /// Root version 1, signed offline.
-    #[arg(long)]
-    pub root: PathBuf,
+    #[arg(long, required_unless_present = "bundle")]
+    pub root: Option<PathBuf>,
     /// Top-level targets version 1, signed offline.
-    #[arg(long)]
-    pub targets: PathBuf,
+    #[arg(long, required_unless_present = "bundle")]
+    pub targets: Option<PathBuf>,
 }
 
 /// Import the ceremony's root and targets-type roles (at least top-level targets; roles left

@@ -37,6 +37,19 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub mirror: MirrorConfig,
+}
+
+/// A mirror of another Ringfence server's repository: a branch or air-gapped site's server.
+/// It holds no signing key (no `online-keys/`); its metadata, log and content come from the
+/// upstream (`ringfence import`), verified as a device would before anything is served. Its
+/// devices, enrollment and reports are its own.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// The web console on the admin listener (`/console/`).
@@ -478,6 +491,7 @@ impl Config {
             content: ContentConfig::default(),
             log: LogConfig::default(),
             console: ConsoleConfig::default(),
+            mirror: MirrorConfig::default(),
         }
     }
 

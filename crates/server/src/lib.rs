@@ -266,6 +266,52 @@ async fn restore_placing(
     Ok(Restored { manifest, blobs_found: found, blobs_restored: restored, recovered })
 }
 
+/// Write an export bundle of the installation `config` describes into `dir` (new or empty),
+/// for a mirror to import (`domain::mirror`); it may serve meanwhile.
+pub async fn export_bundle(
+    config: &Config,
+    dir: &Path,
+    options: &domain::mirror::ExportOptions,
+) -> anyhow::Result<ringfence_proto::api::BundleManifest> {
+    let state = open_state(config.clone()).await?;
+    let db = open_database(config).await?;
+    let exported = domain::mirror::export_bundle(&state.repo, &state.log, &db, dir, options, unix_now()).await;
+    db.close().await;
+    Ok(exported?)
+}
+
+/// Import the bundle in `dir` into the mirror `config` describes, verified first against the
+/// root it was set up with (`1.root.json` in its data directory); it may serve meanwhile.
+pub async fn import_bundle(config: &Config, dir: &Path) -> anyhow::Result<domain::mirror::Imported> {
+    anyhow::ensure!(
+        config.mirror.enabled,
+        "this installation is not a mirror ([mirror] enabled = true): it signs its own repository"
+    );
+    let root_path = config.data_dir.join("1.root.json");
+    let pinned =
+        std::fs::read(&root_path).with_context(|| format!("reading the pinned root {}", root_path.display()))?;
+    let state = open_state(config.clone()).await?;
+    let db = open_database(config).await?;
+    let blobs = open_content(config)?;
+    let now = unix_now();
+    let imported = domain::mirror::import_bundle(&state.repo, &state.log, &db, &blobs, dir, &pinned, now).await;
+    let what = match &imported {
+        Ok(i) => format!(
+            "imported {}: {} role versions, {} content files, log of {}",
+            dir.display(),
+            i.roles.len(),
+            i.content,
+            i.log_size
+        ),
+        Err(e) => format!("refused {}: {e}", dir.display()),
+    };
+    if let Err(e) = state.audit.record("local import", "import", &what, now).await {
+        tracing::warn!(error = %e, "the import was not written to the audit trail");
+    }
+    db.close().await;
+    Ok(imported?)
+}
+
 /// What `ringfence migrate` copied.
 #[derive(Debug)]
 pub struct Migrated {
@@ -322,15 +368,27 @@ const REFUSED_BODY_READS: usize = 32;
 pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     let db: Arc<dyn Database> = Arc::new(open_database(&config).await?);
     let blobs = open_content(&config)?;
-    let mut keys = online_keys::OnlineKeys::load(&config).context("loading the online keys")?;
+    // A mirror signs nothing: it has no online keys, and refuses to start with some (one set
+    // up as a mirror by mistake would otherwise sign metadata of its own).
+    let mut keys = if config.mirror.enabled {
+        anyhow::ensure!(
+            !config.online_key_dir().join(online_keys::TIMESTAMP_FILE).exists(),
+            "[mirror] enabled, but {} holds online keys: a mirror holds none",
+            config.online_key_dir().display()
+        );
+        None
+    } else {
+        Some(online_keys::OnlineKeys::load(&config).context("loading the online keys")?)
+    };
     let audit = domain::audit::Audit::new(db.clone());
-    let origin = online_keys::log_origin(&config, keys.log.as_ref())?;
-    let log =
-        domain::log::Log::new(db.clone(), blobs.clone(), keys.log.take(), origin.as_deref(), &config.log.witnesses)
-            .context("the transparency log")?;
+    let log_key = keys.as_mut().and_then(|k| k.log.take());
+    let origin = online_keys::log_origin(&config, log_key.as_ref())?;
+    let log = domain::log::Log::new(db.clone(), blobs.clone(), log_key, origin.as_deref(), &config.log.witnesses)
+        .context("the transparency log")?;
     // The embedded database has one writer, this process: the newest metadata may be served
-    // from memory. With PostgreSQL other nodes commit too.
-    let one_writer = config.database.url.is_none();
+    // from memory. With PostgreSQL other nodes commit too, and on a mirror `ringfence import`
+    // does (another process).
+    let one_writer = config.database.url.is_none() && !config.mirror.enabled;
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone(), one_writer);
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let console = domain::console::Console::new(

@@ -289,6 +289,11 @@ impl TrustedSet {
         Ok(())
     }
 
+    /// Every trusted targets-type role (top-level and delegated), in chain order.
+    pub fn all_targets(&self) -> impl Iterator<Item = &Envelope<Targets>> {
+        self.targets.values()
+    }
+
     /// The roles the role at chain `delegator` delegates `path` to, in order, each with its
     /// terminating flag.
     pub fn delegations_for(&self, delegator: &str, path: &str) -> Vec<DelegatedRole> {

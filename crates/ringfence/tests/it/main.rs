@@ -16,6 +16,7 @@ mod conformance;
 mod console;
 mod crash;
 mod device_api;
+mod downstream;
 mod fleet;
 mod freshness;
 mod installation;

@@ -282,6 +282,71 @@ impl Log {
         Ok(Some((new_size, batch.checkpoint_note)))
     }
 
+    /// What a mirror does instead of sequencing: append an upstream's `entries` (its log from
+    /// this log's size on) exactly as given, with the upstream's `note` for the new size,
+    /// once the tree they make has the root `checkpoint` (the note, verified by the caller
+    /// against the log identity the trusted top-level targets names) signs; then write the
+    /// tiles. `cosigners` are the witnesses whose cosignatures the note carries.
+    pub async fn adopt(
+        &self,
+        entries: &[Vec<u8>],
+        note: &[u8],
+        checkpoint: &tlog_tiles::Checkpoint,
+        cosigners: &[String],
+        now: i64,
+    ) -> Result<()> {
+        let _guard = self.db.exclusive(Section::Log).await?;
+        let size = self.db.log_size().await?;
+        let new_size = size + entries.len() as u64;
+        if new_size != checkpoint.size() {
+            return Err(Error::Conflict(format!(
+                "{} entries on a log of {size} make {new_size}, but the checkpoint is of {}",
+                entries.len(),
+                checkpoint.size()
+            )));
+        }
+        let frontier = tree::frontier(size);
+        let found = self.db.log_hashes(&frontier).await?;
+        let mut hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
+        if hashes.len() < frontier.len() {
+            return Err(Error::internal("the log's right edge is incomplete"));
+        }
+        let mut batch = LogBatch { first: size, created_at: now, ..LogBatch::default() };
+        for (index, entry) in (size..).zip(entries) {
+            match Entry::parse(entry) {
+                Ok(Entry::Metadata { role, version, .. }) => batch.metadata.push((role, version, index)),
+                Ok(Entry::Pending { role, version, sha256 }) => {
+                    batch.metadata.push((pending_key(&role, &sha256), version, index));
+                }
+                _ => {}
+            }
+            let known = Known { hashes, missing: RefCell::new(Vec::new()) };
+            let new = tlog_tiles::stored_hashes(index, entry, &known).map_err(Error::internal)?;
+            hashes = known.hashes;
+            let first = tlog_tiles::stored_hash_index(0, index);
+            for (i, h) in (first..).zip(new) {
+                hashes.insert(i, h);
+                batch.hashes.push((i, h.0));
+            }
+            batch.entries.push(entry.clone());
+        }
+        let (root, _) = self.with_hashes(hashes, |r| tlog_tiles::tree_hash(new_size, r)).await?;
+        if root != *checkpoint.hash() {
+            return Err(Error::Conflict(
+                "the log's entries do not make the tree its checkpoint signs: a fork or a tampered copy".into(),
+            ));
+        }
+        if entries.is_empty() {
+            return Ok(());
+        }
+        batch.checkpoint_note = note.to_vec();
+        self.db.integrate_log(&batch).await?;
+        if !cosigners.is_empty() {
+            self.db.set_cosigned(new_size, note, cosigners).await?;
+        }
+        self.finish_tiles().await
+    }
+
     /// An installation that published before it kept a log: queue the entries of the newest
     /// version of every role (what clients trust now). A new installation's log starts with
     /// root version 1, queued when it was published.
@@ -459,6 +524,11 @@ impl Log {
         let Some(file) = targets.signed.targets.get(ringfence_tlog::proof::IDENTITY_TARGET) else { return Ok(0) };
         let identity = ringfence_tlog::proof::LogIdentity::from_custom(file.custom.clone()).map_err(Error::internal)?;
         Ok(identity.quorum as u64)
+    }
+
+    /// The newest checkpoint served: its size and note, with its cosignatures.
+    pub async fn served_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.served().await?.map(|c| (c.size, served_note(c))))
     }
 
     /// The newest checkpoint served, with its cosignatures.

@@ -12,6 +12,7 @@
 //! - [`audit::Audit`]: the audit trail, written in one place.
 //! - [`log::Log`]: the transparency log (sequencer, tiles, checkpoints, witnesses, proofs).
 //! - [`console::Console`]: the web console's sessions and dashboard counts.
+//! - [`mirror`]: export bundles and their verified import into a mirror.
 
 pub mod audit;
 pub mod backup;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod events;
 pub mod kept;
 pub mod log;
+pub mod mirror;
 pub mod repo;
 pub mod reports;
 pub mod restore;

@@ -18,7 +18,7 @@ impl Repository {
     pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
         let Some(top) = self.latest::<Targets>("targets").await? else { return Ok(Vec::new()) };
         let Some(delegations) = &top.signed.delegations else { return Ok(Vec::new()) };
-        let online = self.keys.delegated_signers();
+        let online = self.delegated_signers();
         let auto: std::collections::BTreeSet<&str> = delegations
             .roles
             .iter()
@@ -81,6 +81,8 @@ impl Repository {
         actor: &str,
         now: i64,
     ) -> Result<RoleState> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         ringfence_trust::windows::check_all(&windows).map_err(|e| bad(format!("windows: {e}")))?;
         let _guard = self.exclusive().await?;
         let detail = if windows.is_empty() {
@@ -150,6 +152,8 @@ impl Repository {
     /// the one target), an entry with the length and hashes the publisher signed and the
     /// digest of the publisher's whole entry, plus the action, deadline and reason.
     pub async fn approve(&self, request: ApprovalRequest, actor: &str, now: i64) -> Result<RoleState> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         if let Some(deadline) = &request.deadline {
             expiry::parse(deadline).map_err(bad)?;
         }
@@ -212,6 +216,8 @@ impl Repository {
     /// Take approvals back: the group's approval role loses the entries of the update (or the
     /// one target). `Conflict` when the group has none of them.
     pub async fn withdraw(&self, request: WithdrawalRequest, actor: &str, now: i64) -> Result<RoleState> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         let subject = request.subject().map_err(bad)?;
         let _guard = self.exclusive().await?;
         let paths: Vec<String> = self

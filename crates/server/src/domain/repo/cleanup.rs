@@ -19,6 +19,8 @@ const MAX_LISTED: u64 = 10_000;
 impl Repository {
     /// What a cleanup at `now` would remove from the content store.
     pub async fn removable_content(&self, now: i64) -> Result<Vec<RemovedContent>> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         let mut out: Vec<RemovedContent> = self
             .db
             .orphan_blobs(now - ORPHAN_GRACE_SECS, MAX_LISTED)
@@ -50,6 +52,8 @@ impl Repository {
 
     /// Remove content from the store (its file, then its record).
     pub async fn remove_content(&self, sha256: &str) -> Result<()> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         self.blobs.delete(sha256).await?;
         Ok(self.db.delete_blob_record(sha256).await?)
     }

@@ -30,7 +30,7 @@ impl Repository {
             retries,
         };
         let mut env = Envelope::new(doc).map_err(Error::internal)?;
-        env.sign(&self.keys.timestamp);
+        env.sign(&self.online_keys()?.timestamp);
         let bytes = env.to_bytes().map_err(Error::internal)?;
         self.db.put_rollout_holds(version, &bytes).await?;
         self.holds.saw(version);

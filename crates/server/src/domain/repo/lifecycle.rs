@@ -54,7 +54,8 @@ impl Repository {
     }
 
     pub(super) fn check_online_keys_listed(&self, root: &Root) -> Result<()> {
-        for (role, key) in [("timestamp", &self.keys.timestamp), ("snapshot", &self.keys.snapshot)] {
+        let keys = self.online_keys()?;
+        for (role, key) in [("timestamp", &keys.timestamp), ("snapshot", &keys.snapshot)] {
             let listed =
                 root.roles.get(role).is_some_and(|r| r.keyids.contains(&key.key_id().to_string()) && r.threshold == 1);
             if !listed {

@@ -48,7 +48,8 @@ pub struct Repository {
     db: Arc<dyn Database>,
     blobs: BlobStore,
     audit: Audit,
-    keys: OnlineKeys,
+    /// None on a mirror, which signs nothing: its metadata comes from an upstream.
+    keys: Option<OnlineKeys>,
     policy: ExpiryPolicy,
     write_lock: tokio::sync::Mutex<()>,
     served: served::ServedCache,
@@ -146,7 +147,7 @@ impl Repository {
         db: Arc<dyn Database>,
         blobs: BlobStore,
         audit: Audit,
-        keys: OnlineKeys,
+        keys: Option<OnlineKeys>,
         policy: ExpiryPolicy,
         one_writer: bool,
     ) -> Self {
@@ -273,8 +274,25 @@ impl Repository {
         Ok((local, shared))
     }
 
-    pub fn online_keys(&self) -> &OnlineKeys {
-        &self.keys
+    /// The online keys; a mirror has none and refuses whatever would need one.
+    pub fn online_keys(&self) -> Result<&OnlineKeys> {
+        self.keys.as_ref().ok_or_else(|| {
+            Error::Conflict(
+                "this server is a mirror: it holds no signing keys and publishes, approves and signs nothing \
+                 (do that on its upstream and bring the change over)"
+                    .into(),
+            )
+        })
+    }
+
+    /// Whether this server is a mirror of another's repository (it holds no online keys).
+    pub fn is_mirror(&self) -> bool {
+        self.keys.is_none()
+    }
+
+    /// The online keys that may sign delegated roles, by key id (none on a mirror).
+    fn delegated_signers(&self) -> BTreeMap<String, &SigningKey> {
+        self.keys.as_ref().map(OnlineKeys::delegated_signers).unwrap_or_default()
     }
 
     async fn latest<T>(&self, role: &str) -> Result<Option<Envelope<T>>>
@@ -368,7 +386,7 @@ impl Repository {
             &changed,
         );
         let mut snapshot = Envelope::new(snapshot).map_err(Error::internal)?;
-        snapshot.sign(&self.keys.snapshot);
+        snapshot.sign(&self.online_keys()?.snapshot);
         let snapshot_record = record("snapshot", &snapshot)?;
         let timestamp_version = self.next_version("timestamp", previous_ts.map_or(0, |t| t.version)).await?;
         let timestamp = writer::timestamp(
@@ -378,7 +396,7 @@ impl Repository {
             &snapshot_record.bytes,
         );
         let mut timestamp = Envelope::new(timestamp).map_err(Error::internal)?;
-        timestamp.sign(&self.keys.timestamp);
+        timestamp.sign(&self.online_keys()?.timestamp);
         records.push(snapshot_record);
         records.push(record("timestamp", &timestamp)?);
         for r in &records {
@@ -408,7 +426,7 @@ impl Repository {
         else {
             return Ok(Vec::new());
         };
-        let signers = self.keys.delegated_signers();
+        let signers = self.delegated_signers();
         let online = entry.keyids.iter().filter(|id| signers.contains_key(*id)).count() as u64;
         if entry.threshold == 0 || online < entry.threshold {
             return Ok(Vec::new());

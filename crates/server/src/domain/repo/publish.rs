@@ -28,6 +28,8 @@ impl Repository {
         actor: &str,
         now: i64,
     ) -> Result<BlobUploaded> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         let mut writer = self.blobs.writer(limit)?;
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| Error::Invalid(format!("upload interrupted: {e}")))?;
@@ -93,6 +95,11 @@ impl Repository {
     /// was published under that path: never whatever happens to be in the content store under
     /// a hash.
     pub async fn served_content(&self, published: &TargetPath, sha256: &Sha256Hex) -> Result<Option<u64>> {
+        // A mirror has no catalog of its own: it holds only content its imports found listed,
+        // under that hash, in metadata it verified.
+        if self.is_mirror() {
+            return Ok(self.db.blob_length(sha256.as_str()).await?);
+        }
         let Some(file) = self.db.file_by_target_path(published.as_str()).await? else { return Ok(None) };
         if file.sha256 != sha256.as_str() {
             return Ok(None);
@@ -122,6 +129,8 @@ impl Repository {
     /// the way) and changes nothing when it is all there; another manifest under a taken id is
     /// refused.
     pub async fn publish_update(&self, manifest: UpdateManifest, actor: &str, now: i64) -> Result<PublishOutcome> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         validate_manifest(&manifest)?;
         let _guard = self.exclusive().await?;
         let manifest_json = serde_json::to_string(&manifest).map_err(Error::internal)?;

@@ -68,6 +68,8 @@ impl Repository {
     /// Propose a new version of an offline-signed role (root, targets, a publisher or
     /// approval role) as a whole document, with the signatures gathered so far.
     pub async fn propose(&self, role: &RoleName, bytes: &[u8], actor: &str, now: i64) -> Result<RoleState> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         let _guard = self.exclusive().await?;
         match role.kind() {
             RoleKind::Root => {
@@ -142,6 +144,8 @@ impl Repository {
         actor: &str,
         now: i64,
     ) -> Result<RoleState> {
+        // A mirror keeps only what its imports verified.
+        self.online_keys()?;
         let _guard = self.exclusive().await?;
         let pending = self.db.pending(role.as_str()).await?.ok_or(Error::NotFound)?;
         if pending.version != upload.version {

@@ -1,0 +1,253 @@
+//! An air-gapped mirror: the upstream writes export bundles (`ringfence export --bundle`), a
+//! mirror set up from the upstream's root alone (`ringfence init --mirror-of`) imports them
+//! (`ringfence import DIR`) and serves its own agents. Tampered content, metadata and log
+//! entries, a rolled-back bundle and a bundle that skips part of the log are refused with
+//! nothing changed; a mirror whose stored content is changed afterwards is refused by its
+//! agents; python-tuf reads the mirror like the upstream; the mirror signs nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::common::{BIN, free_port, run_ok};
+use crate::crash::Installation;
+
+fn bundle_cmd(install: &Installation, args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).arg("--config").arg(&install.config).env("RINGFENCE_ALLOW_ROOT", "1").output().unwrap()
+}
+
+/// `ringfence export --bundle DIR` upstream, retried while the newest metadata waits for the
+/// log's next checkpoint.
+fn export(upstream: &Installation, dir: &Path, extra: &[&str]) -> String {
+    for _ in 0..100 {
+        let mut args = vec!["export", "--bundle", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = bundle_cmd(upstream, &args);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(said.contains("not on the log's checkpoint yet"), "{said}");
+        let _ = std::fs::remove_dir_all(dir);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("the export never found its metadata on the log");
+}
+
+/// `ringfence import DIR` on the mirror: whether it succeeded, and what it printed.
+fn import(mirror: &Installation, dir: &Path) -> (bool, String) {
+    let out = bundle_cmd(mirror, &["import", dir.to_str().unwrap()]);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The log size an import printed, for the next export's `--since`.
+fn since(said: &str) -> u64 {
+    said.split("--since ").nth(1).and_then(|s| s.trim().trim_end_matches('.').parse().ok()).expect(said)
+}
+
+/// The timestamp version the mirror serves.
+fn served_timestamp(mirror: &Installation) -> u64 {
+    let client = ringfence_cli::http::Client::new(
+        &format!("https://127.0.0.1:{}", mirror.device_port),
+        None,
+        &mirror.data.join("tls/cert.pem"),
+    )
+    .unwrap();
+    let body = client.get("/repo/metadata/timestamp.json").unwrap().ok().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    doc["signed"]["version"].as_u64().unwrap()
+}
+
+/// What is tampered with, how, and what the refusal must say.
+type Tamper<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, &'a str);
+
+/// A copy of bundle `from` at `to`, for tampering with.
+fn copy_bundle(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let dest = to.join(entry.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { todo.push(path) } else { out.push(path) }
+        }
+    }
+    out
+}
+
+/// Flip one byte of `path` in place.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = at.min(bytes.len() - 1);
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The SHA-256 of the script update `id` as published.
+fn script_sha(upstream: &Installation, id: &str) -> String {
+    ringfence_trust::sha256_hex(&std::fs::read(upstream.dir.path().join("work").join(format!("{id}.sh"))).unwrap())
+}
+
+#[test]
+fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old_bundles() {
+    if crate::common::test_postgres_database().is_some() {
+        // Bundles do not depend on the database engine; the embedded default is enough.
+        return;
+    }
+    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
+    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+    let config = data.join("ringfence.toml");
+    let upstream = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
+    let mut upstream_server = upstream.serve();
+    assert!(upstream.publish("kb-1"));
+    let bundles = upstream.dir.path().join("bundles");
+    let first = bundles.join("first");
+    let said = export(&upstream, &first, &[]);
+    assert!(said.contains("1 content files"), "{said}");
+
+    // The mirror knows only the upstream's root version 1.
+    let mirror_dir = tempfile::tempdir().unwrap();
+    let mirror_data = mirror_dir.path().join("mirror-data");
+    let out = run_ok(
+        Command::new(BIN)
+            .args(["init", "--mirror-of"])
+            .arg(upstream.data.join("1.root.json"))
+            .arg("--data-dir")
+            .arg(&mirror_data)
+            .env("RINGFENCE_ALLOW_ROOT", "1"),
+    );
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(upstream.data.join("1.root.json")).unwrap());
+    assert!(out.contains(&root_sha), "{out}");
+    assert!(!mirror_data.join("online-keys").exists(), "a mirror holds no online keys");
+    let mirror = Installation {
+        dir: mirror_dir,
+        config: mirror_data.join("ringfence.toml"),
+        data: mirror_data,
+        device_port: free_port(),
+        admin_port: free_port(),
+    };
+    let (ok, said) = import(&mirror, &first);
+    assert!(ok, "{said}");
+    let log_size = since(&said);
+    assert!(log_size > 0, "{said}");
+    let mut mirror_server = mirror.serve();
+
+    // The mirror's own agent, enrolled with the mirror's own token, installs what upstream
+    // approved, through the mirror alone.
+    let token = run_ok(
+        mirror.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]).stdout(Stdio::piped()),
+    );
+    let agent = crate::scale_out::enroll_in_pilot(
+        mirror.device_port,
+        &mirror.data,
+        &mirror.dir.path().join("agent"),
+        token.trim(),
+    );
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-1").exists(), "{said}");
+    // python-tuf, which nobody here wrote, reads the mirror from the same pinned root.
+    let tuf_state = mirror.dir.path().join("tuf-state");
+    std::fs::create_dir_all(&tuf_state).unwrap();
+    let (ok, said) = mirror.tuf(&tuf_state, "acme/kb-1.sh");
+    assert!(ok, "{said}");
+
+    // A mirror signs nothing.
+    let (manifest, script) = crate::scale_out::script_update(&mirror.dir.path().join("work"), "local");
+    let refused =
+        mirror.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script).stderr(Stdio::piped()).output();
+    let refused = refused.unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("mirror"), "{refused:?}");
+
+    // More upstream; the next bundle carries only what changed since the mirror's log size.
+    assert!(upstream.publish("kb-2"));
+    let second = bundles.join("second");
+    let said = export(&upstream, &second, &["--since", &log_size.to_string()]);
+    assert!(said.contains("1 content files"), "only kb-2's content: {said}");
+    let before = served_timestamp(&mirror);
+
+    // Tampered bundles are refused whole, the mirror unchanged.
+    let kb2 = script_sha(&upstream, "kb-2");
+    let tampered: [Tamper; 5] = [
+        ("content", Box::new(|b: &Path| flip(&b.join("targets").join(&kb2), 3)), "signed length and SHA-256"),
+        (
+            "metadata",
+            Box::new(|b: &Path| {
+                let file = walk(&b.join("metadata"))
+                    .into_iter()
+                    .find(|p| p.file_name().unwrap().to_str().unwrap().ends_with(".approvals.pilot.json"))
+                    .unwrap();
+                let text = std::fs::read_to_string(&file).unwrap().replace("kb-2", "kb-9");
+                std::fs::write(&file, text).unwrap();
+            }),
+            "approvals.pilot",
+        ),
+        ("log entry", Box::new(|b: &Path| flip(&b.join("log/entries"), 40)), "log"),
+        (
+            "checkpoint",
+            Box::new(|b: &Path| {
+                let text = std::fs::read_to_string(b.join("log/checkpoint")).unwrap();
+                let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+                lines[1] = (lines[1].parse::<u64>().unwrap() + 1).to_string();
+                std::fs::write(b.join("log/checkpoint"), lines.join("\n") + "\n").unwrap();
+            }),
+            "log/checkpoint",
+        ),
+        (
+            "manifest",
+            Box::new(|b: &Path| {
+                let text = std::fs::read_to_string(b.join("bundle.json")).unwrap();
+                std::fs::write(b.join("bundle.json"), text.replacen('{', "{\"$type\": \"x\",", 1)).unwrap();
+            }),
+            "unknown field",
+        ),
+    ];
+    for (what, tamper, needle) in &tampered {
+        let copy = bundles.join(format!("tampered-{}", what.replace(' ', "-")));
+        copy_bundle(&second, &copy);
+        tamper(&copy);
+        let (ok, said) = import(&mirror, &copy);
+        assert!(!ok, "a bundle with tampered {what} was imported: {said}");
+        assert!(said.contains(needle), "tampered {what}: expected {needle:?} in {said}");
+        assert_eq!(served_timestamp(&mirror), before, "a refused bundle ({what}) changed what the mirror serves");
+    }
+    let (ok, said) = import(&mirror, &second);
+    assert!(ok, "{said}");
+    assert!(served_timestamp(&mirror) > before);
+    let log_size = since(&said);
+
+    // An old bundle, once something newer is in, is a rollback; a bundle that starts past the
+    // mirror's log would leave a hole in it.
+    let (ok, said) = import(&mirror, &first);
+    assert!(!ok && said.contains("rollback"), "{said}");
+    assert!(upstream.publish("kb-3"));
+    let gap = bundles.join("gap");
+    export(&upstream, &gap, &["--since", &(log_size + 1).to_string()]);
+    let (ok, said) = import(&mirror, &gap);
+    assert!(!ok && said.contains(&format!("export with --since {log_size}")), "{said}");
+
+    // The mirror's stored content changed behind its back: its agent refuses it, then installs
+    // the real bytes once they are back.
+    let blob = walk(&mirror.data.join("content")).into_iter().find(|p| p.ends_with(&kb2)).expect("kb-2's blob");
+    let real = std::fs::read(&blob).unwrap();
+    let mut evil = real.clone();
+    evil[0] ^= 0x20;
+    std::fs::write(&blob, &evil).unwrap();
+    let (_, said) = crate::scale_out::check(&agent);
+    assert!(!agent.join("ran-kb-2").exists(), "the agent ran content the mirror changed: {said}");
+    std::fs::write(&blob, &real).unwrap();
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-2").exists(), "{said}");
+
+    mirror_server.kill().unwrap();
+    upstream_server.kill().unwrap();
+    let _ = (mirror_server.wait(), upstream_server.wait());
+}

@@ -1,0 +1,598 @@
+//! Copies of a repository for sites that must not be trusted: an export bundle written by the
+//! upstream ([`export_bundle`]) and its import into a mirror ([`import_bundle`]), a server that
+//! holds no signing key and serves its devices exactly what the upstream signed.
+//!
+//! A bundle is a directory: `metadata/` (every root version and the newest version of every
+//! other role under the repository's own file names), `targets/<sha256>` (content), `log/checkpoint`
+//! and `log/entries` (the transparency log's checkpoint and its entries from the export's
+//! `--since` on, as one entry bundle), and `bundle.json` (an index, written last). Nothing in it
+//! is believed: the import walks the metadata from the root the mirror pinned as a device
+//! would, checks every content file against the signed hashes, rebuilds the log's tree from the
+//! entries and compares it with the signed checkpoint, and refuses any role older than what
+//! the mirror holds, or the same version with other bytes (a fork) — all before it writes
+//! anything. It then writes content, the log, and last the metadata in one transaction, so
+//! a mirror never serves a timestamp before what it names.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+
+use ringfence_proto::GroupName;
+use ringfence_proto::api::{BUNDLE_FORMAT, BundleManifest};
+use ringfence_proto::limits::MAX_METADATA_BYTES;
+use ringfence_proto::tuf::{Root, Snapshot, Targets, Timestamp};
+use ringfence_store::{BlobStore, Database, MetadataRecord};
+use ringfence_tlog::entry::Entry;
+use ringfence_tlog::proof::{IDENTITY_TARGET, LogIdentity};
+use ringfence_tlog::tree;
+use ringfence_trust::client::TrustedSet;
+use ringfence_trust::envelope::MetadataType;
+use ringfence_trust::workflow::{Fetched, Refresh, encode_role};
+use ringfence_trust::{Envelope, expiry};
+
+use super::error::{Error, Result};
+use super::log::Log;
+use super::repo::Repository;
+
+/// The index a bundle's directory holds, written last.
+pub const MANIFEST: &str = "bundle.json";
+const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// The most bytes `log/entries` may have (each entry is at most 4 KiB).
+const MAX_LOG_ENTRIES_BYTES: u64 = 1 << 30;
+/// The most targets-type roles an import walks.
+const MAX_ROLES: usize = 100_000;
+/// Entries read from the database at a time when exporting.
+const LOG_READ: u64 = 4096;
+
+fn refused(message: impl Into<String>) -> Error {
+    Error::Conflict(format!("bundle refused: {}", message.into()))
+}
+
+/// What to put in a bundle.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    /// The mirror's log size (what its last import printed): content of roles changed since is
+    /// shipped, and the log's entries from there on. 0: everything.
+    pub since: u64,
+    /// Ship only content approved for these groups (empty: all content).
+    pub groups: Vec<GroupName>,
+}
+
+/// Write a bundle of the current repository into `dir` (new or empty).
+pub async fn export_bundle(
+    repo: &Repository,
+    log: &Log,
+    db: &dyn Database,
+    dir: &Path,
+    options: &ExportOptions,
+    now: i64,
+) -> Result<BundleManifest> {
+    if dir.exists() && std::fs::read_dir(dir).map_err(Error::internal)?.next().is_some() {
+        return Err(Error::Invalid(format!("{} is not empty: give a new directory", dir.display())));
+    }
+    let (log_size, note) = log.served_checkpoint().await?.unwrap_or((0, Vec::new()));
+    let latest = db.latest_all().await?;
+    // Every version shipped must be on the checkpoint shipped, or the mirror refuses it.
+    if log.enabled() {
+        for record in &latest {
+            match db.log_index_of(&record.role, record.version).await? {
+                Some(index) if index < log_size => {}
+                _ => {
+                    return Err(Error::Conflict(format!(
+                        "{} version {} is not on the log's checkpoint yet: try again in a few seconds",
+                        record.role, record.version
+                    )));
+                }
+            }
+        }
+    }
+    if options.since > log_size {
+        return Err(Error::Invalid(format!(
+            "--since {}: this log has {log_size} entries; give the size the mirror's last import printed",
+            options.since
+        )));
+    }
+    let wanted = approved_for(&latest, &options.groups)?;
+    let mut content = BTreeMap::new();
+    for record in &latest {
+        if matches!(record.role.as_str(), "root" | "snapshot" | "timestamp") {
+            continue;
+        }
+        let changed = options.since == 0
+            || db.log_index_of(&record.role, record.version).await?.is_none_or(|i| i >= options.since);
+        if !changed {
+            continue;
+        }
+        // What the version the mirror holds listed already is there.
+        let mut shipped_before = BTreeSet::new();
+        if let Some(old) = version_at(db, &record.role, record.version, options.since).await? {
+            for file in parse::<Targets>(&old.bytes)?.signed.targets.values() {
+                shipped_before.extend(file.hashes.get("sha256").cloned());
+            }
+        }
+        for file in parse::<Targets>(&record.bytes)?.signed.targets.values() {
+            let Some(sha) = file.hashes.get("sha256") else { continue };
+            if wanted.as_ref().is_some_and(|w| !w.contains(sha)) || shipped_before.contains(sha) {
+                continue;
+            }
+            if let Some(length) = db.blob_length(sha).await? {
+                content.insert(sha.clone(), length);
+            }
+        }
+    }
+    let files = repo.static_repository().await?.metadata;
+    let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(Error::internal);
+    mkdir(&dir.join("metadata"))?;
+    mkdir(&dir.join("targets"))?;
+    mkdir(&dir.join("log"))?;
+    for (path, bytes) in &files {
+        let name = path.strip_prefix("metadata/").unwrap_or(path);
+        std::fs::write(dir.join("metadata").join(name), bytes).map_err(Error::internal)?;
+    }
+    for sha in content.keys() {
+        repo.export_content(sha, &dir.join("targets").join(sha)).await?;
+    }
+    if log_size > 0 {
+        let mut records = Vec::new();
+        let mut from = options.since;
+        while from < log_size {
+            let to = (from + LOG_READ).min(log_size);
+            records.extend(db.log_entries(from, to).await?);
+            from = to;
+        }
+        let slices: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let bundle = tree::entry_bundle(&slices).map_err(Error::internal)?;
+        std::fs::write(dir.join("log/entries"), bundle).map_err(Error::internal)?;
+        std::fs::write(dir.join("log/checkpoint"), &note).map_err(Error::internal)?;
+    }
+    let manifest = BundleManifest {
+        format: BUNDLE_FORMAT.into(),
+        created_at: now,
+        log_from: if log_size > 0 { options.since } else { 0 },
+        log_size,
+        metadata_files: files.len() as u64,
+        content_files: content.len() as u64,
+        content_bytes: content.values().sum(),
+        groups: options.groups.clone(),
+    };
+    let bytes = serde_json::to_vec_pretty(&manifest).map_err(Error::internal)?;
+    std::fs::write(dir.join(MANIFEST), bytes).map_err(Error::internal)?;
+    Ok(manifest)
+}
+
+/// The newest version of `role` below `current` that the log holds before index `since`:
+/// the version a mirror whose log has `since` entries holds (looked for among the last
+/// [`VERSIONS_BACK`] versions; None when there is none, and then all content ships again).
+async fn version_at(db: &dyn Database, role: &str, current: u64, since: u64) -> Result<Option<MetadataRecord>> {
+    if since == 0 {
+        return Ok(None);
+    }
+    for version in (1..current).rev().take(VERSIONS_BACK) {
+        if db.log_index_of(role, version).await?.is_some_and(|i| i < since) {
+            return Ok(db.metadata_version(role, version).await?);
+        }
+    }
+    Ok(None)
+}
+
+/// How many versions back an export looks for the one a mirror holds.
+const VERSIONS_BACK: usize = 1000;
+
+/// The SHA-256s the approval roles of `groups` approve (None: no limit).
+fn approved_for(latest: &[MetadataRecord], groups: &[GroupName]) -> Result<Option<BTreeSet<String>>> {
+    if groups.is_empty() {
+        return Ok(None);
+    }
+    let roles: BTreeSet<String> = groups.iter().map(|g| g.approval_role().to_string()).collect();
+    let mut wanted = BTreeSet::new();
+    for record in latest.iter().filter(|r| roles.contains(&r.role)) {
+        for file in parse::<Targets>(&record.bytes)?.signed.targets.values() {
+            wanted.extend(file.hashes.get("sha256").cloned());
+        }
+    }
+    Ok(Some(wanted))
+}
+
+/// What an import brought in.
+#[derive(Debug, Clone, Default)]
+pub struct Imported {
+    /// Role versions new to the mirror: (role, version).
+    pub roles: Vec<(String, u64)>,
+    pub timestamp_version: u64,
+    /// When the imported timestamp expires: the mirror's devices need the next import before.
+    pub expires: i64,
+    /// Log entries appended, and the log's size after (give it to the next export's `--since`).
+    pub log_entries: u64,
+    pub log_size: u64,
+    /// Content files stored, their bytes, and files the mirror held already.
+    pub content: u64,
+    pub content_bytes: u64,
+    pub content_held: u64,
+}
+
+/// A file of the bundle, at most `max` bytes (None when it is not there).
+fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::internal(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes).map_err(Error::internal)?;
+    if bytes.len() as u64 > max {
+        return Err(refused(format!("{} is larger than {max} bytes", path.display())));
+    }
+    Ok(Some(bytes))
+}
+
+fn parse<T>(bytes: &[u8]) -> Result<Envelope<T>>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + MetadataType,
+{
+    Envelope::<T>::parse(bytes, MAX_METADATA_BYTES as usize).map_err(|e| refused(e.to_string()))
+}
+
+/// A role version as the mirror keeps it: exactly the bytes the bundle carried.
+fn record<T>(role: &str, bytes: &[u8]) -> Result<MetadataRecord>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + MetadataType,
+{
+    let env = parse::<T>(bytes)?;
+    let expires = expiry::parse(env.signed.expires()).map_err(|e| refused(format!("{role}: {e}")))?;
+    Ok(MetadataRecord { role: role.into(), version: env.signed.version(), expires, bytes: bytes.to_vec() })
+}
+
+/// Verify the bundle in `dir` completely against `pinned_root` (the root version 1 the
+/// mirror was set up with) and what the mirror holds, then store it. Refused with nothing
+/// written when anything does not verify, rolls back or forks.
+pub async fn import_bundle(
+    repo: &Repository,
+    log: &Log,
+    db: &dyn Database,
+    blobs: &BlobStore,
+    dir: &Path,
+    pinned_root: &[u8],
+    now: i64,
+) -> Result<Imported> {
+    let manifest = read_bounded(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?
+        .ok_or_else(|| refused(format!("{} has no {MANIFEST}", dir.display())))?;
+    let manifest: BundleManifest = ringfence_proto::api::parse_body_limited(&manifest, MAX_MANIFEST_BYTES as usize)
+        .map_err(|e| refused(format!("{MANIFEST}: {e}")))?;
+    if manifest.format != BUNDLE_FORMAT {
+        return Err(refused(format!("{MANIFEST}: format {:?}, not {BUNDLE_FORMAT:?}", manifest.format)));
+    }
+
+    // The metadata, as a device walks it: the root chain from the pinned root, then the
+    // timestamp, snapshot and top-level targets, then every delegated role.
+    let metadata = dir.join("metadata");
+    let set = TrustedSet::new(pinned_root, now).map_err(|e| refused(format!("the pinned root: {e}")))?;
+    let mut refresh = Refresh::new(set, ringfence_trust::workflow::Cached::default());
+    let mut records: Vec<MetadataRecord> = Vec::new();
+    while let Some(need) = refresh.need() {
+        let bytes = read_bounded(&metadata.join(&need.file), need.max_length)?;
+        let fetched = match &bytes {
+            Some(b) => Fetched::Bytes(b.clone()),
+            None => Fetched::NotFound,
+        };
+        refresh.supply(fetched).map_err(|e| refused(format!("metadata/{}: {e}", need.file)))?;
+        if let Some(bytes) = bytes {
+            records.push(match need.role.as_str() {
+                "root" => record::<Root>("root", &bytes)?,
+                "timestamp" => record::<Timestamp>("timestamp", &bytes)?,
+                "snapshot" => record::<Snapshot>("snapshot", &bytes)?,
+                _ => record::<Targets>("targets", &bytes)?,
+            });
+        }
+    }
+    if !records.iter().any(|r| r.role == "root" && r.version == 1) {
+        records.insert(0, record::<Root>("root", pinned_root)?);
+    }
+    let mut set = refresh.finish().map_err(|e| refused(e.to_string()))?;
+    let delegated = walk_delegations(&mut set, db, &metadata).await?;
+    records.extend(delegated);
+
+    // Nothing older than what the mirror holds, no other bytes under a version it holds, and
+    // no role its snapshot lists left out.
+    let mut new = Vec::new();
+    for r in records {
+        match db.metadata_version(&r.role, r.version).await? {
+            Some(held) if held.bytes == r.bytes => continue,
+            Some(_) => {
+                return Err(refused(format!(
+                    "{} version {} differs from the one this mirror holds: a fork",
+                    r.role, r.version
+                )));
+            }
+            None => {}
+        }
+        if let Some(held) = db.latest_metadata(&r.role).await?
+            && held.version > r.version
+            && r.role != "root"
+        {
+            return Err(refused(format!(
+                "{} version {} is older than the version {} this mirror holds: a rollback",
+                r.role, r.version, held.version
+            )));
+        }
+        new.push(r);
+    }
+    let held_root = db.latest_metadata("root").await?.map_or(0, |r| r.version);
+    if set.root().signed.version < held_root {
+        return Err(refused(format!(
+            "its newest root is version {}, this mirror holds version {held_root}: a rollback",
+            set.root().signed.version
+        )));
+    }
+    let timestamp = set.timestamp().ok_or_else(|| refused("no timestamp"))?;
+    if let Some(held) = db.latest_metadata("timestamp").await?
+        && held.version > timestamp.signed.version
+    {
+        return Err(refused(format!(
+            "its timestamp is version {}, this mirror serves version {}: a rollback",
+            timestamp.signed.version, held.version
+        )));
+    }
+    if let Some(held) = db.latest_metadata("snapshot").await? {
+        let held = parse::<Snapshot>(&held.bytes)?;
+        let snapshot = set.snapshot().ok_or_else(|| refused("no snapshot"))?;
+        for (file, meta) in &held.signed.meta {
+            match snapshot.signed.meta.get(file) {
+                Some(m) if m.version >= meta.version => {}
+                Some(m) => {
+                    return Err(refused(format!(
+                        "its snapshot names {file} version {}, this mirror holds version {}: a rollback",
+                        m.version, meta.version
+                    )));
+                }
+                None => return Err(refused(format!("its snapshot drops {file}, which this mirror serves"))),
+            }
+        }
+    }
+
+    // The log: the checkpoint verified against the identity the trusted top-level targets
+    // names; every metadata version imported must be on it.
+    let identity = log_identity(&set)?;
+    let (entries, checkpoint) = match &identity {
+        Some(identity) => read_log(dir, &manifest, identity, db).await?,
+        None => (Vec::new(), None),
+    };
+    if let Some((_, checkpoint, _)) = &checkpoint {
+        let on_log = logged_versions(&entries);
+        for r in &new {
+            let sha = ringfence_trust::sha256_hex(&r.bytes);
+            let logged = match on_log.get(&(r.role.clone(), r.version)) {
+                Some(entry_sha) => *entry_sha == sha,
+                None => match db.log_index_of(&r.role, r.version).await? {
+                    Some(index) => held_entry_sha(db, index).await? == Some(sha),
+                    None => false,
+                },
+            };
+            if !logged {
+                return Err(refused(format!(
+                    "{} version {} is not on the log's checkpoint (of {})",
+                    r.role,
+                    r.version,
+                    checkpoint.size()
+                )));
+            }
+        }
+    }
+
+    // Content: every file some verified role lists that the bundle carries, checked against
+    // the signed length and SHA-256 before anything is stored.
+    let listed = listed_content(&set);
+    let mut to_store = Vec::new();
+    let mut imported = Imported::default();
+    for (sha, length) in &listed {
+        let path = dir.join("targets").join(sha);
+        if !path.exists() {
+            continue;
+        }
+        if db.blob_length(sha).await?.is_some() {
+            imported.content_held += 1;
+            continue;
+        }
+        let (got_sha, got_length) = hash_file(&path, *length)?;
+        if got_sha != *sha || got_length != *length {
+            return Err(refused(format!("targets/{sha} does not have the signed length and SHA-256")));
+        }
+        to_store.push((sha.clone(), *length, path));
+    }
+
+    // Written: content, then the log, then the metadata in one transaction.
+    for (sha, length, path) in to_store {
+        store_file(blobs, &path, &sha, length).await?;
+        db.insert_blob(&sha, length, now).await?;
+        imported.content += 1;
+        imported.content_bytes += length;
+    }
+    if let (Some((note, checkpoint, cosigners)), Some(_)) = (&checkpoint, &identity) {
+        let held = db.log_size().await?;
+        let skip = usize::try_from(held.saturating_sub(manifest.log_from)).map_err(Error::internal)?;
+        let tail = entries.get(skip..).unwrap_or_default();
+        log.adopt(tail, note, checkpoint, cosigners, now).await?;
+        imported.log_entries = tail.len() as u64;
+        imported.log_size = checkpoint.size();
+    }
+    imported.roles = new.iter().map(|r| (r.role.clone(), r.version)).collect();
+    imported.timestamp_version = timestamp.signed.version;
+    imported.expires = expiry::parse(&timestamp.signed.expires).map_err(Error::internal)?;
+    if !new.is_empty() {
+        db.publish(&new, &[], &[]).await?;
+        repo.metadata_changed_elsewhere();
+    }
+    Ok(imported)
+}
+
+/// Every delegated targets-type role below top-level targets, verified in order: from the
+/// bundle, or the copy the mirror holds when the snapshot names the version it holds.
+async fn walk_delegations(set: &mut TrustedSet, db: &dyn Database, metadata: &Path) -> Result<Vec<MetadataRecord>> {
+    let mut out = Vec::new();
+    let mut queue: VecDeque<String> = VecDeque::from(["targets".to_owned()]);
+    let mut seen = BTreeSet::new();
+    let mut kept = BTreeSet::new();
+    while let Some(chain) = queue.pop_front() {
+        let Some(parent) = set.targets(&chain) else { continue };
+        let Some(delegations) = parent.signed.delegations.clone() else { continue };
+        for role in delegations.roles {
+            if !seen.insert(TrustedSet::chain(&chain, &role.name)) {
+                continue;
+            }
+            if seen.len() > MAX_ROLES {
+                return Err(refused(format!("more than {MAX_ROLES} delegated roles")));
+            }
+            let Some(meta) = set.snapshot().and_then(|s| s.signed.meta.get(&format!("{}.json", role.name))).cloned()
+            else {
+                // Delegated but not published yet: devices skip it too.
+                continue;
+            };
+            let file = format!("{}.{}.json", meta.version, encode_role(&role.name));
+            let max = meta.length.unwrap_or(MAX_METADATA_BYTES).min(MAX_METADATA_BYTES);
+            let bytes = match read_bounded(&metadata.join(&file), max)? {
+                Some(b) => b,
+                None => match db.metadata_version(&role.name, meta.version).await? {
+                    Some(held) => held.bytes,
+                    None => return Err(refused(format!("metadata/{file} is missing"))),
+                },
+            };
+            set.update_delegated_targets(&bytes, &role.name, &chain)
+                .map_err(|e| refused(format!("metadata/{file}: {e}")))?;
+            if kept.insert(role.name.clone()) {
+                out.push(record::<Targets>(&role.name, &bytes)?);
+            }
+            queue.push_back(TrustedSet::chain(&chain, &role.name));
+        }
+    }
+    Ok(out)
+}
+
+/// The log identity the trusted top-level targets names, if any.
+fn log_identity(set: &TrustedSet) -> Result<Option<LogIdentity>> {
+    let Some(top) = set.targets("targets") else { return Ok(None) };
+    let Some(target) = top.signed.targets.get(IDENTITY_TARGET) else { return Ok(None) };
+    Ok(Some(LogIdentity::from_custom(target.custom.clone()).map_err(|e| refused(format!("the log identity: {e}")))?))
+}
+
+/// A verified checkpoint: its note, the checkpoint, and the names of the identity's witnesses
+/// (the note carries at least the quorum of their cosignatures).
+type Verified = (Vec<u8>, ringfence_tlog::tlog_tiles::Checkpoint, Vec<String>);
+
+/// The bundle's log entries (from `manifest.log_from`) and its checkpoint, verified: signed
+/// by the log key and cosigned by the quorum, no smaller than the mirror's log, the entries
+/// exactly as many as the checkpoint covers past `log_from`, and the entries the mirror holds
+/// already among them the same as its own. The tree is compared with the checkpoint's root
+/// when the log adopts them.
+async fn read_log(
+    dir: &Path,
+    manifest: &BundleManifest,
+    identity: &LogIdentity,
+    db: &dyn Database,
+) -> Result<(Vec<Vec<u8>>, Option<Verified>)> {
+    let max_note = ringfence_tlog::checkpoint::MAX_CHECKPOINT_BYTES as u64;
+    let note =
+        read_bounded(&dir.join("log/checkpoint"), max_note)?.ok_or_else(|| refused("log/checkpoint is missing"))?;
+    let checkpoint = identity.verify_checkpoint(&note).map_err(|e| refused(format!("log/checkpoint: {e}")))?;
+    let held = db.log_size().await?;
+    if checkpoint.size() < held {
+        return Err(refused(format!(
+            "its log checkpoint is of {} entries, this mirror's log has {held}: a rollback",
+            checkpoint.size()
+        )));
+    }
+    if manifest.log_from > held {
+        return Err(refused(format!(
+            "its log starts at entry {}, this mirror's log has {held}: export with --since {held}",
+            manifest.log_from
+        )));
+    }
+    let bytes = read_bounded(&dir.join("log/entries"), MAX_LOG_ENTRIES_BYTES)?.unwrap_or_default();
+    let entries: Vec<Vec<u8>> = tree::split_entry_bundle(&bytes)
+        .map_err(|e| refused(format!("log/entries: {e}")))?
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    if manifest.log_from + entries.len() as u64 != checkpoint.size() {
+        return Err(refused(format!(
+            "log/entries holds {} entries from {}, the checkpoint covers {}",
+            entries.len(),
+            manifest.log_from,
+            checkpoint.size()
+        )));
+    }
+    let overlap = db.log_entries(manifest.log_from, held).await?;
+    if overlap.iter().zip(&entries).any(|(a, b)| a != b) || overlap.len() as u64 != held - manifest.log_from {
+        return Err(refused("its log differs from this mirror's where they overlap: a fork"));
+    }
+    let witnesses = identity.witnesses.iter().map(|w| w.name.clone()).collect();
+    let cosigners = if identity.quorum > 0 { witnesses } else { Vec::new() };
+    Ok((entries, Some((note, checkpoint, cosigners))))
+}
+
+/// (role, version) → SHA-256 of each metadata entry among `entries`.
+fn logged_versions(entries: &[Vec<u8>]) -> BTreeMap<(String, u64), String> {
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        if let Ok(Entry::Metadata { role, version, sha256, .. }) = Entry::parse(entry) {
+            out.entry((role, version)).or_insert(sha256);
+        }
+    }
+    out
+}
+
+async fn held_entry_sha(db: &dyn Database, index: u64) -> Result<Option<String>> {
+    let entry = db.log_entries(index, index + 1).await?.pop();
+    Ok(entry.and_then(|e| match Entry::parse(&e) {
+        Ok(Entry::Metadata { sha256, .. }) => Some(sha256),
+        _ => None,
+    }))
+}
+
+/// SHA-256 → length of every file a verified targets-type role lists.
+fn listed_content(set: &TrustedSet) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for env in set.all_targets() {
+        for file in env.signed.targets.values() {
+            if let Some(sha) = file.hashes.get("sha256") {
+                out.insert(sha.clone(), file.length);
+            }
+        }
+    }
+    out
+}
+
+/// SHA-256 and length of a file, reading at most `max` bytes past which it is refused.
+fn hash_file(path: &Path, max: u64) -> Result<(String, u64)> {
+    use sha2::Digest;
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(Error::internal)?;
+    let mut reader = file.take(max + 1);
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut length = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(Error::internal)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(buf.get(..n).unwrap_or_default());
+        length += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), length))
+}
+
+/// Copy a bundle file into the content store, checked again on the way in.
+async fn store_file(blobs: &BlobStore, path: &Path, sha: &str, length: u64) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path).await.map_err(Error::internal)?;
+    let mut writer = blobs.writer(length)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).await.map_err(Error::internal)?;
+        if n == 0 {
+            break;
+        }
+        writer.write(buf.get(..n).unwrap_or_default()).await?;
+    }
+    writer.finish(Some(sha)).await.map_err(|e| refused(format!("targets/{sha}: {e}")))?;
+    Ok(())
+}
