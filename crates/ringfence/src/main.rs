@@ -256,6 +256,12 @@ fn run() -> anyhow::Result<()> {
                 done.timestamp_version,
                 ringfence_trust::expiry::format(done.expires)
             );
+            if done.holds_version > 0 {
+                println!("Serving the upstream's rollout holds, version {}.", done.holds_version);
+            }
+            if !done.expired.is_empty() {
+                println!("Left out, expired (devices refuse them; renew them upstream): {}", done.expired.join(", "));
+            }
             println!(
                 "The log has {} entries: export the next bundle upstream with --since {}.",
                 done.log_size, done.log_size

@@ -24,7 +24,7 @@ pub async fn export_static(state: &AppState, dir: &Path) -> anyhow::Result<Expor
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
-        state.repo.export_content(sha, &dest).await.with_context(|| format!("writing {}", dest.display()))?;
+        state.repo.export_content(sha, &dest, true).await.with_context(|| format!("writing {}", dest.display()))?;
     }
     for (path, bytes) in &repo.metadata {
         let dest = base.join(path);

@@ -199,6 +199,11 @@ async fn restore_placing(
     skip: u64,
     placed: &mut Vec<std::path::PathBuf>,
 ) -> anyhow::Result<Restored> {
+    anyhow::ensure!(
+        !config.mirror.enabled,
+        "this installation is a mirror: it signs nothing past a floor; set it up again \
+         (`ringfence init --mirror-of`) and import a bundle exported with --since 0"
+    );
     let (mut manifest, mut found, mut restored) = (None, 0, 0);
     if let Some(from) = from {
         anyhow::ensure!(

@@ -218,9 +218,12 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
         assert!(said.contains(needle), "tampered {what}: expected {needle:?} in {said}");
         assert_eq!(served_timestamp(&mirror), before, "a refused bundle ({what}) changed what the mirror serves");
     }
+    let blobs = |m: &Installation| walk(&m.data.join("content")).into_iter().filter(|p| p.ends_with(&kb2)).count();
+    assert_eq!(blobs(&mirror), 0, "a refused bundle left content behind");
     let (ok, said) = import(&mirror, &second);
     assert!(ok, "{said}");
     assert!(served_timestamp(&mirror) > before);
+    assert_eq!(blobs(&mirror), 1);
     let log_size = since(&said);
 
     // An old bundle, once something newer is in, is a rollback; a bundle that starts past the
@@ -246,6 +249,32 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
     assert!(agent.join("ran-kb-2").exists(), "{said}");
+
+    // A rollout the upstream paused reaches the mirror's devices: its signed holds travel in
+    // the bundle and hold kb-4 back there too.
+    let (manifest, script) = crate::scale_out::script_update(&upstream.dir.path().join("work"), "kb-4");
+    run_ok(upstream.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
+    run_ok(upstream.cli().args(["rollout", "start", "kb-4", "--group", "pilot"]));
+    run_ok(upstream.cli().args(["rollout", "pause", "kb-4", "--group", "pilot"]));
+    run_ok(upstream.cli().args(["approve", "kb-4", "--group", "pilot"]));
+    let fourth = bundles.join("fourth");
+    export(&upstream, &fourth, &["--since", &log_size.to_string()]);
+    let (ok, said) = import(&mirror, &fourth);
+    assert!(ok && said.contains("rollout holds, version"), "{said}");
+    let holds = |i: &Installation| {
+        let client = ringfence_cli::http::Client::new(
+            &format!("https://127.0.0.1:{}", i.device_port),
+            None,
+            &i.data.join("tls/cert.pem"),
+        )
+        .unwrap();
+        client.get("/repo/rollouts.json").unwrap().ok().unwrap()
+    };
+    assert_eq!(holds(&mirror), holds(&upstream));
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-3").exists(), "{said}");
+    assert!(!agent.join("ran-kb-4").exists(), "the upstream's pause holds at the mirror too: {said}");
 
     mirror_server.kill().unwrap();
     upstream_server.kill().unwrap();

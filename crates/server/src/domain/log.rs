@@ -336,12 +336,13 @@ impl Log {
                 "the log's entries do not make the tree its checkpoint signs: a fork or a tampered copy".into(),
             ));
         }
-        if entries.is_empty() {
-            return Ok(());
+        // Nothing new: what a crash may have left undone after an earlier adoption of these
+        // entries (the tiles, the cosignatures) is done again.
+        if !entries.is_empty() {
+            batch.checkpoint_note = note.to_vec();
+            self.db.integrate_log(&batch).await?;
         }
-        batch.checkpoint_note = note.to_vec();
-        self.db.integrate_log(&batch).await?;
-        if !cosigners.is_empty() {
+        if !cosigners.is_empty() && self.db.checkpoint_at(new_size).await?.is_some() {
             self.db.set_cosigned(new_size, note, cosigners).await?;
         }
         self.finish_tiles().await

@@ -16,15 +16,15 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
-use ringfence_proto::GroupName;
 use ringfence_proto::api::{BUNDLE_FORMAT, BundleManifest};
 use ringfence_proto::limits::MAX_METADATA_BYTES;
 use ringfence_proto::tuf::{Root, Snapshot, Targets, Timestamp};
+use ringfence_proto::{GroupName, Sha256Hex};
 use ringfence_store::{BlobStore, Database, MetadataRecord};
 use ringfence_tlog::entry::Entry;
 use ringfence_tlog::proof::{IDENTITY_TARGET, LogIdentity};
 use ringfence_tlog::tree;
-use ringfence_trust::client::TrustedSet;
+use ringfence_trust::client::{ClientError, TrustedSet};
 use ringfence_trust::envelope::MetadataType;
 use ringfence_trust::workflow::{Fetched, Refresh, encode_role};
 use ringfence_trust::{Envelope, expiry};
@@ -36,6 +36,9 @@ use super::repo::Repository;
 /// The index a bundle's directory holds, written last.
 pub const MANIFEST: &str = "bundle.json";
 const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+/// The rollout holds in a bundle, as the device listener serves them.
+const HOLDS: &str = "rollouts.json";
+const MAX_HOLDS_BYTES: u64 = 1 << 22;
 /// The most bytes `log/entries` may have (each entry is at most 4 KiB).
 const MAX_LOG_ENTRIES_BYTES: u64 = 1 << 30;
 /// The most targets-type roles an import walks.
@@ -119,7 +122,20 @@ pub async fn export_bundle(
             }
         }
     }
-    let files = repo.static_repository().await?.metadata;
+    // Roles whose newest version the mirror holds (logged before `since`) stay out: its
+    // import takes them from what it holds.
+    let mut files = Vec::new();
+    for (path, bytes) in repo.static_repository().await?.metadata {
+        let name = path.strip_prefix("metadata/").unwrap_or(&path);
+        if let Some((role, Some(version))) = ringfence_proto::repo_path::metadata_file(name)
+            && !matches!(role.as_str(), "root" | "snapshot" | "timestamp")
+            && options.since > 0
+            && db.log_index_of(role.as_str(), version).await?.is_some_and(|i| i < options.since)
+        {
+            continue;
+        }
+        files.push((path, bytes));
+    }
     let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(Error::internal);
     mkdir(&dir.join("metadata"))?;
     mkdir(&dir.join("targets"))?;
@@ -129,7 +145,12 @@ pub async fn export_bundle(
         std::fs::write(dir.join("metadata").join(name), bytes).map_err(Error::internal)?;
     }
     for sha in content.keys() {
-        repo.export_content(sha, &dir.join("targets").join(sha)).await?;
+        repo.export_content(sha, &dir.join("targets").join(sha), false).await?;
+    }
+    // The rollout holds (halts and pauses), signed by the timestamp key: what narrows the
+    // approvals for the mirror's devices too.
+    if let Some((_, holds)) = db.rollout_holds().await? {
+        std::fs::write(dir.join(HOLDS), holds).map_err(Error::internal)?;
     }
     if log_size > 0 {
         let mut records = Vec::new();
@@ -207,6 +228,21 @@ pub struct Imported {
     pub content: u64,
     pub content_bytes: u64,
     pub content_held: u64,
+    /// Delegated roles left out because they have expired (with the roles below them).
+    pub expired: Vec<String>,
+    /// The rollout holds' version now served, when the bundle brought newer ones (0: none).
+    pub holds_version: u64,
+}
+
+/// Whether two documents sign the same thing (their `signed` parts are the same in canonical
+/// form): only their signatures or layout differ, and the one held is kept.
+fn same_signed(a: &[u8], b: &[u8]) -> bool {
+    let signed = |bytes: &[u8]| -> Option<Vec<u8>> {
+        let value: serde_json::Value =
+            ringfence_proto::api::parse_body_limited(bytes, MAX_METADATA_BYTES as usize).ok()?;
+        ringfence_trust::canonical::to_canonical(value.get("signed")?).ok()
+    };
+    signed(a).is_some_and(|a| Some(a) == signed(b))
 }
 
 /// A file of the bundle, at most `max` bytes (None when it is not there).
@@ -265,11 +301,24 @@ pub async fn import_bundle(
     // The metadata, as a device walks it: the root chain from the pinned root, then the
     // timestamp, snapshot and top-level targets, then every delegated role.
     let metadata = dir.join("metadata");
-    let set = TrustedSet::new(pinned_root, now).map_err(|e| refused(format!("the pinned root: {e}")))?;
+    // From the newest root the mirror holds (verified by an earlier import), else the pinned one.
+    let start = match db.latest_metadata("root").await? {
+        Some(held) => held.bytes,
+        None => pinned_root.to_vec(),
+    };
+    let set = TrustedSet::new(&start, now).map_err(|e| refused(format!("the trusted root: {e}")))?;
     let mut refresh = Refresh::new(set, ringfence_trust::workflow::Cached::default());
     let mut records: Vec<MetadataRecord> = Vec::new();
     while let Some(need) = refresh.need() {
-        let bytes = read_bounded(&metadata.join(&need.file), need.max_length)?;
+        let mut bytes = read_bounded(&metadata.join(&need.file), need.max_length)?;
+        // A version the bundle leaves out because the mirror holds it (never a root: the
+        // chain ends where the bundle's roots end).
+        if bytes.is_none()
+            && need.role != "root"
+            && let Some((role, Some(version))) = ringfence_proto::repo_path::metadata_file(&need.file)
+        {
+            bytes = db.metadata_version(role.as_str(), version).await?.map(|r| r.bytes);
+        }
         let fetched = match &bytes {
             Some(b) => Fetched::Bytes(b.clone()),
             None => Fetched::NotFound,
@@ -284,11 +333,11 @@ pub async fn import_bundle(
             });
         }
     }
-    if !records.iter().any(|r| r.role == "root" && r.version == 1) {
-        records.insert(0, record::<Root>("root", pinned_root)?);
+    if !records.iter().any(|r| r.role == "root") {
+        records.insert(0, record::<Root>("root", &start)?);
     }
     let mut set = refresh.finish().map_err(|e| refused(e.to_string()))?;
-    let delegated = walk_delegations(&mut set, db, &metadata).await?;
+    let (delegated, expired) = walk_delegations(&mut set, db, &metadata).await?;
     records.extend(delegated);
 
     // Nothing older than what the mirror holds, no other bytes under a version it holds, and
@@ -296,7 +345,7 @@ pub async fn import_bundle(
     let mut new = Vec::new();
     for r in records {
         match db.metadata_version(&r.role, r.version).await? {
-            Some(held) if held.bytes == r.bytes => continue,
+            Some(held) if held.bytes == r.bytes || same_signed(&held.bytes, &r.bytes) => continue,
             Some(_) => {
                 return Err(refused(format!(
                     "{} version {} differs from the one this mirror holds: a fork",
@@ -380,26 +429,47 @@ pub async fn import_bundle(
 
     // Content: every file some verified role lists that the bundle carries, checked against
     // the signed length and SHA-256 before anything is stored.
+    // A file is named by its SHA-256 (a well-formed one: a signer's hash string never becomes
+    // a path of its own); one whose bytes have another hash was changed on the way and refuses
+    // the bundle, one whose length no role lists with that hash is left out.
     let listed = listed_content(&set);
     let mut to_store = Vec::new();
-    let mut imported = Imported::default();
-    for (sha, length) in &listed {
-        let path = dir.join("targets").join(sha);
-        if !path.exists() {
-            continue;
+    let mut imported = Imported { expired, ..Imported::default() };
+    for (sha, lengths) in &listed {
+        let path = dir.join("targets").join(sha.as_str());
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if !meta.is_file() {
+            return Err(refused(format!("targets/{sha} is not a plain file")));
         }
-        if db.blob_length(sha).await?.is_some() {
+        if db.blob_length(sha.as_str()).await?.is_some() {
             imported.content_held += 1;
             continue;
         }
-        let (got_sha, got_length) = hash_file(&path, *length)?;
-        if got_sha != *sha || got_length != *length {
+        let longest = lengths.iter().copied().max().unwrap_or(0);
+        let (got_sha, got_length) = hash_file(&path, longest)?;
+        if got_sha != sha.as_str() {
             return Err(refused(format!("targets/{sha} does not have the signed length and SHA-256")));
         }
-        to_store.push((sha.clone(), *length, path));
+        if lengths.contains(&got_length) {
+            to_store.push((sha.to_string(), got_length, path));
+        }
+    }
+    if let (Some((_, checkpoint, _)), Some(_)) = (&checkpoint, &identity) {
+        // The tree the entries make, computed without writing: a bundle whose log does not
+        // match its checkpoint leaves nothing behind, not even content.
+        let held = db.log_size().await?;
+        let skip = usize::try_from(held.saturating_sub(manifest.log_from)).map_err(Error::internal)?;
+        let (size, root) = log.root_with(entries.get(skip..).unwrap_or_default()).await?;
+        if size != checkpoint.size() || root != *checkpoint.hash() {
+            return Err(refused(
+                "the log's entries do not make the tree its checkpoint signs: a fork or a tampered copy",
+            ));
+        }
     }
 
-    // Written: content, then the log, then the metadata in one transaction.
+    let holds = read_holds(dir, &set, db, now).await?;
+
+    // Written: content, then the log, then the metadata in one transaction, then the holds.
     for (sha, length, path) in to_store {
         store_file(blobs, &path, &sha, length).await?;
         db.insert_blob(&sha, length, now).await?;
@@ -419,23 +489,64 @@ pub async fn import_bundle(
     imported.expires = expiry::parse(&timestamp.signed.expires).map_err(Error::internal)?;
     if !new.is_empty() {
         db.publish(&new, &[], &[]).await?;
-        repo.metadata_changed_elsewhere();
     }
+    if let Some((version, bytes)) = holds {
+        db.put_rollout_holds(version, &bytes).await?;
+        imported.holds_version = version;
+    }
+    repo.metadata_changed_elsewhere();
     Ok(imported)
+}
+
+/// The bundle's rollout holds, when it carries newer ones than the mirror serves: signed by
+/// the trusted root's timestamp keys, of their type, not expired (expired ones are left out:
+/// devices ignore them). Older ones than the mirror serves refuse the bundle (they could lift
+/// a halt).
+async fn read_holds(dir: &Path, set: &TrustedSet, db: &dyn Database, now: i64) -> Result<Option<(u64, Vec<u8>)>> {
+    use ringfence_proto::tuf::RolloutHolds;
+    let Some(bytes) = read_bounded(&dir.join(HOLDS), MAX_HOLDS_BYTES)? else { return Ok(None) };
+    let env = Envelope::<RolloutHolds>::parse(&bytes, MAX_HOLDS_BYTES as usize)
+        .map_err(|e| refused(format!("{HOLDS}: {e}")))?;
+    let root = &set.root().signed;
+    let role = root.roles.get("timestamp").ok_or_else(|| refused("the root names no timestamp role"))?;
+    if role.threshold == 0
+        || env.count_valid(&root.keys, &role.keyids) < role.threshold
+        || env.signed.type_ != "ringfence-rollouts"
+    {
+        return Err(refused(format!("{HOLDS} is not signed by the timestamp keys")));
+    }
+    let held = db.rollout_holds_version().await?;
+    if env.signed.version < held {
+        return Err(refused(format!(
+            "{HOLDS} is version {}, this mirror serves version {held}: a rollback",
+            env.signed.version
+        )));
+    }
+    let fresh = expiry::parse(&env.signed.expires).is_ok_and(|e| e > now);
+    Ok((env.signed.version > held && fresh).then_some((env.signed.version, bytes)))
 }
 
 /// Every delegated targets-type role below top-level targets, verified in order: from the
 /// bundle, or the copy the mirror holds when the snapshot names the version it holds.
-async fn walk_delegations(set: &mut TrustedSet, db: &dyn Database, metadata: &Path) -> Result<Vec<MetadataRecord>> {
+///
+/// Each role is taken once, under the first delegator that names it (a mirror keeps one copy
+/// of each; devices verify it under the delegations on their own paths). A role that has
+/// expired is left out, with the roles below it, and named in the second list: devices refuse
+/// it anyway, and the groups whose roles are fresh go on.
+async fn walk_delegations(
+    set: &mut TrustedSet,
+    db: &dyn Database,
+    metadata: &Path,
+) -> Result<(Vec<MetadataRecord>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut expired = Vec::new();
     let mut queue: VecDeque<String> = VecDeque::from(["targets".to_owned()]);
     let mut seen = BTreeSet::new();
-    let mut kept = BTreeSet::new();
     while let Some(chain) = queue.pop_front() {
         let Some(parent) = set.targets(&chain) else { continue };
         let Some(delegations) = parent.signed.delegations.clone() else { continue };
         for role in delegations.roles {
-            if !seen.insert(TrustedSet::chain(&chain, &role.name)) {
+            if !seen.insert(role.name.clone()) {
                 continue;
             }
             if seen.len() > MAX_ROLES {
@@ -455,15 +566,19 @@ async fn walk_delegations(set: &mut TrustedSet, db: &dyn Database, metadata: &Pa
                     None => return Err(refused(format!("metadata/{file} is missing"))),
                 },
             };
-            set.update_delegated_targets(&bytes, &role.name, &chain)
-                .map_err(|e| refused(format!("metadata/{file}: {e}")))?;
-            if kept.insert(role.name.clone()) {
-                out.push(record::<Targets>(&role.name, &bytes)?);
+            match set.update_delegated_targets(&bytes, &role.name, &chain) {
+                Ok(()) => {}
+                Err(ClientError::Expired { .. }) => {
+                    expired.push(role.name.clone());
+                    continue;
+                }
+                Err(e) => return Err(refused(format!("metadata/{file}: {e}"))),
             }
+            out.push(record::<Targets>(&role.name, &bytes)?);
             queue.push_back(TrustedSet::chain(&chain, &role.name));
         }
     }
-    Ok(out)
+    Ok((out, expired))
 }
 
 /// The log identity the trusted top-level targets names, if any.
@@ -505,27 +620,58 @@ async fn read_log(
             manifest.log_from
         )));
     }
-    let bytes = read_bounded(&dir.join("log/entries"), MAX_LOG_ENTRIES_BYTES)?.unwrap_or_default();
-    let entries: Vec<Vec<u8>> = tree::split_entry_bundle(&bytes)
-        .map_err(|e| refused(format!("log/entries: {e}")))?
-        .into_iter()
-        .map(<[u8]>::to_vec)
-        .collect();
-    if manifest.log_from + entries.len() as u64 != checkpoint.size() {
-        return Err(refused(format!(
-            "log/entries holds {} entries from {}, the checkpoint covers {}",
-            entries.len(),
-            manifest.log_from,
-            checkpoint.size()
-        )));
-    }
+    // Exactly as many entries as the checkpoint covers past `log_from`, none longer than an
+    // entry can be: the file is read no further than that many could take.
+    let expected = checkpoint.size() - manifest.log_from;
+    let most = expected.saturating_mul(2 + ringfence_tlog::entry::MAX_ENTRY_BYTES as u64).min(MAX_LOG_ENTRIES_BYTES);
+    let bytes = read_bounded(&dir.join("log/entries"), most)?.unwrap_or_default();
+    let entries = split_entries(&bytes, expected).map_err(|e| refused(format!("log/entries: {e}")))?;
     let overlap = db.log_entries(manifest.log_from, held).await?;
     if overlap.iter().zip(&entries).any(|(a, b)| a != b) || overlap.len() as u64 != held - manifest.log_from {
         return Err(refused("its log differs from this mirror's where they overlap: a fork"));
     }
-    let witnesses = identity.witnesses.iter().map(|w| w.name.clone()).collect();
-    let cosigners = if identity.quorum > 0 { witnesses } else { Vec::new() };
-    Ok((entries, Some((note, checkpoint, cosigners))))
+    Ok((entries, Some((note.clone(), checkpoint, cosigners(identity, &note)))))
+}
+
+/// The records of an entry bundle that must hold exactly `expected` of them, each at most
+/// an entry's length; read no further than one record past `expected`.
+fn split_entries(bytes: &[u8], expected: u64) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if out.len() as u64 == expected {
+            return Err(format!("more than the {expected} entries the checkpoint covers"));
+        }
+        let (Some(&hi), Some(&lo)) = (rest.first(), rest.get(1)) else {
+            return Err("it ends inside a length".into());
+        };
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        if len > ringfence_tlog::entry::MAX_ENTRY_BYTES {
+            return Err(format!("an entry of {len} bytes"));
+        }
+        let record = rest.get(2..2 + len).ok_or("it ends inside an entry")?;
+        out.push(record.to_vec());
+        rest = rest.get(2 + len..).unwrap_or_default();
+    }
+    if out.len() as u64 != expected {
+        return Err(format!("{} entries, the checkpoint covers {expected} past the mirror's", out.len()));
+    }
+    Ok(out)
+}
+
+/// The names of the identity's witnesses whose cosignature of `note` verifies.
+fn cosigners(identity: &LogIdentity, note: &[u8]) -> Vec<String> {
+    use ringfence_tlog::signed_note::{Note, VerifierList};
+    let Ok(parsed) = Note::from_bytes(note) else { return Vec::new() };
+    identity
+        .witnesses
+        .iter()
+        .filter(|w| {
+            let Ok(verifier) = ringfence_tlog::witness::CosignatureVerifier::new(&w.key) else { return false };
+            parsed.verify(&VerifierList::new(vec![Box::new(verifier)])).is_ok_and(|(found, _)| !found.is_empty())
+        })
+        .map(|w| w.name.clone())
+        .collect()
 }
 
 /// (role, version) → SHA-256 of each metadata entry among `entries`.
@@ -547,13 +693,13 @@ async fn held_entry_sha(db: &dyn Database, index: u64) -> Result<Option<String>>
     }))
 }
 
-/// SHA-256 → length of every file a verified targets-type role lists.
-fn listed_content(set: &TrustedSet) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
+/// Every well-formed SHA-256 a verified targets-type role lists, with the lengths listed for it.
+fn listed_content(set: &TrustedSet) -> BTreeMap<Sha256Hex, BTreeSet<u64>> {
+    let mut out: BTreeMap<Sha256Hex, BTreeSet<u64>> = BTreeMap::new();
     for env in set.all_targets() {
         for file in env.signed.targets.values() {
-            if let Some(sha) = file.hashes.get("sha256") {
-                out.insert(sha.clone(), file.length);
+            if let Some(sha) = file.hashes.get("sha256").and_then(|s| Sha256Hex::parse(s).ok()) {
+                out.entry(sha).or_default().insert(file.length);
             }
         }
     }
@@ -595,4 +741,36 @@ async fn store_file(blobs: &BlobStore, path: &Path, sha: &str, length: u64) -> R
     }
     writer.finish(Some(sha)).await.map_err(|e| refused(format!("targets/{sha}: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(records: &[&[u8]]) -> Vec<u8> {
+        tree::entry_bundle(records).unwrap()
+    }
+
+    #[test]
+    fn log_entries_are_exactly_as_many_as_the_checkpoint_covers_and_no_longer_than_an_entry() {
+        assert_eq!(split_entries(&bundle(&[b"a", b"bc"]), 2).unwrap(), vec![b"a".to_vec(), b"bc".to_vec()]);
+        assert!(split_entries(&bundle(&[b"a", b"bc"]), 1).unwrap_err().contains("more than the 1"));
+        assert!(split_entries(&bundle(&[b"a"]), 2).unwrap_err().contains("1 entries"));
+        // Empty records past the count are not read one by one into memory.
+        assert!(split_entries(&vec![0u8; 2_000_000], 3).unwrap_err().contains("more than the 3"));
+        let long = vec![b'x'; ringfence_tlog::entry::MAX_ENTRY_BYTES + 1];
+        assert!(split_entries(&bundle(&[&long]), 1).unwrap_err().contains("an entry of"));
+        assert!(split_entries(&[0, 5, b'a'], 1).unwrap_err().contains("inside an entry"));
+        assert!(split_entries(&[0], 1).unwrap_err().contains("inside a length"));
+    }
+
+    #[test]
+    fn documents_that_sign_the_same_thing_are_the_same_whatever_their_layout() {
+        let a = br#"{"signed":{"b":1,"a":[1,2]},"signatures":[]}"#;
+        let b = br#"{ "signatures": [{"keyid":"x","sig":"y"}], "signed": {"a": [1, 2], "b": 1} }"#;
+        let c = br#"{"signed":{"b":2,"a":[1,2]},"signatures":[]}"#;
+        assert!(same_signed(a, b));
+        assert!(!same_signed(a, c));
+        assert!(!same_signed(a, b"not json"));
+    }
 }

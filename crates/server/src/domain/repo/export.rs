@@ -60,15 +60,17 @@ impl Repository {
         Ok(StaticRepository { metadata, targets: held })
     }
 
-    /// Put content `sha256` at `dest`: a hard link to the stored file when the content is on
-    /// the same local disk, else a copy streamed out of the store (through a temporary file).
-    pub async fn export_content(&self, sha256: &str, dest: &std::path::Path) -> Result<()> {
+    /// Put content `sha256` at `dest`: with `link`, a hard link to the stored file when the
+    /// content is on the same local disk, else a copy streamed out of the store (through a
+    /// temporary file). A bundle that travels is a copy: writing into it never changes the store.
+    pub async fn export_content(&self, sha256: &str, dest: &std::path::Path, link: bool) -> Result<()> {
         use futures::StreamExt;
         use tokio::io::AsyncWriteExt;
         if dest.exists() {
             return Ok(());
         }
-        if let Some(stored) = self.blobs.path_of(sha256)
+        if link
+            && let Some(stored) = self.blobs.path_of(sha256)
             && std::fs::hard_link(&stored, dest).is_ok()
         {
             return Ok(());
