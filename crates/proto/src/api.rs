@@ -21,10 +21,14 @@ pub enum Scope {
     Read,
     /// Manage tokens and upload offline-signed top-level metadata.
     Admin,
+    /// A downstream replica's token, good on the device listener's `/replica/v1/` routes only
+    /// (and only when it has no other scope): read the repository, enroll devices through the
+    /// replica, read the state of its devices, forward their signed report batches.
+    Replicate,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [Scope::Publish, Scope::Approve, Scope::Read, Scope::Admin];
+    pub const ALL: [Scope; 5] = [Scope::Publish, Scope::Approve, Scope::Read, Scope::Admin, Scope::Replicate];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +36,7 @@ impl Scope {
             Scope::Approve => "approve",
             Scope::Read => "read",
             Scope::Admin => "admin",
+            Scope::Replicate => "replicate",
         }
     }
 

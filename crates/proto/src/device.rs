@@ -362,3 +362,98 @@ pub struct ReportEvidence {
     pub message: String,
     pub signature: String,
 }
+
+// A downstream replica and its upstream (`/replica/v1/` on the upstream's device listener,
+// authenticated with a token whose only scope is `replicate`).
+
+/// Largest body a replica sends its upstream.
+pub const MAX_REPLICA_BODY: usize = 4 << 20;
+/// Most report batches forwarded in one request.
+pub const MAX_FORWARDED_BATCHES: usize = 32;
+/// Most devices asked about in one request.
+pub const MAX_DEVICE_QUESTIONS: usize = 1000;
+
+/// A device's report batch exactly as the device signed it: the message of
+/// [`report_batch_message`] (it names the device) and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedBatch {
+    pub message: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedReports {
+    pub batches: Vec<ForwardedBatch>,
+}
+
+impl ForwardedReports {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.batches.len() > MAX_FORWARDED_BATCHES {
+            return Err(format!("batches: at most {MAX_FORWARDED_BATCHES}"));
+        }
+        for b in &self.batches {
+            if b.message.len() > MAX_DEVICE_BODY {
+                return Err(format!("batches[].message: at most {MAX_DEVICE_BODY} bytes"));
+            }
+            if b.signature.len() != 128 || !b.signature.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err("batches[].signature: 128 hex characters".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What became of each forwarded batch, in order: stored (its counts), or refused for good
+/// (the device is unknown or not accepted upstream, or the batch is not its signature) —
+/// a refused batch is not sent again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedAck {
+    pub results: Vec<ForwardedResult>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardedResult {
+    #[serde(default)]
+    pub ack: Option<ReportsAck>,
+    #[serde(default)]
+    pub refused: Option<String>,
+}
+
+/// The devices a replica asks its upstream about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceQuestion {
+    pub ids: Vec<String>,
+}
+
+impl DeviceQuestion {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ids.len() > MAX_DEVICE_QUESTIONS
+            || self.ids.iter().any(|i| i.is_empty() || i.len() > 64 || !i.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!("ids: at most {MAX_DEVICE_QUESTIONS} device ids"));
+        }
+        Ok(())
+    }
+}
+
+/// A device as the upstream knows it (absent from the answer: the upstream does not know it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceIdentity {
+    pub id: String,
+    pub public_key: String,
+    /// `accepted`, `pending`, `rejected` or `revoked`.
+    pub state: String,
+    pub groups: Vec<GroupName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceAnswers {
+    pub devices: Vec<DeviceIdentity>,
+}

@@ -228,10 +228,17 @@ fn run() -> anyhow::Result<()> {
                 );
                 println!("Pinned root version 1, SHA-256 {}: compare it with the upstream's.", done.root_sha256);
                 println!("The first admin token is in admin.token in the data directory (owner-only).");
-                println!(
-                    "Next: `ringfence import --config {} BUNDLE` with a bundle from `ringfence export --bundle` upstream.",
-                    done.config_path.display()
-                );
+                match &options.upstream {
+                    Some(url) => println!(
+                        "Next: `ringfence serve --config {}`: it syncs from {url} and verifies before it serves; \
+                         devices enroll here with the upstream's enrollment tokens.",
+                        done.config_path.display()
+                    ),
+                    None => println!(
+                        "Next: `ringfence import --config {} BUNDLE` with a bundle from `ringfence export --bundle` upstream.",
+                        done.config_path.display()
+                    ),
+                }
                 return Ok(());
             }
             let done = setup::init(&options)?;

@@ -97,6 +97,9 @@ async fn create(options: &Options, keys_dir: &Path, data_dir: &Path, config_path
         database: options.database.clone(),
         content: options.content.clone(),
         mirror_of: None,
+        upstream: None,
+        upstream_ca: None,
+        upstream_token: None,
     })?;
     let auto_approver = online.auto_approver.context("auto-approver key")?;
 

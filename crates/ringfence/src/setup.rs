@@ -43,6 +43,17 @@ pub struct InitOptions {
     /// from `ringfence import BUNDLE` (docs/DOWNSTREAM.md).
     #[arg(long, value_name = "ROOT_FILE", conflicts_with_all = ["config", "auto_approver"])]
     pub mirror_of: Option<PathBuf>,
+    /// With `--mirror-of`: a replica that syncs from this upstream device listener
+    /// (`https://host:8531`) instead of being fed bundles.
+    #[arg(long, requires_all = ["mirror_of", "upstream_ca", "upstream_token"])]
+    pub upstream: Option<String>,
+    /// The upstream's CA certificate (its `tls/cert.pem`); copied into the data directory.
+    #[arg(long, requires = "upstream")]
+    pub upstream_ca: Option<PathBuf>,
+    /// A file with the upstream token for this replica (`ringfence token create --scope
+    /// replicate` upstream); copied into the data directory, owner-only.
+    #[arg(long, requires = "upstream")]
+    pub upstream_token: Option<PathBuf>,
 }
 
 /// What `init` made that the offline ceremony needs: the online keys' public halves.
@@ -179,6 +190,17 @@ pub async fn init_mirror(options: &InitOptions, root_file: &Path) -> anyhow::Res
     config.content.url = options.content.clone();
     config.mirror.enabled = true;
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    if let (Some(url), Some(ca), Some(token)) = (&options.upstream, &options.upstream_ca, &options.upstream_token) {
+        anyhow::ensure!(url.starts_with("https://"), "--upstream: an https:// URL");
+        let ca_copy = config.data_dir.join("upstream-ca.pem");
+        std::fs::copy(ca, &ca_copy).with_context(|| format!("reading {}", ca.display()))?;
+        let secret = std::fs::read_to_string(token).with_context(|| format!("reading {}", token.display()))?;
+        let token_copy = config.data_dir.join("upstream.token");
+        tls::write_private(&token_copy, secret.trim().as_bytes())?;
+        config.mirror.upstream = Some(url.clone());
+        config.mirror.upstream_ca = Some(ca_copy);
+        config.mirror.token_file = Some(token_copy);
+    }
     std::fs::write(config.data_dir.join("1.root.json"), &root)?;
     write_certificate(&config, options)?;
     tls::write_private(&config_path, config_text(&config).as_bytes())?;
@@ -208,6 +230,15 @@ fn config_text(config: &Config) -> String {
     }
     if config.mirror.enabled {
         text.push_str("\n[mirror]\nenabled = true\n");
+        if let (Some(url), Some(ca), Some(token)) =
+            (&config.mirror.upstream, &config.mirror.upstream_ca, &config.mirror.token_file)
+        {
+            text.push_str(&format!(
+                "upstream = {url:?}\nupstream_ca = {:?}\ntoken_file = {:?}\n",
+                ca.display().to_string(),
+                token.display().to_string()
+            ));
+        }
     }
     text
 }

@@ -45,11 +45,42 @@ pub struct Config {
 /// It holds no signing key (no `online-keys/`); its metadata, log and content come from the
 /// upstream (`ringfence import`), verified as a device would before anything is served. Its
 /// devices, enrollment and reports are its own.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     #[serde(default)]
     pub enabled: bool,
+    /// A replica: the upstream's device listener (`https://host:8531`), synced every
+    /// `sync_secs`; devices enroll through it and their signed reports are forwarded to it.
+    /// Unset: an air-gapped mirror, fed by `ringfence import DIR`.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The CA certificate (PEM) the upstream's device listener is trusted by.
+    #[serde(default)]
+    pub upstream_ca: Option<PathBuf>,
+    /// A file holding the upstream's token for this replica (scope `replicate` only).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    #[serde(default = "MirrorConfig::default_sync_secs")]
+    pub sync_secs: u64,
+}
+
+impl MirrorConfig {
+    fn default_sync_secs() -> u64 {
+        30
+    }
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            upstream: None,
+            upstream_ca: None,
+            token_file: None,
+            sync_secs: Self::default_sync_secs(),
+        }
+    }
 }
 
 /// The web console on the admin listener (`/console/`).

@@ -28,6 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/log/tile/{*path}", get(log_tile))
         .route("/log/proof/{role}/{version}/{old}", get(log_proof))
         .merge(crate::device_api::routes())
+        .merge(crate::replica_api::routes())
         .with_state(state)
 }
 
@@ -50,6 +51,14 @@ async fn check_access(state: &AppState, headers: &HeaderMap, root: bool) -> ApiR
     }
     if !state.devices.any_accepted().await? {
         return Ok(());
+    }
+    // A downstream replica reads the repository it copies with its own token.
+    let replica = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("Bearer rfat_"));
+    if replica {
+        return crate::replica_api::replica(state, headers).await.map(|_| ());
     }
     crate::device_api::session_device(state, headers, crate::unix_now()).await.map(|_| ())
 }

@@ -127,6 +127,20 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
     }
     let request: EnrollRequest = device_body(&state, &state.anonymous_body_permits, body).await?;
     let _permit = permit(&state)?;
+    // A replica enrolls its devices at its upstream, which keeps their keys.
+    if let Some(upstream) = &state.upstream {
+        return match crate::replica::enroll(&state, upstream, &request).await {
+            Ok(crate::replica::EnrollOutcome::Done(answer)) => Ok(Json(answer).into_response()),
+            Ok(crate::replica::EnrollOutcome::Refused { status, text }) => {
+                let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+                Ok((status, ringfence_trust::review::shown(&text)).into_response())
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "enrolling a device at the upstream failed");
+                Err(ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })
+            }
+        };
+    }
     Ok(Json(state.devices.enroll(&request, &source, crate::unix_now()).await?).into_response())
 }
 

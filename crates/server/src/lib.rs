@@ -24,6 +24,8 @@ pub mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod online_keys;
+pub mod replica;
+pub mod replica_api;
 pub mod throttle;
 pub mod tls;
 
@@ -56,6 +58,10 @@ pub struct AppState {
     pub webhook: Option<notify::Webhook>,
     /// The transparency log.
     pub log: domain::log::Log,
+    /// A mirror's own records (devices enrolled through a replica, forwarded reports).
+    pub mirror: domain::mirror::Mirror,
+    /// A replica's upstream (`[mirror] upstream`).
+    pub upstream: Option<Arc<replica::Upstream>>,
     /// This node among the nodes sharing the database (who runs the background jobs).
     pub cluster: domain::cluster::Cluster,
     /// Device API requests in flight; when none is left the answer is 503 with Retry-After.
@@ -394,6 +400,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
     // from memory. With PostgreSQL other nodes commit too, and on a mirror `ringfence import`
     // does (another process).
     let one_writer = config.database.url.is_none() && !config.mirror.enabled;
+    let mirror = domain::mirror::Mirror::new(db.clone(), blobs.clone());
+    let upstream = replica::Upstream::from_config(&config)?;
     let repo = domain::repo::Repository::new(db.clone(), blobs, audit.clone(), keys, config.expiry.clone(), one_writer);
     let tokens = domain::tokens::Tokens::new(db.clone(), audit.clone());
     let console = domain::console::Console::new(
@@ -443,6 +451,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         events,
         webhook,
         log,
+        mirror,
+        upstream,
         device_permits,
         anonymous_body_permits,
         session_body_permits,
@@ -519,13 +529,14 @@ pub async fn serve(
     let jobs = tokio::spawn(jobs::run(state.clone(), stop_rx.clone()));
     let sequencer = tokio::spawn(jobs::sequence_log(state.clone(), stop_rx.clone()));
     let webhooks = tokio::spawn(notify::deliver(state.clone(), stop_rx.clone()));
+    let replica = tokio::spawn(replica::run(state.clone(), stop_rx.clone()));
     let checkins = tokio::spawn(jobs::flush_checkins(state.clone(), stop_rx));
     if let Some(ready) = ready {
         let _ = ready.send(addrs);
     }
     shutdown.await;
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(device, admin, jobs, sequencer, webhooks, checkins);
+    let _ = tokio::join!(device, admin, jobs, sequencer, webhooks, replica, checkins);
     if let Err(e) = state.cluster.step_down().await {
         tracing::warn!(error = %e, "giving up the jobs lease failed; another node takes it when it runs out");
     }

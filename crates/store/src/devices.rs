@@ -50,6 +50,14 @@ pub struct DeviceRecord {
     pub timestamp_version: Option<u64>,
 }
 
+/// A device's signed report batch a replica has not forwarded yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnforwardedBatch {
+    pub device_id: String,
+    pub seq: u64,
+    pub batch: SignedBatch,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnrollmentTokenRecord {
     pub id: String,
@@ -219,6 +227,10 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<ReportsAccepted>;
     /// The device's newest report on `target`, with the signed batch it came in.
     async fn report_evidence(&self, device_id: &str, target: &str) -> Result<Option<(ReportRecord, SignedBatch)>>;
+    /// On a replica: the oldest signed batches not forwarded upstream yet, at most `limit`.
+    async fn unforwarded_batches(&self, limit: u64) -> Result<Vec<UnforwardedBatch>>;
+    /// Mark batches as forwarded (they are not sent again).
+    async fn mark_forwarded(&self, batches: &[(String, u64)], at: i64) -> Result<()>;
     /// The device's retained reports in the order they arrived.
     async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>>;
     /// The newest report of each target the device reported on, by target.
@@ -790,6 +802,39 @@ impl DeviceStore for SqlStore {
             Ok((report, SignedBatch { message: row.try_get("message")?, signature: row.try_get("signature")? }))
         })
         .transpose()
+    }
+
+    async fn unforwarded_batches(&self, limit: u64) -> Result<Vec<UnforwardedBatch>> {
+        let rows = sqlx::query(
+            "SELECT device_id, seq, message, signature FROM report_batches WHERE forwarded_at IS NULL \
+             ORDER BY received_at, device_id, seq LIMIT $1",
+        )
+        .bind(to_bigint(limit, "limit")?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(UnforwardedBatch {
+                    device_id: r.try_get("device_id")?,
+                    seq: from_bigint(r.try_get("seq")?, "seq")?,
+                    batch: SignedBatch { message: r.try_get("message")?, signature: r.try_get("signature")? },
+                })
+            })
+            .collect()
+    }
+
+    async fn mark_forwarded(&self, batches: &[(String, u64)], at: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        for (device_id, seq) in batches {
+            sqlx::query("UPDATE report_batches SET forwarded_at = $1 WHERE device_id = $2 AND seq = $3")
+                .bind(at)
+                .bind(device_id.as_str())
+                .bind(to_bigint(*seq, "seq")?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn device_reports(&self, device_id: &str) -> Result<Vec<ReportRecord>> {

@@ -27,7 +27,7 @@ pub use compliance::{Bucket, ComplianceStore, DeviceTargetState, SeenDevice, Tar
 pub use console::{ConsoleSessionRecord, ConsoleStore, FleetCounts};
 pub use devices::{
     CheckinRecord, DevicePage, DeviceRecord, DeviceState, DeviceStore, EnrollmentTokenRecord, PendingLimits,
-    PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch,
+    PendingRefusal, ReportLimits, ReportRecord, ReportsAccepted, SignedBatch, UnforwardedBatch,
 };
 pub use log::{CheckpointRecord, LogBatch, LogStore, QueuedEntry};
 pub use outbox::{OutboxRecord, OutboxStore};

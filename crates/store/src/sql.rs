@@ -112,6 +112,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0015_version_floors.sql"),
         include_str!("../migrations/postgres/0015_version_floors.sql"),
     ),
+    (
+        16,
+        "forwarded reports",
+        include_str!("../migrations/0016_forwarded_reports.sql"),
+        include_str!("../migrations/postgres/0016_forwarded_reports.sql"),
+    ),
 ];
 
 /// The database engine behind a store.

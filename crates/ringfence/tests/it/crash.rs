@@ -99,7 +99,7 @@ impl Installation {
     }
 
     /// The report ids stored for `device`.
-    fn stored_reports(&self, device: &str) -> std::collections::BTreeSet<String> {
+    pub(crate) fn stored_reports(&self, device: &str) -> std::collections::BTreeSet<String> {
         let out = Command::new("python3")
             .arg("-c")
             .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print(r[0]) for r in c.execute('SELECT id FROM status_reports WHERE device_id = ?', (sys.argv[2],))]")

@@ -44,7 +44,7 @@ fn since(said: &str) -> u64 {
     said.split("--since ").nth(1).and_then(|s| s.trim().trim_end_matches('.').parse().ok()).expect(said)
 }
 
-/// The timestamp version the mirror serves.
+/// The timestamp version the mirror serves (0: none yet).
 fn served_timestamp(mirror: &Installation) -> u64 {
     let client = ringfence_cli::http::Client::new(
         &format!("https://127.0.0.1:{}", mirror.device_port),
@@ -52,7 +52,11 @@ fn served_timestamp(mirror: &Installation) -> u64 {
         &mirror.data.join("tls/cert.pem"),
     )
     .unwrap();
-    let body = client.get("/repo/metadata/timestamp.json").unwrap().ok().unwrap();
+    let answer = client.get("/repo/metadata/timestamp.json").unwrap();
+    if answer.status == 404 {
+        return 0;
+    }
+    let body = answer.ok().unwrap();
     let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
     doc["signed"]["version"].as_u64().unwrap()
 }
@@ -279,4 +283,144 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     mirror_server.kill().unwrap();
     upstream_server.kill().unwrap();
     let _ = (mirror_server.wait(), upstream_server.wait());
+}
+
+/// Wait (at most 60 s) until the replica serves the upstream's timestamp version.
+fn wait_synced(replica: &Installation, upstream: &Installation) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if served_timestamp(replica) == served_timestamp(upstream) {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let log = std::fs::read_to_string(replica.dir.path().join("server.log")).unwrap_or_default();
+            panic!("the replica did not sync; its log:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_outage() {
+    if crate::common::test_postgres_database().is_some() {
+        return;
+    }
+    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
+    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+    let config = data.join("ringfence.toml");
+    let upstream = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
+    let mut upstream_server = upstream.serve();
+    assert!(upstream.publish("kb-1"));
+    let token = run_ok(
+        upstream.cli().args(["token", "create", "--name", "branch-1", "--scope", "replicate"]).stdout(Stdio::piped()),
+    );
+    let token_file = upstream.dir.path().join("branch-1.token");
+    std::fs::write(&token_file, token.trim()).unwrap();
+    // The replica's token is good for nothing on the admin listener.
+    let admin_with_replica_token = ringfence_cli::http::Client::new(
+        &format!("https://127.0.0.1:{}", upstream.admin_port),
+        Some(token.trim().to_owned()),
+        &upstream.data.join("tls/cert.pem"),
+    )
+    .unwrap();
+    assert_eq!(admin_with_replica_token.get("/api/v1/updates").unwrap().status, 403);
+
+    let replica_dir = tempfile::tempdir().unwrap();
+    let replica_data = replica_dir.path().join("replica-data");
+    run_ok(
+        Command::new(BIN)
+            .args(["init", "--mirror-of"])
+            .arg(upstream.data.join("1.root.json"))
+            .arg("--data-dir")
+            .arg(&replica_data)
+            .args(["--upstream", &format!("https://127.0.0.1:{}", upstream.device_port), "--upstream-ca"])
+            .arg(upstream.data.join("tls/cert.pem"))
+            .arg("--upstream-token")
+            .arg(&token_file)
+            .env("RINGFENCE_ALLOW_ROOT", "1"),
+    );
+    let config = replica_data.join("ringfence.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("sync_secs = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let replica = Installation {
+        dir: replica_dir,
+        config,
+        data: replica_data,
+        device_port: free_port(),
+        admin_port: free_port(),
+    };
+    let mut replica_server = replica.serve();
+    wait_synced(&replica, &upstream);
+
+    // The device enrolls at the replica with the upstream's enrollment token: the upstream
+    // keeps its key; it installs through the replica alone.
+    let enrollment = run_ok(
+        upstream.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]).stdout(Stdio::piped()),
+    );
+    let agent = crate::scale_out::enroll_in_pilot(
+        replica.device_port,
+        &replica.data,
+        &replica.dir.path().join("agent"),
+        enrollment.trim(),
+    );
+    let device = std::fs::read_to_string(agent.join("state/config.json")).unwrap();
+    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
+    let device = device["device_id"].as_str().unwrap().to_owned();
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-1").exists(), "{said}");
+    // Its signed reports reach the upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while upstream.stored_reports(&device).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no report reached the upstream");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let before_outage = upstream.stored_reports(&device);
+
+    // The link drops (the upstream is down) after kb-2 reached the replica: the device still
+    // checks in at the replica and installs, its reports wait there, and arrive once the
+    // upstream is back.
+    assert!(upstream.publish("kb-2"));
+    wait_synced(&replica, &upstream);
+    upstream_server.kill().unwrap();
+    let _ = upstream_server.wait();
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-2").exists(), "{said}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    upstream_server = upstream.serve();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = upstream.stored_reports(&device);
+        if now.len() > before_outage.len() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the buffered reports never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Every report the replica holds reached the upstream (each id once: they are keyed by it).
+    let at_replica = replica.stored_reports(&device);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while upstream.stored_reports(&device) != at_replica {
+        assert!(std::time::Instant::now() < deadline, "the upstream has not got every report the replica has");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    // Revoked upstream, the device is refused at the replica too.
+    run_ok(upstream.cli().args(["device", "revoke", &device]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (code, _) = crate::scale_out::check(&agent);
+        if code != 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the revoked device still checks in at the replica");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = std::fs::remove_file(agent.join("state/session.json"));
+    }
+
+    replica_server.kill().unwrap();
+    upstream_server.kill().unwrap();
+    let _ = (replica_server.wait(), upstream_server.wait());
 }

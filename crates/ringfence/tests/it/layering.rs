@@ -28,7 +28,8 @@ fn crates_depend_only_on_what_the_layering_allows() {
         ("tlog", &["trust"][..]),
         ("client-net", &[][..]),
         ("store", &[][..]),
-        ("server", &["proto", "trust", "tlog", "store"][..]),
+        // A replica reaches its upstream as a client (the pinned-CA TLS of `client-net`).
+        ("server", &["proto", "trust", "tlog", "store", "client-net"][..]),
         ("cli", &["proto", "trust", "tlog", "client-net"][..]),
         ("agent", &["proto", "trust", "tlog", "client-net"][..]),
         // The fleet simulator speaks to the server only as devices and an admin do.

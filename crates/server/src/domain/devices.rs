@@ -286,6 +286,30 @@ impl Devices {
         Ok(SessionResponse { token, expires_at })
     }
 
+    /// A device as this server knows it, for a downstream replica (None: unknown).
+    pub async fn identity(&self, id: &str) -> Result<Option<ringfence_proto::device::DeviceIdentity>> {
+        let Some(d) = self.db.device(id).await? else { return Ok(None) };
+        let groups = d.groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
+        Ok(Some(ringfence_proto::device::DeviceIdentity {
+            id: d.id,
+            public_key: d.public_key,
+            state: d.state.as_str().to_owned(),
+            groups,
+        }))
+    }
+
+    /// The accepted device `id`, as a session would name it: for a report batch a replica
+    /// forwards (the batch must then verify under this device's key, as any other).
+    pub async fn accepted_device(&self, id: &str) -> Result<SessionDevice> {
+        match self.db.device(id).await? {
+            Some(d) if d.state == ringfence_store::DeviceState::Accepted => {
+                Ok(SessionDevice { id: d.id, public_key: d.public_key, groups: d.groups })
+            }
+            Some(_) => Err(Error::Forbidden(format!("device {id} is not accepted"))),
+            None => Err(Error::NotFound),
+        }
+    }
+
     /// The accepted device whose live session `secret` is.
     ///
     /// With one writer (the embedded database) a verified session is kept in memory until it

@@ -50,6 +50,123 @@ fn refused(message: impl Into<String>) -> Error {
     Error::Conflict(format!("bundle refused: {}", message.into()))
 }
 
+/// A mirror's own records besides what imports bring: for a replica, the devices enrolled
+/// through it at its upstream, and which of their signed report batches reached the upstream.
+pub struct Mirror {
+    db: std::sync::Arc<dyn Database>,
+    blobs: BlobStore,
+}
+
+/// A device's signed report batch a replica has not forwarded yet.
+#[derive(Debug, Clone)]
+pub struct Unforwarded {
+    pub device_id: String,
+    pub seq: u64,
+    pub batch: ringfence_proto::device::ForwardedBatch,
+}
+
+impl Mirror {
+    pub fn new(db: std::sync::Arc<dyn Database>, blobs: BlobStore) -> Self {
+        Self { db, blobs }
+    }
+
+    /// Verify and import the bundle in `dir` ([`import_bundle`]).
+    pub async fn import(
+        &self,
+        repo: &Repository,
+        log: &Log,
+        dir: &Path,
+        pinned_root: &[u8],
+        now: i64,
+    ) -> Result<Imported> {
+        import_bundle(repo, log, &*self.db, &self.blobs, dir, pinned_root, now).await
+    }
+
+    /// The newest version the mirror holds of each role.
+    pub async fn held_versions(&self) -> Result<BTreeMap<String, u64>> {
+        Ok(self.db.latest_all().await?.into_iter().map(|r| (r.role, r.version)).collect())
+    }
+
+    pub async fn holds_content(&self, sha256: &str) -> Result<bool> {
+        Ok(self.db.blob_length(sha256).await?.is_some())
+    }
+
+    pub async fn log_size(&self) -> Result<u64> {
+        Ok(self.db.log_size().await?)
+    }
+
+    /// Keep a device as the upstream knows it: added when new (with the inventory it enrolled
+    /// with), its state and groups brought up to date when known.
+    pub async fn adopt_device(
+        &self,
+        identity: &ringfence_proto::device::DeviceIdentity,
+        inventory: &ringfence_proto::device::Inventory,
+        now: i64,
+    ) -> Result<()> {
+        use ringfence_store::{DeviceRecord, DeviceState};
+        let state = DeviceState::parse(&identity.state)
+            .ok_or_else(|| Error::Invalid(format!("upstream device state {:?}", identity.state)))?;
+        match self.db.device(&identity.id).await? {
+            Some(held) if held.public_key != identity.public_key => {
+                Err(Error::Conflict(format!("device {} has another key upstream than here: not changed", identity.id)))
+            }
+            Some(held) if held.state == state => Ok(()),
+            Some(_) => Ok(self.db.set_device_state(&identity.id, state).await?),
+            None => {
+                let record = DeviceRecord {
+                    id: identity.id.clone(),
+                    public_key: identity.public_key.clone(),
+                    state,
+                    groups: identity.groups.iter().map(ToString::to_string).collect(),
+                    hostname: inventory.hostname.clone(),
+                    inventory: serde_json::to_string(inventory).map_err(Error::internal)?,
+                    enrolled_at: now,
+                    last_checkin: None,
+                    timestamp_version: None,
+                };
+                Ok(self.db.insert_device(&record).await?)
+            }
+        }
+    }
+
+    /// Take over a state change the upstream made to a device this mirror keeps (a device
+    /// whose key differs is left alone).
+    pub async fn update_device_state(&self, identity: &ringfence_proto::device::DeviceIdentity) -> Result<()> {
+        let state = ringfence_store::DeviceState::parse(&identity.state)
+            .ok_or_else(|| Error::Invalid(format!("upstream device state {:?}", identity.state)))?;
+        match self.db.device(&identity.id).await? {
+            Some(held) if held.public_key == identity.public_key && held.state != state => {
+                Ok(self.db.set_device_state(&identity.id, state).await?)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The ids of every device this mirror keeps, a page at a time.
+    pub async fn device_ids(&self, after: Option<String>, limit: u64) -> Result<Vec<String>> {
+        let page = ringfence_store::DevicePage { after, limit, state: None };
+        Ok(self.db.list_devices(&page).await?.into_iter().map(|d| d.id).collect())
+    }
+
+    /// The oldest signed report batches not forwarded upstream yet.
+    pub async fn unforwarded(&self, limit: u64) -> Result<Vec<Unforwarded>> {
+        let mut out = Vec::new();
+        for b in self.db.unforwarded_batches(limit).await? {
+            let Ok(message) = String::from_utf8(b.batch.message) else { continue };
+            out.push(Unforwarded {
+                device_id: b.device_id,
+                seq: b.seq,
+                batch: ringfence_proto::device::ForwardedBatch { message, signature: b.batch.signature },
+            });
+        }
+        Ok(out)
+    }
+
+    pub async fn forwarded(&self, batches: &[(String, u64)], now: i64) -> Result<()> {
+        Ok(self.db.mark_forwarded(batches, now).await?)
+    }
+}
+
 /// What to put in a bundle.
 #[derive(Debug, Clone, Default)]
 pub struct ExportOptions {
