@@ -275,14 +275,13 @@ fn fetch_metadata(
         Ok(())
     };
     let mut roots_new = false;
-    let mut next = held.get("root").copied().unwrap_or(1) + 1;
-    for _ in 0..MAX_ROOT_ROTATIONS {
-        let name = format!("{next}.root.json");
+    let first = held.get("root").copied().unwrap_or(1) + 1;
+    for version in (first..).take(MAX_ROOT_ROTATIONS as usize) {
+        let name = format!("{version}.root.json");
         let Some(bytes) = up.get(&format!("/repo/metadata/{name}"), MAX_ROOT_BYTES)? else { break };
         write(&name, &bytes)?;
         files += 1;
         roots_new = true;
-        next += 1;
     }
     let timestamp =
         up.get("/repo/metadata/timestamp.json", MAX_TIMESTAMP_BYTES)?.context("the upstream has no timestamp")?;
