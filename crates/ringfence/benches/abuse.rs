@@ -34,7 +34,7 @@ fn main() {
     // 1. Ingest at 0, 100k and 1M stored reports: the stored reports belong to other devices
     //    (1,000 each, the default history), as in a fleet; one probe device's batches are timed.
     let store = bench.db.clone();
-    let limits = ReportLimits { history: 1000, max_targets: 4096, max_batch_bytes: 64 << 20 };
+    let limits = ReportLimits { history: 1000, max_targets: 4096, max_batch_bytes: 64 << 20, forward: false };
     let batch = |tag: &str, size: usize| -> Vec<ReportRecord> {
         (0..size)
             .map(|i| ReportRecord {

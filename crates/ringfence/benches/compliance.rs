@@ -161,7 +161,7 @@ fn main() {
     // 2. Ingest, after the seeding's large write-ahead log is checkpointed away.
     sql("PRAGMA wal_checkpoint(TRUNCATE)".into());
     let store = bench.db.clone();
-    let limits = ReportLimits { history: 1000, max_targets: 4096, max_batch_bytes: 64 << 20 };
+    let limits = ReportLimits { history: 1000, max_targets: 4096, max_batch_bytes: 64 << 20, forward: false };
     let ingest = |label: &str, accepted: bool, parallel: usize| -> f64 {
         let devices: Vec<DeviceRecord> = (0..1024)
             .map(|i| DeviceRecord {

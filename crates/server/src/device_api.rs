@@ -126,14 +126,23 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
         return Err(ApiError::TooMany { what: "too many enrollment attempts from this address", retry_after_secs });
     }
     let request: EnrollRequest = device_body(&state, &state.anonymous_body_permits, body).await?;
-    let _permit = permit(&state)?;
-    // A replica enrolls its devices at its upstream, which keeps their keys.
+    // A replica enrolls its devices at its upstream, which keeps their keys (within a few
+    // seconds, holding no device-API slot meanwhile).
     if let Some(upstream) = &state.upstream {
         return match crate::replica::enroll(&state, upstream, &request).await {
             Ok(crate::replica::EnrollOutcome::Done(answer)) => Ok(Json(answer).into_response()),
-            Ok(crate::replica::EnrollOutcome::Refused { status, text }) => {
+            // The upstream's refusal of the device is the device's answer; its being busy or
+            // away is a retry later; anything else is the upstream failing the replica.
+            Ok(crate::replica::EnrollOutcome::Refused { status: status @ (400 | 401 | 403 | 404 | 409), text }) => {
                 let status = axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
                 Ok((status, ringfence_trust::review::shown(&text)).into_response())
+            }
+            Ok(crate::replica::EnrollOutcome::Refused { status: 429 | 503, .. }) => {
+                Err(ApiError::Busy { retry_after_secs: RETRY_AFTER_SECS })
+            }
+            Ok(crate::replica::EnrollOutcome::Refused { status, .. }) => {
+                tracing::warn!(status, "the upstream failed an enrollment");
+                Ok((axum::http::StatusCode::BAD_GATEWAY, "the upstream failed the enrollment").into_response())
             }
             Err(e) => {
                 tracing::warn!(error = format!("{e:#}"), "enrolling a device at the upstream failed");
@@ -141,6 +150,7 @@ async fn enroll(State(state): Shared, peer: Option<Extension<PeerAddr>>, body: B
             }
         };
     }
+    let _permit = permit(&state)?;
     Ok(Json(state.devices.enroll(&request, &source, crate::unix_now()).await?).into_response())
 }
 

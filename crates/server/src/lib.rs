@@ -426,7 +426,8 @@ pub async fn open_state(config: Config) -> anyhow::Result<Arc<AppState>> {
         hex::encode(random)
     );
     let cluster = domain::cluster::Cluster::new(db.clone(), node);
-    let fleet = domain::devices::Devices::new(db, audit.clone(), config.devices.clone(), one_writer);
+    let fleet =
+        domain::devices::Devices::new(db, audit.clone(), config.devices.clone(), one_writer, upstream.is_some());
     let device_permits = tokio::sync::Semaphore::new(config.devices.max_concurrent_requests.max(1));
     let anonymous_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));
     let session_body_permits = tokio::sync::Semaphore::new(config.devices.max_body_reads.max(1));

@@ -37,6 +37,9 @@ const MAX_ANSWER: u64 = 8 << 20;
 /// Forwarding requests per sync at most (each up to [`MAX_FORWARDED_BATCHES`] batches).
 const FORWARDS_PER_SYNC: usize = 100;
 const DEVICES_PER_QUESTION: u64 = 1000;
+/// A device waits for its enrollment through the replica at most this long.
+const ENROLL_WITHIN: Duration = Duration::from_secs(10);
+const POST_WITHIN: Duration = Duration::from_secs(60);
 
 /// The upstream's device listener, as this replica reaches it.
 pub struct Upstream {
@@ -56,10 +59,15 @@ impl Upstream {
         let token = mirror.token_file.as_ref().context("[mirror] token_file: the replica's upstream token")?;
         let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         let token = std::fs::read_to_string(token).with_context(|| format!("reading {}", token.display()))?;
+        // No redirects (content must come through the upstream's node, which the pinned CA
+        // covers); a connection and an answer's head within a minute, a body within an hour.
         let agent = ureq::Agent::config_builder()
             .tls_config(ringfence_client_net::pinned_tls(&ca)?)
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(600)))
+            .max_redirects(0)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .timeout_recv_body(Some(Duration::from_secs(3600)))
             .build()
             .into();
         Ok(Some(Arc::new(Upstream {
@@ -106,11 +114,15 @@ impl Upstream {
         }
     }
 
-    /// POST `body` as JSON: the status and the answer (at most [`MAX_ANSWER`] bytes).
-    fn post<T: serde::Serialize>(&self, path: &str, body: &T) -> anyhow::Result<(u16, Vec<u8>)> {
+    /// POST `body` as JSON: the status and the answer (at most [`MAX_ANSWER`] bytes), within
+    /// `within` in all.
+    fn post<T: serde::Serialize>(&self, path: &str, body: &T, within: Duration) -> anyhow::Result<(u16, Vec<u8>)> {
         let mut answer = self
             .agent
             .post(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(within))
+            .build()
             .header("authorization", format!("Bearer {}", self.token))
             .header("content-type", "application/json")
             .send(&serde_json::to_vec(body)?)
@@ -134,7 +146,7 @@ pub async fn enroll(
     request: &EnrollRequest,
 ) -> anyhow::Result<EnrollOutcome> {
     let (up, body) = (upstream.clone(), request.clone());
-    let (status, answer) = blocking(move || up.post("/replica/v1/enroll", &body)).await?;
+    let (status, answer) = blocking(move || up.post("/replica/v1/enroll", &body, ENROLL_WITHIN)).await?;
     if status != 200 {
         let text = String::from_utf8_lossy(&answer).chars().take(512).collect();
         return Ok(EnrollOutcome::Refused { status, text });
@@ -212,23 +224,39 @@ pub async fn sync(
 ) -> anyhow::Result<Option<crate::domain::mirror::Imported>> {
     let held = state.mirror.held_versions().await?;
     let log_size = state.mirror.log_size().await?;
+    let holds_version = state.mirror.holds_version().await?;
+    // Content fetched by an attempt that failed on the way is kept for the next (it is
+    // checked against the signed hashes on import all the same); the rest starts afresh.
     let dir = state.config.data_dir.join("sync");
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
+    let start = dir.clone();
+    blocking(move || {
+        for part in ["metadata", "log", "rollouts.json", crate::domain::mirror::MANIFEST] {
+            let path = start.join(part);
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else if path.exists() {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
     let (up, into) = (upstream.clone(), dir.clone());
     let held_for_fetch = held.clone();
-    let fetched = blocking(move || fetch_metadata(&up, &into, &held_for_fetch, log_size)).await?;
-    if fetched.unchanged {
-        std::fs::remove_dir_all(&dir)?;
-        return Ok(None);
-    }
-    // Content the fetched roles list that the replica does not hold.
+    let fetched = blocking(move || fetch_metadata(&up, &into, &held_for_fetch, log_size, holds_version)).await?;
+    // Content any role served lists (those fetched now and those held) that the replica does
+    // not hold: what a sync cut off missed is fetched by the next.
+    let fetched_dir = dir.join("metadata");
+    let mut listed = blocking(move || listed_in(&fetched_dir)).await?;
+    listed.extend(state.mirror.listed_content().await?);
     let mut wanted: BTreeMap<String, (String, u64)> = BTreeMap::new();
-    for (path, sha, length) in listed_in(&dir.join("metadata"))? {
+    for (path, sha, length) in listed {
         if !wanted.contains_key(&sha) && !state.mirror.holds_content(&sha).await? {
             wanted.insert(sha, (path, length));
         }
+    }
+    if fetched.unchanged && wanted.is_empty() {
+        return Ok(None);
     }
     let (up, into) = (upstream.clone(), dir.clone());
     let content = blocking(move || fetch_content(&up, &into, &wanted)).await?;
@@ -246,7 +274,8 @@ pub async fn sync(
     let pinned_path = state.config.data_dir.join("1.root.json");
     let pinned = std::fs::read(&pinned_path).with_context(|| format!("reading {}", pinned_path.display()))?;
     let imported = state.mirror.import(&state.repo, &state.log, &dir, &pinned, crate::unix_now()).await;
-    std::fs::remove_dir_all(&dir)?;
+    let done = dir.clone();
+    blocking(move || Ok(std::fs::remove_dir_all(&done)?)).await?;
     Ok(Some(imported?))
 }
 
@@ -264,6 +293,7 @@ fn fetch_metadata(
     dir: &Path,
     held: &BTreeMap<String, u64>,
     log_size: u64,
+    holds_version: u64,
 ) -> anyhow::Result<FetchedMetadata> {
     let metadata = dir.join("metadata");
     std::fs::create_dir_all(&metadata)?;
@@ -287,18 +317,22 @@ fn fetch_metadata(
         up.get("/repo/metadata/timestamp.json", MAX_TIMESTAMP_BYTES)?.context("the upstream has no timestamp")?;
     // Read here only to know what to fetch; the import verifies all of it.
     let parsed = Envelope::<Timestamp>::parse(&timestamp, MAX_TIMESTAMP_BYTES as usize)?;
-    if !roots_new && held.get("timestamp") == Some(&parsed.signed.version) {
-        return Ok(FetchedMetadata { unchanged: true, metadata_files: 0, log_size });
-    }
+    let metadata_changed = roots_new || held.get("timestamp") != Some(&parsed.signed.version);
     write("timestamp.json", &timestamp)?;
     files += 1;
     let snapshot_meta = parsed.signed.meta.get("snapshot.json").context("the timestamp names no snapshot")?;
     let name = format!("{}.snapshot.json", snapshot_meta.version);
-    let snapshot = up.get(&format!("/repo/metadata/{name}"), MAX_METADATA_BYTES)?.context("no snapshot")?;
-    write(&name, &snapshot)?;
-    files += 1;
-    let snapshot = Envelope::<Snapshot>::parse(&snapshot, MAX_METADATA_BYTES as usize)?;
-    for (file, meta) in &snapshot.signed.meta {
+    // Unchanged, the snapshot and every role are the ones held (the import takes them from
+    // there); the holds and the log can change without a new timestamp.
+    let snapshot = if metadata_changed {
+        let bytes = up.get(&format!("/repo/metadata/{name}"), MAX_METADATA_BYTES)?.context("no snapshot")?;
+        write(&name, &bytes)?;
+        files += 1;
+        Some(Envelope::<Snapshot>::parse(&bytes, MAX_METADATA_BYTES as usize)?)
+    } else {
+        None
+    };
+    for (file, meta) in snapshot.iter().flat_map(|s| &s.signed.meta) {
         let Some(role) = file.strip_suffix(".json") else { continue };
         if held.get(role) == Some(&meta.version) {
             continue;
@@ -310,7 +344,12 @@ fn fetch_metadata(
             files += 1;
         }
     }
+    let mut holds_changed = false;
     if let Some(holds) = up.get("/repo/rollouts.json", 1 << 22)? {
+        let version = Envelope::<ringfence_proto::tuf::RolloutHolds>::parse(&holds, 1 << 22)
+            .map(|e| e.signed.version)
+            .unwrap_or(0);
+        holds_changed = version != holds_version;
         std::fs::write(dir.join("rollouts.json"), holds)?;
     }
     let mut size = log_size;
@@ -327,7 +366,8 @@ fn fetch_metadata(
         std::fs::write(dir.join("log/entries"), tree::entry_bundle(&slices)?)?;
         std::fs::write(dir.join("log/checkpoint"), note)?;
     }
-    Ok(FetchedMetadata { unchanged: false, metadata_files: files, log_size: size })
+    let unchanged = !metadata_changed && !holds_changed && size == log_size;
+    Ok(FetchedMetadata { unchanged, metadata_files: files, log_size: size })
 }
 
 /// The log's entries from `from` up to `to`, from the upstream's entry bundles.
@@ -381,6 +421,12 @@ fn fetch_content(up: &Upstream, dir: &Path, wanted: &BTreeMap<String, (String, u
             None => format!("{sha}.{path}"),
         };
         let dest: PathBuf = dir.join("targets").join(sha);
+        if std::fs::metadata(&dest).is_ok_and(|m| m.len() == *length) {
+            // Fetched by an attempt that failed later; checked on import like the rest.
+            files += 1;
+            bytes += length;
+            continue;
+        }
         if up.get_to_file(&format!("/repo/targets/{served}"), &dest, *length)? {
             files += 1;
             bytes += length;
@@ -399,7 +445,7 @@ async fn forward_reports(state: &AppState, upstream: &Arc<Upstream>) -> anyhow::
         }
         let request = ForwardedReports { batches: pending.iter().map(|p| p.batch.clone()).collect() };
         let up = upstream.clone();
-        let (status, answer) = blocking(move || up.post("/replica/v1/reports", &request)).await?;
+        let (status, answer) = blocking(move || up.post("/replica/v1/reports", &request, POST_WITHIN)).await?;
         anyhow::ensure!(status == 200, "the upstream answered {status}: {}", String::from_utf8_lossy(&answer));
         let ack: ForwardedAck = ringfence_proto::api::parse_body_limited(&answer, MAX_ANSWER as usize)
             .map_err(|e| anyhow::anyhow!("the upstream's answer: {e}"))?;
@@ -423,15 +469,17 @@ async fn device_states(state: &AppState, upstream: &Arc<Upstream>) -> anyhow::Re
     loop {
         let ids = state.mirror.device_ids(after.clone(), DEVICES_PER_QUESTION).await?;
         let Some(last) = ids.last().cloned() else { return Ok(()) };
-        let question = DeviceQuestion { ids };
+        let question = DeviceQuestion { ids: ids.clone() };
         let up = upstream.clone();
-        let (status, answer) = blocking(move || up.post("/replica/v1/devices", &question)).await?;
+        let (status, answer) = blocking(move || up.post("/replica/v1/devices", &question, POST_WITHIN)).await?;
         anyhow::ensure!(status == 200, "the upstream answered {status}");
         let answers: DeviceAnswers = ringfence_proto::api::parse_body_limited(&answer, MAX_ANSWER as usize)
             .map_err(|e| anyhow::anyhow!("the upstream's answer: {e}"))?;
-        for identity in &answers.devices {
-            if let Err(e) = state.mirror.update_device_state(identity).await {
-                tracing::warn!(device = %identity.id, error = %e, "a device's state from the upstream not taken");
+        let known: BTreeMap<&str, &ringfence_proto::device::DeviceIdentity> =
+            answers.devices.iter().map(|d| (d.id.as_str(), d)).collect();
+        for id in &ids {
+            if let Err(e) = state.mirror.update_device_state(id, known.get(id.as_str()).copied()).await {
+                tracing::warn!(device = %id, error = %e, "a device's state from the upstream not taken");
             }
         }
         after = Some(last);

@@ -63,18 +63,19 @@ async fn body<T: serde::de::DeserializeOwned>(state: &AppState, body: Body, limi
 async fn enroll(State(state): Shared, headers: HeaderMap, request: Body) -> ApiResult<Response> {
     let name = replica(&state, &headers).await?;
     let request: EnrollRequest = body(&state, request, MAX_DEVICE_BODY).await?;
-    let answer = state.devices.enroll(&request, &format!("replica {name}"), crate::unix_now()).await?;
+    let source = crate::domain::devices::replica_source(&name);
+    let answer = state.devices.enroll(&request, &source, crate::unix_now()).await?;
     Ok(Json(answer).into_response())
 }
 
 /// The devices among those asked about that this server knows, with their state.
 async fn devices(State(state): Shared, headers: HeaderMap, request: Body) -> ApiResult<Response> {
-    replica(&state, &headers).await?;
+    let name = replica(&state, &headers).await?;
     let question: DeviceQuestion = body(&state, request, MAX_REPLICA_BODY).await?;
     question.validate().map_err(ApiError::BadRequest)?;
     let mut devices = Vec::new();
     for id in &question.ids {
-        devices.extend(state.devices.identity(id).await?);
+        devices.extend(state.devices.identity(id, &name).await?);
     }
     Ok(Json(DeviceAnswers { devices }).into_response())
 }
@@ -87,7 +88,7 @@ async fn reports(State(state): Shared, headers: HeaderMap, request: Body) -> Api
     let now = crate::unix_now();
     let mut results = Vec::new();
     for batch in &request.batches {
-        results.push(match forwarded(&state, batch, now).await {
+        results.push(match forwarded(&state, &name, batch, now).await {
             Ok(ack) => {
                 state.metrics.reports_ingested(ack.accepted);
                 ForwardedResult { ack: Some(ack), refused: None }
@@ -103,10 +104,11 @@ async fn reports(State(state): Shared, headers: HeaderMap, request: Body) -> Api
     Ok(Json(ForwardedAck { results }).into_response())
 }
 
-async fn forwarded(state: &AppState, batch: &ForwardedBatch, now: i64) -> Result<ReportsAck, Error> {
+async fn forwarded(state: &AppState, replica: &str, batch: &ForwardedBatch, now: i64) -> Result<ReportsAck, Error> {
     let (device_id, reports) = parse_report_batch_message(batch.message.as_bytes())
         .ok_or_else(|| Error::Invalid("not a device's report batch".into()))?;
-    let device = state.devices.accepted_device(&device_id).await?;
+    // Only the replica the device enrolled through speaks for it.
+    let device = state.devices.replica_device(&device_id, replica).await?;
     let batch = ReportBatch { reports, signature: batch.signature.clone() };
     let follows = state.repo.followed_groups(&device.groups).await?;
     state.devices.report(&device, &batch, &follows, now).await

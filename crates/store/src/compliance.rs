@@ -305,7 +305,7 @@ mod tests {
                 for i in 0..4 {
                     store.insert_device(&device(i)).await.unwrap();
                 }
-                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
+                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20, forward: false };
                 let mut next_id = 0;
                 let mut accepted = [true; 4];
                 for e in &events {
@@ -395,7 +395,7 @@ mod concurrency {
                             &reports,
                             &crate::devices::test_batch(),
                             0,
-                            ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 },
+                            ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20, forward: false },
                         )
                         .await
                         .unwrap();
@@ -436,7 +436,7 @@ mod cve_pages {
                     at: 1,
                 })
                 .collect();
-            let limits = ReportLimits { history: 100, max_targets: 10, max_batch_bytes: 1 << 20 };
+            let limits = ReportLimits { history: 100, max_targets: 10, max_batch_bytes: 1 << 20, forward: false };
             store.insert_reports(&d.id, &reports, &crate::devices::test_batch(), 1, limits).await.unwrap();
         }
         let targets: Vec<String> = targets.iter().map(|t| (*t).to_owned()).collect();

@@ -105,6 +105,9 @@ pub struct ReportLimits {
     pub max_targets: u64,
     /// Bytes of signed batches kept per device (they go with their last retained report).
     pub max_batch_bytes: u64,
+    /// On a replica: the batch waits to be forwarded upstream, and is kept until it was, even
+    /// past its last retained report. Elsewhere it counts as forwarded at once.
+    pub forward: bool,
 }
 
 /// Bounds on pending (token-less) enrollments.
@@ -187,7 +190,17 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<Result<(), PendingRefusal>>;
     /// Spend one use of the token and store the device, in one transaction: `false` (and
     /// nothing changed) if the token is unknown, expired or used up.
-    async fn enroll_with_token(&self, secret_sha256: &str, now: i64, device: &DeviceRecord) -> Result<bool>;
+    /// Spend one use of the token and add the device (with `source` recorded, when given).
+    async fn enroll_with_token(
+        &self,
+        secret_sha256: &str,
+        now: i64,
+        device: &DeviceRecord,
+        source: Option<&str>,
+    ) -> Result<bool>;
+    /// Where a device enrolled from, when that was recorded (pending devices, and devices a
+    /// replica enrolled: `replica NAME`).
+    async fn device_source(&self, id: &str) -> Result<Option<String>>;
     async fn count_devices(&self) -> Result<u64>;
     /// Whether any device is accepted (cheap: stops at the first).
     async fn has_accepted_devices(&self) -> Result<bool>;
@@ -411,7 +424,18 @@ impl DeviceStore for SqlStore {
         }
     }
 
-    async fn enroll_with_token(&self, secret_sha256: &str, now: i64, device: &DeviceRecord) -> Result<bool> {
+    async fn device_source(&self, id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT source FROM devices WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get::<Option<String>, _>("source")).transpose()?.flatten())
+    }
+
+    async fn enroll_with_token(
+        &self,
+        secret_sha256: &str,
+        now: i64,
+        device: &DeviceRecord,
+        source: Option<&str>,
+    ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let used = sqlx::query(
             "UPDATE enrollment_tokens SET uses = uses + 1 \
@@ -426,7 +450,7 @@ impl DeviceStore for SqlStore {
             return Ok(false);
         }
         // A failed insert (say, a parallel retry with the same key) rolls the use back.
-        insert_device_row(&mut tx, device, None).await?;
+        insert_device_row(&mut tx, device, source).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -749,8 +773,8 @@ impl DeviceStore for SqlStore {
                 )));
             }
             sqlx::query(
-                "INSERT INTO report_batches (device_id, seq, message, bytes, signature, received_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO report_batches (device_id, seq, message, bytes, signature, received_at, forwarded_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(device_id)
             .bind(batch_seq)
@@ -758,6 +782,7 @@ impl DeviceStore for SqlStore {
             .bind(to_bigint(size, "bytes")?)
             .bind(&batch.signature)
             .bind(received_at)
+            .bind((!limits.forward).then_some(received_at))
             .execute(&mut *tx)
             .await?;
         }
@@ -774,7 +799,7 @@ impl DeviceStore for SqlStore {
         // A batch goes with the last retained report that came in it.
         if dropped.rows_affected() > 0 {
             sqlx::query(
-                "DELETE FROM report_batches WHERE device_id = $1 \
+                "DELETE FROM report_batches WHERE device_id = $1 AND forwarded_at IS NOT NULL \
                  AND seq NOT IN (SELECT batch_seq FROM status_reports WHERE device_id = $1 AND batch_seq IS NOT NULL) \
                  AND seq NOT IN (SELECT batch_seq FROM device_update_states WHERE device_id = $1 AND batch_seq IS NOT NULL)",
             )
@@ -886,7 +911,7 @@ mod tests {
             let (accepted, stored, states) = rt.block_on(async {
                 let (_dir, store) = crate::sql::test_store().await;
                 store.insert_device(&device()).await.unwrap();
-                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20 };
+                let limits = ReportLimits { history: 1000, max_targets: 100, max_batch_bytes: 64 << 20, forward: false };
                 let mut tasks = Vec::new();
                 for _ in 0..retries {
                     for batch in &batches {

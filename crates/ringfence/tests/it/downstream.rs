@@ -285,6 +285,23 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let _ = (mirror_server.wait(), upstream_server.wait());
 }
 
+/// Rows of `query` on an installation's SQLite database, columns joined by tabs (bytes in hex).
+fn sql_rows(install: &Installation, query: &str) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print('\\t'.join(x.hex() if isinstance(x, bytes) else str(x) for x in r)) for r in c.execute(sys.argv[2])]")
+        .arg(install.data.join("ringfence.db"))
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+fn sql_count(install: &Installation, query: &str) -> u64 {
+    sql_rows(install, query)[0].parse().unwrap()
+}
+
 /// Wait (at most 60 s) until the replica serves the upstream's timestamp version.
 fn wait_synced(replica: &Installation, upstream: &Installation) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -407,12 +424,74 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
+    // Each batch was forwarded once and is marked so.
+    assert_eq!(sql_count(&replica, "SELECT COUNT(*) FROM report_batches WHERE forwarded_at IS NULL"), 0);
+
+    // A replica speaks only for the devices enrolled through it: another replica's token
+    // learns nothing of this device and cannot forward its signed batch; an admin token with
+    // every scope is refused on the replica routes.
+    let other = run_ok(
+        upstream.cli().args(["token", "create", "--name", "branch-2", "--scope", "replicate"]).stdout(Stdio::piped()),
+    );
+    let replica_client = |secret: &str| {
+        ringfence_cli::http::Client::new(
+            &format!("https://127.0.0.1:{}", upstream.device_port),
+            Some(secret.trim().to_owned()),
+            &upstream.data.join("tls/cert.pem"),
+        )
+        .unwrap()
+    };
+    let ask = serde_json::json!({ "ids": [device] });
+    let answer = |secret: &str| -> serde_json::Value {
+        let a = replica_client(secret).send_json("POST", "/replica/v1/devices", &ask).unwrap();
+        serde_json::from_slice(&a.ok().unwrap()).unwrap()
+    };
+    assert_eq!(answer(&token)["devices"].as_array().unwrap().len(), 1);
+    assert_eq!(answer(&other)["devices"].as_array().unwrap().len(), 0);
+    let admin_token = std::fs::read_to_string(upstream.data.join("admin.token")).unwrap();
+    let refused = replica_client(&admin_token).send_json("POST", "/replica/v1/devices", &ask).unwrap();
+    assert_eq!(refused.status, 401);
+    let batch = sql_rows(&replica, "SELECT message, signature FROM report_batches LIMIT 1");
+    let (message, signature) = batch[0].split_once('\t').unwrap();
+    let message = String::from_utf8(hex::decode(message).unwrap()).unwrap();
+    let forward = serde_json::json!({ "batches": [{ "message": message, "signature": signature }] });
+    let ack = replica_client(&other).send_json("POST", "/replica/v1/reports", &forward).unwrap().ok().unwrap();
+    let ack: serde_json::Value = serde_json::from_slice(&ack).unwrap();
+    assert!(ack["results"][0]["refused"].is_string(), "{ack}");
+
+    // A pause set upstream reaches the replica's devices without a new timestamp.
+    let (manifest, script) = crate::scale_out::script_update(&upstream.dir.path().join("work"), "kb-3");
+    run_ok(upstream.cli().args(["publish", "--manifest"]).arg(&manifest).arg(&script));
+    run_ok(upstream.cli().args(["rollout", "start", "kb-3", "--group", "pilot"]));
+    run_ok(upstream.cli().args(["rollout", "pause", "kb-3", "--group", "pilot"]));
+    run_ok(upstream.cli().args(["approve", "kb-3", "--group", "pilot"]));
+    wait_synced(&replica, &upstream);
+    let holds = |i: &Installation| {
+        let client = ringfence_cli::http::Client::new(
+            &format!("https://127.0.0.1:{}", i.device_port),
+            None,
+            &i.data.join("tls/cert.pem"),
+        )
+        .unwrap();
+        client.get("/repo/rollouts.json").unwrap().body
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while holds(&replica) != holds(&upstream) {
+        assert!(std::time::Instant::now() < deadline, "the upstream's holds never reached the replica");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(!agent.join("ran-kb-3").exists(), "the upstream's pause holds at the replica: {said}");
+
     // Revoked upstream, the device is refused at the replica too.
     run_ok(upstream.cli().args(["device", "revoke", &device]));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (code, _) = crate::scale_out::check(&agent);
+        let (code, said) = crate::scale_out::check(&agent);
         if code != 0 {
+            // (The agent says "not accepted" for a device the server no longer accepts.)
+            assert!(said.contains("refused") || said.contains("not accepted"), "{said}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the revoked device still checks in at the replica");

@@ -145,16 +145,29 @@ pub struct Devices {
     /// When the database last said no device is accepted: believed for a second (a device this
     /// node accepts closes the repository at once; one another node accepts, within a second).
     none_accepted_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// A replica: report batches wait to be forwarded; devices are accepted upstream.
+    replica: bool,
+}
+
+/// How the enrollment source of a device enrolled through a replica begins.
+pub const REPLICA_SOURCE: &str = "replica ";
+
+/// The enrollment source recorded for devices replica `name` enrolled.
+pub fn replica_source(name: &str) -> String {
+    format!("{REPLICA_SOURCE}{name}")
 }
 
 impl Devices {
     /// `one_writer`: this node alone changes devices (the embedded database), so verified
     /// sessions may be kept in memory.
-    pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig, one_writer: bool) -> Self {
+    /// `replica`: this server is a replica, whose devices' report batches are forwarded to its
+    /// upstream and whose devices are accepted there, not here.
+    pub fn new(db: Arc<dyn Database>, audit: Audit, config: DevicesConfig, one_writer: bool, replica: bool) -> Self {
         Self {
             db,
             audit,
             config,
+            replica,
             checkins: CheckinBuffer::default(),
             accepted_seen: Default::default(),
             none_accepted_at: Default::default(),
@@ -221,7 +234,10 @@ impl Devices {
                 device.state = DeviceState::Accepted;
                 // The use is spent in the same transaction as the insert: a failed insert
                 // spends nothing.
-                if !self.db.enroll_with_token(&hash, now, &device).await? {
+                // A device enrolled through a replica is that replica's: only it may forward the
+                // device's reports and ask about it.
+                let via = source.starts_with(REPLICA_SOURCE).then_some(source);
+                if !self.db.enroll_with_token(&hash, now, &device, via).await? {
                     return Err(Error::Unauthenticated);
                 }
             }
@@ -286,8 +302,12 @@ impl Devices {
         Ok(SessionResponse { token, expires_at })
     }
 
-    /// A device as this server knows it, for a downstream replica (None: unknown).
-    pub async fn identity(&self, id: &str) -> Result<Option<ringfence_proto::device::DeviceIdentity>> {
+    /// A device enrolled through replica `replica`, as this server knows it (None: unknown, or
+    /// not that replica's).
+    pub async fn identity(&self, id: &str, replica: &str) -> Result<Option<ringfence_proto::device::DeviceIdentity>> {
+        if self.db.device_source(id).await?.as_deref() != Some(replica_source(replica).as_str()) {
+            return Ok(None);
+        }
         let Some(d) = self.db.device(id).await? else { return Ok(None) };
         let groups = d.groups.iter().filter_map(|g| GroupName::parse(g).ok()).collect();
         Ok(Some(ringfence_proto::device::DeviceIdentity {
@@ -298,9 +318,13 @@ impl Devices {
         }))
     }
 
-    /// The accepted device `id`, as a session would name it: for a report batch a replica
-    /// forwards (the batch must then verify under this device's key, as any other).
-    pub async fn accepted_device(&self, id: &str) -> Result<SessionDevice> {
+    /// The accepted device `id` enrolled through replica `replica`, as a session would name it:
+    /// for a report batch that replica forwards (the batch must then verify under this device's
+    /// key, as any other).
+    pub async fn replica_device(&self, id: &str, replica: &str) -> Result<SessionDevice> {
+        if self.db.device_source(id).await?.as_deref() != Some(replica_source(replica).as_str()) {
+            return Err(Error::NotFound);
+        }
         match self.db.device(id).await? {
             Some(d) if d.state == ringfence_store::DeviceState::Accepted => {
                 Ok(SessionDevice { id: d.id, public_key: d.public_key, groups: d.groups })
@@ -442,6 +466,7 @@ impl Devices {
             history: self.config.report_history.max(ringfence_proto::device::MAX_REPORTS as u64),
             max_targets: self.config.max_targets_per_device,
             max_batch_bytes: MAX_BATCH_BYTES,
+            forward: self.replica,
         };
         let done = self.db.insert_reports(&device.id, &records, &signed, now, limits).await?;
         Ok(ReportsAck { accepted: done.accepted, duplicates: done.duplicates, ignored })
@@ -657,6 +682,11 @@ impl Devices {
             return Err(Error::NotFound);
         }
         let device = self.db.device(id).await?.ok_or(Error::NotFound)?;
+        if self.replica && action == DeviceAction::Accept {
+            return Err(Error::Conflict(
+                "this server is a replica: its devices are accepted at its upstream (it follows within a sync)".into(),
+            ));
+        }
         let Some(next) = action.transition(device.state) else {
             return Err(Error::Conflict(format!("device {id} is {}", device.state.as_str())));
         };

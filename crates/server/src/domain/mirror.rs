@@ -87,6 +87,28 @@ impl Mirror {
         Ok(self.db.latest_all().await?.into_iter().map(|r| (r.role, r.version)).collect())
     }
 
+    /// The rollout holds' version served (0: none).
+    pub async fn holds_version(&self) -> Result<u64> {
+        Ok(self.db.rollout_holds_version().await?)
+    }
+
+    /// (path, SHA-256, length) of every file the newest version of every targets-type role
+    /// held lists (well-formed hashes only).
+    pub async fn listed_content(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut out = Vec::new();
+        for record in self.db.latest_all().await? {
+            if matches!(record.role.as_str(), "root" | "snapshot" | "timestamp") {
+                continue;
+            }
+            for (path, file) in parse::<Targets>(&record.bytes)?.signed.targets {
+                if let Some(sha) = file.hashes.get("sha256").filter(|s| Sha256Hex::parse(s).is_ok()) {
+                    out.push((path, sha.clone(), file.length));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn holds_content(&self, sha256: &str) -> Result<bool> {
         Ok(self.db.blob_length(sha256).await?.is_some())
     }
@@ -110,8 +132,7 @@ impl Mirror {
             Some(held) if held.public_key != identity.public_key => {
                 Err(Error::Conflict(format!("device {} has another key upstream than here: not changed", identity.id)))
             }
-            Some(held) if held.state == state => Ok(()),
-            Some(_) => Ok(self.db.set_device_state(&identity.id, state).await?),
+            Some(_) => self.update_device_state(&identity.id, Some(identity)).await,
             None => {
                 let record = DeviceRecord {
                     id: identity.id.clone(),
@@ -129,17 +150,30 @@ impl Mirror {
         }
     }
 
-    /// Take over a state change the upstream made to a device this mirror keeps (a device
-    /// whose key differs is left alone).
-    pub async fn update_device_state(&self, identity: &ringfence_proto::device::DeviceIdentity) -> Result<()> {
-        let state = ringfence_store::DeviceState::parse(&identity.state)
-            .ok_or_else(|| Error::Invalid(format!("upstream device state {:?}", identity.state)))?;
-        match self.db.device(&identity.id).await? {
-            Some(held) if held.public_key == identity.public_key && held.state != state => {
-                Ok(self.db.set_device_state(&identity.id, state).await?)
-            }
-            _ => Ok(()),
+    /// Take over a state change the upstream made to a device this mirror keeps, only ever
+    /// narrowing: pending to accepted or rejected, accepted to revoked; never out of revoked or
+    /// rejected (what this replica's own administrator revoked stays revoked). `None`: the
+    /// upstream no longer knows the device, which is then revoked here. A device whose key
+    /// differs is left alone.
+    pub async fn update_device_state(
+        &self,
+        id: &str,
+        upstream: Option<&ringfence_proto::device::DeviceIdentity>,
+    ) -> Result<()> {
+        use ringfence_store::DeviceState::{Accepted, Pending, Rejected, Revoked};
+        let Some(held) = self.db.device(id).await? else { return Ok(()) };
+        let next = match upstream {
+            Some(identity) if identity.public_key != held.public_key => return Ok(()),
+            Some(identity) => ringfence_store::DeviceState::parse(&identity.state)
+                .ok_or_else(|| Error::Invalid(format!("upstream device state {:?}", identity.state)))?,
+            None => Revoked,
+        };
+        let narrows =
+            matches!((held.state, next), (Pending, Accepted | Rejected | Revoked) | (Accepted, Revoked | Rejected));
+        if narrows {
+            self.db.set_device_state(id, next).await?;
         }
+        Ok(())
     }
 
     /// The ids of every device this mirror keeps, a page at a time.
