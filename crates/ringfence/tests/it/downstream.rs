@@ -317,31 +317,23 @@ fn wait_synced(replica: &Installation, upstream: &Installation) {
     }
 }
 
-#[test]
-fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_outage() {
-    if crate::common::test_postgres_database().is_some() {
-        return;
-    }
+/// A quickstart installation served (its publisher key online, so a publish signs at once).
+fn upstream_installation() -> (Installation, std::process::Child) {
     let (dir, data, keys) = crate::common::quickstart_installation(&[]);
     std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
     let config = data.join("ringfence.toml");
     let upstream = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
-    let mut upstream_server = upstream.serve();
-    assert!(upstream.publish("kb-1"));
-    let token = run_ok(
-        upstream.cli().args(["token", "create", "--name", "branch-1", "--scope", "replicate"]).stdout(Stdio::piped()),
-    );
-    let token_file = upstream.dir.path().join("branch-1.token");
-    std::fs::write(&token_file, token.trim()).unwrap();
-    // The replica's token is good for nothing on the admin listener.
-    let admin_with_replica_token = ringfence_cli::http::Client::new(
-        &format!("https://127.0.0.1:{}", upstream.admin_port),
-        Some(token.trim().to_owned()),
-        &upstream.data.join("tls/cert.pem"),
-    )
-    .unwrap();
-    assert_eq!(admin_with_replica_token.get("/api/v1/updates").unwrap().status, 403);
+    let server = upstream.serve();
+    (upstream, server)
+}
 
+/// A replica of `upstream` with a new `replicate` token named `name`, syncing every second,
+/// served once it serves the upstream's timestamp; and the token.
+fn replica_of(upstream: &Installation, name: &str) -> (Installation, std::process::Child, String) {
+    let token =
+        run_ok(upstream.cli().args(["token", "create", "--name", name, "--scope", "replicate"]).stdout(Stdio::piped()));
+    let token_file = upstream.dir.path().join(format!("{name}.token"));
+    std::fs::write(&token_file, token.trim()).unwrap();
     let replica_dir = tempfile::tempdir().unwrap();
     let replica_data = replica_dir.path().join("replica-data");
     run_ok(
@@ -367,23 +359,55 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
         device_port: free_port(),
         admin_port: free_port(),
     };
-    let mut replica_server = replica.serve();
-    wait_synced(&replica, &upstream);
+    let server = replica.serve();
+    wait_synced(&replica, upstream);
+    (replica, server, token)
+}
+
+/// An agent enrolled at `at` (a replica) in `group` with an enrollment token of `upstream`;
+/// its directory and device id.
+fn enroll_at(at: &Installation, upstream: &Installation, group: &str, name: &str) -> (PathBuf, String) {
+    let enrollment = run_ok(
+        upstream.cli().args(["device", "enrollment-token", "--group", group, "--uses", "1"]).stdout(Stdio::piped()),
+    );
+    let dir = at.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let root_sha = ringfence_trust::sha256_hex(&std::fs::read(at.data.join("1.root.json")).unwrap());
+    let out = run_ok(
+        Command::new(crate::common::agent_bin())
+            .args(["enroll", "--server", &format!("https://127.0.0.1:{}", at.device_port)])
+            .args(["--root-sha256", &root_sha, "--group", group, "--token", enrollment.trim(), "--ca"])
+            .arg(at.data.join("tls/cert.pem"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .current_dir(&dir),
+    );
+    assert!(out.contains("(accepted)"), "{out}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("state/config.json")).unwrap()).unwrap();
+    (dir, config["device_id"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_outage() {
+    if crate::common::test_postgres_database().is_some() {
+        return;
+    }
+    let (upstream, mut upstream_server) = upstream_installation();
+    assert!(upstream.publish("kb-1"));
+    let (replica, mut replica_server, token) = replica_of(&upstream, "branch-1");
+    // The replica's token is good for nothing on the admin listener.
+    let admin_with_replica_token = ringfence_cli::http::Client::new(
+        &format!("https://127.0.0.1:{}", upstream.admin_port),
+        Some(token.trim().to_owned()),
+        &upstream.data.join("tls/cert.pem"),
+    )
+    .unwrap();
+    assert_eq!(admin_with_replica_token.get("/api/v1/updates").unwrap().status, 403);
 
     // The device enrolls at the replica with the upstream's enrollment token: the upstream
     // keeps its key; it installs through the replica alone.
-    let enrollment = run_ok(
-        upstream.cli().args(["device", "enrollment-token", "--group", "pilot", "--uses", "1"]).stdout(Stdio::piped()),
-    );
-    let agent = crate::scale_out::enroll_in_pilot(
-        replica.device_port,
-        &replica.data,
-        &replica.dir.path().join("agent"),
-        enrollment.trim(),
-    );
-    let device = std::fs::read_to_string(agent.join("state/config.json")).unwrap();
-    let device: serde_json::Value = serde_json::from_str(&device).unwrap();
-    let device = device["device_id"].as_str().unwrap().to_owned();
+    let (agent, device) = enroll_at(&replica, &upstream, "pilot", "agent");
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
     assert!(agent.join("ran-kb-1").exists(), "{said}");
@@ -498,6 +522,69 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
         std::thread::sleep(std::time::Duration::from_millis(500));
         let _ = std::fs::remove_file(agent.join("state/session.json"));
     }
+
+    replica_server.kill().unwrap();
+    upstream_server.kill().unwrap();
+    let _ = (replica_server.wait(), upstream_server.wait());
+}
+
+#[test]
+fn a_site_group_of_its_own_installs_through_its_replica_only_what_its_own_approvers_signed() {
+    if crate::common::test_postgres_database().is_some() {
+        return;
+    }
+    let (upstream, mut upstream_server) = upstream_installation();
+    let keys = upstream.dir.path().join("ringfence-keys");
+    let trusted_root = keys.join("1.root.json");
+    // Offline, once: top-level targets delegates the site's group to the site's own approver.
+    run_ok(upstream.cli().args(["key", "generate", "--unencrypted", "--name", "site-approver", "--dir"]).arg(&keys));
+    let work = upstream.dir.path().join("ceremony");
+    std::fs::create_dir_all(&work).unwrap();
+    let (current, draft) = (work.join("targets.json"), work.join("targets.next.json"));
+    run_ok(upstream.cli().args(["fetch", "targets", "--out"]).arg(&current));
+    run_ok(
+        upstream
+            .cli()
+            .args(["metadata", "set-group"])
+            .arg(&current)
+            .arg("--out")
+            .arg(&draft)
+            .args(["--group", "site-a", "--threshold", "1", "--key"])
+            .arg(keys.join("site-approver.pub.json")),
+    );
+    run_ok(upstream.cli().args(["metadata", "sign"]).arg(&draft).arg("--key").arg(keys.join("targets.key")));
+    assert!(
+        run_ok(upstream.cli().args(["propose", "targets"]).arg(&draft).stdout(Stdio::piped())).contains("is published")
+    );
+    let sign_site = || {
+        run_ok(
+            upstream
+                .cli()
+                .args(["pending", "sign-all", "--yes", "--key"])
+                .arg(keys.join("site-approver.key"))
+                .arg("--trusted-root")
+                .arg(&trusted_root)
+                .stdout(Stdio::piped()),
+        )
+    };
+    assert!(sign_site().contains("approvals.site-a version 1 is published"));
+
+    let (replica, mut replica_server, _) = replica_of(&upstream, "site-a");
+    let (agent, _) = enroll_at(&replica, &upstream, "site-a", "site-agent");
+    // Published and approved upstream for pilot; proposed for the site by an upstream
+    // administrator: without the site's approver nothing reaches the site's device.
+    assert!(upstream.publish("kb-1"));
+    run_ok(upstream.cli().args(["approve", "kb-1", "--group", "site-a"]));
+    wait_synced(&replica, &upstream);
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(!agent.join("ran-kb-1").exists(), "installed without the site's approver: {said}");
+    // The site's approver signs: through the replica, the site's device installs it.
+    assert!(sign_site().contains("approvals.site-a version 2 is published"));
+    wait_synced(&replica, &upstream);
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_eq!(code, 0, "{said}");
+    assert!(agent.join("ran-kb-1").exists(), "{said}");
 
     replica_server.kill().unwrap();
     upstream_server.kill().unwrap();
