@@ -799,3 +799,14 @@ pub struct BundleManifest {
     #[serde(default)]
     pub groups: Vec<crate::GroupName>,
 }
+
+/// The groups a downstream replica (named as its `replicate` token is) may relay approvals and
+/// their approvers' signatures for (`PUT /api/v1/replicas/{name}/groups`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaGroups {
+    pub groups: Vec<GroupName>,
+}
+
+/// Most groups one replica may own.
+pub const MAX_REPLICA_GROUPS: usize = 256;

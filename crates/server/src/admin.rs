@@ -47,6 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/metadata/{role}/{version}", get(metadata_version))
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/log/pending/{role}/{version}/{sha256}/{old}", get(pending_proof))
+        .route("/api/v1/replicas/{name}/groups", get(replica_groups).put(set_replica_groups))
         .merge(crate::admin_devices::routes())
         .merge(crate::admin_reports::routes())
         .merge(if state.config.console.enabled { crate::console::routes() } else { Router::new() })
@@ -295,8 +296,35 @@ async fn list_updates(State(state): Shared, caller: Caller, page: Query<PageQuer
     Ok(Json(state.repo.list_updates(after, limit).await?).into_response())
 }
 
+/// On a replica: a site caller's approval work for the groups the replica owns goes to the
+/// upstream (`replica::relay`), which decides whether the replica may.
+async fn relay(
+    upstream: &Arc<crate::replica::Upstream>,
+    caller: &Caller,
+    path: String,
+    body: Option<Body>,
+) -> ApiResult<Response> {
+    let body = match body {
+        Some(b) => Some(read_body(b, MAX_ADMIN_BODY).await?.to_vec()),
+        None => None,
+    };
+    match crate::replica::relay(upstream, path, body, caller.name.clone()).await {
+        Ok((status, answer)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            Ok((status, [(header::CONTENT_TYPE, "application/json")], answer).into_response())
+        }
+        Err(e) => {
+            tracing::warn!(error = format!("{e:#}"), "relaying to the upstream failed");
+            Err(ApiError::Busy { retry_after_secs: 5 })
+        }
+    }
+}
+
 async fn approve(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
     caller.require(needs::APPROVE)?;
+    if let Some(upstream) = &state.upstream {
+        return relay(upstream, &caller, "/replica/v1/approvals".into(), Some(body)).await;
+    }
     let request = json_body(body).await?;
     let outcome = state.repo.approve(request, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
@@ -329,12 +357,18 @@ async fn list_groups(State(state): Shared, caller: Caller) -> ApiResult<Response
 
 async fn list_pending(State(state): Shared, caller: Caller) -> ApiResult<Response> {
     caller.require(needs::CATALOG)?;
+    if let Some(upstream) = &state.upstream {
+        return relay(upstream, &caller, "/replica/v1/pending".into(), None).await;
+    }
     Ok(Json(state.repo.list_pending().await?).into_response())
 }
 
 async fn get_pending(State(state): Shared, caller: Caller, Path(role): Path<String>) -> ApiResult<Response> {
     caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
+    if let Some(upstream) = &state.upstream {
+        return relay(upstream, &caller, format!("/replica/v1/pending/{role}"), None).await;
+    }
     Ok(json_bytes(state.repo.pending_bytes(&role).await?))
 }
 
@@ -354,6 +388,9 @@ async fn add_signatures(
 ) -> ApiResult<Response> {
     caller.require(&[Scope::Approve, Scope::Publish])?;
     let role = role_name(&role)?;
+    if let Some(upstream) = &state.upstream {
+        return relay(upstream, &caller, format!("/replica/v1/pending/{role}/signatures"), Some(body)).await;
+    }
     let upload = json_body(body).await?;
     let now = crate::unix_now();
     let outcome = state.repo.add_signatures(&role, upload, &caller.actor(), now).await?;
@@ -399,7 +436,30 @@ async fn pending_proof(
     caller.require(needs::CATALOG)?;
     let role = role_name(&role)?;
     let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let Some(upstream) = &state.upstream {
+        return relay(upstream, &caller, format!("/replica/v1/log/pending/{role}/{version}/{sha256}/{old}"), None)
+            .await;
+    }
     Ok(json_bytes(state.log.pending_proof(role.as_str(), version, sha256.as_str(), old).await?))
+}
+
+async fn replica_groups(State(state): Shared, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(needs::ADMIN)?;
+    let groups = state.devices.replica_groups(&name).await?;
+    Ok(Json(ringfence_proto::api::ReplicaGroups { groups }).into_response())
+}
+
+/// The groups a downstream replica may relay approvals and signatures for.
+async fn set_replica_groups(
+    State(state): Shared,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> ApiResult<Response> {
+    caller.require(needs::ADMIN)?;
+    let request: ringfence_proto::api::ReplicaGroups = json_body(body).await?;
+    state.devices.set_replica_groups(&name, &request.groups, &caller.actor(), crate::unix_now()).await?;
+    Ok(Json(request).into_response())
 }
 
 /// `?limit=N&before=SEQ`: audit records newest first; each carries its `seq`, and the `seq`

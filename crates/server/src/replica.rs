@@ -133,6 +133,48 @@ impl Upstream {
     }
 }
 
+/// Relay what a site's caller asks for the groups this replica owns to the upstream's
+/// `/replica/v1/` route `path` (a POST when there is a body): the upstream decides whether the
+/// replica may (`PUT /api/v1/replicas/{name}/groups` there), and the answer comes back as is.
+pub async fn relay(
+    upstream: &Arc<Upstream>,
+    path: String,
+    body: Option<Vec<u8>>,
+    actor: String,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let up = upstream.clone();
+    blocking(move || {
+        let url = format!("{}{path}", up.base);
+        let auth = format!("Bearer {}", up.token);
+        let actor: String = actor.chars().filter(|c| !c.is_control()).take(64).collect();
+        let mut answer = match body {
+            Some(body) => up
+                .agent
+                .post(url)
+                .config()
+                .timeout_global(Some(POST_WITHIN))
+                .build()
+                .header("authorization", auth)
+                .header("x-ringfence-actor", actor)
+                .header("content-type", "application/json")
+                .send(&body[..]),
+            None => up
+                .agent
+                .get(url)
+                .config()
+                .timeout_global(Some(POST_WITHIN))
+                .build()
+                .header("authorization", auth)
+                .header("x-ringfence-actor", actor)
+                .call(),
+        }
+        .with_context(|| format!("relaying to {path}"))?;
+        let status = answer.status().as_u16();
+        Ok((status, answer.body_mut().with_config().limit(MAX_ANSWER).read_to_vec()?))
+    })
+    .await
+}
+
 /// Run blocking work on the blocking pool.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
     tokio::task::spawn_blocking(work).await.context("a blocking task")?

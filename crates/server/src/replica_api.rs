@@ -12,14 +12,17 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use ringfence_proto::api::{Scope, parse_body_limited};
+use ringfence_proto::RoleName;
+use ringfence_proto::api::{ApprovalRequest, Scope, SignatureUpload, parse_body_limited};
 use ringfence_proto::device::{
     DeviceAnswers, DeviceQuestion, EnrollRequest, ForwardedAck, ForwardedBatch, ForwardedReports, ForwardedResult,
     MAX_DEVICE_BODY, MAX_REPLICA_BODY, ReportBatch, ReportsAck, parse_report_batch_message,
 };
+use ringfence_proto::limits::MAX_ADMIN_BODY;
+use ringfence_proto::names::RoleKind;
 
 use crate::AppState;
 use crate::domain::Error;
@@ -33,6 +36,88 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/replica/v1/enroll", post(enroll))
         .route("/replica/v1/devices", post(devices))
         .route("/replica/v1/reports", post(reports))
+        // What a site's administrators and approvers do for the groups the replica owns
+        // (`PUT /api/v1/replicas/{name}/groups`), relayed by the replica's admin API.
+        .route("/replica/v1/approvals", post(approve))
+        .route("/replica/v1/pending", axum::routing::get(list_pending))
+        .route("/replica/v1/pending/{role}", axum::routing::get(get_pending))
+        .route("/replica/v1/pending/{role}/signatures", post(add_signatures))
+        .route("/replica/v1/log/pending/{role}/{version}/{sha256}/{old}", axum::routing::get(pending_proof))
+}
+
+/// Who acts through a replica, for the audit trail: the replica, and the site's caller as the
+/// replica names it (its word; at most 64 printable characters).
+fn relayed_actor(name: &str, headers: &HeaderMap) -> String {
+    let site = headers
+        .get("x-ringfence-actor")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && !v.chars().any(char::is_control))
+        .unwrap_or("unnamed");
+    format!("replica {name} for {site}")
+}
+
+/// The approval role `role` names, if it is one of a group replica `name` owns.
+async fn owned_role(state: &AppState, name: &str, role: &str) -> ApiResult<RoleName> {
+    let role = RoleName::parse(role).map_err(|_| ApiError::NotFound)?;
+    let RoleKind::Approval(group) = role.kind() else {
+        return Err(ApiError::from(Error::Forbidden("a replica relays approval roles only".into())));
+    };
+    if !state.devices.replica_groups(name).await?.contains(&group) {
+        return Err(ApiError::from(Error::Forbidden(format!("replica {name} does not approve for {group}"))));
+    }
+    Ok(role)
+}
+
+async fn approve(State(state): Shared, headers: HeaderMap, request: Body) -> ApiResult<Response> {
+    let name = replica(&state, &headers).await?;
+    let request: ApprovalRequest = body(&state, request, MAX_ADMIN_BODY).await?;
+    if !state.devices.replica_groups(&name).await?.contains(&request.group) {
+        return Err(ApiError::from(Error::Forbidden(format!("replica {name} does not approve for {}", request.group))));
+    }
+    let outcome = state.repo.approve(request, &relayed_actor(&name, &headers), crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+/// The pending versions of the approval roles of the groups the replica owns.
+async fn list_pending(State(state): Shared, headers: HeaderMap) -> ApiResult<Response> {
+    let name = replica(&state, &headers).await?;
+    let owned: std::collections::BTreeSet<String> =
+        state.devices.replica_groups(&name).await?.iter().map(|g| g.approval_role().to_string()).collect();
+    let mut pending = state.repo.list_pending().await?;
+    pending.retain(|p| owned.contains(p.role.as_str()));
+    Ok(Json(pending).into_response())
+}
+
+async fn get_pending(State(state): Shared, headers: HeaderMap, Path(role): Path<String>) -> ApiResult<Response> {
+    let name = replica(&state, &headers).await?;
+    let role = owned_role(&state, &name, &role).await?;
+    let bytes = state.repo.pending_bytes(&role).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+async fn add_signatures(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path(role): Path<String>,
+    request: Body,
+) -> ApiResult<Response> {
+    let name = replica(&state, &headers).await?;
+    let role = owned_role(&state, &name, &role).await?;
+    let upload: SignatureUpload = body(&state, request, MAX_ADMIN_BODY).await?;
+    let outcome = state.repo.add_signatures(&role, upload, &relayed_actor(&name, &headers), crate::unix_now()).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn pending_proof(
+    State(state): Shared,
+    headers: HeaderMap,
+    Path((role, version, sha256, old)): Path<(String, u64, String, u64)>,
+) -> ApiResult<Response> {
+    let name = replica(&state, &headers).await?;
+    let role = owned_role(&state, &name, &role).await?;
+    let sha256 = ringfence_proto::Sha256Hex::parse(&sha256).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let bytes = state.log.pending_proof(role.as_str(), version, sha256.as_str(), old).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 /// The replica's name (its token's), if the request carries a live token whose only scope is

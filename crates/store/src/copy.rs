@@ -42,6 +42,7 @@ pub const TABLES: &[&str] = &[
     "console_sessions",
     "webhook_outbox",
     "version_floors",
+    "replica_groups",
 ];
 
 /// Rows per INSERT statement (PostgreSQL takes at most 65,535 parameters in one).

@@ -240,6 +240,10 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<ReportsAccepted>;
     /// The device's newest report on `target`, with the signed batch it came in.
     async fn report_evidence(&self, device_id: &str, target: &str) -> Result<Option<(ReportRecord, SignedBatch)>>;
+    /// On an upstream: the groups replica `replica` may approve for (by relay).
+    async fn replica_groups(&self, replica: &str) -> Result<Vec<String>>;
+    /// Replace them.
+    async fn set_replica_groups(&self, replica: &str, groups: &[String]) -> Result<()>;
     /// On a replica: the oldest signed batches not forwarded upstream yet, at most `limit`.
     async fn unforwarded_batches(&self, limit: u64) -> Result<Vec<UnforwardedBatch>>;
     /// Mark batches as forwarded (they are not sent again).
@@ -827,6 +831,28 @@ impl DeviceStore for SqlStore {
             Ok((report, SignedBatch { message: row.try_get("message")?, signature: row.try_get("signature")? }))
         })
         .transpose()
+    }
+
+    async fn replica_groups(&self, replica: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT group_name FROM replica_groups WHERE replica = $1 ORDER BY group_name")
+            .bind(replica)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("group_name")?)).collect()
+    }
+
+    async fn set_replica_groups(&self, replica: &str, groups: &[String]) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM replica_groups WHERE replica = $1").bind(replica).execute(&mut *tx).await?;
+        for group in groups {
+            sqlx::query("INSERT INTO replica_groups (replica, group_name) VALUES ($1, $2)")
+                .bind(replica)
+                .bind(group.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn unforwarded_batches(&self, limit: u64) -> Result<Vec<UnforwardedBatch>> {

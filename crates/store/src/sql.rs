@@ -118,6 +118,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../migrations/0016_forwarded_reports.sql"),
         include_str!("../migrations/postgres/0016_forwarded_reports.sql"),
     ),
+    (
+        17,
+        "replica groups",
+        include_str!("../migrations/0017_replica_groups.sql"),
+        include_str!("../migrations/postgres/0017_replica_groups.sql"),
+    ),
 ];
 
 /// The database engine behind a store.

@@ -14,7 +14,8 @@ pub enum TokenCommand {
         server: ServerArgs,
         #[arg(long)]
         name: String,
-        /// publish, approve, read or admin; repeat for several.
+        /// publish, approve, read, admin, or replicate (alone: a downstream replica's token);
+        /// repeat for several.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// Days until the token is refused (1 to 730; default 90).
@@ -23,6 +24,19 @@ pub enum TokenCommand {
         /// Print JSON (for scripts), the secret included.
         #[arg(long)]
         json: bool,
+    },
+    /// The groups the downstream replica whose `replicate` token is named NAME may propose
+    /// approvals and upload its approvers' signatures for (relayed from its site); with
+    /// --group, set them (none: it may approve for no group).
+    ReplicaGroups {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Only show them.
+        #[arg(long, conflicts_with = "groups")]
+        show: bool,
     },
     /// Replace a token by a new one with the same name and scopes, printed once like
     /// `create`'s. The old token keeps working for the grace period, so whatever uses it can
@@ -59,11 +73,31 @@ pub enum TokenCommand {
 
 pub fn run(command: TokenCommand) -> anyhow::Result<()> {
     match command {
+        TokenCommand::ReplicaGroups { server, name, groups, show } => {
+            let path = format!("/api/v1/replicas/{}/groups", ringfence_trust::workflow::encode_role(&name));
+            let client = client(&server)?;
+            let answer = if show {
+                client.get(&path)?.ok()?
+            } else {
+                let groups = groups
+                    .iter()
+                    .map(|g| ringfence_proto::GroupName::parse(g).with_context(|| format!("--group {g}")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                client.send_json("PUT", &path, &ringfence_proto::api::ReplicaGroups { groups })?.ok()?
+            };
+            let groups: ringfence_proto::api::ReplicaGroups = serde_json::from_slice(&answer)?;
+            let names: Vec<String> = groups.groups.iter().map(ToString::to_string).collect();
+            println!(
+                "replica {name} may approve for: {}",
+                if names.is_empty() { "no group".into() } else { names.join(", ") }
+            );
+        }
         TokenCommand::Create { server, name, scopes, days, json } => {
             let scopes = scopes
                 .iter()
                 .map(|s| {
-                    Scope::parse(s).with_context(|| format!("unknown scope {s}; use publish, approve, read or admin"))
+                    Scope::parse(s)
+                        .with_context(|| format!("unknown scope {s}; use publish, approve, read, admin or replicate"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let request = TokenRequest { name, scopes, expires_in_days: days };

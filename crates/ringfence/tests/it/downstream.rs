@@ -529,7 +529,7 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
 }
 
 #[test]
-fn a_site_group_of_its_own_installs_through_its_replica_only_what_its_own_approvers_signed() {
+fn a_site_approves_for_its_own_group_at_its_replica_and_nothing_else() {
     if crate::common::test_postgres_database().is_some() {
         return;
     }
@@ -556,10 +556,9 @@ fn a_site_group_of_its_own_installs_through_its_replica_only_what_its_own_approv
     assert!(
         run_ok(upstream.cli().args(["propose", "targets"]).arg(&draft).stdout(Stdio::piped())).contains("is published")
     );
-    let sign_site = || {
+    let sign_site = |at: &Installation| {
         run_ok(
-            upstream
-                .cli()
+            at.cli()
                 .args(["pending", "sign-all", "--yes", "--key"])
                 .arg(keys.join("site-approver.key"))
                 .arg("--trusted-root")
@@ -567,20 +566,33 @@ fn a_site_group_of_its_own_installs_through_its_replica_only_what_its_own_approv
                 .stdout(Stdio::piped()),
         )
     };
-    assert!(sign_site().contains("approvals.site-a version 1 is published"));
+    assert!(sign_site(&upstream).contains("approvals.site-a version 1 is published"));
 
     let (replica, mut replica_server, _) = replica_of(&upstream, "site-a");
     let (agent, _) = enroll_at(&replica, &upstream, "site-a", "site-agent");
-    // Published and approved upstream for pilot; proposed for the site by an upstream
-    // administrator: without the site's approver nothing reaches the site's device.
     assert!(upstream.publish("kb-1"));
-    run_ok(upstream.cli().args(["approve", "kb-1", "--group", "site-a"]));
+    let approve_at_site = |group: &str| {
+        replica.cli().args(["approve", "kb-1", "--group", group]).stderr(Stdio::piped()).output().unwrap()
+    };
+    // The site works at its replica's admin API; the upstream decides which groups it may
+    // approve for: none yet.
+    let refused = approve_at_site("site-a");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not approve for site-a"), "{refused:?}");
+    run_ok(upstream.cli().args(["token", "replica-groups", "site-a", "--group", "site-a"]));
+    // Proposed at the site, relayed: it waits for the site's approver; the upstream's other
+    // groups stay out of the site's reach.
+    let proposed = approve_at_site("site-a");
+    assert!(proposed.status.success(), "{proposed:?}");
+    let refused = approve_at_site("pilot");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("does not approve for pilot"), "{refused:?}");
     wait_synced(&replica, &upstream);
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
     assert!(!agent.join("ran-kb-1").exists(), "installed without the site's approver: {said}");
-    // The site's approver signs: through the replica, the site's device installs it.
-    assert!(sign_site().contains("approvals.site-a version 2 is published"));
+    // The site's approver signs at the replica (the pending version and its log proof come
+    // from the upstream through it): published upstream, and the site's device installs it.
+    assert!(sign_site(&replica).contains("approvals.site-a version 2 is published"));
     wait_synced(&replica, &upstream);
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");

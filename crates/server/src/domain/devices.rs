@@ -302,6 +302,25 @@ impl Devices {
         Ok(SessionResponse { token, expires_at })
     }
 
+    /// The groups replica `name` may relay approvals for.
+    pub async fn replica_groups(&self, name: &str) -> Result<Vec<GroupName>> {
+        Ok(self.db.replica_groups(name).await?.iter().filter_map(|g| GroupName::parse(g).ok()).collect())
+    }
+
+    /// Set the groups replica `name` may relay approvals for (audited).
+    pub async fn set_replica_groups(&self, name: &str, groups: &[GroupName], actor: &str, now: i64) -> Result<()> {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(Error::Invalid("replica name: 1 to 128 characters, no control characters".into()));
+        }
+        if groups.len() > ringfence_proto::api::MAX_REPLICA_GROUPS {
+            return Err(Error::Invalid(format!("groups: at most {}", ringfence_proto::api::MAX_REPLICA_GROUPS)));
+        }
+        let names: Vec<String> = groups.iter().map(ToString::to_string).collect();
+        self.db.set_replica_groups(name, &names).await?;
+        let detail = format!("replica {name} may approve for: {}", names.join(", "));
+        self.audit.record(actor, "replica-groups", &detail, now).await
+    }
+
     /// A device enrolled through replica `replica`, as this server knows it (None: unknown, or
     /// not that replica's).
     pub async fn identity(&self, id: &str, replica: &str) -> Result<Option<ringfence_proto::device::DeviceIdentity>> {
