@@ -63,6 +63,10 @@ pub struct MirrorConfig {
     pub token_file: Option<PathBuf>,
     #[serde(default = "MirrorConfig::default_sync_secs")]
     pub sync_secs: u64,
+    /// A replica fetches content from its upstream at most this fast (bytes a second; 0: no
+    /// limit), to keep a branch link usable.
+    #[serde(default)]
+    pub max_bytes_per_sec: u64,
 }
 
 impl MirrorConfig {
@@ -79,6 +83,7 @@ impl Default for MirrorConfig {
             upstream_ca: None,
             token_file: None,
             sync_secs: Self::default_sync_secs(),
+            max_bytes_per_sec: 0,
         }
     }
 }

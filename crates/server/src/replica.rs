@@ -94,24 +94,42 @@ impl Upstream {
         }
     }
 
-    /// `path`'s body streamed into `dest` (at most `max` bytes); false on 404.
-    fn get_to_file(&self, path: &str, dest: &Path, max: u64) -> anyhow::Result<bool> {
-        let mut answer = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {}", self.token))
-            .call()
-            .with_context(|| format!("GET {path}"))?;
-        match answer.status().as_u16() {
-            200 => {
-                let mut reader = answer.body_mut().with_config().limit(max).reader();
-                let mut file = std::fs::File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-                std::io::copy(&mut reader, &mut file).with_context(|| format!("GET {path}"))?;
-                Ok(true)
-            }
-            404 => Ok(false),
-            other => bail!("GET {path}: the upstream answered {other}"),
+    /// `path`'s body (at most `max` bytes) into `dest`, through `dest.partial`: a download cut
+    /// off is resumed where it stopped (`Range`), at most `rate` bytes a second (0: no limit).
+    /// False on 404.
+    fn get_to_file(&self, path: &str, dest: &Path, max: u64, rate: u64) -> anyhow::Result<bool> {
+        use std::io::Write;
+        let partial = dest.with_extension("partial");
+        let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0).min(max);
+        let mut request =
+            self.agent.get(format!("{}{path}", self.base)).header("authorization", format!("Bearer {}", self.token));
+        if have > 0 {
+            request = request.header("range", format!("bytes={have}-"));
         }
+        let mut answer = request.call().with_context(|| format!("GET {path}"))?;
+        let (mut file, left) = match answer.status().as_u16() {
+            206 if have > 0 => {
+                let file = std::fs::OpenOptions::new().append(true).open(&partial)?;
+                (file, max - have)
+            }
+            200 => (std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?, max),
+            404 => return Ok(false),
+            other => bail!("GET {path}: the upstream answered {other}"),
+        };
+        let mut reader = answer.body_mut().with_config().limit(left).reader();
+        let mut pace = Pace::new(rate);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut reader, &mut buf).with_context(|| format!("GET {path}"))?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(buf.get(..n).unwrap_or_default())?;
+            std::thread::sleep(pace.after(n as u64));
+        }
+        file.sync_all()?;
+        std::fs::rename(&partial, dest)?;
+        Ok(true)
     }
 
     /// POST `body` as JSON: the status and the answer (at most [`MAX_ANSWER`] bytes), within
@@ -173,6 +191,34 @@ pub async fn relay(
         Ok((status, answer.body_mut().with_config().limit(MAX_ANSWER).read_to_vec()?))
     })
     .await
+}
+
+/// Keeps a transfer at no more than `rate` bytes a second on average: after each chunk, how
+/// long to wait.
+struct Pace {
+    rate: u64,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Self {
+        Self { rate, started: std::time::Instant::now(), bytes: 0 }
+    }
+
+    fn after(&mut self, n: u64) -> Duration {
+        self.bytes += n;
+        self.wait(self.started.elapsed())
+    }
+
+    /// How long to wait when `elapsed` has passed since the start: until the bytes so far
+    /// took `bytes / rate` seconds (nothing without a limit, or when behind it).
+    fn wait(&self, elapsed: Duration) -> Duration {
+        if self.rate == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(self.bytes as f64 / self.rate as f64).saturating_sub(elapsed)
+    }
 }
 
 /// Run blocking work on the blocking pool.
@@ -301,7 +347,8 @@ pub async fn sync(
         return Ok(None);
     }
     let (up, into) = (upstream.clone(), dir.clone());
-    let content = blocking(move || fetch_content(&up, &into, &wanted)).await?;
+    let rate = state.config.mirror.max_bytes_per_sec;
+    let content = blocking(move || fetch_content(&up, &into, &wanted, rate)).await?;
     let manifest = BundleManifest {
         format: BUNDLE_FORMAT.into(),
         created_at: crate::unix_now(),
@@ -454,7 +501,12 @@ fn listed_in(metadata: &Path) -> anyhow::Result<Vec<(String, String, u64)>> {
 
 /// Download each wanted file (by the consistent-snapshot name of one path listing it) into
 /// `dir/targets/<sha256>`: how many and their bytes.
-fn fetch_content(up: &Upstream, dir: &Path, wanted: &BTreeMap<String, (String, u64)>) -> anyhow::Result<(u64, u64)> {
+fn fetch_content(
+    up: &Upstream,
+    dir: &Path,
+    wanted: &BTreeMap<String, (String, u64)>,
+    rate: u64,
+) -> anyhow::Result<(u64, u64)> {
     let (mut files, mut bytes) = (0, 0);
     for (sha, (path, length)) in wanted {
         // The consistent-snapshot name: `<dir>/<sha256>.<name>`.
@@ -469,7 +521,7 @@ fn fetch_content(up: &Upstream, dir: &Path, wanted: &BTreeMap<String, (String, u
             bytes += length;
             continue;
         }
-        if up.get_to_file(&format!("/repo/targets/{served}"), &dest, *length)? {
+        if up.get_to_file(&format!("/repo/targets/{served}"), &dest, *length, rate)? {
             files += 1;
             bytes += length;
         }
@@ -525,5 +577,22 @@ async fn device_states(state: &AppState, upstream: &Arc<Upstream>) -> anyhow::Re
             }
         }
         after = Some(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paced_transfer_waits_until_its_bytes_took_their_time() {
+        let mut pace = Pace::new(1000);
+        pace.bytes = 500;
+        assert_eq!(pace.wait(Duration::from_millis(100)), Duration::from_millis(400));
+        assert_eq!(pace.wait(Duration::from_millis(700)), Duration::ZERO, "behind the limit: no wait");
+        pace.bytes = 2000;
+        assert_eq!(pace.wait(Duration::from_secs(1)), Duration::from_secs(1));
+        let unlimited = Pace { rate: 0, started: std::time::Instant::now(), bytes: 1 << 30 };
+        assert_eq!(unlimited.wait(Duration::ZERO), Duration::ZERO);
     }
 }

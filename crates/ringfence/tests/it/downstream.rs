@@ -350,7 +350,7 @@ fn replica_of(upstream: &Installation, name: &str) -> (Installation, std::proces
     );
     let config = replica_data.join("ringfence.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("sync_secs = 1\n");
+    text.push_str("sync_secs = 1\nmax_bytes_per_sec = 1000000\n");
     std::fs::write(&config, text).unwrap();
     let replica = Installation {
         dir: replica_dir,
