@@ -308,7 +308,9 @@ async fn relay(
         Some(b) => Some(read_body(b, MAX_ADMIN_BODY).await?.to_vec()),
         None => None,
     };
-    match crate::replica::relay(upstream, path, body, caller.name.clone()).await {
+    match crate::replica::relay(upstream, path, body, caller.actor()).await {
+        // The upstream refusing the replica's own token is not the caller's token refused.
+        Ok((401, _)) => Ok((StatusCode::BAD_GATEWAY, "the upstream refused this replica's token").into_response()),
         Ok((status, answer)) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
             Ok((status, [(header::CONTENT_TYPE, "application/json")], answer).into_response())
@@ -458,6 +460,26 @@ async fn set_replica_groups(
 ) -> ApiResult<Response> {
     caller.require(needs::ADMIN)?;
     let request: ringfence_proto::api::ReplicaGroups = json_body(body).await?;
+    // Only groups top-level targets defines, none the server approves for online, and with
+    // every group below them: a device follows its ancestors' approvals, so owning a group
+    // reaches its descendants.
+    let groups = state.repo.groups().await?;
+    let granted: std::collections::BTreeSet<&ringfence_proto::GroupName> = request.groups.iter().collect();
+    for g in &request.groups {
+        let info = groups
+            .iter()
+            .find(|i| &i.name == g)
+            .ok_or_else(|| ApiError::BadRequest(format!("{g} is not a group of top-level targets")))?;
+        if info.auto_approve {
+            return Err(ApiError::BadRequest(format!("{g} is approved by this server's online keys")));
+        }
+        if let Some(child) = groups.iter().find(|c| c.parent.as_ref() == Some(g) && !granted.contains(&c.name)) {
+            return Err(ApiError::BadRequest(format!(
+                "{g} has the child group {}, whose devices follow its approvals: grant it too",
+                child.name
+            )));
+        }
+    }
     state.devices.set_replica_groups(&name, &request.groups, &caller.actor(), crate::unix_now()).await?;
     Ok(Json(request).into_response())
 }

@@ -164,7 +164,8 @@ pub async fn relay(
     blocking(move || {
         let url = format!("{}{path}", up.base);
         let auth = format!("Bearer {}", up.token);
-        let actor: String = actor.chars().filter(|c| !c.is_control()).take(64).collect();
+        // What the upstream takes as a name: at most 64 bytes of visible ASCII.
+        let actor: String = actor.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').take(64).collect();
         let mut answer = match body {
             Some(body) => up
                 .agent

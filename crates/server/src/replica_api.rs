@@ -74,6 +74,16 @@ async fn approve(State(state): Shared, headers: HeaderMap, request: Body) -> Api
     if !state.devices.replica_groups(&name).await?.contains(&request.group) {
         return Err(ApiError::from(Error::Forbidden(format!("replica {name} does not approve for {}", request.group))));
     }
+    // A group the server's online keys approve for would publish the replica's proposal at
+    // once, with no approver of the site: never through a replica (looked at each time, as
+    // top-level targets can change).
+    let groups = state.repo.groups().await?;
+    if groups.iter().any(|g| g.name == request.group && g.auto_approve) {
+        return Err(ApiError::from(Error::Forbidden(format!(
+            "{} is approved by this server's online keys: a replica does not propose for it",
+            request.group
+        ))));
+    }
     let outcome = state.repo.approve(request, &relayed_actor(&name, &headers), crate::unix_now()).await?;
     Ok(Json(outcome).into_response())
 }

@@ -529,7 +529,7 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
 }
 
 #[test]
-fn a_site_approves_for_its_own_group_at_its_replica_and_nothing_else() {
+fn a_site_approves_for_its_own_group_at_its_replica_and_reaches_no_other() {
     if crate::common::test_postgres_database().is_some() {
         return;
     }
@@ -579,13 +579,38 @@ fn a_site_approves_for_its_own_group_at_its_replica_and_nothing_else() {
     let refused = approve_at_site("site-a");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not approve for site-a"), "{refused:?}");
-    run_ok(upstream.cli().args(["token", "replica-groups", "site-a", "--group", "site-a"]));
+    // A group the upstream's online keys approve for is never granted (a proposal would
+    // publish with no approver of the site).
+    let grant = |group: &str| {
+        upstream
+            .cli()
+            .args(["token", "replica-groups", "site-a", "--group", group])
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let refused = grant("pilot");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("online keys"), "{refused:?}");
+    assert!(grant("site-a").status.success());
     // Proposed at the site, relayed: it waits for the site's approver; the upstream's other
     // groups stay out of the site's reach.
     let proposed = approve_at_site("site-a");
     assert!(proposed.status.success(), "{proposed:?}");
     let refused = approve_at_site("pilot");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("does not approve for pilot"), "{refused:?}");
+    // The site sees and reaches only its own groups' pending versions: production's, proposed
+    // upstream, is neither listed at the replica nor readable through it.
+    run_ok(upstream.cli().args(["approve", "kb-1", "--group", "production"]));
+    let listed = run_ok(replica.cli().args(["pending", "list", "--json"]).stdout(Stdio::piped()));
+    assert!(listed.contains("approvals.site-a") && !listed.contains("approvals.production"), "{listed}");
+    let site_admin = ringfence_cli::http::Client::new(
+        &format!("https://127.0.0.1:{}", replica.admin_port),
+        Some(std::fs::read_to_string(replica.data.join("admin.token")).unwrap().trim().to_owned()),
+        &replica.data.join("tls/cert.pem"),
+    )
+    .unwrap();
+    assert_eq!(site_admin.get("/api/v1/pending/approvals.production").unwrap().status, 403);
+    assert_eq!(site_admin.get("/api/v1/pending/targets").unwrap().status, 403);
     wait_synced(&replica, &upstream);
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
