@@ -798,6 +798,11 @@ pub struct BundleManifest {
     /// The groups whose approved content the export was limited to (empty: all content).
     #[serde(default)]
     pub groups: Vec<crate::GroupName>,
+    /// The products and classifications it was limited to (empty: any).
+    #[serde(default)]
+    pub products: Vec<String>,
+    #[serde(default)]
+    pub classifications: Vec<String>,
 }
 
 /// The groups a downstream replica (named as its `replicate` token is) may relay approvals and

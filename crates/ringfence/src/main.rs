@@ -100,6 +100,13 @@ enum Command {
         /// Ship only content approved for this group (repeat for more; default: all content).
         #[arg(long = "group", requires = "bundle")]
         groups: Vec<String>,
+        /// Ship only content of updates of this product (repeat for more).
+        #[arg(long = "product", requires = "bundle")]
+        products: Vec<String>,
+        /// Ship only content of updates of this classification (`security`, `critical`, …;
+        /// repeat for more).
+        #[arg(long = "classification", requires = "bundle")]
+        classifications: Vec<String>,
     },
     /// Issue an admin token on the server's own machine, through its database: for when every
     /// admin token has expired or was revoked. Whoever can run this can read the server's data
@@ -159,13 +166,13 @@ fn run() -> anyhow::Result<()> {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
         }
-        Command::Export { config, bundle: Some(bundle), since, groups, .. } => {
+        Command::Export { config, bundle: Some(bundle), since, groups, products, classifications, .. } => {
             let config = ringfence_server::Config::load(&config)?;
             let groups = groups
                 .iter()
                 .map(|g| ringfence_proto::GroupName::parse(g).with_context(|| format!("--group {g}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let options = ringfence_server::domain::mirror::ExportOptions { since, groups };
+            let options = ringfence_server::domain::mirror::ExportOptions { since, groups, products, classifications };
             let done = runtime()?.block_on(ringfence_server::export_bundle(&config, &bundle, &options))?;
             println!(
                 "Wrote {}: {} metadata files, {} content files ({} bytes), the log from entry {} to {}.",

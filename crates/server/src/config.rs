@@ -256,6 +256,10 @@ pub struct DevicesConfig {
     /// request takes a slot only once its body has arrived.
     #[serde(default = "DevicesConfig::permits")]
     pub max_concurrent_requests: usize,
+    /// Each content download is sent at most this fast (bytes a second; 0: no limit): a branch
+    /// server's devices cannot fill its link (an agent downloads one file at a time).
+    #[serde(default)]
+    pub max_download_bytes_per_sec: u64,
     /// Status reports kept per device (the oldest are deleted first; at least 256, one whole
     /// batch); the newest report of every target is kept whatever this says.
     #[serde(default = "DevicesConfig::report_history")]
@@ -370,6 +374,7 @@ impl Default for DevicesConfig {
             challenge_secs: Self::minute(),
             poll_seconds: Self::five_minutes(),
             max_concurrent_requests: Self::permits(),
+            max_download_bytes_per_sec: 0,
             report_history: Self::report_history(),
             max_targets_per_device: Self::max_targets(),
             max_pending: Self::max_pending(),

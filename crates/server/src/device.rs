@@ -192,6 +192,7 @@ async fn target(
         None => None,
     };
     let stream = state.repo.content_stream(&hash, range.clone()).await?;
+    let stream = crate::throttle::paced(stream, state.config.devices.max_download_bytes_per_sec);
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

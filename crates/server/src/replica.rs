@@ -117,7 +117,7 @@ impl Upstream {
             other => bail!("GET {path}: the upstream answered {other}"),
         };
         let mut reader = answer.body_mut().with_config().limit(left).reader();
-        let mut pace = Pace::new(rate);
+        let mut pace = crate::throttle::Pace::new(rate);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = std::io::Read::read(&mut reader, &mut buf).with_context(|| format!("GET {path}"))?;
@@ -192,34 +192,6 @@ pub async fn relay(
         Ok((status, answer.body_mut().with_config().limit(MAX_ANSWER).read_to_vec()?))
     })
     .await
-}
-
-/// Keeps a transfer at no more than `rate` bytes a second on average: after each chunk, how
-/// long to wait.
-struct Pace {
-    rate: u64,
-    started: std::time::Instant,
-    bytes: u64,
-}
-
-impl Pace {
-    fn new(rate: u64) -> Self {
-        Self { rate, started: std::time::Instant::now(), bytes: 0 }
-    }
-
-    fn after(&mut self, n: u64) -> Duration {
-        self.bytes += n;
-        self.wait(self.started.elapsed())
-    }
-
-    /// How long to wait when `elapsed` has passed since the start: until the bytes so far
-    /// took `bytes / rate` seconds (nothing without a limit, or when behind it).
-    fn wait(&self, elapsed: Duration) -> Duration {
-        if self.rate == 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64(self.bytes as f64 / self.rate as f64).saturating_sub(elapsed)
-    }
 }
 
 /// Run blocking work on the blocking pool.
@@ -359,6 +331,8 @@ pub async fn sync(
         content_files: content.0,
         content_bytes: content.1,
         groups: Vec::new(),
+        products: Vec::new(),
+        classifications: Vec::new(),
     };
     std::fs::write(dir.join(crate::domain::mirror::MANIFEST), serde_json::to_vec(&manifest)?)?;
     let pinned_path = state.config.data_dir.join("1.root.json");
@@ -578,22 +552,5 @@ async fn device_states(state: &AppState, upstream: &Arc<Upstream>) -> anyhow::Re
             }
         }
         after = Some(last);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_paced_transfer_waits_until_its_bytes_took_their_time() {
-        let mut pace = Pace::new(1000);
-        pace.bytes = 500;
-        assert_eq!(pace.wait(Duration::from_millis(100)), Duration::from_millis(400));
-        assert_eq!(pace.wait(Duration::from_millis(700)), Duration::ZERO, "behind the limit: no wait");
-        pace.bytes = 2000;
-        assert_eq!(pace.wait(Duration::from_secs(1)), Duration::from_secs(1));
-        let unlimited = Pace { rate: 0, started: std::time::Instant::now(), bytes: 1 << 30 };
-        assert_eq!(unlimited.wait(Duration::ZERO), Duration::ZERO);
     }
 }

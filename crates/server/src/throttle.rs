@@ -1,6 +1,8 @@
 //! In-memory bounds on how often one caller may do something: a token bucket per key (a
 //! source address, a device). Refusals cost no database work. The number of keys is bounded;
-//! past it, buckets that have refilled are forgotten first, then all of them.
+//! past it, buckets that have refilled are forgotten first, then all of them. And pacing: a
+//! transfer kept at no more than a number of bytes a second (`Pace`, `paced`), for content a
+//! device downloads and content a replica fetches.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -52,8 +54,68 @@ impl Throttle {
     }
 }
 
+/// Keeps a transfer at no more than `rate` bytes a second on average: after each chunk, how
+/// long to wait.
+pub struct Pace {
+    rate: u64,
+    started: std::time::Instant,
+    bytes: u64,
+}
+
+impl Pace {
+    pub fn new(rate: u64) -> Self {
+        Self { rate, started: std::time::Instant::now(), bytes: 0 }
+    }
+
+    pub fn after(&mut self, n: u64) -> std::time::Duration {
+        self.bytes += n;
+        self.wait(self.started.elapsed())
+    }
+
+    /// How long to wait when `elapsed` has passed since the start: until the bytes so far
+    /// took `bytes / rate` seconds (nothing without a limit, or when behind it).
+    fn wait(&self, elapsed: std::time::Duration) -> std::time::Duration {
+        if self.rate == 0 {
+            return std::time::Duration::ZERO;
+        }
+        std::time::Duration::from_secs_f64(self.bytes as f64 / self.rate as f64).saturating_sub(elapsed)
+    }
+}
+
+/// `stream`'s chunks passed on at most `rate` bytes a second on average (0: as they come).
+pub fn paced<E: Send + 'static>(
+    stream: futures::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
+    rate: u64,
+) -> futures::stream::BoxStream<'static, Result<bytes::Bytes, E>> {
+    use futures::StreamExt;
+    if rate == 0 {
+        return stream;
+    }
+    futures::stream::unfold((stream, Pace::new(rate)), |(mut stream, mut pace)| async move {
+        let item = stream.next().await?;
+        if let Ok(chunk) = &item {
+            tokio::time::sleep(pace.after(chunk.len() as u64)).await;
+        }
+        Some((item, (stream, pace)))
+    })
+    .boxed()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_paced_transfer_waits_until_its_bytes_took_their_time() {
+        use std::time::Duration;
+        let mut pace = Pace::new(1000);
+        pace.bytes = 500;
+        assert_eq!(pace.wait(Duration::from_millis(100)), Duration::from_millis(400));
+        assert_eq!(pace.wait(Duration::from_millis(700)), Duration::ZERO, "behind the limit: no wait");
+        pace.bytes = 2000;
+        assert_eq!(pace.wait(Duration::from_secs(1)), Duration::from_secs(1));
+        let unlimited = Pace { rate: 0, started: std::time::Instant::now(), bytes: 1 << 30 };
+        assert_eq!(unlimited.wait(Duration::ZERO), Duration::ZERO);
+    }
     use std::time::Duration;
 
     use super::*;

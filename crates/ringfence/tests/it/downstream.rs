@@ -114,6 +114,11 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let first = bundles.join("first");
     let said = export(&upstream, &first, &[]);
     assert!(said.contains("1 content files"), "{said}");
+    // Content can be limited to what a site needs: another product's ships none.
+    let said = export(&upstream, &bundles.join("other-product"), &["--product", "other-product"]);
+    assert!(said.contains("0 content files"), "{said}");
+    let said = export(&upstream, &bundles.join("features"), &["--product", "acme-demo", "--classification", "feature"]);
+    assert!(said.contains("1 content files"), "{said}");
 
     // The mirror knows only the upstream's root version 1.
     let mirror_dir = tempfile::tempdir().unwrap();
@@ -136,6 +141,10 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
         device_port: free_port(),
         admin_port: free_port(),
     };
+    // Downloads paced at the mirror (what a branch sets to keep its link usable).
+    let mut text = std::fs::read_to_string(&mirror.config).unwrap();
+    text.push_str("\n[devices]\nmax_download_bytes_per_sec = 1000000\n");
+    std::fs::write(&mirror.config, text).unwrap();
     let (ok, said) = import(&mirror, &first);
     assert!(ok, "{said}");
     let log_size = since(&said);
@@ -285,11 +294,12 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let _ = (mirror_server.wait(), upstream_server.wait());
 }
 
-/// Rows of `query` on an installation's SQLite database, columns joined by tabs (bytes in hex).
+/// Rows of `query` on an installation's SQLite database (committed), columns joined by tabs
+/// (bytes in hex).
 fn sql_rows(install: &Installation, query: &str) -> Vec<String> {
     let out = Command::new("python3")
         .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); [print('\\t'.join(x.hex() if isinstance(x, bytes) else str(x) for x in r)) for r in c.execute(sys.argv[2])]")
+        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); rows=list(c.execute(sys.argv[2])); c.commit(); [print('\\t'.join(x.hex() if isinstance(x, bytes) else str(x) for x in r)) for r in rows]")
         .arg(install.data.join("ringfence.db"))
         .arg(query)
         .output()
@@ -426,11 +436,37 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
     wait_synced(&replica, &upstream);
     upstream_server.kill().unwrap();
     let _ = upstream_server.wait();
+    // The replica needs no trust: content changed in its store is refused by its agent...
+    let kb2 = script_sha(&upstream, "kb-2");
+    let blob =
+        walk(&replica.data.join("content")).into_iter().find(|p| p.ends_with(&kb2)).expect("kb-2 at the replica");
+    let real = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, real.iter().map(|b| b ^ 0x20).collect::<Vec<u8>>()).unwrap();
+    let (_, said) = crate::scale_out::check(&agent);
+    assert!(!agent.join("ran-kb-2").exists(), "the agent ran content the replica changed: {said}");
+    std::fs::write(&blob, &real).unwrap();
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
     assert!(agent.join("ran-kb-2").exists(), "{said}");
+    // ...and a repository it rolls back (its newest timestamp taken away) is refused by every
+    // TUF client that trusts the newer one: python-tuf and the agent.
+    let tuf_state = replica.dir.path().join("tuf-state");
+    std::fs::create_dir_all(&tuf_state).unwrap();
+    let (ok, said) = replica.tuf(&tuf_state, "acme/kb-2.sh");
+    assert!(ok, "{said}");
+    sql_rows(
+        &replica,
+        "DELETE FROM metadata WHERE role = 'timestamp' AND version = (SELECT MAX(version) FROM metadata WHERE role = 'timestamp')",
+    );
+    let (ok, said) = replica.tuf(&tuf_state, "acme/kb-2.sh");
+    assert!(!ok, "python-tuf took a rolled-back timestamp: {said}");
+    assert!(said.to_lowercase().contains("version"), "{said}");
+    let (code, said) = crate::scale_out::check(&agent);
+    assert_ne!(code, 0, "{said}");
+    assert!(said.contains("rollback"), "{said}");
     std::thread::sleep(std::time::Duration::from_secs(2));
     upstream_server = upstream.serve();
+    wait_synced(&replica, &upstream);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let now = upstream.stored_reports(&device);

@@ -209,6 +209,10 @@ pub struct ExportOptions {
     pub since: u64,
     /// Ship only content approved for these groups (empty: all content).
     pub groups: Vec<GroupName>,
+    /// Ship only content of updates of these products, and of these classifications (empty:
+    /// any); with groups too, content must meet every limit given.
+    pub products: Vec<String>,
+    pub classifications: Vec<String>,
 }
 
 /// Write a bundle of the current repository into `dir` (new or empty).
@@ -246,6 +250,7 @@ pub async fn export_bundle(
         )));
     }
     let wanted = approved_for(&latest, &options.groups)?;
+    let cataloged = cataloged_for(db, &options.products, &options.classifications).await?;
     let mut content = BTreeMap::new();
     for record in &latest {
         if matches!(record.role.as_str(), "root" | "snapshot" | "timestamp") {
@@ -265,7 +270,10 @@ pub async fn export_bundle(
         }
         for file in parse::<Targets>(&record.bytes)?.signed.targets.values() {
             let Some(sha) = file.hashes.get("sha256") else { continue };
-            if wanted.as_ref().is_some_and(|w| !w.contains(sha)) || shipped_before.contains(sha) {
+            if wanted.as_ref().is_some_and(|w| !w.contains(sha))
+                || cataloged.as_ref().is_some_and(|c| !c.contains(sha))
+                || shipped_before.contains(sha)
+            {
                 continue;
             }
             if let Some(length) = db.blob_length(sha).await? {
@@ -325,6 +333,8 @@ pub async fn export_bundle(
         content_files: content.len() as u64,
         content_bytes: content.values().sum(),
         groups: options.groups.clone(),
+        products: options.products.clone(),
+        classifications: options.classifications.clone(),
     };
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(Error::internal)?;
     std::fs::write(dir.join(MANIFEST), bytes).map_err(Error::internal)?;
@@ -348,6 +358,39 @@ async fn version_at(db: &dyn Database, role: &str, current: u64, since: u64) -> 
 
 /// How many versions back an export looks for the one a mirror holds.
 const VERSIONS_BACK: usize = 1000;
+
+/// The SHA-256s of the files of the catalog's updates of `products` and `classifications`
+/// (None: no limit).
+async fn cataloged_for(
+    db: &dyn Database,
+    products: &[String],
+    classifications: &[String],
+) -> Result<Option<BTreeSet<String>>> {
+    if products.is_empty() && classifications.is_empty() {
+        return Ok(None);
+    }
+    let mut out = BTreeSet::new();
+    let mut after = String::new();
+    loop {
+        let page = db.list_updates(&after, 500).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        for update in &page {
+            let manifest: ringfence_proto::api::UpdateManifest =
+                serde_json::from_str(&update.manifest).map_err(Error::internal)?;
+            let classification = serde_json::to_value(manifest.classification)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let product_ok = products.is_empty() || products.iter().any(|p| *p == manifest.product);
+            let class_ok = classifications.is_empty() || classifications.iter().any(|c| *c == classification);
+            if product_ok && class_ok {
+                out.extend(manifest.files.iter().map(|f| f.sha256.to_string()));
+            }
+        }
+    }
+    Ok(Some(out))
+}
 
 /// The SHA-256s the approval roles of `groups` approve (None: no limit).
 fn approved_for(latest: &[MetadataRecord], groups: &[GroupName]) -> Result<Option<BTreeSet<String>>> {
