@@ -382,8 +382,8 @@ async fn cataloged_for(
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default();
-            let product_ok = products.is_empty() || products.iter().any(|p| *p == manifest.product);
-            let class_ok = classifications.is_empty() || classifications.iter().any(|c| *c == classification);
+            let product_ok = products.is_empty() || products.contains(&manifest.product);
+            let class_ok = classifications.is_empty() || classifications.contains(&classification);
             if product_ok && class_ok {
                 out.extend(manifest.files.iter().map(|f| f.sha256.to_string()));
             }
