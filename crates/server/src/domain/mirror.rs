@@ -304,7 +304,7 @@ pub async fn export_bundle(
                      something was published since; sign a new bundle timestamp"
                 )));
             }
-            if log.enabled() && !db.log_index_of("timestamp", version).await?.is_some_and(|i| i < log_size) {
+            if log.enabled() && db.log_index_of("timestamp", version).await?.is_none_or(|i| i >= log_size) {
                 return Err(Error::Conflict(format!(
                     "timestamp version {version} is not on the log's checkpoint yet: try again in a few seconds"
                 )));
