@@ -81,11 +81,7 @@ fn a_restored_server_moves_past_what_devices_trust_and_they_go_on() {
         // The embedded default is what `ringfence backup` copies.
         return;
     }
-    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
-    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
-    let config = data.join("ringfence.toml");
-    let install = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
-    let mut server = install.serve();
+    let (install, mut server) = Installation::quickstart_served();
     let agent = enroll(&install, "agent");
     let tuf_state = install.dir.path().join("tuf-state");
     std::fs::create_dir_all(&tuf_state).unwrap();

@@ -27,6 +27,17 @@ pub(crate) struct Installation {
 }
 
 impl Installation {
+    /// A quickstart installation on loopback, served, its publisher key online (a publish
+    /// signs at once).
+    pub(crate) fn quickstart_served() -> (Installation, Child) {
+        let (dir, data, keys) = crate::common::quickstart_installation(&[]);
+        std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
+        let config = data.join("ringfence.toml");
+        let install = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
+        let server = install.serve();
+        (install, server)
+    }
+
     pub(crate) fn serve(&self) -> Child {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).unwrap();

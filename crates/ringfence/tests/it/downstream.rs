@@ -39,6 +39,18 @@ fn import(mirror: &Installation, dir: &Path) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// What the device listener of `at` answers for `path` (anyone may read: tests serve the
+/// repository publicly).
+fn served(at: &Installation, path: &str) -> ringfence_cli::http::Answer {
+    let client = ringfence_cli::http::Client::new(
+        &format!("https://127.0.0.1:{}", at.device_port),
+        None,
+        &at.data.join("tls/cert.pem"),
+    )
+    .unwrap();
+    client.get(path).unwrap()
+}
+
 /// The log size an import printed, for the next export's `--since`.
 fn since(said: &str) -> u64 {
     said.split("--since ").nth(1).and_then(|s| s.trim().trim_end_matches('.').parse().ok()).expect(said)
@@ -46,13 +58,7 @@ fn since(said: &str) -> u64 {
 
 /// The timestamp version the mirror serves (0: none yet).
 fn served_timestamp(mirror: &Installation) -> u64 {
-    let client = ringfence_cli::http::Client::new(
-        &format!("https://127.0.0.1:{}", mirror.device_port),
-        None,
-        &mirror.data.join("tls/cert.pem"),
-    )
-    .unwrap();
-    let answer = client.get("/repo/metadata/timestamp.json").unwrap();
+    let answer = served(mirror, "/repo/metadata/timestamp.json");
     if answer.status == 404 {
         return 0;
     }
@@ -104,11 +110,7 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
         // Bundles do not depend on the database engine; the embedded default is enough.
         return;
     }
-    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
-    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
-    let config = data.join("ringfence.toml");
-    let upstream = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
-    let mut upstream_server = upstream.serve();
+    let (upstream, mut upstream_server) = Installation::quickstart_served();
     assert!(upstream.publish("kb-1"));
     let bundles = upstream.dir.path().join("bundles");
     let first = bundles.join("first");
@@ -275,15 +277,7 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let (ok, said) = import(&mirror, &fourth);
     assert!(ok && said.contains("rollout holds, version"), "{said}");
     let log_size = since(&said);
-    let holds = |i: &Installation| {
-        let client = ringfence_cli::http::Client::new(
-            &format!("https://127.0.0.1:{}", i.device_port),
-            None,
-            &i.data.join("tls/cert.pem"),
-        )
-        .unwrap();
-        client.get("/repo/rollouts.json").unwrap().ok().unwrap()
-    };
+    let holds = |i: &Installation| served(i, "/repo/rollouts.json").ok().unwrap();
     assert_eq!(holds(&mirror), holds(&upstream));
     let (code, said) = crate::scale_out::check(&agent);
     assert_eq!(code, 0, "{said}");
@@ -299,14 +293,8 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
     let (ok, said) = import(&mirror, &fifth);
     assert!(ok, "{said}");
     let expires = |i: &Installation| -> (u64, i64) {
-        let client = ringfence_cli::http::Client::new(
-            &format!("https://127.0.0.1:{}", i.device_port),
-            None,
-            &i.data.join("tls/cert.pem"),
-        )
-        .unwrap();
         let doc: serde_json::Value =
-            serde_json::from_slice(&client.get("/repo/metadata/timestamp.json").unwrap().ok().unwrap()).unwrap();
+            serde_json::from_slice(&served(i, "/repo/metadata/timestamp.json").ok().unwrap()).unwrap();
         let at = ringfence_trust::expiry::parse(doc["signed"]["expires"].as_str().unwrap()).unwrap();
         (doc["signed"]["version"].as_u64().unwrap(), at)
     };
@@ -372,16 +360,6 @@ fn wait_synced(replica: &Installation, upstream: &Installation) {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-}
-
-/// A quickstart installation served (its publisher key online, so a publish signs at once).
-fn upstream_installation() -> (Installation, std::process::Child) {
-    let (dir, data, keys) = crate::common::quickstart_installation(&[]);
-    std::fs::copy(keys.join("publisher-acme.key"), data.join("online-keys/publisher-acme.key")).unwrap();
-    let config = data.join("ringfence.toml");
-    let upstream = Installation { dir, config, data, device_port: free_port(), admin_port: free_port() };
-    let server = upstream.serve();
-    (upstream, server)
 }
 
 /// A replica of `upstream` with a new `replicate` token named `name`, syncing every second,
@@ -450,7 +428,7 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
     if crate::common::test_postgres_database().is_some() {
         return;
     }
-    let (upstream, mut upstream_server) = upstream_installation();
+    let (upstream, mut upstream_server) = Installation::quickstart_served();
     assert!(upstream.publish("kb-1"));
     let (replica, mut replica_server, token) = replica_of(&upstream, "branch-1");
     // The replica's token is good for nothing on the admin listener.
@@ -573,15 +551,7 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
     run_ok(upstream.cli().args(["rollout", "pause", "kb-3", "--group", "pilot"]));
     run_ok(upstream.cli().args(["approve", "kb-3", "--group", "pilot"]));
     wait_synced(&replica, &upstream);
-    let holds = |i: &Installation| {
-        let client = ringfence_cli::http::Client::new(
-            &format!("https://127.0.0.1:{}", i.device_port),
-            None,
-            &i.data.join("tls/cert.pem"),
-        )
-        .unwrap();
-        client.get("/repo/rollouts.json").unwrap().body
-    };
+    let holds = |i: &Installation| served(i, "/repo/rollouts.json").body;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while holds(&replica) != holds(&upstream) {
         assert!(std::time::Instant::now() < deadline, "the upstream's holds never reached the replica");
@@ -616,7 +586,7 @@ fn a_site_approves_for_its_own_group_at_its_replica_and_reaches_no_other() {
     if crate::common::test_postgres_database().is_some() {
         return;
     }
-    let (upstream, mut upstream_server) = upstream_installation();
+    let (upstream, mut upstream_server) = Installation::quickstart_served();
     let keys = upstream.dir.path().join("ringfence-keys");
     let trusted_root = keys.join("1.root.json");
     // Offline, once: top-level targets delegates the site's group to the site's own approver.

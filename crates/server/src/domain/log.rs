@@ -145,16 +145,23 @@ impl Log {
         Ok(Some(checkpoint))
     }
 
+    /// The stored hashes of the complete subtrees on the right edge of a tree of `size`: what
+    /// appending to it needs.
+    async fn right_edge(&self, size: u64) -> Result<HashMap<u64, Hash>> {
+        let frontier = tree::frontier(size);
+        let found = self.db.log_hashes(&frontier).await?;
+        let hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
+        if hashes.len() < frontier.len() {
+            return Err(Error::internal("the log's right edge is incomplete"));
+        }
+        Ok(hashes)
+    }
+
     /// The root of the log as the database holds it with `tail` appended, computed without
     /// writing anything: (size, root).
     pub async fn root_with(&self, tail: &[Vec<u8>]) -> Result<(u64, Hash)> {
         let size = self.db.log_size().await?;
-        let frontier = tree::frontier(size);
-        let found = self.db.log_hashes(&frontier).await?;
-        let mut hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
-        if hashes.len() < frontier.len() {
-            return Err(Error::internal("the log's right edge is incomplete"));
-        }
+        let mut hashes = self.right_edge(size).await?;
         for (index, record) in (size..).zip(tail) {
             let known = Known { hashes, missing: RefCell::new(Vec::new()) };
             let new = tlog_tiles::stored_hashes(index, record, &known).map_err(Error::internal)?;
@@ -228,12 +235,7 @@ impl Log {
         if queued.is_empty() {
             return Ok(None);
         }
-        let frontier = tree::frontier(size);
-        let found = self.db.log_hashes(&frontier).await?;
-        let mut hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
-        if hashes.len() < frontier.len() {
-            return Err(Error::internal("the log's right edge is incomplete"));
-        }
+        let mut hashes = self.right_edge(size).await?;
         let mut batch = LogBatch { first: size, created_at: now, ..LogBatch::default() };
         let mut logged_here = std::collections::BTreeSet::new();
         for q in queued {
@@ -305,12 +307,7 @@ impl Log {
                 checkpoint.size()
             )));
         }
-        let frontier = tree::frontier(size);
-        let found = self.db.log_hashes(&frontier).await?;
-        let mut hashes: HashMap<u64, Hash> = found.into_iter().map(|(i, h)| (i, Hash(h))).collect();
-        if hashes.len() < frontier.len() {
-            return Err(Error::internal("the log's right edge is incomplete"));
-        }
+        let mut hashes = self.right_edge(size).await?;
         let mut batch = LogBatch { first: size, created_at: now, ..LogBatch::default() };
         for (index, entry) in (size..).zip(entries) {
             match Entry::parse(entry) {
