@@ -50,15 +50,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Sign a timestamp for export bundles that lives DAYS (1 to 90): an air-gapped site's
-    /// devices then accept its bundle that long. Superseded online at once. Give the version
-    /// printed to `ringfence export --bundle DIR --timestamp VERSION`.
-    BundleTimestamp {
-        #[command(flatten)]
-        server: ServerArgs,
-        #[arg(long)]
-        days: u64,
-    },
     /// Propose an approval of a published file for a group.
     Approve {
         #[command(flatten)]
@@ -267,14 +258,6 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Pending(command) => commands::pending::run(command),
         Command::Token(command) => commands::tokens::run(command),
-        Command::BundleTimestamp { server, days } => {
-            let request = ringfence_proto::api::BundleTimestampRequest { days };
-            let answer = client(&server)?.send_json("POST", "/api/v1/bundle-timestamp", &request)?.ok()?;
-            let signed: ringfence_proto::api::BundleTimestamp = serde_json::from_slice(&answer)?;
-            println!("timestamp version {} for export bundles, valid until {}", signed.version, signed.expires);
-            println!("next: ringfence export --bundle DIR --timestamp {}", signed.version);
-            Ok(())
-        }
         Command::Device(command) => commands::devices::run(command),
         Command::Fetch { server, role, out } => repository::fetch(&server, &role, &out),
         Command::Propose { server, role, file, json } => repository::propose(&server, &role, &file, json),

@@ -815,18 +815,3 @@ pub struct ReplicaGroups {
 
 /// Most groups one replica may own.
 pub const MAX_REPLICA_GROUPS: usize = 256;
-
-/// `POST /api/v1/bundle-timestamp`: a timestamp for export bundles that lives `days`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BundleTimestampRequest {
-    pub days: u64,
-}
-
-/// The bundle timestamp signed: give its version to `ringfence export --bundle --timestamp`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BundleTimestamp {
-    pub version: u64,
-    pub expires: String,
-}

@@ -107,10 +107,6 @@ enum Command {
         /// repeat for more).
         #[arg(long = "classification", requires = "bundle")]
         classifications: Vec<String>,
-        /// Ship this timestamp version, signed for bundles by `ringfence bundle-timestamp
-        /// --days N`, so the site's devices accept the bundle for N days.
-        #[arg(long, requires = "bundle")]
-        timestamp: Option<u64>,
     },
     /// Issue an admin token on the server's own machine, through its database: for when every
     /// admin token has expired or was revoked. Whoever can run this can read the server's data
@@ -170,16 +166,13 @@ fn run() -> anyhow::Result<()> {
             init_logging();
             runtime()?.block_on(quickstart::run(options))
         }
-        Command::Export {
-            config, bundle: Some(bundle), since, groups, products, classifications, timestamp, ..
-        } => {
+        Command::Export { config, bundle: Some(bundle), since, groups, products, classifications, .. } => {
             let config = ringfence_server::Config::load(&config)?;
             let groups = groups
                 .iter()
                 .map(|g| ringfence_proto::GroupName::parse(g).with_context(|| format!("--group {g}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let options =
-                ringfence_server::domain::mirror::ExportOptions { since, groups, products, classifications, timestamp };
+            let options = ringfence_server::domain::mirror::ExportOptions { since, groups, products, classifications };
             let done = runtime()?.block_on(ringfence_server::export_bundle(&config, &bundle, &options))?;
             println!(
                 "Wrote {}: {} metadata files, {} content files ({} bytes), the log from entry {} to {}.",

@@ -48,7 +48,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/log/pending/{role}/{version}/{sha256}/{old}", get(pending_proof))
         .route("/api/v1/replicas/{name}/groups", get(replica_groups).put(set_replica_groups))
-        .route("/api/v1/bundle-timestamp", post(bundle_timestamp))
         .merge(crate::admin_devices::routes())
         .merge(crate::admin_reports::routes())
         .merge(if state.config.console.enabled { crate::console::routes() } else { Router::new() })
@@ -444,15 +443,6 @@ async fn pending_proof(
             .await;
     }
     Ok(json_bytes(state.log.pending_proof(role.as_str(), version, sha256.as_str(), old).await?))
-}
-
-/// A long-lived timestamp for export bundles (air-gapped sites), superseded online at once.
-async fn bundle_timestamp(State(state): Shared, caller: Caller, body: Body) -> ApiResult<Response> {
-    caller.require(needs::ADMIN)?;
-    let request: ringfence_proto::api::BundleTimestampRequest = json_body(body).await?;
-    let (version, expires) = state.repo.sign_bundle_timestamp(request.days, &caller.actor(), crate::unix_now()).await?;
-    let expires = ringfence_trust::expiry::format(expires);
-    Ok(Json(ringfence_proto::api::BundleTimestamp { version, expires }).into_response())
 }
 
 async fn replica_groups(State(state): Shared, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {

@@ -213,9 +213,6 @@ pub struct ExportOptions {
     /// any); with groups too, content must meet every limit given.
     pub products: Vec<String>,
     pub classifications: Vec<String>,
-    /// Ship this timestamp version (a long-lived one, `Repository::sign_bundle_timestamp`)
-    /// instead of the newest: it must name the snapshot shipped.
-    pub timestamp: Option<u64>,
 }
 
 /// Write a bundle of the current repository into `dir` (new or empty).
@@ -284,35 +281,6 @@ pub async fn export_bundle(
             }
         }
     }
-    // A bundle timestamp instead of the newest: on the checkpoint too, and naming the snapshot
-    // shipped (nothing published since it was signed).
-    let timestamp = match options.timestamp {
-        Some(version) => {
-            let record = db
-                .metadata_version("timestamp", version)
-                .await?
-                .ok_or_else(|| Error::Invalid(format!("--timestamp {version}: no such timestamp version")))?;
-            let named = parse::<ringfence_proto::tuf::Timestamp>(&record.bytes)?
-                .signed
-                .meta
-                .get("snapshot.json")
-                .map(|m| m.version);
-            let newest = latest.iter().find(|r| r.role == "snapshot").map(|r| r.version);
-            if named != newest {
-                return Err(Error::Conflict(format!(
-                    "timestamp version {version} names snapshot {named:?}, the newest is {newest:?}: \
-                     something was published since; sign a new bundle timestamp"
-                )));
-            }
-            if log.enabled() && db.log_index_of("timestamp", version).await?.is_none_or(|i| i >= log_size) {
-                return Err(Error::Conflict(format!(
-                    "timestamp version {version} is not on the log's checkpoint yet: try again in a few seconds"
-                )));
-            }
-            Some(record.bytes)
-        }
-        None => None,
-    };
     // Roles whose newest version the mirror holds (logged before `since`) stay out: its
     // import takes them from what it holds.
     let mut files = Vec::new();
@@ -325,10 +293,6 @@ pub async fn export_bundle(
         {
             continue;
         }
-        let bytes = match (&timestamp, path.as_str()) {
-            (Some(chosen), "metadata/timestamp.json") => chosen.clone(),
-            _ => bytes,
-        };
         files.push((path, bytes));
     }
     let mkdir = |d: &Path| std::fs::create_dir_all(d).map_err(Error::internal);

@@ -18,58 +18,7 @@ pub struct StaticRepository {
     pub targets: Vec<(String, String)>,
 }
 
-/// The longest an export bundle's timestamp may live: a site's devices accept a frozen view of
-/// the repository for at most this long.
-pub const MAX_BUNDLE_TIMESTAMP_DAYS: u64 = 90;
-
 impl Repository {
-    /// A timestamp for export bundles (`ringfence bundle-timestamp`): the snapshot and a
-    /// timestamp signed again to live `days` (a mirror cannot renew them: it has no key), then
-    /// at once a timestamp of the usual lifetime naming the same snapshot, so devices online
-    /// never see the long-lived one and keep the short freeze bound. All three are published
-    /// and logged like any version. Returns the long-lived timestamp's version and expiry.
-    pub async fn sign_bundle_timestamp(&self, days: u64, actor: &str, now: i64) -> Result<(u64, i64)> {
-        use ringfence_proto::tuf::Snapshot;
-        use ringfence_trust::{Envelope, writer};
-        if days == 0 || days > MAX_BUNDLE_TIMESTAMP_DAYS {
-            return Err(Error::Invalid(format!("days: 1 to {MAX_BUNDLE_TIMESTAMP_DAYS}")));
-        }
-        let keys = self.online_keys()?;
-        let _guard = self.exclusive().await?;
-        let lifetime = i64::try_from(days * 86_400).map_err(Error::internal)?;
-        let previous = self
-            .latest::<Snapshot>("snapshot")
-            .await?
-            .ok_or_else(|| Error::internal("the repository has no snapshot"))?;
-        let previous_ts = self.db.latest_metadata("timestamp").await?.map_or(0, |t| t.version);
-        let snapshot_version = self.next_version("snapshot", previous.signed.version).await?;
-        let mut snapshot =
-            Envelope::new(writer::next_snapshot(Some(&previous.signed), snapshot_version, now + lifetime, &[]))
-                .map_err(Error::internal)?;
-        snapshot.sign(&keys.snapshot);
-        let snapshot = super::record("snapshot", &snapshot)?;
-        let long_version = self.next_version("timestamp", previous_ts).await?;
-        let mut long =
-            Envelope::new(writer::timestamp(long_version, now + lifetime, snapshot_version, &snapshot.bytes))
-                .map_err(Error::internal)?;
-        long.sign(&keys.timestamp);
-        let short_version = self.next_version("timestamp", long_version).await?;
-        let short_expiry = now + self.policy.timestamp_secs;
-        let mut short =
-            Envelope::new(writer::timestamp(short_version, short_expiry, snapshot_version, &snapshot.bytes))
-                .map_err(Error::internal)?;
-        short.sign(&keys.timestamp);
-        let records = vec![snapshot, super::record("timestamp", &long)?, super::record("timestamp", &short)?];
-        let log = records.iter().map(super::metadata_entry).collect::<Result<Vec<_>>>()?;
-        let _committing = self.served.committing();
-        self.db.publish(&records, &[], &log).await?;
-        let detail = format!(
-            "timestamp version {long_version} for export bundles, valid {days} days (online: version {short_version})"
-        );
-        self.audit.record(actor, "bundle-timestamp", &detail, now).await?;
-        Ok((long_version, now + lifetime))
-    }
-
     pub async fn static_repository(&self) -> Result<StaticRepository> {
         let mut metadata = Vec::new();
         let latest = self.db.latest_all().await?;
