@@ -186,7 +186,9 @@ impl Mirror {
     pub async fn unforwarded(&self, limit: u64) -> Result<Vec<Unforwarded>> {
         let mut out = Vec::new();
         for b in self.db.unforwarded_batches(limit).await? {
-            let Ok(message) = String::from_utf8(b.batch.message) else { continue };
+            // Always text (the server verified it as the device's signed message); were it not,
+            // the upstream would refuse it and it would be marked, never block those behind it.
+            let message = String::from_utf8_lossy(&b.batch.message).into_owned();
             out.push(Unforwarded {
                 device_id: b.device_id,
                 seq: b.seq,
