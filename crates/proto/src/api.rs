@@ -815,3 +815,25 @@ pub struct ReplicaGroups {
 
 /// Most groups one replica may own.
 pub const MAX_REPLICA_GROUPS: usize = 256;
+
+/// Compliance of the devices enrolled through one downstream replica (a site), as the
+/// upstream knows it from their forwarded reports (`GET /api/v1/reports/site/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteCompliance {
+    pub site: String,
+    /// Devices enrolled through it, by state (`accepted`, `pending`, …).
+    pub devices: std::collections::BTreeMap<String, u64>,
+    /// Per target reported on: devices by their newest state on it.
+    pub targets: Vec<SiteTarget>,
+    /// Whether the site has more devices than one report looks at (the first are counted).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteTarget {
+    pub target: String,
+    pub states: std::collections::BTreeMap<String, u64>,
+}

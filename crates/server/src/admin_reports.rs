@@ -1,6 +1,7 @@
 //! Admin routes for reports: `/api/v1/reports/compliance?group=G`, `/api/v1/reports/cve/{id}`,
 //! `/api/v1/reports/stale?days=N`. Each a page at a time (`limit`, `after`), as JSON or, with
-//! `format=csv`, as CSV. The work is `domain::reports`.
+//! `format=csv`, as CSV. The work is `domain::reports`. And `/api/v1/reports/site/{name}`:
+//! the devices enrolled through one downstream replica, by state and by target (JSON).
 
 use std::sync::Arc;
 
@@ -26,6 +27,16 @@ pub fn routes() -> axum::Router<Arc<AppState>> {
         .route("/api/v1/reports/compliance", get(compliance))
         .route("/api/v1/reports/cve/{cve}", get(cve))
         .route("/api/v1/reports/stale", get(stale))
+        .route("/api/v1/reports/site/{name}", get(site))
+}
+
+/// Compliance of the devices enrolled through one downstream replica.
+async fn site(State(state): Shared, caller: Caller, Path(name): Path<String>) -> ApiResult<Response> {
+    caller.require(needs::FLEET)?;
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest("site: a replica's token name".into()));
+    }
+    Ok(Json(state.devices.site_compliance(&name).await?).into_response())
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -130,6 +130,8 @@ pub struct DevicePage {
     pub after: Option<String>,
     pub limit: u64,
     pub state: Option<DeviceState>,
+    /// Only devices enrolled from this source (`replica NAME`: through that replica).
+    pub source: Option<String>,
 }
 
 /// A report batch exactly as the device signed it.
@@ -369,12 +371,14 @@ impl DeviceStore for SqlStore {
 
     async fn list_devices(&self, page: &DevicePage) -> Result<Vec<DeviceRecord>> {
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 AND ($2 IS NULL OR state = $2) ORDER BY id LIMIT $3"
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id > $1 AND ($2 IS NULL OR state = $2) \
+             AND ($4 IS NULL OR source = $4) ORDER BY id LIMIT $3"
         );
         sqlx::query(&sql)
             .bind(page.after.as_deref().unwrap_or(""))
             .bind(page.state.map(DeviceState::as_str))
             .bind(to_bigint(page.limit, "limit")?)
+            .bind(page.source.as_deref())
             .fetch_all(&self.pool)
             .await?
             .iter()

@@ -34,6 +34,16 @@ pub enum ReportCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The devices enrolled through one downstream replica (by its token's name): by state,
+    /// and per target how many devices are in each state.
+    Site {
+        #[command(flatten)]
+        server: ServerArgs,
+        name: String,
+        /// Print JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
     /// Accepted devices not seen for this many days.
     Stale {
         #[command(flatten)]
@@ -51,6 +61,26 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
         ReportCommand::Compliance { server, group, json } => compliance(&client(&server)?, &group, json),
         ReportCommand::Cve { server, cve, json } => cve_report(&client(&server)?, &cve, json),
         ReportCommand::Stale { server, days, json } => stale(&client(&server)?, days, json),
+        ReportCommand::Site { server, name, json } => {
+            let path = format!("/api/v1/reports/site/{}", ringfence_trust::workflow::encode_role(&name));
+            let report: ringfence_proto::api::SiteCompliance =
+                serde_json::from_slice(&client(&server)?.get(&path)?.ok()?)?;
+            if json {
+                return output::json(&report);
+            }
+            let devices: Vec<String> = report.devices.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            println!(
+                "site {}: {}{}",
+                ringfence_trust::review::shown(&report.site),
+                if devices.is_empty() { "no devices".to_owned() } else { devices.join(", ") },
+                if report.truncated { " (the first 100,000 devices counted)" } else { "" }
+            );
+            for t in &report.targets {
+                let states: Vec<String> = t.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+                println!("  {}: {}", ringfence_trust::review::shown(&t.target), states.join(", "));
+            }
+            Ok(())
+        }
     }
 }
 

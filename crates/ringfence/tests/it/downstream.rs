@@ -468,6 +468,21 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
+    // Upstream, compliance per site: the devices enrolled through this replica and what they
+    // installed; another site counts none of them.
+    let site = |name: &str| -> serde_json::Value {
+        let out = run_ok(upstream.cli().args(["report", "site", name, "--json"]).stdout(Stdio::piped()));
+        serde_json::from_str(&out).unwrap()
+    };
+    let branch = site("branch-1");
+    assert_eq!(branch["devices"]["accepted"], 1, "{branch}");
+    let kb2 = branch["targets"].as_array().unwrap().iter().find(|t| t["target"].as_str().unwrap().ends_with("kb-2.sh"));
+    assert_eq!(kb2.unwrap()["states"]["installed"], 1, "{branch}");
+    let elsewhere = site("branch-9");
+    assert!(
+        elsewhere["devices"].as_object().unwrap().is_empty() && elsewhere["targets"].as_array().unwrap().is_empty()
+    );
+
     // Each batch was forwarded once and is marked so.
     assert_eq!(sql_count(&replica, "SELECT COUNT(*) FROM report_batches WHERE forwarded_at IS NULL"), 0);
 

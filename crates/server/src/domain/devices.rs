@@ -149,6 +149,9 @@ pub struct Devices {
     replica: bool,
 }
 
+/// Devices one site compliance report looks at, at most.
+pub const SITE_DEVICES: u64 = 100_000;
+
 /// How the enrollment source of a device enrolled through a replica begins.
 pub const REPLICA_SOURCE: &str = "replica ";
 
@@ -300,6 +303,35 @@ impl Devices {
         let expires_at = now + self.config.session_secs;
         self.db.insert_session(&ringfence_trust::sha256_hex(token.as_bytes()), &device.id, expires_at).await?;
         Ok(SessionResponse { token, expires_at })
+    }
+
+    /// Compliance of the devices enrolled through replica `name`: devices by state, and per
+    /// target their newest reported states (at most [`SITE_DEVICES`] devices looked at).
+    pub async fn site_compliance(&self, name: &str) -> Result<ringfence_proto::api::SiteCompliance> {
+        let source = replica_source(name);
+        let mut devices: BTreeMap<String, u64> = BTreeMap::new();
+        let mut targets: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        let mut after = None;
+        let mut seen = 0u64;
+        let truncated = loop {
+            let page = ringfence_store::DevicePage { after, limit: 500, state: None, source: Some(source.clone()) };
+            let batch = self.db.list_devices(&page).await?;
+            let Some(last) = batch.last().map(|d| d.id.clone()) else { break false };
+            for d in &batch {
+                *devices.entry(d.state.as_str().to_owned()).or_default() += 1;
+                for r in self.db.device_update_states(&d.id).await? {
+                    *targets.entry(r.target).or_default().entry(r.state).or_default() += 1;
+                }
+            }
+            seen += batch.len() as u64;
+            if seen >= SITE_DEVICES {
+                break true;
+            }
+            after = Some(last);
+        };
+        let targets =
+            targets.into_iter().map(|(target, states)| ringfence_proto::api::SiteTarget { target, states }).collect();
+        Ok(ringfence_proto::api::SiteCompliance { site: name.to_owned(), devices, targets, truncated })
     }
 
     /// The groups replica `name` may relay approvals for.
@@ -555,7 +587,7 @@ impl Devices {
 
     /// One page of devices ordered by id, each with the newest report per target.
     pub async fn list(&self, after: &str, limit: u64, state: Option<DeviceState>) -> Result<Vec<DeviceInfo>> {
-        let page = DevicePage { after: Some(after.to_owned()), limit, state };
+        let page = DevicePage { after: Some(after.to_owned()), limit, state, source: None };
         let mut out = Vec::new();
         for d in self.db.list_devices(&page).await? {
             out.push(self.info(d).await?);

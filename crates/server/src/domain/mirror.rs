@@ -178,7 +178,7 @@ impl Mirror {
 
     /// The ids of every device this mirror keeps, a page at a time.
     pub async fn device_ids(&self, after: Option<String>, limit: u64) -> Result<Vec<String>> {
-        let page = ringfence_store::DevicePage { after, limit, state: None };
+        let page = ringfence_store::DevicePage { after, limit, state: None, source: None };
         Ok(self.db.list_devices(&page).await?.into_iter().map(|d| d.id).collect())
     }
 
