@@ -3,7 +3,8 @@
 //! [`RUNS`] runs into a new directory and a new mirror), then 10 more updates and the
 //! incremental bundle (`--since` the mirror's log size) exported and imported. Baseline in the
 //! same run: copying the first bundle's files to a new directory (what the media transfer
-//! itself costs). Run with `cargo bench -p ringfence --bench mirror`.
+//! itself costs). Last, one 8 MiB download from a node pacing downloads at 2 MiB/s against
+//! one without a limit. Run with `cargo bench -p ringfence --bench mirror`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -166,4 +167,42 @@ fn main() {
         ms(import),
         imported.log_entries
     );
+
+    // Pacing: one 8 MiB download from a node that sends each download at most 2 MiB/s, against
+    // a node without a limit, in the same run.
+    let big = vec![7u8; BIG];
+    let sha = ringfence_trust::sha256_hex(&big);
+    let now = ringfence_server::unix_now();
+    bench.runtime.block_on(async {
+        let chunks = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(big))]);
+        bench.state.repo.upload_content(chunks, Some(&sha), (BIG as u64) * 2, "bench", now).await.unwrap();
+        let file = UpdateFile {
+            name: "big.bin".into(),
+            sha256: ringfence_proto::Sha256Hex::parse(&sha).unwrap(),
+            length: BIG as u64,
+        };
+        bench.state.repo.publish_update(common::manifest("big".into(), vec![file]), "bench", now).await.unwrap();
+    });
+    let (_, unlimited) = bench.another_node(|_| {});
+    let (_, paced) = bench.another_node(|c| c.devices.max_download_bytes_per_sec = PACE);
+    let fetch = |port: u16| {
+        let client = ringfence_cli::http::Client::new(&format!("https://127.0.0.1:{port}"), None, &bench.ca()).unwrap();
+        let t = Instant::now();
+        let answer = client.get(&format!("/repo/targets/acme/{sha}.big.bin")).unwrap();
+        assert_eq!(answer.body.len(), BIG, "status {}", answer.status);
+        t.elapsed()
+    };
+    let free: Vec<Duration> = (0..RUNS).map(|_| fetch(unlimited.addrs.device.port())).collect();
+    let slow: Vec<Duration> = (0..RUNS).map(|_| fetch(paced.addrs.device.port())).collect();
+    println!(
+        "an 8 MiB download: no limit median {}, at most {} MiB/s median {} ({:.2} MiB/s)",
+        ms(median(free)),
+        PACE >> 20,
+        ms(median(slow.clone())),
+        BIG as f64 / (1 << 20) as f64 / median(slow).as_secs_f64()
+    );
 }
+
+/// The pacing measurement's download and limit.
+const BIG: usize = 8 << 20;
+const PACE: u64 = 2 << 20;
