@@ -457,3 +457,29 @@ pub struct DeviceIdentity {
 pub struct DeviceAnswers {
     pub devices: Vec<DeviceIdentity>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::parse_body_limited;
+
+    #[test]
+    fn what_a_replica_sends_is_bounded_and_strict() {
+        let sig = "a".repeat(128);
+        let batch =
+            |message: &str, signature: &str| ForwardedBatch { message: message.into(), signature: signature.into() };
+        assert!(ForwardedReports { batches: vec![batch("m", &sig)] }.validate().is_ok());
+        let many = ForwardedReports { batches: vec![batch("m", &sig); MAX_FORWARDED_BATCHES + 1] };
+        assert!(many.validate().unwrap_err().contains("at most"));
+        let long = ForwardedReports { batches: vec![batch(&"x".repeat(MAX_DEVICE_BODY + 1), &sig)] };
+        assert!(long.validate().unwrap_err().contains("message"));
+        assert!(ForwardedReports { batches: vec![batch("m", "zz")] }.validate().unwrap_err().contains("signature"));
+        assert!(DeviceQuestion { ids: vec!["ab12".into()] }.validate().is_ok());
+        assert!(DeviceQuestion { ids: vec!["../x".into()] }.validate().is_err());
+        assert!(DeviceQuestion { ids: vec![String::new()] }.validate().is_err());
+        assert!(DeviceQuestion { ids: vec!["ab".into(); MAX_DEVICE_QUESTIONS + 1] }.validate().is_err());
+        let unknown = br#"{"ids": [], "$type": "x"}"#;
+        assert!(parse_body_limited::<DeviceQuestion>(unknown, MAX_REPLICA_BODY).is_err());
+        assert!(parse_body_limited::<ForwardedReports>(&vec![b' '; MAX_REPLICA_BODY + 1], MAX_REPLICA_BODY).is_err());
+    }
+}

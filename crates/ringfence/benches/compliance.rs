@@ -24,8 +24,7 @@ use std::time::Instant;
 
 use common::Bench;
 use ringfence_proto::GroupName;
-use ringfence_proto::api::{ApprovalRequest, Classification, Severity, UpdateFile};
-use ringfence_proto::tuf::ApprovalAction;
+use ringfence_proto::api::{Classification, Severity, UpdateFile};
 use ringfence_store::{DeviceRecord, DeviceState, DeviceStore, ReportLimits, ReportRecord};
 
 const UPDATES: usize = 16;
@@ -63,16 +62,7 @@ fn main() {
             manifest.cves = vec![format!("CVE-2026-{:04}", 1000 + u)];
             let outcome = state.repo.publish_update(manifest, "bench", now).await.unwrap();
             assert!(outcome.pending.is_empty(), "the publisher key is online");
-            let request = ApprovalRequest {
-                group: pilot.clone(),
-                update: Some(format!("kb-{u}")),
-                target: None,
-                action: ApprovalAction::Install,
-                deadline: None,
-                reason: None,
-                rollout: None,
-            };
-            assert!(state.repo.approve(request, "bench", now).await.unwrap().published);
+            assert!(common::approve_install(state, "pilot", &format!("kb-{u}"), now).await);
         }
     });
     let targets: Vec<String> =

@@ -17,8 +17,7 @@ use std::time::Instant;
 
 use common::Bench;
 use ringfence_proto::GroupName;
-use ringfence_proto::api::{ApprovalRequest, StartRollout, UpdateFile};
-use ringfence_proto::tuf::ApprovalAction;
+use ringfence_proto::api::{StartRollout, UpdateFile};
 
 const UPDATES: usize = 1_000;
 const APPROVED: usize = 50;
@@ -45,16 +44,7 @@ fn main() {
             state.repo.publish_update(manifest, "bench", now).await.unwrap();
         }
         for u in 0..APPROVED {
-            let request = ApprovalRequest {
-                group: pilot.clone(),
-                update: Some(format!("kb-{u:04}")),
-                target: None,
-                action: ApprovalAction::Install,
-                deadline: None,
-                reason: None,
-                rollout: None,
-            };
-            assert!(state.repo.approve(request, "bench", now).await.unwrap().published);
+            assert!(common::approve_install(state, "pilot", &format!("kb-{u:04}"), now).await);
         }
         let start = StartRollout {
             group: pilot.clone(),

@@ -15,9 +15,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::Bench;
-use ringfence_proto::GroupName;
-use ringfence_proto::api::{ApprovalRequest, UpdateFile};
-use ringfence_proto::tuf::ApprovalAction;
+use ringfence_proto::api::UpdateFile;
 use ringfence_server::Config;
 use ringfence_server::domain::mirror::ExportOptions;
 
@@ -28,7 +26,6 @@ const RUNS: usize = 3;
 
 fn publish(bench: &Bench, from: usize, to: usize) {
     let state = &bench.state;
-    let pilot = GroupName::parse("pilot").unwrap();
     bench.runtime.block_on(async {
         for u in from..to {
             let mut content = vec![0u8; FILE_BYTES];
@@ -43,16 +40,7 @@ fn publish(bench: &Bench, from: usize, to: usize) {
                 length: FILE_BYTES as u64,
             };
             state.repo.publish_update(common::manifest(format!("kb-{u:04}"), vec![file]), "bench", now).await.unwrap();
-            let request = ApprovalRequest {
-                group: pilot.clone(),
-                update: Some(format!("kb-{u:04}")),
-                target: None,
-                action: ApprovalAction::Install,
-                deadline: None,
-                reason: None,
-                rollout: None,
-            };
-            assert!(state.repo.approve(request, "bench", now).await.unwrap().published);
+            assert!(common::approve_install(state, "pilot", &format!("kb-{u:04}"), now).await);
         }
         while state.log.integrate(ringfence_server::unix_now()).await.unwrap().is_some() {}
     });

@@ -15,8 +15,7 @@ use std::time::Instant;
 
 use common::Bench;
 use ringfence_proto::GroupName;
-use ringfence_proto::api::{ApprovalRequest, StartRollout, UpdateFile};
-use ringfence_proto::tuf::ApprovalAction;
+use ringfence_proto::api::{StartRollout, UpdateFile};
 
 const SAMPLES: usize = 11;
 
@@ -33,16 +32,7 @@ fn main() {
     runtime.block_on(async {
         let file = UpdateFile { name: "kb-r.bin".into(), sha256: sha.clone(), length: content.len() as u64 };
         state.repo.publish_update(common::manifest("kb-r".into(), vec![file]), "bench", now).await.unwrap();
-        let request = ApprovalRequest {
-            group: pilot.clone(),
-            update: Some("kb-r".into()),
-            target: None,
-            action: ApprovalAction::Install,
-            deadline: None,
-            reason: None,
-            rollout: None,
-        };
-        assert!(state.repo.approve(request, "bench", now).await.unwrap().published);
+        assert!(common::approve_install(state, "pilot", "kb-r", now).await);
         let start = StartRollout {
             group: pilot.clone(),
             update: "kb-r".into(),

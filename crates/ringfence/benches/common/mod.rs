@@ -268,3 +268,19 @@ pub fn round(
 pub fn unsigned_batch() -> ringfence_store::SignedBatch {
     ringfence_store::SignedBatch { message: b"bench".to_vec(), signature: "00".repeat(64) }
 }
+
+/// Approve update `update` for `group` to install, signed by the online keys: whether it was
+/// published at once.
+#[allow(dead_code)] // only the benches that approve
+pub async fn approve_install(state: &AppState, group: &str, update: &str, now: i64) -> bool {
+    let request = ringfence_proto::api::ApprovalRequest {
+        group: ringfence_proto::GroupName::parse(group).expect("group"),
+        update: Some(update.to_owned()),
+        target: None,
+        action: ringfence_proto::tuf::ApprovalAction::Install,
+        deadline: None,
+        reason: None,
+        rollout: None,
+    };
+    state.repo.approve(request, "bench", now).await.expect("approve").published
+}

@@ -72,23 +72,11 @@ type Tamper<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, &'a str);
 
 /// A copy of bundle `from` at `to`, for tampering with.
 fn copy_bundle(from: &Path, to: &Path) {
-    for entry in walk(from) {
+    for entry in crate::backup::files_under(from) {
         let dest = to.join(entry.strip_prefix(from).unwrap());
         std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
         std::fs::copy(&entry, &dest).unwrap();
     }
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() { todo.push(path) } else { out.push(path) }
-        }
-    }
-    out
 }
 
 /// Flip one byte of `path` in place.
@@ -195,7 +183,7 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
         (
             "metadata",
             Box::new(|b: &Path| {
-                let file = walk(&b.join("metadata"))
+                let file = crate::backup::files_under(&b.join("metadata"))
                     .into_iter()
                     .find(|p| p.file_name().unwrap().to_str().unwrap().ends_with(".approvals.pilot.json"))
                     .unwrap();
@@ -233,7 +221,9 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
         assert!(said.contains(needle), "tampered {what}: expected {needle:?} in {said}");
         assert_eq!(served_timestamp(&mirror), before, "a refused bundle ({what}) changed what the mirror serves");
     }
-    let blobs = |m: &Installation| walk(&m.data.join("content")).into_iter().filter(|p| p.ends_with(&kb2)).count();
+    let blobs = |m: &Installation| {
+        crate::backup::files_under(&m.data.join("content")).into_iter().filter(|p| p.ends_with(&kb2)).count()
+    };
     assert_eq!(blobs(&mirror), 0, "a refused bundle left content behind");
     let (ok, said) = import(&mirror, &second);
     assert!(ok, "{said}");
@@ -253,7 +243,10 @@ fn an_air_gapped_mirror_serves_what_upstream_signed_and_refuses_tampered_and_old
 
     // The mirror's stored content changed behind its back: its agent refuses it, then installs
     // the real bytes once they are back.
-    let blob = walk(&mirror.data.join("content")).into_iter().find(|p| p.ends_with(&kb2)).expect("kb-2's blob");
+    let blob = crate::backup::files_under(&mirror.data.join("content"))
+        .into_iter()
+        .find(|p| p.ends_with(&kb2))
+        .expect("kb-2's blob");
     let real = std::fs::read(&blob).unwrap();
     let mut evil = real.clone();
     evil[0] ^= 0x20;
@@ -422,8 +415,10 @@ fn a_replica_syncs_enrolls_through_its_upstream_and_forwards_reports_across_an_o
     let _ = upstream_server.wait();
     // The replica needs no trust: content changed in its store is refused by its agent...
     let kb2 = script_sha(&upstream, "kb-2");
-    let blob =
-        walk(&replica.data.join("content")).into_iter().find(|p| p.ends_with(&kb2)).expect("kb-2 at the replica");
+    let blob = crate::backup::files_under(&replica.data.join("content"))
+        .into_iter()
+        .find(|p| p.ends_with(&kb2))
+        .expect("kb-2 at the replica");
     let real = std::fs::read(&blob).unwrap();
     std::fs::write(&blob, real.iter().map(|b| b ^ 0x20).collect::<Vec<u8>>()).unwrap();
     let (_, said) = crate::scale_out::check(&agent);
